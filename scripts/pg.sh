@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL clusters for the demo, tests and benchmarks.
+#
+#   scripts/pg.sh start DIR PORT [DB ...]   initdb DIR if needed, start on 127.0.0.1:PORT, create DBs
+#   scripts/pg.sh stop DIR                  stop the cluster (fast shutdown)
+#   scripts/pg.sh restart DIR               restart it (same port)
+#
+# Listens on loopback only, trusts local connections (user postgres), keeps
+# its socket and log inside DIR. initdb refuses to run as root, so as root the
+# server runs as the `postgres` user Debian's package creates.
+# PG_FSYNC=off makes it faster for tests (never for real data).
+set -euo pipefail
+
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[[ -x "$bindir/initdb" ]] || { echo "pg.sh: PostgreSQL server binaries not found; run scripts/install-deps.sh" >&2; exit 1; }
+
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cmd=${1:-}; dir=${2:-}
+[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: pg.sh start|stop|restart DIR [PORT [DB...]]" >&2; exit 2; }
+dir=$(realpath -m "$dir")
+
+case "$cmd" in
+  start)
+    port=${3:?usage: pg.sh start DIR PORT [DB ...]}
+    shift 3
+    mkdir -p "$dir"
+    [[ $(id -u) -eq 0 ]] && chown postgres: "$dir"
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+      as_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+        { echo "pg.sh: initdb failed, see $dir/initdb.log" >&2; exit 1; }
+    fi
+    as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} \
+          -c synchronous_commit=${PG_SYNC_COMMIT:-on} -c full_page_writes=${PG_FSYNC:-on} \
+          -c max_connections=200 -c shared_buffers=${PG_SHARED_BUFFERS:-128MB} \
+          -c wal_level=${PG_WAL_LEVEL:-replica} -c max_wal_size=2GB -c log_min_messages=warning" \
+      start >/dev/null
+    for db in "$@"; do
+      if ! "$bindir/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc \
+           "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+        "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
+      fi
+    done
+    ;;
+  stop)
+    [[ -f "$dir/data/postmaster.pid" ]] && as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
+    ;;
+  restart)
+    as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w restart >/dev/null
+    ;;
+  *) echo "pg.sh: unknown command $cmd" >&2; exit 2 ;;
+esac
