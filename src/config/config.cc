@@ -1,0 +1,465 @@
+#include "config/config.h"
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+
+extern char** environ;
+
+namespace datatunnel {
+namespace {
+
+// One settable scalar: its section, key and how to assign a string to it.
+struct Setting {
+  std::string section;
+  std::string key;
+  std::function<Status(Config&, const std::string&)> set;
+};
+
+Status ParseInt(const std::string& where, const std::string& text, int64_t lo, int64_t hi,
+                int64_t* out) {
+  int64_t v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || p != text.data() + text.size() || v < lo || v > hi) {
+    return Status::BadConfig(
+        fmt::format("{}: expected a whole number from {} to {}, got \"{}\"", where, lo, hi, text));
+  }
+  *out = v;
+  return Status::OK();
+}
+
+template <typename T>
+std::function<Status(Config&, const std::string&)> IntSetter(T PipelineConfig::*field, int64_t lo,
+                                                             int64_t hi, std::string where) {
+  return [=](Config& c, const std::string& v) {
+    int64_t n = 0;
+    DT_RETURN_IF_ERROR(ParseInt(where, v, lo, hi, &n));
+    c.pipeline.*field = static_cast<T>(n);
+    return Status::OK();
+  };
+}
+
+Status ParseBool(const std::string& where, const std::string& v, bool* out) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on") {
+    *out = true;
+  } else if (v == "false" || v == "0" || v == "no" || v == "off") {
+    *out = false;
+  } else {
+    return Status::BadConfig(fmt::format("{}: expected true or false, got \"{}\"", where, v));
+  }
+  return Status::OK();
+}
+
+std::vector<Setting> Settings() {
+  std::vector<Setting> s;
+  s.push_back({"source", "dsn", [](Config& c, const std::string& v) {
+                 c.source.dsn = v;
+                 return Status::OK();
+               }});
+  s.push_back({"source", "password_file", [](Config& c, const std::string& v) {
+                 c.source.password_file = v;
+                 return Status::OK();
+               }});
+  s.push_back({"target", "dsn", [](Config& c, const std::string& v) {
+                 c.target.dsn = v;
+                 return Status::OK();
+               }});
+  s.push_back({"target", "password_file", [](Config& c, const std::string& v) {
+                 c.target.password_file = v;
+                 return Status::OK();
+               }});
+  s.push_back({"kafka", "brokers", [](Config& c, const std::string& v) {
+                 c.kafka.brokers = v;
+                 return Status::OK();
+               }});
+  s.push_back({"kafka", "group_id", [](Config& c, const std::string& v) {
+                 c.kafka.group_id = v;
+                 return Status::OK();
+               }});
+  s.push_back({"metrics", "listen", [](Config& c, const std::string& v) {
+                 c.metrics.listen = v;
+                 return Status::OK();
+               }});
+  using P = PipelineConfig;
+  s.push_back({"pipeline", "batch_max_changes",
+               IntSetter(&P::batch_max_changes, 1, 1000000, "pipeline.batch_max_changes")});
+  s.push_back({"pipeline", "batch_max_wait_ms",
+               IntSetter(&P::batch_max_wait_ms, 0, 60000, "pipeline.batch_max_wait_ms")});
+  s.push_back({"pipeline", "poll_interval_ms",
+               IntSetter(&P::poll_interval_ms, 1, 600000, "pipeline.poll_interval_ms")});
+  s.push_back({"pipeline", "progress_interval_ms",
+               IntSetter(&P::progress_interval_ms, 1, 60000, "pipeline.progress_interval_ms")});
+  s.push_back({"pipeline", "max_in_flight",
+               IntSetter(&P::max_in_flight, 1, 10000000, "pipeline.max_in_flight")});
+  s.push_back({"pipeline", "snapshot_chunk_rows",
+               IntSetter(&P::snapshot_chunk_rows, 1, 10000000, "pipeline.snapshot_chunk_rows")});
+  s.push_back({"pipeline", "snapshot_chunk_bytes",
+               IntSetter(&P::snapshot_chunk_bytes, 1 << 16, int64_t{1} << 34,
+                         "pipeline.snapshot_chunk_bytes")});
+  s.push_back({"pipeline", "truncate_target", [](Config& c, const std::string& v) {
+                 return ParseBool("pipeline.truncate_target", v, &c.pipeline.truncate_target);
+               }});
+  s.push_back({"pipeline", "on_bad_message", [](Config& c, const std::string& v) {
+                 if (v == "dlq" || v == "dead_letter") {
+                   c.pipeline.on_bad_message = BadMessagePolicy::kDeadLetter;
+                 } else if (v == "stop") {
+                   c.pipeline.on_bad_message = BadMessagePolicy::kStop;
+                 } else {
+                   return Status::BadConfig(fmt::format(
+                       "pipeline.on_bad_message: expected \"dlq\" or \"stop\", got \"{}\"", v));
+                 }
+                 return Status::OK();
+               }});
+  s.push_back(
+      {"pipeline", "ready_max_lag_seconds", [](Config& c, const std::string& v) {
+         char* end = nullptr;
+         double d = std::strtod(v.c_str(), &end);
+         if (v.empty() || *end != '\0' || d <= 0) {
+           return Status::BadConfig(fmt::format(
+               "pipeline.ready_max_lag_seconds: expected a positive number, got \"{}\"", v));
+         }
+         c.pipeline.ready_max_lag_seconds = d;
+         return Status::OK();
+       }});
+  return s;
+}
+
+std::string Where(const std::string& file, const toml::source_region& src) {
+  if (file.empty()) return "config";
+  return fmt::format("{}:{}", file, src.begin.line);
+}
+
+// A TOML scalar as the string our setters take.
+std::optional<std::string> ScalarText(const toml::node& n) {
+  if (auto v = n.value<std::string>()) return *v;
+  if (n.is_boolean()) return *n.value<bool>() ? "true" : "false";
+  if (n.is_integer()) return std::to_string(*n.value<int64_t>());
+  if (n.is_floating_point()) return fmt::format("{}", *n.value<double>());
+  return std::nullopt;
+}
+
+Status ReadStringMap(const std::string& file, const std::string& name, const toml::node& node,
+                     std::map<std::string, std::string>* out) {
+  const toml::table* t = node.as_table();
+  if (!t) {
+    return Status::BadConfig(
+        fmt::format("{}: [{}] must be a table of \"librdkafka.property\" = \"value\"",
+                    Where(file, node.source()), name));
+  }
+  for (auto&& [k, v] : *t) {
+    auto text = ScalarText(v);
+    if (!text) {
+      return Status::BadConfig(fmt::format("{}: {}.\"{}\" must be a string, number or boolean",
+                                           Where(file, v.source()), name, k.str()));
+    }
+    (*out)[std::string(k.str())] = *text;
+  }
+  return Status::OK();
+}
+
+std::string Suggest(const std::string& key, const std::vector<std::string>& known) {
+  // A one-edit-ish hint: same first letter and similar length.
+  for (const auto& k : known) {
+    if (!key.empty() && !k.empty() && key[0] == k[0] &&
+        (k.size() + 2 >= key.size() && key.size() + 2 >= k.size())) {
+      return fmt::format(" (did you mean \"{}\"?)", k);
+    }
+  }
+  return "";
+}
+
+Status ReadTable(const std::string& file, const toml::table& t, int index, TableConfig* out) {
+  static const std::vector<std::string> kKeys = {"source", "target", "key", "topic",
+                                                 "schema_changes"};
+  std::string where = Where(file, t.source());
+  out->line = static_cast<int>(t.source().begin.line);
+  for (auto&& [k, v] : t) {
+    std::string key(k.str());
+    if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end()) {
+      return Status::BadConfig(
+          fmt::format("{}: unknown key \"{}\" in [[tables]] #{}{}; known keys: "
+                      "source, target, key, topic, schema_changes",
+                      Where(file, v.source()), key, index + 1, Suggest(key, kKeys)));
+    }
+  }
+  auto source = t["source"].value<std::string>();
+  if (!source) {
+    return Status::BadConfig(fmt::format(
+        "{}: [[tables]] #{} needs source = \"schema.table\" (a string)", where, index + 1));
+  }
+  auto parsed = QualifiedName::Parse(*source);
+  if (!parsed) {
+    return Status::BadConfig(fmt::format(
+        "{}: [[tables]] #{}: source \"{}\" is not a table name; write schema.table, quoting "
+        "parts with double quotes if needed",
+        where, index + 1, *source));
+  }
+  out->source = *parsed;
+  out->target = out->source;
+  if (auto node = t.get("target")) {
+    auto target = node->value<std::string>();
+    auto tp = target ? QualifiedName::Parse(*target) : std::nullopt;
+    if (!tp) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: target must be a table name such as \"public.employees\"",
+          Where(file, node->source()), index + 1));
+    }
+    out->target = *tp;
+  }
+  if (auto node = t.get("key")) {
+    const toml::array* arr = node->as_array();
+    if (!arr || arr->empty()) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: key must be a non-empty list of column names, e.g. key = [\"id\"]",
+          Where(file, node->source()), index + 1));
+    }
+    for (auto&& el : *arr) {
+      auto col = el.value<std::string>();
+      if (!col || col->empty()) {
+        return Status::BadConfig(fmt::format(
+            "{}: [[tables]] #{}: every key entry must be a column name (a non-empty string)",
+            Where(file, el.source()), index + 1));
+      }
+      out->key.push_back(*col);
+    }
+  }
+  if (auto node = t.get("topic")) {
+    auto topic = node->value<std::string>();
+    if (!topic || topic->empty()) {
+      return Status::BadConfig(fmt::format("{}: [[tables]] #{}: topic must be a non-empty string",
+                                           Where(file, node->source()), index + 1));
+    }
+    out->topic = *topic;
+  } else {
+    out->topic = "datatunnel." + out->source.schema + "." + out->source.name;
+  }
+  if (auto node = t.get("schema_changes")) {
+    auto policy = node->value<std::string>();
+    if (policy && *policy == "stop") {
+      out->schema_changes = SchemaChangePolicy::kStop;
+    } else if (policy && *policy == "evolve") {
+      out->schema_changes = SchemaChangePolicy::kEvolve;
+    } else {
+      return Status::BadConfig(
+          fmt::format("{}: [[tables]] #{}: schema_changes must be \"stop\" or \"evolve\"",
+                      Where(file, node->source()), index + 1));
+    }
+  }
+  return Status::OK();
+}
+
+Status ApplyFile(const std::string& file, const std::vector<Setting>& settings, Config* config) {
+  toml::table root;
+  try {
+    root = toml::parse_file(file);
+  } catch (const toml::parse_error& e) {
+    return Status::BadConfig(fmt::format("{}:{}:{}: malformed TOML: {}", file,
+                                         e.source().begin.line, e.source().begin.column,
+                                         e.description()));
+  }
+  static const std::vector<std::string> kSections = {"source", "target",   "kafka",
+                                                     "tables", "pipeline", "metrics"};
+  for (auto&& [k, v] : root) {
+    std::string section(k.str());
+    if (std::find(kSections.begin(), kSections.end(), section) == kSections.end()) {
+      return Status::BadConfig(fmt::format(
+          "{}: unknown section \"{}\"{}; sections are [source], [target], [kafka], [[tables]], "
+          "[pipeline], [metrics]",
+          Where(file, v.source()), section, Suggest(section, kSections)));
+    }
+    if (section == "tables") {
+      const toml::array* arr = v.as_array();
+      if (!arr) {
+        return Status::BadConfig(fmt::format("{}: tables must be written as [[tables]] entries",
+                                             Where(file, v.source())));
+      }
+      int i = 0;
+      for (auto&& el : *arr) {
+        const toml::table* t = el.as_table();
+        if (!t) {
+          return Status::BadConfig(
+              fmt::format("{}: each [[tables]] entry must be a table", Where(file, el.source())));
+        }
+        TableConfig tc;
+        DT_RETURN_IF_ERROR(ReadTable(file, *t, i++, &tc));
+        config->tables.push_back(std::move(tc));
+      }
+      continue;
+    }
+    const toml::table* t = v.as_table();
+    if (!t) {
+      return Status::BadConfig(fmt::format("{}: \"{}\" must be a section ([{}])",
+                                           Where(file, v.source()), section, section));
+    }
+    std::vector<std::string> known;
+    for (const auto& s : settings) {
+      if (s.section == section) known.push_back(s.key);
+    }
+    for (auto&& [kk, vv] : *t) {
+      std::string key(kk.str());
+      if (section == "kafka" && key == "properties") {
+        DT_RETURN_IF_ERROR(ReadStringMap(file, "kafka.properties", vv, &config->kafka.properties));
+        continue;
+      }
+      if (section == "kafka" && key == "producer_properties") {
+        DT_RETURN_IF_ERROR(ReadStringMap(file, "kafka.producer_properties", vv,
+                                         &config->kafka.producer_properties));
+        continue;
+      }
+      if (section == "kafka" && key == "consumer_properties") {
+        DT_RETURN_IF_ERROR(ReadStringMap(file, "kafka.consumer_properties", vv,
+                                         &config->kafka.consumer_properties));
+        continue;
+      }
+      auto it = std::find_if(settings.begin(), settings.end(), [&](const Setting& s) {
+        return s.section == section && s.key == key;
+      });
+      if (it == settings.end()) {
+        std::string list;
+        for (const auto& k2 : known) list += (list.empty() ? "" : ", ") + k2;
+        if (section == "kafka") list += ", properties, producer_properties, consumer_properties";
+        return Status::BadConfig(fmt::format("{}: unknown key \"{}\" in [{}]{}; known keys: {}",
+                                             Where(file, vv.source()), key, section,
+                                             Suggest(key, known), list));
+      }
+      auto text = ScalarText(vv);
+      if (!text) {
+        return Status::BadConfig(fmt::format("{}: {}.{} must be a string, number or boolean",
+                                             Where(file, vv.source()), section, key));
+      }
+      DT_RETURN_IF_ERROR(it->set(*config, *text).WithContext(Where(file, vv.source())));
+    }
+  }
+  return Status::OK();
+}
+
+std::string EnvName(const std::string& section, const std::string& key) {
+  std::string name = "DATATUNNEL_" + section + "_" + key;
+  for (char& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
+Status Validate(Config* c) {
+  if (c->source.dsn.empty()) {
+    return Status::BadConfig(
+        "source.dsn is empty: set it to the source database, e.g. "
+        "postgresql://user@host:5432/db1");
+  }
+  if (c->target.dsn.empty()) {
+    return Status::BadConfig(
+        "target.dsn is empty: set it to the target database, e.g. "
+        "postgresql://user@host:5432/db2");
+  }
+  if (c->tables.empty()) {
+    // The brief's table is the default, so `make demo` needs no config file.
+    TableConfig t;
+    t.source = {"public", "employees"};
+    t.target = t.source;
+    t.key = {"emp_id"};
+    t.topic = "datatunnel.public.employees";
+    c->tables.push_back(t);
+  }
+  std::set<std::string> sources, targets, topics;
+  for (const auto& t : c->tables) {
+    if (!sources.insert(t.source.ToString()).second) {
+      return Status::BadConfig(fmt::format("table {} is listed twice in [[tables]] (line {})",
+                                           t.source.ToString(), t.line));
+    }
+    if (!targets.insert(t.target.ToString()).second) {
+      return Status::BadConfig(fmt::format(
+          "two [[tables]] entries write to the same target {} (line {}); give each its own target",
+          t.target.ToString(), t.line));
+    }
+    if (!topics.insert(t.topic).second) {
+      return Status::BadConfig(fmt::format(
+          "two [[tables]] entries use topic \"{}\" (line {}); give each table its own topic",
+          t.topic, t.line));
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<Config> LoadConfig(const std::string& path, const std::map<std::string, std::string>& env,
+                          const std::vector<std::string>& overrides) {
+  Config config;
+  const auto settings = Settings();
+  std::string file = path;
+  if (file.empty() && std::filesystem::exists("datatunnel.toml")) file = "datatunnel.toml";
+  if (!file.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(file, ec)) {
+      return Status::BadConfig(fmt::format(
+          "config file {} not found (or not a file): pass an existing file with -c, or omit -c "
+          "to use the defaults",
+          file));
+    }
+    if (access(file.c_str(), R_OK) != 0) {
+      return Status::BadConfig(
+          fmt::format("config file {} cannot be read: {}", file, std::strerror(errno)));
+    }
+    config.file = file;
+    DT_RETURN_IF_ERROR(ApplyFile(file, settings, &config));
+  }
+  for (const auto& s : settings) {
+    auto it = env.find(EnvName(s.section, s.key));
+    if (it != env.end()) DT_RETURN_IF_ERROR(s.set(config, it->second).WithContext(it->first));
+  }
+  for (const auto& o : overrides) {
+    auto eq = o.find('=');
+    auto dot = o.find('.');
+    if (eq == std::string::npos || dot == std::string::npos || dot > eq) {
+      return Status::BadConfig(
+          fmt::format("--set \"{}\": expected section.key=value, e.g. kafka.brokers=host:9092", o));
+    }
+    std::string section = o.substr(0, dot), key = o.substr(dot + 1, eq - dot - 1);
+    std::string value = o.substr(eq + 1);
+    if (section == "kafka" && key.rfind("properties.", 0) == 0) {
+      config.kafka.properties[key.substr(11)] = value;
+      continue;
+    }
+    auto it = std::find_if(settings.begin(), settings.end(),
+                           [&](const Setting& s) { return s.section == section && s.key == key; });
+    if (it == settings.end()) {
+      return Status::BadConfig(fmt::format("--set \"{}\": unknown key {}.{}", o, section, key));
+    }
+    DT_RETURN_IF_ERROR(it->set(config, value).WithContext("--set " + section + "." + key));
+  }
+  DT_RETURN_IF_ERROR(Validate(&config));
+  return config;
+}
+
+std::map<std::string, std::string> ProcessEnvironment() {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view kv(*e);
+    auto eq = kv.find('=');
+    if (eq == std::string_view::npos) continue;
+    env.emplace(std::string(kv.substr(0, eq)), std::string(kv.substr(eq + 1)));
+  }
+  return env;
+}
+
+Result<std::string> ReadPassword(const DatabaseConfig& db) {
+  if (db.password_file.empty()) return std::string();
+  std::ifstream in(db.password_file);
+  if (!in) {
+    return Status::BadConfig(
+        fmt::format("password_file {} cannot be read: {}", db.password_file, std::strerror(errno)));
+  }
+  std::string line;
+  std::getline(in, line);
+  while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.pop_back();
+  return line;
+}
+
+}  // namespace datatunnel

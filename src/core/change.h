@@ -1,0 +1,95 @@
+// Change: one row-level event travelling capture -> publish -> broker -> apply.
+//
+// Values are carried in PostgreSQL's text form (as the server prints them with
+// the session settings pg/ fixes: DateStyle ISO, TimeZone UTC,
+// extra_float_digits 3, bytea_output hex). The text form is exact for every
+// type and is what the target's input functions parse, so a value is never
+// reinterpreted in C++ on the way through.
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace datatunnel {
+
+// The Debezium operation codes, plus our own control marker.
+enum class Op : char {
+  kInsert = 'c',
+  kUpdate = 'u',
+  kDelete = 'd',
+  kRead = 'r',      // a snapshot row
+  kTruncate = 't',  // the whole table was emptied
+  kMarker = 'm',    // control: end of a snapshot (see docs/architecture.md)
+};
+
+// Where a change stands in the source's commit order. Positions are totally
+// ordered; within one Kafka partition they strictly increase (the producer
+// republishes the same changes with the same positions after a crash, so a
+// consumer drops anything at or below what it has applied).
+struct Position {
+  // Identifies one installation of capture on the source (its install time in
+  // microseconds): a reinstall starts a larger epoch, so old positions sort first.
+  int64_t epoch = 0;
+  // The batch: changes whose transaction became visible between the snapshots
+  // of tick-1 and tick. Ticks are persisted before their batch is published.
+  int64_t tick = 0;
+  // change_id inside the batch; snapshot rows read at this tick come after
+  // every change of the batch, at kSnapshotSeqBase + their row number.
+  int64_t seq = 0;
+  // 0, or 1 for the insert half of an update that changed the key.
+  int32_t sub = 0;
+
+  static constexpr int64_t kSnapshotSeqBase = int64_t{1} << 62;
+  // seq value meaning "every change of this tick".
+  static constexpr int64_t kEndOfTick = std::numeric_limits<int64_t>::max();
+
+  auto operator<=>(const Position&) const = default;
+  std::string ToString() const;
+};
+
+// A row image: one slot per column of a TableSpec, each NULL, a text value,
+// or absent (not carried by the message: leave the target's value alone).
+// Stored in one buffer so building a row costs two allocations, not one per value.
+class Row {
+ public:
+  // All slots NULL.
+  void Reset(size_t columns);
+  // All slots absent.
+  void ResetAbsent(size_t columns);
+  size_t size() const { return slots_.size(); }
+  void Set(size_t i, std::string_view value);
+  void SetNull(size_t i) { slots_[i] = Slot{0, kNull}; }
+  bool IsNull(size_t i) const { return slots_[i].len == kNull; }
+  bool IsAbsent(size_t i) const { return slots_[i].len == kAbsent; }
+  bool HasValue(size_t i) const { return slots_[i].len < kAbsent; }
+  // REQUIRES: HasValue(i)
+  std::string_view Get(size_t i) const { return {buf_.data() + slots_[i].off, slots_[i].len}; }
+  size_t ByteSize() const { return buf_.size() + slots_.size() * sizeof(Slot); }
+
+ private:
+  static constexpr uint32_t kNull = std::numeric_limits<uint32_t>::max();
+  static constexpr uint32_t kAbsent = kNull - 1;
+  struct Slot {
+    uint32_t off = 0;
+    uint32_t len = kNull;
+  };
+  std::string buf_;
+  std::vector<Slot> slots_;
+};
+
+struct Change {
+  Op op = Op::kInsert;
+  uint32_t table = 0;     // index into the tunnel's table list
+  bool key_only = false;  // `row` holds only the key columns (others NULL)
+  Position pos;
+  int64_t txid = 0;         // the writing transaction (0 for snapshot rows)
+  int64_t captured_us = 0;  // when the trigger (or snapshot read) ran, source clock
+  // The after-image for c/u/r, the before-image for d, unused for t/m.
+  Row row;
+};
+
+}  // namespace datatunnel
