@@ -1,0 +1,614 @@
+#include "pg/connection.h"
+
+#include <fmt/format.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <thread>
+#include <vector>
+
+#include "core/clock.h"
+
+namespace datatunnel::pg {
+namespace {
+
+constexpr const char* kSessionSetup =
+    "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres';"
+    "SET extra_float_digits = 3; SET bytea_output = 'hex';"
+    "SET standard_conforming_strings = on; SET client_min_messages = warning";
+
+// libpq messages span lines ("...failed: Connection refused\n\tIs the server
+// running..."); we print one line per error.
+std::string OneLine(std::string_view msg) {
+  std::string out;
+  bool space = false;
+  for (char c : msg) {
+    if (c == '\n' || c == '\t' || c == '\r' || c == ' ') {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out.push_back(' ');
+    space = false;
+    out.push_back(c);
+  }
+  return out;
+}
+
+bool Contains(std::string_view hay, std::string_view needle) {
+  return hay.find(needle) != std::string_view::npos;
+}
+
+void NoticeToLog(void* arg, const char* message) {
+  spdlog::debug("{}: {}", static_cast<const char*>(arg), OneLine(message));
+}
+
+// Connection failures carry no SQLSTATE: classify by libpq's wording and add
+// the fix an operator needs.
+Status ConnectFailure(const std::string& role, const std::string& where, std::string_view raw) {
+  std::string msg = OneLine(raw);
+  // Drop libpq's "connection to server at "h" (addr), port p failed: " prefix;
+  // `where` already says which server.
+  if (auto p = msg.find("failed: "); p != std::string::npos && msg.rfind("connection to", 0) == 0) {
+    msg = msg.substr(p + 8);
+  }
+  std::string head = fmt::format("cannot connect to the {} database ({})", role, where);
+  std::string section = role == "source" ? "[source] dsn" : "[target] dsn";
+  std::string pwfile = role == "source" ? "source.password_file" : "target.password_file";
+  if (Contains(msg, "password authentication failed") || Contains(msg, "no password supplied") ||
+      Contains(msg, "authentication failed")) {
+    return Status::BadConfig(fmt::format(
+        "{}: {}; fix the password (in the DSN, PGPASSWORD, ~/.pgpass or {})", head, msg, pwfile));
+  }
+  if (Contains(msg, "does not exist")) {
+    return Status::BadConfig(
+        fmt::format("{}: {}; create it or fix the name in {}", head, msg, section));
+  }
+  if (Contains(msg, "could not translate host name") ||
+      Contains(msg, "invalid connection option") || Contains(msg, "missing \"=\"") ||
+      Contains(msg, "invalid URI") || Contains(msg, "invalid integer value") ||
+      Contains(msg, "invalid sslmode")) {
+    return Status::BadConfig(fmt::format("{}: {}; fix {}", head, msg, section));
+  }
+  if (Contains(msg, "Connection refused")) {
+    return Status::Retryable(fmt::format(
+        "{}: connection refused; is PostgreSQL running there and accepting TCP connections? "
+        "Check {}",
+        head, section));
+  }
+  if (Contains(msg, "SSL") || Contains(msg, "certificate")) {
+    return Status::BadConfig(
+        fmt::format("{}: {}; check sslmode/sslrootcert in {}", head, msg, section));
+  }
+  return Status::Retryable(fmt::format("{}: {}", head, msg));
+}
+
+}  // namespace
+
+std::string DescribeDsn(const std::string& dsn) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
+  if (!opts) {
+    if (err) PQfreemem(err);
+    return "unparseable DSN";
+  }
+  std::string host, port, db, user;
+  for (PQconninfoOption* o = opts; o->keyword; ++o) {
+    if (!o->val || !*o->val) continue;
+    std::string_view k = o->keyword;
+    if (k == "host" || (k == "hostaddr" && host.empty())) host = o->val;
+    if (k == "port") port = o->val;
+    if (k == "dbname") db = o->val;
+    if (k == "user") user = o->val;
+  }
+  PQconninfoFree(opts);
+  if (host.empty()) host = "local socket";
+  std::string out = host;
+  if (!port.empty()) out += ":" + port;
+  out += "/" + (db.empty() ? (user.empty() ? std::string("(default db)") : user) : db);
+  if (!user.empty()) out += " as " + user;
+  return out;
+}
+
+StatusCode ClassifySqlState(std::string_view s) {
+  if (s.size() != 5)
+    return StatusCode::kRetryable;  // no SQLSTATE: a client-side/connection failure
+  std::string_view cls = s.substr(0, 2);
+  if (cls == "08") return StatusCode::kRetryable;  // connection exception
+  if (cls == "53")
+    return StatusCode::kRetryable;  // insufficient resources (disk, memory, connections)
+  if (cls == "40") return StatusCode::kRetryable;  // serialization failure, deadlock
+  if (cls == "58") return StatusCode::kRetryable;  // system error (I/O)
+  if (s == "57P01" || s == "57P02" || s == "57P03" || s == "57P04" || s == "57P05") {
+    return StatusCode::kRetryable;  // admin/crash shutdown, cannot connect now, idle session
+                                    // timeout
+  }
+  if (s == "57014") return StatusCode::kRetryable;  // query_canceled (statement_timeout)
+  if (s == "55P03") return StatusCode::kRetryable;  // lock_not_available
+  if (s == "55006") return StatusCode::kRetryable;  // object_in_use
+  if (cls == "28") return StatusCode::kBadConfig;   // invalid authorization
+  if (s == "3D000") return StatusCode::kBadConfig;  // database does not exist
+  if (cls == "22") return StatusCode::kBadData;     // data exception
+  // 42 (syntax/permission/undefined object), 23 (constraint), 25, XX, and any
+  // class not listed: cannot heal by retrying.
+  return StatusCode::kFatal;
+}
+
+QueryResult::QueryResult(pg_result* res) : res_(res) {}
+void QueryResult::Deleter::operator()(pg_result* r) const { PQclear(r); }
+int QueryResult::rows() const { return res_ ? PQntuples(res_.get()) : 0; }
+int QueryResult::columns() const { return res_ ? PQnfields(res_.get()) : 0; }
+bool QueryResult::IsNull(int row, int col) const { return PQgetisnull(res_.get(), row, col); }
+std::string_view QueryResult::Get(int row, int col) const {
+  return {PQgetvalue(res_.get(), row, col), static_cast<size_t>(PQgetlength(res_.get(), row, col))};
+}
+int64_t QueryResult::GetInt64(int row, int col) const {
+  std::string_view v = Get(row, col);
+  int64_t out = 0;
+  std::from_chars(v.data(), v.data() + v.size(), out);
+  return out;
+}
+std::string QueryResult::ColumnName(int col) const { return PQfname(res_.get(), col); }
+int64_t QueryResult::AffectedRows() const {
+  const char* n = PQcmdTuples(res_.get());
+  return (n && *n) ? std::strtoll(n, nullptr, 10) : 0;
+}
+
+Connection::Connection(pg_conn* conn, std::string description, std::string role)
+    : conn_(conn), description_(std::move(description)), role_(std::move(role)) {}
+
+Connection::~Connection() {
+  if (conn_) PQfinish(conn_);
+}
+
+Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
+  std::string where = DescribeDsn(options.dsn);
+  // Our defaults come before dbname so the user's DSN overrides them; the
+  // password (from a file) comes after so it overrides the DSN.
+  std::vector<const char*> keys = {"connect_timeout",
+                                   "keepalives_idle",
+                                   "keepalives_interval",
+                                   "keepalives_count",
+                                   "application_name",
+                                   "client_encoding",
+                                   "dbname"};
+  std::vector<const char*> vals = {
+      "10", "10", "5", "3", options.application_name.c_str(), "UTF8", options.dsn.c_str()};
+  if (!options.password.empty()) {
+    keys.push_back("password");
+    vals.push_back(options.password.c_str());
+  }
+  keys.push_back(nullptr);
+  vals.push_back(nullptr);
+  PGconn* conn = PQconnectdbParams(keys.data(), vals.data(), /*expand_dbname=*/1);
+  if (!conn) return Status::Fatal("out of memory opening a PostgreSQL connection");
+  if (PQstatus(conn) != CONNECTION_OK) {
+    Status st = ConnectFailure(options.role, where, PQerrorMessage(conn));
+    PQfinish(conn);
+    return st;
+  }
+  std::unique_ptr<Connection> c(
+      new Connection(conn, options.role + " database " + where, options.role));
+  PQsetNoticeProcessor(conn, NoticeToLog, const_cast<char*>(c->role_.c_str()));
+  DT_RETURN_IF_ERROR(c->Exec(kSessionSetup));
+  return c;
+}
+
+Status Connection::ConnectionError(std::string_view what) const {
+  std::string msg = OneLine(PQerrorMessage(conn_));
+  if (PQstatus(conn_) == CONNECTION_BAD) {
+    return Status::Retryable(
+        fmt::format("{} failed: lost the connection to the {} ({})", what, description_, msg));
+  }
+  return Status::Retryable(fmt::format("{} failed on the {}: {}", what, description_, msg));
+}
+
+Status Connection::ResultError(const pg_result* res, std::string_view what) const {
+  last_sqlstate_.clear();
+  if (!res) return ConnectionError(what);
+  const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  std::string sqlstate = state ? state : "";
+  last_sqlstate_ = sqlstate;
+  if (sqlstate.empty() || PQstatus(conn_) == CONNECTION_BAD) return ConnectionError(what);
+  std::string msg = OneLine(PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                                ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                                : PQresultErrorMessage(res));
+  const char* detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+  const char* hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+  std::string text =
+      fmt::format("{} failed on the {}: {} (SQLSTATE {})", what, description_, msg, sqlstate);
+  if (detail) text += "; " + OneLine(detail);
+  if (hint) text += "; hint: " + OneLine(hint);
+  if (sqlstate == "42501") {
+    text += "; grant the privilege to the connecting role (see docs/operations.md, Privileges)";
+  }
+  switch (ClassifySqlState(sqlstate)) {
+    case StatusCode::kRetryable:
+      return Status::Retryable(text);
+    case StatusCode::kBadConfig:
+      return Status::BadConfig(text);
+    case StatusCode::kBadData:
+      return Status::BadData(text);
+    default:
+      return Status::Fatal(text);
+  }
+}
+
+Status Connection::Exec(std::string_view sql) {
+  std::string q(sql);
+  PGresult* res = PQexec(conn_, q.c_str());
+  Status st;
+  for (;;) {
+    if (!res) {
+      if (PQstatus(conn_) == CONNECTION_BAD) st = ConnectionError("a statement");
+      break;
+    }
+    ExecStatusType s = PQresultStatus(res);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && s != PGRES_EMPTY_QUERY && st.ok()) {
+      st = ResultError(res, "a statement");
+    }
+    PQclear(res);
+    // PQexec returns the last result; nothing more to read.
+    break;
+  }
+  return st;
+}
+
+Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Param> params) {
+  std::string q(sql);
+  std::vector<const char*> values(params.size());
+  std::vector<int> lengths(params.size());
+  std::vector<int> formats(params.size(), 0);
+  // PQexecParams wants NUL-terminated text; copy views that are not.
+  std::vector<std::string> owned(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i]) {
+      values[i] = nullptr;
+      continue;
+    }
+    owned[i].assign(params[i]->data(), params[i]->size());
+    values[i] = owned[i].c_str();
+    lengths[i] = static_cast<int>(owned[i].size());
+  }
+  PGresult* res = PQexecParams(conn_, q.c_str(), static_cast<int>(params.size()), nullptr,
+                               values.data(), lengths.data(), formats.data(), 0);
+  QueryResult out(res);
+  if (!res) return ConnectionError("a query");
+  ExecStatusType s = PQresultStatus(res);
+  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+    std::string what = "query \"" + q.substr(0, 60) + (q.size() > 60 ? "...\"" : "\"");
+    return ResultError(res, what);
+  }
+  return out;
+}
+
+Status Connection::ExecPipeline(std::span<const Statement> statements) {
+  last_sqlstate_.clear();
+  if (PQenterPipelineMode(conn_) != 1) return ConnectionError("entering pipeline mode");
+  std::vector<const char*> values;
+  std::vector<int> lengths;
+  std::vector<std::string> owned;
+  for (const auto& st : statements) {
+    values.assign(st.params.size(), nullptr);
+    lengths.assign(st.params.size(), 0);
+    owned.assign(st.params.size(), std::string());
+    for (size_t i = 0; i < st.params.size(); ++i) {
+      if (!st.params[i]) continue;
+      owned[i].assign(st.params[i]->data(), st.params[i]->size());
+      values[i] = owned[i].c_str();
+      lengths[i] = static_cast<int>(owned[i].size());
+    }
+    if (PQsendQueryParams(conn_, st.sql.c_str(), static_cast<int>(st.params.size()), nullptr,
+                          values.data(), lengths.data(), nullptr, 0) != 1) {
+      Status err = ConnectionError("sending a pipelined statement");
+      PQexitPipelineMode(conn_);
+      return err;
+    }
+  }
+  if (PQpipelineSync(conn_) != 1) {
+    Status err = ConnectionError("sending a pipeline");
+    PQexitPipelineMode(conn_);
+    return err;
+  }
+  const bool ends_in_commit = !statements.empty() && statements.back().sql == "COMMIT";
+  Status first;
+  bool lost = false;
+  for (size_t i = 0; i < statements.size(); ++i) {
+    PGresult* res = PQgetResult(conn_);
+    if (!res) {
+      if (PQstatus(conn_) == CONNECTION_BAD) {
+        lost = true;
+        break;
+      }
+      continue;
+    }
+    ExecStatusType s = PQresultStatus(res);
+    if (s == PGRES_FATAL_ERROR && first.ok()) {
+      std::string q = statements[i].sql.substr(0, 60);
+      first =
+          ResultError(res, "statement \"" + q + (statements[i].sql.size() > 60 ? "...\"" : "\""));
+    }
+    PQclear(res);
+    // Each statement's results end with a NULL.
+    while ((res = PQgetResult(conn_)) != nullptr) PQclear(res);
+  }
+  if (!lost) {
+    // The sync point.
+    for (;;) {
+      PGresult* res = PQgetResult(conn_);
+      if (!res) {
+        if (PQstatus(conn_) == CONNECTION_BAD) lost = true;
+        break;
+      }
+      bool sync = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+      PQclear(res);
+      if (sync) break;
+    }
+  }
+  PQexitPipelineMode(conn_);
+  if (lost) {
+    if (ends_in_commit && first.ok()) {
+      return Status::InDoubt(
+          fmt::format("COMMIT on the {}: the connection was lost before the outcome was known ({})",
+                      description_, OneLine(PQerrorMessage(conn_))));
+    }
+    return ConnectionError("a pipeline");
+  }
+  return first;
+}
+
+Status Connection::Commit() {
+  PGresult* res = PQexec(conn_, "COMMIT");
+  QueryResult holder(res);
+  if (!res || PQstatus(conn_) == CONNECTION_BAD) {
+    return Status::InDoubt(
+        fmt::format("COMMIT on the {}: the connection was lost before the outcome was known ({})",
+                    description_, OneLine(PQerrorMessage(conn_))));
+  }
+  if (PQresultStatus(res) != PGRES_COMMAND_OK) return ResultError(res, "COMMIT");
+  // COMMIT of a failed transaction reports ROLLBACK.
+  if (std::string_view(PQcmdStatus(res)) == "ROLLBACK") {
+    return Status::Fatal(
+        fmt::format("COMMIT on the {} rolled back an aborted transaction", description_));
+  }
+  return Status::OK();
+}
+
+void Connection::RollbackQuietly() {
+  if (PQstatus(conn_) != CONNECTION_OK) return;
+  if (PQtransactionStatus(conn_) == PQTRANS_IDLE) return;
+  PQclear(PQexec(conn_, "ROLLBACK"));
+}
+
+Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
+  std::string q(copy_sql);
+  PGresult* res = PQexec(conn_, q.c_str());
+  if (!res) return ConnectionError("COPY");
+  if (PQresultStatus(res) != PGRES_COPY_IN) {
+    Status st = ResultError(res, "COPY");
+    PQclear(res);
+    return st;
+  }
+  PQclear(res);
+  constexpr size_t kPiece = 1 << 20;
+  for (size_t off = 0; off < data.size(); off += kPiece) {
+    size_t n = std::min(kPiece, data.size() - off);
+    if (PQputCopyData(conn_, data.data() + off, static_cast<int>(n)) != 1) {
+      return ConnectionError("COPY data");
+    }
+  }
+  if (PQputCopyEnd(conn_, nullptr) != 1) return ConnectionError("COPY end");
+  Status st;
+  while ((res = PQgetResult(conn_)) != nullptr) {
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && st.ok()) st = ResultError(res, "COPY");
+    PQclear(res);
+  }
+  if (st.ok() && PQstatus(conn_) == CONNECTION_BAD) st = ConnectionError("COPY");
+  return st;
+}
+
+Status Connection::CopyOut(std::string_view copy_sql,
+                           const std::function<Status(std::string_view)>& on_row) {
+  std::string q(copy_sql);
+  PGresult* res = PQexec(conn_, q.c_str());
+  if (!res) return ConnectionError("COPY");
+  if (PQresultStatus(res) != PGRES_COPY_OUT) {
+    Status st = ResultError(res, "COPY");
+    PQclear(res);
+    return st;
+  }
+  PQclear(res);
+  Status st;
+  for (;;) {
+    char* buf = nullptr;
+    int n = PQgetCopyData(conn_, &buf, 0);
+    if (n > 0) {
+      std::string_view line(buf, static_cast<size_t>(n));
+      if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+      if (st.ok()) st = on_row(line);  // keep draining after a callback error
+      PQfreemem(buf);
+      continue;
+    }
+    if (n == -2) return ConnectionError("COPY");
+    break;  // -1: done
+  }
+  while ((res = PQgetResult(conn_)) != nullptr) {
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && st.ok()) st = ResultError(res, "COPY");
+    PQclear(res);
+  }
+  return st;
+}
+
+Status Connection::Listen(std::string_view channel) {
+  return Exec("LISTEN " + std::string(channel));
+}
+
+Result<int> Connection::WaitForNotifications(int timeout_ms, int wake_fd) {
+  auto drain = [&]() -> Result<int> {
+    if (!PQconsumeInput(conn_)) return ConnectionError("waiting for notifications");
+    int n = 0;
+    while (PGnotify* note = PQnotifies(conn_)) {
+      PQfreemem(note);
+      ++n;
+    }
+    return n;
+  };
+  DT_ASSIGN_OR_RETURN(int n, drain());
+  if (n > 0 || timeout_ms <= 0) return n;
+  pollfd fds[2] = {{PQsocket(conn_), POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  int rc = poll(fds, wake_fd >= 0 ? 2 : 1, timeout_ms);
+  if (rc < 0 && errno != EINTR) return Status::Retryable("poll() on the database socket failed");
+  return drain();
+}
+
+bool Connection::IsBroken() const { return PQstatus(conn_) != CONNECTION_OK; }
+
+bool Connection::InTransaction() const {
+  auto s = PQtransactionStatus(conn_);
+  return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE;
+}
+
+int Connection::server_version() const { return PQserverVersion(conn_); }
+int Connection::backend_pid() const { return PQbackendPID(conn_); }
+
+Result<std::unique_ptr<Connection>> OpenWithRetry(const ConnectOptions& options, int deadline_ms,
+                                                  const std::function<bool()>& should_stop) {
+  const int64_t deadline = MonotonicMicros() + int64_t{deadline_ms} * 1000;
+  Backoff backoff(200, 5000);
+  for (;;) {
+    auto conn = Connection::Open(options);
+    if (conn.ok() || !conn.status().IsRetryable()) return conn;
+    if (MonotonicMicros() >= deadline || (should_stop && should_stop())) return conn;
+    int delay = backoff.NextDelayMs();
+    if (backoff.attempts() == 1 || backoff.attempts() % 10 == 0) {
+      spdlog::warn("{} (retrying)", conn.status().message());
+    }
+    for (int waited = 0; waited < delay; waited += 50) {
+      if (should_stop && should_stop()) return conn;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+}
+
+std::string TextArrayLiteral(const std::vector<std::optional<std::string>>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i) out.push_back(',');
+    if (!items[i]) {
+      out += "NULL";
+      continue;
+    }
+    out.push_back('"');
+    for (char c : *items[i]) {
+      if (c == '"' || c == '\\') out.push_back('\\');
+      out.push_back(c);
+    }
+    out.push_back('"');
+  }
+  out.push_back('}');
+  return out;
+}
+
+void AppendCopyEscaped(std::string_view value, std::string* out) {
+  size_t start = 0;
+  for (size_t i = 0; i < value.size(); ++i) {
+    char c = value[i];
+    char esc;
+    switch (c) {
+      case '\\':
+        esc = '\\';
+        break;
+      case '\t':
+        esc = 't';
+        break;
+      case '\n':
+        esc = 'n';
+        break;
+      case '\r':
+        esc = 'r';
+        break;
+      default:
+        continue;
+    }
+    out->append(value.data() + start, i - start);
+    out->push_back('\\');
+    out->push_back(esc);
+    start = i + 1;
+  }
+  out->append(value.data() + start, value.size() - start);
+}
+
+bool SplitCopyLine(std::string_view line, std::vector<std::optional<std::string>>* fields) {
+  fields->clear();
+  size_t i = 0;
+  for (;;) {
+    size_t end = line.find('\t', i);
+    std::string_view raw = line.substr(i, end == std::string_view::npos ? end : end - i);
+    if (raw == "\\N") {
+      fields->emplace_back(std::nullopt);
+    } else {
+      std::string v;
+      v.reserve(raw.size());
+      for (size_t k = 0; k < raw.size(); ++k) {
+        char c = raw[k];
+        if (c != '\\') {
+          v.push_back(c);
+          continue;
+        }
+        if (++k >= raw.size()) return false;
+        char e = raw[k];
+        switch (e) {
+          case 'b':
+            v.push_back('\b');
+            break;
+          case 'f':
+            v.push_back('\f');
+            break;
+          case 'n':
+            v.push_back('\n');
+            break;
+          case 'r':
+            v.push_back('\r');
+            break;
+          case 't':
+            v.push_back('\t');
+            break;
+          case 'v':
+            v.push_back('\v');
+            break;
+          case 'x': {
+            int val = 0, digits = 0;
+            while (digits < 2 && k + 1 < raw.size() &&
+                   std::isxdigit(static_cast<unsigned char>(raw[k + 1]))) {
+              char h = raw[++k];
+              val = val * 16 +
+                    (std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (h | 0x20) - 'a' + 10);
+              ++digits;
+            }
+            if (digits == 0) return false;
+            v.push_back(static_cast<char>(val));
+            break;
+          }
+          default:
+            if (e >= '0' && e <= '7') {
+              int val = e - '0', digits = 1;
+              while (digits < 3 && k + 1 < raw.size() && raw[k + 1] >= '0' && raw[k + 1] <= '7') {
+                val = val * 8 + (raw[++k] - '0');
+                ++digits;
+              }
+              v.push_back(static_cast<char>(val));
+            } else {
+              v.push_back(e);  // \\ and any other escaped character stand for themselves
+            }
+        }
+      }
+      fields->emplace_back(std::move(v));
+    }
+    if (end == std::string_view::npos) break;
+    i = end + 1;
+  }
+  return true;
+}
+
+}  // namespace datatunnel::pg

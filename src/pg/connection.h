@@ -1,0 +1,152 @@
+// pg::Connection: the libpq adapter. The only code that sees libpq types.
+//
+// Every connection is set up the same way so that values cross over exactly
+// in text form: DateStyle ISO, TimeZone UTC, IntervalStyle postgres,
+// extra_float_digits 3 (shortest exact floats), bytea_output hex,
+// client_encoding UTF8, standard_conforming_strings on.
+//
+// Errors come back as Status with a code chosen from the SQLSTATE (see
+// ClassifySqlState): lost connections are kRetryable, a failed COMMIT whose
+// outcome is unknown is kInDoubt, permissions and missing objects are kFatal,
+// bad credentials or database names are kBadConfig. Messages are one line and
+// never contain a password.
+//
+// Thread-safety: a Connection is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+struct pg_conn;
+struct pg_result;
+
+namespace datatunnel::pg {
+
+struct ConnectOptions {
+  std::string dsn;       // URI or key=value; may name host, port, user, sslmode, ...
+  std::string password;  // empty: from the DSN, PGPASSWORD or ~/.pgpass as libpq does
+  std::string role;      // "source" or "target": used in messages
+  std::string application_name = "datatunnel";
+};
+
+// "127.0.0.1:5433/db1 as postgres": the DSN without its password, for messages.
+std::string DescribeDsn(const std::string& dsn);
+
+// Decides what a SQLSTATE means for us (exhaustive over the classes we meet;
+// unknown states are kFatal: stopping loudly beats retrying blindly).
+StatusCode ClassifySqlState(std::string_view sqlstate);
+
+class QueryResult {
+ public:
+  QueryResult() = default;
+  explicit QueryResult(pg_result* res);
+  int rows() const;
+  int columns() const;
+  bool IsNull(int row, int col) const;
+  std::string_view Get(int row, int col) const;
+  // REQUIRES: the value is a decimal integer.
+  int64_t GetInt64(int row, int col) const;
+  bool GetBool(int row, int col) const { return Get(row, col) == "t"; }
+  std::string ColumnName(int col) const;
+  // Number of rows affected by an INSERT/UPDATE/DELETE.
+  int64_t AffectedRows() const;
+
+ private:
+  struct Deleter {
+    void operator()(pg_result* r) const;
+  };
+  std::unique_ptr<pg_result, Deleter> res_;
+};
+
+// A bound parameter in text form; nullopt is SQL NULL.
+using Param = std::optional<std::string_view>;
+
+// One statement of a pipeline; params point into memory the caller keeps alive.
+struct Statement {
+  std::string sql;
+  std::vector<Param> params;
+};
+
+class Connection {
+ public:
+  // Connects and applies the session settings above.
+  static Result<std::unique_ptr<Connection>> Open(const ConnectOptions& options);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Runs one or more statements (simple protocol), discarding results.
+  Status Exec(std::string_view sql);
+  // Runs one statement with text parameters ($1, $2, ...).
+  Result<QueryResult> Query(std::string_view sql, std::span<const Param> params = {});
+  Result<QueryResult> Query(std::string_view sql, std::initializer_list<Param> params) {
+    return Query(sql, std::span<const Param>(params.begin(), params.size()));
+  }
+  // Sends all statements at once (libpq pipeline mode) and reads their results:
+  // one round trip. Returns the first error; the statements after a failed one
+  // are skipped by the server. A lost connection when the last statement is
+  // COMMIT is kInDoubt.
+  Status ExecPipeline(std::span<const Statement> statements);
+  // SQLSTATE of the last failed statement ("" when none or unknown).
+  const std::string& last_sqlstate() const { return last_sqlstate_; }
+  // COMMIT, mapping a lost connection to kInDoubt.
+  Status Commit();
+  // Rolls back if a transaction is open; never fails (a broken connection has
+  // no transaction left).
+  void RollbackQuietly();
+
+  // COPY ... FROM STDIN, sending `data` (already in COPY text format).
+  Status CopyIn(std::string_view copy_sql, std::string_view data);
+  // COPY ... TO STDOUT; calls on_row with each line (without its newline).
+  Status CopyOut(std::string_view copy_sql, const std::function<Status(std::string_view)>& on_row);
+
+  Status Listen(std::string_view channel);
+  // Waits until a notification arrives, `wake_fd` (if >= 0) becomes readable,
+  // or timeout_ms passes. Returns how many notifications were drained.
+  Result<int> WaitForNotifications(int timeout_ms, int wake_fd);
+
+  // True when the server connection is gone; the Connection must be replaced.
+  bool IsBroken() const;
+  // In a transaction block (or a failed one).
+  bool InTransaction() const;
+  int server_version() const;
+  // Process id of the backend, for pg_terminate_backend in tests.
+  int backend_pid() const;
+  const std::string& description() const { return description_; }
+
+  // Status for the current connection-level error (after a failed call).
+  Status ConnectionError(std::string_view what) const;
+  // Status for a failed result.
+  Status ResultError(const pg_result* res, std::string_view what) const;
+
+ private:
+  Connection(pg_conn* conn, std::string description, std::string role);
+  pg_conn* conn_;
+  std::string description_;
+  std::string role_;
+  mutable std::string last_sqlstate_;
+};
+
+// Opens a connection, retrying retryable failures until `deadline_ms` passes
+// or `should_stop` returns true.
+Result<std::unique_ptr<Connection>> OpenWithRetry(const ConnectOptions& options, int deadline_ms,
+                                                  const std::function<bool()>& should_stop);
+
+// A text[] literal ('{"a","b",NULL}') for binding as a parameter.
+std::string TextArrayLiteral(const std::vector<std::optional<std::string>>& items);
+
+// Appends `value` to `out` escaped for COPY text format.
+void AppendCopyEscaped(std::string_view value, std::string* out);
+// Splits one COPY text line into fields, unescaping; nullopt for \N.
+// Returns false when the line is malformed.
+bool SplitCopyLine(std::string_view line, std::vector<std::optional<std::string>>* fields);
+
+}  // namespace datatunnel::pg
