@@ -1,0 +1,206 @@
+#include "capture/change_log.h"
+
+#include <fmt/format.h>
+
+#include "capture/install.h"
+
+namespace datatunnel::capture {
+
+Result<bool> ChangeLog::TryLock() {
+  DT_ASSIGN_OR_RETURN(
+      auto r, conn_->Query(fmt::format("SELECT pg_catalog.pg_try_advisory_lock({}, {})", kLockClass,
+                                       kLockProducer)));
+  return r.GetBool(0, 0);
+}
+
+Result<int64_t> ChangeLog::LoadEpoch() {
+  auto r = conn_->Query("SELECT epoch FROM datatunnel.meta");
+  if (!r.ok()) {
+    if (r.status().code() == StatusCode::kFatal) {
+      return Status::Fatal(fmt::format(
+          "the {} has no datatunnel state (datatunnel.meta): run `datatunnel init` first",
+          conn_->description()));
+    }
+    return r.status();
+  }
+  if (r->rows() != 1) return Status::Fatal("datatunnel.meta is empty: run `datatunnel init`");
+  return r->GetInt64(0, 0);
+}
+
+Result<std::vector<TableProgress>> ChangeLog::LoadProgress() {
+  std::vector<TableProgress> out;
+  for (const auto& spec : *tables_) {
+    DT_ASSIGN_OR_RETURN(auto r,
+                        conn_->Query("SELECT published_tick, published_seq, published_count "
+                                     "FROM datatunnel.tables "
+                                     "WHERE schema_name = $1 AND table_name = $2",
+                                     {spec.source.schema, spec.source.name}));
+    if (r.rows() != 1) {
+      return Status::Fatal(fmt::format(
+          "table {} is not set up for capture on the {}: run `datatunnel init` with this "
+          "configuration",
+          spec.source.ToString(), conn_->description()));
+    }
+    out.push_back({r.GetInt64(0, 0), r.GetInt64(0, 1), r.GetInt64(0, 2)});
+  }
+  return out;
+}
+
+Result<std::vector<Tick>> ChangeLog::LoadTicks(int64_t from, int limit) {
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT tick, snapshot::text FROM datatunnel.ticks "
+                                           "WHERE tick >= $1 ORDER BY tick LIMIT $2",
+                                           {std::to_string(from), std::to_string(limit)}));
+  std::vector<Tick> out;
+  for (int i = 0; i < r.rows(); ++i) out.push_back({r.GetInt64(i, 0), std::string(r.Get(i, 1))});
+  return out;
+}
+
+Result<Tick> ChangeLog::BeginTick(int64_t number) {
+  DT_RETURN_IF_ERROR(conn_->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ"));
+  // The first statement fixes the transaction's snapshot; record exactly it.
+  auto r = conn_->Query(
+      "INSERT INTO datatunnel.ticks (tick, snapshot) "
+      "VALUES ($1, pg_catalog.txid_current_snapshot()) "
+      "ON CONFLICT (tick) DO NOTHING RETURNING snapshot::text",
+      {std::to_string(number)});
+  if (!r.ok()) {
+    conn_->RollbackQuietly();
+    return r.status();
+  }
+  if (r->rows() != 1) {
+    conn_->RollbackQuietly();
+    return Status::Fatal(fmt::format(
+        "tick {} already exists on the {}: another producer is writing to the same source "
+        "(the producer lock was lost); stopping so only one publishes",
+        number, conn_->description()));
+  }
+  return Tick{number, std::string(r->Get(0, 0))};
+}
+
+Status ChangeLog::CommitTick() { return conn_->Commit(); }
+
+std::string ChangeLog::BatchQuery(const TableSpec& spec) const {
+  std::string cols;
+  for (size_t k : spec.key) {
+    cols += ", " + QuoteIdent(std::string(kOldKeyPrefix) + spec.columns[k].name);
+  }
+  for (const auto& c : spec.columns) cols += ", " + QuoteIdent(c.name);
+  // The xmin/xmax bounds are a cheap pre-filter: below lo's xmin everything
+  // is visible in lo; at or above hi's xmax nothing is visible in hi.
+  return fmt::format(
+      "SELECT change_id, txid, action, "
+      "(extract(epoch FROM captured_at) * 1000000)::bigint{} "
+      "FROM {} "
+      "WHERE change_id > $1 "
+      "  AND txid >= pg_catalog.txid_snapshot_xmin($2::txid_snapshot) "
+      "  AND txid < pg_catalog.txid_snapshot_xmax($3::txid_snapshot) "
+      "  AND pg_catalog.txid_visible_in_snapshot(txid, $3::txid_snapshot) "
+      "  AND NOT pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot) "
+      "ORDER BY change_id LIMIT $4",
+      cols, spec.change_table.Quoted());
+}
+
+Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after,
+                                     int limit, int64_t epoch, std::vector<Change>* out) {
+  if (batch_queries_.size() != tables_->size()) {
+    batch_queries_.clear();
+    for (const auto& spec : *tables_) batch_queries_.push_back(BatchQuery(spec));
+  }
+  const TableSpec& spec = (*tables_)[t];
+  DT_ASSIGN_OR_RETURN(
+      auto r, conn_->Query(batch_queries_[t], {std::to_string(after), lo.snapshot, hi.snapshot,
+                                               std::to_string(limit)}));
+  const int nkey = static_cast<int>(spec.key.size());
+  const int first_col = 4 + nkey;
+  const size_t ncols = spec.columns.size();
+  int64_t last = after;
+  for (int i = 0; i < r.rows(); ++i) {
+    Change c;
+    c.table = static_cast<uint32_t>(t);
+    c.pos = Position{epoch, hi.number, r.GetInt64(i, 0), 0};
+    c.txid = r.GetInt64(i, 1);
+    c.captured_us = r.GetInt64(i, 3);
+    last = c.pos.seq;
+    std::string_view action = r.Get(i, 2);
+    if (action == "TRUNCATE") {
+      c.op = Op::kTruncate;
+      out->push_back(std::move(c));
+      continue;
+    }
+    // An UPDATE that changed the key becomes a delete of the old key and an
+    // insert of the new row, each keyed (and partitioned) by its own key, so
+    // per-key order holds for both keys.
+    if (action == "UPDATE" && !r.IsNull(i, 4)) {
+      Change del = c;
+      del.op = Op::kDelete;
+      del.key_only = true;
+      del.row.Reset(ncols);
+      for (int k = 0; k < nkey; ++k) {
+        if (r.IsNull(i, 4 + k)) continue;
+        del.row.Set(spec.key[k], r.Get(i, 4 + k));
+      }
+      out->push_back(std::move(del));
+      c.op = Op::kInsert;
+      c.pos.sub = 1;
+    } else if (action == "INSERT") {
+      c.op = Op::kInsert;
+    } else if (action == "UPDATE") {
+      c.op = Op::kUpdate;
+    } else if (action == "DELETE") {
+      c.op = Op::kDelete;
+    } else {
+      return Status::Fatal(fmt::format("change {} in {} has an unknown action \"{}\"", c.pos.seq,
+                                       spec.change_table.ToString(), action));
+    }
+    c.row.Reset(ncols);
+    for (size_t col = 0; col < ncols; ++col) {
+      int rc = first_col + static_cast<int>(col);
+      if (!r.IsNull(i, rc)) c.row.Set(col, r.Get(i, rc));
+    }
+    out->push_back(std::move(c));
+  }
+  return last;
+}
+
+Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
+  if (updates.empty()) return Status::OK();
+  DT_RETURN_IF_ERROR(conn_->Exec("BEGIN"));
+  auto fail = [&](Status st) {
+    conn_->RollbackQuietly();
+    return st;
+  };
+  for (const auto& u : updates) {
+    const TableSpec& spec = (*tables_)[u.table];
+    if (u.prune_upto > 0 && !u.prune_snapshot.empty()) {
+      auto r =
+          conn_->Query(fmt::format("DELETE FROM {} WHERE change_id <= $1 AND "
+                                   "pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot)",
+                                   spec.change_table.Quoted()),
+                       {std::to_string(u.prune_upto), u.prune_snapshot});
+      if (!r.ok()) return fail(r.status());
+    }
+    auto r = conn_->Query(
+        "UPDATE datatunnel.tables SET published_tick = $3, published_seq = $4, "
+        "  published_count = published_count + $5, published_at = now() "
+        "WHERE schema_name = $1 AND table_name = $2 "
+        "  AND (published_tick, published_seq) < ($3::bigint, $4::bigint)",
+        {spec.source.schema, spec.source.name, std::to_string(u.tick), std::to_string(u.seq),
+         std::to_string(u.delivered)});
+    if (!r.ok()) return fail(r.status());
+  }
+  // Keep the ticks some table may still need as its batch's lower bound.
+  auto r = conn_->Query(
+      "DELETE FROM datatunnel.ticks WHERE tick < (SELECT min(CASE WHEN published_seq = $1 "
+      "THEN published_tick ELSE published_tick - 1 END) FROM datatunnel.tables)",
+      {std::to_string(Position::kEndOfTick)});
+  if (!r.ok()) return fail(r.status());
+  return conn_->Commit();
+}
+
+Result<int64_t> ChangeLog::CountPending(size_t t) {
+  DT_ASSIGN_OR_RETURN(auto r,
+                      conn_->Query("SELECT count(*) FROM " + (*tables_)[t].change_table.Quoted()));
+  return r.GetInt64(0, 0);
+}
+
+}  // namespace datatunnel::capture

@@ -1,0 +1,108 @@
+// Capture, data plane: reads committed changes from the change tables in an
+// order that never skips a late-committing transaction.
+//
+// The rule (PgQ's): change_id order is not commit order, so progress is never
+// a "last change_id seen". Instead the producer records ticks: tick n holds
+// txid_current_snapshot() at some moment. Batch n is every change whose
+// transaction is visible in tick n's snapshot but not in tick n-1's; a
+// transaction still open at tick n lands in a later batch when it commits,
+// however small its change_id. Within a batch, changes are read in change_id
+// order, which for any one row is its commit order (a second writer of a row
+// waits for the first's row lock, so takes a larger change_id).
+//
+// A tick is committed to datatunnel.ticks before any change of its batch is
+// published, so after a crash the same batch is recomputed with the same
+// content and the same positions, and consumers recognise what they already
+// applied.
+//
+// Progress per table, stored in datatunnel.tables, is (tick, seq): every change
+// of earlier ticks, and of `tick` up to change_id `seq` (kEndOfTick: all of
+// it), has been delivered. Delivered changes are then deleted from the change
+// table, which stays as small as the backlog.
+//
+// Thread-safety: one thread. All calls use the connection given at
+// construction, which also holds the producer lock.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/change.h"
+#include "core/status.h"
+#include "core/table.h"
+#include "pg/connection.h"
+
+namespace datatunnel::capture {
+
+struct Tick {
+  int64_t number = 0;
+  std::string snapshot;  // txid_snapshot text: "xmin:xmax:xip,..."
+};
+
+struct TableProgress {
+  int64_t tick = 0;
+  int64_t seq = 0;
+  int64_t published = 0;  // changes published so far
+};
+
+struct ProgressUpdate {
+  size_t table = 0;
+  int64_t tick = 0;
+  int64_t seq = 0;
+  int64_t delivered = 0;  // changes delivered since the last update
+  // Pruning: delete changes visible in `prune_snapshot` (the snapshot of the
+  // newest tick whose batch is entirely delivered) with change_id <=
+  // prune_upto (an index bound). Empty snapshot: prune nothing.
+  int64_t prune_upto = 0;
+  std::string prune_snapshot;
+};
+
+class ChangeLog {
+ public:
+  ChangeLog(pg::Connection* conn, const std::vector<TableSpec>* tables)
+      : conn_(conn), tables_(tables) {}
+
+  // Takes the producer lock, a session-level advisory lock held for the life
+  // of the connection. Returns false when another producer holds it.
+  Result<bool> TryLock();
+  Result<int64_t> LoadEpoch();
+  // One entry per table; kFatal when a table is not registered (init not run).
+  Result<std::vector<TableProgress>> LoadProgress();
+  // Ticks numbered >= from, in order, at most `limit`.
+  Result<std::vector<Tick>> LoadTicks(int64_t from, int limit);
+
+  // Begins a REPEATABLE READ transaction and records tick `number` with its
+  // snapshot. The transaction stays open so the caller may read rows at
+  // exactly this snapshot (a snapshot chunk); CommitTick() ends it.
+  // Returns kFatal (another producer took over) if `number` already exists.
+  Result<Tick> BeginTick(int64_t number);
+  Status CommitTick();
+
+  // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]
+  // with change_id > after, in change_id order, appending Changes to `out`
+  // (an UPDATE that changed the key gives two). Returns the last change_id
+  // read, or `after` when there was none.
+  Result<int64_t> ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after, int limit,
+                            int64_t epoch, std::vector<Change>* out);
+
+  // Writes progress and prunes delivered changes and old ticks, in one
+  // transaction. Progress only moves forward.
+  Status RecordProgress(std::span<const ProgressUpdate> updates);
+
+  // Changes waiting in table t's change table (an exact count; for status).
+  Result<int64_t> CountPending(size_t t);
+
+ private:
+  std::string BatchQuery(const TableSpec& spec) const;
+  pg::Connection* conn_;
+  const std::vector<TableSpec>* tables_;
+  std::vector<std::string> batch_queries_;
+};
+
+// The advisory lock key pair the producer holds ("DTNL", 1).
+inline constexpr int32_t kLockClass = 0x44544e4c;
+inline constexpr int32_t kLockProducer = 1;
+
+}  // namespace datatunnel::capture

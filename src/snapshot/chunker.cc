@@ -1,0 +1,242 @@
+#include "snapshot/chunker.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <set>
+
+#include "core/clock.h"
+#include "pg/catalog.h"
+
+namespace datatunnel::snapshot {
+
+std::string_view StateName(State s) {
+  switch (s) {
+    case State::kNone:
+      return "none";
+    case State::kRequested:
+      return "requested";
+    case State::kRunning:
+      return "running";
+    case State::kDone:
+      return "done";
+  }
+  return "none";
+}
+
+namespace {
+
+State ParseState(std::string_view s) {
+  if (s == "requested") return State::kRequested;
+  if (s == "running") return State::kRunning;
+  if (s == "done") return State::kDone;
+  return State::kNone;
+}
+
+}  // namespace
+
+Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, uint32_t table,
+                                int max_rows, int64_t max_bytes) {
+  DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(source, spec.source));
+  if (!info) {
+    return Status::Fatal(fmt::format("source table {} no longer exists", spec.source.ToString()));
+  }
+  Chunker c;
+  c.spec_ = &spec;
+  c.table_ = table;
+  c.max_rows_ = max_rows;
+  c.max_bytes_ = max_bytes;
+  std::set<std::string> key;
+  for (size_t k : spec.key) key.insert(spec.columns[k].name);
+  for (const auto& u : info->unique_keys) {
+    if (std::set<std::string>(u.begin(), u.end()) == key) c.key_ordered_ = true;
+  }
+  for (size_t i = 0; i < spec.columns.size(); ++i) {
+    if (i) c.select_list_ += ", ";
+    c.select_list_ += QuoteIdent(spec.columns[i].name);
+  }
+  DT_ASSIGN_OR_RETURN(
+      auto est, source.Query("SELECT c.reltuples, c.relpages, pg_catalog.pg_relation_size(c.oid) "
+                             "FROM pg_catalog.pg_class c WHERE c.oid = $1::oid",
+                             {std::to_string(info->oid)}));
+  double tuples = std::strtod(std::string(est.Get(0, 0)).c_str(), nullptr);
+  double pages = static_cast<double>(est.GetInt64(0, 1));
+  double bytes = static_cast<double>(est.GetInt64(0, 2));
+  if (tuples > 0 && pages > 0) c.rows_per_page_ = std::max(1.0, tuples / pages);
+  if (tuples > 0 && bytes > 0) c.avg_row_bytes_ = std::max(16.0, bytes / tuples);
+  return c;
+}
+
+Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_t epoch,
+                            int64_t tick) {
+  const TableSpec& spec = *spec_;
+  // Bound the chunk by rows and (estimated) bytes: it is held in memory until
+  // the batch before it is published.
+  int64_t limit =
+      std::clamp<int64_t>(static_cast<int64_t>(max_bytes_ / avg_row_bytes_), 1, max_rows_);
+  Chunk chunk;
+  Result<pg::QueryResult> rows = Status::Fatal("unreachable");
+  if (key_ordered_) {
+    std::string order, lhs, rhs;
+    std::vector<pg::Param> params;
+    for (size_t i = 0; i < spec.key.size(); ++i) {
+      const Column& col = spec.columns[spec.key[i]];
+      if (i) {
+        order += ", ";
+        lhs += ", ";
+        rhs += ", ";
+      }
+      order += QuoteIdent(col.name);
+      lhs += QuoteIdent(col.name);
+      rhs += fmt::format("${}::{}", i + 1, col.type_sql);
+    }
+    std::string where;
+    if (!cursor.empty()) {
+      if (cursor.size() != spec.key.size() + 1 || cursor[0] != "key") {
+        return Status::Fatal(fmt::format(
+            "the snapshot cursor of {} does not match its key; restart the snapshot with "
+            "`datatunnel snapshot --restart`",
+            spec.source.ToString()));
+      }
+      for (size_t i = 1; i < cursor.size(); ++i) {
+        params.push_back(cursor[i] ? pg::Param(*cursor[i]) : pg::Param());
+      }
+      where = fmt::format(" WHERE ({}) > ({})", lhs, rhs);
+    }
+    std::string limit_s = std::to_string(limit);
+    params.push_back(limit_s);
+    rows = source.Query(fmt::format("SELECT {} FROM {}{} ORDER BY {} LIMIT ${}", select_list_,
+                                    spec.source.Quoted(), where, order, params.size()),
+                        params);
+  } else {
+    int64_t page = 0;
+    if (!cursor.empty()) {
+      if (cursor.size() != 2 || cursor[0] != "page" || !cursor[1]) {
+        return Status::Fatal(
+            fmt::format("the snapshot cursor of {} is not a page cursor; restart the snapshot with "
+                        "`datatunnel snapshot --restart`",
+                        spec.source.ToString()));
+      }
+      page = std::strtoll(cursor[1]->c_str(), nullptr, 10);
+    }
+    int64_t pages = std::max<int64_t>(1, static_cast<int64_t>(limit / rows_per_page_));
+    DT_ASSIGN_OR_RETURN(
+        auto size, source.Query(fmt::format("SELECT pg_catalog.pg_relation_size('{}'::regclass) / "
+                                            "current_setting('block_size')::bigint",
+                                            spec.source.Quoted())));
+    int64_t nblocks = size.GetInt64(0, 0);
+    rows = source.Query(fmt::format("SELECT {} FROM {} WHERE ctid >= $1::tid AND ctid < $2::tid",
+                                    select_list_, spec.source.Quoted()),
+                        {fmt::format("({},0)", page), fmt::format("({},0)", page + pages)});
+    chunk.next = {std::string("page"), std::to_string(page + pages)};
+    chunk.last = page + pages >= nblocks;
+  }
+  if (!rows.ok()) return rows.status();
+  const int n = rows->rows();
+  const size_t ncols = spec.columns.size();
+  const int64_t now = NowMicros();
+  chunk.rows.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    Change c;
+    c.op = Op::kRead;
+    c.table = table_;
+    c.pos = Position{epoch, tick, Position::kSnapshotSeqBase + i, 0};
+    c.captured_us = now;
+    c.row.Reset(ncols);
+    for (size_t col = 0; col < ncols; ++col) {
+      if (!rows->IsNull(i, static_cast<int>(col)))
+        c.row.Set(col, rows->Get(i, static_cast<int>(col)));
+    }
+    chunk.bytes += static_cast<int64_t>(c.row.ByteSize());
+    chunk.rows.push_back(std::move(c));
+  }
+  if (n > 0) avg_row_bytes_ = std::max(16.0, static_cast<double>(chunk.bytes) / n);
+  if (key_ordered_) {
+    chunk.last = n < limit;
+    if (n > 0) {
+      chunk.next = {std::string("key")};
+      const Row& lastrow = chunk.rows.back().row;
+      for (size_t k : spec.key) {
+        chunk.next.push_back(lastrow.IsNull(k) ? std::nullopt
+                                               : std::optional<std::string>(lastrow.Get(k)));
+      }
+    } else {
+      chunk.next = cursor;
+    }
+  }
+  return chunk;
+}
+
+Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec) {
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      source.Query(
+          "SELECT snapshot_state, snapshot_rows, snapshot_total, snapshot_chunks, snapshot_run, "
+          "  COALESCE(extract(epoch FROM (COALESCE(snapshot_done_at, now()) - "
+          "    snapshot_started_at)), 0)::float8 "
+          "FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
+          {spec.source.schema, spec.source.name}));
+  if (r.rows() != 1) {
+    return Status::Fatal(fmt::format("table {} is not set up for capture: run `datatunnel init`",
+                                     spec.source.ToString()));
+  }
+  Progress p;
+  p.state = ParseState(r.Get(0, 0));
+  p.rows = r.GetInt64(0, 1);
+  p.total = r.GetInt64(0, 2);
+  p.chunks = r.GetInt64(0, 3);
+  p.run = r.GetInt64(0, 4);
+  p.seconds = std::strtod(std::string(r.Get(0, 5)).c_str(), nullptr);
+  DT_ASSIGN_OR_RETURN(auto cur,
+                      source.Query("SELECT c FROM datatunnel.tables t, "
+                                   "unnest(t.snapshot_cursor) WITH ORDINALITY AS u(c, n) "
+                                   "WHERE schema_name = $1 AND table_name = $2 ORDER BY n",
+                                   {spec.source.schema, spec.source.name}));
+  for (int i = 0; i < cur.rows(); ++i) {
+    p.cursor.push_back(cur.IsNull(i, 0) ? std::nullopt : std::optional<std::string>(cur.Get(i, 0)));
+  }
+  return p;
+}
+
+Status Request(pg::Connection& source, const TableSpec& spec, bool restart) {
+  // reltuples is -1 for a table never analyzed: count it then (once).
+  DT_ASSIGN_OR_RETURN(auto est,
+                      source.Query("SELECT c.reltuples::bigint FROM pg_catalog.pg_class c "
+                                   "WHERE c.oid = $1::regclass",
+                                   {spec.source.Quoted()}));
+  int64_t total = est.GetInt64(0, 0);
+  if (total < 0) {
+    DT_ASSIGN_OR_RETURN(auto cnt, source.Query("SELECT count(*) FROM " + spec.source.Quoted()));
+    total = cnt.GetInt64(0, 0);
+  }
+  std::string cond = restart ? "true" : "snapshot_state IN ('none', 'done')";
+  DT_ASSIGN_OR_RETURN(
+      auto r, source.Query(fmt::format("UPDATE datatunnel.tables SET snapshot_state = 'requested', "
+                                       "  snapshot_cursor = NULL, snapshot_rows = 0, "
+                                       "  snapshot_total = $3, snapshot_chunks = 0, "
+                                       "  snapshot_run = snapshot_run + 1, "
+                                       "  snapshot_started_at = now(), snapshot_done_at = NULL "
+                                       "WHERE schema_name = $1 AND table_name = $2 AND {}",
+                                       cond),
+                           {spec.source.schema, spec.source.name, std::to_string(total)}));
+  (void)r;
+  return Status::OK();
+}
+
+Status RecordChunk(pg::Connection& source, const TableSpec& spec, int64_t run, const Cursor& next,
+                   int64_t rows, bool last) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, source.Query("UPDATE datatunnel.tables SET "
+                           "  snapshot_state = CASE WHEN $5 THEN 'done' ELSE 'running' END, "
+                           "  snapshot_cursor = $3::text[], snapshot_rows = snapshot_rows + $4, "
+                           "  snapshot_chunks = snapshot_chunks + 1, "
+                           "  snapshot_done_at = CASE WHEN $5 THEN now() END "
+                           "WHERE schema_name = $1 AND table_name = $2 AND snapshot_run = $6 "
+                           "  AND snapshot_state IN ('requested', 'running')",
+                           {spec.source.schema, spec.source.name, pg::TextArrayLiteral(next),
+                            std::to_string(rows), last ? "true" : "false", std::to_string(run)}));
+  (void)r;
+  return Status::OK();
+}
+
+}  // namespace datatunnel::snapshot

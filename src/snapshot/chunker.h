@@ -1,0 +1,91 @@
+// Snapshot: the initial copy, read in chunks that interleave with the stream.
+//
+// Each chunk is read inside the transaction that records a tick (see
+// capture/change_log.h), so it holds exactly the rows visible in that tick's
+// snapshot. The producer publishes it after every change of that tick's batch
+// and before any change of the next: for every row, changes committed before
+// the chunk's snapshot are applied before the chunk's copy of the row, later
+// ones after it. That gives the exact hand-over with writers running, without
+// a long transaction on the source and without locks beyond a plain SELECT.
+//
+// Chunks follow the key when the source has a unique index on the key columns
+// (key-ordered, resumable after the last key copied), and physical page ranges
+// (ctid) otherwise, which needs no index: any row that moves to a page already
+// copied does so through an UPDATE, which the stream carries.
+//
+// Progress lives in datatunnel.tables (snapshot_state, snapshot_cursor,
+// snapshot_rows): a killed snapshot continues after the last chunk whose rows
+// were all delivered.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/change.h"
+#include "core/status.h"
+#include "core/table.h"
+#include "pg/connection.h"
+
+namespace datatunnel::snapshot {
+
+enum class State { kNone, kRequested, kRunning, kDone };
+std::string_view StateName(State s);
+
+// Where the next chunk starts: {"key", v1, v2, ...} after the last key copied,
+// or {"page", n} at heap page n. Empty: from the beginning.
+using Cursor = std::vector<std::optional<std::string>>;
+
+struct Progress {
+  State state = State::kNone;
+  Cursor cursor;
+  int64_t rows = 0;   // rows delivered so far
+  int64_t total = 0;  // estimate of the table's rows when the snapshot began
+  int64_t chunks = 0;
+  int64_t run = 0;     // increases with every request; guards stale chunk records
+  double seconds = 0;  // since the snapshot started
+};
+
+struct Chunk {
+  std::vector<Change> rows;  // op kRead, positions (epoch, tick, kSnapshotSeqBase + i)
+  Cursor next;               // cursor after this chunk
+  bool last = false;         // nothing after this chunk
+  int64_t bytes = 0;
+};
+
+class Chunker {
+ public:
+  // Inspects the source table: chooses key or page order.
+  static Result<Chunker> Create(pg::Connection& source, const TableSpec& spec, uint32_t table,
+                                int max_rows, int64_t max_bytes);
+
+  // Reads the chunk after `cursor`.
+  // REQUIRES: `source` is inside the tick's REPEATABLE READ transaction.
+  Result<Chunk> Read(pg::Connection& source, const Cursor& cursor, int64_t epoch, int64_t tick);
+
+  bool key_ordered() const { return key_ordered_; }
+
+ private:
+  Chunker() = default;
+  const TableSpec* spec_ = nullptr;
+  uint32_t table_ = 0;
+  bool key_ordered_ = false;
+  int max_rows_ = 0;
+  int64_t max_bytes_ = 0;
+  double avg_row_bytes_ = 100;  // refined after each chunk
+  double rows_per_page_ = 50;
+  std::string select_list_;
+};
+
+// Bookkeeping in datatunnel.tables on the source.
+Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec);
+// Marks the table for a (new) snapshot, estimating its size. Restarts a
+// snapshot in progress when `restart`.
+Status Request(pg::Connection& source, const TableSpec& spec, bool restart);
+// Records that a chunk's rows are delivered (state running, or done when
+// `last`), if the snapshot is still run `run`.
+Status RecordChunk(pg::Connection& source, const TableSpec& spec, int64_t run, const Cursor& next,
+                   int64_t rows, bool last);
+
+}  // namespace datatunnel::snapshot
