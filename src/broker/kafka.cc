@@ -1,0 +1,502 @@
+#include "broker/kafka.h"
+
+#include <fmt/format.h>
+#include <librdkafka/rdkafka.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "core/clock.h"
+
+namespace datatunnel::broker {
+namespace {
+
+using Props = std::vector<std::pair<std::string, std::string>>;
+
+// Logs `msg` at most once per 10 s per key, so an outage gives a line, not a flood.
+void LogThrottled(spdlog::level::level_enum level, const std::string& key, const std::string& msg) {
+  static std::mutex mu;
+  static std::map<std::string, int64_t> last;
+  const int64_t now = MonotonicMicros();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto [it, inserted] = last.try_emplace(key, now);
+    if (!inserted) {
+      if (now - it->second < 10'000'000) return;
+      it->second = now;
+    }
+  }
+  spdlog::log(level, "{}", msg);
+}
+
+void LogCb(const rd_kafka_t* rk, int level, const char* fac, const char* buf) {
+  (void)rk;
+  auto lvl = level <= 3   ? spdlog::level::err
+             : level <= 4 ? spdlog::level::warn
+             : level <= 6 ? spdlog::level::debug
+                          : spdlog::level::trace;
+  if (lvl >= spdlog::level::debug) {
+    spdlog::log(lvl, "kafka {}: {}", fac, buf);
+  } else {
+    LogThrottled(lvl, std::string(fac), fmt::format("kafka {}: {}", fac, buf));
+  }
+}
+
+void ErrorCb(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+  (void)opaque;
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    char buf[512];
+    rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof buf);
+    spdlog::error("kafka: fatal client error {}: {}", rd_kafka_err2name(orig), buf);
+    return;
+  }
+  if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+    LogThrottled(spdlog::level::warn, "all-down",
+                 fmt::format("kafka: no broker reachable ({}); waiting, nothing is lost", reason));
+    return;
+  }
+  LogThrottled(spdlog::level::warn, rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)),
+               fmt::format("kafka: {}: {}",
+                           rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)), reason));
+}
+
+Status ApplyProps(rd_kafka_conf_t* conf, const Props& props) {
+  char err[512];
+  for (const auto& [k, v] : props) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      // Never echo values: a property may be a password.
+      return Status::BadConfig(
+          fmt::format("kafka property \"{}\": {}; fix it in [kafka.properties]", k, err));
+    }
+  }
+  return Status::OK();
+}
+
+Props Merge(Props defaults, const std::map<std::string, std::string>& a,
+            const std::map<std::string, std::string>& b) {
+  for (const auto* m : {&a, &b}) {
+    for (const auto& [k, v] : *m) defaults.emplace_back(k, v);
+  }
+  return defaults;
+}
+
+std::vector<TopicPartition> FromList(const rd_kafka_topic_partition_list_t* list) {
+  std::vector<TopicPartition> out;
+  if (!list) return out;
+  for (int i = 0; i < list->cnt; ++i) {
+    out.push_back({list->elems[i].topic, list->elems[i].partition, list->elems[i].offset});
+  }
+  return out;
+}
+
+rd_kafka_topic_partition_list_t* ToList(const std::vector<TopicPartition>& parts) {
+  auto* list = rd_kafka_topic_partition_list_new(static_cast<int>(parts.size()));
+  for (const auto& p : parts) {
+    rd_kafka_topic_partition_list_add(list, p.topic.c_str(), p.partition)->offset = p.offset;
+  }
+  return list;
+}
+
+}  // namespace
+
+bool IsRetryableKafkaError(int e) {
+  switch (static_cast<rd_kafka_resp_err_t>(e)) {
+    // Cannot heal by waiting: configuration, authorization, data that will
+    // never fit, or data the broker no longer has.
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR_INVALID_CONFIG:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+    case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
+    case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+      return false;
+    // Everything else (transport, leader changes, timeouts, coordinator
+    // moves, unknown topic while it is being created, throttling, purges we
+    // asked for, and any code not listed): wait and retry. A retry can only
+    // cost a duplicate, which consumers drop by position.
+    default:
+      return true;
+  }
+}
+
+std::string KafkaErrorText(int err) {
+  return rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
+}
+
+// ---- Producer --------------------------------------------------------------
+
+Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
+                                                   DeliveryFn on_delivery,
+                                                   const std::string& client_id) {
+  Props props = Merge(
+      {
+          {"bootstrap.servers", config.brokers},
+          {"client.id", client_id},
+          {"enable.idempotence", "true"},
+          {"acks", "all"},
+          {"message.timeout.ms", "0"},
+          {"linger.ms", "2"},
+          {"batch.num.messages", "10000"},
+          {"compression.type", "lz4"},
+          {"queue.buffering.max.kbytes", "65536"},
+          {"queue.buffering.max.messages", "200000"},
+          {"message.max.bytes", "67108864"},
+          {"partitioner", "murmur2_random"},
+          {"socket.keepalive.enable", "true"},
+          {"reconnect.backoff.max.ms", "2000"},
+      },
+      config.properties, config.producer_properties);
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  if (Status st = ApplyProps(conf, props); !st.ok()) {
+    rd_kafka_conf_destroy(conf);
+    return st;
+  }
+  std::unique_ptr<Producer> p(new Producer());
+  p->on_delivery_ = std::move(on_delivery);
+  rd_kafka_conf_set_opaque(conf, p.get());
+  rd_kafka_conf_set_log_cb(conf, LogCb);
+  rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+    ErrorCb(rk, err, reason, opaque);
+  });
+  rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+    auto* self = static_cast<Producer*>(opaque);
+    uint64_t token = reinterpret_cast<uintptr_t>(m->_private);
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      self->on_delivery_(token, Status::OK());
+      return;
+    }
+    std::string msg = fmt::format("delivery to {} [{}] failed: {}", rd_kafka_topic_name(m->rkt),
+                                  m->partition, rd_kafka_err2str(m->err));
+    self->on_delivery_(token,
+                       IsRetryableKafkaError(m->err) ? Status::Retryable(msg) : Status::Fatal(msg));
+  });
+  char err[512];
+  p->rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (!p->rk_) {
+    return Status::BadConfig(fmt::format("cannot create the Kafka producer: {}", err));
+  }
+  return p;
+}
+
+Producer::~Producer() {
+  if (rk_) rd_kafka_destroy(rk_);
+}
+
+Status Producer::Send(const std::string& topic, int32_t partition, std::string_view key,
+                      std::string_view value, uint64_t token, const std::vector<Header>* headers) {
+  rd_kafka_headers_t* hdrs = nullptr;
+  if (headers && !headers->empty()) {
+    hdrs = rd_kafka_headers_new(headers->size());
+    for (const auto& [k, v] : *headers) {
+      rd_kafka_header_add(hdrs, k.data(), static_cast<ssize_t>(k.size()), v.data(),
+                          static_cast<ssize_t>(v.size()));
+    }
+  }
+  rd_kafka_resp_err_t err;
+  if (hdrs) {
+    err = rd_kafka_producev(
+        rk_, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_KEY(key.empty() ? nullptr : const_cast<char*>(key.data()), key.size()),
+        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+        RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))),
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+  } else {
+    err = rd_kafka_producev(
+        rk_, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_KEY(key.empty() ? nullptr : const_cast<char*>(key.data()), key.size()),
+        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+        RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))), RD_KAFKA_V_END);
+  }
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
+  if (hdrs) rd_kafka_headers_destroy(hdrs);  // ownership passes only on success
+  if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::Retryable("producer queue full");
+  std::string msg = fmt::format("cannot publish to topic {}: {}", topic, rd_kafka_err2str(err));
+  if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+    msg += fmt::format(
+        " ({} bytes); raise message.max.bytes in [kafka.producer_properties] and "
+        "the topic's max.message.bytes on the brokers",
+        value.size());
+  }
+  return IsRetryableKafkaError(err) ? Status::Retryable(msg) : Status::Fatal(msg);
+}
+
+void Producer::Poll(int timeout_ms) { rd_kafka_poll(rk_, timeout_ms); }
+
+int Producer::Flush(int timeout_ms) {
+  rd_kafka_flush(rk_, timeout_ms);
+  return rd_kafka_outq_len(rk_);
+}
+
+void Producer::Purge() {
+  rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+  rd_kafka_poll(rk_, 0);
+}
+
+int Producer::OutQueueLength() const { return rd_kafka_outq_len(rk_); }
+
+Result<int> Producer::PartitionCount(const std::string& topic, int timeout_ms) {
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+  const int64_t deadline = MonotonicMicros() + int64_t{timeout_ms} * 1000;
+  rd_kafka_resp_err_t last = RD_KAFKA_RESP_ERR_NO_ERROR;
+  int count = 0;
+  while (true) {
+    const rd_kafka_metadata_t* md = nullptr;
+    last = rd_kafka_metadata(rk_, 0, rkt, &md, 2000);
+    if (last == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
+      if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        count = md->topics[0].partition_cnt;
+      } else if (md->topic_cnt == 1) {
+        last = md->topics[0].err;
+      }
+      rd_kafka_metadata_destroy(md);
+    }
+    if (count > 0 || MonotonicMicros() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  rd_kafka_topic_destroy(rkt);
+  if (count > 0) return count;
+  std::string msg = fmt::format("cannot read the partitions of topic {} from the brokers ({}): {}",
+                                topic, "bootstrap.servers", rd_kafka_err2str(last));
+  return IsRetryableKafkaError(last) ? Status::Retryable(msg) : Status::Fatal(msg);
+}
+
+Status Producer::FatalError() const {
+  char buf[512];
+  rd_kafka_resp_err_t err = rd_kafka_fatal_error(rk_, buf, sizeof buf);
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
+  return Status::Retryable(fmt::format(
+      "the Kafka producer hit a fatal error ({}: {}); restarting it", rd_kafka_err2name(err), buf));
+}
+
+// ---- Consumer --------------------------------------------------------------
+
+Message::~Message() {
+  if (m_) rd_kafka_message_destroy(m_);
+}
+
+InboundMessage Message::view() const {
+  InboundMessage v;
+  v.topic = rd_kafka_topic_name(m_->rkt);
+  v.partition = m_->partition;
+  v.offset = m_->offset;
+  v.key = std::string_view(static_cast<const char*>(m_->key), m_->key_len);
+  v.value = std::string_view(static_cast<const char*>(m_->payload), m_->len);
+  v.null_value = m_->payload == nullptr;
+  return v;
+}
+
+std::optional<std::string_view> Message::Header(const char* name) const {
+  rd_kafka_headers_t* hdrs = nullptr;
+  if (rd_kafka_message_headers(m_, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR) return std::nullopt;
+  const void* val = nullptr;
+  size_t size = 0;
+  if (rd_kafka_header_get_last(hdrs, name, &val, &size) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return std::nullopt;
+  }
+  return std::string_view(static_cast<const char*>(val), size);
+}
+
+void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaque) {
+  auto* self = static_cast<Consumer*>(opaque);
+  auto* list = static_cast<rd_kafka_topic_partition_list_t*>(partitions);
+  const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    std::vector<TopicPartition> parts = FromList(list);
+    for (auto& p : parts) p.offset = kOffsetStored;
+    self->listener_->OnAssigned(&parts);
+    for (size_t i = 0; i < parts.size(); ++i) list->elems[i].offset = parts[i].offset;
+    if (cooperative) {
+      rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, list);
+      if (e) rd_kafka_error_destroy(e);
+    } else {
+      rd_kafka_assign(rk, list);
+    }
+  } else {
+    self->listener_->OnRevoked(FromList(list));
+    if (cooperative) {
+      rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, list);
+      if (e) rd_kafka_error_destroy(e);
+    } else {
+      rd_kafka_assign(rk, nullptr);
+    }
+  }
+}
+
+Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
+                                                   const std::vector<std::string>& topics,
+                                                   Listener* listener) {
+  Props props = Merge(
+      {
+          {"bootstrap.servers", config.brokers},
+          {"group.id", config.group_id},
+          {"client.id", "datatunnel-consumer"},
+          {"enable.auto.commit", "false"},
+          {"enable.auto.offset.store", "false"},
+          {"auto.offset.reset", "error"},
+          {"fetch.wait.max.ms", "10"},
+          {"fetch.error.backoff.ms", "50"},
+          {"queued.max.messages.kbytes", "32768"},
+          {"fetch.max.bytes", "67108864"},
+          {"receive.message.max.bytes", "134217728"},
+          {"session.timeout.ms", "10000"},
+          {"heartbeat.interval.ms", "1000"},
+          {"allow.auto.create.topics", "true"},
+          {"socket.keepalive.enable", "true"},
+          {"reconnect.backoff.max.ms", "2000"},
+      },
+      config.properties, config.consumer_properties);
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  if (Status st = ApplyProps(conf, props); !st.ok()) {
+    rd_kafka_conf_destroy(conf);
+    return st;
+  }
+  std::unique_ptr<Consumer> c(new Consumer());
+  c->listener_ = listener;
+  rd_kafka_conf_set_opaque(conf, c.get());
+  rd_kafka_conf_set_log_cb(conf, LogCb);
+  rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+    ErrorCb(rk, err, reason, opaque);
+  });
+  rd_kafka_conf_set_rebalance_cb(
+      conf, [](rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts,
+               void* opaque) { RebalanceCb(rk, err, parts, opaque); });
+  char err[512];
+  c->rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (!c->rk_) return Status::BadConfig(fmt::format("cannot create the Kafka consumer: {}", err));
+  rd_kafka_poll_set_consumer(c->rk_);
+  auto* list = rd_kafka_topic_partition_list_new(static_cast<int>(topics.size()));
+  for (const auto& t : topics)
+    rd_kafka_topic_partition_list_add(list, t.c_str(), RD_KAFKA_PARTITION_UA);
+  rd_kafka_resp_err_t e = rd_kafka_subscribe(c->rk_, list);
+  rd_kafka_topic_partition_list_destroy(list);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Status::BadConfig(
+        fmt::format("cannot subscribe to the topics: {}", rd_kafka_err2str(e)));
+  }
+  return c;
+}
+
+Consumer::~Consumer() {
+  if (rk_) {
+    if (!closed_) rd_kafka_consumer_close(rk_);
+    rd_kafka_destroy(rk_);
+  }
+}
+
+Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out) {
+  const size_t start = out->size();
+  // Wait up to timeout_ms for the first message, then up to linger_ms more.
+  int64_t deadline = MonotonicMicros() + int64_t{timeout_ms} * 1000;
+  bool got_first = false;
+  while (out->size() - start < max) {
+    const int wait = static_cast<int>(std::max<int64_t>(0, (deadline - MonotonicMicros()) / 1000));
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, wait);
+    if (!m) break;
+    if (m->err) {
+      const rd_kafka_resp_err_t err = m->err;
+      const std::string where =
+          m->rkt ? fmt::format("{} [{}]", rd_kafka_topic_name(m->rkt), m->partition)
+                 : std::string("the consumer");
+      const std::string text = rd_kafka_message_errstr(m);
+      const int64_t offset = m->offset;
+      rd_kafka_message_destroy(m);
+      if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF) continue;
+      if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+          err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        return Status::Fatal(fmt::format(
+            "{}: offset {} is no longer on the broker ({}): changes were removed by retention "
+            "before they were applied, so the target is missing them; raise the topic's "
+            "retention and re-sync with `datatunnel snapshot --truncate-target`",
+            where, offset, text));
+      }
+      if (!IsRetryableKafkaError(err)) {
+        return Status::Fatal(fmt::format("kafka consumer, {}: {}", where, text));
+      }
+      LogThrottled(spdlog::level::warn, rd_kafka_err2name(err),
+                   fmt::format("kafka consumer, {}: {} (retrying)", where, text));
+      continue;
+    }
+    out->emplace_back(m);
+    if (!got_first) {
+      got_first = true;
+      deadline = MonotonicMicros() + int64_t{linger_ms} * 1000;
+    }
+  }
+  return Status::OK();
+}
+
+void Consumer::Pause(const std::vector<TopicPartition>& parts) {
+  auto* list = ToList(parts);
+  rd_kafka_pause_partitions(rk_, list);
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+void Consumer::Resume(const std::vector<TopicPartition>& parts) {
+  auto* list = ToList(parts);
+  rd_kafka_resume_partitions(rk_, list);
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+Status Consumer::Seek(const TopicPartition& tp) {
+  auto* list = ToList({tp});
+  rd_kafka_error_t* e = rd_kafka_seek_partitions(rk_, list, 5000);
+  Status st;
+  if (e) {
+    st = Status::Retryable(fmt::format("seek {} [{}] to {}: {}", tp.topic, tp.partition, tp.offset,
+                                       rd_kafka_error_string(e)));
+    rd_kafka_error_destroy(e);
+  } else if (list->elems[0].err) {
+    st = Status::Retryable(fmt::format("seek {} [{}] to {}: {}", tp.topic, tp.partition, tp.offset,
+                                       rd_kafka_err2str(list->elems[0].err)));
+  }
+  rd_kafka_topic_partition_list_destroy(list);
+  return st;
+}
+
+void Consumer::CommitAsync(const std::vector<TopicPartition>& offsets) {
+  if (offsets.empty()) return;
+  auto* list = ToList(offsets);
+  rd_kafka_commit(rk_, list, 1);
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+Status Consumer::Close() {
+  if (closed_) return Status::OK();
+  closed_ = true;
+  rd_kafka_resp_err_t e = rd_kafka_consumer_close(rk_);
+  if (e) return Status::Retryable(fmt::format("closing the consumer: {}", rd_kafka_err2str(e)));
+  return Status::OK();
+}
+
+std::vector<TopicPartition> Consumer::Assignment() const {
+  rd_kafka_topic_partition_list_t* list = nullptr;
+  std::vector<TopicPartition> out;
+  if (rd_kafka_assignment(rk_, &list) == RD_KAFKA_RESP_ERR_NO_ERROR && list) {
+    out = FromList(list);
+    rd_kafka_topic_partition_list_destroy(list);
+  }
+  return out;
+}
+
+}  // namespace datatunnel::broker

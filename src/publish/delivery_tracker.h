@@ -1,0 +1,72 @@
+// DeliveryTracker: turns out-of-order delivery reports into safe progress.
+//
+// Every message the producer hands to the broker (or to the in-memory
+// hand-over) is registered in publish order and gets a token. Reports arrive
+// in any order; progress may only be recorded up to the longest prefix of
+// registered messages that are all delivered (the watermark), because after a
+// crash the producer restarts from the recorded progress. Entries that are
+// not progress points (the first half of a split change, all but the last
+// copy of a message sent to every partition, snapshot rows) are delivered
+// like others but never recorded on their own. Bookkeeping entries (the end
+// of a tick, the end of a chunk) send nothing and count once everything
+// registered before them is delivered.
+//
+// Thread-safety: not thread-safe; the producer thread owns it and delivery
+// callbacks run on that thread (from the broker's poll).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <vector>
+
+#include "core/change.h"
+#include "core/status.h"
+
+namespace datatunnel::publish {
+
+// What a watermark advance means for one table.
+struct TableAdvance {
+  uint32_t table = 0;
+  Position pos;               // the newest progress point now delivered
+  int64_t delivered = 0;      // progress points (changes) delivered since last taken
+  int64_t max_change_id = 0;  // largest change_id delivered (for pruning)
+  int64_t snapshot_rows = 0;  // snapshot rows delivered since last taken
+  int chunks_done = 0;        // snapshot chunks whose rows are all delivered
+  bool marker_done = false;   // the end-of-snapshot marker is delivered
+};
+
+class DeliveryTracker {
+ public:
+  enum class Kind : uint8_t { kChange, kPart, kSnapshotRow, kChunkEnd, kMarker, kTickEnd };
+
+  // Registers the next message, or with `delivered` a bookkeeping entry that
+  // sends nothing (the end of a tick, an empty chunk). Returns its token.
+  uint64_t Add(uint32_t table, const Position& pos, Kind kind, bool delivered = false);
+  void MarkDelivered(uint64_t token);
+  // A message could not be delivered; remembers the first failure.
+  void MarkFailed(uint64_t token, Status why);
+
+  // Advances the watermark and returns what it covers, per table.
+  std::vector<TableAdvance> TakeAdvances();
+  // The first delivery failure, if any.
+  const Status& failure() const { return failure_; }
+
+  size_t in_flight() const { return entries_.size(); }
+  uint64_t next_token() const { return base_ + entries_.size(); }
+  // Forgets everything (after a restart from recorded progress).
+  void Reset();
+
+ private:
+  struct Entry {
+    uint32_t table;
+    Kind kind;
+    bool delivered;
+    Position pos;
+  };
+  std::deque<Entry> entries_;
+  uint64_t base_ = 0;  // token of entries_.front()
+  Status failure_;
+};
+
+}  // namespace datatunnel::publish

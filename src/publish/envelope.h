@@ -1,0 +1,48 @@
+// The message format on the topic: a Debezium-compatible JSON envelope.
+//
+//   key:   {"<key column>": value, ...}            (null for t and m)
+//   value: {"before": {...}|null, "after": {...}|null, "op": "c|u|d|r|t|m",
+//           "ts_ms": <publish time>,
+//           "source": {"version", "connector": "datatunnel", "name", "db",
+//                      "schema", "table", "txId", "change_id", "ts_ms"
+//                      (capture time), "snapshot": true|false,
+//                      "pos": [epoch, tick, seq, sub]}}
+//
+// Truncates and markers go to every partition and carry "partitions": N.
+// "pos" is the change's Position (core/change.h); consumers use it to drop
+// duplicates. A delete carries the old row in "before" (only the key when it
+// is the delete half of a key change). "op":"m" with "marker":"snapshot_done"
+// ends a snapshot on every partition. Value encodings per type are listed in
+// README.md ("How values are encoded").
+//
+// Thread-safety: an encoder owns its buffers; one per thread.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/change.h"
+#include "core/table.h"
+
+namespace datatunnel::publish {
+
+class EnvelopeEncoder {
+ public:
+  // `tables`: source-side specs indexed by Change::table; `db`: the source
+  // database name for "source.db".
+  EnvelopeEncoder(const std::vector<TableSpec>* tables, std::string db);
+
+  // Encodes `c`; `key` is left empty for truncate and marker messages, which
+  // are sent to every partition and say how many there are (`partitions`).
+  void Encode(const Change& c, std::string* key, std::string* value, int partitions = 0);
+
+ private:
+  const std::vector<TableSpec>* tables_;
+  std::string db_;
+  std::string scratch_;
+};
+
+// One value as JSON for its kind (exposed for tests).
+std::string JsonValue(ValueKind kind, std::string_view text);
+
+}  // namespace datatunnel::publish
