@@ -1,0 +1,285 @@
+#include "apply/applier.h"
+
+#include <fmt/format.h>
+
+#include <deque>
+#include <map>
+
+#include "apply/batch.h"
+#include "apply/install.h"
+
+namespace datatunnel::apply {
+namespace {
+
+constexpr size_t kMaxParams = 30000;  // PostgreSQL allows 65535 per statement
+
+// Owns the text of parameters while a pipeline is built and sent.
+class Arena {
+ public:
+  std::string_view Keep(std::string s) {
+    store_.push_back(std::move(s));
+    return store_.back();
+  }
+
+ private:
+  std::deque<std::string> store_;
+};
+
+// Which columns a row writes: every column it carries, minus generated ones.
+std::vector<size_t> WrittenColumns(const TableSpec& spec, const Row& row) {
+  std::vector<size_t> cols;
+  for (size_t i = 0; i < spec.columns.size(); ++i) {
+    if (spec.columns[i].generated || row.IsAbsent(i)) continue;
+    cols.push_back(i);
+  }
+  return cols;
+}
+
+std::string ColumnList(const TableSpec& spec, const std::vector<size_t>& cols,
+                       const char* prefix = "") {
+  std::string out;
+  for (size_t i = 0; i < cols.size(); ++i) {
+    if (i) out += ", ";
+    out += prefix;
+    out += QuoteIdent(spec.columns[cols[i]].name);
+  }
+  return out;
+}
+
+std::string KeyList(const TableSpec& spec) {
+  std::string out;
+  for (size_t i = 0; i < spec.key.size(); ++i) {
+    if (i) out += ", ";
+    out += QuoteIdent(spec.columns[spec.key[i]].name);
+  }
+  return out;
+}
+
+std::string ConflictClause(const TableSpec& spec, const std::vector<size_t>& cols) {
+  std::string set;
+  for (size_t c : cols) {
+    if (spec.IsKey(c)) continue;
+    const std::string n = QuoteIdent(spec.columns[c].name);
+    set += fmt::format("{}{} = EXCLUDED.{}", set.empty() ? "" : ", ", n, n);
+  }
+  if (set.empty()) return fmt::format(" ON CONFLICT ({}) DO NOTHING", KeyList(spec));
+  return fmt::format(" ON CONFLICT ({}) DO UPDATE SET {}", KeyList(spec), set);
+}
+
+pg::Param ValueParam(const Row& row, size_t i) {
+  return row.HasValue(i) ? pg::Param(row.Get(i)) : pg::Param();
+}
+
+// Upserts grouped by the set of columns they write (one group, normally).
+std::map<std::vector<size_t>, std::vector<const Change*>> GroupByColumns(
+    const TableSpec& spec, const std::vector<const Change*>& upserts) {
+  std::map<std::vector<size_t>, std::vector<const Change*>> groups;
+  for (const Change* c : upserts) groups[WrittenColumns(spec, c->row)].push_back(c);
+  return groups;
+}
+
+void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg::Statement>* out) {
+  for (const auto& a : advances) {
+    pg::Statement st;
+    st.sql =
+        "SELECT datatunnel.advance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+        "NULLIF($12::bigint, 0))";
+    for (int64_t v : {int64_t{a.partition}, a.expected_offset, a.offset, a.pos.epoch, a.pos.tick,
+                      a.pos.seq, int64_t{a.pos.sub}, a.applied, a.skipped, a.dead, a.captured_us}) {
+      st.params.emplace_back(arena->Keep(std::to_string(v)));
+    }
+    st.params.insert(st.params.begin(), arena->Keep(a.stream));
+    out->push_back(std::move(st));
+    if (a.snapshot_marker) {
+      pg::Statement m;
+      m.sql =
+          "UPDATE datatunnel.applied SET snapshot_epoch = $3, snapshot_tick = $4, "
+          "snapshot_partitions = $5 WHERE stream = $1 AND partition = $2";
+      m.params = {arena->Keep(a.stream), arena->Keep(std::to_string(a.partition)),
+                  arena->Keep(std::to_string(a.pos.epoch)), arena->Keep(std::to_string(a.pos.tick)),
+                  arena->Keep(std::to_string(a.snapshot_partitions))};
+      out->push_back(std::move(m));
+    }
+  }
+}
+
+}  // namespace
+
+Result<PartitionState> Applier::Load(const std::string& stream, int32_t partition, uint32_t table) {
+  const TableSpec& spec = (*targets_)[table];
+  const std::string p = std::to_string(partition);
+  DT_ASSIGN_OR_RETURN(auto ins, conn_->Query("INSERT INTO datatunnel.applied (stream, partition, "
+                                             "target_schema, target_table) VALUES ($1, $2, $3, $4) "
+                                             "ON CONFLICT DO NOTHING",
+                                             {stream, p, spec.target.schema, spec.target.name}));
+  (void)ins;
+  DT_ASSIGN_OR_RETURN(auto r,
+                      conn_->Query("SELECT kafka_offset, epoch, tick, seq, sub FROM "
+                                   "datatunnel.applied WHERE stream = $1 AND partition = $2",
+                                   {stream, p}));
+  PartitionState s;
+  s.offset = r.GetInt64(0, 0);
+  s.pos = Position{r.GetInt64(0, 1), r.GetInt64(0, 2), r.GetInt64(0, 3),
+                   static_cast<int32_t>(r.GetInt64(0, 4))};
+  return s;
+}
+
+void Applier::Reset(pg::Connection* conn) {
+  conn_ = conn;
+  staged_.assign(targets_->size(), false);
+}
+
+Status Applier::Apply(std::span<const Change* const> changes, std::span<const Advance> advances) {
+  position_moved_ = false;
+  std::vector<std::vector<const Change*>> by_table(targets_->size());
+  size_t rows = 0;
+  for (const Change* c : changes) {
+    by_table[c->table].push_back(c);
+    ++rows;
+  }
+  Status st = rows <= kPipelinedMaxRows ? ApplyPipelined(by_table, advances)
+                                        : ApplyStaged(by_table, advances);
+  if (!st.ok()) {
+    if (conn_->last_sqlstate() == kPositionMovedSqlState) position_moved_ = true;
+    conn_->RollbackQuietly();
+  }
+  return st;
+}
+
+Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,
+                               std::span<const Advance> advances) {
+  Arena arena;
+  std::vector<pg::Statement> stmts;
+  stmts.push_back({"BEGIN", {}});
+  AddAdvances(advances, &arena, &stmts);
+  for (uint32_t t = 0; t < by_table.size(); ++t) {
+    if (by_table[t].empty()) continue;
+    const TableSpec& spec = (*targets_)[t];
+    TableEffect eff = Collapse(spec, by_table[t]);
+    if (eff.truncate) stmts.push_back({"TRUNCATE " + spec.target.Quoted(), {}});
+    if (!eff.deletes.empty()) {
+      const size_t nk = spec.key.size();
+      const size_t per_stmt = std::max<size_t>(1, kMaxParams / nk);
+      for (size_t start = 0; start < eff.deletes.size(); start += per_stmt) {
+        size_t end = std::min(eff.deletes.size(), start + per_stmt);
+        pg::Statement st;
+        std::string values;
+        for (size_t r = start; r < end; ++r) {
+          values += r == start ? "(" : ", (";
+          for (size_t k = 0; k < nk; ++k) {
+            const Column& col = spec.columns[spec.key[k]];
+            st.params.push_back(ValueParam(eff.deletes[r]->row, spec.key[k]));
+            values += fmt::format("{}${}::{}", k ? ", " : "", st.params.size(), col.type_sql);
+          }
+          values += ")";
+        }
+        st.sql = fmt::format("DELETE FROM {} WHERE ({}) IN (VALUES {})", spec.target.Quoted(),
+                             KeyList(spec), values);
+        stmts.push_back(std::move(st));
+      }
+    }
+    for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
+      const size_t per_stmt = std::max<size_t>(1, kMaxParams / std::max<size_t>(1, cols.size()));
+      for (size_t start = 0; start < rows.size(); start += per_stmt) {
+        size_t end = std::min(rows.size(), start + per_stmt);
+        pg::Statement st;
+        std::string values;
+        for (size_t r = start; r < end; ++r) {
+          values += r == start ? "(" : ", (";
+          for (size_t i = 0; i < cols.size(); ++i) {
+            st.params.push_back(ValueParam(rows[r]->row, cols[i]));
+            values += fmt::format("{}${}", i ? ", " : "", st.params.size());
+          }
+          values += ")";
+        }
+        st.sql = fmt::format("INSERT INTO {} ({}) VALUES {}{}", spec.target.Quoted(),
+                             ColumnList(spec, cols), values, ConflictClause(spec, cols));
+        stmts.push_back(std::move(st));
+      }
+    }
+  }
+  stmts.push_back({"COMMIT", {}});
+  return conn_->ExecPipeline(stmts);
+}
+
+Status Applier::EnsureStaging(uint32_t table) {
+  if (staged_[table]) return Status::OK();
+  const TableSpec& spec = (*targets_)[table];
+  // Created without constraints (CREATE TABLE AS), so a row may omit columns.
+  DT_RETURN_IF_ERROR(conn_->Exec(
+      fmt::format("CREATE TEMP TABLE IF NOT EXISTS dt_stage_{0} ON COMMIT DELETE ROWS AS "
+                  "SELECT * FROM {1} WITH NO DATA; "
+                  "CREATE TEMP TABLE IF NOT EXISTS dt_keys_{0} ON COMMIT DELETE ROWS AS "
+                  "SELECT {2} FROM {1} WITH NO DATA",
+                  table, spec.target.Quoted(), KeyList(spec))));
+  staged_[table] = true;
+  return Status::OK();
+}
+
+Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
+                            std::span<const Advance> advances) {
+  for (uint32_t t = 0; t < by_table.size(); ++t) {
+    if (!by_table[t].empty()) DT_RETURN_IF_ERROR(EnsureStaging(t));
+  }
+  Arena arena;
+  std::vector<pg::Statement> head;
+  head.push_back({"BEGIN", {}});
+  AddAdvances(advances, &arena, &head);
+  DT_RETURN_IF_ERROR(conn_->ExecPipeline(head));
+  std::string data;
+  for (uint32_t t = 0; t < by_table.size(); ++t) {
+    if (by_table[t].empty()) continue;
+    const TableSpec& spec = (*targets_)[t];
+    TableEffect eff = Collapse(spec, by_table[t]);
+    if (eff.truncate) DT_RETURN_IF_ERROR(conn_->Exec("TRUNCATE " + spec.target.Quoted()));
+    if (!eff.deletes.empty()) {
+      data.clear();
+      for (const Change* c : eff.deletes) {
+        for (size_t k = 0; k < spec.key.size(); ++k) {
+          if (k) data.push_back('\t');
+          if (c->row.HasValue(spec.key[k])) {
+            pg::AppendCopyEscaped(c->row.Get(spec.key[k]), &data);
+          } else {
+            data.append("\\N");
+          }
+        }
+        data.push_back('\n');
+      }
+      DT_RETURN_IF_ERROR(
+          conn_->CopyIn(fmt::format("COPY dt_keys_{} ({}) FROM STDIN", t, KeyList(spec)), data));
+      std::string match;
+      for (size_t k : spec.key) {
+        const std::string n = QuoteIdent(spec.columns[k].name);
+        match += fmt::format("{}t.{} = k.{}", match.empty() ? "" : " AND ", n, n);
+      }
+      DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
+          "DELETE FROM {} AS t USING dt_keys_{} AS k WHERE {}", spec.target.Quoted(), t, match)));
+    }
+    bool first_group = true;
+    for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
+      if (!first_group) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
+      first_group = false;
+      data.clear();
+      for (const Change* c : rows) {
+        for (size_t i = 0; i < cols.size(); ++i) {
+          if (i) data.push_back('\t');
+          if (c->row.HasValue(cols[i])) {
+            pg::AppendCopyEscaped(c->row.Get(cols[i]), &data);
+          } else {
+            data.append("\\N");
+          }
+        }
+        data.push_back('\n');
+      }
+      const std::string list = ColumnList(spec, cols);
+      DT_RETURN_IF_ERROR(
+          conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
+      DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}",
+                                                 spec.target.Quoted(), list, list, t,
+                                                 ConflictClause(spec, cols))));
+    }
+  }
+  return conn_->Commit();
+}
+
+}  // namespace datatunnel::apply

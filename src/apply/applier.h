@@ -1,0 +1,85 @@
+// Applier: writes batches of changes to the target, exactly once in effect.
+//
+// A batch is one transaction that (1) moves the stored position of every
+// (stream, partition) it covers, guarded by the offset we last saw there
+// (datatunnel.advance() fails with DT001 if another consumer moved it), and
+// (2) writes the net effect of its changes: TRUNCATE, then deletes by key,
+// then upserts (INSERT ... ON CONFLICT (key) DO UPDATE). Because positions
+// commit with the rows, a crash at any point leaves the target and its
+// positions consistent, and re-reading from the stored offsets applies
+// nothing twice.
+//
+// Small batches go as one pipelined round trip with bound parameters; large
+// ones are staged with COPY into temporary tables and merged set-wise.
+//
+// Thread-safety: one thread; owns the use of its connection.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/change.h"
+#include "core/status.h"
+#include "core/table.h"
+#include "pg/connection.h"
+
+namespace datatunnel::apply {
+
+// What the target has stored for one (stream, partition).
+struct PartitionState {
+  int64_t offset = -1;  // last Kafka offset applied; -1: nothing yet
+  Position pos;         // last source position applied
+};
+
+// One partition's part of a batch.
+struct Advance {
+  std::string stream;
+  int32_t partition = 0;
+  int64_t expected_offset = -1;  // the offset stored before this batch (the guard)
+  int64_t offset = -1;           // the batch's last offset in this partition
+  Position pos;                  // the batch's last position in this partition
+  int64_t applied = 0;           // changes applied
+  int64_t skipped = 0;           // duplicates dropped
+  int64_t dead = 0;              // messages sent to the dead-letter topic
+  int64_t captured_us = 0;       // capture time of the newest change applied
+  // An end-of-snapshot marker was applied in this partition.
+  bool snapshot_marker = false;
+  int snapshot_partitions = 0;
+};
+
+class Applier {
+ public:
+  Applier(pg::Connection* conn, const std::vector<TableSpec>* targets)
+      : conn_(conn), targets_(targets), staged_(targets->size(), false) {}
+
+  // Reads the state of (stream, partition) of table `table`, creating it.
+  Result<PartitionState> Load(const std::string& stream, int32_t partition, uint32_t table);
+
+  // Applies `changes` (in commit order per key, duplicates already removed)
+  // and the advances, in one transaction. On failure nothing is applied; if
+  // a guard failed, position_moved() is true and the caller must reload.
+  Status Apply(std::span<const Change* const> changes, std::span<const Advance> advances);
+  bool position_moved() const { return position_moved_; }
+
+  // The connection was replaced (after a reconnect): staging tables are gone.
+  void Reset(pg::Connection* conn);
+
+ private:
+  Status ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,
+                        std::span<const Advance> advances);
+  Status ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
+                     std::span<const Advance> advances);
+  Status EnsureStaging(uint32_t table);
+
+  pg::Connection* conn_;
+  const std::vector<TableSpec>* targets_;
+  std::vector<bool> staged_;
+  bool position_moved_ = false;
+};
+
+// Rows per batch up to which the pipelined (parameter) path is used.
+inline constexpr size_t kPipelinedMaxRows = 200;
+
+}  // namespace datatunnel::apply

@@ -1,0 +1,230 @@
+#include "apply/decoder.h"
+
+#include <fmt/format.h>
+
+#include "core/codec.h"
+
+namespace datatunnel::apply {
+
+namespace od = simdjson::ondemand;
+
+namespace {
+
+Status Bad(std::string_view what) { return Status::BadData(std::string(what)); }
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() &&
+         (s.back() == ' ' || s.back() == '\n' || s.back() == '\t' || s.back() == '\r')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+}  // namespace
+
+EnvelopeDecoder::EnvelopeDecoder(const std::vector<TableSpec>* targets) : targets_(targets) {
+  for (const auto& t : *targets) {
+    std::unordered_map<std::string, size_t> m;
+    for (size_t i = 0; i < t.columns.size(); ++i) m.emplace(t.columns[i].name, i);
+    columns_.push_back(std::move(m));
+  }
+}
+
+Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, Row* row, bool* any_unknown) {
+  const TableSpec& spec = (*targets_)[table];
+  row->ResetAbsent(spec.columns.size());
+  for (auto field : obj) {
+    std::string_view name;
+    if (field.unescaped_key().get(name)) return Bad("a row has a malformed field name");
+    auto it = columns_[table].find(std::string(name));
+    od::value v;
+    if (field.value().get(v)) return Bad(fmt::format("field \"{}\" is malformed", name));
+    if (it == columns_[table].end()) {
+      *any_unknown = true;
+      scratch_.assign(name);
+      continue;
+    }
+    const size_t col = it->second;
+    od::json_type type;
+    if (v.type().get(type)) return Bad(fmt::format("field \"{}\" is malformed", name));
+    switch (type) {
+      case od::json_type::null:
+        row->SetNull(col);
+        break;
+      case od::json_type::string: {
+        std::string_view s;
+        if (v.get_string().get(s)) return Bad(fmt::format("field \"{}\": bad string", name));
+        if (spec.columns[col].kind == ValueKind::kBytes) {
+          std::string hex;
+          if (!Base64ToByteaHex(s, &hex)) {
+            return Bad(fmt::format("field \"{}\" of bytea column is not base64", name));
+          }
+          row->Set(col, hex);
+        } else {
+          row->Set(col, s);
+        }
+        break;
+      }
+      case od::json_type::number: {
+        std::string_view tok = Trim(v.raw_json_token());
+        if (tok.empty()) return Bad(fmt::format("field \"{}\": bad number", name));
+        row->Set(col, tok);
+        break;
+      }
+      case od::json_type::boolean: {
+        bool b = false;
+        if (v.get_bool().get(b)) return Bad(fmt::format("field \"{}\": bad boolean", name));
+        row->Set(col, b ? "true" : "false");
+        break;
+      }
+      case od::json_type::object: {
+        od::object o;
+        std::string_view raw;
+        if (v.get_object().get(o) || o.raw_json().get(raw)) {
+          return Bad(fmt::format("field \"{}\": bad object", name));
+        }
+        row->Set(col, raw);
+        break;
+      }
+      case od::json_type::array: {
+        od::array a;
+        std::string_view raw;
+        if (v.get_array().get(a) || a.raw_json().get(raw)) {
+          return Bad(fmt::format("field \"{}\": bad array", name));
+        }
+        row->Set(col, raw);
+        break;
+      }
+    }
+  }
+  return Status::OK();
+}
+
+Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* out) {
+  const TableSpec& spec = (*targets_)[table];
+  broadcast_partitions_ = 0;
+  padded_.assign(value);
+  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
+  od::document doc;
+  if (parser_.iterate(padded_.data(), value.size(), padded_.size()).get(doc)) {
+    return Bad("not JSON");
+  }
+  od::object root;
+  if (doc.get_object().get(root)) return Bad("not a JSON object");
+
+  out->table = table;
+  out->key_only = false;
+  out->txid = 0;
+  out->captured_us = 0;
+  bool have_op = false, have_pos = false, have_after = false, have_before = false;
+  bool unknown = false;
+  Row before;
+  for (auto field : root) {
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return Bad("malformed field name");
+    od::value v;
+    if (field.value().get(v)) return Bad(fmt::format("\"{}\" is malformed", key));
+    if (key == "op") {
+      std::string_view op;
+      if (v.get_string().get(op) || op.size() != 1)
+        return Bad("\"op\" must be a one-letter string");
+      switch (op[0]) {
+        case 'c':
+        case 'u':
+        case 'd':
+        case 'r':
+        case 't':
+        case 'm':
+          out->op = static_cast<Op>(op[0]);
+          break;
+        default:
+          return Bad(fmt::format("unknown op \"{}\"", op));
+      }
+      have_op = true;
+    } else if (key == "after" || key == "before") {
+      bool is_null = false;
+      if (v.is_null().get(is_null)) return Bad(fmt::format("\"{}\" is malformed", key));
+      if (is_null) continue;
+      od::object obj;
+      if (v.get_object().get(obj)) return Bad(fmt::format("\"{}\" must be an object or null", key));
+      if (key == "after") {
+        DT_RETURN_IF_ERROR(DecodeRow(obj, table, &out->row, &unknown));
+        have_after = true;
+      } else {
+        DT_RETURN_IF_ERROR(DecodeRow(obj, table, &before, &unknown));
+        have_before = true;
+      }
+    } else if (key == "partitions") {
+      int64_t n = 0;
+      if (v.get_int64().get(n) || n < 1) return Bad("\"partitions\" must be a positive integer");
+      broadcast_partitions_ = static_cast<int>(n);
+    } else if (key == "source") {
+      od::object src;
+      if (v.get_object().get(src)) return Bad("\"source\" must be an object");
+      for (auto sf : src) {
+        std::string_view sk;
+        if (sf.unescaped_key().get(sk)) return Bad("malformed field name in \"source\"");
+        od::value sv;
+        if (sf.value().get(sv)) return Bad("malformed \"source\"");
+        if (sk == "pos") {
+          od::array arr;
+          if (sv.get_array().get(arr)) return Bad("\"source.pos\" must be an array");
+          int64_t p[4] = {0, 0, 0, 0};
+          size_t n = 0;
+          for (auto el : arr) {
+            int64_t x = 0;
+            if (n >= 4 || el.get_int64().get(x)) return Bad("\"source.pos\" must hold 4 integers");
+            p[n++] = x;
+          }
+          if (n != 4) return Bad("\"source.pos\" must hold 4 integers");
+          out->pos = Position{p[0], p[1], p[2], static_cast<int32_t>(p[3])};
+          have_pos = true;
+        } else if (sk == "ts_ms") {
+          int64_t ms = 0;
+          if (sv.get_int64().get(ms)) return Bad("\"source.ts_ms\" must be an integer");
+          out->captured_us = ms * 1000;
+        } else if (sk == "txId") {
+          int64_t tx = 0;
+          bool is_null = false;
+          if (sv.is_null().get(is_null)) return Bad("\"source.txId\" is malformed");
+          if (!is_null) {
+            if (sv.get_int64().get(tx)) return Bad("\"source.txId\" must be an integer or null");
+            out->txid = tx;
+          }
+        }
+      }
+    }
+  }
+  if (!have_op) return Bad("no \"op\"");
+  if (!have_pos) return Bad("no \"source.pos\"");
+  switch (out->op) {
+    case Op::kInsert:
+    case Op::kUpdate:
+    case Op::kRead:
+      if (!have_after) return Bad("a c/u/r change needs \"after\"");
+      break;
+    case Op::kDelete:
+      if (!have_before) return Bad("a delete needs \"before\"");
+      out->row = std::move(before);
+      out->key_only = true;
+      break;
+    case Op::kTruncate:
+    case Op::kMarker:
+      out->row.ResetAbsent(0);
+      return Status::OK();
+  }
+  if (unknown) {
+    return Status::Fatal(fmt::format(
+        "a change for {} carries column \"{}\", which target table {} does not have; add the "
+        "column to the target (or set schema_changes = \"evolve\" for this table) and restart",
+        spec.source.ToString(), scratch_, spec.target.ToString()));
+  }
+  for (size_t k : spec.key) {
+    if (!out->row.HasValue(k) && !out->row.IsNull(k)) {
+      return Bad(fmt::format("the change lacks key column \"{}\"", spec.columns[k].name));
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace datatunnel::apply

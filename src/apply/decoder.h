@@ -1,0 +1,49 @@
+// Apply, input: the envelope (publish/envelope.h) back into a Change.
+//
+// The row is laid out by the *target* table's columns: fields are matched by
+// name; a target column the message does not carry stays absent (its value is
+// left alone); a field the target has no column for is an error (silently
+// dropping it would lose data). Values become PostgreSQL text again: JSON
+// numbers keep their exact digits, base64 strings become hex bytea for bytea
+// columns, true/false stay booleans, nested JSON stays JSON text.
+//
+// Thread-safety: one decoder per thread (it owns its parser and buffers).
+#pragma once
+
+#include <simdjson.h>
+
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/change.h"
+#include "core/status.h"
+#include "core/table.h"
+
+namespace datatunnel::apply {
+
+class EnvelopeDecoder {
+ public:
+  explicit EnvelopeDecoder(const std::vector<TableSpec>* targets);
+
+  // Decodes a message value for target table `table`. kBadData: not an
+  // envelope (malformed JSON, missing or ill-typed fields); kFatal: a valid
+  // change for a column the target does not have.
+  Status Decode(std::string_view value, uint32_t table, Change* out);
+
+  // The "partitions" count carried by a broadcast (t, m) message, or 0.
+  int broadcast_partitions() const { return broadcast_partitions_; }
+
+ private:
+  Status DecodeRow(simdjson::ondemand::object obj, uint32_t table, Row* row, bool* any_unknown);
+
+  const std::vector<TableSpec>* targets_;
+  std::vector<std::unordered_map<std::string, size_t>> columns_;
+  simdjson::ondemand::parser parser_;
+  std::string padded_;
+  std::string scratch_;
+  int broadcast_partitions_ = 0;
+};
+
+}  // namespace datatunnel::apply

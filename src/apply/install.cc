@@ -1,0 +1,212 @@
+#include "apply/install.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <set>
+
+#include "pg/catalog.h"
+
+namespace datatunnel::apply {
+
+std::string TargetStateDdl() {
+  return R"sql(
+CREATE SCHEMA IF NOT EXISTS datatunnel;
+COMMENT ON SCHEMA datatunnel IS 'datatunnel apply positions; removed by datatunnel uninstall';
+CREATE TABLE IF NOT EXISTS datatunnel.applied (
+  stream text NOT NULL,
+  partition integer NOT NULL,
+  target_schema text NOT NULL,
+  target_table text NOT NULL,
+  kafka_offset bigint NOT NULL DEFAULT -1,
+  epoch bigint NOT NULL DEFAULT 0,
+  tick bigint NOT NULL DEFAULT 0,
+  seq bigint NOT NULL DEFAULT 0,
+  sub integer NOT NULL DEFAULT 0,
+  applied_count bigint NOT NULL DEFAULT 0,
+  skipped_count bigint NOT NULL DEFAULT 0,
+  dead_letter_count bigint NOT NULL DEFAULT 0,
+  last_captured_at timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  snapshot_epoch bigint,
+  snapshot_tick bigint,
+  snapshot_partitions integer,
+  PRIMARY KEY (stream, partition));
+CREATE OR REPLACE FUNCTION datatunnel.advance(
+    p_stream text, p_partition integer, p_expected bigint, p_offset bigint,
+    p_epoch bigint, p_tick bigint, p_seq bigint, p_sub integer,
+    p_applied bigint, p_skipped bigint, p_dead bigint, p_captured_us bigint)
+RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  UPDATE datatunnel.applied SET
+      kafka_offset = p_offset,
+      epoch = p_epoch, tick = p_tick, seq = p_seq, sub = p_sub,
+      applied_count = applied_count + p_applied,
+      skipped_count = skipped_count + p_skipped,
+      dead_letter_count = dead_letter_count + p_dead,
+      last_captured_at = COALESCE(pg_catalog.to_timestamp(p_captured_us / 1000000.0), last_captured_at),
+      updated_at = pg_catalog.now()
+    WHERE stream = p_stream AND partition = p_partition AND kafka_offset = p_expected;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'datatunnel: the position of % [%] moved (expected offset %)',
+      p_stream, p_partition, p_expected USING ERRCODE = 'DT001';
+  END IF;
+END $fn$;
+)sql";
+}
+
+namespace {
+
+std::string KeyIndexName(const TableSpec& t) {
+  std::string name = t.target.name + "_datatunnel_key";
+  if (name.size() > 63) name = name.substr(name.size() - 63);
+  return name;
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> Install(pg::Connection& target,
+                                         const std::vector<TableSpec>& sources) {
+  std::vector<std::string> actions;
+  DT_RETURN_IF_ERROR(target.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
+  auto fail = [&](Status st) {
+    target.RollbackQuietly();
+    return st;
+  };
+  auto had = target.Query("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'datatunnel'");
+  if (!had.ok()) return fail(had.status());
+  if (Status st = target.Exec(TargetStateDdl()); !st.ok()) return fail(st);
+  if (had->rows() == 0)
+    actions.push_back("created schema datatunnel (apply positions) on the target");
+
+  for (const auto& src : sources) {
+    const std::string name = src.target.ToString();
+    auto info = pg::LoadTable(target, src.target);
+    if (!info.ok()) return fail(info.status());
+    if (!*info) {
+      if (Status st = target.Exec("CREATE SCHEMA IF NOT EXISTS " + QuoteIdent(src.target.schema));
+          !st.ok()) {
+        return fail(st);
+      }
+      std::string cols;
+      for (const auto& c : src.columns) {
+        cols += fmt::format("{}\n  {} {}{}", cols.empty() ? "" : ",", QuoteIdent(c.name),
+                            c.type_sql, c.not_null ? " NOT NULL" : "");
+      }
+      Status st = target.Exec(fmt::format("CREATE TABLE {} ({}\n)", src.target.Quoted(), cols));
+      if (!st.ok()) {
+        return fail(st.WithContext(fmt::format(
+            "creating target table {} from the source's columns (if a type is missing on the "
+            "target, create it there first)",
+            name)));
+      }
+      actions.push_back(fmt::format("created target table {} ({} columns, from the source)", name,
+                                    src.columns.size()));
+      info = pg::LoadTable(target, src.target);
+      if (!info.ok()) return fail(info.status());
+    }
+    std::vector<std::string> key;
+    for (size_t k : src.key) key.push_back(src.columns[k].name);
+    for (const auto& k : key) {
+      bool has = std::any_of((*info)->columns.begin(), (*info)->columns.end(),
+                             [&](const pg::CatalogColumn& c) { return c.name == k; });
+      if (!has) {
+        return fail(Status::BadConfig(fmt::format(
+            "target table {} has no column \"{}\", which is part of the key; add the column or "
+            "fix target = \"...\"",
+            name, k)));
+      }
+    }
+    const std::set<std::string> want(key.begin(), key.end());
+    bool unique = std::any_of((*info)->unique_keys.begin(), (*info)->unique_keys.end(),
+                              [&](const std::vector<std::string>& u) {
+                                return std::set<std::string>(u.begin(), u.end()) == want;
+                              });
+    if (!unique) {
+      std::string cols;
+      for (const auto& k : key) cols += (cols.empty() ? "" : ", ") + QuoteIdent(k);
+      Status st =
+          target.Exec(fmt::format("CREATE UNIQUE INDEX {} ON {} ({})",
+                                  QuoteIdent(KeyIndexName(src)), src.target.Quoted(), cols));
+      if (!st.ok()) {
+        return fail(st.WithContext(fmt::format(
+            "creating a unique index on the key of target table {} (if it holds duplicate keys, "
+            "remove them or empty the table)",
+            name)));
+      }
+      actions.push_back(
+          fmt::format("created unique index {} on {} ({})", KeyIndexName(src), name, cols));
+    }
+  }
+  if (Status st = target.Commit(); !st.ok()) return st;
+  return actions;
+}
+
+Result<std::vector<TableSpec>> DescribeTargetTables(pg::Connection& target,
+                                                    const std::vector<TableConfig>& tables) {
+  std::vector<TableSpec> out;
+  for (const auto& tc : tables) {
+    DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(target, tc.target));
+    if (!info) {
+      return Status::BadConfig(fmt::format(
+          "target table {} does not exist in the {}: run `datatunnel init` to create it",
+          tc.target.ToString(), target.description()));
+    }
+    TableSpec spec;
+    spec.source = tc.source;
+    spec.target = tc.target;
+    spec.topic = tc.topic;
+    spec.columns = pg::ToColumns(info->columns);
+    std::vector<std::string> key = tc.key;
+    if (key.empty()) key = info->primary_key;
+    if (key.empty() && !info->unique_keys.empty()) key = info->unique_keys.front();
+    if (key.empty()) {
+      return Status::BadConfig(fmt::format(
+          "target table {} has no primary key or unique index and no key is configured; run "
+          "`datatunnel init` (it creates the unique index) or set key = [...]",
+          tc.target.ToString()));
+    }
+    DT_ASSIGN_OR_RETURN(spec.key, pg::ResolveKey(*info, tc.target, key, "target"));
+    out.push_back(std::move(spec));
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> Uninstall(pg::Connection& target,
+                                           const std::vector<TableSpec>& tables) {
+  (void)tables;
+  std::vector<std::string> actions;
+  DT_ASSIGN_OR_RETURN(auto had,
+                      target.Query("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = "
+                                   "'datatunnel'"));
+  if (had.rows()) {
+    DT_RETURN_IF_ERROR(target.Exec("DROP SCHEMA datatunnel CASCADE"));
+    actions.push_back("dropped schema datatunnel (apply positions) on the target");
+  }
+  return actions;
+}
+
+std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
+                                       const std::string& role, const std::string& database) {
+  const std::string r = QuoteIdent(role);
+  std::vector<std::string> out = {
+      fmt::format("GRANT TEMPORARY ON DATABASE {} TO {};  -- staging tables for batches",
+                  QuoteIdent(database), r),
+      fmt::format("GRANT USAGE ON SCHEMA datatunnel TO {};", r),
+      fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.applied TO {};", r),
+      fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.advance(text, integer, bigint, bigint, "
+                  "bigint, bigint, bigint, integer, bigint, bigint, bigint, bigint) TO {};",
+                  r),
+  };
+  std::set<std::string> schemas;
+  for (const auto& t : targets) {
+    if (schemas.insert(t.target.schema).second) {
+      out.push_back(fmt::format("GRANT USAGE ON SCHEMA {} TO {};", QuoteIdent(t.target.schema), r));
+    }
+    out.push_back(fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {} TO {};",
+                              t.target.Quoted(), r));
+  }
+  return out;
+}
+
+}  // namespace datatunnel::apply

@@ -1,0 +1,47 @@
+// Apply, control plane: what `init` prepares on the target database.
+//
+// - The schema `datatunnel` with datatunnel.applied: one row per (stream,
+//   partition) holding the Kafka offset and source Position applied last,
+//   updated in the same transaction as the rows it describes. A stream is a
+//   topic, or "memory:<target table>" for the in-memory hand-over.
+// - datatunnel.advance(): moves one such row forward, failing (SQLSTATE
+//   DT001) if someone else moved it since we read it; that fences off a
+//   consumer that lost its partition in a rebalance.
+// - The target table, created from the source's catalog when missing, and a
+//   unique index on the key when it has none (upserts need one).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "core/status.h"
+#include "core/table.h"
+#include "pg/connection.h"
+
+namespace datatunnel::apply {
+
+inline constexpr const char* kPositionMovedSqlState = "DT001";
+
+std::string TargetStateDdl();
+
+// Creates the state objects and, for each table, the target table (with the
+// source's column names and types) and a unique index on the key. Idempotent.
+// `sources`: the source-side specs (columns and key from the source catalog).
+Result<std::vector<std::string>> Install(pg::Connection& target,
+                                         const std::vector<TableSpec>& sources);
+
+// Builds the target-side spec of each configured table from the target
+// catalog. The key is the configured one, else the target's primary key, else
+// its first unique index.
+Result<std::vector<TableSpec>> DescribeTargetTables(pg::Connection& target,
+                                                    const std::vector<TableConfig>& tables);
+
+// Drops the target state (never the target tables or their rows).
+Result<std::vector<std::string>> Uninstall(pg::Connection& target,
+                                           const std::vector<TableSpec>& tables);
+
+std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
+                                       const std::string& role, const std::string& database);
+
+}  // namespace datatunnel::apply
