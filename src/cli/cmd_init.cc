@@ -1,0 +1,85 @@
+// datatunnel init: install capture on the source and prepare the target.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+
+#include "apply/install.h"
+#include "capture/install.h"
+#include "cli/common.h"
+#include "pg/catalog.h"
+
+namespace datatunnel::cli {
+namespace {
+
+struct InitOptions {
+  std::string runtime_role;
+  bool print_sql = false;
+};
+
+int RunInit(const Globals& g, const InitOptions& o) {
+  SetupLogging(g);
+  auto config = LoadConfig(g);
+  if (!config.ok()) return Fail(config.status());
+  pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
+  if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
+  auto source = pg::Connection::Open(so);
+  if (!source.ok()) return Fail(source.status());
+  auto target = pg::Connection::Open(to);
+  if (!target.ok()) return Fail(target.status());
+  std::vector<std::string> warnings;
+  auto specs = capture::DescribeSourceTables(**source, config->tables, &warnings);
+  if (!specs.ok()) return Fail(specs.status());
+  for (const auto& w : warnings) fmt::print(stderr, "datatunnel: warning: {}\n", w);
+  if (o.print_sql) {
+    fmt::print("-- source ({})\n{}\n", (*source)->description(), capture::StateSchemaDdl());
+    for (const auto& s : *specs) {
+      fmt::print("{}\n{};\n", capture::ChangeTableDdl(s),
+                 capture::CaptureFunctionDdl(s, "capture_<oid>"));
+    }
+    fmt::print("-- target ({})\n{}\n", (*target)->description(), apply::TargetStateDdl());
+    return kExitOk;
+  }
+  auto src_actions = capture::Install(**source, *specs);
+  if (!src_actions.ok()) return Fail(src_actions.status().WithContext("init on the source"));
+  auto tgt_actions = apply::Install(**target, *specs);
+  if (!tgt_actions.ok()) return Fail(tgt_actions.status().WithContext("init on the target"));
+  for (const auto& a : *src_actions) fmt::print("source: {}\n", a);
+  for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
+  if (src_actions->empty() && tgt_actions->empty()) {
+    fmt::print("nothing to do: capture and target are up to date for {} table(s)\n", specs->size());
+  }
+  if (!o.runtime_role.empty()) {
+    auto db = (*target)->Query("SELECT current_database()");
+    if (!db.ok()) return Fail(db.status());
+    fmt::print("\n-- On the source, for runtime role {} (produce):\n", o.runtime_role);
+    for (const auto& line : capture::RuntimeGrants(*specs, o.runtime_role))
+      fmt::print("{}\n", line);
+    fmt::print("\n-- On the target, for runtime role {} (consume):\n", o.runtime_role);
+    for (const auto& line :
+         apply::RuntimeGrants(*specs, o.runtime_role, std::string(db->Get(0, 0)))) {
+      fmt::print("{}\n", line);
+    }
+  } else if (!src_actions->empty()) {
+    fmt::print(
+        "(run `datatunnel init --runtime-role NAME` to print the GRANTs for a "
+        "low-privilege role to run the tunnel)\n");
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddInitCommand(CLI::App& app, Globals* g) {
+  auto* cmd = app.add_subcommand(
+      "init",
+      "Create the change tables and triggers on the source, the target tables and state; "
+      "idempotent");
+  auto o = std::make_shared<InitOptions>();
+  cmd->add_option("--runtime-role", o->runtime_role,
+                  "Print the GRANT statements for this low-privilege role to run the tunnel");
+  cmd->add_flag("--print-sql", o->print_sql, "Print the SQL init would run, and change nothing");
+  cmd->callback([g, o] { g_exit_code = RunInit(*g, *o); });
+}
+
+}  // namespace datatunnel::cli

@@ -1,0 +1,149 @@
+#include "cli/common.h"
+
+#include <fmt/format.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
+
+namespace datatunnel::cli {
+
+int g_exit_code = kExitOk;
+
+void AddGlobalOptions(CLI::App& app, Globals* g) {
+  app.add_option("-c,--config", g->config_file,
+                 "TOML configuration file (default: ./datatunnel.toml if present)")
+      ->option_text("FILE");
+  app.add_option("--set", g->sets, "Override a setting: section.key=value (repeatable)")
+      ->option_text("KEY=VALUE");
+  app.add_option("--source-dsn", g->source_dsn, "Source database (overrides source.dsn)")
+      ->option_text("DSN");
+  app.add_option("--target-dsn", g->target_dsn, "Target database (overrides target.dsn)")
+      ->option_text("DSN");
+  app.add_option("--brokers", g->brokers,
+                 "Kafka bootstrap servers, or \"none\" (overrides kafka.brokers)")
+      ->option_text("HOST:PORT,...");
+  app.add_option("--log-level", g->log_level, "trace, debug, info, warn, error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.add_option("--log-format", g->log_format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+}
+
+namespace {
+
+// %* : the message, escaped as the inside of a JSON string.
+class JsonMessageFlag : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
+      unsigned char u = static_cast<unsigned char>(c);
+      if (c == '"' || c == '\\') {
+        dest.push_back('\\');
+        dest.push_back(c);
+      } else if (u < 0x20) {
+        const char esc[] = {'\\', 'u', '0', '0', kHex[u >> 4], kHex[u & 15]};
+        dest.append(esc, esc + 6);
+      } else {
+        dest.push_back(c);
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonMessageFlag>();
+  }
+};
+
+}  // namespace
+
+void SetupLogging(const Globals& g) {
+  auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  auto logger = std::make_shared<spdlog::logger>("datatunnel", sink);
+  if (g.log_format == "json") {
+    // One JSON object per line, for log pipelines.
+    auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
+    f->add_flag<JsonMessageFlag>('*').set_pattern(
+        R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","pid":%P,"msg":"%*"})");
+    logger->set_formatter(std::move(f));
+  } else {
+    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
+  }
+  logger->set_level(spdlog::level::from_str(g.log_level));
+  spdlog::set_default_logger(logger);
+}
+
+Result<Config> LoadConfig(const Globals& g) {
+  std::vector<std::string> sets = g.sets;
+  if (!g.source_dsn.empty()) sets.push_back("source.dsn=" + g.source_dsn);
+  if (!g.target_dsn.empty()) sets.push_back("target.dsn=" + g.target_dsn);
+  if (!g.brokers.empty()) sets.push_back("kafka.brokers=" + g.brokers);
+  return datatunnel::LoadConfig(g.config_file, ProcessEnvironment(), sets);
+}
+
+pg::ConnectOptions SourceOptions(const Config& c) {
+  pg::ConnectOptions o;
+  o.dsn = c.source.dsn;
+  o.role = "source";
+  o.application_name = "datatunnel";
+  return o;
+}
+
+pg::ConnectOptions TargetOptions(const Config& c) {
+  pg::ConnectOptions o;
+  o.dsn = c.target.dsn;
+  o.role = "target";
+  o.application_name = "datatunnel";
+  return o;
+}
+
+Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::ConnectOptions* target) {
+  if (source) {
+    DT_ASSIGN_OR_RETURN(source->password, ReadPassword(c.source));
+  }
+  if (target) {
+    DT_ASSIGN_OR_RETURN(target->password, ReadPassword(c.target));
+  }
+  return Status::OK();
+}
+
+int Fail(const Status& st) {
+  std::string msg = st.message();
+  for (char& ch : msg) {
+    if (ch == '\n') ch = ' ';
+  }
+  fmt::print(stderr, "datatunnel: error: {}\n", msg);
+  return st.code() == StatusCode::kBadConfig ? kExitConfig : kExitFailure;
+}
+
+namespace {
+
+StopSource* g_stop = nullptr;
+std::atomic<int> g_signals{0};
+
+void OnSignal(int sig) {
+  if (g_signals.fetch_add(1) >= 1) {
+    // A second Ctrl-C: the user wants out now. Nothing is lost: progress is
+    // only ever recorded for what was delivered.
+    _exit(128 + sig);
+  }
+  if (g_stop) g_stop->RequestStop();
+}
+
+}  // namespace
+
+void InstallSignalHandlers(StopSource* stop) {
+  g_stop = stop;
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+}  // namespace datatunnel::cli

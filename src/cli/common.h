@@ -1,0 +1,67 @@
+// What every subcommand shares: global options, configuration, logging,
+// signals and exit codes (documented in docs/operations.md, "Exit codes").
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "core/status.h"
+#include "core/stop.h"
+#include "pg/connection.h"
+
+namespace CLI {
+class App;
+}
+
+namespace datatunnel::cli {
+
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitDifferences = 1,  // verify found differences
+  kExitConfig = 2,       // bad usage, configuration or credentials
+  kExitFailure = 3,      // could not do the work (unreachable, permissions, data)
+};
+
+struct Globals {
+  std::string config_file;
+  std::vector<std::string> sets;  // --set section.key=value
+  std::string source_dsn;
+  std::string target_dsn;
+  std::string brokers;
+  std::string log_level = "info";
+  std::string log_format = "text";
+};
+
+// Registers the global options on the app.
+void AddGlobalOptions(CLI::App& app, Globals* g);
+// Configures spdlog (stderr; text or JSON lines).
+void SetupLogging(const Globals& g);
+// Loads the configuration with the globals applied.
+Result<Config> LoadConfig(const Globals& g);
+pg::ConnectOptions SourceOptions(const Config& c);
+pg::ConnectOptions TargetOptions(const Config& c);
+// Fills in the passwords from password files; kBadConfig when unreadable.
+Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::ConnectOptions* target);
+
+// Prints the error as one line on stderr and maps it to an exit code.
+int Fail(const Status& st);
+
+// SIGINT/SIGTERM request a stop on `stop` (a second one exits at once).
+void InstallSignalHandlers(StopSource* stop);
+
+// Subcommands. Each returns the process exit code.
+void AddInitCommand(CLI::App& app, Globals* g);
+void AddProduceCommand(CLI::App& app, Globals* g);
+void AddConsumeCommand(CLI::App& app, Globals* g);
+void AddRunCommand(CLI::App& app, Globals* g);
+void AddSnapshotCommand(CLI::App& app, Globals* g);
+void AddStatusCommand(CLI::App& app, Globals* g);
+void AddVerifyCommand(CLI::App& app, Globals* g);
+void AddUninstallCommand(CLI::App& app, Globals* g);
+void AddDevBrokerCommand(CLI::App& app, Globals* g);
+
+// Set by the subcommand's callback; main() returns it.
+extern int g_exit_code;
+
+}  // namespace datatunnel::cli

@@ -1,0 +1,327 @@
+#include "cli/runner.h"
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <optional>
+#include <thread>
+
+#include "apply/install.h"
+#include "capture/install.h"
+#include "core/clock.h"
+#include "metrics/metrics.h"
+#include "snapshot/chunker.h"
+#include "tunnel/kafka_sink.h"
+#include "tunnel/memory_channel.h"
+#include "tunnel/source_worker.h"
+#include "tunnel/target_worker.h"
+
+namespace datatunnel::cli {
+namespace {
+
+// A worker's outcome, handed from its thread to the main thread.
+struct Outcome {
+  std::atomic<bool> done{false};
+  Status status;
+};
+
+bool Wanted(const RunPlan& plan, const TableConfig& t) {
+  if (plan.only_tables.empty()) return true;
+  return std::find(plan.only_tables.begin(), plan.only_tables.end(), t.source.ToString()) !=
+         plan.only_tables.end();
+}
+
+// Decides, per table, whether to start (or resume) a snapshot; requests it on
+// the source. Returns the tables whose snapshot this run waits for.
+Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan& plan,
+                                             const pg::ConnectOptions& so,
+                                             const pg::ConnectOptions& to) {
+  DT_ASSIGN_OR_RETURN(auto src, pg::Connection::Open(so));
+  DT_ASSIGN_OR_RETURN(auto tgt, pg::Connection::Open(to));
+  std::vector<std::string> warnings;
+  DT_ASSIGN_OR_RETURN(auto specs, capture::DescribeSourceTables(*src, config.tables, &warnings));
+  std::vector<size_t> waiting;
+  for (size_t t = 0; t < specs.size(); ++t) {
+    if (!Wanted(plan, config.tables[t])) continue;
+    const TableSpec& spec = specs[t];
+    DT_ASSIGN_OR_RETURN(auto prog, snapshot::LoadProgress(*src, spec));
+    const bool in_progress =
+        prog.state == snapshot::State::kRequested || prog.state == snapshot::State::kRunning;
+    if (in_progress && !plan.restart_snapshot) {
+      fmt::print(stderr, "snapshot of {}: resuming ({} of about {} rows done)\n",
+                 spec.source.ToString(), prog.rows, prog.total);
+      waiting.push_back(t);
+      continue;
+    }
+    if (!plan.snapshot_only && prog.state == snapshot::State::kDone && !plan.restart_snapshot) {
+      continue;  // `run` on a table already snapshotted: stream only
+    }
+    DT_ASSIGN_OR_RETURN(auto rows,
+                        tgt->Query("SELECT EXISTS (SELECT 1 FROM " + spec.target.Quoted() + ")"));
+    if (rows.GetBool(0, 0)) {
+      DT_ASSIGN_OR_RETURN(auto applied,
+                          tgt->Query("SELECT COALESCE(sum(applied_count), 0) FROM "
+                                     "datatunnel.applied WHERE target_schema = $1 AND "
+                                     "target_table = $2",
+                                     {spec.target.schema, spec.target.name}));
+      const bool from_stream = applied.GetInt64(0, 0) > 0 && !plan.snapshot_only;
+      if (plan.truncate_target) {
+        DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
+        fmt::print(stderr, "snapshot of {}: emptied target table {} (--truncate-target)\n",
+                   spec.source.ToString(), spec.target.ToString());
+      } else if (!from_stream) {
+        return Status::BadConfig(fmt::format(
+            "target table {} already holds rows; a snapshot would mix them with the source's. "
+            "Empty it first, or pass --truncate-target (or set pipeline.truncate_target = true) "
+            "to let datatunnel empty it",
+            spec.target.ToString()));
+      }
+    }
+    DT_RETURN_IF_ERROR(snapshot::Request(*src, spec, /*restart=*/true));
+    DT_RETURN_IF_ERROR(src->Exec("NOTIFY datatunnel"));
+    fmt::print(stderr, "snapshot of {}: requested\n", spec.source.ToString());
+    waiting.push_back(t);
+  }
+  return waiting;
+}
+
+// Highest end-of-snapshot marker tick per target table, and whether every
+// partition of the newest marker has applied it.
+struct MarkerState {
+  int64_t tick = 0;
+  bool complete = false;
+};
+
+Result<MarkerState> TargetMarker(pg::Connection& tgt, const TableConfig& t) {
+  DT_ASSIGN_OR_RETURN(auto r,
+                      tgt.Query("SELECT snapshot_tick, count(*), max(snapshot_partitions) "
+                                "FROM datatunnel.applied WHERE target_schema = $1 AND "
+                                "target_table = $2 AND snapshot_tick IS NOT NULL "
+                                "GROUP BY snapshot_tick ORDER BY snapshot_tick DESC LIMIT 1",
+                                {t.target.schema, t.target.name}));
+  MarkerState m;
+  if (r.rows() == 1) {
+    m.tick = r.GetInt64(0, 0);
+    m.complete = r.GetInt64(0, 1) >= r.GetInt64(0, 2);
+  }
+  return m;
+}
+
+std::string Human(double v) {
+  if (v >= 1e6) return fmt::format("{:.1f}M", v / 1e6);
+  if (v >= 1e4) return fmt::format("{:.0f}k", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+std::string StatusLine(const metrics::Metrics& m, std::vector<int64_t>* last_rows, double dt) {
+  std::string line;
+  for (size_t i = 0; i < m.size(); ++i) {
+    const auto& t = m.table(i);
+    int64_t lag = t.captured.load() - t.applied.load() - t.skipped.load();
+    if (lag < 0) lag = 0;
+    std::string part = fmt::format("{}: captured {} published {} applied {} lag {}", t.source,
+                                   t.captured.load(), t.published.load(), t.applied.load(), lag);
+    const int64_t cap = t.last_captured_us.load(), app = t.last_applied_us.load();
+    if (cap > 0 && app >= cap) part += fmt::format(" ({:.0f} ms)", (app - cap) / 1000.0);
+    if (t.snapshot_running.load()) {
+      const int64_t rows = t.snapshot_rows.load(),
+                    total = std::max<int64_t>(1, t.snapshot_total.load());
+      const double rate = dt > 0 ? (rows - (*last_rows)[i]) / dt : 0;
+      part +=
+          fmt::format(" | snapshot {:3.0f}% {}/{} rows {}/s", std::min(100.0, 100.0 * rows / total),
+                      Human(rows), Human(total), Human(rate));
+      if (rate > 0 && total > rows) part += fmt::format(" ETA {:.0f}s", (total - rows) / rate);
+      (*last_rows)[i] = rows;
+    }
+    line += (line.empty() ? "" : "  ") + part;
+  }
+  return line;
+}
+
+}  // namespace
+
+int RunTunnel(const Globals& g, const RunPlan& plan) {
+  SetupLogging(g);
+  auto config = LoadConfig(g);
+  if (!config.ok()) return Fail(config.status());
+  const bool memory = config->kafka.none();
+  if (memory && plan.source != plan.target) {
+    return Fail(Status::BadConfig(
+        "produce and consume need a Kafka broker (kafka.brokers); with no broker, use "
+        "`datatunnel run --broker none`, which hands changes over in memory"));
+  }
+  pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
+  if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
+
+  std::vector<size_t> snapshot_tables;
+  std::vector<MarkerState> baseline;
+  if (plan.snapshot_first || plan.snapshot_only) {
+    auto waiting = PrepareSnapshots(*config, plan, so, to);
+    if (!waiting.ok()) return Fail(waiting.status());
+    snapshot_tables = *waiting;
+    if (plan.snapshot_only && snapshot_tables.empty()) {
+      fmt::print(stderr, "nothing to snapshot\n");
+      return kExitOk;
+    }
+  }
+
+  std::vector<std::pair<std::string, std::string>> names;
+  for (const auto& t : config->tables) names.emplace_back(t.source.ToString(), t.target.ToString());
+  metrics::Metrics metrics(names);
+  StopSource main_stop, source_stop, target_stop;
+  InstallSignalHandlers(&main_stop);
+
+  std::optional<tunnel::MemoryChannel> channel;
+  if (memory) {
+    channel.emplace(static_cast<size_t>(config->pipeline.max_in_flight), size_t{64} << 20);
+  }
+
+  std::unique_ptr<tunnel::SourceWorker> source;
+  std::unique_ptr<tunnel::ChangeSink> sink;
+  if (plan.source) {
+    tunnel::SourceOptions opts;
+    opts.connect = so;
+    opts.tables = config->tables;
+    opts.pipeline = config->pipeline;
+    opts.exit_after_snapshot = plan.snapshot_only && memory;
+    source = std::make_unique<tunnel::SourceWorker>(opts, &metrics, &source_stop);
+    auto deliver = [w = source.get()](uint64_t token, const Status& st) {
+      w->OnDelivery(token, st);
+    };
+    if (memory) {
+      sink = std::make_unique<tunnel::MemorySink>(&*channel, deliver);
+    } else {
+      // The envelope names the source database.
+      std::string db = pg::DescribeDsn(so.dsn);
+      auto slash = db.find('/');
+      auto space = db.find(' ', slash == std::string::npos ? 0 : slash);
+      db = slash == std::string::npos ? db : db.substr(slash + 1, space - slash - 1);
+      auto ks = tunnel::KafkaSink::Create(config->kafka, db, deliver);
+      if (!ks.ok()) return Fail(ks.status());
+      sink = std::move(*ks);
+    }
+    source->SetSink(sink.get());
+  }
+  tunnel::TargetOptions topts;
+  topts.connect = to;
+  topts.tables = config->tables;
+  topts.pipeline = config->pipeline;
+  topts.kafka = config->kafka;
+  std::unique_ptr<tunnel::KafkaTargetWorker> kafka_target;
+  std::unique_ptr<tunnel::MemoryTargetWorker> memory_target;
+  if (plan.target) {
+    if (memory) {
+      memory_target =
+          std::make_unique<tunnel::MemoryTargetWorker>(topts, &*channel, &metrics, &target_stop);
+    } else {
+      kafka_target = std::make_unique<tunnel::KafkaTargetWorker>(topts, &metrics, &target_stop);
+    }
+  }
+
+  Outcome source_out, target_out;
+  std::thread source_thread, target_thread;
+  if (source) {
+    source_thread = std::thread([&] {
+      source_out.status = source->Run();
+      source_out.done = true;
+      main_stop.RequestStop();  // wake the main loop
+    });
+  }
+  if (plan.target) {
+    target_thread = std::thread([&] {
+      target_out.status = memory_target ? memory_target->Run() : kafka_target->Run();
+      target_out.done = true;
+      main_stop.RequestStop();
+    });
+  }
+
+  const bool tty = isatty(STDERR_FILENO);
+  const int interval = plan.status_interval_s >= 0 ? plan.status_interval_s : (tty ? 1 : 0);
+  std::vector<int64_t> last_rows(metrics.size(), 0);
+  int64_t last_print = MonotonicMicros();
+  std::unique_ptr<pg::Connection> watch;  // target, for snapshot completion
+  bool snapshot_complete = false;
+  bool signalled = false;
+  while (true) {
+    pollfd p{main_stop.wake_fd(), POLLIN, 0};
+    poll(&p, 1, 250);
+    if (source_out.done || target_out.done) break;
+    if (main_stop.stop_requested()) {
+      signalled = true;
+      break;
+    }
+    const int64_t now = MonotonicMicros();
+    if (interval > 0 && now - last_print >= int64_t{interval} * 1'000'000) {
+      std::string line = StatusLine(metrics, &last_rows, (now - last_print) / 1e6);
+      if (tty) {
+        fmt::print(stderr, "\r\033[K{}", line);
+      } else {
+        spdlog::info("{}", line);
+      }
+      last_print = now;
+    }
+    if (plan.snapshot_only && !memory) {
+      // Done once every partition of every requested table applied the marker.
+      if (!watch || watch->IsBroken()) {
+        auto c = pg::Connection::Open(to);
+        if (c.ok()) {
+          watch = std::move(*c);
+          if (baseline.empty()) {
+            for (size_t t : snapshot_tables) {
+              auto m = TargetMarker(*watch, config->tables[t]);
+              baseline.push_back(m.ok() ? *m : MarkerState{});
+            }
+          }
+        }
+      }
+      if (watch && !baseline.empty()) {
+        bool all = true;
+        for (size_t i = 0; i < snapshot_tables.size() && all; ++i) {
+          auto m = TargetMarker(*watch, config->tables[snapshot_tables[i]]);
+          all = m.ok() && m->tick > baseline[i].tick && m->complete;
+        }
+        if (all) {
+          snapshot_complete = true;
+          break;
+        }
+      }
+    }
+  }
+  if (tty && interval > 0) fmt::print(stderr, "\n");
+  // Stop in flow order: the source flushes what it sent, then the target
+  // applies what reached it.
+  source_stop.RequestStop();
+  if (source_thread.joinable()) source_thread.join();
+  if (memory && plan.target && !target_out.done) {
+    // Let the target apply what the source handed over before it stopped.
+    const int64_t deadline = MonotonicMicros() + 5'000'000;
+    while (channel->queued() > 0 && !target_out.done && MonotonicMicros() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  target_stop.RequestStop();
+  if (channel) channel->Close();
+  if (target_thread.joinable()) target_thread.join();
+
+  for (Outcome* o : {&source_out, &target_out}) {
+    if (o->done && !o->status.ok() && !o->status.IsCancelled()) return Fail(o->status);
+  }
+  if (plan.snapshot_only) {
+    if (memory && source_out.done && source_out.status.ok() && !signalled) snapshot_complete = true;
+    if (snapshot_complete) {
+      fmt::print(stderr, "snapshot complete: {} table(s) copied to the target\n",
+                 snapshot_tables.size());
+      return kExitOk;
+    }
+    fmt::print(stderr, "snapshot interrupted; run `datatunnel snapshot` again to resume it\n");
+    return signalled ? kExitOk : kExitFailure;
+  }
+  return kExitOk;
+}
+
+}  // namespace datatunnel::cli

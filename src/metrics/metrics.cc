@@ -1,0 +1,183 @@
+#include "metrics/metrics.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "core/clock.h"
+
+namespace datatunnel::metrics {
+
+void Histogram::Observe(double seconds) {
+  size_t i = 0;
+  while (i < kBounds.size() && seconds > kBounds[i]) ++i;
+  buckets_[i].fetch_add(1, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+  sum_micros_.fetch_add(static_cast<int64_t>(seconds * 1e6), std::memory_order_relaxed);
+}
+
+double Histogram::sum() const { return sum_micros_.load(std::memory_order_relaxed) / 1e6; }
+
+double Histogram::Quantile(double q) const {
+  uint64_t total = count();
+  if (total == 0) return 0;
+  uint64_t want = static_cast<uint64_t>(q * static_cast<double>(total));
+  uint64_t seen = 0;
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    seen += bucket(i);
+    if (seen > want) return i < kBounds.size() ? kBounds[i] : kBounds.back();
+  }
+  return kBounds.back();
+}
+
+Metrics::Metrics(const std::vector<std::pair<std::string, std::string>>& tables) {
+  for (const auto& [src, tgt] : tables) {
+    auto t = std::make_unique<TableMetrics>();
+    t->source = src;
+    t->target = tgt;
+    tables_.push_back(std::move(t));
+  }
+}
+
+namespace {
+
+std::string Escape(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out.push_back('\\');
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+void ProcessMetrics(std::string* out) {
+  // Resident memory and CPU from /proc, as the Go and Java clients export them.
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  const long page = sysconf(_SC_PAGESIZE);
+  std::ifstream stat("/proc/self/stat");
+  std::string line;
+  std::getline(stat, line);
+  auto rp = line.rfind(')');
+  std::istringstream fields(rp == std::string::npos ? "" : line.substr(rp + 2));
+  std::string f;
+  double utime = 0, stime = 0;
+  for (int i = 3; fields >> f; ++i) {
+    if (i == 14) utime = std::stod(f);
+    if (i == 15) {
+      stime = std::stod(f);
+      break;
+    }
+  }
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  fmt::format_to(
+      std::back_inserter(*out),
+      "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+      "# TYPE process_resident_memory_bytes gauge\n"
+      "process_resident_memory_bytes {}\n"
+      "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+      "# TYPE process_virtual_memory_bytes gauge\n"
+      "process_virtual_memory_bytes {}\n"
+      "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+      "# TYPE process_cpu_seconds_total counter\n"
+      "process_cpu_seconds_total {}\n",
+      resident * page, pages * page, (utime + stime) / ticks);
+}
+
+}  // namespace
+
+std::string Metrics::RenderPrometheus() const {
+  std::string out;
+  auto counter = [&](const char* name, const char* help, auto get) {
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} counter\n", name, help, name);
+    for (const auto& t : tables_) {
+      fmt::format_to(std::back_inserter(out), "{}{{table=\"{}\"}} {}\n", name, Escape(t->source),
+                     get(*t));
+    }
+  };
+  auto gauge = [&](const char* name, const char* help, auto get) {
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} gauge\n", name, help, name);
+    for (const auto& t : tables_) {
+      fmt::format_to(std::back_inserter(out), "{}{{table=\"{}\"}} {}\n", name, Escape(t->source),
+                     get(*t));
+    }
+  };
+  auto load = [](const std::atomic<int64_t>& a) { return a.load(std::memory_order_relaxed); };
+  counter("datatunnel_changes_captured_total", "Changes read from the change table.",
+          [&](const TableMetrics& t) { return load(t.captured); });
+  counter("datatunnel_changes_published_total",
+          "Changes confirmed delivered to the broker (or the in-memory hand-over).",
+          [&](const TableMetrics& t) { return load(t.published); });
+  counter("datatunnel_published_bytes_total", "Bytes of messages published.",
+          [&](const TableMetrics& t) { return load(t.published_bytes); });
+  counter("datatunnel_changes_applied_total", "Changes applied to the target.",
+          [&](const TableMetrics& t) { return load(t.applied); });
+  counter("datatunnel_duplicates_skipped_total",
+          "Changes dropped because the target had already applied them.",
+          [&](const TableMetrics& t) { return load(t.skipped); });
+  counter("datatunnel_dead_letters_total", "Malformed messages sent to the dead-letter topic.",
+          [&](const TableMetrics& t) { return load(t.dead_letters); });
+  counter("datatunnel_batches_total", "Transactions committed on the target.",
+          [&](const TableMetrics& t) { return load(t.batches); });
+  counter("datatunnel_snapshot_rows_total", "Snapshot rows delivered.",
+          [&](const TableMetrics& t) { return load(t.snapshot_rows); });
+  gauge("datatunnel_snapshot_rows_estimated", "Estimated rows of the snapshot in progress.",
+        [&](const TableMetrics& t) { return load(t.snapshot_total); });
+  gauge("datatunnel_snapshot_running", "1 while a snapshot of the table is in progress.",
+        [&](const TableMetrics& t) { return load(t.snapshot_running); });
+  gauge("datatunnel_change_table_rows", "Changes waiting in the change table (sampled).",
+        [&](const TableMetrics& t) { return load(t.pending); });
+  gauge("datatunnel_lag_changes", "Changes captured but not yet applied by this process.",
+        [&](const TableMetrics& t) {
+          int64_t lag = load(t.captured) - load(t.applied) - load(t.skipped);
+          return lag < 0 ? 0 : lag;
+        });
+  gauge("datatunnel_lag_seconds",
+        "Age of the newest applied change at the time it was applied (0 when idle).",
+        [&](const TableMetrics& t) {
+          int64_t cap = load(t.last_captured_us), app = load(t.last_applied_us);
+          return cap > 0 && app > cap ? (app - cap) / 1e6 : 0.0;
+        });
+  const char* hname = "datatunnel_end_to_end_latency_seconds";
+  fmt::format_to(std::back_inserter(out),
+                 "# HELP {0} Time from capture on the source to commit on the target.\n"
+                 "# TYPE {0} histogram\n",
+                 hname);
+  for (const auto& t : tables_) {
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= Histogram::kBounds.size(); ++i) {
+      cum += t->latency.bucket(i);
+      std::string le = i < Histogram::kBounds.size() ? fmt::format("{}", Histogram::kBounds[i])
+                                                     : std::string("+Inf");
+      fmt::format_to(std::back_inserter(out), "{}_bucket{{table=\"{}\",le=\"{}\"}} {}\n", hname,
+                     Escape(t->source), le, cum);
+    }
+    fmt::format_to(
+        std::back_inserter(out), "{}_sum{{table=\"{}\"}} {}\n{}_count{{table=\"{}\"}} {}\n", hname,
+        Escape(t->source), t->latency.sum(), hname, Escape(t->source), t->latency.count());
+  }
+  auto scalar = [&](const char* name, const char* type, const char* help, auto value) {
+    fmt::format_to(std::back_inserter(out), "# HELP {0} {2}\n# TYPE {0} {1}\n{0} {3}\n", name, type,
+                   help, value);
+  };
+  scalar("datatunnel_errors_total", "counter", "Failures that caused a retry.", errors.load());
+  scalar("datatunnel_retries_total", "counter", "Retried batches and reconnects.", retries.load());
+  scalar("datatunnel_reconnects_total", "counter", "Database reconnections.", reconnects.load());
+  scalar("datatunnel_source_connected", "gauge", "1 when connected to the source.",
+         source_connected.load());
+  scalar("datatunnel_target_connected", "gauge", "1 when connected to the target.",
+         target_connected.load());
+  scalar("datatunnel_leader", "gauge", "1 when this process holds the producer lock.",
+         leader.load());
+  ProcessMetrics(&out);
+  return out;
+}
+
+}  // namespace datatunnel::metrics

@@ -1,0 +1,75 @@
+// Metrics: counters the pipeline updates and the endpoint and status line
+// read. Names follow Prometheus conventions (see RenderPrometheus).
+//
+// Thread-safety: all updates are relaxed atomics; any thread may read.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace datatunnel::metrics {
+
+// A fixed-bucket histogram of seconds.
+class Histogram {
+ public:
+  static constexpr std::array<double, 14> kBounds = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+                                                     0.2,   0.5,   1,     2,    5,    10,   30};
+  void Observe(double seconds);
+  uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  double sum() const;
+  uint64_t bucket(size_t i) const { return buckets_[i].load(std::memory_order_relaxed); }
+  // Approximate quantile (upper bound of the bucket holding it); 0 when empty.
+  double Quantile(double q) const;
+
+ private:
+  std::array<std::atomic<uint64_t>, kBounds.size() + 1> buckets_{};
+  std::atomic<uint64_t> count_{0};
+  std::atomic<int64_t> sum_micros_{0};
+};
+
+struct TableMetrics {
+  std::string source;  // schema.table
+  std::string target;
+  std::atomic<int64_t> captured{0};   // changes read from the change table
+  std::atomic<int64_t> published{0};  // changes delivered to the broker / hand-over
+  std::atomic<int64_t> published_bytes{0};
+  std::atomic<int64_t> applied{0};         // changes applied on the target
+  std::atomic<int64_t> skipped{0};         // duplicates dropped by position
+  std::atomic<int64_t> dead_letters{0};    // malformed messages set aside
+  std::atomic<int64_t> batches{0};         // target transactions
+  std::atomic<int64_t> snapshot_rows{0};   // snapshot rows delivered
+  std::atomic<int64_t> snapshot_total{0};  // estimate of the snapshot's rows
+  std::atomic<int64_t> snapshot_running{0};
+  std::atomic<int64_t> pending{0};           // changes waiting in the change table (sampled)
+  std::atomic<int64_t> last_captured_us{0};  // capture time of the newest change applied
+  std::atomic<int64_t> last_applied_us{0};   // when it was applied
+  Histogram latency;                         // capture -> applied, seconds
+};
+
+class Metrics {
+ public:
+  explicit Metrics(const std::vector<std::pair<std::string, std::string>>& tables);
+  TableMetrics& table(size_t i) { return *tables_[i]; }
+  const TableMetrics& table(size_t i) const { return *tables_[i]; }
+  size_t size() const { return tables_.size(); }
+
+  std::atomic<int64_t> errors{0};   // failures that caused a retry
+  std::atomic<int64_t> retries{0};  // retries of a batch or reconnects
+  std::atomic<int64_t> reconnects{0};
+  std::atomic<int> source_connected{0};
+  std::atomic<int> target_connected{0};
+  std::atomic<int> broker_ok{1};
+  std::atomic<int> leader{0};  // this process publishes (holds the producer lock)
+
+  // Prometheus text exposition format (version 0.0.4).
+  std::string RenderPrometheus() const;
+
+ private:
+  std::vector<std::unique_ptr<TableMetrics>> tables_;
+};
+
+}  // namespace datatunnel::metrics

@@ -1,0 +1,99 @@
+#include "tunnel/memory_channel.h"
+
+#include <chrono>
+
+#include "core/clock.h"
+
+namespace datatunnel::tunnel {
+
+bool MemoryChannel::TryPush(const Change& c, uint64_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t size = c.row.ByteSize() + sizeof(Change);
+  // Always accept one change into an empty queue, however large.
+  if (!queue_.empty() && (queue_.size() >= max_changes_ || bytes_ + size > max_bytes_)) {
+    return false;
+  }
+  queue_.emplace_back(c, token);
+  bytes_ += size;
+  changes_cv_.notify_one();
+  return true;
+}
+
+void MemoryChannel::Pop(size_t max, int timeout_ms, std::vector<Change>* out,
+                        std::vector<uint64_t>* tokens) {
+  std::unique_lock<std::mutex> lock(mu_);
+  changes_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                       [&] { return !queue_.empty() || closed_; });
+  size_t n = 0;
+  while (!queue_.empty() && n < max) {
+    auto& [c, token] = queue_.front();
+    bytes_ -= c.row.ByteSize() + sizeof(Change);
+    out->push_back(std::move(c));
+    tokens->push_back(token);
+    queue_.pop_front();
+    ++n;
+  }
+}
+
+void MemoryChannel::Ack(const std::vector<uint64_t>& tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  acks_.insert(acks_.end(), tokens.begin(), tokens.end());
+  acks_cv_.notify_one();
+}
+
+void MemoryChannel::TakeAcks(int timeout_ms, std::vector<uint64_t>* out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (timeout_ms > 0) {
+    acks_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                      [&] { return !acks_.empty() || closed_; });
+  }
+  out->insert(out->end(), acks_.begin(), acks_.end());
+  acks_.clear();
+}
+
+void MemoryChannel::Clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_.clear();
+  bytes_ = 0;
+}
+
+void MemoryChannel::Close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  changes_cv_.notify_all();
+  acks_cv_.notify_all();
+}
+
+bool MemoryChannel::closed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+
+size_t MemoryChannel::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.size();
+}
+
+Status MemorySink::Send(const Change& change, int32_t partition, uint64_t token) {
+  (void)partition;
+  if (!channel_->TryPush(change, token)) return Status::Retryable("in-memory hand-over full");
+  ++outstanding_;
+  return Status::OK();
+}
+
+void MemorySink::Poll(int timeout_ms) {
+  acks_.clear();
+  channel_->TakeAcks(timeout_ms, &acks_);
+  for (uint64_t t : acks_) {
+    --outstanding_;
+    on_delivery_(t, Status::OK());
+  }
+}
+
+int MemorySink::Flush(int timeout_ms) {
+  const int64_t deadline = MonotonicMicros() + int64_t{timeout_ms} * 1000;
+  while (outstanding_ > 0 && MonotonicMicros() < deadline && !channel_->closed()) Poll(20);
+  return static_cast<int>(outstanding_);
+}
+
+}  // namespace datatunnel::tunnel

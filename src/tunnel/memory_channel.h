@@ -1,0 +1,71 @@
+// MemoryChannel: the in-memory hand-over of `run --broker none`, and the
+// MemorySink that feeds it.
+//
+// A bounded queue of changes from the source worker to the target worker,
+// and a queue of acknowledgements back: a change counts as delivered only
+// once the target committed it. When the queue is full the source worker
+// stops reading ahead (backpressure), so memory stays bounded whatever the
+// backlog.
+//
+// Thread-safety: one producer thread and one consumer thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <vector>
+
+#include "tunnel/sink.h"
+
+namespace datatunnel::tunnel {
+
+class MemoryChannel {
+ public:
+  MemoryChannel(size_t max_changes, size_t max_bytes)
+      : max_changes_(max_changes), max_bytes_(max_bytes) {}
+
+  // Source side: false when the queue is full.
+  bool TryPush(const Change& c, uint64_t token);
+  // Target side: waits up to timeout_ms for changes, then takes up to `max`.
+  void Pop(size_t max, int timeout_ms, std::vector<Change>* out, std::vector<uint64_t>* tokens);
+  // Target side: these changes are committed on the target.
+  void Ack(const std::vector<uint64_t>& tokens);
+  // Source side: waits up to timeout_ms for acknowledgements, then takes them.
+  void TakeAcks(int timeout_ms, std::vector<uint64_t>* out);
+  // Drops everything queued (source side, before it restarts from progress).
+  void Clear();
+  void Close();
+  bool closed() const;
+  size_t queued() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable changes_cv_;
+  std::condition_variable acks_cv_;
+  std::deque<std::pair<Change, uint64_t>> queue_;
+  std::vector<uint64_t> acks_;
+  size_t bytes_ = 0;
+  size_t max_changes_;
+  size_t max_bytes_;
+  bool closed_ = false;
+};
+
+class MemorySink : public ChangeSink {
+ public:
+  MemorySink(MemoryChannel* channel, DeliveryFn on_delivery)
+      : channel_(channel), on_delivery_(std::move(on_delivery)) {}
+  Status Send(const Change& change, int32_t partition, uint64_t token) override;
+  void Poll(int timeout_ms) override;
+  int Flush(int timeout_ms) override;
+  Result<int> PartitionCount(uint32_t) override { return 1; }
+  Status Health() const override { return Status::OK(); }
+
+ private:
+  MemoryChannel* channel_;
+  DeliveryFn on_delivery_;
+  std::vector<uint64_t> acks_;
+  int64_t outstanding_ = 0;
+};
+
+}  // namespace datatunnel::tunnel

@@ -1,0 +1,41 @@
+// ChangeSink: where the source worker hands changes — the Kafka producer, or
+// the in-memory hand-over to a target worker in the same process.
+//
+// Contract: Send() only enqueues; success is the delivery report, passed to
+// the callback given at construction from inside Poll(), on the worker's
+// thread. Send() returns kRetryable when the sink is full: Poll() and retry
+// (that is the backpressure that bounds memory).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/change.h"
+#include "core/status.h"
+#include "core/table.h"
+
+namespace datatunnel::tunnel {
+
+using DeliveryFn = std::function<void(uint64_t token, const Status& status)>;
+
+class ChangeSink {
+ public:
+  virtual ~ChangeSink() = default;
+  // The source-side specs of this session (columns and key from the source
+  // catalog); called by the source worker before it sends anything.
+  virtual void SetTables(const std::vector<TableSpec>* tables) { (void)tables; }
+  // `partition` -1: by key. Truncates and markers are sent once per partition.
+  virtual Status Send(const Change& change, int32_t partition, uint64_t token) = 0;
+  virtual void Poll(int timeout_ms) = 0;
+  // Waits up to timeout_ms for everything sent to be delivered; returns how
+  // many are still outstanding.
+  virtual int Flush(int timeout_ms) = 0;
+  // Partitions of table `table`'s topic (1 for the in-memory hand-over).
+  virtual Result<int> PartitionCount(uint32_t table) = 0;
+  // Non-OK when the sink must be recreated (e.g. a fatal producer error).
+  virtual Status Health() const = 0;
+};
+
+}  // namespace datatunnel::tunnel

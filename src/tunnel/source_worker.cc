@@ -1,0 +1,463 @@
+#include "tunnel/source_worker.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "capture/install.h"
+#include "core/clock.h"
+
+namespace datatunnel::tunnel {
+
+using Kind = publish::DeliveryTracker::Kind;
+
+namespace {
+
+constexpr int kReadLimit = 5000;  // change-table rows per read
+
+bool AtOrAfter(const capture::TableProgress& p, int64_t tick, int64_t seq) {
+  return p.tick > tick || (p.tick == tick && p.seq >= seq);
+}
+
+}  // namespace
+
+struct SourceWorker::Session {
+  std::unique_ptr<pg::Connection> conn;
+  std::vector<TableSpec> specs;
+  std::unique_ptr<capture::ChangeLog> log;
+  int64_t epoch = 0;
+  std::vector<capture::TableProgress> progress;  // as recorded on the source
+  std::deque<capture::Tick> ticks;               // from the oldest still needed
+  size_t cursor = 0;                             // index in ticks of the next batch's lower bound
+
+  struct Work {
+    capture::Tick lo, hi;
+    std::vector<int64_t> after;  // per table: the last change_id read
+    std::vector<bool> done;
+    bool had_changes = false;
+    int chunk_table = -1;
+    snapshot::Chunk chunk;
+  };
+  std::optional<Work> work;
+
+  struct Snap {
+    bool active = false;
+    bool all_read = false;  // last chunk and marker sent
+    int64_t run = 0;
+    std::optional<snapshot::Chunker> chunker;
+    snapshot::Cursor cursor;  // where the next chunk starts
+    struct Inflight {
+      snapshot::Cursor next;
+      int64_t rows;
+    };
+    std::deque<Inflight> inflight;
+  };
+  std::vector<Snap> snaps;
+  size_t next_snap = 0;
+
+  struct Pending {
+    bool any = false;
+    Position pos;
+    int64_t delivered = 0;
+    int64_t snapshot_rows = 0;
+    int chunks_done = 0;
+    bool marker_done = false;
+  };
+  std::vector<Pending> pending;
+  std::vector<int64_t> max_cid_delivered;
+  int64_t last_record_us = 0;
+  int64_t last_tick_us = 0;
+  int64_t last_snapshot_check_us = 0;
+  bool notified = true;
+  bool last_had_changes = true;
+};
+
+SourceWorker::SourceWorker(SourceOptions options, metrics::Metrics* metrics, const StopSource* stop)
+    : options_(std::move(options)), metrics_(metrics), stop_(stop) {}
+
+SourceWorker::~SourceWorker() = default;
+
+void SourceWorker::OnDelivery(uint64_t token, const Status& status) {
+  if (status.ok()) {
+    tracker_.MarkDelivered(token);
+  } else {
+    tracker_.MarkFailed(token, status);
+  }
+}
+
+Status SourceWorker::Run() {
+  Backoff backoff(500, 10000);
+  bool first = true;
+  for (;;) {
+    Status st = RunSession(first);
+    metrics_->source_connected = 0;
+    metrics_->leader = 0;
+    session_.reset();
+    if (st.ok() || st.IsCancelled()) return Status::OK();
+    if (!st.IsRetryable() || (first && options_.fail_fast_connect && !started_)) return st;
+    ++metrics_->errors;
+    ++metrics_->reconnects;
+    int delay = backoff.NextDelayMs();
+    spdlog::warn("producer: {}; restarting from recorded progress in {} ms", st.message(), delay);
+    first = false;
+    if (stop_->SleepFor(delay)) return Status::OK();
+  }
+}
+
+Status SourceWorker::RunSession(bool first) {
+  (void)first;
+  session_ = std::make_unique<Session>();
+  Session& s = *session_;
+  DT_ASSIGN_OR_RETURN(s.conn, options_.fail_fast_connect && !started_
+                                  ? pg::Connection::Open(options_.connect)
+                                  : pg::OpenWithRetry(options_.connect, 1 << 30,
+                                                      [this] { return stop_->stop_requested(); }));
+  metrics_->source_connected = 1;
+  std::vector<std::string> warnings;
+  DT_ASSIGN_OR_RETURN(s.specs, capture::DescribeSourceTables(*s.conn, options_.tables, &warnings));
+  s.log = std::make_unique<capture::ChangeLog>(s.conn.get(), &s.specs);
+  sink_->SetTables(&s.specs);
+  DT_ASSIGN_OR_RETURN(s.epoch, s.log->LoadEpoch());
+  DT_ASSIGN_OR_RETURN(s.progress, s.log->LoadProgress());
+
+  // Hot standby: wait for the producer lock.
+  bool announced = false;
+  for (;;) {
+    DT_ASSIGN_OR_RETURN(bool got, s.log->TryLock());
+    if (got) break;
+    if (!announced) {
+      spdlog::info("producer: another producer is publishing from the {}; standing by",
+                   s.conn->description());
+      announced = true;
+    }
+    if (stop_->SleepFor(1000)) return Status::Cancelled();
+  }
+  started_ = true;
+  metrics_->leader = 1;
+  if (announced) spdlog::info("producer: took over publishing");
+  DT_RETURN_IF_ERROR(s.conn->Listen(capture::kNotifyChannel));
+
+  tracker_.Reset();
+  s.pending.assign(s.specs.size(), {});
+  s.max_cid_delivered.assign(s.specs.size(), 0);
+  s.snaps.resize(s.specs.size());
+  DT_RETURN_IF_ERROR(CheckSnapshotRequests(s));
+
+  // Start at the oldest batch some table has not fully delivered.
+  int64_t first_batch = INT64_MAX;
+  for (const auto& p : s.progress) {
+    first_batch = std::min(first_batch, p.seq == Position::kEndOfTick ? p.tick + 1 : p.tick);
+  }
+  DT_ASSIGN_OR_RETURN(auto ticks, s.log->LoadTicks(first_batch - 1, 1 << 20));
+  if (ticks.empty() || ticks.front().number != first_batch - 1) {
+    return Status::Fatal(fmt::format(
+        "tick {} is missing from datatunnel.ticks on the {}: the capture state is damaged; run "
+        "`datatunnel uninstall` and `datatunnel init`, then snapshot again",
+        first_batch - 1, s.conn->description()));
+  }
+  s.ticks.assign(ticks.begin(), ticks.end());
+  spdlog::info("producer: publishing {} table(s) from the {}, resuming at tick {}", s.specs.size(),
+               s.conn->description(), first_batch);
+
+  while (!stop_->stop_requested()) {
+    DT_RETURN_IF_ERROR(ServeDeliveries(s, 0, false));
+    if (options_.exit_after_snapshot && tracker_.in_flight() == 0) {
+      bool running = std::any_of(s.snaps.begin(), s.snaps.end(),
+                                 [](const Session::Snap& sn) { return sn.active; });
+      if (!running && !s.work) {
+        DT_RETURN_IF_ERROR(RecordProgress(s));
+        return Status::OK();
+      }
+    }
+    if (tracker_.in_flight() >= static_cast<size_t>(options_.pipeline.max_in_flight)) {
+      // Backpressure: wait for deliveries instead of reading further ahead.
+      DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
+      continue;
+    }
+    if (s.work) {
+      bool progressed = false;
+      DT_RETURN_IF_ERROR(StepTick(s, &progressed));
+      if (!progressed) DT_RETURN_IF_ERROR(FinishTick(s));
+      continue;
+    }
+    const int64_t now = MonotonicMicros();
+    if (now - s.last_snapshot_check_us > 1'000'000) DT_RETURN_IF_ERROR(CheckSnapshotRequests(s));
+    const bool snapshot_reading =
+        std::any_of(s.snaps.begin(), s.snaps.end(),
+                    [](const Session::Snap& sn) { return sn.active && !sn.all_read; });
+    const bool poll_due =
+        now - s.last_tick_us >= int64_t{options_.pipeline.poll_interval_ms} * 1000;
+    const bool recorded_ticks_left = s.cursor + 1 < s.ticks.size();
+    if (s.notified || s.last_had_changes || snapshot_reading || poll_due || recorded_ticks_left) {
+      DT_RETURN_IF_ERROR(StartTick(s));
+      continue;
+    }
+    // Idle: wait for a NOTIFY from a capture trigger, serving deliveries.
+    int wait_ms = std::min<int64_t>(
+        options_.pipeline.progress_interval_ms,
+        (int64_t{options_.pipeline.poll_interval_ms} * 1000 - (now - s.last_tick_us)) / 1000 + 1);
+    DT_ASSIGN_OR_RETURN(int notes,
+                        s.conn->WaitForNotifications(std::max(1, wait_ms), stop_->wake_fd()));
+    if (notes > 0) s.notified = true;
+  }
+
+  // Graceful stop: deliver what is in flight, record it, leave.
+  const int64_t deadline = MonotonicMicros() + 5'000'000;
+  while (tracker_.in_flight() > 0 && MonotonicMicros() < deadline) {
+    sink_->Flush(100);
+    DT_RETURN_IF_ERROR(ServeDeliveries(s, 0, false));
+  }
+  DT_RETURN_IF_ERROR(ServeDeliveries(s, 0, true));
+  if (tracker_.in_flight() > 0) {
+    spdlog::warn(
+        "producer: stopped with {} change(s) not confirmed by the broker; they will be "
+        "published again on restart",
+        tracker_.in_flight());
+  }
+  return Status::OK();
+}
+
+Status SourceWorker::CheckSnapshotRequests(Session& s) {
+  s.last_snapshot_check_us = MonotonicMicros();
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    Session::Snap& sn = s.snaps[t];
+    if (sn.active) continue;
+    DT_ASSIGN_OR_RETURN(auto p, snapshot::LoadProgress(*s.conn, s.specs[t]));
+    if (p.state != snapshot::State::kRequested && p.state != snapshot::State::kRunning) continue;
+    if (p.run == sn.run && sn.run != 0) continue;  // this run already finished here
+    DT_ASSIGN_OR_RETURN(auto chunker,
+                        snapshot::Chunker::Create(*s.conn, s.specs[t], static_cast<uint32_t>(t),
+                                                  options_.pipeline.snapshot_chunk_rows,
+                                                  options_.pipeline.snapshot_chunk_bytes));
+    sn = Session::Snap{};
+    sn.active = true;
+    sn.run = p.run;
+    sn.chunker = std::move(chunker);
+    sn.cursor = p.cursor;
+    metrics_->table(t).snapshot_running = 1;
+    metrics_->table(t).snapshot_total = p.total;
+    metrics_->table(t).snapshot_rows = p.rows;
+    spdlog::info("snapshot of {}: {} ({} rows so far of about {}, {} order)",
+                 s.specs[t].source.ToString(), p.rows ? "resuming" : "starting", p.rows, p.total,
+                 sn.chunker->key_ordered() ? "key" : "physical");
+  }
+  return Status::OK();
+}
+
+Status SourceWorker::StartTick(Session& s) {
+  Session::Work w;
+  w.lo = s.ticks[s.cursor];
+  if (s.cursor + 1 < s.ticks.size()) {
+    // A tick recorded before a restart: its batch is recomputed exactly.
+    w.hi = s.ticks[s.cursor + 1];
+  } else {
+    DT_ASSIGN_OR_RETURN(w.hi, s.log->BeginTick(w.lo.number + 1));
+    // While a snapshot runs, read one chunk at exactly this tick's snapshot.
+    for (size_t i = 0; i < s.snaps.size(); ++i) {
+      const size_t t = (s.next_snap + i) % s.snaps.size();
+      Session::Snap& sn = s.snaps[t];
+      if (!sn.active || sn.all_read) continue;
+      auto chunk = sn.chunker->Read(*s.conn, sn.cursor, s.epoch, w.hi.number);
+      if (!chunk.ok()) {
+        s.conn->RollbackQuietly();
+        return chunk.status();
+      }
+      w.chunk = std::move(*chunk);
+      w.chunk_table = static_cast<int>(t);
+      s.next_snap = t + 1;
+      break;
+    }
+    DT_RETURN_IF_ERROR(s.log->CommitTick());
+    s.ticks.push_back(w.hi);
+    if (w.chunk_table >= 0) s.snaps[w.chunk_table].cursor = w.chunk.next;
+  }
+  ++s.cursor;
+  s.last_tick_us = MonotonicMicros();
+  s.notified = false;
+  w.after.assign(s.specs.size(), 0);
+  w.done.assign(s.specs.size(), false);
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    const auto& p = s.progress[t];
+    if (AtOrAfter(p, w.hi.number, Position::kEndOfTick)) {
+      w.done[t] = true;
+    } else if (p.tick == w.hi.number) {
+      w.after[t] = p.seq;  // part of this batch was delivered before a restart
+    }
+  }
+  s.work = std::move(w);
+  return Status::OK();
+}
+
+Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
+  const uint64_t token = tracker_.next_token();
+  for (;;) {
+    Status st = sink_->Send(c, partition, token);
+    if (st.ok()) break;
+    if (!st.IsRetryable()) return st;
+    // The sink is full: serve deliveries until it has room.
+    if (stop_->stop_requested()) return Status::Cancelled();
+    DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
+  }
+  tracker_.Add(c.table, c.pos, kind);
+  return Status::OK();
+}
+
+Status SourceWorker::StepTick(Session& s, bool* progressed) {
+  Session::Work& w = *s.work;
+  *progressed = false;
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    if (w.done[t]) continue;
+    std::vector<Change> changes;
+    const int64_t before = w.after[t];
+    DT_ASSIGN_OR_RETURN(int64_t last,
+                        s.log->ReadBatch(t, w.lo, w.hi, before, kReadLimit, s.epoch, &changes));
+    // Rows read (a key-changing update gives two changes from one row).
+    int64_t rows = 0;
+    for (size_t i = 0; i < changes.size(); ++i) {
+      if (i == 0 || changes[i].pos.seq != changes[i - 1].pos.seq) ++rows;
+    }
+    metrics_->table(t).captured += rows;
+    for (size_t i = 0; i < changes.size(); ++i) {
+      const Change& c = changes[i];
+      const bool split_first = i + 1 < changes.size() && changes[i + 1].pos.seq == c.pos.seq;
+      if (c.op == Op::kTruncate) {
+        // Every partition gets the truncate, so it is ordered against every key.
+        DT_ASSIGN_OR_RETURN(int n, sink_->PartitionCount(static_cast<uint32_t>(t)));
+        for (int p = 0; p < n; ++p) {
+          DT_RETURN_IF_ERROR(
+              SendChange(s, c, n == 1 ? -1 : p, p + 1 < n ? Kind::kPart : Kind::kChange));
+        }
+        continue;
+      }
+      DT_RETURN_IF_ERROR(SendChange(s, c, -1, split_first ? Kind::kPart : Kind::kChange));
+    }
+    w.after[t] = last;
+    if (rows > 0) w.had_changes = true;
+    if (rows < kReadLimit) w.done[t] = true;
+    *progressed = true;
+    return Status::OK();  // one read per step, so deliveries are served between reads
+  }
+  return Status::OK();
+}
+
+Status SourceWorker::FinishTick(Session& s) {
+  Session::Work& w = *s.work;
+  if (w.chunk_table >= 0) {
+    const uint32_t t = static_cast<uint32_t>(w.chunk_table);
+    Session::Snap& sn = s.snaps[t];
+    for (const Change& row : w.chunk.rows) {
+      DT_RETURN_IF_ERROR(SendChange(s, row, -1, Kind::kSnapshotRow));
+    }
+    const int64_t nrows = static_cast<int64_t>(w.chunk.rows.size());
+    sn.inflight.push_back({w.chunk.next, nrows});
+    tracker_.Add(t, Position{s.epoch, w.hi.number, Position::kSnapshotSeqBase + nrows, 0},
+                 Kind::kChunkEnd, /*delivered=*/true);
+    if (w.chunk.last) {
+      // The end of the snapshot, on every partition: consumers learn the
+      // target holds the whole table once they all have it.
+      Change marker;
+      marker.op = Op::kMarker;
+      marker.table = t;
+      marker.pos = Position{s.epoch, w.hi.number, Position::kSnapshotSeqBase + nrows, 1};
+      marker.captured_us = NowMicros();
+      DT_ASSIGN_OR_RETURN(int n, sink_->PartitionCount(t));
+      for (int p = 0; p < n; ++p) {
+        DT_RETURN_IF_ERROR(
+            SendChange(s, marker, n == 1 ? -1 : p, p + 1 < n ? Kind::kPart : Kind::kMarker));
+      }
+      sn.all_read = true;
+    }
+  }
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    tracker_.Add(static_cast<uint32_t>(t), Position{s.epoch, w.hi.number, Position::kEndOfTick, 0},
+                 Kind::kTickEnd, /*delivered=*/true);
+  }
+  s.last_had_changes = w.had_changes || w.chunk_table >= 0;
+  s.work.reset();
+  return Status::OK();
+}
+
+Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record) {
+  sink_->Poll(wait_ms);
+  if (!tracker_.failure().ok()) {
+    Status f = tracker_.failure();
+    return f.IsRetryable() ? f : f.WithContext("publishing failed");
+  }
+  DT_RETURN_IF_ERROR(sink_->Health());
+  for (const auto& a : tracker_.TakeAdvances()) {
+    Session::Pending& p = s.pending[a.table];
+    p.any = true;
+    p.pos = a.pos;
+    p.delivered += a.delivered;
+    p.snapshot_rows += a.snapshot_rows;
+    p.chunks_done += a.chunks_done;
+    p.marker_done = p.marker_done || a.marker_done;
+    s.max_cid_delivered[a.table] = std::max(s.max_cid_delivered[a.table], a.max_change_id);
+    metrics_->table(a.table).published += a.delivered;
+    metrics_->table(a.table).snapshot_rows += a.snapshot_rows;
+  }
+  const int64_t now = MonotonicMicros();
+  if (force_record ||
+      now - s.last_record_us >= int64_t{options_.pipeline.progress_interval_ms} * 1000) {
+    DT_RETURN_IF_ERROR(RecordProgress(s));
+  }
+  return Status::OK();
+}
+
+Status SourceWorker::RecordProgress(Session& s) {
+  s.last_record_us = MonotonicMicros();
+  std::vector<capture::ProgressUpdate> updates;
+  for (size_t t = 0; t < s.pending.size(); ++t) {
+    const Session::Pending& p = s.pending[t];
+    if (!p.any) continue;
+    capture::ProgressUpdate u;
+    u.table = t;
+    u.tick = p.pos.tick;
+    u.seq = p.pos.seq;
+    u.delivered = p.delivered;
+    // Everything visible in the newest fully delivered tick can go.
+    const int64_t complete = p.pos.seq == Position::kEndOfTick ? p.pos.tick : p.pos.tick - 1;
+    for (const auto& tick : s.ticks) {
+      if (tick.number == complete) u.prune_snapshot = tick.snapshot;
+    }
+    u.prune_upto = s.max_cid_delivered[t];
+    updates.push_back(std::move(u));
+  }
+  if (updates.empty()) return Status::OK();
+  DT_RETURN_IF_ERROR(s.log->RecordProgress(updates));
+  for (const auto& u : updates) {
+    s.progress[u.table].tick = u.tick;
+    s.progress[u.table].seq = u.seq;
+  }
+  for (size_t t = 0; t < s.pending.size(); ++t) {
+    Session::Pending& p = s.pending[t];
+    Session::Snap& sn = s.snaps[t];
+    for (int i = 0; i < p.chunks_done && !sn.inflight.empty(); ++i) {
+      const auto& done = sn.inflight.front();
+      DT_RETURN_IF_ERROR(
+          snapshot::RecordChunk(*s.conn, s.specs[t], sn.run, done.next, done.rows, false));
+      sn.inflight.pop_front();
+    }
+    if (p.marker_done) {
+      DT_RETURN_IF_ERROR(snapshot::RecordChunk(*s.conn, s.specs[t], sn.run, sn.cursor, 0, true));
+      sn.active = false;
+      metrics_->table(t).snapshot_running = 0;
+      spdlog::info("snapshot of {}: all rows published", s.specs[t].source.ToString());
+    }
+    p = Session::Pending{};
+  }
+  // Forget ticks no table needs any more (the lower bound of the oldest
+  // unfinished batch stays).
+  int64_t keep = INT64_MAX;
+  for (const auto& pr : s.progress) {
+    keep = std::min(keep, pr.seq == Position::kEndOfTick ? pr.tick : pr.tick - 1);
+  }
+  while (s.ticks.size() > 1 && s.cursor > 0 && s.ticks.front().number < keep) {
+    s.ticks.pop_front();
+    --s.cursor;
+  }
+  return Status::OK();
+}
+
+}  // namespace datatunnel::tunnel

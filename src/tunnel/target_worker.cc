@@ -1,0 +1,376 @@
+#include "tunnel/target_worker.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "apply/install.h"
+#include "core/clock.h"
+
+namespace datatunnel::tunnel {
+
+bool IsDuplicate(const Position& stored, const Position& p) {
+  if (p.epoch != stored.epoch) return p.epoch < stored.epoch;  // older installation: stale
+  return p <= stored;
+}
+
+// ---- TargetCore ------------------------------------------------------------
+
+TargetCore::TargetCore(TargetOptions options, metrics::Metrics* metrics, const StopSource* stop)
+    : options_(std::move(options)), metrics_(metrics), stop_(stop) {}
+
+Status TargetCore::Connect() {
+  if (options_.fail_fast_connect && !connected_once_) {
+    DT_ASSIGN_OR_RETURN(conn_, pg::Connection::Open(options_.connect));
+  } else {
+    DT_ASSIGN_OR_RETURN(conn_, pg::OpenWithRetry(options_.connect, 1 << 30,
+                                                 [this] { return stop_->stop_requested(); }));
+  }
+  DT_ASSIGN_OR_RETURN(targets_, apply::DescribeTargetTables(*conn_, options_.tables));
+  auto check = conn_->Query("SELECT 1 FROM datatunnel.applied LIMIT 0");
+  if (!check.ok()) {
+    return Status::Fatal(fmt::format(
+        "the {} has no datatunnel state (datatunnel.applied): run `datatunnel init` first",
+        conn_->description()));
+  }
+  applier_ = std::make_unique<apply::Applier>(conn_.get(), &targets_);
+  states_.clear();
+  connected_once_ = true;
+  metrics_->target_connected = 1;
+  return Status::OK();
+}
+
+Status TargetCore::Reconnect() {
+  metrics_->target_connected = 0;
+  ++metrics_->reconnects;
+  DT_ASSIGN_OR_RETURN(conn_, pg::OpenWithRetry(options_.connect, 1 << 30,
+                                               [this] { return stop_->stop_requested(); }));
+  if (stop_->stop_requested()) return Status::Cancelled();
+  applier_->Reset(conn_.get());
+  states_.clear();
+  metrics_->target_connected = 1;
+  spdlog::info("consumer: reconnected to the {}", conn_->description());
+  return Status::OK();
+}
+
+int TargetCore::TableForTopic(std::string_view topic) const {
+  for (size_t i = 0; i < options_.tables.size(); ++i) {
+    if (options_.tables[i].topic == topic) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+Result<apply::PartitionState> TargetCore::State(const std::string& stream, int32_t partition,
+                                                uint32_t table) {
+  auto key = std::make_pair(stream, partition);
+  auto it = states_.find(key);
+  if (it != states_.end()) return it->second;
+  if (!conn_ || conn_->IsBroken()) return Status::Retryable("the target connection is down");
+  DT_ASSIGN_OR_RETURN(auto st, applier_->Load(stream, partition, table));
+  states_[key] = st;
+  return st;
+}
+
+void TargetCore::Forget(const std::string& stream, int32_t partition) {
+  states_.erase(std::make_pair(stream, partition));
+}
+
+Status TargetCore::ApplyBatch(std::vector<Item>& items) {
+  Backoff backoff(100, 5000);
+  std::vector<const Change*> changes;
+  std::vector<apply::Advance> advances;
+  std::vector<uint32_t> advance_table;  // the table of each advance, for metrics
+  std::map<std::pair<std::string, int32_t>, size_t> advance_of;
+  for (;;) {
+    if (stop_->stop_requested()) return Status::Cancelled();
+    Status st;
+    if (!conn_ || conn_->IsBroken()) st = Reconnect();
+    changes.clear();
+    advances.clear();
+    advance_table.clear();
+    advance_of.clear();
+    for (size_t i = 0; st.ok() && i < items.size(); ++i) {
+      Item& item = items[i];
+      auto key = std::make_pair(item.stream, item.partition);
+      auto res = State(item.stream, item.partition, item.change.table);
+      if (!res.ok()) {
+        st = res.status();
+        break;
+      }
+      auto [ait, inserted] = advance_of.try_emplace(key, advances.size());
+      if (inserted) {
+        apply::Advance a;
+        a.stream = item.stream;
+        a.partition = item.partition;
+        a.expected_offset = res->offset;
+        a.offset = res->offset;
+        a.pos = res->pos;
+        advances.push_back(a);
+        advance_table.push_back(item.change.table);
+      }
+      apply::Advance& a = advances[ait->second];
+      a.offset = item.offset >= 0 ? item.offset : a.offset + 1;
+      switch (item.kind) {
+        case Item::Kind::kDeadLetter:
+          ++a.dead;
+          continue;
+        case Item::Kind::kIgnored:
+          ++a.skipped;
+          continue;
+        case Item::Kind::kChange:
+          break;
+      }
+      const Change& c = item.change;
+      if (IsDuplicate(a.pos, c.pos)) {
+        ++a.skipped;
+        continue;
+      }
+      a.pos = c.pos;
+      if (c.op == Op::kMarker) {
+        a.snapshot_marker = true;
+        a.snapshot_partitions = std::max(1, item.broadcast_partitions);
+        continue;
+      }
+      changes.push_back(&c);
+      ++a.applied;
+      if (c.op != Op::kRead) a.captured_us = std::max(a.captured_us, c.captured_us);
+    }
+    if (st.ok()) st = applier_->Apply(changes, advances);
+    if (st.ok()) {
+      const int64_t now = NowMicros();
+      for (const auto& a : advances) {
+        states_[{a.stream, a.partition}] = apply::PartitionState{a.offset, a.pos};
+      }
+      for (const Change* c : changes) {
+        auto& tm = metrics_->table(c->table);
+        ++tm.applied;
+        if (c->op != Op::kRead && c->captured_us > 0) {
+          tm.latency.Observe(static_cast<double>(now - c->captured_us) / 1e6);
+          tm.last_captured_us = c->captured_us;
+          tm.last_applied_us = now;
+        }
+      }
+      for (size_t i = 0; i < advances.size(); ++i) {
+        metrics_->table(advance_table[i]).skipped += advances[i].skipped;
+        metrics_->table(advance_table[i]).dead_letters += advances[i].dead;
+      }
+      if (!changes.empty()) {
+        for (size_t t = 0; t < targets_.size(); ++t) {
+          for (const Change* c : changes) {
+            if (c->table == t) {
+              ++metrics_->table(t).batches;
+              break;
+            }
+          }
+        }
+      }
+      return Status::OK();
+    }
+    // Something failed: forget cached positions (a commit in doubt may have
+    // landed; the guard and the dedup sort that out on the retry).
+    for (const auto& a : advances) Forget(a.stream, a.partition);
+    if (applier_ && applier_->position_moved()) {
+      ++metrics_->retries;
+      continue;  // another consumer moved a partition: reload and filter again
+    }
+    if (!st.IsRetryable()) {
+      return st.WithContext(
+          changes.empty() ? "applying a batch"
+                          : fmt::format("applying a batch of {} change(s) to {}", changes.size(),
+                                        targets_[changes.front()->table].target.ToString()));
+    }
+    ++metrics_->errors;
+    ++metrics_->retries;
+    const int delay = backoff.NextDelayMs();
+    if (backoff.attempts() == 1 || backoff.attempts() % 10 == 0) {
+      spdlog::warn("consumer: {} (retrying in {} ms; the batch is kept)", st.message(), delay);
+    }
+    if (conn_ && conn_->IsBroken()) metrics_->target_connected = 0;
+    if (stop_->SleepFor(delay)) return Status::Cancelled();
+  }
+}
+
+// ---- KafkaTargetWorker -----------------------------------------------------
+
+KafkaTargetWorker::KafkaTargetWorker(TargetOptions options, metrics::Metrics* metrics,
+                                     const StopSource* stop)
+    : options_(options), metrics_(metrics), stop_(stop), core_(std::move(options), metrics, stop) {}
+
+void KafkaTargetWorker::OnAssigned(std::vector<TopicPartition>* partitions) {
+  for (auto& p : *partitions) {
+    const int t = core_.TableForTopic(p.topic);
+    if (t < 0) continue;
+    // Start right after what the target has applied. If the target cannot be
+    // reached now, start from the beginning: what is already applied is
+    // dropped by position, so that costs time, never correctness.
+    Result<apply::PartitionState> st = Status::Retryable("not loaded");
+    const int64_t deadline = MonotonicMicros() + 30'000'000;
+    while (!stop_->stop_requested()) {
+      st = core_.State(p.topic, p.partition, static_cast<uint32_t>(t));
+      if (st.ok() || MonotonicMicros() > deadline) break;
+      stop_->SleepFor(500);
+    }
+    if (st.ok()) {
+      p.offset = st->offset >= 0 ? st->offset + 1 : kOffsetBeginning;
+    } else {
+      spdlog::warn(
+          "consumer: cannot read the stored position of {} [{}] ({}); reading it from "
+          "the beginning, already-applied changes will be skipped",
+          p.topic, p.partition, st.status().message());
+      p.offset = kOffsetBeginning;
+    }
+    spdlog::debug("consumer: assigned {} [{}] from offset {}", p.topic, p.partition, p.offset);
+  }
+}
+
+void KafkaTargetWorker::OnRevoked(const std::vector<TopicPartition>& partitions) {
+  for (const auto& p : partitions) core_.Forget(p.topic, p.partition);
+}
+
+Status KafkaTargetWorker::DeadLetter(const broker::Message& m, const Status& why) {
+  const InboundMessage v = m.view();
+  if (options_.pipeline.on_bad_message == BadMessagePolicy::kStop) {
+    return Status::Fatal(fmt::format(
+        "bad message at {} [{}] offset {}: {}; fix or skip it (on_bad_message = \"dlq\" sends such "
+        "messages to {}.dlq instead of stopping)",
+        v.topic, v.partition, v.offset, why.message(), v.topic));
+  }
+  if (!dlq_) {
+    DT_ASSIGN_OR_RETURN(dlq_, broker::Producer::Create(
+                                  options_.kafka,
+                                  [this](uint64_t, const Status& st) {
+                                    --dlq_pending_;
+                                    if (!st.ok() && dlq_error_.ok()) dlq_error_ = st;
+                                  },
+                                  "datatunnel-dlq"));
+  }
+  std::vector<broker::Header> headers = {
+      {"datatunnel.error", why.message()},
+      {"datatunnel.topic", std::string(v.topic)},
+      {"datatunnel.partition", std::to_string(v.partition)},
+      {"datatunnel.offset", std::to_string(v.offset)},
+  };
+  const std::string topic = std::string(v.topic) + ".dlq";
+  for (;;) {
+    Status st = dlq_->Send(topic, broker::kAnyPartition, v.key, v.value, 0, &headers);
+    if (st.ok()) break;
+    if (!st.IsRetryable()) return st;
+    dlq_->Poll(10);
+  }
+  ++dlq_pending_;
+  spdlog::warn("consumer: bad message at {} [{}] offset {} sent to {}: {}", v.topic, v.partition,
+               v.offset, topic, why.message());
+  return Status::OK();
+}
+
+Status KafkaTargetWorker::Run() {
+  DT_RETURN_IF_ERROR(core_.Connect());
+  std::vector<std::string> topics;
+  for (const auto& t : options_.tables) topics.push_back(t.topic);
+  DT_ASSIGN_OR_RETURN(auto consumer, broker::Consumer::Create(options_.kafka, topics, this));
+  apply::EnvelopeDecoder decoder(&core_.targets());
+  spdlog::info("consumer: applying {} topic(s) to the target as group \"{}\"", topics.size(),
+               options_.kafka.group_id);
+  std::vector<broker::Message> msgs;
+  std::vector<Item> items;
+  Status result;
+  while (!stop_->stop_requested()) {
+    msgs.clear();
+    Status st = consumer->Poll(static_cast<size_t>(options_.pipeline.batch_max_changes), 100,
+                               options_.pipeline.batch_max_wait_ms, &msgs);
+    if (!st.ok()) {
+      result = st;
+      break;
+    }
+    if (msgs.empty()) continue;
+    items.clear();
+    items.reserve(msgs.size());
+    for (const auto& m : msgs) {
+      const InboundMessage v = m.view();
+      Item item;
+      item.stream = std::string(v.topic);
+      item.partition = v.partition;
+      item.offset = v.offset;
+      const int t = core_.TableForTopic(v.topic);
+      if (t < 0 || v.null_value) {
+        item.kind = Item::Kind::kIgnored;  // tombstones and foreign topics carry no change
+        item.change.table = t < 0 ? 0 : static_cast<uint32_t>(t);
+      } else {
+        Status dst = decoder.Decode(v.value, static_cast<uint32_t>(t), &item.change);
+        item.broadcast_partitions = decoder.broadcast_partitions();
+        if (dst.code() == StatusCode::kBadData) {
+          result = DeadLetter(m, dst);
+          if (!result.ok()) break;
+          item.kind = Item::Kind::kDeadLetter;
+          item.change.table = static_cast<uint32_t>(t);
+        } else if (!dst.ok()) {
+          result =
+              dst.WithContext(fmt::format("{} [{}] offset {}", v.topic, v.partition, v.offset));
+          break;
+        }
+      }
+      items.push_back(std::move(item));
+    }
+    if (!result.ok()) break;
+    // Dead letters must be stored before the offsets that skip them commit.
+    while (dlq_ && dlq_pending_ > 0 && !stop_->stop_requested()) dlq_->Poll(50);
+    if (!dlq_error_.ok()) {
+      result = dlq_error_.WithContext("writing to the dead-letter topic");
+      break;
+    }
+    st = core_.ApplyBatch(items);
+    if (st.IsCancelled()) break;
+    if (!st.ok()) {
+      result = st;
+      break;
+    }
+    std::map<std::pair<std::string, int32_t>, int64_t> last;
+    for (const auto& it : items) last[{it.stream, it.partition}] = it.offset;
+    std::vector<TopicPartition> commits;
+    for (const auto& [k, off] : last) commits.push_back({k.first, k.second, off + 1});
+    consumer->CommitAsync(commits);
+  }
+  Status closed = consumer->Close();
+  if (!closed.ok()) spdlog::debug("consumer: {}", closed.message());
+  return result;
+}
+
+// ---- MemoryTargetWorker ----------------------------------------------------
+
+MemoryTargetWorker::MemoryTargetWorker(TargetOptions options, MemoryChannel* channel,
+                                       metrics::Metrics* metrics, const StopSource* stop)
+    : options_(options), channel_(channel), stop_(stop), core_(std::move(options), metrics, stop) {}
+
+Status MemoryTargetWorker::Run() {
+  DT_RETURN_IF_ERROR(core_.Connect());
+  std::vector<std::string> streams;
+  for (const auto& t : core_.targets()) streams.push_back("memory:" + t.target.ToString());
+  std::vector<Change> changes;
+  std::vector<uint64_t> tokens;
+  std::vector<Item> items;
+  while (!stop_->stop_requested()) {
+    changes.clear();
+    tokens.clear();
+    channel_->Pop(static_cast<size_t>(options_.pipeline.batch_max_changes), 100, &changes, &tokens);
+    if (changes.empty()) {
+      if (channel_->closed()) break;
+      continue;
+    }
+    items.clear();
+    items.reserve(changes.size());
+    for (auto& c : changes) {
+      Item item;
+      item.stream = streams[c.table];
+      item.partition = 0;
+      item.broadcast_partitions = 1;
+      item.change = std::move(c);
+      items.push_back(std::move(item));
+    }
+    Status st = core_.ApplyBatch(items);
+    if (st.IsCancelled()) break;
+    if (!st.ok()) return st;
+    channel_->Ack(tokens);
+  }
+  return Status::OK();
+}
+
+}  // namespace datatunnel::tunnel

@@ -1,0 +1,109 @@
+// Target workers: the consumer loops. They take changes from Kafka (or the
+// in-memory hand-over), drop what the target already applied (by position),
+// and apply the rest in batches through apply::Applier, retrying with backoff
+// until the target accepts them. A batch is kept in memory until it commits,
+// so a target outage costs a pause, never a change.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apply/applier.h"
+#include "apply/decoder.h"
+#include "broker/kafka.h"
+#include "config/config.h"
+#include "core/stop.h"
+#include "metrics/metrics.h"
+#include "pg/connection.h"
+#include "tunnel/memory_channel.h"
+
+namespace datatunnel::tunnel {
+
+struct TargetOptions {
+  pg::ConnectOptions connect;
+  std::vector<TableConfig> tables;
+  PipelineConfig pipeline;
+  KafkaConfig kafka;
+  bool fail_fast_connect = true;
+};
+
+// One input record for the target: a decoded change, or a placeholder for a
+// message that advances the offset without applying anything.
+struct Item {
+  std::string stream;
+  int32_t partition = 0;
+  int64_t offset = -1;  // -1: next in sequence (in-memory streams)
+  enum class Kind { kChange, kDeadLetter, kIgnored } kind = Kind::kChange;
+  int broadcast_partitions = 0;
+  Change change;
+};
+
+// True when the target already has `p` (stored is the newest applied there).
+bool IsDuplicate(const Position& stored, const Position& p);
+
+// What both loops share: the target connection, stored positions, dedup and
+// the retrying apply.
+class TargetCore {
+ public:
+  TargetCore(TargetOptions options, metrics::Metrics* metrics, const StopSource* stop);
+  // Connects and reads the target tables' specs.
+  Status Connect();
+  const std::vector<TableSpec>& targets() const { return targets_; }
+  // Table index for a topic, or -1.
+  int TableForTopic(std::string_view topic) const;
+  // The stored state of a partition (cached; loads and creates it).
+  Result<apply::PartitionState> State(const std::string& stream, int32_t partition, uint32_t table);
+  void Forget(const std::string& stream, int32_t partition);
+  // Applies the items in one transaction, retrying until it commits.
+  // Returns OK once applied, Cancelled when a stop was requested first, or a
+  // failure that cannot heal.
+  Status ApplyBatch(std::vector<Item>& items);
+
+ private:
+  Status Reconnect();
+  TargetOptions options_;
+  metrics::Metrics* metrics_;
+  const StopSource* stop_;
+  std::unique_ptr<pg::Connection> conn_;
+  std::vector<TableSpec> targets_;
+  std::unique_ptr<apply::Applier> applier_;
+  std::map<std::pair<std::string, int32_t>, apply::PartitionState> states_;
+  bool connected_once_ = false;
+};
+
+class KafkaTargetWorker : public broker::Consumer::Listener {
+ public:
+  KafkaTargetWorker(TargetOptions options, metrics::Metrics* metrics, const StopSource* stop);
+  Status Run();
+
+  void OnAssigned(std::vector<TopicPartition>* partitions) override;
+  void OnRevoked(const std::vector<TopicPartition>& partitions) override;
+
+ private:
+  Status DeadLetter(const broker::Message& m, const Status& why);
+  TargetOptions options_;
+  metrics::Metrics* metrics_;
+  const StopSource* stop_;
+  TargetCore core_;
+  std::unique_ptr<broker::Producer> dlq_;
+  int64_t dlq_pending_ = 0;
+  Status dlq_error_;
+};
+
+class MemoryTargetWorker {
+ public:
+  MemoryTargetWorker(TargetOptions options, MemoryChannel* channel, metrics::Metrics* metrics,
+                     const StopSource* stop);
+  Status Run();
+
+ private:
+  TargetOptions options_;
+  MemoryChannel* channel_;
+  const StopSource* stop_;
+  TargetCore core_;
+};
+
+}  // namespace datatunnel::tunnel
