@@ -29,8 +29,23 @@ case "$cmd" in
     mkdir -p "$dir"
     [[ $(id -u) -eq 0 ]] && chown postgres: "$dir"
     if [[ ! -f "$dir/data/PG_VERSION" ]]; then
-      as_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
-        { echo "pg.sh: initdb failed, see $dir/initdb.log" >&2; exit 1; }
+      if [[ -n "${PG_TEMPLATE:-}" ]]; then
+        # initdb once into a template, then copy it: much faster for tests.
+        mkdir -p "$PG_TEMPLATE"
+        [[ $(id -u) -eq 0 ]] && chown postgres: "$PG_TEMPLATE"
+        (
+          flock 9
+          if [[ ! -f "$PG_TEMPLATE/data/PG_VERSION" ]]; then
+            as_pg "$bindir/initdb" -D "$PG_TEMPLATE/data.tmp" -U postgres -A trust -E UTF8 --locale=C.UTF-8 \
+              >"$PG_TEMPLATE/initdb.log" 2>&1 || { echo "pg.sh: initdb failed, see $PG_TEMPLATE/initdb.log" >&2; exit 1; }
+            mv "$PG_TEMPLATE/data.tmp" "$PG_TEMPLATE/data"
+          fi
+        ) 9>"$PG_TEMPLATE.lock"
+        as_pg cp -a "$PG_TEMPLATE/data" "$dir/data"
+      else
+        as_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+          { echo "pg.sh: initdb failed, see $dir/initdb.log" >&2; exit 1; }
+      fi
     fi
     as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} \

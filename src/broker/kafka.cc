@@ -142,6 +142,28 @@ std::string KafkaErrorText(int err) {
   return rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
 }
 
+Status CheckReachable(const KafkaConfig& config, int timeout_ms) {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  Props props =
+      Merge({{"bootstrap.servers", config.brokers}, {"log_level", "0"}}, config.properties, {});
+  if (Status st = ApplyProps(conf, props); !st.ok()) {
+    rd_kafka_conf_destroy(conf);
+    return st;
+  }
+  char err[512];
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (!rk) return Status::BadConfig(fmt::format("kafka: {}; fix [kafka.properties]", err));
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, nullptr, &md, timeout_ms);
+  if (md) rd_kafka_metadata_destroy(md);
+  rd_kafka_destroy(rk);
+  if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
+  return Status::Retryable(fmt::format(
+      "cannot reach the Kafka brokers at {} ({}); check kafka.brokers (or --brokers), that the "
+      "brokers run, and the security settings in [kafka.properties]",
+      config.brokers, rd_kafka_err2str(e)));
+}
+
 // ---- Producer --------------------------------------------------------------
 
 Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,

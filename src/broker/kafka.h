@@ -45,6 +45,11 @@ std::string KafkaErrorText(int err);
 
 using Header = std::pair<std::string, std::string>;
 
+// Asks the bootstrap servers for cluster metadata, waiting up to timeout_ms.
+// Used at start-up so a wrong or unreachable kafka.brokers fails at once
+// with one clear line; later outages are waited out instead.
+Status CheckReachable(const KafkaConfig& config, int timeout_ms);
+
 class Producer {
  public:
   // Called on the polling thread for every message: OK when it is stored by

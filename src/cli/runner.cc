@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "apply/install.h"
+#include "broker/kafka.h"
 #include "capture/install.h"
 #include "core/clock.h"
 #include "metrics/metrics.h"
@@ -157,6 +158,9 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   }
   pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
   if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
+  if (!memory) {
+    if (Status st = broker::CheckReachable(config->kafka, 10000); !st.ok()) return Fail(st);
+  }
 
   std::vector<size_t> snapshot_tables;
   std::vector<MarkerState> baseline;

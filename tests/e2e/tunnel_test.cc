@@ -1,0 +1,238 @@
+// End to end: the datatunnel binary, driven as a user would, against real
+// PostgreSQL servers and the dev broker.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "support/pg_cluster.h"
+#include "support/subprocess.h"
+#include "support/test_util.h"
+
+namespace datatunnel {
+namespace {
+
+using testing::BinaryPath;
+using testing::RunCommand;
+using testing::SourceCluster;
+using testing::Subprocess;
+using testing::TargetCluster;
+using testing::WaitUntil;
+
+constexpr const char* kEmployees =
+    "CREATE TABLE employees(emp_id SERIAL, first_name VARCHAR(100), last_name VARCHAR(100), "
+    "dob DATE, city VARCHAR(100))";
+
+// Values that must survive exactly: NULL vs empty, quotes, backslashes,
+// unicode, the longest VARCHAR(100).
+const char* kEdgeRows =
+    "INSERT INTO employees(first_name, last_name, dob, city) VALUES "
+    "('', NULL, NULL, ''),"
+    "('O''Brien', 'back\\slash \"quoted\"', '1900-01-01', E'tab\\there\\nnewline'),"
+    "('Zoë', '日本語 テキスト', '2024-02-29', 'Reykjavík 🚀'),"
+    "(repeat('x', 100), repeat('é', 100), '0001-01-01', repeat('\\', 100))";
+
+class TunnelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src_ = SourceCluster().CreateDatabase("e2e_src");
+    tgt_ = TargetCluster().CreateDatabase("e2e_tgt");
+    SourceCluster().Exec(src_, kEmployees);
+    TargetCluster().Exec(tgt_, kEmployees);
+    dir_ = std::filesystem::temp_directory_path() / testing::UniqueName("datatunnel-e2e");
+    std::filesystem::create_directories(dir_);
+    WriteConfig("none");
+  }
+  void TearDown() override {
+    broker_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void WriteConfig(const std::string& brokers, const std::string& extra = "") {
+    config_ = dir_ + "/datatunnel.toml";
+    std::ofstream(config_) << fmt::format(R"(
+[source]
+dsn = "{}"
+[target]
+dsn = "{}"
+[kafka]
+brokers = "{}"
+[kafka.consumer_properties]
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "300"
+[[tables]]
+source = "public.employees"
+key = ["emp_id"]
+{}
+)",
+                                          SourceCluster().Dsn(src_), TargetCluster().Dsn(tgt_),
+                                          brokers, extra);
+  }
+
+  std::vector<std::string> Args(std::vector<std::string> rest) {
+    std::vector<std::string> a = {BinaryPath(), "-c", config_};
+    a.insert(a.end(), rest.begin(), rest.end());
+    return a;
+  }
+  testing::RunResult Dt(std::vector<std::string> rest, double seconds = 60) {
+    return RunCommand(Args(std::move(rest)), {}, seconds);
+  }
+  std::unique_ptr<Subprocess> Start(std::vector<std::string> rest) {
+    return std::make_unique<Subprocess>(Args(std::move(rest)));
+  }
+  // Waits until `verify` reports no difference (the tunnel caught up).
+  void ExpectInSync(double seconds = 60) {
+    auto r = Dt({"verify", "--wait", std::to_string(seconds * testing::TimeoutMultiplier())},
+                seconds * 2 + 30);
+    EXPECT_EQ(r.code, 0) << r.out << r.err;
+  }
+  // The rows of both sides, as text, in key order.
+  std::string Rows(testing::PgCluster& c, const std::string& db) {
+    return c
+        .Scalar(db,
+                "SELECT string_agg(format('%s|%s|%s|%s|%s', emp_id, quote_nullable("
+                "first_name), quote_nullable(last_name), dob, quote_nullable(city)), E'\\n' "
+                "ORDER BY emp_id) FROM employees")
+        .value_or("");
+  }
+  void StartBroker() {
+    const std::string file = dir_ + "/bootstrap";
+    broker_ = std::make_unique<Subprocess>(std::vector<std::string>{
+        BinaryPath(), "-c", config_, "dev-broker", "--partitions", "4", "--bootstrap-file", file});
+    ASSERT_TRUE(WaitUntil([&] { return std::filesystem::exists(file); }, 20)) << broker_->Stderr();
+    std::ifstream in(file);
+    std::getline(in, bootstrap_);
+    WriteConfig(bootstrap_);
+  }
+
+  std::string src_, tgt_, dir_, config_, bootstrap_;
+  std::unique_ptr<Subprocess> broker_;
+};
+
+TEST_F(TunnelTest, InitIsIdempotent) {
+  auto r = Dt({"init"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("created change table public.employees_cdc"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("created unique index"), std::string::npos) << r.out;
+  r = Dt({"init"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("nothing to do"), std::string::npos) << r.out;
+}
+
+TEST_F(TunnelTest, InMemorySnapshotThenEveryOperation) {
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name, city) SELECT 'n' || i, 'c' FROM "
+                       "generate_series(1, 500) i");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--broker", "none"});
+  SourceCluster().Exec(src_, kEdgeRows);
+  SourceCluster().Exec(
+      src_,
+      "UPDATE employees SET city = 'Paris' WHERE emp_id <= 10;"
+      "DELETE FROM employees WHERE emp_id BETWEEN 11 AND 20;"
+      "UPDATE employees SET emp_id = emp_id + 10000 WHERE emp_id BETWEEN 21 AND 30;");
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  // A graceful stop: exit 0 within seconds.
+  run->Signal(SIGTERM);
+  auto rc = run->Wait(10);
+  ASSERT_TRUE(rc.has_value()) << "did not stop within 10 s";
+  EXPECT_EQ(*rc, 0) << run->Stderr();
+  // A restart resumes where it stopped and does not snapshot again.
+  SourceCluster().Exec(src_, "DELETE FROM employees WHERE emp_id = 1");
+  run = Start({"run", "--broker", "none"});
+  ExpectInSync();
+  run->Stop();
+  EXPECT_EQ(run->Stderr().find("snapshot of public.employees: requested"), std::string::npos)
+      << run->Stderr();
+}
+
+TEST_F(TunnelTest, ThroughTheBrokerWithSeparateProducerAndConsumer) {
+  StartBroker();
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'pre' || i FROM "
+                       "generate_series(1, 200) i");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto consume = Start({"consume"});
+  auto produce = Start({"produce"});
+  auto snap = Dt({"snapshot"}, 120);
+  ASSERT_EQ(snap.code, 0) << snap.err;
+  SourceCluster().Exec(src_, kEdgeRows);
+  SourceCluster().Exec(src_,
+                       "UPDATE employees SET last_name = 'u' WHERE emp_id % 3 = 0;"
+                       "DELETE FROM employees WHERE emp_id % 7 = 0;"
+                       "UPDATE employees SET emp_id = emp_id + 1000 WHERE emp_id % 11 = 0;");
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  // The topic holds Debezium-style envelopes keyed by the row key.
+  auto kcat = RunCommand({"/usr/bin/kcat", "-b", bootstrap_, "-C", "-t",
+                          "datatunnel.public.employees", "-c", "1", "-e", "-q", "-f", "%k %s\n"},
+                         {}, 30);
+  EXPECT_NE(kcat.out.find("{\"emp_id\":"), std::string::npos) << kcat.out << kcat.err;
+  EXPECT_NE(kcat.out.find("\"source\":{\"version\""), std::string::npos) << kcat.out;
+  auto status = Dt({"status", "--json"});
+  EXPECT_EQ(status.code, 0);
+  EXPECT_NE(status.out.find("\"lag_changes\":0"), std::string::npos) << status.out;
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
+TEST_F(TunnelTest, RunThroughTheBrokerSnapshotsFirst) {
+  StartBroker();
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'pre' || i FROM "
+                       "generate_series(1, 1000) i");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  SourceCluster().Exec(src_, "UPDATE employees SET city = 'Rome' WHERE emp_id % 2 = 0");
+  ExpectInSync();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// One clear line on stderr, the right exit code, nothing changed.
+void ExpectOneLineError(const testing::RunResult& r, int code, const std::string& fragment) {
+  EXPECT_EQ(r.code, code) << r.out << r.err;
+  EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("datatunnel: error: ", 0), 0u) << r.err;
+}
+
+TEST_F(TunnelTest, BadInputGetsOneClearLine) {
+  // Unreachable database.
+  auto r = RunCommand({BinaryPath(), "-c", config_, "--source-dsn",
+                       "postgresql://postgres@127.0.0.1:1/db1", "init"});
+  ExpectOneLineError(r, 3, "cannot connect to the source database (127.0.0.1:1/db1 as postgres)");
+  // Wrong password: never echoed.
+  SourceCluster().CreatePasswordRole(testing::UniqueName("pw"), "right");
+  auto role = SourceCluster().Scalar("postgres",
+                                     "SELECT max(rolname) FROM pg_roles WHERE rolname LIKE 'pw_%'");
+  r = RunCommand({BinaryPath(), "-c", config_, "--source-dsn",
+                  fmt::format("postgresql://{}:wrongsecret@127.0.0.1:{}/{}", *role,
+                              SourceCluster().port(), src_),
+                  "init"});
+  ExpectOneLineError(r, 2, "password authentication failed");
+  EXPECT_EQ(r.err.find("wrongsecret"), std::string::npos);
+  // Missing table.
+  SourceCluster().Exec(src_, "CREATE TABLE nokey(a int)");
+  WriteConfig("none", "[[tables]]\nsource = \"public.missing\"\n");
+  ExpectOneLineError(Dt({"init"}), 2, "source table public.missing does not exist");
+  // A table with no primary key and no configured key.
+  WriteConfig("none", "[[tables]]\nsource = \"public.nokey\"\n");
+  ExpectOneLineError(Dt({"init"}), 2, "no primary key and no key is configured");
+  EXPECT_EQ(
+      SourceCluster().Count(src_, "SELECT count(*) FROM pg_namespace WHERE nspname = 'datatunnel'"),
+      0)
+      << "a failed init left state behind";
+  // Unreachable broker.
+  WriteConfig("127.0.0.1:1");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  ExpectOneLineError(Dt({"produce"}, 60), 3, "cannot reach the Kafka brokers at 127.0.0.1:1");
+  // Malformed configuration.
+  std::ofstream(config_) << "[source\ndsn=";
+  ExpectOneLineError(Dt({"init"}), 2, "malformed TOML");
+}
+
+}  // namespace
+}  // namespace datatunnel

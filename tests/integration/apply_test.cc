@@ -1,0 +1,141 @@
+// Apply against a real PostgreSQL: upserts and deletes, positions committed
+// with the rows, the guard against a second consumer, both write paths.
+#include <gtest/gtest.h>
+
+#include "apply/applier.h"
+#include "apply/install.h"
+#include "support/pg_cluster.h"
+
+namespace datatunnel {
+namespace {
+
+using testing::TargetCluster;
+
+class ApplyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TargetCluster().CreateDatabase("apply");
+    TargetCluster().Exec(db_, "CREATE TABLE t(id int, name text, n numeric)");
+    conn_ = TargetCluster().Connect(db_);
+    TableSpec src;
+    src.source = src.target = {"public", "t"};
+    Column id, name, n;
+    id.name = "id";
+    id.type_sql = "integer";
+    name.name = "name";
+    name.type_sql = "text";
+    n.name = "n";
+    n.type_sql = "numeric";
+    src.columns = {id, name, n};
+    src.key = {0};
+    ASSERT_TRUE(apply::Install(*conn_, {src}).ok());
+    TableConfig tc;
+    tc.source = tc.target = {"public", "t"};
+    tc.topic = "topic";
+    auto specs = apply::DescribeTargetTables(*conn_, {tc});
+    ASSERT_TRUE(specs.ok()) << specs.status().message();
+    specs_ = *specs;
+    applier_ = std::make_unique<apply::Applier>(conn_.get(), &specs_);
+  }
+
+  Change Row3(Op op, int64_t seq, const char* id, const char* name = nullptr,
+              const char* n = nullptr) {
+    Change c;
+    c.op = op;
+    c.pos = {1, 1, seq, 0};
+    c.row.Reset(3);
+    c.row.Set(0, id);
+    if (name) c.row.Set(1, name);
+    if (n) c.row.Set(2, n);
+    return c;
+  }
+
+  Status Apply(const std::vector<Change>& cs, int64_t expected, int64_t offset) {
+    std::vector<const Change*> ptrs;
+    for (const auto& c : cs) ptrs.push_back(&c);
+    apply::Advance a;
+    a.stream = "topic";
+    a.partition = 0;
+    a.expected_offset = expected;
+    a.offset = offset;
+    a.pos = cs.empty() ? Position{} : cs.back().pos;
+    a.applied = static_cast<int64_t>(cs.size());
+    return applier_->Apply(ptrs, {&a, 1});
+  }
+
+  std::string db_;
+  std::unique_ptr<pg::Connection> conn_;
+  std::vector<TableSpec> specs_;
+  std::unique_ptr<apply::Applier> applier_;
+};
+
+TEST_F(ApplyTest, UpsertDeleteAndPositionInOneTransaction) {
+  auto st = applier_->Load("topic", 0, 0);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->offset, -1);
+  ASSERT_TRUE(Apply({Row3(Op::kInsert, 1, "1", "a", "1.50"), Row3(Op::kInsert, 2, "2", "b"),
+                     Row3(Op::kUpdate, 3, "1", "a2", "100000000000000000000.000001"),
+                     Row3(Op::kDelete, 4, "2")},
+                    -1, 3)
+                  .ok());
+  EXPECT_EQ(
+      TargetCluster().Scalar(db_, "SELECT string_agg(id || ':' || name || ':' || n, ',') FROM t"),
+      "1:a2:100000000000000000000.000001");
+  auto after = applier_->Load("topic", 0, 0);
+  EXPECT_EQ(after->offset, 3);
+  EXPECT_EQ(after->pos.seq, 4);
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT applied_count FROM datatunnel.applied"), 4);
+}
+
+TEST_F(ApplyTest, GuardFencesAConsumerThatLostItsPartition) {
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  ASSERT_TRUE(Apply({Row3(Op::kInsert, 1, "1", "a")}, -1, 0).ok());
+  // A zombie still believes the stored offset is -1.
+  Status st = Apply({Row3(Op::kInsert, 1, "1", "zombie")}, -1, 0);
+  EXPECT_FALSE(st.ok());
+  EXPECT_TRUE(applier_->position_moved());
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name FROM t WHERE id = 1"), "a");
+}
+
+TEST_F(ApplyTest, LargeBatchesAreStagedWithCopy) {
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  std::vector<Change> cs;
+  std::vector<std::string> names;
+  for (int i = 0; i < 1000; ++i) names.push_back("name\t" + std::to_string(i) + "\\\n");
+  for (int i = 0; i < 1000; ++i) {
+    cs.push_back(Row3(Op::kInsert, i + 1, std::to_string(i).c_str(), names[i].c_str()));
+  }
+  for (int i = 0; i < 500; ++i)
+    cs.push_back(Row3(Op::kDelete, 2000 + i, std::to_string(i).c_str()));
+  ASSERT_GT(cs.size(), apply::kPipelinedMaxRows);
+  ASSERT_TRUE(Apply(cs, -1, 1499).ok());
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM t"), 500);
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name FROM t WHERE id = 999"), names[999]);
+}
+
+TEST_F(ApplyTest, ColumnsAMessageDoesNotCarryAreLeftAlone) {
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  ASSERT_TRUE(Apply({Row3(Op::kInsert, 1, "1", "a", "7")}, -1, 0).ok());
+  Change partial;
+  partial.op = Op::kUpdate;
+  partial.pos = {1, 1, 2, 0};
+  partial.row.ResetAbsent(3);
+  partial.row.Set(0, "1");
+  partial.row.Set(1, "b");
+  ASSERT_TRUE(Apply({partial}, 0, 1).ok());
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name || n FROM t WHERE id = 1"), "b7");
+}
+
+TEST_F(ApplyTest, ConstraintViolationIsNotRetryable) {
+  TargetCluster().Exec(db_, "ALTER TABLE t ALTER COLUMN name SET NOT NULL");
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  Status st = Apply({Row3(Op::kInsert, 1, "1")}, -1, 0);
+  EXPECT_FALSE(st.ok());
+  EXPECT_FALSE(st.IsRetryable());
+  EXPECT_NE(st.message().find("null value"), std::string::npos) << st.message();
+  // Nothing was applied, the position did not move.
+  EXPECT_EQ(applier_->Load("topic", 0, 0)->offset, -1);
+}
+
+}  // namespace
+}  // namespace datatunnel

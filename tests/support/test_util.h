@@ -1,0 +1,35 @@
+// Helpers shared by the tests: deadlines instead of sleeps, unique names.
+#pragma once
+
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <thread>
+
+namespace datatunnel::testing {
+
+// Slower builds (sanitizers) scale every deadline: DATATUNNEL_TIMEOUT_MULTIPLIER.
+inline double TimeoutMultiplier() {
+  const char* m = std::getenv("DATATUNNEL_TIMEOUT_MULTIPLIER");
+  double v = m ? std::atof(m) : 1.0;
+  return v > 0 ? v : 1.0;
+}
+
+// Polls `condition` every 20 ms until it holds (true) or `seconds` (scaled)
+// pass (false). Never a fixed sleep: it returns as soon as the condition holds.
+inline bool WaitUntil(const std::function<bool()>& condition, double seconds) {
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000 * TimeoutMultiplier()));
+  while (true) {
+    if (condition()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// A name unique within this process run, for tables and databases.
+std::string UniqueName(const std::string& prefix);
+
+}  // namespace datatunnel::testing

@@ -1,0 +1,99 @@
+// Batching (net effect per key) and the delivery watermark.
+#include "apply/batch.h"
+
+#include <gtest/gtest.h>
+
+#include "publish/delivery_tracker.h"
+
+namespace datatunnel {
+namespace {
+
+TableSpec Spec() {
+  TableSpec s;
+  Column id;
+  id.name = "id";
+  Column v;
+  v.name = "v";
+  s.columns = {id, v};
+  s.key = {0};
+  return s;
+}
+
+Change Make(Op op, const char* id, const char* v = nullptr) {
+  Change c;
+  c.op = op;
+  c.row.Reset(2);
+  c.row.Set(0, id);
+  if (v) c.row.Set(1, v);
+  return c;
+}
+
+TEST(Collapse, LastChangePerKeyWins) {
+  TableSpec spec = Spec();
+  std::vector<Change> cs = {Make(Op::kInsert, "1", "a"), Make(Op::kUpdate, "1", "b"),
+                            Make(Op::kInsert, "2", "x"), Make(Op::kDelete, "2"),
+                            Make(Op::kDelete, "3"),      Make(Op::kInsert, "3", "again")};
+  std::vector<const Change*> ptrs;
+  for (auto& c : cs) ptrs.push_back(&c);
+  auto eff = apply::Collapse(spec, ptrs);
+  EXPECT_FALSE(eff.truncate);
+  ASSERT_EQ(eff.upserts.size(), 2u);
+  EXPECT_EQ(eff.upserts[0]->row.Get(1), "b");
+  EXPECT_EQ(eff.upserts[1]->row.Get(1), "again");
+  ASSERT_EQ(eff.deletes.size(), 1u);
+  EXPECT_EQ(eff.deletes[0]->row.Get(0), "2");
+}
+
+TEST(Collapse, TruncateWipesWhatCameBefore) {
+  TableSpec spec = Spec();
+  std::vector<Change> cs = {Make(Op::kInsert, "1", "a"), Change{}, Make(Op::kInsert, "2", "b")};
+  cs[1].op = Op::kTruncate;
+  std::vector<const Change*> ptrs;
+  for (auto& c : cs) ptrs.push_back(&c);
+  auto eff = apply::Collapse(spec, ptrs);
+  EXPECT_TRUE(eff.truncate);
+  ASSERT_EQ(eff.upserts.size(), 1u);
+  EXPECT_EQ(eff.upserts[0]->row.Get(0), "2");
+}
+
+TEST(KeyBytes, NullIsNotEmpty) {
+  TableSpec spec = Spec();
+  Row a, b;
+  a.Reset(2);
+  b.Reset(2);
+  b.Set(0, "");
+  EXPECT_NE(apply::KeyBytes(spec, a), apply::KeyBytes(spec, b));
+}
+
+TEST(DeliveryTracker, WatermarkOnlyOverAContiguousPrefix) {
+  publish::DeliveryTracker t;
+  using K = publish::DeliveryTracker::Kind;
+  uint64_t a = t.Add(0, {1, 1, 10, 0}, K::kChange);
+  uint64_t b = t.Add(0, {1, 1, 11, 0}, K::kPart);  // first half of a key change
+  uint64_t c = t.Add(0, {1, 1, 11, 1}, K::kChange);
+  t.Add(0, {1, 1, Position::kEndOfTick, 0}, K::kTickEnd, true);
+  t.MarkDelivered(c);
+  t.MarkDelivered(b);
+  EXPECT_TRUE(t.TakeAdvances().empty());  // a is still out
+  t.MarkDelivered(a);
+  auto adv = t.TakeAdvances();
+  ASSERT_EQ(adv.size(), 1u);
+  EXPECT_EQ(adv[0].pos.seq, Position::kEndOfTick);
+  EXPECT_EQ(adv[0].delivered, 2);  // two changes; the part does not count
+  EXPECT_EQ(adv[0].max_change_id, 11);
+  EXPECT_EQ(t.in_flight(), 0u);
+}
+
+TEST(DeliveryTracker, FailureAndReset) {
+  publish::DeliveryTracker t;
+  uint64_t a = t.Add(0, {1, 1, 1, 0}, publish::DeliveryTracker::Kind::kChange);
+  t.MarkFailed(a, Status::Retryable("broker down"));
+  EXPECT_FALSE(t.failure().ok());
+  t.Reset();
+  EXPECT_TRUE(t.failure().ok());
+  t.MarkDelivered(a);  // a report from before the reset is ignored
+  EXPECT_TRUE(t.TakeAdvances().empty());
+}
+
+}  // namespace
+}  // namespace datatunnel

@@ -1,0 +1,114 @@
+// Configuration: defaults, file, environment and flag overrides, and one
+// clear error per kind of mistake.
+#include "config/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+namespace datatunnel {
+namespace {
+
+std::string WriteFile(const std::string& text) {
+  char tmpl[] = "/tmp/datatunnel-config-XXXXXX";
+  int fd = mkstemp(tmpl);
+  close(fd);
+  std::ofstream(tmpl) << text;
+  return tmpl;
+}
+
+TEST(Config, DefaultsMatchTheDemo) {
+  auto c = LoadConfig("", {}, {});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->source.dsn, "postgresql://postgres@127.0.0.1:5433/db1");
+  EXPECT_EQ(c->target.dsn, "postgresql://postgres@127.0.0.1:5434/db2");
+  EXPECT_EQ(c->kafka.brokers, "127.0.0.1:9092");
+  ASSERT_EQ(c->tables.size(), 1u);
+  EXPECT_EQ(c->tables[0].source.ToString(), "public.employees");
+  EXPECT_EQ(c->tables[0].key, std::vector<std::string>{"emp_id"});
+  EXPECT_EQ(c->tables[0].topic, "datatunnel.public.employees");
+}
+
+TEST(Config, FileEnvironmentAndFlags) {
+  std::string f = WriteFile(R"(
+[source]
+dsn = "postgresql://a@h1/db1"
+[kafka]
+brokers = "k1:9092"
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+[[tables]]
+source = "hr.people"
+target = "\"Archive\".\"People\""
+key = ["id", "region"]
+schema_changes = "evolve"
+[[tables]]
+source = "public.t2"
+[pipeline]
+batch_max_changes = 100
+)");
+  auto c = LoadConfig(f, {{"DATATUNNEL_KAFKA_BROKERS", "k2:9092"}},
+                      {"target.dsn=postgresql://b@h2/db2", "kafka.properties.sasl.username=u"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->source.dsn, "postgresql://a@h1/db1");
+  EXPECT_EQ(c->target.dsn, "postgresql://b@h2/db2");
+  EXPECT_EQ(c->kafka.brokers, "k2:9092");  // the environment beats the file
+  EXPECT_EQ(c->kafka.properties.at("security.protocol"), "SASL_SSL");
+  EXPECT_EQ(c->kafka.properties.at("sasl.username"), "u");
+  ASSERT_EQ(c->tables.size(), 2u);
+  EXPECT_EQ(c->tables[0].target, (QualifiedName{"Archive", "People"}));
+  EXPECT_EQ(c->tables[0].key, (std::vector<std::string>{"id", "region"}));
+  EXPECT_EQ(c->tables[0].schema_changes, SchemaChangePolicy::kEvolve);
+  EXPECT_EQ(c->tables[1].topic, "datatunnel.public.t2");
+  EXPECT_TRUE(c->tables[1].key.empty());  // the primary key, resolved later
+  EXPECT_EQ(c->pipeline.batch_max_changes, 100);
+  std::remove(f.c_str());
+}
+
+struct BadCase {
+  const char* toml;
+  const char* expect;  // a fragment of the one-line error
+};
+
+class BadConfig : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(BadConfig, OneClearError) {
+  std::string f = WriteFile(GetParam().toml);
+  auto c = LoadConfig(f, {}, {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kBadConfig);
+  EXPECT_NE(c.status().message().find(GetParam().expect), std::string::npos)
+      << c.status().message();
+  EXPECT_EQ(c.status().message().find('\n'), std::string::npos) << "one line";
+  std::remove(f.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BadConfig,
+    ::testing::Values(
+        BadCase{"[source\ndsn = 1", "malformed TOML"},
+        BadCase{"[sourec]\ndsn = \"x\"", "unknown section \"sourec\""},
+        BadCase{"[source]\ndns = \"x\"", "unknown key \"dns\" in [source]"},
+        BadCase{"[[tables]]\ntarget = \"a.b\"", "needs source"},
+        BadCase{"[[tables]]\nsource = \"a.b.c\"", "is not a table name"},
+        BadCase{"[[tables]]\nsource = \"a\"\nkey = []", "key must be a non-empty list"},
+        BadCase{"[[tables]]\nsource = \"a\"\n[[tables]]\nsource = \"a\"", "listed twice"},
+        BadCase{"[pipeline]\nbatch_max_changes = 0", "expected a whole number"},
+        BadCase{"[pipeline]\non_bad_message = \"ignore\"", "on_bad_message"},
+        BadCase{"[[tables]]\nsource = \"a\"\nschema_changes = \"maybe\"", "schema_changes"}));
+
+TEST(Config, MissingFileAndBadOverride) {
+  auto c = LoadConfig("/nonexistent/datatunnel.toml", {}, {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("not found"), std::string::npos);
+  auto o = LoadConfig("", {}, {"nonsense"});
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("section.key=value"), std::string::npos);
+  auto e = LoadConfig("", {{"DATATUNNEL_PIPELINE_BATCH_MAX_CHANGES", "lots"}}, {});
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("DATATUNNEL_PIPELINE_BATCH_MAX_CHANGES"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace datatunnel
