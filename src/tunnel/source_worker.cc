@@ -119,7 +119,7 @@ Status SourceWorker::RunSession(bool first) {
   s.log = std::make_unique<capture::ChangeLog>(s.conn.get(), &s.specs);
   sink_->SetTables(&s.specs);
   DT_ASSIGN_OR_RETURN(s.epoch, s.log->LoadEpoch());
-  DT_ASSIGN_OR_RETURN(s.progress, s.log->LoadProgress());
+  started_ = true;  // connected and configured once: from now on, failures are waited out
 
   // Hot standby: wait for the producer lock.
   bool announced = false;
@@ -133,9 +133,10 @@ Status SourceWorker::RunSession(bool first) {
     }
     if (stop_->SleepFor(1000)) return Status::Cancelled();
   }
-  started_ = true;
   metrics_->leader = 1;
   if (announced) spdlog::info("producer: took over publishing");
+  // Only the lock holder's view of progress is current: read it now.
+  DT_ASSIGN_OR_RETURN(s.progress, s.log->LoadProgress());
   DT_RETURN_IF_ERROR(s.conn->Listen(capture::kNotifyChannel));
 
   tracker_.Reset();

@@ -80,7 +80,7 @@ class SourceWorker {
   ChangeSink* sink_ = nullptr;
   publish::DeliveryTracker tracker_;
   std::unique_ptr<Session> session_;
-  bool started_ = false;  // a session got the lock once: later failures are retried
+  bool started_ = false;  // connected once: later failures are retried, not fatal
 };
 
 }  // namespace datatunnel::tunnel

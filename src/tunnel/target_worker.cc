@@ -74,7 +74,7 @@ void TargetCore::Forget(const std::string& stream, int32_t partition) {
   states_.erase(std::make_pair(stream, partition));
 }
 
-Status TargetCore::ApplyBatch(std::vector<Item>& items) {
+Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void()>& keepalive) {
   Backoff backoff(100, 5000);
   std::vector<const Change*> changes;
   std::vector<apply::Advance> advances;
@@ -185,7 +185,10 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items) {
       spdlog::warn("consumer: {} (retrying in {} ms; the batch is kept)", st.message(), delay);
     }
     if (conn_ && conn_->IsBroken()) metrics_->target_connected = 0;
-    if (stop_->SleepFor(delay)) return Status::Cancelled();
+    for (int waited = 0; waited < delay; waited += 200) {
+      if (stop_->SleepFor(std::min(200, delay - waited))) return Status::Cancelled();
+      if (keepalive) keepalive();
+    }
   }
 }
 
@@ -262,6 +265,17 @@ Status KafkaTargetWorker::DeadLetter(const broker::Message& m, const Status& why
   return Status::OK();
 }
 
+void KafkaTargetWorker::KeepAlive(broker::Consumer* consumer) {
+  auto assigned = consumer->Assignment();
+  consumer->Pause(assigned);  // fetched messages are dropped and fetched again on resume
+  paused_ = true;
+  // Serves rebalances and keeps max.poll.interval.ms from expiring. A message
+  // can still arrive from a partition assigned just now: keep it for later.
+  Status st = consumer->Poll(1000, 0, 0, &carry_);
+  if (!st.ok()) spdlog::warn("consumer: {}", st.message());
+  consumer->Pause(consumer->Assignment());
+}
+
 Status KafkaTargetWorker::Run() {
   DT_RETURN_IF_ERROR(core_.Connect());
   std::vector<std::string> topics;
@@ -275,8 +289,14 @@ Status KafkaTargetWorker::Run() {
   Status result;
   while (!stop_->stop_requested()) {
     msgs.clear();
-    Status st = consumer->Poll(static_cast<size_t>(options_.pipeline.batch_max_changes), 100,
-                               options_.pipeline.batch_max_wait_ms, &msgs);
+    Status st;
+    if (!carry_.empty()) {
+      msgs = std::move(carry_);
+      carry_.clear();
+    } else {
+      st = consumer->Poll(static_cast<size_t>(options_.pipeline.batch_max_changes), 100,
+                          options_.pipeline.batch_max_wait_ms, &msgs);
+    }
     if (!st.ok()) {
       result = st;
       break;
@@ -317,11 +337,15 @@ Status KafkaTargetWorker::Run() {
       result = dlq_error_.WithContext("writing to the dead-letter topic");
       break;
     }
-    st = core_.ApplyBatch(items);
+    st = core_.ApplyBatch(items, [&] { KeepAlive(consumer.get()); });
     if (st.IsCancelled()) break;
     if (!st.ok()) {
       result = st;
       break;
+    }
+    if (paused_) {
+      consumer->Resume(consumer->Assignment());
+      paused_ = false;
     }
     std::map<std::pair<std::string, int32_t>, int64_t> last;
     for (const auto& it : items) last[{it.stream, it.partition}] = it.offset;

@@ -5,6 +5,7 @@
 // so a target outage costs a pause, never a change.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,8 +60,9 @@ class TargetCore {
   void Forget(const std::string& stream, int32_t partition);
   // Applies the items in one transaction, retrying until it commits.
   // Returns OK once applied, Cancelled when a stop was requested first, or a
-  // failure that cannot heal.
-  Status ApplyBatch(std::vector<Item>& items);
+  // failure that cannot heal. While waiting to retry it calls `keepalive`
+  // every few hundred milliseconds (the Kafka worker stays in its group).
+  Status ApplyBatch(std::vector<Item>& items, const std::function<void()>& keepalive = {});
 
  private:
   Status Reconnect();
@@ -84,11 +86,16 @@ class KafkaTargetWorker : public broker::Consumer::Listener {
 
  private:
   Status DeadLetter(const broker::Message& m, const Status& why);
+  // Keeps the consumer in its group while a batch waits for the target:
+  // pauses fetching and polls, keeping any message that still arrives.
+  void KeepAlive(broker::Consumer* consumer);
   TargetOptions options_;
   metrics::Metrics* metrics_;
   const StopSource* stop_;
   TargetCore core_;
   std::unique_ptr<broker::Producer> dlq_;
+  std::vector<broker::Message> carry_;  // polled during a keepalive, applied next
+  bool paused_ = false;
   int64_t dlq_pending_ = 0;
   Status dlq_error_;
 };
