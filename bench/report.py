@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw results into bench/results/<name>.{md,csv} and PNG plots.
+
+  report.py --out bench/work/out --results bench/results --name 2025-01-01
+
+Standard library only; the plots need gnuplot (gnuplot-nox).
+"""
+import argparse
+import csv
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+from collections import defaultdict
+
+VARIANT_NAMES = {
+    "kafka": "tunnel, through the broker (run)",
+    "split": "tunnel, through the broker (produce + consume)",
+    "none": "tunnel, --broker none",
+    "kafka-poll": "what-if: through the broker, NOTIFY trigger off, 10 ms poll",
+    "none-poll": "what-if: --broker none, NOTIFY trigger off, 10 ms poll",
+    "ref": "logical replication",
+    "copy": "COPY pipe (psql \\copy | psql \\copy)",
+    "sub": "logical replication initial copy",
+    "trigger-off": "capture triggers disabled",
+    "trigger-on": "capture triggers enabled",
+    "trigger-nonotify": "capture trigger without the NOTIFY trigger",
+}
+STREAM_ORDER = ["kafka", "split", "kafka-poll", "none", "none-poll", "ref"]
+
+
+def load_meta(path):
+    meta = {}
+    with open(path) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                meta[k] = v
+    return meta
+
+
+def fnum(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+class Results:
+    def __init__(self, raw):
+        self.values = defaultdict(list)  # (scenario, case, variant, metric) -> [(run, value)]
+        with open(raw) as f:
+            for row in csv.DictReader(f):
+                v = fnum(row["value"])
+                if v is None:
+                    continue
+                self.values[(row["scenario"], row["case"], row["variant"], row["metric"])].append(
+                    (int(row["run"]), v))
+
+    def runs(self, sc, case, variant, metric):
+        return [v for _, v in sorted(self.values.get((sc, case, variant, metric), []))]
+
+    def median(self, *key):
+        vals = self.runs(*key)
+        return statistics.median(vals) if vals else None
+
+    def cases(self, sc):
+        seen = []
+        for (s, c, _, _) in self.values:
+            if s == sc and c not in seen:
+                seen.append(c)
+        return seen
+
+    def variants(self, sc, order=None):
+        seen = {v for (s, _, v, _) in self.values if s == sc}
+        order = order or STREAM_ORDER
+        return [v for v in order if v in seen] + sorted(seen - set(order))
+
+
+def fmt(v, digits=None):
+    if v is None:
+        return "–"
+    if digits is None:
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    return f"{v:,.{digits}f}"
+
+
+def cell(r, *key):
+    vals = r.runs(*key)
+    if not vals:
+        return "–"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(min(vals))}–{fmt(max(vals))})"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def rfmt(x):
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def max_rss(r, sc, variant):
+    """Largest peak RSS (MB) of any tunnel process (not the dev broker) in a scenario."""
+    best = None
+    for (s, _, v, m), vals in r.values.items():
+        if s == sc and v == variant and m.startswith("rss_mb_") and m != "rss_mb_broker":
+            for _, x in vals:
+                best = x if best is None else max(best, x)
+    return best
+
+
+def downsample_cdf(vals, points=1500):
+    n = len(vals)
+    if n == 0:
+        return []
+    step = max(1, n // points)
+    out = [(vals[i], (i + 1) / n) for i in range(0, n, step)]
+    if out[-1][1] != 1.0:
+        out.append((vals[-1], 1.0))
+    return out
+
+
+def gnuplot(script, png):
+    if not shutil.which("gnuplot"):
+        return False
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    return os.path.exists(png)
+
+
+def plot_latency(out, resdir, name, rate, variants):
+    series = []
+    for v in variants:
+        vals = []
+        for path in sorted(glob.glob(os.path.join(out, f"lat-{rate}-{v}-*.txt"))):
+            with open(path) as f:
+                vals.extend(float(x) for x in f if x.strip())
+        vals.sort()
+        if not vals:
+            continue
+        data = os.path.join(out, f"cdf-{rate}-{v}.dat")
+        with open(data, "w") as f:
+            for x, p in downsample_cdf(vals):
+                f.write(f"{max(x, 0.01):.3f} {p:.5f}\n")
+        series.append((v, data))
+    if not series:
+        return None
+    png = os.path.join(resdir, f"{name}-latency-{rate}.png")
+    plots = ", ".join(f"'{d}' using 1:2 with steps lw 2 title '{VARIANT_NAMES.get(v, v)}'"
+                      for v, d in series)
+    script = f"""set terminal pngcairo size 900,520 font ',10'
+set output '{png}'
+set title 'Latency, commit on db1 to visible on db2, at {rate} changes/s (all runs pooled)'
+set xlabel 'latency (ms, log scale)'
+set ylabel 'fraction of changes'
+set logscale x
+set grid
+set key bottom right
+set yrange [0:1.02]
+plot {plots}
+"""
+    return png if gnuplot(script, png) else None
+
+
+def read_series(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            a, b = line.strip().split(",")
+            rows.append((int(a), int(b)))
+    return rows
+
+
+def pick_run(results, sc, case, v):
+    """The run whose drain time is the median one (for plotting one curve per variant)."""
+    runs = sorted(results.values.get((sc, case, v, "drain_s"), []), key=lambda x: x[1])
+    if not runs:
+        return 1
+    return runs[(len(runs) - 1) // 2][0]
+
+
+def plot_burst(out, resdir, results, name, case, variants):
+    series = []
+    for v in variants:
+        run = pick_run(results, "burst", case, v)
+        cpath = os.path.join(out, f"burst-commits-{v}-{run}.csv")
+        ppath = os.path.join(out, f"burst-progress-{v}-{run}.csv")
+        spath = os.path.join(out, f"burst-start-{v}-{run}")
+        if not (os.path.exists(cpath) and os.path.exists(ppath) and os.path.exists(spath)):
+            continue
+        start = int(open(spath).read().strip())
+        commits = read_series(cpath)
+        progress = read_series(ppath)
+        data = os.path.join(out, f"lag-{v}.dat")
+        with open(data, "w") as f:
+            ci, committed = 0, 0
+            for t, applied in progress:
+                while ci < len(commits) and commits[ci][0] <= t:
+                    committed += commits[ci][1]
+                    ci += 1
+                f.write(f"{(t - start) / 1e6:.3f} {max(0, committed - applied)} {committed} {applied}\n")
+        series.append((v, data, run))
+    if not series:
+        return None
+    png = os.path.join(resdir, f"{name}-burst-lag.png")
+    plots = ", ".join(
+        f"'{d}' using 1:2 with lines lw 2 title '{VARIANT_NAMES.get(v, v)} (run {run})'"
+        for v, d, run in series)
+    script = f"""set terminal pngcairo size 900,520 font ',10'
+set output '{png}'
+set title 'Burst of {int(float(case)):,} changes: lag (committed on db1, not yet applied on db2)'
+set xlabel 'seconds since the burst started'
+set ylabel 'changes behind'
+set format y '%.0s%c'
+set grid
+set key top right
+plot {plots}
+"""
+    return png if gnuplot(script, png) else None
+
+
+def plot_backlog(out, resdir, results, name, case, variants):
+    series = []
+    for v in variants:
+        run = pick_run(results, "backlog", case, v)
+        ppath = os.path.join(out, f"backlog-progress-{v}-{run}.csv")
+        spath = os.path.join(out, f"backlog-start-{v}-{run}")
+        if not (os.path.exists(ppath) and os.path.exists(spath)):
+            continue
+        start = int(open(spath).read().strip())
+        data = os.path.join(out, f"backlog-{v}.dat")
+        with open(data, "w") as f:
+            for t, applied in read_series(ppath):
+                f.write(f"{(t - start) / 1e6:.3f} {max(0, int(float(case)) - applied)}\n")
+        series.append((v, data, run))
+    if not series:
+        return None
+    png = os.path.join(resdir, f"{name}-backlog.png")
+    plots = ", ".join(
+        f"'{d}' using 1:2 with lines lw 2 title '{VARIANT_NAMES.get(v, v)} (run {run})'"
+        for v, d, run in series)
+    script = f"""set terminal pngcairo size 900,520 font ',10'
+set output '{png}'
+set title 'Backlog of {int(float(case)):,} changes: changes still to apply after start'
+set xlabel 'seconds since the tunnel (or subscription) started'
+set ylabel 'changes left'
+set format y '%.0s%c'
+set grid
+set key top right
+plot {plots}
+"""
+    return png if gnuplot(script, png) else None
+
+
+def noise_summary(out):
+    path = os.path.join(out, "noise.csv")
+    if not os.path.exists(path):
+        return None
+    loads, busy = [], 0
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            loads.append(float(row["load1"]))
+            if int(row["compile_or_test_procs"] or 0) > 0:
+                busy += 1
+    if not loads:
+        return None
+    return {
+        "samples": len(loads),
+        "load_mean": statistics.mean(loads),
+        "load_max": max(loads),
+        "busy_pct": 100.0 * busy / len(loads),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--name", required=True)
+    a = ap.parse_args()
+    meta = load_meta(os.path.join(a.out, "meta.env"))
+    r = Results(os.path.join(a.out, "raw.csv"))
+    os.makedirs(a.results, exist_ok=True)
+    for old in glob.glob(os.path.join(a.results, f"{a.name}-*.png")):
+        os.remove(old)
+
+    md = []
+    add = md.append
+    quick = meta.get("quick") == "1"
+    add(f"# datatunnel benchmarks: {a.name}")
+    add("")
+    if quick:
+        add("**Quick run** (`bench/run.sh --quick`): small sizes, one run each. It checks that "
+            "the harness works; its numbers are not the benchmark.")
+        add("")
+    add(f"- datatunnel {meta.get('version', '?')} (git {meta.get('git', '?')}), PostgreSQL "
+        f"{meta.get('postgres', '?')}, {meta.get('os', '?')}, kernel {meta.get('kernel', '?')}")
+    add(f"- {meta.get('cores', '?')} cores ({meta.get('cpu', '?')}), {meta.get('mem_gb', '?')} GB; "
+        "both servers, the broker, the tunnel and the load generator on the same machine")
+    add(f"- {meta.get('runs')} run(s) of each measurement, variants interleaved; cells show the "
+        "median and, in brackets, the min–max over runs; ratios are of medians, against the "
+        "reference measured in the same invocation")
+    add(f"- dev broker: {meta.get('partitions')} partitions; servers: `scripts/pg.sh` defaults "
+        "(fsync on, synchronous_commit on, shared_buffers 128MB) with wal_level=logical on both")
+    ns = noise_summary(a.out)
+    if ns:
+        add(f"- machine noise: 1-minute load average {ns['load_mean']:.2f} on average, "
+            f"{ns['load_max']:.2f} at most; other engineers' compilers or tests were running in "
+            f"{ns['busy_pct']:.0f}% of {ns['samples']} samples (every 2 s)")
+    add(f"- total time: {int(meta.get('duration_s', 0)) // 60} min {int(meta.get('duration_s', 0)) % 60} s. "
+        "Method: [bench/README.md](../README.md)")
+    add("")
+
+    targets = []  # (target, measured, met)
+
+    # ---- latency
+    if r.cases("latency"):
+        add("## 1. Latency under steady load")
+        add("")
+        add(f"Mixed 50% INSERT / 40% UPDATE / 10% DELETE, one change per transaction, "
+            f"{meta.get('lat_seconds')} s per rate, {int(meta.get('lat_preload', 0)):,} rows "
+            "preloaded. Latency: COMMIT returned on db1 → the applying transaction commits on db2, "
+            "per change, in ms.")
+        add("")
+        add("| rate | variant | achieved/s | p50 ms | p90 ms | p99 ms | max ms | p99 × ref | not arrived |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        plots = []
+        for case in [c for c in r.cases("latency") if any(
+                r.runs("latency", c, v, "p50_ms") for v in r.variants("latency"))]:
+            variants = r.variants("latency")
+            ref99 = r.median("latency", case, "ref", "p99_ms")
+            for v in variants:
+                p99 = r.median("latency", case, v, "p99_ms")
+                add(f"| {case} | {VARIANT_NAMES.get(v, v)} | {cell(r, 'latency', case, v, 'achieved_rate')} | "
+                    f"{cell(r, 'latency', case, v, 'p50_ms')} | {cell(r, 'latency', case, v, 'p90_ms')} | "
+                    f"{cell(r, 'latency', case, v, 'p99_ms')} | {cell(r, 'latency', case, v, 'max_ms')} | "
+                    f"{rfmt(ratio(p99, ref99)) if v != 'ref' else '1.00×'} | "
+                    f"{fmt(sum(r.runs('latency', case, v, 'missing')), 0)} |")
+            png = plot_latency(a.out, a.results, a.name, case.split("/")[0], variants)
+            if png:
+                plots.append((case, png))
+            rate = case.split("/")[0]
+            p50k = r.median("latency", case, "kafka", "p50_ms")
+            p99k = r.median("latency", case, "kafka", "p99_ms")
+            p99n = r.median("latency", case, "none", "p99_ms")
+            def short(v):
+                got = r.median("latency", case, v, "achieved_rate")
+                if got is not None and got < 0.95 * float(rate):
+                    return f" (the source took only {got:,.0f}/s)"
+                return ""
+            if rate == "1000":
+                if p50k is not None:
+                    targets.append(("latency 1,000/s through the broker: p50 ≤ 10 ms",
+                                    f"{p50k:.1f} ms{short('kafka')}", p50k <= 10))
+                if p99k is not None:
+                    targets.append(("latency 1,000/s through the broker: p99 ≤ 50 ms",
+                                    f"{p99k:.1f} ms{short('kafka')}", p99k <= 50))
+            if rate == "5000" and p99k is not None:
+                targets.append(("latency 5,000/s through the broker: p99 ≤ 100 ms",
+                                f"{p99k:.1f} ms{short('kafka')}", p99k <= 100))
+            if p99n is not None and ref99:
+                targets.append((f"latency {int(rate):,}/s with --broker none: p99 ≤ 3× the reference's",
+                                f"{p99n:.1f} ms = {p99n / ref99:.2f}× ({ref99:.1f} ms){short('none')}",
+                                p99n <= 3 * ref99))
+        add("")
+        for case, png in plots:
+            add(f"![latency CDF at {case}]({os.path.basename(png)})")
+        add("")
+
+    # ---- burst
+    for case in r.cases("burst"):
+        add("## 2. Burst drain")
+        add("")
+        add(f"{int(float(case)):,} changes (50/40/10, on distinct rows) committed by "
+            f"{meta.get('burst_writers')} writers, {meta.get('burst_txn')} changes per transaction, "
+            "as fast as db1 takes them. Drain rate: changes / (last change applied on db2 − first "
+            "writer started).")
+        add("")
+        add("| variant | changes/s drained | × ref | seconds | caught up after the burst, s | source committed/s | peak RSS MB |")
+        add("|---|---|---|---|---|---|---|")
+        ref = r.median("burst", case, "ref", "changes_per_s")
+        for v in r.variants("burst"):
+            med = r.median("burst", case, v, "changes_per_s")
+            add(f"| {VARIANT_NAMES.get(v, v)} | {cell(r, 'burst', case, v, 'changes_per_s')} | "
+                f"{rfmt(ratio(med, ref))} | {cell(r, 'burst', case, v, 'drain_s')} | "
+                f"{cell(r, 'burst', case, v, 'catchup_after_s')} | {cell(r, 'burst', case, v, 'source_rate')} | "
+                f"{fmt(max_rss(r, 'burst', v))} |")
+            if v in ("kafka", "none", "split") and med is not None and ref:
+                targets.append((f"burst ({v}): ≥ 1.5× the reference's changes/s",
+                                f"{med:,.0f}/s = {med / ref:.2f}×", med >= 1.5 * ref))
+        add("")
+        png = plot_burst(a.out, a.results, r, a.name, case, r.variants("burst"))
+        if png:
+            add(f"![lag during the burst]({os.path.basename(png)})")
+            add("")
+
+    # ---- backlog
+    for case in r.cases("backlog"):
+        add("## 3. Backlog")
+        add("")
+        add(f"{int(float(case)):,} changes (transactions of 1,000: 500 inserts, 400 updates, 100 "
+            "deletes) waiting while the tunnel is stopped (the reference: its subscription "
+            "disabled, changes held in its slot); then started. Rate: changes / (caught up − start).")
+        add("")
+        add("| variant | changes/s, start → caught up | × ref | seconds | of which start-up, s "
+            "| changes/s, first applied → caught up | × ref | filling the backlog took, s | peak RSS MB |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        ref = r.median("backlog", case, "ref", "changes_per_s")
+        refa = r.median("backlog", case, "ref", "applying_changes_per_s")
+        for v in r.variants("backlog"):
+            med = r.median("backlog", case, v, "changes_per_s")
+            meda = r.median("backlog", case, v, "applying_changes_per_s")
+            add(f"| {VARIANT_NAMES.get(v, v)} | {cell(r, 'backlog', case, v, 'changes_per_s')} | "
+                f"{rfmt(ratio(med, ref))} | {cell(r, 'backlog', case, v, 'drain_s')} | "
+                f"{cell(r, 'backlog', case, v, 'startup_s')} | "
+                f"{cell(r, 'backlog', case, v, 'applying_changes_per_s')} | {rfmt(ratio(meda, refa))} | "
+                f"{cell(r, 'backlog', case, v, 'fill_s')} | {fmt(max_rss(r, 'backlog', v))} |")
+            if v in ("kafka", "none", "split") and med is not None:
+                if ref:
+                    targets.append((f"backlog ({v}): ≥ 1.5× the reference's changes/s",
+                                    f"{med:,.0f}/s = {med / ref:.2f}×", med >= 1.5 * ref))
+                targets.append((f"backlog ({v}): ≥ 50,000 changes/s", f"{med:,.0f}/s", med >= 50000))
+        add("")
+        png = plot_backlog(a.out, a.results, r, a.name, case, r.variants("backlog"))
+        if png:
+            add(f"![backlog drain]({os.path.basename(png)})")
+            add("")
+
+    # ---- snapshot
+    for case in r.cases("snapshot"):
+        add("## 4. Snapshot")
+        add("")
+        add(f"{int(float(case)):,} rows into an empty target table with a unique index on the key; "
+            "wall time of the whole command (the tunnel's `datatunnel snapshot`, the COPY pipe, or "
+            "CREATE SUBSCRIPTION until every table is ready).")
+        add("")
+        add("| variant | rows/s | × COPY pipe | × subscription copy | seconds | peak RSS MB |")
+        add("|---|---|---|---|---|---|")
+        copy = r.median("snapshot", case, "copy", "rows_per_s")
+        sub = r.median("snapshot", case, "sub", "rows_per_s")
+        for v in r.variants("snapshot", ["kafka", "none", "copy", "sub"]):
+            med = r.median("snapshot", case, v, "rows_per_s")
+            add(f"| {VARIANT_NAMES.get(v, v)} | {cell(r, 'snapshot', case, v, 'rows_per_s')} | "
+                f"{rfmt(ratio(med, copy))} | {rfmt(ratio(med, sub))} | "
+                f"{cell(r, 'snapshot', case, v, 'seconds')} | {fmt(max_rss(r, 'snapshot', v))} |")
+            if med is not None and copy:
+                if v == "kafka":
+                    targets.append(("snapshot through the broker: ≥ 0.7× the COPY pipe",
+                                    f"{med:,.0f} rows/s = {med / copy:.2f}×", med >= 0.7 * copy))
+                if v == "none":
+                    targets.append(("snapshot with --broker none: ≥ 0.9× the COPY pipe",
+                                    f"{med:,.0f} rows/s = {med / copy:.2f}×", med >= 0.9 * copy))
+        add("")
+
+    # ---- source cost
+    if r.cases("source"):
+        add("## 5. Source cost")
+        add("")
+        add(f"pgbench, {meta.get('src_clients')} clients, {meta.get('src_seconds')} s per run, "
+            "single-row transactions on db1 with the capture triggers enabled vs disabled "
+            f"(ALTER TABLE ... ENABLE/DISABLE TRIGGER), {meta.get('src_pairs')} interleaved "
+            "round(s), order rotating; the tunnel is not running.")
+        add("")
+        add("| transaction | triggers off, tps | triggers on (as `init` installs them), tps | on / off "
+            "| what-if: capture trigger only, no NOTIFY trigger, tps | capture only / off |")
+        add("|---|---|---|---|---|---|")
+        for case in r.cases("source"):
+            off = r.median("source", case, "trigger-off", "tps")
+            on = r.median("source", case, "trigger-on", "tps")
+            nn = r.median("source", case, "trigger-nonotify", "tps")
+            add(f"| single-row {case.upper()} | {cell(r, 'source', case, 'trigger-off', 'tps')} | "
+                f"{cell(r, 'source', case, 'trigger-on', 'tps')} | {rfmt(ratio(on, off))} | "
+                f"{cell(r, 'source', case, 'trigger-nonotify', 'tps')} | {rfmt(ratio(nn, off))} |")
+            if on is not None and off:
+                targets.append((f"source cost, single-row {case.upper()}: trigger-on ≥ 0.8× trigger-off",
+                                f"{on / off:.2f}×", on >= 0.8 * off))
+        add("")
+
+    # ---- memory
+    mem_rows = []
+    for (s, c, v, m), vals in sorted(r.values.items()):
+        if m.startswith("rss_mb_"):
+            xs = [x for _, x in vals]
+            mem_rows.append((s, c, v, m[len("rss_mb_"):], max(xs)))
+    if mem_rows:
+        add("## Memory: peak RSS of every process (VmHWM at exit, from wait4's ru_maxrss), max over runs")
+        add("")
+        add("| scenario | case | variant | process | peak RSS MB | CPU s (median) |")
+        add("|---|---|---|---|---|---|")
+        worst = None
+        for s, c, v, proc, mb in mem_rows:
+            cpu = r.median(s, c, v, f"cpu_s_{proc}")
+            add(f"| {s} | {c} | {v} | {proc}{' (not a tunnel process)' if proc == 'broker' else ''} | "
+                f"{fmt(mb)} | {fmt(cpu)} |")
+            if proc != "broker":
+                worst = mb if worst is None else max(worst, mb)
+        add("")
+        if worst is not None:
+            targets.append(("memory: every tunnel process < 256 MB peak RSS in every scenario",
+                            f"max {worst:.0f} MB", worst < 256))
+
+    # ---- targets first
+    head = ["## Targets", ""]
+    if quick:
+        head += ["(Quick-run sizes: indicative only.)", ""]
+    head += ["| target | measured (median) | |", "|---|---|---|"]
+    for t, m, ok in targets:
+        head.append(f"| {t} | {m} | {'met' if ok else '**missed**'} |")
+    head.append("")
+    insert_at = next(i for i, line in enumerate(md) if line.startswith("- total time")) + 2
+    md[insert_at:insert_at] = head
+
+    with open(os.path.join(a.results, f"{a.name}.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+
+    # ---- CSV: every measurement, one row per (scenario, case, variant, metric)
+    with open(os.path.join(a.results, f"{a.name}.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scenario", "case", "variant", "metric", "runs", "median", "min", "max",
+                    "ratio_to_reference", "values"])
+        for (s, c, v, m), vals in sorted(r.values.items()):
+            xs = [x for _, x in sorted(vals)]
+            ref_variant = {"snapshot": "copy", "source": "trigger-off"}.get(s, "ref")
+            refm = r.median(s, c, ref_variant, m)
+            w.writerow([s, c, v, m, len(xs), statistics.median(xs), min(xs), max(xs),
+                        "" if refm in (None, 0) else f"{statistics.median(xs) / refm:.4f}",
+                        ";".join(f"{x:g}" for x in xs)])
+
+
+if __name__ == "__main__":
+    main()

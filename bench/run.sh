@@ -1,0 +1,626 @@
+#!/usr/bin/env bash
+# The benchmarks (bench/README.md): datatunnel through the broker, with
+# --broker none, and PostgreSQL's own logical replication (plus a COPY pipe for
+# bulk copy), one after another in the same run, on servers this script starts.
+#
+#   bench/run.sh [--quick] [--only S,...] [--variants V,...] [--runs N] [--name NAME]
+#
+#   --quick        small sizes, one run each: everything in a few minutes
+#   --only         scenarios: source,latency,burst,backlog,snapshot (default: all)
+#   --variants     kafka (run through the dev broker), none (run --broker none),
+#                  split (separate produce and consume processes through the broker),
+#                  kafka-poll, none-poll (what-if: the NOTIFY trigger disabled, the
+#                  producer polling every 10 ms instead; latency and burst only),
+#                  ref (logical replication; for the snapshot also the COPY pipe)
+#                  default: kafka,none,none-poll,ref
+#   --runs N       repetitions (default 3; 1 with --quick)
+#   --name NAME    results file name (default: the date, "-quick" appended with --quick)
+#
+# Environment: DATATUNNEL_BIN (default build/datatunnel), LOADGEN_BIN (default
+# build/bench/loadgen), BENCH_WORK (bench/work), BENCH_PORT1/BENCH_PORT2
+# (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8), BENCH_RESULTS (bench/results).
+# Everything it starts is stopped on exit, also on failure or Ctrl-C.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+QUICK=0
+ONLY="source,latency,burst,backlog,snapshot"
+VARIANTS="kafka,none,none-poll,ref"
+RUNS=""
+NAME=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --only) ONLY=$2; shift ;;
+    --variants) VARIANTS=$2; shift ;;
+    --runs) RUNS=$2; shift ;;
+    --name) NAME=$2; shift ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+DT=$(realpath -m "${DATATUNNEL_BIN:-build/datatunnel}")
+LOADGEN=$(realpath -m "${LOADGEN_BIN:-build/bench/loadgen}")
+WORK=$(realpath -m "${BENCH_WORK:-bench/work}")
+RESULTS=$(realpath -m "${BENCH_RESULTS:-bench/results}")
+P1=${BENCH_PORT1:-25433}
+P2=${BENCH_PORT2:-25434}
+PARTITIONS=${BENCH_PARTITIONS:-8}
+for b in "$DT" "$LOADGEN"; do
+  [[ -x "$b" ]] || { echo "run.sh: $b not found: build first (make build, or set DATATUNNEL_BIN / LOADGEN_BIN)" >&2; exit 2; }
+done
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+export PATH="$PG_BIN:$PATH"
+
+if [[ $QUICK == 1 ]]; then
+  RUNS=${RUNS:-1}
+  LAT_RATES="100 1000 5000"; LAT_SECONDS=2; LAT_PRELOAD=100000
+  BURST=10000; BURST_PRELOAD=100000
+  BACKLOG=100000; BACKLOG_PRELOAD=100000
+  SNAP_ROWS=100000
+  SRC_SECONDS=3; SRC_PAIRS=1
+  NAME=${NAME:-$(date +%F)-quick}
+else
+  RUNS=${RUNS:-3}
+  LAT_RATES="100 1000 5000"; LAT_SECONDS=30; LAT_PRELOAD=100000
+  BURST=200000; BURST_PRELOAD=100000
+  BACKLOG=1000000; BACKLOG_PRELOAD=1000000
+  SNAP_ROWS=1000000
+  SRC_SECONDS=10; SRC_PAIRS=4
+  NAME=${NAME:-$(date +%F)}
+fi
+BURST_WRITERS=8; BURST_TXN=10
+SRC_CLIENTS=8; SRC_ROWS=100000
+
+has() { [[ ",$1," == *",$2,"* ]]; }
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+OUT="$WORK/out"      # raw results of this invocation
+RUN="$WORK/run"      # the current measurement's scratch files
+rm -rf "$OUT" "$RUN"
+mkdir -p "$OUT" "$RUN" "$RESULTS"
+RAW="$OUT/raw.csv"
+echo "scenario,case,variant,run,metric,value" >"$RAW"
+emit() { echo "$1,$2,$3,$4,$5,$6" >>"$RAW"; }
+
+# ---- processes and clean-up ---------------------------------------------------
+
+PIDS=()
+NOISE_PID=""
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}" $NOISE_PID; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}" $NOISE_PID; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+  drop_subscription
+  scripts/pg.sh stop "$WORK/pg1" >/dev/null 2>&1
+  scripts/pg.sh stop "$WORK/pg2" >/dev/null 2>&1
+  [[ $rc -ne 0 ]] && log "run.sh: stopped (exit $rc); servers and processes cleaned up; logs in $WORK"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a background process; its pid is in $BG.
+bg() {
+  "$@" &
+  BG=$!
+  PIDS+=("$BG")
+}
+# Stops a background process gracefully (SIGTERM, then SIGKILL after 20 s).
+stop_bg() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local keep=()
+  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+# ---- PostgreSQL ---------------------------------------------------------------
+
+PSQL=(psql -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -Atq)
+q1() { local db=$1; shift; "${PSQL[@]}" -p "$P1" -d "$db" -c "$*"; }
+q2() { local db=$1; shift; "${PSQL[@]}" -p "$P2" -d "$db" -c "$*"; }
+qs() { local s=$1; shift; if [[ $s == 1 ]]; then q1 "$@"; else q2 "$@"; fi; }
+fs() { local s=$1 db=$2; shift 2; local port=$P1; [[ $s == 2 ]] && port=$P2; "${PSQL[@]}" -p "$port" -d "$db" "$@"; }
+
+start_servers() {
+  scripts/pg.sh stop "$WORK/pg1" >/dev/null 2>&1 || true
+  scripts/pg.sh stop "$WORK/pg2" >/dev/null 2>&1 || true
+  rm -rf "$WORK/pg1" "$WORK/pg2"
+  # wal_level=logical on both for every variant, so the comparison is fair.
+  PG_WAL_LEVEL=logical scripts/pg.sh start "$WORK/pg1" "$P1"
+  PG_WAL_LEVEL=logical scripts/pg.sh start "$WORK/pg2" "$P2"
+}
+
+# tpl_<flavor>_<rows>: t = the brief's table (tunnel), r = with a primary key
+# (reference). A table with rows gets a unique index on emp_id (t) or has its
+# primary key (r): the workload updates and deletes by emp_id.
+ensure_template() {
+  local s=$1 flavor=$2 rows=$3 db="tpl_$2_$3"
+  [[ $(qs "$s" postgres "SELECT count(*) FROM pg_database WHERE datname = '$db'") == 1 ]] && return 0
+  log "building template $db on server $s"
+  qs "$s" postgres "CREATE DATABASE $db"
+  if [[ $flavor == t ]]; then fs "$s" "$db" -f bench/sql/schema_tunnel.sql; else fs "$s" "$db" -f bench/sql/schema_reference.sql; fi
+  if [[ $rows -gt 0 ]]; then
+    fs "$s" "$db" -v rows="$rows" -f bench/sql/fill_rows.sql
+    [[ $flavor == t ]] && qs "$s" "$db" "CREATE UNIQUE INDEX employees_emp_id_key ON employees (emp_id)"
+  fi
+  qs "$s" "$db" "VACUUM ANALYZE employees"
+  qs "$s" postgres "CHECKPOINT"
+}
+
+drop_subscription() {
+  if [[ $(q2 postgres "SELECT count(*) FROM pg_database WHERE datname = 'b2'" 2>/dev/null) == 1 ]]; then
+    q2 b2 "DROP SUBSCRIPTION IF EXISTS bench_sub" >/dev/null 2>&1 || {
+      q2 b2 "ALTER SUBSCRIPTION bench_sub DISABLE" >/dev/null 2>&1
+      q2 b2 "ALTER SUBSCRIPTION bench_sub SET (slot_name = NONE)" >/dev/null 2>&1
+      q2 b2 "DROP SUBSCRIPTION IF EXISTS bench_sub" >/dev/null 2>&1
+    }
+  fi
+  q1 postgres "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active" >/dev/null 2>&1 || true
+}
+
+# Fresh b1 (source) and b2 (target) from templates.
+fresh_dbs() {
+  local src=$1 tgt=$2
+  drop_subscription
+  q1 postgres "DROP DATABASE IF EXISTS b1 WITH (FORCE)"
+  q2 postgres "DROP DATABASE IF EXISTS b2 WITH (FORCE)"
+  q1 postgres "CREATE DATABASE b1 TEMPLATE $src"
+  q2 postgres "CREATE DATABASE b2 TEMPLATE $tgt"
+}
+
+DSN1="postgresql://postgres@127.0.0.1:$P1/b1"
+DSN2="postgresql://postgres@127.0.0.1:$P2/b2"
+SUB_CONN="host=127.0.0.1 port=$P1 user=postgres dbname=b1 application_name=bench_sub"
+progress_query="SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM bench_progress"
+
+# ---- the tunnel ---------------------------------------------------------------
+
+write_config() {
+  cat >"$RUN/datatunnel.toml" <<EOF
+[source]
+dsn = "$DSN1"
+[target]
+dsn = "$DSN2"
+[kafka]
+brokers = "$1"
+[[tables]]
+source = "public.employees"
+key = ["emp_id"]
+EOF
+}
+
+BROKER_PID=""
+start_broker() {
+  rm -f "$RUN/bootstrap"
+  write_config none
+  bg "$LOADGEN" wrap --report "$RUN/rusage-broker" -- "$DT" -c "$RUN/datatunnel.toml" dev-broker \
+    --partitions "$PARTITIONS" --bootstrap-file "$RUN/bootstrap" >"$RUN/broker.log" 2>&1 </dev/null
+  BROKER_PID=$BG
+  for _ in $(seq 1 200); do [[ -s "$RUN/bootstrap" ]] && break; sleep 0.05; done
+  [[ -s "$RUN/bootstrap" ]] || die "the dev broker did not start: $(cat "$RUN/broker.log")"
+  write_config "$(cat "$RUN/bootstrap")"
+}
+
+stop_broker() {
+  [[ -n "$BROKER_PID" ]] || return 0
+  stop_bg "$BROKER_PID"
+  BROKER_PID=""
+}
+
+dt() { "$DT" -c "$RUN/datatunnel.toml" "$@"; }
+
+TUNNEL_PIDS=()
+TUNNEL_NAMES=()
+# Starts the tunnel processes of a variant (the broker must be up for kafka and split).
+start_tunnel() {
+  local v=$1
+  TUNNEL_PIDS=(); TUNNEL_NAMES=()
+  local cmds=() extra=""
+  [[ $v == *-poll ]] && extra="--set pipeline.poll_interval_ms=10"
+  case "${v%-poll}" in
+    kafka) cmds=("run:run --no-snapshot") ;;
+    none) cmds=("run:run --no-snapshot --broker none") ;;
+    split) cmds=("consume:consume" "produce:produce") ;;
+  esac
+  for c in "${cmds[@]}"; do
+    local name=${c%%:*} args=${c#*:}
+    rm -f "$RUN/rusage-$name"
+    # shellcheck disable=SC2086
+    bg "$LOADGEN" wrap --report "$RUN/rusage-$name" -- "$DT" -c "$RUN/datatunnel.toml" $extra $args \
+      >>"$RUN/tunnel-$name.log" 2>&1 </dev/null
+    TUNNEL_PIDS+=("$BG"); TUNNEL_NAMES+=("$name")
+  done
+}
+
+# Stops the tunnel processes; emits each one's peak RSS and CPU seconds.
+stop_tunnel() {
+  local sc=$1 case=$2 v=$3 run=$4 i max=0
+  for i in "${!TUNNEL_PIDS[@]}"; do
+    local name=${TUNNEL_NAMES[$i]}
+    if ! kill -0 "${TUNNEL_PIDS[$i]}" 2>/dev/null; then
+      log "tunnel process $name had already exited: $(tail -3 "$RUN/tunnel-$name.log")"
+    fi
+    stop_bg "${TUNNEL_PIDS[$i]}"
+    report_rusage "$sc" "$case" "$v" "$run" "$name"
+  done
+  TUNNEL_PIDS=(); TUNNEL_NAMES=()
+}
+
+# Emits the peak RSS (MB) and CPU seconds of a wrapped process.
+report_rusage() {
+  local sc=$1 case=$2 v=$3 run=$4 name=$5 f="$RUN/rusage-$5"
+  [[ -s $f ]] || { log "no resource report for $name"; return 0; }
+  local kb cpu
+  kb=$(sed -n 's/.*maxrss_kb=\([0-9]*\).*/\1/p' "$f")
+  cpu=$(awk '{for(i=1;i<=NF;i++){split($i,a,"=");v[a[1]]=a[2]}} END{printf "%.2f", v["user_s"]+v["sys_s"]}' "$f")
+  emit "$sc" "$case" "$v" "$run" "rss_mb_$name" "$(awk -v k="$kb" 'BEGIN{printf "%.1f", k/1024}')"
+  emit "$sc" "$case" "$v" "$run" "cpu_s_$name" "$cpu"
+}
+
+# ---- one variant's stream: set up, warm up, tear down --------------------------
+
+# Waits until a probe row written on the source is visible on the target.
+warmup() {
+  local id
+  id=$(q1 b1 "INSERT INTO employees (first_name, last_name) VALUES ('probe', 'probe') RETURNING emp_id")
+  for _ in $(seq 1 1200); do
+    [[ $(q2 b2 "SELECT count(*) FROM employees WHERE emp_id = $id") == 1 ]] && return 0
+    sleep 0.05
+  done
+  die "warm-up: probe row $id never reached the target ($(tail -3 "$RUN"/tunnel-*.log 2>/dev/null))"
+}
+
+# setup_stream VARIANT ROWS PROBE(log|progress) START(1|0): fresh databases with
+# ROWS identical rows on both sides, the target probe, and the tunnel or the
+# subscription (started when START is 1).
+setup_stream() {
+  local v=$1 rows=$2 probe=$3 start=${4:-1}
+  rm -f "$RUN"/*
+  if [[ $v == ref ]]; then
+    fresh_dbs "tpl_r_$rows" "tpl_r_$rows"
+  else
+    fresh_dbs "tpl_t_$rows" "tpl_t_$rows"
+  fi
+  fs 2 b2 -f "bench/sql/target_$probe.sql"
+  if [[ $v == ref ]]; then
+    q1 b1 "CREATE PUBLICATION bench_pub FOR TABLE employees"
+    q2 b2 "CREATE SUBSCRIPTION bench_sub CONNECTION '$SUB_CONN' PUBLICATION bench_pub WITH (copy_data = false)"
+    warmup
+    if [[ $start == 0 ]]; then
+      q2 b2 "ALTER SUBSCRIPTION bench_sub DISABLE"
+      for _ in $(seq 1 200); do
+        [[ $(q1 postgres "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bench_sub' AND active") == 0 ]] && break
+        sleep 0.05
+      done
+    fi
+  else
+    write_config none
+    dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
+    [[ $v == *-poll ]] && q1 b1 "ALTER TABLE employees DISABLE TRIGGER datatunnel_notify"
+    if [[ $start == 1 ]]; then
+      [[ $v != none* ]] && start_broker
+      start_tunnel "$v"
+      warmup
+    fi
+  fi
+}
+
+teardown_stream() {
+  local sc=$1 case=$2 v=$3 run=$4
+  if [[ $v == ref ]]; then
+    drop_subscription
+  else
+    stop_tunnel "$sc" "$case" "$v" "$run"
+    if [[ -n "$BROKER_PID" ]]; then
+      stop_broker
+      report_rusage "$sc" "$case" "$v" "$run" broker
+    fi
+  fi
+}
+
+save_logs() { mkdir -p "$OUT/logs/$1"; cp "$RUN"/*.log "$OUT/logs/$1/" 2>/dev/null || true; }
+
+kv() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+# ---- scenarios ----------------------------------------------------------------
+
+scenario_latency() {
+  local run v rate i
+  for run in $(seq 1 "$RUNS"); do
+    for v in ${STREAM_VARIANTS}; do
+      log "latency: $v, run $run"
+      setup_stream "$v" "$LAT_PRELOAD" log 1
+      i=0
+      local nrates; nrates=$(wc -w <<<"$LAT_RATES")
+      local span=$((LAT_PRELOAD / nrates))
+      for rate in $LAT_RATES; do
+        q2 b2 "TRUNCATE bench_log"
+        emit latency "$rate/s" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+        local out
+        out=$("$LOADGEN" steady --dsn "$DSN1" --rate "$rate" --seconds "$LAT_SECONDS" --preload "$LAT_PRELOAD" \
+          --id-from $((i * span + 1)) --id-to $(((i + 1) * span)) --seed "$run" --out "$RUN/changes-$rate.csv")
+        emit latency "$rate/s" "$v" "$run" achieved_rate "$(kv achieved_rate "$out")"
+        emit latency "$rate/s" "$v" "$run" writers "$(kv writers "$out")"
+        local h
+        h=$("$LOADGEN" harvest --dsn "$DSN2" --changes "$RUN/changes-$rate.csv" --timeout 120 \
+          --out "$OUT/lat-$rate-$v-$run.txt") || log "latency $rate/s $v: not every change arrived: $h"
+        for m in p50_ms p90_ms p99_ms max_ms missing count; do
+          emit latency "$rate/s" "$v" "$run" "$m" "$(kv "$m" "$h")"
+        done
+        log "  $rate/s: $(kv achieved_rate "$out")/s achieved; $h"
+        i=$((i + 1))
+        sleep 0.5
+      done
+      teardown_stream latency all "$v" "$run"
+      save_logs "latency-$v-$run"
+    done
+  done
+}
+
+scenario_burst() {
+  local run v
+  for run in $(seq 1 "$RUNS"); do
+    for v in ${STREAM_VARIANTS}; do
+      log "burst: $v, run $run"
+      setup_stream "$v" "$BURST_PRELOAD" progress 1
+      q2 b2 "SELECT setval('bench_progress', 1, false)" >/dev/null
+      emit burst "$BURST" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+      bg "$LOADGEN" sample --dsn "$DSN2" --query "$progress_query" --until "$BURST" --interval-ms 50 \
+        --timeout 900 --out "$OUT/burst-progress-$v-$run.csv" >"$RUN/sample.out"
+      local sampler=$BG out
+      out=$("$LOADGEN" burst --dsn "$DSN1" --changes "$BURST" --writers "$BURST_WRITERS" --txn "$BURST_TXN" \
+        --preload "$BURST_PRELOAD" --out "$OUT/burst-commits-$v-$run.csv")
+      wait "$sampler" || log "burst $v: the target did not catch up: $(cat "$RUN/sample.out")"
+      PIDS=("${PIDS[@]/$sampler}")
+      local s; s=$(cat "$RUN/sample.out")
+      local start end reached
+      start=$(kv start_us "$out"); end=$(kv end_us "$out"); reached=$(kv reached_us "$s")
+      emit burst "$BURST" "$v" "$run" source_rate "$(kv commit_rate "$out")"
+      if [[ $reached -gt 0 ]]; then
+        local drain=$(( reached - start ))
+        emit burst "$BURST" "$v" "$run" drain_s "$(awk -v d=$drain 'BEGIN{printf "%.3f", d/1e6}')"
+        emit burst "$BURST" "$v" "$run" changes_per_s "$(awk -v d=$drain -v n="$BURST" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
+        emit burst "$BURST" "$v" "$run" catchup_after_s "$(awk -v d=$((reached - end)) 'BEGIN{printf "%.3f", d/1e6}')"
+      fi
+      echo "$start" >"$OUT/burst-start-$v-$run"
+      log "  source committed at $(kv commit_rate "$out")/s; caught up $(awk -v d=$((reached - end)) 'BEGIN{printf "%.2f", d/1e6}') s after the burst; $(kv value "$s") applied"
+      teardown_stream burst "$BURST" "$v" "$run"
+      save_logs "burst-$v-$run"
+    done
+  done
+}
+
+scenario_backlog() {
+  local run v
+  for run in $(seq 1 "$RUNS"); do
+    for v in ${STREAM_VARIANTS}; do
+      [[ $v == *-poll ]] && continue  # no NOTIFY is involved in draining a backlog
+      log "backlog: $v, run $run"
+      setup_stream "$v" "$BACKLOG_PRELOAD" progress 0
+      local t0 t1
+      t0=$(date +%s.%N)
+      fs 1 b1 -v changes="$BACKLOG" -f bench/sql/backlog_fill.sql >/dev/null
+      t1=$(date +%s.%N)
+      emit backlog "$BACKLOG" "$v" "$run" fill_s "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"
+      if [[ $v != ref ]]; then
+        local waiting; waiting=$(q1 b1 "SELECT count(*) FROM employees_cdc")
+        [[ $waiting == "$BACKLOG" ]] || log "backlog: $waiting changes in the change table, expected $BACKLOG"
+      fi
+      q2 b2 "SELECT setval('bench_progress', 1, false)" >/dev/null
+      q1 postgres "CHECKPOINT"; q2 postgres "CHECKPOINT"
+      emit backlog "$BACKLOG" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+      [[ $v == kafka || $v == split ]] && start_broker
+      bg "$LOADGEN" sample --dsn "$DSN2" --query "$progress_query" --until "$BACKLOG" --interval-ms 50 \
+        --timeout 1800 --out "$OUT/backlog-progress-$v-$run.csv" >"$RUN/sample.out"
+      local sampler=$BG start
+      start=$(date +%s%6N)
+      if [[ $v == ref ]]; then
+        q2 b2 "ALTER SUBSCRIPTION bench_sub ENABLE"
+      else
+        start_tunnel "$v"
+      fi
+      wait "$sampler" || log "backlog $v: the target did not catch up: $(cat "$RUN/sample.out")"
+      PIDS=("${PIDS[@]/$sampler}")
+      local reached; reached=$(kv reached_us "$(cat "$RUN/sample.out")")
+      echo "$start" >"$OUT/backlog-start-$v-$run"
+      if [[ $reached -gt 0 ]]; then
+        local d=$((reached - start))
+        emit backlog "$BACKLOG" "$v" "$run" drain_s "$(awk -v d=$d 'BEGIN{printf "%.3f", d/1e6}')"
+        emit backlog "$BACKLOG" "$v" "$run" changes_per_s "$(awk -v d=$d -v n="$BACKLOG" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
+        # Start-up (connecting, joining the consumer group, the launcher
+        # starting the apply worker) apart from the applying itself.
+        local first
+        first=$(awk -F, '$2 > 0 {print $1; exit}' "$OUT/backlog-progress-$v-$run.csv")
+        emit backlog "$BACKLOG" "$v" "$run" startup_s "$(awk -v d=$((first - start)) 'BEGIN{printf "%.3f", d/1e6}')"
+        emit backlog "$BACKLOG" "$v" "$run" applying_changes_per_s "$(awk -v d=$((reached - first)) -v n="$BACKLOG" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
+        log "  drained $BACKLOG in $(awk -v d=$d 'BEGIN{printf "%.2f", d/1e6}') s (first change applied after $(awk -v d=$((first - start)) 'BEGIN{printf "%.2f", d/1e6}') s)"
+      fi
+      teardown_stream backlog "$BACKLOG" "$v" "$run"
+      save_logs "backlog-$v-$run"
+    done
+  done
+}
+
+scenario_snapshot() {
+  local run v vs=""
+  for v in ${STREAM_VARIANTS}; do
+    if [[ $v == ref ]]; then vs+=" copy sub"; elif [[ $v == kafka || $v == none ]]; then vs+=" $v"; fi
+  done
+  for run in $(seq 1 "$RUNS"); do
+    for v in $vs; do
+      log "snapshot: $v, run $run"
+      rm -f "$RUN"/*
+      local t0 t1
+      emit snapshot "$SNAP_ROWS" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+      case "$v" in
+        kafka|none)
+          fresh_dbs "tpl_t_$SNAP_ROWS" tpl_t_0
+          write_config none
+          dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
+          local broker=none
+          if [[ $v == kafka ]]; then start_broker; broker=$(cat "$RUN/bootstrap"); fi
+          t0=$(date +%s%6N)
+          "$LOADGEN" wrap --report "$RUN/rusage-snapshot" -- "$DT" -c "$RUN/datatunnel.toml" snapshot \
+            --broker "$broker" >"$RUN/tunnel-snapshot.log" 2>&1 || die "snapshot $v: $(tail -3 "$RUN/tunnel-snapshot.log")"
+          t1=$(date +%s%6N)
+          report_rusage snapshot "$SNAP_ROWS" "$v" "$run" snapshot
+          if [[ $v == kafka ]]; then stop_broker; report_rusage snapshot "$SNAP_ROWS" "$v" "$run" broker; fi
+          ;;
+        copy)
+          fresh_dbs "tpl_t_$SNAP_ROWS" tpl_t_0
+          q2 b2 "CREATE UNIQUE INDEX employees_emp_id_key ON employees (emp_id)"
+          t0=$(date +%s%6N)
+          "${PSQL[@]}" -p "$P1" -d b1 -c "\copy employees to stdout" |
+            "${PSQL[@]}" -p "$P2" -d b2 -c "\copy employees from stdin"
+          t1=$(date +%s%6N)
+          ;;
+        sub)
+          fresh_dbs "tpl_r_$SNAP_ROWS" tpl_r_0
+          q1 b1 "CREATE PUBLICATION bench_pub FOR TABLE employees"
+          t0=$(date +%s%6N)
+          q2 b2 "CREATE SUBSCRIPTION bench_sub CONNECTION '$SUB_CONN' PUBLICATION bench_pub WITH (copy_data = true)"
+          for _ in $(seq 1 36000); do
+            [[ $(q2 b2 "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") == 0 ]] && break
+            sleep 0.05
+          done
+          t1=$(date +%s%6N)
+          drop_subscription
+          ;;
+      esac
+      local n; n=$(q2 b2 "SELECT count(*) FROM employees")
+      [[ $n == "$SNAP_ROWS" ]] || log "snapshot $v: the target holds $n rows, expected $SNAP_ROWS"
+      local d=$((t1 - t0))
+      emit snapshot "$SNAP_ROWS" "$v" "$run" seconds "$(awk -v d=$d 'BEGIN{printf "%.3f", d/1e6}')"
+      emit snapshot "$SNAP_ROWS" "$v" "$run" rows_per_s "$(awk -v d=$d -v n="$SNAP_ROWS" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
+      log "  $SNAP_ROWS rows in $(awk -v d=$d 'BEGIN{printf "%.2f", d/1e6}') s"
+      save_logs "snapshot-$v-$run"
+    done
+  done
+}
+
+# pgbench with the capture triggers enabled and disabled, interleaved.
+scenario_source() {
+  log "source cost: pgbench, $SRC_CLIENTS clients, ${SRC_SECONDS}s per run, $SRC_PAIRS interleaved pair(s)"
+  rm -f "$RUN"/*
+  fresh_dbs "tpl_t_$SRC_ROWS" tpl_t_0
+  write_config none
+  dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
+  local pair op state
+  for pair in $(seq 1 "$SRC_PAIRS"); do
+    # off: no capture; on: as init installs it; nonotify: the capture trigger
+    # without the statement-level NOTIFY trigger (what-if).
+    local order="off on nonotify"
+    [[ $((pair % 3)) == 2 ]] && order="on nonotify off"
+    [[ $((pair % 3)) == 0 ]] && order="nonotify off on"
+    for op in insert update; do
+      for state in $order; do
+        local cap=DISABLE ntf=DISABLE
+        [[ $state == on ]] && cap=ENABLE ntf=ENABLE
+        [[ $state == nonotify ]] && cap=ENABLE
+        q1 b1 "ALTER TABLE employees $cap TRIGGER datatunnel_capture, $ntf TRIGGER datatunnel_notify, $cap TRIGGER datatunnel_truncate"
+        q1 b1 "VACUUM employees" ; q1 postgres "CHECKPOINT"
+        emit source "$op" "trigger-$state" "$pair" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+        local out tps
+        out=$(pgbench -n -h 127.0.0.1 -p "$P1" -U postgres -c "$SRC_CLIENTS" -j 2 -T "$SRC_SECONDS" \
+          -D rows="$SRC_ROWS" -f "bench/pgbench/$op.sql" b1 2>&1) || die "pgbench: $out"
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -1)
+        emit source "$op" "trigger-$state" "$pair" tps "$tps"
+        log "  $op, trigger $state: $tps tps"
+      done
+    done
+  done
+  q1 b1 "SELECT count(*) FROM employees_cdc" >"$OUT/source-cdc-rows"
+}
+
+# ---- main ---------------------------------------------------------------------
+
+STREAM_VARIANTS=""
+for v in kafka split kafka-poll none none-poll ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
+
+# Machine noise: load average and concurrent compiler/test processes, every 2 s.
+noise_monitor() {
+  while :; do
+    echo "$(date +%s),$(cut -d' ' -f1 /proc/loadavg),$(pgrep -c -f 'cc1plus|ctest|_test|ld.gold|collect2' || true),$(pgrep -c postgres || true)"
+    sleep 2
+  done
+}
+
+log "bench: $NAME (quick=$QUICK, runs=$RUNS, scenarios=$ONLY, variants=$VARIANTS)"
+log "binaries: $DT ($("$DT" --version 2>/dev/null | head -1)), $LOADGEN"
+echo "epoch,load1,compile_or_test_procs,postgres_procs" >"$OUT/noise.csv"
+noise_monitor >>"$OUT/noise.csv" &
+NOISE_PID=$!
+start_servers
+BENCH_START=$(date +%s)
+
+need_rows=()
+has "$ONLY" source && need_rows+=("t:$SRC_ROWS" "t2:0")
+has "$ONLY" latency && need_rows+=("t:$LAT_PRELOAD" "r:$LAT_PRELOAD")
+has "$ONLY" burst && need_rows+=("t:$BURST_PRELOAD" "r:$BURST_PRELOAD")
+has "$ONLY" backlog && need_rows+=("t:$BACKLOG_PRELOAD" "r:$BACKLOG_PRELOAD")
+has "$ONLY" snapshot && need_rows+=("t:$SNAP_ROWS" "r:$SNAP_ROWS" "t2:0" "r2:0")
+for spec in $(printf '%s\n' "${need_rows[@]}" | sort -u); do
+  flavor=${spec%%:*} rows=${spec#*:}
+  case "$flavor" in
+    t|r) ensure_template 1 "$flavor" "$rows"; ensure_template 2 "$flavor" "$rows" ;;
+    t2) ensure_template 2 t "$rows" ;;
+    r2) ensure_template 2 r "$rows" ;;
+  esac
+done
+
+for sc in source latency burst backlog snapshot; do
+  if has "$ONLY" "$sc"; then
+    t=$(date +%s)
+    "scenario_$sc"
+    log "$sc: done in $(( $(date +%s) - t )) s"
+  fi
+done
+BENCH_END=$(date +%s)
+
+cat >"$OUT/meta.env" <<EOF
+name=$NAME
+quick=$QUICK
+runs=$RUNS
+scenarios=$ONLY
+variants=$VARIANTS
+partitions=$PARTITIONS
+lat_rates=$LAT_RATES
+lat_seconds=$LAT_SECONDS
+lat_preload=$LAT_PRELOAD
+burst=$BURST
+burst_writers=$BURST_WRITERS
+burst_txn=$BURST_TXN
+burst_preload=$BURST_PRELOAD
+backlog=$BACKLOG
+backlog_preload=$BACKLOG_PRELOAD
+snap_rows=$SNAP_ROWS
+src_seconds=$SRC_SECONDS
+src_pairs=$SRC_PAIRS
+src_clients=$SRC_CLIENTS
+src_rows=$SRC_ROWS
+duration_s=$((BENCH_END - BENCH_START))
+git=$(git describe --always --dirty 2>/dev/null || echo unknown)
+version=$("$DT" --version 2>/dev/null | head -1)
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+cores=$(nproc)
+mem_gb=$(awk '/MemTotal/{printf "%.0f", $2/1048576}' /proc/meminfo)
+kernel=$(uname -r)
+os=$(. /etc/os-release && echo "$PRETTY_NAME")
+postgres=$(postgres --version | awk '{print $3}')
+EOF
+python3 bench/report.py --out "$OUT" --results "$RESULTS" --name "$NAME"
+log "bench: results in $RESULTS/$NAME.md"
