@@ -328,6 +328,8 @@ InboundMessage Message::view() const {
   return v;
 }
 
+size_t Message::size() const { return m_->len + m_->key_len; }
+
 std::optional<std::string_view> Message::Header(const char* name) const {
   rd_kafka_headers_t* hdrs = nullptr;
   if (rd_kafka_message_headers(m_, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR) return std::nullopt;
@@ -426,12 +428,14 @@ Consumer::~Consumer() {
   }
 }
 
-Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out) {
+Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out,
+                      size_t max_bytes) {
   const size_t start = out->size();
+  size_t bytes = 0;
   // Wait up to timeout_ms for the first message, then up to linger_ms more.
   int64_t deadline = MonotonicMicros() + int64_t{timeout_ms} * 1000;
   bool got_first = false;
-  while (out->size() - start < max) {
+  while (out->size() - start < max && bytes < max_bytes) {
     const int wait = static_cast<int>(std::max<int64_t>(0, (deadline - MonotonicMicros()) / 1000));
     rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, wait);
     if (!m) break;
@@ -459,6 +463,7 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
                    fmt::format("kafka consumer, {}: {} (retrying)", where, text));
       continue;
     }
+    bytes += m->len + m->key_len;
     out->emplace_back(m);
     if (!got_first) {
       got_first = true;

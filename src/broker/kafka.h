@@ -93,6 +93,7 @@ class Message {
   Message(Message&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
   Message& operator=(Message&&) = delete;
   InboundMessage view() const;
+  size_t size() const;  // key + value bytes
   // Value of the last header named `name`, or nullopt.
   std::optional<std::string_view> Header(const char* name) const;
 
@@ -117,11 +118,12 @@ class Consumer {
                                                   Listener* listener);
   ~Consumer();
 
-  // Appends up to `max` messages: waits up to timeout_ms for the first, then
-  // up to linger_ms for more. Broker-side problems that heal (transport,
-  // all brokers down) are logged and not returned; errors that lose data or
-  // cannot heal (offset out of range, authorization) are returned as kFatal.
-  Status Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out);
+  // Appends up to `max` messages or about `max_bytes` of them: waits up to
+  // timeout_ms for the first, then up to linger_ms for more. Broker-side problems that heal
+  // (transport, all brokers down) are logged and not returned; errors that lose data or cannot heal
+  // (offset out of range, authorization) are returned as kFatal.
+  Status Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out,
+              size_t max_bytes = 16 << 20);
   void Pause(const std::vector<TopicPartition>& parts);
   void Resume(const std::vector<TopicPartition>& parts);
   // Restarts fetching of a partition at `offset` (after an apply was rolled back).

@@ -20,14 +20,16 @@ bool MemoryChannel::TryPush(const Change& c, uint64_t token) {
 }
 
 void MemoryChannel::Pop(size_t max, int timeout_ms, std::vector<Change>* out,
-                        std::vector<uint64_t>* tokens) {
+                        std::vector<uint64_t>* tokens, size_t max_bytes) {
   std::unique_lock<std::mutex> lock(mu_);
   changes_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
                        [&] { return !queue_.empty() || closed_; });
-  size_t n = 0;
-  while (!queue_.empty() && n < max) {
+  size_t n = 0, taken = 0;
+  while (!queue_.empty() && n < max && (n == 0 || taken < max_bytes)) {
     auto& [c, token] = queue_.front();
-    bytes_ -= c.row.ByteSize() + sizeof(Change);
+    const size_t size = c.row.ByteSize() + sizeof(Change);
+    bytes_ -= size;
+    taken += size;
     out->push_back(std::move(c));
     tokens->push_back(token);
     queue_.pop_front();

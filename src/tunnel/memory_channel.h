@@ -27,8 +27,10 @@ class MemoryChannel {
 
   // Source side: false when the queue is full.
   bool TryPush(const Change& c, uint64_t token);
-  // Target side: waits up to timeout_ms for changes, then takes up to `max`.
-  void Pop(size_t max, int timeout_ms, std::vector<Change>* out, std::vector<uint64_t>* tokens);
+  // Target side: waits up to timeout_ms for changes, then takes up to `max`
+  // of them, or about `max_bytes` (at least one).
+  void Pop(size_t max, int timeout_ms, std::vector<Change>* out, std::vector<uint64_t>* tokens,
+           size_t max_bytes = 16 << 20);
   // Target side: these changes are committed on the target.
   void Ack(const std::vector<uint64_t>& tokens);
   // Source side: waits up to timeout_ms for acknowledgements, then takes them.

@@ -14,7 +14,8 @@ using Kind = publish::DeliveryTracker::Kind;
 
 namespace {
 
-constexpr int kReadLimit = 5000;  // change-table rows per read
+constexpr int kReadLimit = 5000;           // change-table rows per read, at most
+constexpr int64_t kReadBudget = 16 << 20;  // bytes per read, roughly
 
 bool AtOrAfter(const capture::TableProgress& p, int64_t tick, int64_t seq) {
   return p.tick > tick || (p.tick == tick && p.seq >= seq);
@@ -66,6 +67,7 @@ struct SourceWorker::Session {
   };
   std::vector<Pending> pending;
   std::vector<int64_t> max_cid_delivered;
+  std::vector<double> avg_change_bytes;  // per table, from the last read
   int64_t last_record_us = 0;
   int64_t last_tick_us = 0;
   int64_t last_snapshot_check_us = 0;
@@ -142,6 +144,17 @@ Status SourceWorker::RunSession(bool first) {
   tracker_.Reset();
   s.pending.assign(s.specs.size(), {});
   s.max_cid_delivered.assign(s.specs.size(), 0);
+  s.avg_change_bytes.clear();
+  for (const auto& spec : s.specs) {
+    // Until a read tells, assume the source table's average row size.
+    auto est = s.conn->Query(
+        "SELECT COALESCE(pg_catalog.pg_table_size(c.oid) / NULLIF(c.reltuples, 0), 0)::float8 "
+        "FROM pg_catalog.pg_class c WHERE c.oid = $1::regclass",
+        {spec.source.Quoted()});
+    double avg =
+        est.ok() && est->rows() ? std::strtod(std::string(est->Get(0, 0)).c_str(), nullptr) : 0;
+    s.avg_change_bytes.push_back(std::max(256.0, avg));
+  }
   s.snaps.resize(s.specs.size());
   DT_RETURN_IF_ERROR(CheckSnapshotRequests(s));
 
@@ -311,14 +324,24 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
     if (w.done[t]) continue;
     std::vector<Change> changes;
     const int64_t before = w.after[t];
+    // Bound each read by bytes as well as rows: a table of 10 MB rows must
+    // not be read 5,000 rows at a time.
+    const int limit = static_cast<int>(std::clamp<double>(
+        static_cast<double>(kReadBudget) / s.avg_change_bytes[t], 1, kReadLimit));
     DT_ASSIGN_OR_RETURN(int64_t last,
-                        s.log->ReadBatch(t, w.lo, w.hi, before, kReadLimit, s.epoch, &changes));
+                        s.log->ReadBatch(t, w.lo, w.hi, before, limit, s.epoch, &changes));
     // Rows read (a key-changing update gives two changes from one row).
     int64_t rows = 0;
     for (size_t i = 0; i < changes.size(); ++i) {
       if (i == 0 || changes[i].pos.seq != changes[i - 1].pos.seq) ++rows;
     }
     metrics_->table(t).captured += rows;
+    if (rows > 0) {
+      int64_t bytes = 0;
+      for (const Change& c : changes) bytes += static_cast<int64_t>(c.row.ByteSize());
+      s.avg_change_bytes[t] =
+          std::max(64.0, static_cast<double>(bytes) / static_cast<double>(rows));
+    }
     for (size_t i = 0; i < changes.size(); ++i) {
       const Change& c = changes[i];
       const bool split_first = i + 1 < changes.size() && changes[i + 1].pos.seq == c.pos.seq;
@@ -335,7 +358,7 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
     }
     w.after[t] = last;
     if (rows > 0) w.had_changes = true;
-    if (rows < kReadLimit) w.done[t] = true;
+    if (rows < limit) w.done[t] = true;
     *progressed = true;
     return Status::OK();  // one read per step, so deliveries are served between reads
   }
