@@ -18,7 +18,10 @@
 #
 # Environment: DATATUNNEL_BIN (default build/datatunnel), LOADGEN_BIN (default
 # build/bench/loadgen), BENCH_WORK (bench/work), BENCH_PORT1/BENCH_PORT2
-# (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8), BENCH_RESULTS (bench/results).
+# (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8),
+# BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
+# BENCH_TUNNEL_ARGS (extra global options for the tunnel processes, for experiments,
+# e.g. "--set pipeline.batch_max_wait_ms=0").
 # Everything it starts is stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -37,7 +40,7 @@ while [[ $# -gt 0 ]]; do
     --variants) VARIANTS=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --name) NAME=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -70,7 +73,7 @@ else
   BURST=200000; BURST_PRELOAD=100000
   BACKLOG=1000000; BACKLOG_PRELOAD=1000000
   SNAP_ROWS=1000000
-  SRC_SECONDS=10; SRC_PAIRS=4
+  SRC_SECONDS=10; SRC_PAIRS=3
   NAME=${NAME:-$(date +%F)}
 fi
 BURST_WRITERS=8; BURST_TXN=10
@@ -229,8 +232,8 @@ TUNNEL_NAMES=()
 start_tunnel() {
   local v=$1
   TUNNEL_PIDS=(); TUNNEL_NAMES=()
-  local cmds=() extra=""
-  [[ $v == *-poll ]] && extra="--set pipeline.poll_interval_ms=10"
+  local cmds=() extra="${BENCH_TUNNEL_ARGS:-}"
+  [[ $v == *-poll ]] && extra+=" --set pipeline.poll_interval_ms=10"
   case "${v%-poll}" in
     kafka) cmds=("run:run --no-snapshot") ;;
     none) cmds=("run:run --no-snapshot --broker none") ;;
@@ -613,7 +616,7 @@ src_pairs=$SRC_PAIRS
 src_clients=$SRC_CLIENTS
 src_rows=$SRC_ROWS
 duration_s=$((BENCH_END - BENCH_START))
-git=$(git describe --always --dirty 2>/dev/null || echo unknown)
+git=${BENCH_GIT_REV:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 version=$("$DT" --version 2>/dev/null | head -1)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 cores=$(nproc)
