@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -23,11 +24,15 @@ double Histogram::sum() const { return sum_micros_.load(std::memory_order_relaxe
 double Histogram::Quantile(double q) const {
   uint64_t total = count();
   if (total == 0) return 0;
-  uint64_t want = static_cast<uint64_t>(q * static_cast<double>(total));
+  // Nearest rank: the bucket holding the ceil(q * total)-th smallest observation.
+  if (!(q > 0)) q = 0;
+  if (q > 1) q = 1;
+  const double rank = std::ceil(q * static_cast<double>(total));
+  const uint64_t want = rank < 1 ? 1 : static_cast<uint64_t>(rank);
   uint64_t seen = 0;
   for (size_t i = 0; i < buckets_.size(); ++i) {
     seen += bucket(i);
-    if (seen > want) return i < kBounds.size() ? kBounds[i] : kBounds.back();
+    if (seen >= want) return i < kBounds.size() ? kBounds[i] : kBounds.back();
   }
   return kBounds.back();
 }
@@ -159,9 +164,11 @@ std::string Metrics::RenderPrometheus() const {
       fmt::format_to(std::back_inserter(out), "{}_bucket{{table=\"{}\",le=\"{}\"}} {}\n", hname,
                      Escape(t->source), le, cum);
     }
-    fmt::format_to(
-        std::back_inserter(out), "{}_sum{{table=\"{}\"}} {}\n{}_count{{table=\"{}\"}} {}\n", hname,
-        Escape(t->source), t->latency.sum(), hname, Escape(t->source), t->latency.count());
+    // _count repeats the +Inf bucket: read separately, a concurrent Observe()
+    // could make the two differ, which the format forbids.
+    fmt::format_to(std::back_inserter(out),
+                   "{}_sum{{table=\"{}\"}} {}\n{}_count{{table=\"{}\"}} {}\n", hname,
+                   Escape(t->source), t->latency.sum(), hname, Escape(t->source), cum);
   }
   auto scalar = [&](const char* name, const char* type, const char* help, auto value) {
     fmt::format_to(std::back_inserter(out), "# HELP {0} {2}\n# TYPE {0} {1}\n{0} {3}\n", name, type,
