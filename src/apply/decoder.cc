@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "core/codec.h"
 
 namespace datatunnel::apply {
@@ -181,7 +183,10 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
           have_pos = true;
         } else if (sk == "ts_ms") {
           int64_t ms = 0;
-          if (sv.get_int64().get(ms)) return Bad("\"source.ts_ms\" must be an integer");
+          constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
+          if (sv.get_int64().get(ms) || ms > kMaxMs || ms < -kMaxMs) {
+            return Bad("\"source.ts_ms\" must be an integer count of milliseconds");
+          }
           out->captured_us = ms * 1000;
         } else if (sk == "txId") {
           int64_t tx = 0;

@@ -153,6 +153,20 @@ TEST(Decoder, RefusesMalformedInput) {
     Status st = dec.Decode(b, 0, &c);
     EXPECT_EQ(st.code(), StatusCode::kBadData) << b << " -> " << st.message();
   }
+  // Found by fuzz/fuzz_envelope: a "ts_ms" whose microseconds overflow int64
+  // was multiplied anyway (undefined behaviour); it is refused instead.
+  for (const char* ts : {"170001700000000123", "-9223372036854775808", "9223372036854776"}) {
+    const std::string msg = std::string(R"({"after":{"id":1},"op":"c","source":{"ts_ms":)") + ts +
+                            R"(,"pos":[1,2,3,0]}})";
+    Status st = dec.Decode(msg, 0, &c);
+    EXPECT_EQ(st.code(), StatusCode::kBadData) << msg << " -> " << st.message();
+  }
+  ASSERT_TRUE(
+      dec.Decode(
+             R"({"after":{"id":1},"op":"c","source":{"ts_ms":9223372036854775,"pos":[1,2,3,0]}})",
+             0, &c)
+          .ok());
+  EXPECT_EQ(c.captured_us, 9223372036854775000);
   // A valid change for a column the target lacks stops rather than loses data.
   Status unknown =
       dec.Decode(R"({"after":{"id":1,"newcol":2},"op":"c","source":{"pos":[1,2,3,0]}})", 0, &c);
