@@ -103,7 +103,45 @@ void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg
   }
 }
 
+void AddArrivals(std::span<const TruncateArrival> arrivals, const std::vector<TableSpec>& targets,
+                 Arena* arena, std::vector<pg::Statement>* out) {
+  for (const auto& a : arrivals) {
+    const TableSpec& spec = targets[a.table];
+    pg::Statement st;
+    st.sql = "SELECT datatunnel.truncate_arrive($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    st.params = {arena->Keep(a.stream),
+                 arena->Keep(std::to_string(a.pos.epoch)),
+                 arena->Keep(std::to_string(a.pos.tick)),
+                 arena->Keep(std::to_string(a.pos.seq)),
+                 arena->Keep(std::to_string(a.pos.sub)),
+                 arena->Keep(std::to_string(a.partition)),
+                 arena->Keep(std::to_string(a.partitions)),
+                 arena->Keep(spec.target.schema),
+                 arena->Keep(spec.target.name)};
+    out->push_back(std::move(st));
+  }
+}
+
 }  // namespace
+
+Result<bool> Applier::BarrierDone(const std::string& stream, const Position& pos) {
+  DT_ASSIGN_OR_RETURN(auto r,
+                      conn_->Query("SELECT done FROM datatunnel.barriers WHERE stream = $1 "
+                                   "AND epoch = $2 AND tick = $3 AND seq = $4 AND sub = $5",
+                                   {stream, std::to_string(pos.epoch), std::to_string(pos.tick),
+                                    std::to_string(pos.seq), std::to_string(pos.sub)}));
+  return r.rows() == 0 || r.GetBool(0, 0);
+}
+
+Result<std::optional<Position>> Applier::OpenBarrier(const std::string& stream, int32_t partition) {
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT epoch, tick, seq, sub FROM datatunnel.barriers "
+                                           "WHERE stream = $1 AND NOT done AND $2 = ANY (arrived) "
+                                           "ORDER BY epoch, tick, seq, sub LIMIT 1",
+                                           {stream, std::to_string(partition)}));
+  if (r.rows() == 0) return std::optional<Position>();
+  return std::optional<Position>(Position{r.GetInt64(0, 0), r.GetInt64(0, 1), r.GetInt64(0, 2),
+                                          static_cast<int32_t>(r.GetInt64(0, 3))});
+}
 
 Result<PartitionState> Applier::Load(const std::string& stream, int32_t partition, uint32_t table) {
   const TableSpec& spec = (*targets_)[table];
@@ -129,7 +167,8 @@ void Applier::Reset(pg::Connection* conn) {
   staged_.assign(targets_->size(), false);
 }
 
-Status Applier::Apply(std::span<const Change* const> changes, std::span<const Advance> advances) {
+Status Applier::Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
+                      std::span<const TruncateArrival> arrivals) {
   position_moved_ = false;
   std::vector<std::vector<const Change*>> by_table(targets_->size());
   size_t rows = 0;
@@ -137,8 +176,8 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
     by_table[c->table].push_back(c);
     ++rows;
   }
-  Status st = rows <= kPipelinedMaxRows ? ApplyPipelined(by_table, advances)
-                                        : ApplyStaged(by_table, advances);
+  Status st = rows <= kPipelinedMaxRows ? ApplyPipelined(by_table, advances, arrivals)
+                                        : ApplyStaged(by_table, advances, arrivals);
   if (!st.ok()) {
     if (conn_->last_sqlstate() == kPositionMovedSqlState) position_moved_ = true;
     conn_->RollbackQuietly();
@@ -147,7 +186,8 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
 }
 
 Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,
-                               std::span<const Advance> advances) {
+                               std::span<const Advance> advances,
+                               std::span<const TruncateArrival> arrivals) {
   Arena arena;
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
@@ -198,6 +238,7 @@ Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by
       }
     }
   }
+  AddArrivals(arrivals, *targets_, &arena, &stmts);  // after the writes they follow
   stmts.push_back({"COMMIT", {}});
   return conn_->ExecPipeline(stmts);
 }
@@ -217,7 +258,8 @@ Status Applier::EnsureStaging(uint32_t table) {
 }
 
 Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
-                            std::span<const Advance> advances) {
+                            std::span<const Advance> advances,
+                            std::span<const TruncateArrival> arrivals) {
   for (uint32_t t = 0; t < by_table.size(); ++t) {
     if (!by_table[t].empty()) DT_RETURN_IF_ERROR(EnsureStaging(t));
   }
@@ -278,6 +320,11 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
                                                  spec.target.Quoted(), list, list, t,
                                                  ConflictClause(spec, cols))));
     }
+  }
+  if (!arrivals.empty()) {
+    std::vector<pg::Statement> tail;
+    AddArrivals(arrivals, *targets_, &arena, &tail);
+    DT_RETURN_IF_ERROR(conn_->ExecPipeline(tail));
   }
   return conn_->Commit();
 }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,6 +50,17 @@ struct Advance {
   int snapshot_partitions = 0;
 };
 
+// A partition reached a TRUNCATE that was sent to every partition (Kafka
+// topics with more than one): recorded in datatunnel.barriers; the last
+// partition to arrive runs the TRUNCATE, after the batch's other writes.
+struct TruncateArrival {
+  std::string stream;
+  int32_t partition = 0;
+  Position pos;
+  int partitions = 0;
+  uint32_t table = 0;
+};
+
 class Applier {
  public:
   Applier(pg::Connection* conn, const std::vector<TableSpec>* targets)
@@ -60,7 +72,13 @@ class Applier {
   // Applies `changes` (in commit order per key, duplicates already removed)
   // and the advances, in one transaction. On failure nothing is applied; if
   // a guard failed, position_moved() is true and the caller must reload.
-  Status Apply(std::span<const Change* const> changes, std::span<const Advance> advances);
+  Status Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
+               std::span<const TruncateArrival> arrivals = {});
+  // Whether the TRUNCATE barrier at `pos` of `stream` has run.
+  Result<bool> BarrierDone(const std::string& stream, const Position& pos);
+  // If `partition` of `stream` stopped at a TRUNCATE that has not run yet
+  // (it waits for other partitions), that TRUNCATE's position.
+  Result<std::optional<Position>> OpenBarrier(const std::string& stream, int32_t partition);
   bool position_moved() const { return position_moved_; }
 
   // The connection was replaced (after a reconnect): staging tables are gone.
@@ -68,9 +86,10 @@ class Applier {
 
  private:
   Status ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,
-                        std::span<const Advance> advances);
+                        std::span<const Advance> advances,
+                        std::span<const TruncateArrival> arrivals);
   Status ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
-                     std::span<const Advance> advances);
+                     std::span<const Advance> advances, std::span<const TruncateArrival> arrivals);
   Status EnsureStaging(uint32_t table);
 
   pg::Connection* conn_;

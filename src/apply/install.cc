@@ -32,6 +32,49 @@ CREATE TABLE IF NOT EXISTS datatunnel.applied (
   snapshot_tick bigint,
   snapshot_partitions integer,
   PRIMARY KEY (stream, partition));
+CREATE TABLE IF NOT EXISTS datatunnel.barriers (
+  stream text NOT NULL,
+  epoch bigint NOT NULL,
+  tick bigint NOT NULL,
+  seq bigint NOT NULL,
+  sub integer NOT NULL,
+  partitions integer NOT NULL,
+  arrived integer[] NOT NULL DEFAULT '{}',
+  done boolean NOT NULL DEFAULT false,
+  target_schema text NOT NULL,
+  target_table text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (stream, epoch, tick, seq, sub));
+COMMENT ON TABLE datatunnel.barriers IS
+  'datatunnel: a TRUNCATE runs once every partition of its topic reached it';
+CREATE OR REPLACE FUNCTION datatunnel.truncate_arrive(
+    p_stream text, p_epoch bigint, p_tick bigint, p_seq bigint, p_sub integer,
+    p_partition integer, p_partitions integer, p_schema text, p_table text)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+  b datatunnel.barriers;
+BEGIN
+  INSERT INTO datatunnel.barriers (stream, epoch, tick, seq, sub, partitions, target_schema, target_table)
+    VALUES (p_stream, p_epoch, p_tick, p_seq, p_sub, p_partitions, p_schema, p_table)
+    ON CONFLICT DO NOTHING;
+  SELECT * INTO b FROM datatunnel.barriers
+    WHERE stream = p_stream AND epoch = p_epoch AND tick = p_tick AND seq = p_seq AND sub = p_sub
+    FOR UPDATE;
+  IF b.done THEN
+    RETURN true;
+  END IF;
+  IF NOT p_partition = ANY (b.arrived) THEN
+    b.arrived := b.arrived || p_partition;
+  END IF;
+  IF pg_catalog.cardinality(b.arrived) >= b.partitions THEN
+    EXECUTE pg_catalog.format('TRUNCATE %I.%I', p_schema, p_table);
+    b.done := true;
+    DELETE FROM datatunnel.barriers WHERE done AND created_at < pg_catalog.now() - interval '1 day';
+  END IF;
+  UPDATE datatunnel.barriers SET arrived = b.arrived, done = b.done
+    WHERE stream = p_stream AND epoch = p_epoch AND tick = p_tick AND seq = p_seq AND sub = p_sub;
+  RETURN b.done;
+END $fn$;
 CREATE OR REPLACE FUNCTION datatunnel.advance(
     p_stream text, p_partition integer, p_expected bigint, p_offset bigint,
     p_epoch bigint, p_tick bigint, p_seq bigint, p_sub integer,
@@ -194,6 +237,10 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
                   QuoteIdent(database), r),
       fmt::format("GRANT USAGE ON SCHEMA datatunnel TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.applied TO {};", r),
+      fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON datatunnel.barriers TO {};", r),
+      fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.truncate_arrive(text, bigint, bigint, "
+                  "bigint, integer, integer, integer, text, text) TO {};",
+                  r),
       fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.advance(text, integer, bigint, bigint, "
                   "bigint, bigint, bigint, integer, bigint, bigint, bigint, bigint) TO {};",
                   r),

@@ -7,6 +7,11 @@
 // - datatunnel.advance(): moves one such row forward, failing (SQLSTATE
 //   DT001) if someone else moved it since we read it; that fences off a
 //   consumer that lost its partition in a rebalance.
+// - datatunnel.barriers and datatunnel.truncate_arrive(): a TRUNCATE reaches
+//   every partition of a topic; each partition's consumer records its arrival
+//   with the batch that got there, and the last to arrive runs the TRUNCATE.
+//   Until then the partitions that arrived wait, so the TRUNCATE falls between
+//   the changes before and after it on the source, for every key.
 // - The target table, created from the source's catalog when missing, and a
 //   unique index on the key when it has none (upserts need one).
 #pragma once

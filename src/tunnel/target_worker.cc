@@ -74,11 +74,23 @@ void TargetCore::Forget(const std::string& stream, int32_t partition) {
   states_.erase(std::make_pair(stream, partition));
 }
 
+Result<bool> TargetCore::BarrierDone(const std::string& stream, const Position& pos) {
+  if (!conn_ || conn_->IsBroken()) return Status::Retryable("the target connection is down");
+  return applier_->BarrierDone(stream, pos);
+}
+
+Result<std::optional<Position>> TargetCore::OpenBarrier(const std::string& stream,
+                                                        int32_t partition) {
+  if (!conn_ || conn_->IsBroken()) return Status::Retryable("the target connection is down");
+  return applier_->OpenBarrier(stream, partition);
+}
+
 Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void()>& keepalive) {
   Backoff backoff(100, 5000);
   std::vector<const Change*> changes;
   std::vector<apply::Advance> advances;
   std::vector<uint32_t> advance_table;  // the table of each advance, for metrics
+  std::vector<apply::TruncateArrival> arrivals;
   std::map<std::pair<std::string, int32_t>, size_t> advance_of;
   for (;;) {
     if (stop_->stop_requested()) return Status::Cancelled();
@@ -88,6 +100,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
     advances.clear();
     advance_table.clear();
     advance_of.clear();
+    arrivals.clear();
     for (size_t i = 0; st.ok() && i < items.size(); ++i) {
       Item& item = items[i];
       auto key = std::make_pair(item.stream, item.partition);
@@ -130,11 +143,17 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
         a.snapshot_partitions = std::max(1, item.broadcast_partitions);
         continue;
       }
+      if (c.op == Op::kTruncate && item.broadcast_partitions > 1) {
+        arrivals.push_back(
+            {item.stream, item.partition, c.pos, item.broadcast_partitions, c.table});
+        ++a.applied;
+        continue;
+      }
       changes.push_back(&c);
       ++a.applied;
       if (c.op != Op::kRead) a.captured_us = std::max(a.captured_us, c.captured_us);
     }
-    if (st.ok()) st = applier_->Apply(changes, advances);
+    if (st.ok()) st = applier_->Apply(changes, advances, arrivals);
     if (st.ok()) {
       const int64_t now = NowMicros();
       for (const auto& a : advances) {
@@ -214,6 +233,8 @@ void KafkaTargetWorker::OnAssigned(std::vector<TopicPartition>* partitions) {
     }
     if (st.ok()) {
       p.offset = st->offset >= 0 ? st->offset + 1 : kOffsetBeginning;
+      auto open = core_.OpenBarrier(p.topic, p.partition);
+      if (open.ok() && *open) waiting_[{p.topic, p.partition}] = Waiting{**open, false};
     } else {
       spdlog::warn(
           "consumer: cannot read the stored position of {} [{}] ({}); reading it from "
@@ -226,7 +247,41 @@ void KafkaTargetWorker::OnAssigned(std::vector<TopicPartition>* partitions) {
 }
 
 void KafkaTargetWorker::OnRevoked(const std::vector<TopicPartition>& partitions) {
-  for (const auto& p : partitions) core_.Forget(p.topic, p.partition);
+  for (const auto& p : partitions) {
+    core_.Forget(p.topic, p.partition);
+    waiting_.erase({p.topic, p.partition});
+  }
+}
+
+void KafkaTargetWorker::ResumeAll(broker::Consumer* consumer) {
+  std::vector<TopicPartition> resume;
+  for (const auto& tp : consumer->Assignment()) {
+    if (!waiting_.count({tp.topic, tp.partition})) resume.push_back(tp);
+  }
+  consumer->Resume(resume);
+}
+
+Status KafkaTargetWorker::CheckBarriers(broker::Consumer* consumer) {
+  const int64_t now = MonotonicMicros();
+  if (waiting_.empty() || now - last_barrier_check_us_ < 200'000) return Status::OK();
+  last_barrier_check_us_ = now;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    const TopicPartition tp{it->first.first, it->first.second, -1};
+    if (!it->second.paused) {
+      consumer->Pause({tp});
+      it->second.paused = true;
+    }
+    auto done = core_.BarrierDone(tp.topic, it->second.pos);
+    if (!done.ok()) return done.status().IsRetryable() ? Status::OK() : done.status();
+    if (*done) {
+      spdlog::debug("consumer: {} [{}] continues after the TRUNCATE", tp.topic, tp.partition);
+      consumer->Resume({tp});
+      it = waiting_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return Status::OK();
 }
 
 Status KafkaTargetWorker::DeadLetter(const broker::Message& m, const Status& why) {
@@ -301,11 +356,24 @@ Status KafkaTargetWorker::Run() {
       result = st;
       break;
     }
+    if (Status bs = CheckBarriers(consumer.get()); !bs.ok()) {
+      result = bs;
+      break;
+    }
     if (msgs.empty()) continue;
     items.clear();
     items.reserve(msgs.size());
+    // A partition's input stops at a TRUNCATE sent to every partition: what
+    // follows it waits until every partition got there (the barrier).
+    std::map<std::pair<std::string, int32_t>, Position> cut;
+    std::map<std::pair<std::string, int32_t>, int64_t> refetch;  // first message left out
     for (const auto& m : msgs) {
       const InboundMessage v = m.view();
+      const auto tp = std::make_pair(std::string(v.topic), v.partition);
+      if (cut.count(tp) || waiting_.count(tp)) {
+        refetch.try_emplace(tp, v.offset);
+        continue;
+      }
       Item item;
       item.stream = std::string(v.topic);
       item.partition = v.partition;
@@ -326,11 +394,19 @@ Status KafkaTargetWorker::Run() {
           result =
               dst.WithContext(fmt::format("{} [{}] offset {}", v.topic, v.partition, v.offset));
           break;
+        } else if (item.change.op == Op::kTruncate && item.broadcast_partitions > 1) {
+          cut[tp] = item.change.pos;
         }
       }
       items.push_back(std::move(item));
     }
     if (!result.ok()) break;
+    if (spdlog::should_log(spdlog::level::trace)) {
+      for (const auto& it : items) {
+        spdlog::trace("consumer: batch item {} [{}] @{} op {}", it.stream, it.partition, it.offset,
+                      static_cast<char>(it.change.op));
+      }
+    }
     // Dead letters must be stored before the offsets that skip them commit.
     while (dlq_ && dlq_pending_ > 0 && !stop_->stop_requested()) dlq_->Poll(50);
     if (!dlq_error_.ok()) {
@@ -344,8 +420,23 @@ Status KafkaTargetWorker::Run() {
       break;
     }
     if (paused_) {
-      consumer->Resume(consumer->Assignment());
+      ResumeAll(consumer.get());
       paused_ = false;
+    }
+    for (const auto& [tp, pos] : cut) {
+      auto done = core_.BarrierDone(tp.first, pos);
+      if (!done.ok() || !*done) waiting_[tp] = Waiting{pos, false};
+      spdlog::debug("consumer: {} [{}] reached a TRUNCATE ({}): {}", tp.first, tp.second,
+                    pos.ToString(), done.ok() && *done ? "it has run" : "waiting for the others");
+    }
+    for (const auto& [tp, offset] : refetch) {
+      Status s = consumer->Seek({tp.first, tp.second, offset});
+      if (!s.ok()) spdlog::warn("consumer: {}", s.message());
+    }
+    last_barrier_check_us_ = 0;
+    if (Status bs = CheckBarriers(consumer.get()); !bs.ok()) {
+      result = bs;
+      break;
     }
     std::map<std::pair<std::string, int32_t>, int64_t> last;
     for (const auto& it : items) last[{it.stream, it.partition}] = it.offset;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,6 +59,10 @@ class TargetCore {
   // The stored state of a partition (cached; loads and creates it).
   Result<apply::PartitionState> State(const std::string& stream, int32_t partition, uint32_t table);
   void Forget(const std::string& stream, int32_t partition);
+  // TRUNCATE barriers (apply/install.h): has the one at `pos` run; where,
+  // if anywhere, is `partition` waiting.
+  Result<bool> BarrierDone(const std::string& stream, const Position& pos);
+  Result<std::optional<Position>> OpenBarrier(const std::string& stream, int32_t partition);
   // Applies the items in one transaction, retrying until it commits.
   // Returns OK once applied, Cancelled when a stop was requested first, or a
   // failure that cannot heal. While waiting to retry it calls `keepalive`
@@ -96,6 +101,16 @@ class KafkaTargetWorker : public broker::Consumer::Listener {
   std::unique_ptr<broker::Producer> dlq_;
   std::vector<broker::Message> carry_;  // polled during a keepalive, applied next
   bool paused_ = false;
+  // Partitions stopped at a TRUNCATE that waits for the other partitions:
+  // they stay paused until it has run.
+  struct Waiting {
+    Position pos;
+    bool paused = false;
+  };
+  std::map<std::pair<std::string, int32_t>, Waiting> waiting_;
+  int64_t last_barrier_check_us_ = 0;
+  Status CheckBarriers(broker::Consumer* consumer);
+  void ResumeAll(broker::Consumer* consumer);
   int64_t dlq_pending_ = 0;
   Status dlq_error_;
 };

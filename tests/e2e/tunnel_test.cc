@@ -191,6 +191,48 @@ TEST_F(TunnelTest, RunThroughTheBrokerSnapshotsFirst) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// TRUNCATE lands between the changes before and after it, for every key,
+// even when the topic has several partitions that consumers read at
+// different speeds.
+void TruncateWorkload(testing::PgCluster& c, const std::string& db) {
+  for (int round = 0; round < 5; ++round) {
+    c.Exec(db,
+           "INSERT INTO employees(first_name) SELECT 'r' || i FROM generate_series(1, 300) i;"
+           "UPDATE employees SET city = 'before' WHERE emp_id % 2 = 0;");
+    c.Exec(db,
+           "BEGIN; INSERT INTO employees(first_name) VALUES ('in the same transaction');"
+           "TRUNCATE employees; INSERT INTO employees(first_name) VALUES ('after, same tx');"
+           "COMMIT");
+    c.Exec(db,
+           "INSERT INTO employees(first_name) SELECT 'a' || i FROM generate_series(1, 50) i;"
+           "UPDATE employees SET city = 'after' WHERE emp_id % 3 = 0");
+  }
+}
+
+TEST_F(TunnelTest, TruncateInOrderInMemory) {
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--broker", "none"});
+  TruncateWorkload(SourceCluster(), src_);
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+TEST_F(TunnelTest, TruncateInOrderAcrossPartitions) {
+  StartBroker();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto produce = Start({"produce"});
+  auto consumers = std::vector<std::unique_ptr<Subprocess>>();
+  consumers.push_back(Start({"consume"}));
+  consumers.push_back(Start({"consume"}));  // partitions split between two processes
+  TruncateWorkload(SourceCluster(), src_);
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM datatunnel.barriers WHERE done"), 5);
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  for (auto& c : consumers) EXPECT_EQ(c->Stop(), 0) << c->Stderr();
+}
+
 // One clear line on stderr, the right exit code, nothing changed.
 void ExpectOneLineError(const testing::RunResult& r, int code, const std::string& fragment) {
   EXPECT_EQ(r.code, code) << r.out << r.err;
