@@ -293,7 +293,12 @@ say "Running the tunnel in the background (log: .demo/tunnel.log); waiting for t
 start_tunnel
 # The snapshot copies the seeded rows first (changes made meanwhile would be
 # carried correctly too, but are easier to tell apart once it is done).
-dt verify --wait 60 >/dev/null || die "the snapshot did not reach db2 within 60s; see .demo/tunnel.log"
+for ((i = 0; ; i++)); do
+  alive "$tunnel_pid" || die "datatunnel run exited early: $(tail -3 "$demo/tunnel.log")"
+  dt verify >/dev/null 2>&1 && break
+  ((i < 120)) || die "the snapshot did not reach db2 within 60s; see .demo/tunnel.log"
+  sleep 0.5
+done
 dt status
 
 say "Workload on db1: inserts, updates, deletes, a key change, quotes/unicode/NULL"
