@@ -248,7 +248,8 @@ Status Applier::EnsureStaging(uint32_t table) {
   const TableSpec& spec = (*targets_)[table];
   // Created without constraints (CREATE TABLE AS), so a row may omit columns.
   DT_RETURN_IF_ERROR(conn_->Exec(
-      fmt::format("CREATE TEMP TABLE IF NOT EXISTS dt_stage_{0} ON COMMIT DELETE ROWS AS "
+      fmt::format("DROP TABLE IF EXISTS pg_temp.dt_stage_{0}, pg_temp.dt_keys_{0}; "
+                  "CREATE TEMP TABLE IF NOT EXISTS dt_stage_{0} ON COMMIT DELETE ROWS AS "
                   "SELECT * FROM {1} WITH NO DATA; "
                   "CREATE TEMP TABLE IF NOT EXISTS dt_keys_{0} ON COMMIT DELETE ROWS AS "
                   "SELECT {2} FROM {1} WITH NO DATA",

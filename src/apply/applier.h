@@ -83,6 +83,8 @@ class Applier {
 
   // The connection was replaced (after a reconnect): staging tables are gone.
   void Reset(pg::Connection* conn);
+  // Table `table`'s columns changed: its staging tables are rebuilt on next use.
+  void Invalidate(uint32_t table) { staged_[table] = false; }
 
  private:
   Status ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,

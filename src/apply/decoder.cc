@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <limits>
 
 #include "core/codec.h"
@@ -25,7 +26,12 @@ std::string_view Trim(std::string_view s) {
 }  // namespace
 
 EnvelopeDecoder::EnvelopeDecoder(const std::vector<TableSpec>* targets) : targets_(targets) {
-  for (const auto& t : *targets) {
+  Refresh();
+}
+
+void EnvelopeDecoder::Refresh() {
+  columns_.clear();
+  for (const auto& t : *targets_) {
     std::unordered_map<std::string, size_t> m;
     for (size_t i = 0; i < t.columns.size(); ++i) m.emplace(t.columns[i].name, i);
     columns_.push_back(std::move(m));
@@ -49,6 +55,10 @@ Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, Row* row, bool
     const size_t col = it->second;
     od::json_type type;
     if (v.type().get(type)) return Bad(fmt::format("field \"{}\" is malformed", name));
+    if (spec.columns[col].kind == ValueKind::kBytes && type != od::json_type::string &&
+        type != od::json_type::null) {
+      return Bad(fmt::format("field \"{}\" of a bytea column must be a base64 string", name));
+    }
     switch (type) {
       case od::json_type::null:
         row->SetNull(col);
@@ -105,6 +115,7 @@ Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, Row* row, bool
 Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* out) {
   const TableSpec& spec = (*targets_)[table];
   broadcast_partitions_ = 0;
+  schema_columns_.clear();
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
@@ -116,6 +127,7 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
 
   out->table = table;
   out->key_only = false;
+  out->marker = Marker::kNone;
   out->txid = 0;
   out->captured_us = 0;
   bool have_op = false, have_pos = false, have_after = false, have_before = false;
@@ -156,6 +168,35 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
         DT_RETURN_IF_ERROR(DecodeRow(obj, table, &before, &unknown));
         have_before = true;
       }
+    } else if (key == "marker") {
+      std::string_view m;
+      if (v.get_string().get(m)) return Bad("\"marker\" must be a string");
+      if (m == "snapshot_done") {
+        out->marker = Marker::kSnapshotDone;
+      } else if (m == "schema") {
+        out->marker = Marker::kSchema;
+      } else {
+        return Bad(fmt::format("unknown marker \"{}\"", m));
+      }
+    } else if (key == "columns") {
+      od::array arr;
+      if (v.get_array().get(arr)) return Bad("\"columns\" must be an array");
+      for (auto el : arr) {
+        od::object o;
+        if (el.get_object().get(o)) return Bad("\"columns\" must hold objects");
+        Column col;
+        for (auto f : o) {
+          std::string_view fk, fv;
+          if (f.unescaped_key().get(fk) || f.value().get_string().get(fv)) {
+            return Bad("a column needs string \"name\" and \"type\"");
+          }
+          if (fk == "name") col.name = std::string(fv);
+          if (fk == "type") col.type_sql = std::string(fv);
+        }
+        if (col.name.empty() || col.type_sql.empty())
+          return Bad("a column needs \"name\" and \"type\"");
+        schema_columns_.push_back(std::move(col));
+      }
     } else if (key == "partitions") {
       int64_t n = 0;
       if (v.get_int64().get(n) || n < 1) return Bad("\"partitions\" must be a positive integer");
@@ -179,6 +220,7 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
             p[n++] = x;
           }
           if (n != 4) return Bad("\"source.pos\" must hold 4 integers");
+          if (p[3] < 0 || p[3] > INT32_MAX) return Bad("\"source.pos\" has a bad sub-position");
           out->pos = Position{p[0], p[1], p[2], static_cast<int32_t>(p[3])};
           have_pos = true;
         } else if (sk == "ts_ms") {
@@ -213,8 +255,14 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
       out->row = std::move(before);
       out->key_only = true;
       break;
-    case Op::kTruncate:
     case Op::kMarker:
+      if (out->marker == Marker::kNone) return Bad("a marker needs \"marker\"");
+      if (out->marker == Marker::kSchema && schema_columns_.empty()) {
+        return Bad("a schema marker needs \"columns\"");
+      }
+      out->row.ResetAbsent(0);
+      return Status::OK();
+    case Op::kTruncate:
       out->row.ResetAbsent(0);
       return Status::OK();
   }

@@ -34,6 +34,10 @@ class EnvelopeDecoder {
 
   // The "partitions" count carried by a broadcast (t, m) message, or 0.
   int broadcast_partitions() const { return broadcast_partitions_; }
+  // The columns a schema marker carries (name and type_sql).
+  const std::vector<Column>& schema_columns() const { return schema_columns_; }
+  // Rebuilds the column lookup after the target specs changed.
+  void Refresh();
 
  private:
   Status DecodeRow(simdjson::ondemand::object obj, uint32_t table, Row* row, bool* any_unknown);
@@ -44,6 +48,7 @@ class EnvelopeDecoder {
   std::string padded_;
   std::string scratch_;
   int broadcast_partitions_ = 0;
+  std::vector<Column> schema_columns_;
 };
 
 }  // namespace datatunnel::apply

@@ -108,8 +108,31 @@ std::string KeyIndexName(const TableSpec& t) {
 
 }  // namespace
 
+Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableSpec& spec,
+                                            const std::vector<Column>& columns) {
+  std::vector<std::string> added;
+  std::string alter;
+  for (const auto& c : columns) {
+    if (spec.ColumnIndex(c.name) >= 0) continue;
+    alter += fmt::format("{}ADD COLUMN IF NOT EXISTS {} {}", alter.empty() ? "" : ", ",
+                         QuoteIdent(c.name), c.type_sql);
+    added.push_back(c.name);
+  }
+  if (!alter.empty()) {
+    Status st = target.Exec(fmt::format("ALTER TABLE {} {}", spec.target.Quoted(), alter));
+    if (!st.ok()) {
+      return st.WithContext(fmt::format(
+          "adding column(s) to target table {} (if a type is missing on the target, create it "
+          "there first)",
+          spec.target.ToString()));
+    }
+  }
+  return added;
+}
+
 Result<std::vector<std::string>> Install(pg::Connection& target,
-                                         const std::vector<TableSpec>& sources) {
+                                         const std::vector<TableSpec>& sources,
+                                         const std::vector<TypeToCreate>& types) {
   std::vector<std::string> actions;
   DT_RETURN_IF_ERROR(target.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
   auto fail = [&](Status st) {
@@ -121,6 +144,14 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
   if (Status st = target.Exec(TargetStateDdl()); !st.ok()) return fail(st);
   if (had->rows() == 0)
     actions.push_back("created schema datatunnel (apply positions) on the target");
+  for (const auto& t : types) {
+    auto exists = target.Query("SELECT pg_catalog.to_regtype($1) IS NOT NULL", {t.name});
+    if (!exists.ok()) return fail(exists.status());
+    if (exists->GetBool(0, 0)) continue;
+    Status st = target.Exec("CREATE SCHEMA IF NOT EXISTS " + QuoteIdent(t.schema) + "; " + t.ddl);
+    if (!st.ok()) return fail(st.WithContext("creating type " + t.name + " on the target"));
+    actions.push_back("created type " + t.name + " (as on the source)");
+  }
 
   for (const auto& src : sources) {
     const std::string name = src.target.ToString();
@@ -147,6 +178,16 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
                                     src.columns.size()));
       info = pg::LoadTable(target, src.target);
       if (!info.ok()) return fail(info.status());
+    }
+    {
+      TableSpec existing;
+      existing.target = src.target;
+      existing.columns = pg::ToColumns((*info)->columns);
+      auto added = AddColumns(target, existing, src.columns);
+      if (!added.ok()) return fail(added.status());
+      for (const auto& a : *added) {
+        actions.push_back(fmt::format("added column {} to target table {}", a, name));
+      }
     }
     std::vector<std::string> key;
     for (size_t k : src.key) key.push_back(src.columns[k].name);

@@ -33,8 +33,25 @@ std::string TargetStateDdl();
 // Creates the state objects and, for each table, the target table (with the
 // source's column names and types) and a unique index on the key. Idempotent.
 // `sources`: the source-side specs (columns and key from the source catalog).
+// A user-defined type the source's columns use (enum, domain, composite).
+struct TypeToCreate {
+  std::string name;  // "schema"."type"
+  std::string schema;
+  std::string ddl;  // CREATE TYPE / CREATE DOMAIN
+};
+
+// Creates the state objects, the types in `types` the target lacks, and for
+// each table the target table (with the source's column names and types)
+// or the source's columns it lacks, and a unique index on the key.
+// Idempotent.
 Result<std::vector<std::string>> Install(pg::Connection& target,
-                                         const std::vector<TableSpec>& sources);
+                                         const std::vector<TableSpec>& sources,
+                                         const std::vector<TypeToCreate>& types = {});
+
+// Adds to target table `spec` (target side) the columns of `columns` it
+// lacks (ALTER TABLE ... ADD COLUMN IF NOT EXISTS). Returns the names added.
+Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableSpec& spec,
+                                            const std::vector<Column>& columns);
 
 // Builds the target-side spec of each configured table from the target
 // catalog. The key is the configured one, else the target's primary key, else

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "capture/install_sql.h"
 #include "core/change.h"
 
 namespace datatunnel::capture {
@@ -16,30 +17,29 @@ std::string OldKeyColumn(const std::string& key) { return std::string(kOldKeyPre
 
 std::string FunctionName(uint32_t oid) { return fmt::format("capture_{}", oid); }
 
-// "NEW"."a", "NEW"."b", ... for every column.
-std::string RowValues(const TableSpec& spec, const char* record) {
-  std::string out;
-  for (size_t i = 0; i < spec.columns.size(); ++i) {
-    if (i) out += ", ";
-    out += fmt::format("{}.{}", record, QuoteIdent(spec.columns[i].name));
-  }
+std::vector<std::optional<std::string>> Names(const std::vector<Column>& cols) {
+  std::vector<std::optional<std::string>> out;
+  for (const auto& c : cols) out.emplace_back(c.name);
   return out;
 }
 
-std::string ColumnList(const TableSpec& spec) {
-  std::string out;
-  for (size_t i = 0; i < spec.columns.size(); ++i) {
-    if (i) out += ", ";
-    out += QuoteIdent(spec.columns[i].name);
-  }
+std::vector<std::optional<std::string>> Types(const std::vector<Column>& cols) {
+  std::vector<std::optional<std::string>> out;
+  for (const auto& c : cols) out.emplace_back(c.type_sql);
   return out;
 }
 
-std::string OldKeyList(const TableSpec& spec) {
-  std::string out;
-  for (size_t k : spec.key) {
-    out += ", " + QuoteIdent(OldKeyColumn(spec.columns[k].name));
-  }
+// Rows of a text[] column of datatunnel.tables, in order.
+Result<std::vector<std::string>> ArrayColumn(pg::Connection& source, const TableSpec& spec,
+                                             const char* column) {
+  DT_ASSIGN_OR_RETURN(auto r, source.Query(fmt::format("SELECT x FROM datatunnel.tables t, "
+                                                       "unnest(t.{}) WITH ORDINALITY AS u(x, n) "
+                                                       "WHERE schema_name = $1 AND table_name = $2 "
+                                                       "ORDER BY n",
+                                                       column),
+                                           {spec.source.schema, spec.source.name}));
+  std::vector<std::string> out;
+  for (int i = 0; i < r.rows(); ++i) out.emplace_back(r.Get(i, 0));
   return out;
 }
 
@@ -116,265 +116,202 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
   return specs;
 }
 
-std::string StateSchemaDdl() {
-  return R"sql(
-CREATE SCHEMA IF NOT EXISTS datatunnel;
-COMMENT ON SCHEMA datatunnel IS 'datatunnel change-data-capture state; removed by datatunnel uninstall';
-CREATE TABLE IF NOT EXISTS datatunnel.meta (
-  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-  epoch bigint NOT NULL,
-  format_version integer NOT NULL,
-  installed_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO datatunnel.meta (epoch, format_version)
-  VALUES ((extract(epoch FROM clock_timestamp()) * 1000000)::bigint, 1)
-  ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS datatunnel.ticks (
-  tick bigint PRIMARY KEY,
-  snapshot txid_snapshot NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO datatunnel.ticks (tick, snapshot) VALUES (0, pg_catalog.txid_current_snapshot())
-  ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS datatunnel.tables (
-  schema_name text NOT NULL,
-  table_name text NOT NULL,
-  change_table text NOT NULL,
-  capture_function text NOT NULL,
-  key_columns text[] NOT NULL,
-  published_tick bigint NOT NULL,
-  published_seq bigint NOT NULL,
-  published_count bigint NOT NULL DEFAULT 0,
-  published_at timestamptz,
-  snapshot_state text NOT NULL DEFAULT 'none'
-    CHECK (snapshot_state IN ('none', 'requested', 'running', 'done')),
-  snapshot_cursor text[],
-  snapshot_rows bigint NOT NULL DEFAULT 0,
-  snapshot_total bigint NOT NULL DEFAULT 0,
-  snapshot_chunks bigint NOT NULL DEFAULT 0,
-  snapshot_run bigint NOT NULL DEFAULT 0,
-  snapshot_started_at timestamptz,
-  snapshot_done_at timestamptz,
-  installed_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (schema_name, table_name));
-CREATE OR REPLACE FUNCTION datatunnel.notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-  PERFORM pg_catalog.pg_notify('datatunnel', '');
-  RETURN NULL;
-END $fn$;
-)sql";
-}
+std::string StateSchemaDdl() { return kCaptureInstallSql; }
 
-std::string ChangeTableDdl(const TableSpec& spec) {
-  std::string cols;
-  for (size_t k : spec.key) {
-    cols += fmt::format(",\n  {} {}", QuoteIdent(OldKeyColumn(spec.columns[k].name)),
-                        spec.columns[k].type_sql);
-  }
-  for (const auto& c : spec.columns)
-    cols += fmt::format(",\n  {} {}", QuoteIdent(c.name), c.type_sql);
-  // Rows are inserted once and deleted once delivered: vacuum it eagerly so
-  // its size follows the backlog, not the history.
-  return fmt::format(
-      "CREATE TABLE {} (\n"
-      "  change_id bigserial PRIMARY KEY,\n"
-      "  txid bigint NOT NULL,\n"
-      "  action text NOT NULL,\n"
-      "  captured_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(){}\n"
-      ") WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,\n"
-      "        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = "
-      "10000);\n"
-      "COMMENT ON TABLE {} IS {};",
-      spec.change_table.Quoted(), cols, spec.change_table.Quoted(),
-      QuoteLiteral("datatunnel: changes of " + spec.source.ToString() +
-                   " waiting to be published"));
-}
-
-std::string CaptureFunctionDdl(const TableSpec& spec, const std::string& function) {
-  const std::string cdc = spec.change_table.Quoted();
-  const std::string cols = ColumnList(spec);
-  std::string key_changed;
-  std::string old_keys;
-  for (size_t k : spec.key) {
-    const std::string c = QuoteIdent(spec.columns[k].name);
-    if (!key_changed.empty()) key_changed += " OR ";
-    key_changed += fmt::format("NEW.{0} IS DISTINCT FROM OLD.{0}", c);
-    old_keys += ", OLD." + c;
-  }
-  // Fully qualified names throughout: the function is SECURITY DEFINER and
-  // runs with the writer's search_path (a SET clause would cost every write).
-  return fmt::format(
-      R"sql(CREATE OR REPLACE FUNCTION datatunnel.{fn}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO {cdc} (txid, action, {cols})
-      VALUES (pg_catalog.txid_current(), 'INSERT', {new});
-  ELSIF TG_OP = 'UPDATE' THEN
-    IF {key_changed} THEN
-      INSERT INTO {cdc} (txid, action{old_key_cols}, {cols})
-        VALUES (pg_catalog.txid_current(), 'UPDATE'{old_keys}, {new});
-    ELSE
-      INSERT INTO {cdc} (txid, action, {cols})
-        VALUES (pg_catalog.txid_current(), 'UPDATE', {new});
-    END IF;
-  ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO {cdc} (txid, action, {cols})
-      VALUES (pg_catalog.txid_current(), 'DELETE', {old});
-  ELSE
-    INSERT INTO {cdc} (txid, action) VALUES (pg_catalog.txid_current(), 'TRUNCATE');
-  END IF;
-  RETURN NULL;
-END $fn$)sql",
-      fmt::arg("fn", QuoteIdent(function)), fmt::arg("cdc", cdc), fmt::arg("cols", cols),
-      fmt::arg("new", RowValues(spec, "NEW")), fmt::arg("old", RowValues(spec, "OLD")),
-      fmt::arg("key_changed", key_changed), fmt::arg("old_key_cols", OldKeyList(spec)),
-      fmt::arg("old_keys", old_keys));
-}
-
-Result<std::vector<std::string>> Install(pg::Connection& source,
-                                         const std::vector<TableSpec>& tables) {
-  std::vector<std::string> actions;
+Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpec>& tables) {
+  InstallReport report;
   DT_RETURN_IF_ERROR(source.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
   auto fail = [&](Status st) {
     source.RollbackQuietly();
     return st;
   };
-  DT_ASSIGN_OR_RETURN(auto had_schema,
-                      source.Query("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = "
-                                   "'datatunnel'"));
-  if (Status st = source.Exec(StateSchemaDdl()); !st.ok()) return fail(st);
-  if (had_schema.rows() == 0) actions.push_back("created schema datatunnel (state tables)");
+  auto had_schema =
+      source.Query("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'datatunnel'");
+  if (!had_schema.ok()) return fail(had_schema.status());
+  if (Status st = source.Exec(kCaptureInstallSql); !st.ok()) return fail(st);
+  if (had_schema->rows() == 0) report.actions.push_back("created schema datatunnel (state tables)");
 
-  for (const auto& spec : tables) {
+  // The event trigger needs a superuser (or rds_superuser); without it the
+  // tunnel still works, but a schema change needs `datatunnel init`.
+  auto has_et =
+      source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'datatunnel_ddl'");
+  if (!has_et.ok()) return fail(has_et.status());
+  if (has_et->rows() == 0) {
+    if (Status st = source.Exec("SAVEPOINT event_trigger"); !st.ok()) return fail(st);
+    Status st = source.Exec(
+        "CREATE EVENT TRIGGER datatunnel_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
+        "EXECUTE FUNCTION datatunnel.on_ddl()");
+    if (st.ok()) {
+      report.actions.push_back(
+          "created event trigger datatunnel_ddl (keeps capture in step with ALTER TABLE)");
+    } else {
+      if (Status rb = source.Exec("ROLLBACK TO SAVEPOINT event_trigger"); !rb.ok()) return fail(rb);
+      report.warnings.push_back(
+          "could not create the event trigger datatunnel_ddl (it needs a superuser): after every "
+          "ALTER TABLE of a captured table, run `datatunnel init`; until then a dropped column "
+          "makes "
+          "writes to that table fail");
+    }
+  }
+
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const TableSpec& spec = tables[t];
     const std::string name = spec.source.ToString();
     auto info = pg::LoadTable(source, spec.source);
     if (!info.ok()) return fail(info.status());
     if (!*info) return fail(Status::Fatal("source table " + name + " disappeared during init"));
     const std::string function = FunctionName((*info)->oid);
+    std::vector<std::optional<std::string>> key;
+    for (size_t k : spec.key) key.emplace_back(spec.columns[k].name);
+    const std::string key_array = pg::TextArrayLiteral(key);
 
-    auto cdc = pg::LoadTable(source, spec.change_table);
-    if (!cdc.ok()) return fail(cdc.status());
-    if (!*cdc) {
-      if (Status st = source.Exec(ChangeTableDdl(spec)); !st.ok()) return fail(st);
-      actions.push_back("created change table " + spec.change_table.ToString());
-    } else {
-      // Bring an existing change table up to date with the source: add what
-      // is new; a retyped column is an error (its captured values would not fit).
-      for (const auto& c : spec.columns) {
-        auto it = std::find_if((*cdc)->columns.begin(), (*cdc)->columns.end(),
-                               [&](const pg::CatalogColumn& x) { return x.name == c.name; });
-        if (it == (*cdc)->columns.end()) {
-          Status st =
-              source.Exec(fmt::format("ALTER TABLE {} ADD COLUMN {} {}", spec.change_table.Quoted(),
-                                      QuoteIdent(c.name), c.type_sql));
-          if (!st.ok()) return fail(st);
-          actions.push_back(
-              fmt::format("added column {} to {}", c.name, spec.change_table.ToString()));
-        } else if (it->type_sql != c.type_sql) {
-          return fail(Status::Fatal(fmt::format(
-              "column {} of {} changed type from {} to {}; changes already captured with the old "
-              "type are waiting in {}: let the tunnel drain them, then run `datatunnel uninstall` "
-              "and `datatunnel init` for this table and snapshot it again",
-              c.name, name, it->type_sql, c.type_sql, spec.change_table.ToString())));
-        }
-      }
-      for (size_t k : spec.key) {
-        const auto& c = spec.columns[k];
-        std::string old = OldKeyColumn(c.name);
-        bool has = std::any_of((*cdc)->columns.begin(), (*cdc)->columns.end(),
-                               [&](const pg::CatalogColumn& x) { return x.name == old; });
-        if (!has) {
-          Status st =
-              source.Exec(fmt::format("ALTER TABLE {} ADD COLUMN {} {}", spec.change_table.Quoted(),
-                                      QuoteIdent(old), c.type_sql));
-          if (!st.ok()) return fail(st);
-          actions.push_back(
-              fmt::format("added column {} to {}", old, spec.change_table.ToString()));
-        }
-      }
-    }
+    auto before = source.Query(
+        "SELECT published_count FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
+        {spec.source.schema, spec.source.name});
+    if (!before.ok()) return fail(before.status());
+    const bool existed = before->rows() == 1;
 
-    // Replace the function only when its body differs, so a second init
-    // reports (and does) nothing.
-    std::string ddl = CaptureFunctionDdl(spec, function);
-    auto body = source.Query(
-        "SELECT p.prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
-        "ON n.oid = p.pronamespace WHERE n.nspname = 'datatunnel' AND p.proname = $1",
-        {function});
-    if (!body.ok()) return fail(body.status());
-    auto begin = ddl.find("$fn$") + 4;
-    auto end = ddl.rfind("$fn$");
-    std::string wanted = ddl.substr(begin, end - begin);
-    if (body->rows() == 0 || body->Get(0, 0) != wanted) {
-      if (Status st = source.Exec(ddl); !st.ok()) return fail(st);
-      if (Status st = source.Exec(
-              fmt::format("COMMENT ON FUNCTION datatunnel.{}() IS {}", QuoteIdent(function),
-                          QuoteLiteral("datatunnel: captures changes of " + name + " into " +
-                                       spec.change_table.ToString())));
-          !st.ok()) {
-        return fail(st);
-      }
-      actions.push_back(fmt::format("{} trigger function datatunnel.{}() for {}",
-                                    body->rows() ? "updated" : "created", function, name));
+    auto done = source.Query("SELECT unnest(datatunnel.install_capture($1::regclass, $2::text[]))",
+                             {spec.source.Quoted(), key_array});
+    if (!done.ok()) return fail(done.status().WithContext("setting up capture of " + name));
+    bool added_columns = false;
+    for (int i = 0; i < done->rows(); ++i) {
+      std::string a(done->Get(i, 0));
+      if (a.rfind("added column ", 0) == 0 && a.rfind("added column old_", 0) != 0)
+        added_columns = true;
+      report.actions.push_back(std::move(a));
     }
-
-    auto triggers = source.Query(
-        "SELECT tgname FROM pg_catalog.pg_trigger WHERE tgrelid = $1::oid AND NOT tgisinternal",
-        {std::to_string((*info)->oid)});
-    if (!triggers.ok()) return fail(triggers.status());
-    std::set<std::string> existing;
-    for (int r = 0; r < triggers->rows(); ++r) existing.emplace(triggers->Get(r, 0));
-    struct Trig {
-      const char* name;
-      std::string ddl;
-    };
-    const std::string t = spec.source.Quoted();
-    const Trig wanted_triggers[] = {
-        {"datatunnel_capture",
-         fmt::format("CREATE TRIGGER datatunnel_capture AFTER INSERT OR UPDATE OR DELETE ON {} "
-                     "FOR EACH ROW EXECUTE FUNCTION datatunnel.{}()",
-                     t, QuoteIdent(function))},
-        {"datatunnel_truncate",
-         fmt::format("CREATE TRIGGER datatunnel_truncate AFTER TRUNCATE ON {} "
-                     "FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.{}()",
-                     t, QuoteIdent(function))},
-        {"datatunnel_notify",
-         fmt::format("CREATE TRIGGER datatunnel_notify AFTER INSERT OR UPDATE OR DELETE OR "
-                     "TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.notify()",
-                     t)},
-    };
-    for (const auto& trig : wanted_triggers) {
-      if (existing.count(trig.name)) continue;
-      if (Status st = source.Exec(trig.ddl); !st.ok()) return fail(st);
-      actions.push_back(fmt::format("created trigger {} on {}", trig.name, name));
-    }
+    if (existed && added_columns) report.needs_snapshot.push_back(t);
 
     // Register the table. A new table's progress starts at the newest tick,
     // complete: every change its trigger records is in a later batch, because
     // no transaction visible in that tick's snapshot could see the trigger.
-    std::vector<std::optional<std::string>> key_names;
-    for (size_t k : spec.key) key_names.emplace_back(spec.columns[k].name);
-    const std::string key_array = pg::TextArrayLiteral(key_names);
     auto reg = source.Query(
         "INSERT INTO datatunnel.tables (schema_name, table_name, change_table, capture_function, "
-        "  key_columns, published_tick, published_seq) "
-        "SELECT $1, $2, $3, $4, $5::text[], max(tick), $6 FROM datatunnel.ticks "
+        "  key_columns, column_names, column_types, published_tick, published_seq) "
+        "SELECT $1, $2, $3, $4, $5::text[], $7::text[], $8::text[], max(tick), $6 "
+        "FROM datatunnel.ticks "
         "ON CONFLICT (schema_name, table_name) DO UPDATE SET change_table = EXCLUDED.change_table, "
-        "  capture_function = EXCLUDED.capture_function, key_columns = EXCLUDED.key_columns "
+        "  capture_function = EXCLUDED.capture_function, key_columns = EXCLUDED.key_columns, "
+        "  column_names = EXCLUDED.column_names, column_types = EXCLUDED.column_types "
         "  WHERE (datatunnel.tables.change_table, datatunnel.tables.capture_function, "
-        "         datatunnel.tables.key_columns) IS DISTINCT FROM "
-        "        (EXCLUDED.change_table, EXCLUDED.capture_function, EXCLUDED.key_columns) "
+        "         datatunnel.tables.key_columns, datatunnel.tables.column_names, "
+        "         datatunnel.tables.column_types) IS DISTINCT FROM "
+        "        (EXCLUDED.change_table, EXCLUDED.capture_function, EXCLUDED.key_columns, "
+        "         EXCLUDED.column_names, EXCLUDED.column_types) "
         "RETURNING (xmax = 0)",
         {spec.source.schema, spec.source.name, spec.change_table.name, function, key_array,
-         std::to_string(Position::kEndOfTick)});
+         std::to_string(Position::kEndOfTick), pg::TextArrayLiteral(Names(spec.columns)),
+         pg::TextArrayLiteral(Types(spec.columns))});
     if (!reg.ok()) return fail(reg.status());
     if (reg->rows() == 1 && reg->GetBool(0, 0)) {
-      actions.push_back("registered " + name + " for capture");
+      report.actions.push_back("registered " + name + " for capture");
     } else if (reg->rows() == 1) {
-      actions.push_back("updated the registration of " + name);
+      report.actions.push_back("accepted the current columns and key of " + name);
     }
   }
   if (Status st = source.Commit(); !st.ok()) return st;
-  return actions;
+  return report;
+}
+
+std::string SchemaDrift::Describe() const {
+  std::string out;
+  for (const auto& c : added)
+    out += fmt::format("{}column {} ({}) was added", out.empty() ? "" : "; ", c.name, c.type_sql);
+  for (const auto& d : dropped)
+    out += fmt::format("{}column {} was dropped", out.empty() ? "" : "; ", d);
+  for (const auto& r : retyped)
+    out += fmt::format("{}column {} changed type", out.empty() ? "" : "; ", r);
+  return out;
+}
+
+Result<SchemaDrift> CheckSchema(pg::Connection& source, const TableSpec& spec) {
+  DT_ASSIGN_OR_RETURN(auto names, ArrayColumn(source, spec, "column_names"));
+  DT_ASSIGN_OR_RETURN(auto types, ArrayColumn(source, spec, "column_types"));
+  SchemaDrift drift;
+  if (names.empty()) return drift;  // nothing accepted yet
+  for (const auto& c : spec.columns) {
+    auto it = std::find(names.begin(), names.end(), c.name);
+    if (it == names.end()) {
+      drift.added.push_back(c);
+    } else if (types[static_cast<size_t>(it - names.begin())] != c.type_sql) {
+      drift.retyped.push_back(fmt::format(
+          "{}: {} -> {}", c.name, types[static_cast<size_t>(it - names.begin())], c.type_sql));
+    }
+  }
+  for (const auto& n : names) {
+    if (spec.ColumnIndex(n) < 0) drift.dropped.push_back(n);
+  }
+  return drift;
+}
+
+Status AcceptSchema(pg::Connection& source, const TableSpec& spec) {
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      source.Query("UPDATE datatunnel.tables SET column_names = $3::text[], "
+                   "column_types = $4::text[] WHERE schema_name = $1 AND "
+                   "table_name = $2",
+                   {spec.source.schema, spec.source.name, pg::TextArrayLiteral(Names(spec.columns)),
+                    pg::TextArrayLiteral(Types(spec.columns))}));
+  (void)r;
+  return Status::OK();
+}
+
+Result<std::vector<TypeDdl>> UserTypes(pg::Connection& source,
+                                       const std::vector<TableSpec>& tables) {
+  // The user-defined types of the columns (through arrays and domains),
+  // deepest dependency first.
+  std::string oids;
+  for (const auto& t : tables) {
+    for (const auto& c : t.columns) oids += (oids.empty() ? "" : ",") + std::to_string(c.type_oid);
+  }
+  if (oids.empty()) return std::vector<TypeDdl>();
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      source.Query(
+          "WITH RECURSIVE deps(oid, depth) AS ("
+          "  SELECT unnest($1::oid[]), 0"
+          "  UNION"
+          "  SELECT d.dep, deps.depth + 1 FROM deps JOIN pg_catalog.pg_type t ON t.oid = deps.oid,"
+          "  LATERAL (SELECT t.typelem AS dep WHERE t.typelem <> 0"
+          "           UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd'"
+          "           UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a"
+          "             WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0"
+          "               AND NOT a.attisdropped) d"
+          "  WHERE deps.depth < 10) "
+          "SELECT n.nspname, t.typname, t.typtype, "
+          "  CASE t.typtype "
+          "  WHEN 'e' THEN format('CREATE TYPE %I.%I AS ENUM (%s)', n.nspname, t.typname, "
+          "    (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) "
+          "     FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid)) "
+          "  WHEN 'd' THEN format('CREATE DOMAIN %I.%I AS %s%s%s', n.nspname, t.typname, "
+          "    format_type(t.typbasetype, t.typtypmod), CASE WHEN t.typnotnull THEN ' NOT NULL' "
+          "    ELSE '' END, COALESCE((SELECT string_agg(' CONSTRAINT ' || quote_ident(c.conname) "
+          "    || ' ' || pg_get_constraintdef(c.oid), '') FROM pg_catalog.pg_constraint c "
+          "    WHERE c.contypid = t.oid), '')) "
+          "  ELSE format('CREATE TYPE %I.%I AS (%s)', n.nspname, t.typname, "
+          "    (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, "
+          "a.atttypmod)), "
+          "     ', ' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = "
+          "t.typrelid "
+          "     AND a.attnum > 0 AND NOT a.attisdropped)) END "
+          "FROM (SELECT oid, max(depth) AS depth FROM deps GROUP BY oid) x "
+          "JOIN pg_catalog.pg_type t ON t.oid = x.oid "
+          "JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+          "WHERE t.typtype IN ('e', 'd', 'c') AND n.nspname NOT IN ('pg_catalog', "
+          "'information_schema') AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_catalog.pg_class "
+          "WHERE oid = t.typrelid) = 'c') "
+          "ORDER BY x.depth DESC, t.oid",
+          {"{" + oids + "}"}));
+  std::vector<TypeDdl> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    TypeDdl d;
+    d.schema = std::string(r.Get(i, 0));
+    d.name = QuoteIdent(d.schema) + "." + QuoteIdent(std::string(r.Get(i, 1)));
+    d.ddl = std::string(r.Get(i, 3));
+    out.push_back(std::move(d));
+  }
+  return out;
 }
 
 Result<std::vector<std::string>> Uninstall(pg::Connection& source,

@@ -11,12 +11,13 @@
 //   datatunnel_truncate         AFTER TRUNCATE FOR EACH STATEMENT.
 //   datatunnel_notify           AFTER ... FOR EACH STATEMENT: one NOTIFY per
 //                               statement wakes the producer.
-// and, once per database, the schema `datatunnel` with the state tables
-// (meta, ticks, tables); see docs/architecture.md.
+// and, once per database, the schema `datatunnel` with the state tables and
+// the event trigger datatunnel_ddl, which keeps the capture of a table up to
+// date within the ALTER TABLE that changes it. The SQL is src/capture/install.sql.
 //
 // Install() is idempotent and runs in one transaction: a second run changes
-// nothing, and a run after a source schema change brings the change table and
-// trigger up to date (adding columns; never dropping captured data).
+// nothing. It also records the columns the tunnel accepts for each table;
+// the producer compares them with the live catalog to notice schema changes.
 #pragma once
 
 #include <string>
@@ -43,14 +44,43 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
                                                     const std::vector<TableConfig>& tables,
                                                     std::vector<std::string>* warnings);
 
-// DDL, exposed for tests and for `init --print-sql`.
-std::string ChangeTableDdl(const TableSpec& spec);
-std::string CaptureFunctionDdl(const TableSpec& spec, const std::string& function);
+// The SQL that creates the state schema and the capture functions.
 std::string StateSchemaDdl();
 
-// Installs or updates everything; returns one line per action taken.
-Result<std::vector<std::string>> Install(pg::Connection& source,
-                                         const std::vector<TableSpec>& tables);
+struct InstallReport {
+  std::vector<std::string> actions;   // one line per action taken
+  std::vector<std::string> warnings;  // e.g. no event trigger (needs a superuser)
+  // Tables whose change table gained columns after the table did: rows
+  // changed in between lack those values, so their snapshot must be redone.
+  std::vector<size_t> needs_snapshot;
+};
+
+// Installs or updates everything and accepts each table's current columns.
+Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpec>& tables);
+
+// How a table's live columns differ from the columns the tunnel accepted.
+struct SchemaDrift {
+  std::vector<Column> added;
+  std::vector<std::string> dropped;
+  std::vector<std::string> retyped;  // "name: old type -> new type"
+  bool empty() const { return added.empty() && dropped.empty() && retyped.empty(); }
+  std::string Describe() const;
+};
+// `spec` holds the live columns (DescribeSourceTables).
+Result<SchemaDrift> CheckSchema(pg::Connection& source, const TableSpec& spec);
+// Records `spec`'s columns as accepted.
+Status AcceptSchema(pg::Connection& source, const TableSpec& spec);
+
+// CREATE TYPE / CREATE DOMAIN statements for the user-defined types (enums,
+// domains, composites, and arrays of them) the tables' columns use, so the
+// target can be given the same types. In dependency order.
+struct TypeDdl {
+  std::string name;  // "schema"."type"
+  std::string schema;
+  std::string ddl;
+};
+Result<std::vector<TypeDdl>> UserTypes(pg::Connection& source,
+                                       const std::vector<TableSpec>& tables);
 
 // Removes triggers, functions, change tables and the state schema for
 // `tables` (the state schema only once no captured table is left).

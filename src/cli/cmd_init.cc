@@ -8,6 +8,7 @@
 #include "capture/install.h"
 #include "cli/common.h"
 #include "pg/catalog.h"
+#include "snapshot/chunker.h"
 
 namespace datatunnel::cli {
 namespace {
@@ -34,19 +35,34 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (o.print_sql) {
     fmt::print("-- source ({})\n{}\n", (*source)->description(), capture::StateSchemaDdl());
     for (const auto& s : *specs) {
-      fmt::print("{}\n{};\n", capture::ChangeTableDdl(s),
-                 capture::CaptureFunctionDdl(s, "capture_<oid>"));
+      std::string key;
+      for (size_t k : s.key) key += (key.empty() ? "" : ",") + s.columns[k].name;
+      fmt::print("SELECT datatunnel.install_capture('{}', '{{{}}}');\n", s.source.Quoted(), key);
     }
     fmt::print("-- target ({})\n{}\n", (*target)->description(), apply::TargetStateDdl());
     return kExitOk;
   }
-  auto src_actions = capture::Install(**source, *specs);
-  if (!src_actions.ok()) return Fail(src_actions.status().WithContext("init on the source"));
-  auto tgt_actions = apply::Install(**target, *specs);
+  auto types = capture::UserTypes(**source, *specs);
+  if (!types.ok()) return Fail(types.status().WithContext("reading the source's types"));
+  std::vector<apply::TypeToCreate> create;
+  for (const auto& t : *types) create.push_back({t.name, t.schema, t.ddl});
+  auto src_report = capture::Install(**source, *specs);
+  if (!src_report.ok()) return Fail(src_report.status().WithContext("init on the source"));
+  auto tgt_actions = apply::Install(**target, *specs, create);
   if (!tgt_actions.ok()) return Fail(tgt_actions.status().WithContext("init on the target"));
-  for (const auto& a : *src_actions) fmt::print("source: {}\n", a);
+  for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
   for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
-  if (src_actions->empty() && tgt_actions->empty()) {
+  for (const auto& w : src_report->warnings) fmt::print(stderr, "datatunnel: warning: {}\n", w);
+  // Columns captured only now: rows changed since they were added lack
+  // their values, so copy those tables again (consistently with the stream).
+  for (size_t t : src_report->needs_snapshot) {
+    const TableSpec& spec = (*specs)[t];
+    if (Status st = snapshot::Request(**source, spec, /*restart=*/true); !st.ok()) return Fail(st);
+    fmt::print("source: requested a snapshot of {} to fill its new columns on the target\n",
+               spec.source.ToString());
+  }
+  const auto& src_actions = src_report->actions;
+  if (src_actions.empty() && tgt_actions->empty()) {
     fmt::print("nothing to do: capture and target are up to date for {} table(s)\n", specs->size());
   }
   if (!o.runtime_role.empty()) {
@@ -60,7 +76,7 @@ int RunInit(const Globals& g, const InitOptions& o) {
          apply::RuntimeGrants(*specs, o.runtime_role, std::string(db->Get(0, 0)))) {
       fmt::print("{}\n", line);
     }
-  } else if (!src_actions->empty()) {
+  } else if (!src_actions.empty()) {
     fmt::print(
         "(run `datatunnel init --runtime-role NAME` to print the GRANTs for a "
         "low-privilege role to run the tunnel)\n");

@@ -23,7 +23,14 @@ enum class Op : char {
   kDelete = 'd',
   kRead = 'r',      // a snapshot row
   kTruncate = 't',  // the whole table was emptied
-  kMarker = 'm',    // control: end of a snapshot (see docs/architecture.md)
+  kMarker = 'm',    // control, see Marker
+};
+
+// What an Op::kMarker says.
+enum class Marker : uint8_t {
+  kNone,
+  kSnapshotDone,  // every row of a snapshot precedes this, on every partition
+  kSchema,        // the source table's columns (sent when a producer starts)
 };
 
 // Where a change stands in the source's commit order. Positions are totally
@@ -83,8 +90,9 @@ class Row {
 
 struct Change {
   Op op = Op::kInsert;
-  uint32_t table = 0;     // index into the tunnel's table list
-  bool key_only = false;  // `row` holds only the key columns (others NULL)
+  uint32_t table = 0;             // index into the tunnel's table list
+  bool key_only = false;          // `row` holds only the key columns (others NULL)
+  Marker marker = Marker::kNone;  // for Op::kMarker
   Position pos;
   int64_t txid = 0;         // the writing transaction (0 for snapshot rows)
   int64_t captured_us = 0;  // when the trigger (or snapshot read) ran, source clock

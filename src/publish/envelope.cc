@@ -133,7 +133,20 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
   w.String(&op, 1);
   if (c.op == Op::kMarker) {
     w.Key("marker");
-    w.String("snapshot_done");
+    w.String(c.marker == Marker::kSchema ? "schema" : "snapshot_done");
+    if (c.marker == Marker::kSchema) {
+      w.Key("columns");
+      w.StartArray();
+      for (const auto& col : spec.columns) {
+        w.StartObject();
+        w.Key("name");
+        WriteString(w, col.name);
+        w.Key("type");
+        WriteString(w, col.type_sql);
+        w.EndObject();
+      }
+      w.EndArray();
+    }
   }
   if (partitions > 0) {
     w.Key("partitions");
@@ -155,7 +168,8 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
   WriteString(w, spec.source.schema);
   w.Key("table");
   WriteString(w, spec.source.name);
-  const bool snapshot = c.op == Op::kRead || c.op == Op::kMarker;
+  const bool snapshot =
+      c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
   w.Key("txId");
   if (snapshot) {
     w.Null();

@@ -9,6 +9,9 @@
 //                      "pos": [epoch, tick, seq, sub]}}
 //
 // Truncates and markers go to every partition and carry "partitions": N.
+// "op":"m" with "marker":"schema" carries the source table's columns as
+// "columns": [{"name": ..., "type": ...}] (sent when a producer starts, so
+// consumers can add new columns to the target before rows use them).
 // "pos" is the change's Position (core/change.h); consumers use it to drop
 // duplicates. A delete carries the old row in "before" (only the key when it
 // is the delete half of a key change). "op":"m" with "marker":"snapshot_done"

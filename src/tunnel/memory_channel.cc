@@ -6,32 +6,34 @@
 
 namespace datatunnel::tunnel {
 
-bool MemoryChannel::TryPush(const Change& c, uint64_t token) {
+bool MemoryChannel::TryPush(const Change& c, uint64_t token, const SourceSpecs& specs) {
   std::lock_guard<std::mutex> lock(mu_);
   const size_t size = c.row.ByteSize() + sizeof(Change);
   // Always accept one change into an empty queue, however large.
   if (!queue_.empty() && (queue_.size() >= max_changes_ || bytes_ + size > max_bytes_)) {
     return false;
   }
-  queue_.emplace_back(c, token);
+  queue_.push_back(Entry{c, token, specs});
   bytes_ += size;
   changes_cv_.notify_one();
   return true;
 }
 
 void MemoryChannel::Pop(size_t max, int timeout_ms, std::vector<Change>* out,
-                        std::vector<uint64_t>* tokens, size_t max_bytes) {
+                        std::vector<uint64_t>* tokens, std::vector<SourceSpecs>* specs,
+                        size_t max_bytes) {
   std::unique_lock<std::mutex> lock(mu_);
   changes_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
                        [&] { return !queue_.empty() || closed_; });
   size_t n = 0, taken = 0;
   while (!queue_.empty() && n < max && (n == 0 || taken < max_bytes)) {
-    auto& [c, token] = queue_.front();
-    const size_t size = c.row.ByteSize() + sizeof(Change);
+    Entry& e = queue_.front();
+    const size_t size = e.change.row.ByteSize() + sizeof(Change);
     bytes_ -= size;
     taken += size;
-    out->push_back(std::move(c));
-    tokens->push_back(token);
+    out->push_back(std::move(e.change));
+    tokens->push_back(e.token);
+    specs->push_back(std::move(e.specs));
     queue_.pop_front();
     ++n;
   }
@@ -78,7 +80,9 @@ size_t MemoryChannel::queued() const {
 
 Status MemorySink::Send(const Change& change, int32_t partition, uint64_t token) {
   (void)partition;
-  if (!channel_->TryPush(change, token)) return Status::Retryable("in-memory hand-over full");
+  if (!channel_->TryPush(change, token, specs_)) {
+    return Status::Retryable("in-memory hand-over full");
+  }
   ++outstanding_;
   return Status::OK();
 }

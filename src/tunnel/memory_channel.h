@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -20,17 +21,20 @@
 
 namespace datatunnel::tunnel {
 
+// The source-side specs a change was read with (its row follows their columns).
+using SourceSpecs = std::shared_ptr<const std::vector<TableSpec>>;
+
 class MemoryChannel {
  public:
   MemoryChannel(size_t max_changes, size_t max_bytes)
       : max_changes_(max_changes), max_bytes_(max_bytes) {}
 
   // Source side: false when the queue is full.
-  bool TryPush(const Change& c, uint64_t token);
+  bool TryPush(const Change& c, uint64_t token, const SourceSpecs& specs);
   // Target side: waits up to timeout_ms for changes, then takes up to `max`
   // of them, or about `max_bytes` (at least one).
   void Pop(size_t max, int timeout_ms, std::vector<Change>* out, std::vector<uint64_t>* tokens,
-           size_t max_bytes = 16 << 20);
+           std::vector<SourceSpecs>* specs, size_t max_bytes = 16 << 20);
   // Target side: these changes are committed on the target.
   void Ack(const std::vector<uint64_t>& tokens);
   // Source side: waits up to timeout_ms for acknowledgements, then takes them.
@@ -45,7 +49,12 @@ class MemoryChannel {
   mutable std::mutex mu_;
   std::condition_variable changes_cv_;
   std::condition_variable acks_cv_;
-  std::deque<std::pair<Change, uint64_t>> queue_;
+  struct Entry {
+    Change change;
+    uint64_t token;
+    SourceSpecs specs;
+  };
+  std::deque<Entry> queue_;
   std::vector<uint64_t> acks_;
   size_t bytes_ = 0;
   size_t max_changes_;
@@ -61,6 +70,9 @@ class MemorySink : public ChangeSink {
   void Poll(int timeout_ms) override;
   int Flush(int timeout_ms) override;
   Result<int> PartitionCount(uint32_t) override { return 1; }
+  void SetTables(const std::vector<TableSpec>* tables) override {
+    specs_ = std::make_shared<const std::vector<TableSpec>>(*tables);
+  }
   Status Health() const override { return Status::OK(); }
 
  private:
@@ -68,6 +80,7 @@ class MemorySink : public ChangeSink {
   DeliveryFn on_delivery_;
   std::vector<uint64_t> acks_;
   int64_t outstanding_ = 0;
+  SourceSpecs specs_;
 };
 
 }  // namespace datatunnel::tunnel

@@ -7,6 +7,7 @@
 
 #include "capture/install.h"
 #include "core/clock.h"
+#include "pg/catalog.h"
 
 namespace datatunnel::tunnel {
 
@@ -71,6 +72,7 @@ struct SourceWorker::Session {
   int64_t last_record_us = 0;
   int64_t last_tick_us = 0;
   int64_t last_snapshot_check_us = 0;
+  int64_t last_schema_check_us = 0;
   bool notified = true;
   bool last_had_changes = true;
 };
@@ -139,6 +141,7 @@ Status SourceWorker::RunSession(bool first) {
   if (announced) spdlog::info("producer: took over publishing");
   // Only the lock holder's view of progress is current: read it now.
   DT_ASSIGN_OR_RETURN(s.progress, s.log->LoadProgress());
+  DT_RETURN_IF_ERROR(HandleSchemaChanges(s));
   DT_RETURN_IF_ERROR(s.conn->Listen(capture::kNotifyChannel));
 
   tracker_.Reset();
@@ -171,6 +174,19 @@ Status SourceWorker::RunSession(bool first) {
         first_batch - 1, s.conn->description()));
   }
   s.ticks.assign(ticks.begin(), ticks.end());
+  // Tell consumers the columns before any row that uses them.
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    Change schema;
+    schema.op = Op::kMarker;
+    schema.marker = Marker::kSchema;
+    schema.table = static_cast<uint32_t>(t);
+    schema.pos = Position{s.epoch, first_batch, 0, 0};
+    schema.captured_us = NowMicros();
+    DT_ASSIGN_OR_RETURN(int n, sink_->PartitionCount(static_cast<uint32_t>(t)));
+    for (int p = 0; p < n; ++p)
+      DT_RETURN_IF_ERROR(SendChange(s, schema, n == 1 ? -1 : p, Kind::kPart));
+  }
+  s.last_schema_check_us = MonotonicMicros();
   spdlog::info("producer: publishing {} table(s) from the {}, resuming at tick {}", s.specs.size(),
                s.conn->description(), first_batch);
 
@@ -197,6 +213,7 @@ Status SourceWorker::RunSession(bool first) {
     }
     const int64_t now = MonotonicMicros();
     if (now - s.last_snapshot_check_us > 1'000'000) DT_RETURN_IF_ERROR(CheckSnapshotRequests(s));
+    if (now - s.last_schema_check_us > 2'000'000) DT_RETURN_IF_ERROR(CheckSchemaUnchanged(s));
     const bool snapshot_reading =
         std::any_of(s.snaps.begin(), s.snaps.end(),
                     [](const Session::Snap& sn) { return sn.active && !sn.all_read; });
@@ -228,6 +245,70 @@ Status SourceWorker::RunSession(bool first) {
         "producer: stopped with {} change(s) not confirmed by the broker; they will be "
         "published again on restart",
         tracker_.in_flight());
+  }
+  return Status::OK();
+}
+
+Status SourceWorker::HandleSchemaChanges(Session& s) {
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    const TableSpec& spec = s.specs[t];
+    DT_ASSIGN_OR_RETURN(auto drift, capture::CheckSchema(*s.conn, spec));
+    if (drift.empty()) continue;
+    const std::string name = spec.source.ToString();
+    if (!drift.dropped.empty() || !drift.retyped.empty()) {
+      return Status::Fatal(fmt::format(
+          "the schema of source table {} changed ({}). Changes from now on carry no value for a "
+          "dropped column and the new type for a retyped one, while target table {} still has "
+          "the old column: decide what the target should have (drop or alter the column there, "
+          "or keep it), then run `datatunnel init` to accept the change and start again",
+          name, drift.Describe(), spec.target.ToString()));
+    }
+    if (options_.tables[t].schema_changes == SchemaChangePolicy::kStop) {
+      return Status::Fatal(fmt::format(
+          "the schema of source table {} changed ({}) and schema_changes is \"stop\": run "
+          "`datatunnel init` to capture the new column(s) and add them to target table {}, then "
+          "start again; or set schema_changes = \"evolve\" for this table to do it on the fly",
+          name, drift.Describe(), spec.target.ToString()));
+    }
+    // Evolve: capture the new columns (the event trigger usually already
+    // did, within the ALTER TABLE) and accept them. Consumers add them to
+    // the target when they see this session's schema marker.
+    auto report = capture::Install(*s.conn, {spec});
+    if (!report.ok()) return report.status().WithContext("capturing the new column(s) of " + name);
+    if (!report->needs_snapshot.empty()) {
+      // Rows changed between the ALTER TABLE and now lack the new values.
+      DT_RETURN_IF_ERROR(snapshot::Request(*s.conn, spec, /*restart=*/true));
+      spdlog::warn(
+          "schema of {}: {}; captured it late, so copying the table again to fill the "
+          "new column(s) on the target",
+          name, drift.Describe());
+    } else {
+      spdlog::info("schema of {}: {}; the target will get the new column(s)", name,
+                   drift.Describe());
+    }
+  }
+  return Status::OK();
+}
+
+Status SourceWorker::CheckSchemaUnchanged(Session& s) {
+  s.last_schema_check_us = MonotonicMicros();
+  for (const auto& spec : s.specs) {
+    DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(*s.conn, spec.source));
+    if (!info) {
+      return Status::Fatal(
+          fmt::format("source table {} was dropped; the tunnel stops. Its "
+                      "unpublished changes stay in {}",
+                      spec.source.ToString(), spec.change_table.ToString()));
+    }
+    bool same = info->columns.size() == spec.columns.size();
+    for (size_t i = 0; same && i < spec.columns.size(); ++i) {
+      same = info->columns[i].name == spec.columns[i].name &&
+             info->columns[i].type_sql == spec.columns[i].type_sql;
+    }
+    if (!same) {
+      // A new session describes the table afresh and handles the change.
+      return Status::Retryable(fmt::format("the columns of {} changed", spec.source.ToString()));
+    }
   }
   return Status::OK();
 }
@@ -382,6 +463,7 @@ Status SourceWorker::FinishTick(Session& s) {
       // target holds the whole table once they all have it.
       Change marker;
       marker.op = Op::kMarker;
+      marker.marker = Marker::kSnapshotDone;
       marker.table = t;
       marker.pos = Position{s.epoch, w.hi.number, Position::kSnapshotSeqBase + nrows, 1};
       marker.captured_us = NowMicros();

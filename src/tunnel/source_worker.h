@@ -73,6 +73,11 @@ class SourceWorker {
   Status SendChange(Session& s, const Change& c, int32_t partition,
                     publish::DeliveryTracker::Kind kind);
   Status CheckSnapshotRequests(Session& s);
+  // Compares each table's columns with those the tunnel accepted: evolves
+  // (schema_changes = "evolve") or stops with an explanation.
+  Status HandleSchemaChanges(Session& s);
+  // Restarts the session when a table's live columns differ from its spec.
+  Status CheckSchemaUnchanged(Session& s);
 
   SourceOptions options_;
   metrics::Metrics* metrics_;

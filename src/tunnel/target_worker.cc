@@ -74,6 +74,42 @@ void TargetCore::Forget(const std::string& stream, int32_t partition) {
   states_.erase(std::make_pair(stream, partition));
 }
 
+Status TargetCore::EnsureColumns(uint32_t table, const std::vector<Column>& columns,
+                                 bool* changed) {
+  *changed = false;
+  TableSpec& spec = targets_[table];
+  std::vector<Column> missing;
+  for (const auto& c : columns) {
+    if (spec.ColumnIndex(c.name) < 0) missing.push_back(c);
+  }
+  if (missing.empty()) return Status::OK();
+  std::string list;
+  for (const auto& c : missing) {
+    list += fmt::format("{}{} {}", list.empty() ? "" : ", ", c.name, c.type_sql);
+  }
+  if (options_.tables[table].schema_changes == SchemaChangePolicy::kStop) {
+    return Status::Fatal(fmt::format(
+        "source table {} has column(s) that target table {} lacks ({}); add them to the target "
+        "(`datatunnel init` does), or set schema_changes = \"evolve\" for this table, then "
+        "start again",
+        spec.source.ToString(), spec.target.ToString(), list));
+  }
+  for (;;) {
+    if (!conn_ || conn_->IsBroken()) DT_RETURN_IF_ERROR(Reconnect());
+    auto added = apply::AddColumns(*conn_, spec, missing);
+    if (added.ok()) break;
+    if (!added.status().IsRetryable()) return added.status();
+    if (stop_->SleepFor(500)) return Status::Cancelled();
+  }
+  DT_ASSIGN_OR_RETURN(auto fresh, apply::DescribeTargetTables(*conn_, {options_.tables[table]}));
+  spec.columns = fresh[0].columns;
+  spec.key = fresh[0].key;
+  applier_->Invalidate(table);
+  *changed = true;
+  spdlog::info("consumer: added column(s) {} to target table {}", list, spec.target.ToString());
+  return Status::OK();
+}
+
 Result<bool> TargetCore::BarrierDone(const std::string& stream, const Position& pos) {
   if (!conn_ || conn_->IsBroken()) return Status::Retryable("the target connection is down");
   return applier_->BarrierDone(stream, pos);
@@ -396,6 +432,14 @@ Status KafkaTargetWorker::Run() {
           break;
         } else if (item.change.op == Op::kTruncate && item.broadcast_partitions > 1) {
           cut[tp] = item.change.pos;
+        } else if (item.change.op == Op::kMarker && item.change.marker == Marker::kSchema) {
+          // Processed whatever its position: adding a column is idempotent.
+          bool changed = false;
+          result =
+              core_.EnsureColumns(static_cast<uint32_t>(t), decoder.schema_columns(), &changed);
+          if (!result.ok()) break;
+          if (changed) decoder.Refresh();
+          item.kind = Item::Kind::kIgnored;
         }
       }
       items.push_back(std::move(item));
@@ -455,28 +499,73 @@ MemoryTargetWorker::MemoryTargetWorker(TargetOptions options, MemoryChannel* cha
                                        metrics::Metrics* metrics, const StopSource* stop)
     : options_(options), channel_(channel), stop_(stop), core_(std::move(options), metrics, stop) {}
 
+Status MemoryTargetWorker::Remap(const SourceSpecs& specs, Change* c) {
+  if (specs != mapped_) {
+    // New source specs (a producer session started): make sure the target
+    // has their columns, then map target columns to source columns by name.
+    map_.assign(specs->size(), {});
+    identity_.assign(specs->size(), false);
+    for (size_t t = 0; t < specs->size(); ++t) {
+      bool changed = false;
+      DT_RETURN_IF_ERROR(
+          core_.EnsureColumns(static_cast<uint32_t>(t), (*specs)[t].columns, &changed));
+      const TableSpec& src = (*specs)[t];
+      const TableSpec& tgt = core_.targets()[t];
+      identity_[t] = src.columns.size() == tgt.columns.size();
+      for (size_t i = 0; i < tgt.columns.size(); ++i) {
+        const int s = src.ColumnIndex(tgt.columns[i].name);
+        map_[t].push_back(s);
+        identity_[t] = identity_[t] && s == static_cast<int>(i);
+      }
+    }
+    mapped_ = specs;
+  }
+  if (identity_[c->table] || c->op == Op::kTruncate || c->op == Op::kMarker) return Status::OK();
+  const auto& map = map_[c->table];
+  Row row;
+  row.ResetAbsent(map.size());
+  for (size_t i = 0; i < map.size(); ++i) {
+    const int s = map[i];
+    if (s < 0 || static_cast<size_t>(s) >= c->row.size()) continue;
+    if (c->row.HasValue(static_cast<size_t>(s))) {
+      row.Set(i, c->row.Get(static_cast<size_t>(s)));
+    } else if (c->row.IsNull(static_cast<size_t>(s)) &&
+               !(c->key_only && !(*mapped_)[c->table].IsKey(static_cast<size_t>(s)))) {
+      row.SetNull(i);
+    }
+  }
+  c->row = std::move(row);
+  return Status::OK();
+}
+
 Status MemoryTargetWorker::Run() {
   DT_RETURN_IF_ERROR(core_.Connect());
   std::vector<std::string> streams;
   for (const auto& t : core_.targets()) streams.push_back("memory:" + t.target.ToString());
   std::vector<Change> changes;
   std::vector<uint64_t> tokens;
+  std::vector<SourceSpecs> specs;
   std::vector<Item> items;
   while (!stop_->stop_requested()) {
     changes.clear();
     tokens.clear();
-    channel_->Pop(static_cast<size_t>(options_.pipeline.batch_max_changes), 100, &changes, &tokens);
+    specs.clear();
+    channel_->Pop(static_cast<size_t>(options_.pipeline.batch_max_changes), 100, &changes, &tokens,
+                  &specs);
     if (changes.empty()) {
       if (channel_->closed()) break;
       continue;
     }
     items.clear();
     items.reserve(changes.size());
-    for (auto& c : changes) {
+    for (size_t i = 0; i < changes.size(); ++i) {
+      Change& c = changes[i];
+      if (Status st = Remap(specs[i], &c); !st.ok()) return st;
       Item item;
       item.stream = streams[c.table];
       item.partition = 0;
       item.broadcast_partitions = 1;
+      if (c.op == Op::kMarker && c.marker == Marker::kSchema) item.kind = Item::Kind::kIgnored;
       item.change = std::move(c);
       items.push_back(std::move(item));
     }

@@ -59,6 +59,10 @@ class TargetCore {
   // The stored state of a partition (cached; loads and creates it).
   Result<apply::PartitionState> State(const std::string& stream, int32_t partition, uint32_t table);
   void Forget(const std::string& stream, int32_t partition);
+  // The source table `table` has `columns`: adds those the target lacks
+  // (schema_changes = "evolve") or stops with an explanation ("stop").
+  // Sets *changed when the target's columns changed.
+  Status EnsureColumns(uint32_t table, const std::vector<Column>& columns, bool* changed);
   // TRUNCATE barriers (apply/install.h): has the one at `pos` run; where,
   // if anywhere, is `partition` waiting.
   Result<bool> BarrierDone(const std::string& stream, const Position& pos);
@@ -123,9 +127,14 @@ class MemoryTargetWorker {
 
  private:
   TargetOptions options_;
+  // Lays rows read with the source's columns out by the target's (by name).
+  Status Remap(const SourceSpecs& specs, Change* c);
   MemoryChannel* channel_;
   const StopSource* stop_;
   TargetCore core_;
+  SourceSpecs mapped_;                 // the specs `map_` was built for
+  std::vector<std::vector<int>> map_;  // per table: target column -> source column, or -1
+  std::vector<bool> identity_;         // per table: same columns, same order
 };
 
 }  // namespace datatunnel::tunnel

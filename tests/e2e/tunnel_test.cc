@@ -168,7 +168,7 @@ TEST_F(TunnelTest, ThroughTheBrokerWithSeparateProducerAndConsumer) {
   EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
   // The topic holds Debezium-style envelopes keyed by the row key.
   auto kcat = RunCommand({"/usr/bin/kcat", "-b", bootstrap_, "-C", "-t",
-                          "datatunnel.public.employees", "-c", "1", "-e", "-q", "-f", "%k %s\n"},
+                          "datatunnel.public.employees", "-c", "50", "-e", "-q", "-f", "%k %s\n"},
                          {}, 30);
   EXPECT_NE(kcat.out.find("{\"emp_id\":"), std::string::npos) << kcat.out << kcat.err;
   EXPECT_NE(kcat.out.find("\"source\":{\"version\""), std::string::npos) << kcat.out;

@@ -72,7 +72,7 @@ class CaptureTest : public ::testing::Test {
 TEST_F(CaptureTest, InstallIsIdempotentAndNamesTheBriefsColumns) {
   auto again = capture::Install(*conn_, specs_);
   ASSERT_TRUE(again.ok());
-  EXPECT_TRUE(again->empty()) << (*again)[0];
+  EXPECT_TRUE(again->actions.empty()) << again->actions[0];
   auto cols =
       SourceCluster().Scalar(db_,
                              "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM "

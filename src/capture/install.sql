@@ -1,0 +1,229 @@
+-- datatunnel: capture objects on the source database.
+--
+-- Run by `datatunnel init` (idempotent). Everything lives in the schema
+-- `datatunnel`, except each captured table's change table <table>_cdc, which
+-- sits beside the table as in the original brief. See docs/architecture.md.
+
+CREATE SCHEMA IF NOT EXISTS datatunnel;
+COMMENT ON SCHEMA datatunnel IS 'datatunnel change-data-capture state; removed by datatunnel uninstall';
+
+-- One row: the installation. epoch orders positions across reinstalls.
+CREATE TABLE IF NOT EXISTS datatunnel.meta (
+  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  epoch bigint NOT NULL,
+  format_version integer NOT NULL,
+  installed_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO datatunnel.meta (epoch, format_version)
+  VALUES ((extract(epoch FROM clock_timestamp()) * 1000000)::bigint, 1)
+  ON CONFLICT DO NOTHING;
+
+-- Ticks: snapshots that cut the change stream into batches (capture/change_log.h).
+CREATE TABLE IF NOT EXISTS datatunnel.ticks (
+  tick bigint PRIMARY KEY,
+  snapshot txid_snapshot NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO datatunnel.ticks (tick, snapshot) VALUES (0, pg_catalog.txid_current_snapshot())
+  ON CONFLICT DO NOTHING;
+
+-- One row per captured table: its capture objects, the columns the tunnel
+-- has accepted, publishing progress and snapshot state.
+CREATE TABLE IF NOT EXISTS datatunnel.tables (
+  schema_name text NOT NULL,
+  table_name text NOT NULL,
+  change_table text NOT NULL,
+  capture_function text NOT NULL,
+  key_columns text[] NOT NULL,
+  column_names text[] NOT NULL DEFAULT '{}',
+  column_types text[] NOT NULL DEFAULT '{}',
+  published_tick bigint NOT NULL,
+  published_seq bigint NOT NULL,
+  published_count bigint NOT NULL DEFAULT 0,
+  published_at timestamptz,
+  snapshot_state text NOT NULL DEFAULT 'none'
+    CHECK (snapshot_state IN ('none', 'requested', 'running', 'done')),
+  snapshot_cursor text[],
+  snapshot_rows bigint NOT NULL DEFAULT 0,
+  snapshot_total bigint NOT NULL DEFAULT 0,
+  snapshot_chunks bigint NOT NULL DEFAULT 0,
+  snapshot_run bigint NOT NULL DEFAULT 0,
+  snapshot_started_at timestamptz,
+  snapshot_done_at timestamptz,
+  installed_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (schema_name, table_name));
+
+-- One NOTIFY per statement wakes the producer.
+CREATE OR REPLACE FUNCTION datatunnel.notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  PERFORM pg_catalog.pg_notify('datatunnel', '');
+  RETURN NULL;
+END $fn$;
+
+-- Creates or updates the capture of one table: the change table (adding
+-- columns the table gained; a retyped column is an error, SQLSTATE DT002),
+-- the trigger function and the triggers. Returns one line per action taken.
+-- Used by `datatunnel init` and by the event trigger below.
+CREATE OR REPLACE FUNCTION datatunnel.install_capture(p_table regclass, p_key text[])
+RETURNS text[] LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_schema text;
+  v_name text;
+  v_cdc text;
+  v_cdc_oid oid;
+  v_fn text := 'capture_' || p_table::oid;
+  v_actions text[] := '{}';
+  v_defs text;
+  v_cols text;
+  v_new text;
+  v_old text;
+  v_changed text;
+  v_old_cols text;
+  v_old_vals text;
+  v_body text;
+  v_current text;
+  r record;
+BEGIN
+  SELECT n.nspname, c.relname INTO v_schema, v_name
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = p_table;
+  v_cdc := pg_catalog.format('%I.%I', v_schema, v_name || '_cdc');
+  v_cdc_oid := pg_catalog.to_regclass(v_cdc);
+
+  IF v_cdc_oid IS NULL THEN
+    SELECT pg_catalog.string_agg(pg_catalog.format(E',\n  %I %s', 'old_' || k,
+             pg_catalog.format_type(a.atttypid, a.atttypmod)), '' ORDER BY u.ord)
+      INTO v_defs
+      FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = p_table AND a.attname = u.k;
+    SELECT COALESCE(v_defs, '') || pg_catalog.string_agg(pg_catalog.format(E',\n  %I %s',
+             a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)), '' ORDER BY a.attnum)
+      INTO v_defs
+      FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    -- Rows are inserted once and deleted once delivered: vacuum it eagerly so
+    -- its size follows the backlog, not the history.
+    EXECUTE pg_catalog.format(
+      E'CREATE TABLE %s (\n  change_id bigserial PRIMARY KEY,\n  txid bigint NOT NULL,\n'
+      || E'  action text NOT NULL,\n  captured_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()%s\n)'
+      || ' WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,'
+      || ' autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000)',
+      v_cdc, v_defs);
+    EXECUTE pg_catalog.format('COMMENT ON TABLE %s IS %L', v_cdc,
+      'datatunnel: changes of ' || v_schema || '.' || v_name || ' waiting to be published');
+    v_actions := v_actions || ('created change table ' || v_schema || '.' || v_name || '_cdc');
+  ELSE
+    -- The table's columns (and the old_ key columns) the change table lacks.
+    FOR r IN
+      SELECT x.name, x.typ FROM (
+        SELECT a.attname::text AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS typ,
+               a.attnum AS ord
+          FROM pg_catalog.pg_attribute a
+          WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT 'old_' || u.k, pg_catalog.format_type(a.atttypid, a.atttypmod), -1
+          FROM pg_catalog.unnest(p_key) AS u(k)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = p_table AND a.attname = u.k) x
+      LEFT JOIN pg_catalog.pg_attribute b
+        ON b.attrelid = v_cdc_oid AND b.attname = x.name AND NOT b.attisdropped
+      WHERE b.attname IS NULL OR pg_catalog.format_type(b.atttypid, b.atttypmod) <> x.typ
+      ORDER BY x.ord
+    LOOP
+      IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
+                 WHERE b.attrelid = v_cdc_oid AND b.attname = r.name AND NOT b.attisdropped) THEN
+        RAISE EXCEPTION 'column % of %.% changed type to %; changes captured with the old type '
+          'are still in %: let the tunnel publish them, then run `datatunnel uninstall` and '
+          '`datatunnel init` for this table and snapshot it again',
+          r.name, v_schema, v_name, r.typ, v_cdc USING ERRCODE = 'DT002';
+      END IF;
+      EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', v_cdc, r.name, r.typ);
+      v_actions := v_actions || ('added column ' || r.name || ' to ' || v_schema || '.' || v_name || '_cdc');
+    END LOOP;
+  END IF;
+
+  -- The trigger function, generated from the catalog. Names are fully
+  -- qualified: it is SECURITY DEFINER and runs with the writer's search_path
+  -- (a SET clause would cost every write).
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
+         pg_catalog.string_agg('NEW.' || pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
+         pg_catalog.string_agg('OLD.' || pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    INTO v_cols, v_new, v_old
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+  SELECT pg_catalog.string_agg(pg_catalog.format('NEW.%1$I IS DISTINCT FROM OLD.%1$I', u.k), ' OR ' ORDER BY u.ord),
+         pg_catalog.string_agg(pg_catalog.format(', %I', 'old_' || u.k), '' ORDER BY u.ord),
+         pg_catalog.string_agg(pg_catalog.format(', OLD.%I', u.k), '' ORDER BY u.ord)
+    INTO v_changed, v_old_cols, v_old_vals
+    FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord);
+  v_body := pg_catalog.format(
+  E'\nBEGIN\n'
+  || E'  IF TG_OP = ''INSERT'' THEN\n'
+  || E'    INSERT INTO %1$s (txid, action, %2$s)\n'
+  || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
+  || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
+  || E'    IF %5$s THEN\n'
+  || E'      INSERT INTO %1$s (txid, action%6$s, %2$s)\n'
+  || E'        VALUES (pg_catalog.txid_current(), ''UPDATE''%7$s, %3$s);\n'
+  || E'    ELSE\n'
+  || E'      INSERT INTO %1$s (txid, action, %2$s)\n'
+  || E'        VALUES (pg_catalog.txid_current(), ''UPDATE'', %3$s);\n'
+  || E'    END IF;\n'
+  || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
+  || E'    INSERT INTO %1$s (txid, action, %2$s)\n'
+  || E'      VALUES (pg_catalog.txid_current(), ''DELETE'', %4$s);\n'
+  || E'  ELSE\n'
+  || E'    INSERT INTO %1$s (txid, action) VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
+  || E'  END IF;\n'
+  || E'  RETURN NULL;\n'
+  || E'END ',
+    v_cdc, v_cols, v_new, v_old, v_changed, v_old_cols, v_old_vals);
+  SELECT p.prosrc INTO v_current FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = 'datatunnel'::regnamespace AND p.proname = v_fn;
+  IF v_current IS DISTINCT FROM v_body THEN
+    EXECUTE pg_catalog.format(
+      'CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+      v_fn, v_body);
+    EXECUTE pg_catalog.format('COMMENT ON FUNCTION datatunnel.%I() IS %L', v_fn,
+      'datatunnel: captures changes of ' || v_schema || '.' || v_name || ' into ' || v_cdc);
+    v_actions := v_actions || (CASE WHEN v_current IS NULL THEN 'created' ELSE 'updated' END
+      || ' trigger function datatunnel.' || v_fn || '() for ' || v_schema || '.' || v_name);
+  END IF;
+
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_capture') THEN
+    EXECUTE pg_catalog.format('CREATE TRIGGER datatunnel_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+      'FOR EACH ROW EXECUTE FUNCTION datatunnel.%I()', p_table, v_fn);
+    v_actions := v_actions || ('created trigger datatunnel_capture on ' || v_schema || '.' || v_name);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_truncate') THEN
+    EXECUTE pg_catalog.format('CREATE TRIGGER datatunnel_truncate AFTER TRUNCATE ON %s '
+      'FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.%I()', p_table, v_fn);
+    v_actions := v_actions || ('created trigger datatunnel_truncate on ' || v_schema || '.' || v_name);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_notify') THEN
+    EXECUTE pg_catalog.format('CREATE TRIGGER datatunnel_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE '
+      'ON %s FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.notify()', p_table);
+    v_actions := v_actions || ('created trigger datatunnel_notify on ' || v_schema || '.' || v_name);
+  END IF;
+  RETURN v_actions;
+END $fn$;
+
+-- After ALTER TABLE on a captured table, bring its capture up to date in the
+-- same transaction, so a new column is captured from its first write and a
+-- dropped column never breaks writes. It never fails the user's statement:
+-- a problem becomes a warning, and the producer stops to explain it.
+CREATE OR REPLACE FUNCTION datatunnel.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+  r record;
+  t record;
+BEGIN
+  FOR r IN SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+           WHERE c.object_type = 'table' LOOP
+    FOR t IN SELECT key_columns FROM datatunnel.tables WHERE capture_function = 'capture_' || r.objid LOOP
+      BEGIN
+        PERFORM datatunnel.install_capture(r.objid::regclass, t.key_columns);
+      EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'datatunnel: could not update the capture of %: % (run `datatunnel init`)',
+          r.objid::regclass, SQLERRM;
+      END;
+    END LOOP;
+  END LOOP;
+END $fn$;
