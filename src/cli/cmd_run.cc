@@ -9,8 +9,8 @@ void AddRunCommand(CLI::App& app, Globals* g) {
   auto* cmd = app.add_subcommand(
       "run",
       "Capture, publish and apply in one process; snapshots tables never copied, then streams. "
-      "With --broker none (the default when no broker is configured) changes are handed over "
-      "in memory");
+      "With no broker configured (kafka.brokers empty or \"none\", or --broker none) changes are "
+      "handed over in memory");
   auto plan = std::make_shared<RunPlan>();
   plan->snapshot_first = true;
   cmd->add_option("--broker", g->brokers, "Kafka bootstrap servers, or none")

@@ -51,12 +51,16 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
     r.snapshot_rows = q->GetInt64(0, 2);
     r.snapshot_total = q->GetInt64(0, 3);
     QualifiedName cdc{t.source.schema, std::string(q->Get(0, 4))};
-    DT_ASSIGN_OR_RETURN(auto pend, src.Query("SELECT count(*) FROM " + cdc.Quoted()));
+    DT_ASSIGN_OR_RETURN(auto pend, src.Query("SELECT count(*), COALESCE(extract(epoch FROM now() - "
+                                             "min(captured_at)), 0)::float8 FROM " +
+                                             cdc.Quoted()));
     r.pending = pend.GetInt64(0, 0);
+    const double oldest_pending = std::strtod(std::string(pend.Get(0, 1)).c_str(), nullptr);
     auto a = tgt.Query(
         "SELECT COALESCE(sum(applied_count), 0), COALESCE(sum(dead_letter_count), 0), "
         "  COALESCE(extract(epoch FROM now() - max(last_captured_at)), 0)::float8, "
-        "  COALESCE(max(updated_at)::text, ''), "
+        "  COALESCE(to_char(max(updated_at) AT TIME ZONE 'UTC', "
+        "    'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), ''), "
         "  COALESCE(bool_or(snapshot_tick IS NOT NULL), false) "
         "FROM datatunnel.applied WHERE target_schema = $1 AND target_table = $2",
         {t.target.schema, t.target.name});
@@ -72,7 +76,11 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
     const int64_t captured = r.published + r.pending;
     const int64_t applied_changes = std::max<int64_t>(0, r.applied - r.snapshot_rows);
     r.lag = std::max<int64_t>(0, captured - applied_changes);
-    r.lag_seconds = r.lag > 0 ? std::strtod(std::string(a->Get(0, 2)).c_str(), nullptr) : 0;
+    // How far behind the target is: the age of the newest change it has, or
+    // of the oldest waiting one when it has none yet.
+    const double since_applied = std::strtod(std::string(a->Get(0, 2)).c_str(), nullptr);
+    const bool applied_any = since_applied > 0;
+    r.lag_seconds = r.lag == 0 ? 0 : (applied_any ? since_applied : oldest_pending);
     rows.push_back(std::move(r));
   }
   return rows;

@@ -15,6 +15,7 @@
 #include "broker/kafka.h"
 #include "capture/install.h"
 #include "core/clock.h"
+#include "metrics/http_server.h"
 #include "metrics/metrics.h"
 #include "snapshot/chunker.h"
 #include "tunnel/kafka_sink.h"
@@ -71,7 +72,7 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
                                      "target_table = $2",
                                      {spec.target.schema, spec.target.name}));
       const bool from_stream = applied.GetInt64(0, 0) > 0 && !plan.snapshot_only;
-      if (plan.truncate_target) {
+      if (plan.truncate_target || config.pipeline.truncate_target) {
         DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
         fmt::print(stderr, "snapshot of {}: emptied target table {} (--truncate-target)\n",
                    spec.source.ToString(), spec.target.ToString());
@@ -153,8 +154,8 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   const bool memory = config->kafka.none();
   if (memory && plan.source != plan.target) {
     return Fail(Status::BadConfig(
-        "produce and consume need a Kafka broker (kafka.brokers); with no broker, use "
-        "`datatunnel run --broker none`, which hands changes over in memory"));
+        "produce and consume need a Kafka broker: set kafka.brokers (or --brokers); without a "
+        "broker, use `datatunnel run`, which then hands changes over in memory"));
   }
   pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
   if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
@@ -177,6 +178,37 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   std::vector<std::pair<std::string, std::string>> names;
   for (const auto& t : config->tables) names.emplace_back(t.source.ToString(), t.target.ToString());
   metrics::Metrics metrics(names);
+  // /metrics, /healthz, /readyz (declared after `metrics`: destroyed first).
+  std::unique_ptr<metrics::HttpServer> http;
+  if (!config->metrics.listen.empty()) {
+    const double max_lag = config->pipeline.ready_max_lag_seconds;
+    auto server = metrics::HttpServer::Start(
+        config->metrics.listen, &metrics, [&metrics, plan, max_lag]() -> metrics::Readiness {
+          if (plan.source && !metrics.source_connected)
+            return {false, "not connected to the source"};
+          if (plan.target && !metrics.target_connected)
+            return {false, "not connected to the target"};
+          const int64_t now = NowMicros();
+          for (size_t i = 0; i < metrics.size(); ++i) {
+            const auto& t = metrics.table(i);
+            // Lag counts only while changes wait: an idle tunnel is not behind.
+            const int64_t waiting = t.captured.load() - t.applied.load() - t.skipped.load();
+            const int64_t cap = t.last_captured_us.load();
+            if (plan.source && plan.target && waiting > 0 && cap > 0) {
+              const double lag = static_cast<double>(now - cap) / 1e6;
+              if (lag > max_lag) {
+                return {false, fmt::format("{} is {:.1f} s behind (more than {} s)", t.source, lag,
+                                           max_lag)};
+              }
+            }
+          }
+          return {true, ""};
+        });
+    if (!server.ok()) return Fail(server.status());
+    http = std::move(*server);
+    spdlog::info("metrics: serving /metrics, /healthz and /readyz on port {} ({})", http->port(),
+                 config->metrics.listen);
+  }
   StopSource main_stop, source_stop, target_stop;
   InstallSignalHandlers(&main_stop);
 

@@ -423,9 +423,18 @@ Result<Config> LoadConfig(const std::string& path, const std::map<std::string, s
     }
     std::string section = o.substr(0, dot), key = o.substr(dot + 1, eq - dot - 1);
     std::string value = o.substr(eq + 1);
-    if (section == "kafka" && key.rfind("properties.", 0) == 0) {
-      config.kafka.properties[key.substr(11)] = value;
-      continue;
+    if (section == "kafka") {
+      bool done = false;
+      for (auto [prefix, map] : {std::pair<std::string, std::map<std::string, std::string>*>{
+                                     "properties.", &config.kafka.properties},
+                                 {"producer_properties.", &config.kafka.producer_properties},
+                                 {"consumer_properties.", &config.kafka.consumer_properties}}) {
+        if (key.rfind(prefix, 0) == 0) {
+          (*map)[key.substr(prefix.size())] = value;
+          done = true;
+        }
+      }
+      if (done) continue;
     }
     auto it = std::find_if(settings.begin(), settings.end(),
                            [&](const Setting& s) { return s.section == section && s.key == key; });

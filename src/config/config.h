@@ -28,9 +28,9 @@ struct DatabaseConfig {
 };
 
 struct KafkaConfig {
-  // Comma-separated bootstrap servers, or "none" (also "") for the in-memory
-  // hand-over of `run`.
-  std::string brokers = "127.0.0.1:9092";
+  // Comma-separated bootstrap servers. Empty (the default) or "none": no
+  // broker; `run` hands changes over in memory.
+  std::string brokers;
   std::string group_id = "datatunnel";
   // Passed to librdkafka as-is (both producer and consumer), after our defaults.
   std::map<std::string, std::string> properties;

@@ -182,11 +182,11 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       if (c.op == Op::kTruncate && item.broadcast_partitions > 1) {
         arrivals.push_back(
             {item.stream, item.partition, c.pos, item.broadcast_partitions, c.table});
-        ++a.applied;
+        if (item.partition == 0) ++a.applied;  // one change, whatever the copies
         continue;
       }
       changes.push_back(&c);
-      ++a.applied;
+      if (c.pos.sub == 0) ++a.applied;  // a key change is one change in two messages
       if (c.op != Op::kRead) a.captured_us = std::max(a.captured_us, c.captured_us);
     }
     if (st.ok()) st = applier_->Apply(changes, advances, arrivals);
@@ -197,7 +197,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       }
       for (const Change* c : changes) {
         auto& tm = metrics_->table(c->table);
-        ++tm.applied;
+        if (c->pos.sub == 0) ++tm.applied;
         if (c->op != Op::kRead && c->captured_us > 0) {
           tm.latency.Observe(static_cast<double>(now - c->captured_us) / 1e6);
           tm.last_captured_us = c->captured_us;
