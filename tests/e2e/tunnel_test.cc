@@ -10,6 +10,7 @@
 #include "support/pg_cluster.h"
 #include "support/subprocess.h"
 #include "support/test_util.h"
+#include "support/tunnel_fixture.h"
 
 namespace datatunnel {
 namespace {
@@ -34,81 +35,24 @@ const char* kEdgeRows =
     "('Zoë', '日本語 テキスト', '2024-02-29', 'Reykjavík 🚀'),"
     "(repeat('x', 100), repeat('é', 100), '0001-01-01', repeat('\\', 100))";
 
-class TunnelTest : public ::testing::Test {
+class TunnelTest : public testing::TunnelFixture {
  protected:
   void SetUp() override {
-    src_ = SourceCluster().CreateDatabase("e2e_src");
-    tgt_ = TargetCluster().CreateDatabase("e2e_tgt");
+    TunnelFixture::SetUp();
     SourceCluster().Exec(src_, kEmployees);
     TargetCluster().Exec(tgt_, kEmployees);
-    dir_ = std::filesystem::temp_directory_path() / testing::UniqueName("datatunnel-e2e");
-    std::filesystem::create_directories(dir_);
-    WriteConfig("none");
-  }
-  void TearDown() override {
-    broker_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  void WriteConfig(const std::string& brokers, const std::string& extra = "") {
-    config_ = dir_ + "/datatunnel.toml";
-    std::ofstream(config_) << fmt::format(R"(
-[source]
-dsn = "{}"
-[target]
-dsn = "{}"
-[kafka]
-brokers = "{}"
-[kafka.consumer_properties]
-"session.timeout.ms" = "3000"
-"heartbeat.interval.ms" = "300"
-[[tables]]
-source = "public.employees"
-key = ["emp_id"]
-{}
-)",
-                                          SourceCluster().Dsn(src_), TargetCluster().Dsn(tgt_),
-                                          brokers, extra);
-  }
-
-  std::vector<std::string> Args(std::vector<std::string> rest) {
-    std::vector<std::string> a = {BinaryPath(), "-c", config_};
-    a.insert(a.end(), rest.begin(), rest.end());
-    return a;
-  }
-  testing::RunResult Dt(std::vector<std::string> rest, double seconds = 60) {
-    return RunCommand(Args(std::move(rest)), {}, seconds);
-  }
-  std::unique_ptr<Subprocess> Start(std::vector<std::string> rest) {
-    return std::make_unique<Subprocess>(Args(std::move(rest)));
-  }
-  // Waits until `verify` reports no difference (the tunnel caught up).
-  void ExpectInSync(double seconds = 60) {
-    auto r = Dt({"verify", "--wait", std::to_string(seconds * testing::TimeoutMultiplier())},
-                seconds * 2 + 30);
-    EXPECT_EQ(r.code, 0) << r.out << r.err;
+    WriteConfig();
   }
   // The rows of both sides, as text, in key order.
   std::string Rows(testing::PgCluster& c, const std::string& db) {
-    return c
-        .Scalar(db,
-                "SELECT string_agg(format('%s|%s|%s|%s|%s', emp_id, quote_nullable("
-                "first_name), quote_nullable(last_name), dob, quote_nullable(city)), E'\\n' "
-                "ORDER BY emp_id) FROM employees")
-        .value_or("");
+    return TableText(c, db, "employees", "emp_id");
   }
-  void StartBroker() {
-    const std::string file = dir_ + "/bootstrap";
-    broker_ = std::make_unique<Subprocess>(std::vector<std::string>{
-        BinaryPath(), "-c", config_, "dev-broker", "--partitions", "4", "--bootstrap-file", file});
-    ASSERT_TRUE(WaitUntil([&] { return std::filesystem::exists(file); }, 20)) << broker_->Stderr();
-    std::ifstream in(file);
-    std::getline(in, bootstrap_);
-    WriteConfig(bootstrap_);
+  // The old helper: brokers "none", or an extra [[tables]] entry.
+  void WriteConfig(const std::string& brokers = "", const std::string& extra = "") {
+    if (!brokers.empty() && brokers != "none") bootstrap_ = brokers;
+    if (brokers == "none") bootstrap_.clear();
+    TunnelFixture::WriteConfig(testing::kEmployeesTable, extra);
   }
-
-  std::string src_, tgt_, dir_, config_, bootstrap_;
-  std::unique_ptr<Subprocess> broker_;
 };
 
 TEST_F(TunnelTest, InitIsIdempotent) {

@@ -1,0 +1,106 @@
+// TunnelFixture: what end-to-end tests share. A fresh source and target
+// database per test, a config file, the binary run as a subprocess, the dev
+// broker on demand, and waits that end as soon as the tunnel caught up.
+#pragma once
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/pg_cluster.h"
+#include "support/subprocess.h"
+#include "support/test_util.h"
+
+namespace datatunnel::testing {
+
+inline constexpr const char* kEmployeesDdl =
+    "CREATE TABLE employees(emp_id SERIAL, first_name VARCHAR(100), last_name VARCHAR(100), "
+    "dob DATE, city VARCHAR(100))";
+inline constexpr const char* kEmployeesTable =
+    "[[tables]]\nsource = \"public.employees\"\nkey = [\"emp_id\"]\n";
+
+class TunnelFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src_ = SourceCluster().CreateDatabase("e2e_src");
+    tgt_ = TargetCluster().CreateDatabase("e2e_tgt");
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("datatunnel-e2e");
+    std::filesystem::create_directories(dir_);
+    config_ = dir_ + "/datatunnel.toml";
+  }
+  void TearDown() override {
+    broker_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // Writes the config: both databases, the broker (or "none"), short
+  // consumer-group timeouts for tests, then `tables` ([[tables]] entries) and
+  // `extra` (more sections).
+  void WriteConfig(const std::string& tables = kEmployeesTable, const std::string& extra = "") {
+    tables_ = tables;
+    extra_ = extra;
+    std::ofstream(config_) << fmt::format(R"(
+[source]
+dsn = "{}"
+[target]
+dsn = "{}"
+[kafka]
+brokers = "{}"
+[kafka.consumer_properties]
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "300"
+{}
+{}
+)",
+                                          SourceCluster().Dsn(src_), TargetCluster().Dsn(tgt_),
+                                          bootstrap_.empty() ? "none" : bootstrap_, tables, extra);
+  }
+
+  std::vector<std::string> Args(std::vector<std::string> rest) {
+    std::vector<std::string> a = {BinaryPath(), "-c", config_};
+    a.insert(a.end(), rest.begin(), rest.end());
+    return a;
+  }
+  RunResult Dt(std::vector<std::string> rest, double seconds = 60) {
+    return RunCommand(Args(std::move(rest)), {}, seconds);
+  }
+  std::unique_ptr<Subprocess> Start(std::vector<std::string> rest) {
+    return std::make_unique<Subprocess>(Args(std::move(rest)));
+  }
+  // Waits until `verify` reports no difference (the tunnel caught up).
+  void ExpectInSync(double seconds = 60) {
+    auto r = Dt({"verify", "--wait", std::to_string(seconds * TimeoutMultiplier())},
+                seconds * TimeoutMultiplier() * 2 + 30);
+    EXPECT_EQ(r.code, 0) << r.out << r.err;
+  }
+  // Every row of `table` as text, in `order` (compare source and target).
+  static std::string TableText(PgCluster& c, const std::string& db, const std::string& table,
+                               const std::string& order) {
+    return c
+        .Scalar(db, fmt::format("SELECT string_agg(t::text, E'\\n' ORDER BY {}) FROM {} t", order,
+                                table))
+        .value_or("");
+  }
+  // Starts the dev broker and rewrites the config to use it.
+  void StartBroker(int partitions = 4) {
+    const std::string file = dir_ + "/bootstrap";
+    broker_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{BinaryPath(), "-c", config_, "dev-broker", "--partitions",
+                                 std::to_string(partitions), "--bootstrap-file", file});
+    ASSERT_TRUE(WaitUntil([&] { return std::filesystem::exists(file); }, 20)) << broker_->Stderr();
+    std::ifstream in(file);
+    std::getline(in, bootstrap_);
+    WriteConfig(tables_, extra_);
+  }
+
+  std::string src_, tgt_, dir_, config_, bootstrap_;
+  std::string tables_ = kEmployeesTable, extra_;
+  std::unique_ptr<Subprocess> broker_;
+};
+
+}  // namespace datatunnel::testing
