@@ -181,7 +181,21 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
         added_columns = true;
       report.actions.push_back(std::move(a));
     }
-    if (existed && added_columns) report.needs_snapshot.push_back(t);
+    // New accepted columns with a DEFAULT: every existing row got a value
+    // without a trigger firing, so the target needs a fresh copy too.
+    bool new_default = false;
+    if (existed) {
+      auto d = source.Query(
+          "SELECT COALESCE(bool_or(a.atthasdef OR a.atthasmissing), false) "
+          "FROM pg_catalog.pg_attribute a, datatunnel.tables t "
+          "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+          "  AND t.schema_name = $2 AND t.table_name = $3 "
+          "  AND cardinality(t.column_names) > 0 AND NOT a.attname = ANY (t.column_names)",
+          {spec.source.Quoted(), spec.source.schema, spec.source.name});
+      if (!d.ok()) return fail(d.status());
+      new_default = d->GetBool(0, 0);
+    }
+    if (existed && (added_columns || new_default)) report.needs_snapshot.push_back(t);
 
     // Register the table. A new table's progress starts at the newest tick,
     // complete: every change its trigger records is in a later batch, because

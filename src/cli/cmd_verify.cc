@@ -44,10 +44,6 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
   if (!source.ok()) return Fail(source.status());
   auto target = pg::Connection::Open(to);
   if (!target.ok()) return Fail(target.status());
-  auto sspecs = capture::DescribeSourceTables(**source, config->tables, nullptr);
-  if (!sspecs.ok()) return Fail(sspecs.status());
-  auto tspecs = apply::DescribeTargetTables(**target, config->tables);
-  if (!tspecs.ok()) return Fail(tspecs.status());
   verify::Options vo;
   vo.range_rows = o.range_rows;
   vo.max_keys = o.max_keys;
@@ -57,6 +53,11 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
   std::vector<verify::TableReport> reports;
   for (;;) {
     reports.clear();
+    // Described on every round: a live tunnel may be adding columns.
+    auto sspecs = capture::DescribeSourceTables(**source, config->tables, nullptr);
+    if (!sspecs.ok()) return Fail(sspecs.status());
+    auto tspecs = apply::DescribeTargetTables(**target, config->tables);
+    if (!tspecs.ok()) return Fail(tspecs.status());
     bool equal = true;
     for (size_t i = 0; i < sspecs->size(); ++i) {
       auto rep = verify::VerifyTable(**source, **target, (*sspecs)[i], (*tspecs)[i], vo);

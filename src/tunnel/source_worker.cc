@@ -72,7 +72,9 @@ struct SourceWorker::Session {
   int64_t last_record_us = 0;
   int64_t last_tick_us = 0;
   int64_t last_snapshot_check_us = 0;
-  int64_t last_schema_check_us = 0;
+  // The tables' columns as this session read them; checked in every tick.
+  std::string table_oids;  // {oid,...}
+  std::string schema_signature;
   bool notified = true;
   bool last_had_changes = true;
 };
@@ -142,6 +144,16 @@ Status SourceWorker::RunSession(bool first) {
   // Only the lock holder's view of progress is current: read it now.
   DT_ASSIGN_OR_RETURN(s.progress, s.log->LoadProgress());
   DT_RETURN_IF_ERROR(HandleSchemaChanges(s));
+  {
+    std::string oids;
+    for (const auto& spec : s.specs) {
+      DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(*s.conn, spec.source));
+      if (!info) return Status::Fatal("source table " + spec.source.ToString() + " disappeared");
+      oids += (oids.empty() ? "" : ",") + std::to_string(info->oid);
+    }
+    s.table_oids = "{" + oids + "}";
+    DT_ASSIGN_OR_RETURN(s.schema_signature, SchemaSignature(*s.conn, s.table_oids));
+  }
   DT_RETURN_IF_ERROR(s.conn->Listen(capture::kNotifyChannel));
 
   tracker_.Reset();
@@ -186,7 +198,6 @@ Status SourceWorker::RunSession(bool first) {
     for (int p = 0; p < n; ++p)
       DT_RETURN_IF_ERROR(SendChange(s, schema, n == 1 ? -1 : p, Kind::kPart));
   }
-  s.last_schema_check_us = MonotonicMicros();
   spdlog::info("producer: publishing {} table(s) from the {}, resuming at tick {}", s.specs.size(),
                s.conn->description(), first_batch);
 
@@ -213,7 +224,6 @@ Status SourceWorker::RunSession(bool first) {
     }
     const int64_t now = MonotonicMicros();
     if (now - s.last_snapshot_check_us > 1'000'000) DT_RETURN_IF_ERROR(CheckSnapshotRequests(s));
-    if (now - s.last_schema_check_us > 2'000'000) DT_RETURN_IF_ERROR(CheckSchemaUnchanged(s));
     const bool snapshot_reading =
         std::any_of(s.snaps.begin(), s.snaps.end(),
                     [](const Session::Snap& sn) { return sn.active && !sn.all_read; });
@@ -275,12 +285,21 @@ Status SourceWorker::HandleSchemaChanges(Session& s) {
     // the target when they see this session's schema marker.
     auto report = capture::Install(*s.conn, {spec});
     if (!report.ok()) return report.status().WithContext("capturing the new column(s) of " + name);
-    if (!report->needs_snapshot.empty()) {
+    // A new column with a DEFAULT gave every existing row a value without
+    // any trigger firing: copy the table again so the target gets them.
+    std::vector<std::optional<std::string>> names;
+    for (const auto& c : drift.added) names.emplace_back(c.name);
+    DT_ASSIGN_OR_RETURN(auto defaults,
+                        s.conn->Query("SELECT COALESCE(bool_or(atthasdef OR atthasmissing), false) "
+                                      "FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass "
+                                      "AND attname = ANY ($2::text[])",
+                                      {spec.source.Quoted(), pg::TextArrayLiteral(names)}));
+    if (!report->needs_snapshot.empty() || defaults.GetBool(0, 0)) {
       // Rows changed between the ALTER TABLE and now lack the new values.
       DT_RETURN_IF_ERROR(snapshot::Request(*s.conn, spec, /*restart=*/true));
       spdlog::warn(
-          "schema of {}: {}; captured it late, so copying the table again to fill the "
-          "new column(s) on the target",
+          "schema of {}: {}; copying the table again so the target gets the new column(s)' "
+          "values for rows that existed or changed before capture caught up",
           name, drift.Describe());
     } else {
       spdlog::info("schema of {}: {}; the target will get the new column(s)", name,
@@ -290,27 +309,16 @@ Status SourceWorker::HandleSchemaChanges(Session& s) {
   return Status::OK();
 }
 
-Status SourceWorker::CheckSchemaUnchanged(Session& s) {
-  s.last_schema_check_us = MonotonicMicros();
-  for (const auto& spec : s.specs) {
-    DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(*s.conn, spec.source));
-    if (!info) {
-      return Status::Fatal(
-          fmt::format("source table {} was dropped; the tunnel stops. Its "
-                      "unpublished changes stay in {}",
-                      spec.source.ToString(), spec.change_table.ToString()));
-    }
-    bool same = info->columns.size() == spec.columns.size();
-    for (size_t i = 0; same && i < spec.columns.size(); ++i) {
-      same = info->columns[i].name == spec.columns[i].name &&
-             info->columns[i].type_sql == spec.columns[i].type_sql;
-    }
-    if (!same) {
-      // A new session describes the table afresh and handles the change.
-      return Status::Retryable(fmt::format("the columns of {} changed", spec.source.ToString()));
-    }
-  }
-  return Status::OK();
+Result<std::string> SourceWorker::SchemaSignature(pg::Connection& conn, const std::string& oids) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, conn.Query("SELECT COALESCE(string_agg(a.attrelid::text || ':' || a.attname || ':' "
+                         "|| pg_catalog.format_type(a.atttypid, a.atttypmod), ',' ORDER BY "
+                         "a.attrelid, a.attnum), '') || '/' || (SELECT count(*) FROM "
+                         "pg_catalog.pg_class WHERE oid = ANY ($1::oid[])) "
+                         "FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY ($1::oid[]) "
+                         "AND a.attnum > 0 AND NOT a.attisdropped",
+                         {oids}));
+  return std::string(r.Get(0, 0));
 }
 
 Status SourceWorker::CheckSnapshotRequests(Session& s) {
@@ -348,6 +356,15 @@ Status SourceWorker::StartTick(Session& s) {
     w.hi = s.ticks[s.cursor + 1];
   } else {
     DT_ASSIGN_OR_RETURN(w.hi, s.log->BeginTick(w.lo.number + 1));
+    // A change in this batch may have been written after an ALTER TABLE:
+    // the catalog seen now includes every ALTER committed before the tick.
+    // Start a new session (which handles the change) before publishing it.
+    auto signature = SchemaSignature(*s.conn, s.table_oids);
+    if (!signature.ok() || *signature != s.schema_signature) {
+      s.conn->RollbackQuietly();
+      if (!signature.ok()) return signature.status();
+      return Status::Retryable("the columns of a captured table changed; describing them again");
+    }
     // While a snapshot runs, read one chunk at exactly this tick's snapshot.
     for (size_t i = 0; i < s.snaps.size(); ++i) {
       const size_t t = (s.next_snap + i) % s.snaps.size();

@@ -76,8 +76,8 @@ class SourceWorker {
   // Compares each table's columns with those the tunnel accepted: evolves
   // (schema_changes = "evolve") or stops with an explanation.
   Status HandleSchemaChanges(Session& s);
-  // Restarts the session when a table's live columns differ from its spec.
-  Status CheckSchemaUnchanged(Session& s);
+  // The captured tables' columns, as one string that changes with any of them.
+  static Result<std::string> SchemaSignature(pg::Connection& conn, const std::string& oids);
 
   SourceOptions options_;
   metrics::Metrics* metrics_;

@@ -166,7 +166,7 @@ TEST_F(TunnelTest, TruncateInOrderAcrossPartitions) {
   StartBroker();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto produce = Start({"produce"});
-  auto consumers = std::vector<std::unique_ptr<Subprocess>>();
+  auto consumers = std::vector<std::shared_ptr<Subprocess>>();
   consumers.push_back(Start({"consume"}));
   consumers.push_back(Start({"consume"}));  // partitions split between two processes
   TruncateWorkload(SourceCluster(), src_);

@@ -69,14 +69,28 @@ brokers = "{}"
   RunResult Dt(std::vector<std::string> rest, double seconds = 60) {
     return RunCommand(Args(std::move(rest)), {}, seconds);
   }
-  std::unique_ptr<Subprocess> Start(std::vector<std::string> rest) {
-    return std::make_unique<Subprocess>(Args(std::move(rest)));
+  std::shared_ptr<Subprocess> Start(std::vector<std::string> rest) {
+    auto p = std::make_shared<Subprocess>(Args(std::move(rest)));
+    started_.push_back(p);
+    return p;
   }
-  // Waits until `verify` reports no difference (the tunnel caught up).
+  // Waits until `verify` reports no difference (the tunnel caught up). On
+  // failure, shows what the tunnel processes still running have logged.
   void ExpectInSync(double seconds = 60) {
     auto r = Dt({"verify", "--wait", std::to_string(seconds * TimeoutMultiplier())},
                 seconds * TimeoutMultiplier() * 2 + 30);
-    EXPECT_EQ(r.code, 0) << r.out << r.err;
+    EXPECT_EQ(r.code, 0) << r.out << r.err << RunningLogs();
+  }
+  std::string RunningLogs() {
+    std::string logs;
+    for (const auto& w : started_) {
+      if (auto p = w.lock()) {
+        std::string err = p->Stderr();
+        if (err.size() > 4000) err = "..." + err.substr(err.size() - 4000);
+        logs += "\n--- a tunnel process logged:\n" + err;
+      }
+    }
+    return logs;
   }
   // Every row of `table` as text, in `order` (compare source and target).
   static std::string TableText(PgCluster& c, const std::string& db, const std::string& table,
@@ -101,6 +115,7 @@ brokers = "{}"
   std::string src_, tgt_, dir_, config_, bootstrap_;
   std::string tables_ = kEmployeesTable, extra_;
   std::unique_ptr<Subprocess> broker_;
+  std::vector<std::weak_ptr<Subprocess>> started_;
 };
 
 }  // namespace datatunnel::testing

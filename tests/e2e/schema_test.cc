@@ -1,0 +1,111 @@
+// Schema changes on a source table while the tunnel runs: an added column
+// evolves the target (schema_changes = "evolve") or stops with the fix
+// ("stop"); a dropped column never breaks writes and stops with an explanation.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include "support/tunnel_fixture.h"
+
+namespace datatunnel {
+namespace {
+
+using testing::SourceCluster;
+using testing::TargetCluster;
+
+class SchemaTest : public testing::TunnelFixture {
+ protected:
+  void SetUp() override {
+    TunnelFixture::SetUp();
+    SourceCluster().Exec(src_, testing::kEmployeesDdl);
+    SourceCluster().Exec(src_, "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                               "generate_series(1, 100) i");
+  }
+  void UseTables(const char* policy) {
+    WriteConfig(fmt::format("[[tables]]\nsource = \"public.employees\"\nkey = [\"emp_id\"]\n"
+                            "schema_changes = \"{}\"\n",
+                            policy));
+  }
+  std::string Rows(testing::PgCluster& c, const std::string& db) {
+    return TableText(c, db, "employees", "emp_id");
+  }
+  void EvolveWhileRunning() {
+    SourceCluster().Exec(src_, "ALTER TABLE employees ADD COLUMN salary numeric(12,2), "
+                               "ADD COLUMN tags text[] DEFAULT '{a,b}'");
+    // Written right after the ALTER: the new values must arrive too.
+    SourceCluster().Exec(src_, "INSERT INTO employees(first_name, salary, tags) VALUES "
+                               "('new', 1234.50, '{x,\"y z\"}');"
+                               "UPDATE employees SET salary = emp_id * 10 WHERE emp_id <= 20;"
+                               "DELETE FROM employees WHERE emp_id BETWEEN 21 AND 25;");
+    ExpectInSync();
+    EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  }
+};
+
+TEST_F(SchemaTest, AddedColumnEvolvesInMemory) {
+  UseTables("evolve");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  ExpectInSync();
+  EvolveWhileRunning();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+TEST_F(SchemaTest, AddedColumnEvolvesThroughTheBroker) {
+  UseTables("evolve");
+  StartBroker();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto consume = Start({"consume"});
+  auto produce = Start({"produce"});
+  ASSERT_EQ(Dt({"snapshot"}, 120).code, 0);
+  EvolveWhileRunning();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
+TEST_F(SchemaTest, AddedColumnStopsWithTheFixThenInitResumes) {
+  UseTables("stop");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  ExpectInSync();
+  SourceCluster().Exec(src_, "ALTER TABLE employees ADD COLUMN salary integer");
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name, salary) VALUES ('paid', 42)");
+  auto rc = run->Wait(30);
+  ASSERT_TRUE(rc.has_value()) << "the tunnel did not stop";
+  EXPECT_EQ(*rc, 3);
+  EXPECT_NE(run->Stderr().find("column salary (integer) was added"), std::string::npos)
+      << run->Stderr();
+  EXPECT_NE(run->Stderr().find("datatunnel init"), std::string::npos);
+  // The fix the message names: init (adds the column to the target), restart.
+  auto init = Dt({"init"});
+  ASSERT_EQ(init.code, 0) << init.err;
+  EXPECT_NE(init.out.find("added column salary to target table"), std::string::npos) << init.out;
+  run = Start({"run"});
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+TEST_F(SchemaTest, DroppedColumnNeverBreaksWritesAndStops) {
+  UseTables("evolve");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  ExpectInSync();
+  SourceCluster().Exec(src_, "ALTER TABLE employees DROP COLUMN city");
+  // The capture trigger was updated within the ALTER: writes go on.
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('after the drop');"
+                             "UPDATE employees SET last_name = 'x' WHERE emp_id = 1");
+  auto rc = run->Wait(30);
+  ASSERT_TRUE(rc.has_value()) << "the tunnel did not stop";
+  EXPECT_EQ(*rc, 3);
+  EXPECT_NE(run->Stderr().find("column city was dropped"), std::string::npos) << run->Stderr();
+  // Accepting the change (and dropping the column on the target) resumes.
+  TargetCluster().Exec(tgt_, "ALTER TABLE employees DROP COLUMN city");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  run = Start({"run"});
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+}  // namespace
+}  // namespace datatunnel
