@@ -96,7 +96,8 @@ void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg
           "UPDATE datatunnel.applied SET snapshot_epoch = $3, snapshot_tick = $4, "
           "snapshot_partitions = $5 WHERE stream = $1 AND partition = $2";
       m.params = {arena->Keep(a.stream), arena->Keep(std::to_string(a.partition)),
-                  arena->Keep(std::to_string(a.pos.epoch)), arena->Keep(std::to_string(a.pos.tick)),
+                  arena->Keep(std::to_string(a.snapshot_pos.epoch)),
+                  arena->Keep(std::to_string(a.snapshot_pos.tick)),
                   arena->Keep(std::to_string(a.snapshot_partitions))};
       out->push_back(std::move(m));
     }

@@ -46,7 +46,8 @@ struct Advance {
   int64_t dead = 0;              // messages sent to the dead-letter topic
   int64_t captured_us = 0;       // capture time of the newest change applied
   // An end-of-snapshot marker was applied in this partition.
-  bool snapshot_marker = false;
+  bool snapshot_marker = false;  // the batch holds an end-of-snapshot marker ...
+  Position snapshot_pos;         // ... at this position (not the batch's last)
   int snapshot_partitions = 0;
 };
 

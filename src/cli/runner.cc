@@ -38,60 +38,6 @@ bool Wanted(const RunPlan& plan, const TableConfig& t) {
          plan.only_tables.end();
 }
 
-// Decides, per table, whether to start (or resume) a snapshot; requests it on
-// the source. Returns the tables whose snapshot this run waits for.
-Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan& plan,
-                                             const pg::ConnectOptions& so,
-                                             const pg::ConnectOptions& to) {
-  DT_ASSIGN_OR_RETURN(auto src, pg::Connection::Open(so));
-  DT_ASSIGN_OR_RETURN(auto tgt, pg::Connection::Open(to));
-  std::vector<std::string> warnings;
-  DT_ASSIGN_OR_RETURN(auto specs, capture::DescribeSourceTables(*src, config.tables, &warnings));
-  std::vector<size_t> waiting;
-  for (size_t t = 0; t < specs.size(); ++t) {
-    if (!Wanted(plan, config.tables[t])) continue;
-    const TableSpec& spec = specs[t];
-    DT_ASSIGN_OR_RETURN(auto prog, snapshot::LoadProgress(*src, spec));
-    const bool in_progress =
-        prog.state == snapshot::State::kRequested || prog.state == snapshot::State::kRunning;
-    if (in_progress && !plan.restart_snapshot) {
-      fmt::print(stderr, "snapshot of {}: resuming ({} of about {} rows done)\n",
-                 spec.source.ToString(), prog.rows, prog.total);
-      waiting.push_back(t);
-      continue;
-    }
-    if (!plan.snapshot_only && prog.state == snapshot::State::kDone && !plan.restart_snapshot) {
-      continue;  // `run` on a table already snapshotted: stream only
-    }
-    DT_ASSIGN_OR_RETURN(auto rows,
-                        tgt->Query("SELECT EXISTS (SELECT 1 FROM " + spec.target.Quoted() + ")"));
-    if (rows.GetBool(0, 0)) {
-      DT_ASSIGN_OR_RETURN(auto applied,
-                          tgt->Query("SELECT COALESCE(sum(applied_count), 0) FROM "
-                                     "datatunnel.applied WHERE target_schema = $1 AND "
-                                     "target_table = $2",
-                                     {spec.target.schema, spec.target.name}));
-      const bool from_stream = applied.GetInt64(0, 0) > 0 && !plan.snapshot_only;
-      if (plan.truncate_target || config.pipeline.truncate_target) {
-        DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
-        fmt::print(stderr, "snapshot of {}: emptied target table {} (--truncate-target)\n",
-                   spec.source.ToString(), spec.target.ToString());
-      } else if (!from_stream) {
-        return Status::BadConfig(fmt::format(
-            "target table {} already holds rows; a snapshot would mix them with the source's. "
-            "Empty it first, or pass --truncate-target (or set pipeline.truncate_target = true) "
-            "to let datatunnel empty it",
-            spec.target.ToString()));
-      }
-    }
-    DT_RETURN_IF_ERROR(snapshot::Request(*src, spec, /*restart=*/true));
-    DT_RETURN_IF_ERROR(src->Exec("NOTIFY datatunnel"));
-    fmt::print(stderr, "snapshot of {}: requested\n", spec.source.ToString());
-    waiting.push_back(t);
-  }
-  return waiting;
-}
-
 // Highest end-of-snapshot marker tick per target table, and whether every
 // partition of the newest marker has applied it.
 struct MarkerState {
@@ -112,6 +58,66 @@ Result<MarkerState> TargetMarker(pg::Connection& tgt, const TableConfig& t) {
     m.complete = r.GetInt64(0, 1) >= r.GetInt64(0, 2);
   }
   return m;
+}
+
+// Decides, per table, whether to start (or resume) a snapshot; requests it on
+// the source. Returns the tables whose snapshot this run waits for; `baseline`
+// gets each one's newest end marker on the target before the request, so the
+// new marker is told apart however fast it arrives.
+Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan& plan,
+                                             const pg::ConnectOptions& so,
+                                             const pg::ConnectOptions& to,
+                                             std::vector<MarkerState>* baseline) {
+  DT_ASSIGN_OR_RETURN(auto src, pg::Connection::Open(so));
+  DT_ASSIGN_OR_RETURN(auto tgt, pg::Connection::Open(to));
+  std::vector<std::string> warnings;
+  DT_ASSIGN_OR_RETURN(auto specs, capture::DescribeSourceTables(*src, config.tables, &warnings));
+  std::vector<size_t> waiting;
+  for (size_t t = 0; t < specs.size(); ++t) {
+    if (!Wanted(plan, config.tables[t])) continue;
+    const TableSpec& spec = specs[t];
+    DT_ASSIGN_OR_RETURN(auto prog, snapshot::LoadProgress(*src, spec));
+    const bool in_progress =
+        prog.state == snapshot::State::kRequested || prog.state == snapshot::State::kRunning;
+    DT_ASSIGN_OR_RETURN(auto marker, TargetMarker(*tgt, config.tables[t]));
+    if (in_progress && !plan.restart_snapshot) {
+      spdlog::info("snapshot of {}: resuming ({} of about {} rows done)",
+                 spec.source.ToString(), prog.rows, prog.total);
+      waiting.push_back(t);
+      baseline->push_back(marker);
+      continue;
+    }
+    if (!plan.snapshot_only && prog.state == snapshot::State::kDone && !plan.restart_snapshot) {
+      continue;  // `run` on a table already snapshotted: stream only
+    }
+    DT_ASSIGN_OR_RETURN(auto rows,
+                        tgt->Query("SELECT EXISTS (SELECT 1 FROM " + spec.target.Quoted() + ")"));
+    if (rows.GetBool(0, 0)) {
+      DT_ASSIGN_OR_RETURN(auto applied,
+                          tgt->Query("SELECT COALESCE(sum(applied_count), 0) FROM "
+                                     "datatunnel.applied WHERE target_schema = $1 AND "
+                                     "target_table = $2",
+                                     {spec.target.schema, spec.target.name}));
+      const bool from_stream = applied.GetInt64(0, 0) > 0 && !plan.snapshot_only;
+      if (plan.truncate_target || config.pipeline.truncate_target) {
+        DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
+        spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
+                   spec.source.ToString(), spec.target.ToString());
+      } else if (!from_stream) {
+        return Status::BadConfig(fmt::format(
+            "target table {} already holds rows; a snapshot would mix them with the source's. "
+            "Empty it first, or pass --truncate-target (or set pipeline.truncate_target = true) "
+            "to let datatunnel empty it",
+            spec.target.ToString()));
+      }
+    }
+    DT_RETURN_IF_ERROR(snapshot::Request(*src, spec, /*restart=*/true));
+    DT_RETURN_IF_ERROR(src->Exec("NOTIFY datatunnel"));
+    spdlog::info("snapshot of {}: requested", spec.source.ToString());
+    waiting.push_back(t);
+    baseline->push_back(marker);
+  }
+  return waiting;
 }
 
 std::string Human(double v) {
@@ -166,11 +172,11 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   std::vector<size_t> snapshot_tables;
   std::vector<MarkerState> baseline;
   if (plan.snapshot_first || plan.snapshot_only) {
-    auto waiting = PrepareSnapshots(*config, plan, so, to);
+    auto waiting = PrepareSnapshots(*config, plan, so, to, &baseline);
     if (!waiting.ok()) return Fail(waiting.status());
     snapshot_tables = *waiting;
     if (plan.snapshot_only && snapshot_tables.empty()) {
-      fmt::print(stderr, "nothing to snapshot\n");
+      spdlog::info("nothing to snapshot");
       return kExitOk;
     }
   }
@@ -276,10 +282,15 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
     });
   }
 
-  const bool tty = isatty(STDERR_FILENO);
-  const int interval = plan.status_interval_s >= 0 ? plan.status_interval_s : (tty ? 1 : 0);
+  // On a terminal, a status line redrawn every second; otherwise (a service, a
+  // pipe, JSON logs) a log line every few seconds while something moves, and
+  // once a minute while idle.
+  const bool tty = isatty(STDERR_FILENO) && g.log_format != "json";
+  const int interval = plan.status_interval_s >= 0 ? plan.status_interval_s : (tty ? 1 : 5);
+  constexpr int64_t kIdleLogMicros = 60'000'000;
   std::vector<int64_t> last_rows(metrics.size(), 0);
-  int64_t last_print = MonotonicMicros();
+  int64_t last_print = MonotonicMicros(), last_logged = 0;
+  std::string last_line;
   std::unique_ptr<pg::Connection> watch;  // target, for snapshot completion
   bool snapshot_complete = false;
   bool signalled = false;
@@ -296,8 +307,10 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
       std::string line = StatusLine(metrics, &last_rows, (now - last_print) / 1e6);
       if (tty) {
         fmt::print(stderr, "\r\033[K{}", line);
-      } else {
+      } else if (line != last_line || now - last_logged >= kIdleLogMicros) {
         spdlog::info("{}", line);
+        last_logged = now;
+        last_line = std::move(line);
       }
       last_print = now;
     }
@@ -305,17 +318,9 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
       // Done once every partition of every requested table applied the marker.
       if (!watch || watch->IsBroken()) {
         auto c = pg::Connection::Open(to);
-        if (c.ok()) {
-          watch = std::move(*c);
-          if (baseline.empty()) {
-            for (size_t t : snapshot_tables) {
-              auto m = TargetMarker(*watch, config->tables[t]);
-              baseline.push_back(m.ok() ? *m : MarkerState{});
-            }
-          }
-        }
+        if (c.ok()) watch = std::move(*c);
       }
-      if (watch && !baseline.empty()) {
+      if (watch) {
         bool all = true;
         for (size_t i = 0; i < snapshot_tables.size() && all; ++i) {
           auto m = TargetMarker(*watch, config->tables[snapshot_tables[i]]);
@@ -350,11 +355,11 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   if (plan.snapshot_only) {
     if (memory && source_out.done && source_out.status.ok() && !signalled) snapshot_complete = true;
     if (snapshot_complete) {
-      fmt::print(stderr, "snapshot complete: {} table(s) copied to the target\n",
+      spdlog::info("snapshot complete: {} table(s) copied to the target",
                  snapshot_tables.size());
       return kExitOk;
     }
-    fmt::print(stderr, "snapshot interrupted; run `datatunnel snapshot` again to resume it\n");
+    spdlog::warn("snapshot interrupted; run `datatunnel snapshot` again to resume it");
     return signalled ? kExitOk : kExitFailure;
   }
   return kExitOk;

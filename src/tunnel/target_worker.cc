@@ -176,6 +176,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       a.pos = c.pos;
       if (c.op == Op::kMarker) {
         a.snapshot_marker = true;
+        a.snapshot_pos = c.pos;
         a.snapshot_partitions = std::max(1, item.broadcast_partitions);
         continue;
       }
@@ -197,8 +198,9 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       }
       for (const Change* c : changes) {
         auto& tm = metrics_->table(c->table);
+        if (c->op == Op::kRead) continue;  // snapshot rows are not changes
         if (c->pos.sub == 0) ++tm.applied;
-        if (c->op != Op::kRead && c->captured_us > 0) {
+        if (c->captured_us > 0) {
           tm.latency.Observe(static_cast<double>(now - c->captured_us) / 1e6);
           tm.last_captured_us = c->captured_us;
           tm.last_applied_us = now;
