@@ -31,7 +31,7 @@ int RunInit(const Globals& g, const InitOptions& o) {
   std::vector<std::string> warnings;
   auto specs = capture::DescribeSourceTables(**source, config->tables, &warnings);
   if (!specs.ok()) return Fail(specs.status());
-  for (const auto& w : warnings) fmt::print(stderr, "datatunnel: warning: {}\n", w);
+  for (const auto& w : warnings) Warn(w);
   if (o.print_sql) {
     fmt::print("-- source ({})\n{}\n", (*source)->description(), capture::StateSchemaDdl());
     for (const auto& s : *specs) {
@@ -52,7 +52,7 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (!tgt_actions.ok()) return Fail(tgt_actions.status().WithContext("init on the target"));
   for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
   for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
-  for (const auto& w : src_report->warnings) fmt::print(stderr, "datatunnel: warning: {}\n", w);
+  for (const auto& w : src_report->warnings) Warn(w);
   // Columns captured only now: rows changed since they were added lack
   // their values, so copy those tables again (consistently with the stream).
   for (size_t t : src_report->needs_snapshot) {

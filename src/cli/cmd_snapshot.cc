@@ -22,7 +22,7 @@ void AddSnapshotCommand(CLI::App& app, Globals* g) {
   cmd->add_option("--table", plan->only_tables,
                   "Only this source table (schema.table; repeatable)");
   cmd->add_option("--status-interval", plan->status_interval_s,
-                  "Seconds between progress lines (default: 1 on a terminal, 0 = off)");
+                  "Seconds between progress lines (default: 1 on a terminal, else 5; 0 = off)");
   cmd->callback([g, plan] { g_exit_code = RunTunnel(*g, *plan); });
 }
 

@@ -35,6 +35,8 @@ void AddGlobalOptions(CLI::App& app, Globals* g) {
 
 namespace {
 
+bool g_json_logs = false;  // --log-format json: errors and warnings as JSON lines too
+
 // %* : the message, escaped as the inside of a JSON string.
 class JsonMessageFlag : public spdlog::custom_flag_formatter {
  public:
@@ -61,7 +63,16 @@ class JsonMessageFlag : public spdlog::custom_flag_formatter {
 
 }  // namespace
 
+void Warn(const std::string& msg) {
+  if (g_json_logs) {
+    spdlog::warn("{}", msg);
+  } else {
+    fmt::print(stderr, "datatunnel: warning: {}\n", msg);
+  }
+}
+
 void SetupLogging(const Globals& g) {
+  g_json_logs = g.log_format == "json";
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>("datatunnel", sink);
   if (g.log_format == "json") {
@@ -116,7 +127,11 @@ int Fail(const Status& st) {
   for (char& ch : msg) {
     if (ch == '\n') ch = ' ';
   }
-  fmt::print(stderr, "datatunnel: error: {}\n", msg);
+  if (g_json_logs) {
+    spdlog::error("{}", msg);
+  } else {
+    fmt::print(stderr, "datatunnel: error: {}\n", msg);
+  }
   return st.code() == StatusCode::kBadConfig ? kExitConfig : kExitFailure;
 }
 

@@ -47,6 +47,9 @@ Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::Connect
 // Prints the error as one line on stderr and maps it to an exit code.
 int Fail(const Status& st);
 
+// Prints a warning as one line on stderr (a JSON line under --log-format json).
+void Warn(const std::string& msg);
+
 // SIGINT/SIGTERM request a stop on `stop` (a second one exits at once).
 void InstallSignalHandlers(StopSource* stop);
 
