@@ -123,7 +123,14 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
     return Bad("not JSON");
   }
   od::object root;
-  if (doc.get_object().get(root)) return Bad("not a JSON object");
+  if (doc.get_object().get(root)) {
+    // On-demand parsing is lazy: tell invalid JSON from other JSON values
+    // with a full parse (bad messages only, so its cost does not matter).
+    simdjson::dom::parser full;
+    simdjson::dom::element ignored;
+    if (full.parse(padded_.data(), value.size(), false).get(ignored)) return Bad("not JSON");
+    return Bad("not a JSON object");
+  }
 
   out->table = table;
   out->key_only = false;

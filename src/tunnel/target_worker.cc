@@ -162,8 +162,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
         case Item::Kind::kDeadLetter:
           ++a.dead;
           continue;
-        case Item::Kind::kIgnored:
-          ++a.skipped;
+        case Item::Kind::kIgnored:  // schema markers, tombstones: no change to apply or skip
           continue;
         case Item::Kind::kChange:
           break;

@@ -104,7 +104,7 @@ brokers = "{}"
   void StartBroker(int partitions = 4) {
     const std::string file = dir_ + "/bootstrap";
     broker_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinaryPath(), "-c", config_, "dev-broker", "--partitions",
+        std::vector<std::string>{BinaryPath(), "dev-broker", "--partitions",
                                  std::to_string(partitions), "--bootstrap-file", file});
     ASSERT_TRUE(WaitUntil([&] { return std::filesystem::exists(file); }, 20)) << broker_->Stderr();
     std::ifstream in(file);

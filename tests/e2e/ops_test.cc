@@ -1,0 +1,629 @@
+// End to end: operating the tunnel (issue 7). The metrics endpoint and
+// `status --json`, checked against what the test did; no log line of a full
+// run ever shows a password; malformed messages on a topic go to its
+// dead-letter topic (or stop the consumer) while good changes keep flowing.
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support/pg_cluster.h"
+#include "support/subprocess.h"
+#include "support/test_util.h"
+#include "support/tunnel_fixture.h"
+
+namespace datatunnel {
+namespace {
+
+using testing::RunCommand;
+using testing::SourceCluster;
+using testing::Subprocess;
+using testing::TargetCluster;
+using testing::WaitUntil;
+
+constexpr const char* kEmployeesPkDdl =
+    "CREATE TABLE employees(emp_id SERIAL PRIMARY KEY, first_name VARCHAR(100), "
+    "last_name VARCHAR(100), dob DATE, city VARCHAR(100))";
+constexpr const char* kDocsDdl = "CREATE TABLE docs(id int PRIMARY KEY, body bytea, note text)";
+constexpr const char* kDocsTable = "[[tables]]\nsource = \"public.docs\"\n";
+constexpr const char* kDocsTopic = "datatunnel.public.docs";
+
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+// A loopback port nothing listens on right now.
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct HttpReply {
+  int status = 0;  // 0: no answer
+  std::string body;
+};
+
+// GET http://127.0.0.1:port/path (HTTP/1.0, the server closes the connection).
+HttpReply HttpGet(int port, const std::string& path) {
+  HttpReply reply;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return reply;
+  }
+  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return reply;
+  }
+  std::string raw;
+  char buf[8192];
+  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) raw.append(buf, static_cast<size_t>(n));
+  close(fd);
+  const size_t head_end = raw.find("\r\n\r\n");
+  if (raw.rfind("HTTP/1.", 0) != 0 || raw.size() < 12 || head_end == std::string::npos) {
+    return reply;
+  }
+  reply.status = std::atoi(raw.substr(9, 3).c_str());
+  reply.body = raw.substr(head_end + 4);
+  return reply;
+}
+
+// The value of a sample in Prometheus text format: `name{table="..."} v` or
+// `name v`; nullopt when absent.
+std::optional<double> Sample(const std::string& body, const std::string& name,
+                             const std::string& table = "") {
+  const std::string prefix =
+      table.empty() ? name + " " : fmt::format("{}{{table=\"{}\"}} ", name, table);
+  for (const auto& line : Lines(body)) {
+    if (line.rfind(prefix, 0) == 0) return std::strtod(line.c_str() + prefix.size(), nullptr);
+  }
+  return std::nullopt;
+}
+
+// A number field of `status --json` (the first table's when several).
+std::optional<double> JsonNumber(const std::string& json, const std::string& field) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex("\"" + field + "\":(-?[0-9.]+)"))) return std::nullopt;
+  return std::strtod(m[1].str().c_str(), nullptr);
+}
+
+class OpsTest : public testing::TunnelFixture {
+ protected:
+  // Scrapes /metrics; `name{table=...}` of the first table, or a scalar.
+  std::optional<double> Metric(const std::string& name, const std::string& table = "") {
+    return Sample(HttpGet(port_, "/metrics").body, name, table);
+  }
+  std::string MetricsConfig(const std::string& more = "") {
+    port_ = FreePort();
+    return fmt::format("[metrics]\nlisten = \"127.0.0.1:{}\"\n{}", port_, more);
+  }
+  std::string Status() {
+    auto r = Dt({"status", "--json"});
+    EXPECT_EQ(r.code, 0) << r.out << r.err;
+    return r.out;
+  }
+  // Produces `lines` (one message each) to `topic` with kcat.
+  void Publish(const std::string& topic, const std::vector<std::string>& lines,
+               int partition = -1) {
+    const std::string file = dir_ + "/messages";
+    {
+      std::ofstream out(file);
+      for (const auto& l : lines) out << l << "\n";
+    }
+    std::vector<std::string> argv = {"/usr/bin/kcat", "-P", "-b", bootstrap_, "-t", topic};
+    if (partition >= 0) {
+      argv.push_back("-p");
+      argv.push_back(std::to_string(partition));
+    }
+    argv.push_back("-l");
+    argv.push_back(file);
+    auto r = RunCommand(argv, {}, 30);
+    ASSERT_EQ(r.code, 0) << r.out << r.err;
+  }
+
+  int port_ = 0;
+};
+
+// ---- Metrics endpoint -------------------------------------------------------
+
+TEST_F(OpsTest, MetricsEndpointCountsWhatTheTestDid) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  WriteConfig(testing::kEmployeesTable, MetricsConfig("[pipeline]\nready_max_lag_seconds = 1\n"));
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  ASSERT_TRUE(WaitUntil([&] { return HttpGet(port_, "/healthz").status == 200; }, 20))
+      << run->Stderr();
+  EXPECT_EQ(HttpGet(port_, "/healthz").body, "ok\n");
+  EXPECT_TRUE(WaitUntil([&] { return HttpGet(port_, "/readyz").status == 200; }, 20));
+  EXPECT_EQ(HttpGet(port_, "/readyz").body, "ready\n");
+  EXPECT_EQ(HttpGet(port_, "/nothing-here").status, 404);
+  EXPECT_TRUE(Contains(run->Stderr(), fmt::format("on port {}", port_))) << run->Stderr();
+
+  // 40 inserts, 15 updates, 5 deletes, 4 key changes: 64 changes.
+  const std::string t = "public.employees";
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 40) i");
+  SourceCluster().Exec(src_, "UPDATE employees SET city = 'Oslo' WHERE emp_id <= 15");
+  SourceCluster().Exec(src_, "DELETE FROM employees WHERE emp_id BETWEEN 16 AND 20");
+  SourceCluster().Exec(
+      src_, "UPDATE employees SET emp_id = emp_id + 1000 WHERE emp_id BETWEEN 21 AND 24");
+  ExpectInSync();
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        const std::string m = HttpGet(port_, "/metrics").body;
+        return Sample(m, "datatunnel_changes_applied_total", t) == 64.0 &&
+               Sample(m, "datatunnel_changes_published_total", t) == 64.0;
+      },
+      20))
+      << HttpGet(port_, "/metrics").body;
+  const std::string m = HttpGet(port_, "/metrics").body;
+  EXPECT_EQ(Sample(m, "datatunnel_changes_captured_total", t), 64.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_changes_published_total", t), 64.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_changes_applied_total", t), 64.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_duplicates_skipped_total", t), 0.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_dead_letters_total", t), 0.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_snapshot_rows_total", t), 0.0) << m;  // the table was empty
+  EXPECT_EQ(Sample(m, "datatunnel_snapshot_running", t), 0.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_lag_changes", t), 0.0) << m;
+  const double batches = Sample(m, "datatunnel_batches_total", t).value_or(-1);
+  EXPECT_GE(batches, 1) << m;
+  EXPECT_LE(batches, 64) << m;
+  // Every applied change was timed (a key change is two messages).
+  EXPECT_GE(Sample(m, "datatunnel_end_to_end_latency_seconds_count", t).value_or(0), 64) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_end_to_end_latency_seconds_count", t),
+            Sample(m,
+                   "datatunnel_end_to_end_latency_seconds_bucket{table=\"public.employees\","
+                   "le=\"+Inf\"}"))
+      << m;
+  EXPECT_EQ(Sample(m, "datatunnel_source_connected"), 1.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_target_connected"), 1.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_leader"), 1.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_errors_total"), 0.0) << m;
+  EXPECT_GT(Sample(m, "process_resident_memory_bytes").value_or(0), 0) << m;
+
+  // The target stops applying (a lock): changes wait, the lag shows them and,
+  // past ready_max_lag_seconds, /readyz says not ready.
+  auto lock = TargetCluster().Connect(tgt_);
+  ASSERT_TRUE(lock->Exec("BEGIN; LOCK TABLE employees IN ACCESS EXCLUSIVE MODE").ok());
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'late' || i FROM "
+                       "generate_series(1, 7) i");
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return Metric("datatunnel_changes_captured_total", t) == 71.0 &&
+               Metric("datatunnel_lag_changes", t) == 7.0;
+      },
+      20))
+      << HttpGet(port_, "/metrics").body;
+  HttpReply ready;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        ready = HttpGet(port_, "/readyz");
+        return ready.status == 503;
+      },
+      20))
+      << ready.status << " " << ready.body;
+  EXPECT_TRUE(Contains(ready.body, "public.employees is")) << ready.body;
+  EXPECT_TRUE(Contains(ready.body, "behind")) << ready.body;
+  EXPECT_EQ(HttpGet(port_, "/healthz").status, 200);  // alive, only not ready
+  ASSERT_TRUE(lock->Exec("COMMIT").ok());
+  ExpectInSync();
+  EXPECT_TRUE(WaitUntil([&] { return HttpGet(port_, "/readyz").status == 200; }, 20));
+  EXPECT_EQ(Metric("datatunnel_changes_applied_total", t), 71.0);
+  EXPECT_EQ(Metric("datatunnel_lag_changes", t), 0.0);
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+  // Stopped: nothing listens any more.
+  EXPECT_EQ(HttpGet(port_, "/healthz").status, 0);
+}
+
+TEST_F(OpsTest, MetricsOfASnapshot) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 5000) i");
+  WriteConfig(testing::kEmployeesTable, MetricsConfig("[pipeline]\nsnapshot_chunk_rows = 100\n"));
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  const std::string t = "public.employees";
+  // Held still mid-way (its next chunk waits for a lock): the gauges show it.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto rows = Metric("datatunnel_snapshot_rows_total", t);
+        return rows && *rows >= 200;
+      },
+      30))
+      << run->Stderr();
+  auto lock = SourceCluster().Connect(src_);
+  ASSERT_TRUE(lock->Exec("BEGIN; LOCK TABLE employees IN ACCESS EXCLUSIVE MODE").ok());
+  std::string m = HttpGet(port_, "/metrics").body;
+  EXPECT_EQ(Sample(m, "datatunnel_snapshot_running", t), 1.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_snapshot_rows_estimated", t), 5000.0) << m;
+  EXPECT_LT(Sample(m, "datatunnel_snapshot_rows_total", t).value_or(5000), 5000) << m;
+  ASSERT_TRUE(lock->Exec("COMMIT").ok());
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_snapshot_running", t) == 0.0; }, 60))
+      << run->Stderr();
+  m = HttpGet(port_, "/metrics").body;
+  EXPECT_EQ(Sample(m, "datatunnel_snapshot_rows_total", t), 5000.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_changes_captured_total", t), 0.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_dead_letters_total", t), 0.0) << m;
+  ExpectInSync();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// Snapshot rows are not changes: after a snapshot, lag and readiness still
+// see changes that wait for a stalled target.
+TEST_F(OpsTest, LagAndReadinessAfterASnapshot) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 500) i");
+  WriteConfig(testing::kEmployeesTable, MetricsConfig("[pipeline]\nready_max_lag_seconds = 1\n"));
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  const std::string t = "public.employees";
+  ExpectInSync();
+  ASSERT_TRUE(WaitUntil([&] { return Metric("datatunnel_snapshot_running", t) == 0.0; }, 20));
+  SourceCluster().Exec(src_, "UPDATE employees SET city = 'x' WHERE emp_id <= 3");
+  ExpectInSync();
+  EXPECT_TRUE(WaitUntil([&] { return HttpGet(port_, "/readyz").status == 200; }, 20));
+  EXPECT_EQ(Metric("datatunnel_changes_applied_total", t), 3.0)
+      << "snapshot rows are not changes (they count in datatunnel_snapshot_rows_total)";
+  auto lock = TargetCluster().Connect(tgt_);
+  ASSERT_TRUE(lock->Exec("BEGIN; LOCK TABLE employees IN ACCESS EXCLUSIVE MODE").ok());
+  SourceCluster().Exec(src_, "UPDATE employees SET city = 'y' WHERE emp_id <= 7");
+  ASSERT_TRUE(
+      WaitUntil([&] { return Metric("datatunnel_changes_captured_total", t) == 10.0; }, 20));
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_changes", t) == 7.0; }, 10))
+      << HttpGet(port_, "/metrics").body;
+  EXPECT_TRUE(WaitUntil([&] { return HttpGet(port_, "/readyz").status == 503; }, 10))
+      << HttpGet(port_, "/readyz").body;
+  ASSERT_TRUE(lock->Exec("COMMIT").ok());
+  ExpectInSync();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// ---- status --json ---------------------------------------------------------
+
+TEST_F(OpsTest, StatusJsonCountsWhatTheTestDid) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 100) i");
+  WriteConfig();
+  StartBroker();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto expect = [&](const std::string& json, std::map<std::string, double> want) {
+    for (const auto& [field, value] : want) {
+      EXPECT_EQ(JsonNumber(json, field), value) << field << " in " << json;
+    }
+  };
+  std::string s = Status();
+  EXPECT_TRUE(Contains(s, "\"source\":\"public.employees\",\"target\":\"public.employees\"")) << s;
+  expect(s, {{"captured", 0},
+             {"published", 0},
+             {"applied", 0},
+             {"pending", 0},
+             {"lag_changes", 0},
+             {"lag_seconds", 0},
+             {"dead_letters", 0}});
+  EXPECT_TRUE(Contains(s, "\"snapshot\":{\"state\":\"none\",\"rows\":0,")) << s;
+
+  // 10 inserts, 5 updates, 3 deletes, 2 key changes, with no tunnel running.
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'm' || i FROM "
+                       "generate_series(1, 10) i;"
+                       "UPDATE employees SET city = 'Lyon' WHERE emp_id <= 5;"
+                       "DELETE FROM employees WHERE emp_id BETWEEN 6 AND 8;"
+                       "UPDATE employees SET emp_id = emp_id + 1000 WHERE emp_id IN (9, 10)");
+  s = Status();
+  expect(
+      s,
+      {{"captured", 20}, {"published", 0}, {"applied", 0}, {"pending", 20}, {"lag_changes", 20}});
+  EXPECT_GT(JsonNumber(s, "lag_seconds").value_or(0), 0) << s;
+
+  // Published, not yet applied.
+  auto produce = Start({"produce"});
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        s = Status();
+        return JsonNumber(s, "published") == 20.0 && JsonNumber(s, "pending") == 0.0;
+      },
+      30))
+      << s << produce->Stderr();
+  expect(s, {{"captured", 20}, {"applied", 0}, {"lag_changes", 20}});
+
+  // Applied.
+  auto consume = Start({"consume"});
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        s = Status();
+        return JsonNumber(s, "lag_changes") == 0.0;
+      },
+      30))
+      << s << consume->Stderr();
+  expect(s, {{"captured", 20},
+             {"published", 20},
+             {"applied", 20},
+             {"pending", 0},
+             {"lag_seconds", 0},
+             {"dead_letters", 0}});
+  EXPECT_TRUE(std::regex_search(
+      s, std::regex("\"last_applied_at\":\"20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z\"")))
+      << s;
+
+  // The snapshot, while producer and consumer run: the rows the source has
+  // (the target holds rows, so only once told it may empty it).
+  SourceCluster().Exec(src_, "ANALYZE employees");
+  auto r = Dt({"snapshot", "--truncate-target"}, 120);
+  ASSERT_EQ(r.code, 0) << r.err;
+  ExpectInSync();
+  s = Status();
+  EXPECT_TRUE(Contains(s, "\"snapshot\":{\"state\":\"done\",\"rows\":107,\"total\":107}")) << s;
+  // `applied` counts rows written to the target: the changes and the snapshot's rows.
+  expect(s, {{"captured", 20}, {"published", 20}, {"applied", 127}, {"lag_changes", 0}});
+  auto text = Dt({"status"});
+  EXPECT_EQ(text.code, 0);
+  EXPECT_TRUE(Contains(text.out, "done (107 rows)")) << text.out;
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
+// ---- Passwords never logged -------------------------------------------------
+
+TEST_F(OpsTest, NoLogLineShowsThePassword) {
+  StartBroker();
+  const std::string role = testing::UniqueName("dt_ops");
+  const std::string password = "Pw4-" + testing::UniqueName("never-shown");
+  SourceCluster().CreatePasswordRole(role, password);
+  TargetCluster().CreatePasswordRole(role, password);
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 300) i");
+  const std::string password_file = dir_ + "/target.password";
+  std::ofstream(password_file) << password << "\n";
+  port_ = FreePort();
+  // The source password in the DSN, the target's in password_file.
+  std::ofstream(config_) << fmt::format(
+      R"([source]
+dsn = "postgresql://{0}:{1}@127.0.0.1:{2}/{3}"
+[target]
+dsn = "postgresql://{0}@127.0.0.1:{4}/{5}"
+password_file = "{6}"
+[kafka]
+brokers = "{7}"
+[kafka.consumer_properties]
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "300"
+[metrics]
+listen = "127.0.0.1:{8}"
+{9})",
+      role, password, SourceCluster().port(), src_, TargetCluster().port(), tgt_, password_file,
+      bootstrap_, port_, testing::kEmployeesTable);
+
+  std::string all;  // everything every command printed
+  auto keep = [&](const std::string& what, const testing::RunResult& r, int code) {
+    EXPECT_EQ(r.code, code) << what << "\n" << r.out << r.err;
+    all += r.out + r.err;
+  };
+  int round = 0;
+  for (const std::string format : {"text", "json"}) {
+    const std::vector<std::string> log = {"--log-format", format, "--log-level", "trace"};
+    auto cmd = [&](std::vector<std::string> rest) {
+      std::vector<std::string> a = log;
+      a.insert(a.end(), rest.begin(), rest.end());
+      return a;
+    };
+    keep("init", Dt(cmd({"init"})), 0);
+    auto run = Start(cmd({"run"}));
+    SourceCluster().Exec(
+        src_, fmt::format("INSERT INTO employees(first_name) VALUES ('r{}');"
+                          "UPDATE employees SET city = 'c{}' WHERE emp_id % 10 = {};"
+                          "DELETE FROM employees WHERE emp_id = {};"
+                          "UPDATE employees SET emp_id = emp_id + 5000 WHERE emp_id = {}",
+                          round, round, round, 50 + round, 60 + round));
+    keep("verify --wait", Dt(cmd({"verify", "--wait", "60"}), 120), 0);
+    const HttpReply metrics = HttpGet(port_, "/metrics");
+    EXPECT_EQ(metrics.status, 200);
+    all += metrics.body;
+    EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+    all += run->Stdout() + run->Stderr();
+    keep("status", Dt(cmd({"status"})), 0);
+    keep("status --json", Dt(cmd({"status", "--json"})), 0);
+    keep("verify", Dt(cmd({"verify"})), 0);
+    keep("snapshot --restart", Dt(cmd({"snapshot", "--restart", "--truncate-target"}), 120), 0);
+    // Failures name the database, never the password.
+    keep(
+        "unreachable target",
+        Dt(cmd({"--target-dsn",
+                fmt::format("postgresql://{}:{}@127.0.0.1:1/{}", role, password, tgt_), "status"})),
+        3);
+    const std::string wrong = dir_ + "/wrong.password";
+    std::ofstream(wrong) << "Wrong-" << password << "\n";
+    auto bad = Dt(cmd({"--set", "target.password_file=" + wrong, "status"}));
+    keep("wrong password", bad, 2);
+    EXPECT_TRUE(Contains(bad.err, "password authentication failed")) << bad.err;
+    ++round;
+  }
+  EXPECT_GT(all.size(), 2000u) << "the commands printed almost nothing";
+  EXPECT_TRUE(Contains(all, role)) << "messages name the user";
+  EXPECT_FALSE(Contains(all, password)) << "the password was printed:\n" << all;
+  EXPECT_FALSE(Contains(all, password.substr(4))) << all;
+}
+
+// --log-format json: every line on stderr is one JSON object, for log pipelines.
+TEST_F(OpsTest, JsonLogFormatPrintsOnlyJsonLines) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('a'), ('b')");
+  WriteConfig();
+  const std::vector<std::string> json = {"--log-format", "json"};
+  std::string err;
+  for (const char* c : {"init", "snapshot", "status", "verify"}) {
+    std::vector<std::string> a = json;
+    a.push_back(c);
+    auto r = Dt(a);
+    EXPECT_EQ(r.code, 0) << c << ": " << r.err;
+    err += r.err;
+  }
+  auto run = Start({"--log-format", "json", "run"});
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('c')");
+  ExpectInSync();
+  EXPECT_EQ(run->Stop(), 0);
+  err += run->Stderr();
+  for (const auto& line : Lines(err)) {
+    EXPECT_TRUE(line.size() > 1 && line.front() == '{' && line.back() == '}') << line;
+  }
+}
+
+// ---- Dead letters -------------------------------------------------------------
+
+// Malformed messages a test can put on the topic, and what the error says.
+const std::vector<std::pair<std::string, std::string>> kBadMessages = {
+    {"this is not JSON", "not JSON"},
+    {"[1,2,3]", "not a JSON object"},
+    {R"({"hello":"world"})", "no \"op\""},
+    {R"({"op":"c","after":{"id":1000,"body":"%%% not base64 %%%","note":"x"},)"
+     R"("source":{"pos":[1,1,1,0]}})",
+     "is not base64"},
+    {R"({"op":"c","after":{"id":1001,"body":12345,"note":"x"},"source":{"pos":[1,1,1,0]}})",
+     "must be a base64 string"},
+    {R"({"op":"x","after":{"id":1002},"source":{"pos":[1,1,1,0]}})", "unknown op \"x\""},
+    {R"({"op":"c","after":{"note":"no key"},"source":{"pos":[1,1,1,0]}})",
+     "lacks key column \"id\""},
+};
+
+TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {
+  SourceCluster().Exec(src_, kDocsDdl);
+  TargetCluster().Exec(tgt_, kDocsDdl);
+  WriteConfig(kDocsTable, MetricsConfig());
+  StartBroker();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  SourceCluster().Exec(src_,
+                       "INSERT INTO docs SELECT i, decode(md5(i::text), 'hex'), 'before' FROM "
+                       "generate_series(1, 20) i");
+  ExpectInSync();
+
+  std::vector<std::string> bad;
+  for (const auto& [message, error] : kBadMessages) bad.push_back(message);
+  Publish(kDocsTopic, bad);
+  // Good changes keep flowing around them.
+  SourceCluster().Exec(src_,
+                       "INSERT INTO docs SELECT i, '\\x00ff'::bytea, 'after' FROM "
+                       "generate_series(21, 40) i;"
+                       "UPDATE docs SET note = 'changed' WHERE id <= 5;"
+                       "DELETE FROM docs WHERE id BETWEEN 6 AND 8");
+  const double n = static_cast<double>(kBadMessages.size());
+  EXPECT_TRUE(
+      WaitUntil([&] { return Metric("datatunnel_dead_letters_total", "public.docs") == n; }, 30))
+      << HttpGet(port_, "/metrics").body << run->Stderr();
+  ExpectInSync();
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM docs WHERE id >= 1000"), 0);
+  EXPECT_EQ(JsonNumber(Status(), "dead_letters"), n);
+
+  // Each one is on <topic>.dlq, as it was, with a header saying why.
+  auto dlq = RunCommand(
+      {"/usr/bin/kcat", "-C", "-b", bootstrap_, "-t", std::string(kDocsTopic) + ".dlq", "-o",
+       "beginning", "-e", "-q", "-c", std::to_string(kBadMessages.size()), "-f", "%h %s\n"},
+      {}, 30);
+  ASSERT_EQ(dlq.code, 0) << dlq.err;
+  const auto lines = Lines(dlq.out);
+  EXPECT_EQ(lines.size(), kBadMessages.size()) << dlq.out;
+  for (const auto& [message, error] : kBadMessages) {
+    bool found = false;
+    for (const auto& line : lines) {
+      if (line.size() < message.size() ||
+          line.compare(line.size() - message.size(), message.size(), message) != 0) {
+        continue;
+      }
+      found = true;
+      EXPECT_TRUE(Contains(line, "datatunnel.error=")) << line;
+      EXPECT_TRUE(Contains(line, error)) << line;
+      EXPECT_TRUE(Contains(line, std::string("datatunnel.topic=") + kDocsTopic)) << line;
+      EXPECT_TRUE(Contains(line, "datatunnel.offset=")) << line;
+    }
+    EXPECT_TRUE(found) << message << " is not on the dead-letter topic:\n" << dlq.out;
+  }
+  EXPECT_TRUE(Contains(run->Stderr(), "sent to datatunnel.public.docs.dlq")) << run->Stderr();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+TEST_F(OpsTest, StopOnBadMessageExitsWithOneClearLine) {
+  SourceCluster().Exec(src_, kDocsDdl);
+  TargetCluster().Exec(tgt_, kDocsDdl);
+  WriteConfig(kDocsTable, "[pipeline]\non_bad_message = \"stop\"\n");
+  StartBroker();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto produce = Start({"produce"});
+  auto consume = Start({"consume"});
+  SourceCluster().Exec(src_, "INSERT INTO docs SELECT i, NULL, 'n' FROM generate_series(1, 10) i");
+  ExpectInSync();
+  Publish(kDocsTopic, {"this is not JSON"}, 0);
+  // The consumer stops at it, and again after a restart: it never skips it.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto rc = consume->Wait(30);
+    ASSERT_TRUE(rc.has_value()) << "the consumer did not stop\n" << consume->Stderr();
+    EXPECT_EQ(*rc, 3) << consume->Stderr();
+    const std::string err = consume->Stderr();
+    std::vector<std::string> errors;
+    for (const auto& line : Lines(err)) {
+      if (Contains(line, "error") || Contains(line, "bad message")) errors.push_back(line);
+    }
+    ASSERT_EQ(errors.size(), 1u) << err;
+    EXPECT_EQ(errors[0].rfind("datatunnel: error: bad message at datatunnel.public.docs [0] "
+                              "offset ",
+                              0),
+              0u)
+        << errors[0];
+    EXPECT_TRUE(Contains(errors[0], ": not JSON")) << errors[0];
+    EXPECT_TRUE(Contains(errors[0], "on_bad_message")) << errors[0];
+    if (attempt == 0) consume = Start({"consume"});
+  }
+  EXPECT_EQ(JsonNumber(Status(), "dead_letters"), 0.0);
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+}
+
+}  // namespace
+}  // namespace datatunnel
