@@ -305,7 +305,8 @@ def main():
         add("**Quick run** (`bench/run.sh --quick`): small sizes, one run each. It checks that "
             "the harness works; its numbers are not the benchmark.")
         add("")
-    add(f"- datatunnel {meta.get('version', '?')} (git {meta.get('git', '?')}), PostgreSQL "
+    version = meta.get("version", "?").replace("datatunnel ", "").replace(" ()", "")
+    add(f"- datatunnel {version}, git {meta.get('git', '?')}; PostgreSQL "
         f"{meta.get('postgres', '?')}, {meta.get('os', '?')}, kernel {meta.get('kernel', '?')}")
     add(f"- {meta.get('cores', '?')} cores ({meta.get('cpu', '?')}), {meta.get('mem_gb', '?')} GB; "
         "both servers, the broker, the tunnel and the load generator on the same machine")
@@ -510,6 +511,16 @@ def main():
         if worst is not None:
             targets.append(("memory: every tunnel process < 256 MB peak RSS in every scenario",
                             f"max {worst:.0f} MB", worst < 256))
+
+    early = [(s_, c, v, m[len("early_exit_"):], len(vals)) for (s_, c, v, m), vals in
+             sorted(r.values.items()) if m.startswith("early_exit_")]
+    if early:
+        add("## Processes that exited before the end of a measurement")
+        add("")
+        for s_, c, v, proc, n in early:
+            runs = ", ".join(str(run) for run, _ in r.values[(s_, c, v, "early_exit_" + proc)])
+            add(f"- {s_} / {c} / {v}: `{proc}` (run {runs}); see bench/work/out/logs")
+        add("")
 
     # ---- targets first
     head = ["## Targets", ""]

@@ -256,6 +256,7 @@ stop_tunnel() {
     local name=${TUNNEL_NAMES[$i]}
     if ! kill -0 "${TUNNEL_PIDS[$i]}" 2>/dev/null; then
       log "tunnel process $name had already exited: $(tail -3 "$RUN/tunnel-$name.log")"
+      emit "$sc" "$case" "$v" "$run" "early_exit_$name" 1
     fi
     stop_bg "${TUNNEL_PIDS[$i]}"
     report_rusage "$sc" "$case" "$v" "$run" "$name"
@@ -329,6 +330,10 @@ teardown_stream() {
   else
     stop_tunnel "$sc" "$case" "$v" "$run"
     if [[ -n "$BROKER_PID" ]]; then
+      if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+        log "the dev broker had exited before the end of the measurement: $(cat "$RUN/rusage-broker" 2>/dev/null)"
+        emit "$sc" "$case" "$v" "$run" early_exit_broker 1
+      fi
       stop_broker
       report_rusage "$sc" "$case" "$v" "$run" broker
     fi
