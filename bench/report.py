@@ -18,16 +18,13 @@ VARIANT_NAMES = {
     "kafka": "tunnel, through the broker (run)",
     "split": "tunnel, through the broker (produce + consume)",
     "none": "tunnel, --broker none",
-    "kafka-poll": "what-if: through the broker, NOTIFY trigger off, 10 ms poll",
-    "none-poll": "what-if: --broker none, NOTIFY trigger off, 10 ms poll",
     "ref": "logical replication",
     "copy": "COPY pipe (psql \\copy | psql \\copy)",
     "sub": "logical replication initial copy",
     "trigger-off": "capture triggers disabled",
     "trigger-on": "capture triggers enabled",
-    "trigger-nonotify": "capture trigger without the NOTIFY trigger",
 }
-STREAM_ORDER = ["kafka", "split", "kafka-poll", "none", "none-poll", "ref"]
+STREAM_ORDER = ["kafka", "split", "none", "ref"]
 
 
 def load_meta(path):
@@ -474,16 +471,13 @@ def main():
             f"(ALTER TABLE ... ENABLE/DISABLE TRIGGER), {meta.get('src_pairs')} interleaved "
             "round(s), order rotating; the tunnel is not running.")
         add("")
-        add("| transaction | triggers off, tps | triggers on (as `init` installs them), tps | on / off "
-            "| what-if: capture trigger only, no NOTIFY trigger, tps | capture only / off |")
-        add("|---|---|---|---|---|---|")
+        add("| transaction | triggers off, tps | triggers on (as `init` installs them), tps | on / off |")
+        add("|---|---|---|---|")
         for case in r.cases("source"):
             off = r.median("source", case, "trigger-off", "tps")
             on = r.median("source", case, "trigger-on", "tps")
-            nn = r.median("source", case, "trigger-nonotify", "tps")
             add(f"| single-row {case.upper()} | {cell(r, 'source', case, 'trigger-off', 'tps')} | "
-                f"{cell(r, 'source', case, 'trigger-on', 'tps')} | {rfmt(ratio(on, off))} | "
-                f"{cell(r, 'source', case, 'trigger-nonotify', 'tps')} | {rfmt(ratio(nn, off))} |")
+                f"{cell(r, 'source', case, 'trigger-on', 'tps')} | {rfmt(ratio(on, off))} |")
             if on is not None and off:
                 targets.append((f"source cost, single-row {case.upper()}: trigger-on ≥ 0.8× trigger-off",
                                 f"{on / off:.2f}×", on >= 0.8 * off))

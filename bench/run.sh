@@ -9,10 +9,8 @@
 #   --only         scenarios: source,latency,burst,backlog,snapshot (default: all)
 #   --variants     kafka (run through the dev broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
-#                  kafka-poll, none-poll (what-if: the NOTIFY trigger disabled, the
-#                  producer polling every 10 ms instead; latency and burst only),
 #                  ref (logical replication; for the snapshot also the COPY pipe)
-#                  default: kafka,none,none-poll,ref
+#                  default: kafka,none,ref
 #   --runs N       repetitions (default 3; 1 with --quick)
 #   --name NAME    results file name (default: the date, "-quick" appended with --quick)
 #
@@ -30,7 +28,7 @@ cd "$ROOT"
 
 QUICK=0
 ONLY="source,latency,burst,backlog,snapshot"
-VARIANTS="kafka,none,none-poll,ref"
+VARIANTS="kafka,none,ref"
 RUNS=""
 NAME=""
 while [[ $# -gt 0 ]]; do
@@ -233,8 +231,7 @@ start_tunnel() {
   local v=$1
   TUNNEL_PIDS=(); TUNNEL_NAMES=()
   local cmds=() extra="${BENCH_TUNNEL_ARGS:-}"
-  [[ $v == *-poll ]] && extra+=" --set pipeline.poll_interval_ms=10"
-  case "${v%-poll}" in
+  case "$v" in
     kafka) cmds=("run:run --no-snapshot") ;;
     none) cmds=("run:run --no-snapshot --broker none") ;;
     split) cmds=("consume:consume" "produce:produce") ;;
@@ -314,7 +311,6 @@ setup_stream() {
   else
     write_config none
     dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
-    [[ $v == *-poll ]] && q1 b1 "ALTER TABLE employees DISABLE TRIGGER datatunnel_notify"
     if [[ $start == 1 ]]; then
       [[ $v != none* ]] && start_broker
       start_tunnel "$v"
@@ -416,7 +412,6 @@ scenario_backlog() {
   local run v
   for run in $(seq 1 "$RUNS"); do
     for v in ${STREAM_VARIANTS}; do
-      [[ $v == *-poll ]] && continue  # no NOTIFY is involved in draining a backlog
       log "backlog: $v, run $run"
       setup_stream "$v" "$BACKLOG_PRELOAD" progress 0
       local t0 t1
@@ -529,17 +524,14 @@ scenario_source() {
   dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
   local pair op state
   for pair in $(seq 1 "$SRC_PAIRS"); do
-    # off: no capture; on: as init installs it; nonotify: the capture trigger
-    # without the statement-level NOTIFY trigger (what-if).
-    local order="off on nonotify"
-    [[ $((pair % 3)) == 2 ]] && order="on nonotify off"
-    [[ $((pair % 3)) == 0 ]] && order="nonotify off on"
+    # off: no capture; on: the capture triggers as init installs them.
+    local order="off on"
+    [[ $((pair % 2)) == 0 ]] && order="on off"
     for op in insert update; do
       for state in $order; do
-        local cap=DISABLE ntf=DISABLE
-        [[ $state == on ]] && cap=ENABLE ntf=ENABLE
-        [[ $state == nonotify ]] && cap=ENABLE
-        q1 b1 "ALTER TABLE employees $cap TRIGGER datatunnel_capture, $ntf TRIGGER datatunnel_notify, $cap TRIGGER datatunnel_truncate"
+        local cap=DISABLE
+        [[ $state == on ]] && cap=ENABLE
+        q1 b1 "ALTER TABLE employees $cap TRIGGER datatunnel_capture, $cap TRIGGER datatunnel_truncate"
         q1 b1 "VACUUM employees" ; q1 postgres "CHECKPOINT"
         emit source "$op" "trigger-$state" "$pair" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
         local out tps
@@ -557,7 +549,7 @@ scenario_source() {
 # ---- main ---------------------------------------------------------------------
 
 STREAM_VARIANTS=""
-for v in kafka split kafka-poll none none-poll ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
+for v in kafka split none ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
 
 # Machine noise: load average and concurrent compiler/test processes, every 2 s.
 noise_monitor() {

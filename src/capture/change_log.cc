@@ -79,6 +79,28 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
 
 Status ChangeLog::CommitTick() { return conn_->Commit(); }
 
+Result<bool> ChangeLog::ChangedSince(const Tick& last) {
+  if (newest_.size() != tables_->size()) {
+    changed_query_ =
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.txid_snapshot_xip($1::txid_snapshot) x "
+        "WHERE pg_catalog.txid_visible_in_snapshot(x, pg_catalog.txid_current_snapshot()))";
+    for (const auto& spec : *tables_) {
+      changed_query_ +=
+          fmt::format(", COALESCE((SELECT change_id FROM {} ORDER BY change_id DESC LIMIT 1), 0)",
+                      spec.change_table.Quoted());
+    }
+    newest_.assign(tables_->size(), -1);
+  }
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query(changed_query_, {last.snapshot}));
+  bool changed = r.GetBool(0, 0);
+  for (size_t t = 0; t < newest_.size(); ++t) {
+    const int64_t newest = r.GetInt64(0, static_cast<int>(t) + 1);
+    changed = changed || newest != newest_[t];
+    newest_[t] = newest;
+  }
+  return changed;
+}
+
 std::string ChangeLog::BatchQuery(const TableSpec& spec) const {
   std::string cols;
   for (size_t k : spec.key) {

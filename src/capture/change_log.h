@@ -80,6 +80,13 @@ class ChangeLog {
   Result<Tick> BeginTick(int64_t number);
   Status CommitTick();
 
+  // Whether a tick now could find changes that tick `last` did not: a
+  // change table's newest committed change_id grew since the previous call,
+  // or a transaction in progress at `last` has ended. Two index probes and
+  // no write: cheap enough to run every few milliseconds, unlike NOTIFY,
+  // which serialises every committing writer.
+  Result<bool> ChangedSince(const Tick& last);
+
   // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]
   // with change_id > after, in change_id order, appending Changes to `out`
   // (an UPDATE that changed the key gives two). Returns the last change_id
@@ -99,6 +106,8 @@ class ChangeLog {
   pg::Connection* conn_;
   const std::vector<TableSpec>* tables_;
   std::vector<std::string> batch_queries_;
+  std::string changed_query_;
+  std::vector<int64_t> newest_;  // per table, as the last ChangedSince() saw it
 };
 
 // The advisory lock key pair the producer holds ("DTNL", 1).

@@ -51,13 +51,6 @@ CREATE TABLE IF NOT EXISTS datatunnel.tables (
   installed_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (schema_name, table_name));
 
--- One NOTIFY per statement wakes the producer.
-CREATE OR REPLACE FUNCTION datatunnel.notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-  PERFORM pg_catalog.pg_notify('datatunnel', '');
-  RETURN NULL;
-END $fn$;
-
 -- Creates or updates the capture of one table: the change table (adding
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),
 -- the trigger function and the triggers. Returns one line per action taken.
@@ -141,16 +134,22 @@ BEGIN
 
   -- The trigger function, generated from the catalog. Names are fully
   -- qualified: it is SECURITY DEFINER and runs with the writer's search_path
-  -- (a SET clause would cost every write).
+  -- (a SET clause would cost every write). NEW and OLD fields are always
+  -- double-quoted: quote_ident() leaves PL/pgSQL's own keywords bare (by,
+  -- loop, strict, ...), and NEW.by is "record new has no field by".
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
-         pg_catalog.string_agg('NEW.' || pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
-         pg_catalog.string_agg('OLD.' || pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+         pg_catalog.string_agg('NEW."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+           ORDER BY a.attnum),
+         pg_catalog.string_agg('OLD."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+           ORDER BY a.attnum)
     INTO v_cols, v_new, v_old
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
-  SELECT pg_catalog.string_agg(pg_catalog.format('NEW.%1$I IS DISTINCT FROM OLD.%1$I', u.k), ' OR ' ORDER BY u.ord),
+  SELECT pg_catalog.string_agg(pg_catalog.format('NEW."%1$s" IS DISTINCT FROM OLD."%1$s"',
+           pg_catalog.replace(u.k, '"', '""')), ' OR ' ORDER BY u.ord),
          pg_catalog.string_agg(pg_catalog.format(', %I', 'old_' || u.k), '' ORDER BY u.ord),
-         pg_catalog.string_agg(pg_catalog.format(', OLD.%I', u.k), '' ORDER BY u.ord)
+         pg_catalog.string_agg(pg_catalog.format(', OLD."%s"', pg_catalog.replace(u.k, '"', '""')),
+           '' ORDER BY u.ord)
     INTO v_changed, v_old_cols, v_old_vals
     FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord);
   v_body := pg_catalog.format(
@@ -197,10 +196,12 @@ BEGIN
       'FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.%I()', p_table, v_fn);
     v_actions := v_actions || ('created trigger datatunnel_truncate on ' || v_schema || '.' || v_name);
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_notify') THEN
-    EXECUTE pg_catalog.format('CREATE TRIGGER datatunnel_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE '
-      'ON %s FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.notify()', p_table);
-    v_actions := v_actions || ('created trigger datatunnel_notify on ' || v_schema || '.' || v_name);
+  -- Earlier versions woke the producer with a NOTIFY per statement; NOTIFY
+  -- serialises every committing writer, so the producer now polls instead.
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_notify') THEN
+    EXECUTE pg_catalog.format('DROP TRIGGER datatunnel_notify ON %s', p_table);
+    v_actions := v_actions || ('dropped trigger datatunnel_notify on ' || v_schema || '.' || v_name
+      || ' (NOTIFY serialised writers'' commits; the producer polls instead)');
   END IF;
   RETURN v_actions;
 END $fn$;

@@ -93,6 +93,8 @@ std::vector<Setting> Settings() {
                IntSetter(&P::batch_max_changes, 1, 1000000, "pipeline.batch_max_changes")});
   s.push_back({"pipeline", "batch_max_wait_ms",
                IntSetter(&P::batch_max_wait_ms, 0, 60000, "pipeline.batch_max_wait_ms")});
+  s.push_back({"pipeline", "check_interval_ms",
+               IntSetter(&P::check_interval_ms, 1, 60000, "pipeline.check_interval_ms")});
   s.push_back({"pipeline", "poll_interval_ms",
                IntSetter(&P::poll_interval_ms, 1, 600000, "pipeline.poll_interval_ms")});
   s.push_back({"pipeline", "progress_interval_ms",

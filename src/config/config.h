@@ -55,7 +55,8 @@ struct TableConfig {
 struct PipelineConfig {
   int batch_max_changes = 5000;             // most changes applied in one target transaction
   int batch_max_wait_ms = 5;                // longest a consumer waits to fill a batch
-  int poll_interval_ms = 500;               // capture poll when no NOTIFY arrives
+  int check_interval_ms = 5;                // how often the producer checks for new changes
+  int poll_interval_ms = 500;               // longest the producer goes without a tick
   int progress_interval_ms = 20;            // how often delivered progress is recorded
   int max_in_flight = 200000;               // changes published but not yet confirmed
   int snapshot_chunk_rows = 50000;          // rows per snapshot chunk (upper bound)

@@ -71,6 +71,7 @@ struct SourceWorker::Session {
   std::vector<double> avg_change_bytes;  // per table, from the last read
   int64_t last_record_us = 0;
   int64_t last_tick_us = 0;
+  int64_t last_check_us = 0;  // last ChangedSince()
   int64_t last_snapshot_check_us = 0;
   // The tables' columns as this session read them; checked in every tick.
   std::string table_oids;  // {oid,...}
@@ -230,16 +231,25 @@ Status SourceWorker::RunSession(bool first) {
     const bool poll_due =
         now - s.last_tick_us >= int64_t{options_.pipeline.poll_interval_ms} * 1000;
     const bool recorded_ticks_left = s.cursor + 1 < s.ticks.size();
-    if (s.notified || s.last_had_changes || snapshot_reading || poll_due || recorded_ticks_left) {
+    bool changed = false;
+    if (!s.notified && !s.last_had_changes && !snapshot_reading && !poll_due &&
+        !recorded_ticks_left &&
+        now - s.last_check_us >= int64_t{options_.pipeline.check_interval_ms} * 1000) {
+      s.last_check_us = now;
+      DT_ASSIGN_OR_RETURN(changed, s.log->ChangedSince(s.ticks.back()));
+    }
+    if (changed || s.notified || s.last_had_changes || snapshot_reading || poll_due ||
+        recorded_ticks_left) {
       DT_RETURN_IF_ERROR(StartTick(s));
       continue;
     }
-    // Idle: wait for a NOTIFY from a capture trigger, serving deliveries.
-    int wait_ms = std::min<int64_t>(
-        options_.pipeline.progress_interval_ms,
-        (int64_t{options_.pipeline.poll_interval_ms} * 1000 - (now - s.last_tick_us)) / 1000 + 1);
-    DT_ASSIGN_OR_RETURN(int notes,
-                        s.conn->WaitForNotifications(std::max(1, wait_ms), stop_->wake_fd()));
+    // Idle until the next check (or a NOTIFY: `snapshot` wakes the producer
+    // with one), serving deliveries.
+    const int64_t next_check =
+        s.last_check_us + int64_t{options_.pipeline.check_interval_ms} * 1000 - now;
+    const int wait_ms = static_cast<int>(std::clamp<int64_t>(
+        next_check / 1000 + 1, 1, int64_t{options_.pipeline.progress_interval_ms}));
+    DT_ASSIGN_OR_RETURN(int notes, s.conn->WaitForNotifications(wait_ms, stop_->wake_fd()));
     if (notes > 0) s.notified = true;
   }
 
