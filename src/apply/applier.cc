@@ -316,6 +316,21 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
         data.push_back('\n');
       }
       const std::string list = ColumnList(spec, cols);
+      // Rows the target does not have yet (a snapshot into an empty table, a
+      // stream of inserts) go straight in with one COPY; if one is already
+      // there, the savepoint undoes the COPY and the staged upsert follows.
+      if (direct_backoff_.size() != by_table.size()) direct_backoff_.assign(by_table.size(), 0);
+      if (direct_backoff_[t] > 0) {
+        --direct_backoff_[t];
+      } else {
+        DT_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT dt_direct"));
+        Status direct =
+            conn_->CopyIn(fmt::format("COPY {} ({}) FROM STDIN", spec.target.Quoted(), list), data);
+        if (direct.ok()) continue;
+        if (conn_->last_sqlstate() != "23505") return direct;  // not a row already there
+        DT_RETURN_IF_ERROR(conn_->Exec("ROLLBACK TO SAVEPOINT dt_direct"));
+        direct_backoff_[t] = 50;
+      }
       DT_RETURN_IF_ERROR(
           conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
       DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}",

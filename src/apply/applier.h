@@ -98,6 +98,9 @@ class Applier {
   pg::Connection* conn_;
   const std::vector<TableSpec>* targets_;
   std::vector<bool> staged_;
+  // Per table: batches left before a COPY straight into the table is tried
+  // again, after one met a row already there.
+  std::vector<int> direct_backoff_;
   bool position_moved_ = false;
 };
 

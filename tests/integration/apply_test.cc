@@ -113,6 +113,30 @@ TEST_F(ApplyTest, LargeBatchesAreStagedWithCopy) {
   EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name FROM t WHERE id = 999"), names[999]);
 }
 
+// A large batch first goes straight into the table with COPY; one row that
+// is already there undoes that, and the staged upsert applies the batch.
+TEST_F(ApplyTest, LargeBatchWithARowAlreadyThereIsUpserted) {
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  TargetCluster().Exec(db_, "INSERT INTO t VALUES (7, 'old', 1)");
+  std::vector<Change> cs;
+  for (int i = 0; i < 1000; ++i) {
+    cs.push_back(Row3(Op::kRead, i + 1, std::to_string(i).c_str(), "new", "2"));
+  }
+  ASSERT_GT(cs.size(), apply::kPipelinedMaxRows);
+  Status st = Apply(cs, -1, 999);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM t"), 1000);
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name || n FROM t WHERE id = 7"), "new2");
+  // The next large batch of new rows: still applied (staged while backing off).
+  cs.clear();
+  for (int i = 1000; i < 1300; ++i) {
+    cs.push_back(Row3(Op::kInsert, i + 1, std::to_string(i).c_str(), "later"));
+  }
+  st = Apply(cs, 999, 1299);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM t"), 1300);
+}
+
 TEST_F(ApplyTest, ColumnsAMessageDoesNotCarryAreLeftAlone) {
   ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
   ASSERT_TRUE(Apply({Row3(Op::kInsert, 1, "1", "a", "7")}, -1, 0).ok());
