@@ -1,6 +1,8 @@
 #include "snapshot/chunker.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <set>
@@ -50,6 +52,15 @@ Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, u
   for (size_t k : spec.key) key.insert(spec.columns[k].name);
   for (const auto& u : info->unique_keys) {
     if (std::set<std::string>(u.begin(), u.end()) == key) c.key_ordered_ = true;
+  }
+  if (!c.key_ordered_ && info->relkind == 'p') {
+    // A partitioned table has no pages of its own to read by ctid: read it
+    // in key order (correct, but each chunk sorts what is left to read).
+    c.key_ordered_ = true;
+    spdlog::warn(
+        "snapshot of {}: partitioned table without a unique index on its key ({}): reading it "
+        "in key order without an index is slow; add a primary key or unique index on the key",
+        spec.source.ToString(), fmt::join(key, ", "));
   }
   for (size_t i = 0; i < spec.columns.size(); ++i) {
     if (i) c.select_list_ += ", ";

@@ -561,6 +561,23 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
   EXPECT_EQ(second->Stop(), 0) << second->Stderr();
 }
 
+// A partitioned table has no pages of its own: without a unique index on the
+// key it is still read whole (in key order), across its partitions.
+TEST_F(SnapshotTest, PartitionedTableWithoutAUniqueIndex) {
+  SourceCluster().Exec(src_,
+                       "CREATE TABLE pt(id int, v text) PARTITION BY RANGE (id);"
+                       "CREATE TABLE pt_low PARTITION OF pt FOR VALUES FROM (0) TO (5000);"
+                       "CREATE TABLE pt_high PARTITION OF pt FOR VALUES FROM (5000) TO (100000);"
+                       "INSERT INTO pt SELECT i, 'v' || i FROM generate_series(1, 12000) i;"
+                       "ANALYZE pt");
+  Setup(Mode::kMemory, "[[tables]]\nsource = \"public.pt\"\nkey = [\"id\"]\n", ChunkConfig());
+  auto r = Dt({"snapshot"}, 90);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.err, "partitioned table without a unique index")) << r.err;
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM pt"), 12000);
+  ExpectSameRows("pt", "id");
+}
+
 // ---- A target that already holds rows --------------------------------------
 
 // One clear line on stderr, starting "datatunnel: error: ".
