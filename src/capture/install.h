@@ -9,8 +9,9 @@
 //                               writers need no rights on the change table).
 //   datatunnel_capture          AFTER INSERT/UPDATE/DELETE FOR EACH ROW.
 //   datatunnel_truncate         AFTER TRUNCATE FOR EACH STATEMENT.
-//   datatunnel_notify           AFTER ... FOR EACH STATEMENT: one NOTIFY per
-//                               statement wakes the producer.
+// (No NOTIFY trigger: NOTIFY serialises committing writers; the producer
+// polls with two index probes instead. `init` drops one left by an earlier
+// version.)
 // and, once per database, the schema `datatunnel` with the state tables and
 // the event trigger datatunnel_ddl, which keeps the capture of a table up to
 // date within the ALTER TABLE that changes it. The SQL is src/capture/install.sql.

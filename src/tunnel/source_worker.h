@@ -10,8 +10,9 @@
 //   3. send the chunk's rows, then the end-of-snapshot marker if it was the last;
 //   4. meanwhile serve delivery reports, and every progress_interval_ms record
 //      the delivered watermark and prune delivered changes.
-// A tick is taken right after a batch that had changes, otherwise on NOTIFY
-// from the capture trigger or after poll_interval_ms.
+// A tick is taken right after a batch that had changes, otherwise when the
+// check run every check_interval_ms (ChangeLog::ChangedSince) sees new
+// changes, on NOTIFY (a snapshot request), or after poll_interval_ms.
 //
 // Failures: a lost source connection or a failed delivery restarts the loop
 // from the recorded progress (what was sent again is dropped downstream by

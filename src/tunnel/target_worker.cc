@@ -83,6 +83,22 @@ Status TargetCore::EnsureColumns(uint32_t table, const std::vector<Column>& colu
     if (spec.ColumnIndex(c.name) < 0) missing.push_back(c);
   }
   if (missing.empty()) return Status::OK();
+  // `datatunnel init` may have added them since this worker described the
+  // table (adding them again would need the table's owner): look first.
+  if (conn_ && !conn_->IsBroken()) {
+    auto fresh = apply::DescribeTargetTables(*conn_, {options_.tables[table]});
+    if (fresh.ok()) {
+      bool all = true;
+      for (const auto& c : missing) all = all && (*fresh)[0].ColumnIndex(c.name) >= 0;
+      if (all) {
+        spec.columns = (*fresh)[0].columns;
+        spec.key = (*fresh)[0].key;
+        applier_->Invalidate(table);
+        *changed = true;
+        return Status::OK();
+      }
+    }
+  }
   std::string list;
   for (const auto& c : missing) {
     list += fmt::format("{}{} {}", list.empty() ? "" : ", ", c.name, c.type_sql);
