@@ -307,8 +307,13 @@ Status Producer::FatalError() const {
   char buf[512];
   rd_kafka_resp_err_t err = rd_kafka_fatal_error(rk_, buf, sizeof buf);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
-  return Status::Retryable(fmt::format(
-      "the Kafka producer hit a fatal error ({}: {}); restarting it", rd_kafka_err2name(err), buf));
+  // librdkafka's producer cannot recover from a fatal error, and this one is
+  // shared by every session of the process: stop. Progress is recorded only
+  // for delivered changes, so a restart resumes without loss.
+  return Status::Fatal(fmt::format(
+      "the Kafka producer hit a fatal error ({}: {}); start the process again (it resumes from "
+      "the last delivered change; a supervisor such as systemd's Restart=on-failure does this)",
+      rd_kafka_err2name(err), buf));
 }
 
 // ---- Consumer --------------------------------------------------------------

@@ -120,7 +120,8 @@ std::string Metrics::RenderPrometheus() const {
   counter("datatunnel_changes_published_total",
           "Changes confirmed delivered to the broker (or the in-memory hand-over).",
           [&](const TableMetrics& t) { return load(t.published); });
-  counter("datatunnel_published_bytes_total", "Bytes of messages published.",
+  counter("datatunnel_published_bytes_total",
+          "Bytes of messages (key and value) handed to the broker.",
           [&](const TableMetrics& t) { return load(t.published_bytes); });
   counter("datatunnel_changes_applied_total", "Changes applied to the target.",
           [&](const TableMetrics& t) { return load(t.applied); });
@@ -137,7 +138,8 @@ std::string Metrics::RenderPrometheus() const {
         [&](const TableMetrics& t) { return load(t.snapshot_total); });
   gauge("datatunnel_snapshot_running", "1 while a snapshot of the table is in progress.",
         [&](const TableMetrics& t) { return load(t.snapshot_running); });
-  gauge("datatunnel_change_table_rows", "Changes waiting in the change table (sampled).",
+  gauge("datatunnel_change_table_rows",
+        "Rows in the change table, counted every 10 s by the producer holding the lock.",
         [&](const TableMetrics& t) { return load(t.pending); });
   gauge("datatunnel_lag_changes", "Changes captured but not yet applied by this process.",
         [&](const TableMetrics& t) {
@@ -145,7 +147,8 @@ std::string Metrics::RenderPrometheus() const {
           return lag < 0 ? 0 : lag;
         });
   gauge("datatunnel_lag_seconds",
-        "Age of the newest applied change at the time it was applied (0 when idle).",
+        "Capture-to-apply time of the newest applied change; it does not grow while nothing is "
+        "applied: alert on datatunnel_lag_changes too.",
         [&](const TableMetrics& t) {
           int64_t cap = load(t.last_captured_us), app = load(t.last_applied_us);
           return cap > 0 && app > cap ? (app - cap) / 1e6 : 0.0;

@@ -23,8 +23,7 @@ class KafkaSink : public ChangeSink {
   int Flush(int timeout_ms) override { return producer_->Flush(timeout_ms); }
   Result<int> PartitionCount(uint32_t table) override;
   Status Health() const override { return producer_->FatalError(); }
-  // Bytes of message values sent so far.
-  int64_t bytes_sent() const { return bytes_sent_; }
+  int64_t bytes_sent() const override { return bytes_sent_; }
 
  private:
   explicit KafkaSink(std::string db) : db_(std::move(db)) {}

@@ -34,8 +34,10 @@ class ChangeSink {
   virtual int Flush(int timeout_ms) = 0;
   // Partitions of table `table`'s topic (1 for the in-memory hand-over).
   virtual Result<int> PartitionCount(uint32_t table) = 0;
-  // Non-OK when the sink must be recreated (e.g. a fatal producer error).
+  // Non-OK when the sink cannot go on (e.g. a fatal producer error).
   virtual Status Health() const = 0;
+  // Bytes of messages handed to the broker so far (0 in memory).
+  virtual int64_t bytes_sent() const { return 0; }
 };
 
 }  // namespace datatunnel::tunnel

@@ -71,7 +71,8 @@ struct SourceWorker::Session {
   std::vector<double> avg_change_bytes;  // per table, from the last read
   int64_t last_record_us = 0;
   int64_t last_tick_us = 0;
-  int64_t last_check_us = 0;  // last ChangedSince()
+  int64_t last_check_us = 0;    // last ChangedSince()
+  int64_t last_pending_us = 0;  // last count of the change tables
   int64_t last_snapshot_check_us = 0;
   // The tables' columns as this session read them; checked in every tick.
   std::string table_oids;  // {oid,...}
@@ -225,6 +226,13 @@ Status SourceWorker::RunSession(bool first) {
     }
     const int64_t now = MonotonicMicros();
     if (now - s.last_snapshot_check_us > 1'000'000) DT_RETURN_IF_ERROR(CheckSnapshotRequests(s));
+    if (now - s.last_pending_us > 10'000'000) {
+      // Sampled: a count of the change tables, for the change_table_rows gauge.
+      s.last_pending_us = now;
+      for (size_t t = 0; t < s.specs.size(); ++t) {
+        DT_ASSIGN_OR_RETURN(metrics_->table(t).pending, s.log->CountPending(t));
+      }
+    }
     const bool snapshot_reading =
         std::any_of(s.snaps.begin(), s.snaps.end(),
                     [](const Session::Snap& sn) { return sn.active && !sn.all_read; });
@@ -413,9 +421,13 @@ Status SourceWorker::StartTick(Session& s) {
 
 Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
   const uint64_t token = tracker_.next_token();
+  const int64_t bytes_before = sink_->bytes_sent();
   for (;;) {
     Status st = sink_->Send(c, partition, token);
-    if (st.ok()) break;
+    if (st.ok()) {
+      metrics_->table(c.table).published_bytes += sink_->bytes_sent() - bytes_before;
+      break;
+    }
     if (!st.IsRetryable()) return st;
     // The sink is full: serve deliveries until it has room.
     if (stop_->stop_requested()) return Status::Cancelled();
