@@ -81,8 +81,8 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
         prog.state == snapshot::State::kRequested || prog.state == snapshot::State::kRunning;
     DT_ASSIGN_OR_RETURN(auto marker, TargetMarker(*tgt, config.tables[t]));
     if (in_progress && !plan.restart_snapshot) {
-      spdlog::info("snapshot of {}: resuming ({} of about {} rows done)",
-                 spec.source.ToString(), prog.rows, prog.total);
+      spdlog::info("snapshot of {}: resuming ({} of about {} rows done)", spec.source.ToString(),
+                   prog.rows, prog.total);
       waiting.push_back(t);
       baseline->push_back(marker);
       continue;
@@ -102,7 +102,7 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
       if (plan.truncate_target || config.pipeline.truncate_target) {
         DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
         spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
-                   spec.source.ToString(), spec.target.ToString());
+                     spec.source.ToString(), spec.target.ToString());
       } else if (!from_stream) {
         return Status::BadConfig(fmt::format(
             "target table {} already holds rows; a snapshot would mix them with the source's. "
@@ -291,7 +291,9 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   std::vector<int64_t> last_rows(metrics.size(), 0);
   int64_t last_print = MonotonicMicros(), last_logged = 0;
   std::string last_line;
-  std::unique_ptr<pg::Connection> watch;  // target, for snapshot completion
+  std::unique_ptr<pg::Connection> watch;          // target, for snapshot completion
+  std::unique_ptr<pg::Connection> standby_watch;  // source, while another tunnel copies
+  int64_t last_standby_check = 0;
   bool snapshot_complete = false;
   bool signalled = false;
   while (true) {
@@ -313,6 +315,31 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
         last_line = std::move(line);
       }
       last_print = now;
+    }
+    if (plan.snapshot_only && memory && metrics.leader.load() == 0 &&
+        now - last_standby_check >= 1'000'000) {
+      // Another tunnel holds the producer lock and copies the tables for us
+      // (in memory, a chunk is recorded done once applied): wait for it.
+      last_standby_check = now;
+      if (!standby_watch || standby_watch->IsBroken()) {
+        auto c = pg::Connection::Open(so);
+        if (c.ok()) standby_watch = std::move(*c);
+      }
+      if (standby_watch) {
+        bool all = true;
+        for (size_t t : snapshot_tables) {
+          auto r = standby_watch->Query(
+              "SELECT snapshot_state FROM datatunnel.tables WHERE schema_name = $1 AND "
+              "table_name = $2",
+              {config->tables[t].source.schema, config->tables[t].source.name});
+          all = all && r.ok() && r->rows() == 1 && r->Get(0, 0) == "done";
+        }
+        if (all) {
+          spdlog::info("the tunnel already running copied the table(s)");
+          snapshot_complete = true;
+          break;
+        }
+      }
     }
     if (plan.snapshot_only && !memory) {
       // Done once every partition of every requested table applied the marker.
@@ -355,8 +382,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   if (plan.snapshot_only) {
     if (memory && source_out.done && source_out.status.ok() && !signalled) snapshot_complete = true;
     if (snapshot_complete) {
-      spdlog::info("snapshot complete: {} table(s) copied to the target",
-                 snapshot_tables.size());
+      spdlog::info("snapshot complete: {} table(s) copied to the target", snapshot_tables.size());
       return kExitOk;
     }
     spdlog::warn("snapshot interrupted; run `datatunnel snapshot` again to resume it");

@@ -578,6 +578,21 @@ TEST_F(SnapshotTest, PartitionedTableWithoutAUniqueIndex) {
   ExpectSameRows("pt", "id");
 }
 
+// `snapshot` beside a running in-memory tunnel: the tunnel holding the
+// producer lock copies the table; `snapshot` waits for it and exits.
+TEST_F(SnapshotTest, SnapshotBesideARunningTunnelWaitsForIt) {
+  CreateEmployees(Order::kKey, 3000);
+  Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig());
+  auto run = Start({"run"});
+  ExpectInSync();
+  TargetCluster().Exec(tgt_, "UPDATE employees SET city = 'drifted' WHERE emp_id <= 10");
+  auto r = Dt({"snapshot", "--restart", "--truncate-target"}, 60);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.err, "the tunnel already running copied")) << r.err;
+  ExpectSameRows("employees", "emp_id");
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
 // ---- A target that already holds rows --------------------------------------
 
 // One clear line on stderr, starting "datatunnel: error: ".
