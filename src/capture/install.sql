@@ -122,10 +122,11 @@ BEGIN
     LOOP
       IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
                  WHERE b.attrelid = v_cdc_oid AND b.attname = r.name AND NOT b.attisdropped) THEN
-        RAISE EXCEPTION 'column % of %.% changed type to %; changes captured with the old type '
-          'are still in %: let the tunnel publish them, then run `datatunnel uninstall` and '
-          '`datatunnel init` for this table and snapshot it again',
-          r.name, v_schema, v_name, r.typ, v_cdc USING ERRCODE = 'DT002';
+        RAISE EXCEPTION 'column % of %.% changed type to %, but change table % still has the '
+          'old type: run ALTER TABLE % ALTER COLUMN % TYPE % on the source, alter the target '
+          'column too, then run `datatunnel init` again',
+          r.name, v_schema, v_name, r.typ, v_cdc, v_cdc, pg_catalog.quote_ident(r.name), r.typ
+          USING ERRCODE = 'DT002';
       END IF;
       EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', v_cdc, r.name, r.typ);
       v_actions := v_actions || ('added column ' || r.name || ' to ' || v_schema || '.' || v_name || '_cdc');

@@ -283,7 +283,16 @@ Status SourceWorker::HandleSchemaChanges(Session& s) {
     DT_ASSIGN_OR_RETURN(auto drift, capture::CheckSchema(*s.conn, spec));
     if (drift.empty()) continue;
     const std::string name = spec.source.ToString();
-    if (!drift.dropped.empty() || !drift.retyped.empty()) {
+    if (!drift.retyped.empty()) {
+      return Status::Fatal(fmt::format(
+          "the schema of source table {} changed ({}). Give the change table {} the new type "
+          "(ALTER TABLE {} ALTER COLUMN ... TYPE ...), alter the column of target table {} too, "
+          "then run `datatunnel init` and start again (docs/operations.md: \"A dropped, renamed "
+          "or retyped column\")",
+          name, drift.Describe(), spec.change_table.ToString(), spec.change_table.Quoted(),
+          spec.target.ToString()));
+    }
+    if (!drift.dropped.empty()) {
       return Status::Fatal(fmt::format(
           "the schema of source table {} changed ({}). Changes from now on carry no value for a "
           "dropped column and the new type for a retyped one, while target table {} still has "
