@@ -258,15 +258,41 @@ Result<std::vector<TableSpec>> DescribeTargetTables(pg::Connection& target,
 
 Result<std::vector<std::string>> Uninstall(pg::Connection& target,
                                            const std::vector<TableSpec>& tables) {
-  (void)tables;
+  // The positions of the configured tables only; the schema goes with the
+  // last table (another tunnel may apply other tables to this database).
   std::vector<std::string> actions;
   DT_ASSIGN_OR_RETURN(auto had,
-                      target.Query("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = "
-                                   "'datatunnel'"));
-  if (had.rows()) {
-    DT_RETURN_IF_ERROR(target.Exec("DROP SCHEMA datatunnel CASCADE"));
+                      target.Query("SELECT 1 FROM pg_catalog.pg_class c JOIN "
+                                   "pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE "
+                                   "n.nspname = 'datatunnel' AND c.relname = 'applied'"));
+  if (had.rows() == 0) return actions;
+  DT_RETURN_IF_ERROR(target.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
+  auto fail = [&](Status st) {
+    target.RollbackQuietly();
+    return st;
+  };
+  for (const auto& spec : tables) {
+    int64_t removed = 0;
+    for (const char* state : {"applied", "barriers"}) {
+      auto q = target.Query(fmt::format("WITH d AS (DELETE FROM datatunnel.{} WHERE target_schema "
+                                        "= $1 AND target_table = $2 RETURNING 1) "
+                                        "SELECT count(*) FROM d",
+                                        state),
+                            {spec.target.schema, spec.target.name});
+      if (!q.ok()) return fail(q.status());
+      removed += q->GetInt64(0, 0);
+    }
+    if (removed > 0) actions.push_back("removed the apply positions of " + spec.target.ToString());
+  }
+  auto left = target.Query(
+      "SELECT (SELECT count(*) FROM datatunnel.applied) + (SELECT count(*) FROM "
+      "datatunnel.barriers)");
+  if (!left.ok()) return fail(left.status());
+  if (left->GetInt64(0, 0) == 0) {
+    if (Status st = target.Exec("DROP SCHEMA datatunnel CASCADE"); !st.ok()) return fail(st);
     actions.push_back("dropped schema datatunnel (apply positions) on the target");
   }
+  DT_RETURN_IF_ERROR(target.Commit());
   return actions;
 }
 
