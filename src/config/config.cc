@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -239,9 +240,26 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
       return Status::BadConfig(fmt::format("{}: [[tables]] #{}: topic must be a non-empty string",
                                            Where(file, node->source()), index + 1));
     }
+    // Kafka accepts 1-249 of [a-zA-Z0-9._-] in a topic name.
+    if (topic->size() > 249 ||
+        topic->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"
+                                 "OPQRSTUVWXYZ0123456789._-") != std::string::npos) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: topic \"{}\" is not a valid Kafka topic name: use at most 249 of "
+          "the characters a-z A-Z 0-9 . _ -",
+          Where(file, node->source()), index + 1, *topic));
+    }
     out->topic = *topic;
   } else {
+    // Characters Kafka does not accept in a topic name (spaces, quotes, ...)
+    // become '_': "My Schema"."Order Items" -> datatunnel.My_Schema.Order_Items.
     out->topic = "datatunnel." + out->source.schema + "." + out->source.name;
+    for (char& ch : out->topic) {
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') {
+        ch = '_';
+      }
+    }
+    if (out->topic.size() > 249) out->topic.resize(249);
   }
   if (auto node = t.get("schema_changes")) {
     auto policy = node->value<std::string>();

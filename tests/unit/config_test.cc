@@ -96,7 +96,17 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"[[tables]]\nsource = \"a\"\n[[tables]]\nsource = \"a\"", "listed twice"},
         BadCase{"[pipeline]\nbatch_max_changes = 0", "expected a whole number"},
         BadCase{"[pipeline]\non_bad_message = \"ignore\"", "on_bad_message"},
-        BadCase{"[[tables]]\nsource = \"a\"\nschema_changes = \"maybe\"", "schema_changes"}));
+        BadCase{"[[tables]]\nsource = \"a\"\nschema_changes = \"maybe\"", "schema_changes"},
+        BadCase{"[[tables]]\nsource = \"a\"\ntopic = \"my topic\"",
+                "not a valid Kafka topic name"}));
+
+TEST(Config, DefaultTopicIsAValidKafkaName) {
+  std::string f = WriteFile("[[tables]]\nsource = '\"My Schema\".\"Order Items\"'\n");
+  auto c = LoadConfig(f, {}, {});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->tables[0].topic, "datatunnel.My_Schema.Order_Items");
+  std::remove(f.c_str());
+}
 
 TEST(Config, MissingFileAndBadOverride) {
   auto c = LoadConfig("/nonexistent/datatunnel.toml", {}, {});
