@@ -458,7 +458,8 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
         return Status::Fatal(fmt::format(
             "{}: offset {} is no longer on the broker ({}): changes were removed by retention "
             "before they were applied, so the target is missing them; raise the topic's "
-            "retention and re-sync with `datatunnel snapshot --truncate-target`",
+            "retention and re-sync the table (docs/operations.md: \"A consumer fell behind "
+            "Kafka retention\")",
             where, offset, text));
       }
       if (!IsRetryableKafkaError(err)) {

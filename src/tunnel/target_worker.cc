@@ -64,7 +64,19 @@ Result<apply::PartitionState> TargetCore::State(const std::string& stream, int32
   auto key = std::make_pair(stream, partition);
   auto it = states_.find(key);
   if (it != states_.end()) return it->second;
-  if (!conn_ || conn_->IsBroken()) return Status::Retryable("the target connection is down");
+  if (!conn_ || conn_->IsBroken()) {
+    // Called from a rebalance, where the apply loop (which reconnects) cannot
+    // run: try once here, or the assignment waits on a connection no one
+    // reopens (seen in the chaos test after a target restart).
+    auto c = pg::Connection::Open(options_.connect);
+    if (!c.ok()) return Status::Retryable("the target connection is down: " + c.status().message());
+    conn_ = std::move(*c);
+    applier_->Reset(conn_.get());
+    states_.clear();
+    ++metrics_->reconnects;
+    metrics_->target_connected = 1;
+    spdlog::info("consumer: reconnected to the {}", conn_->description());
+  }
   DT_ASSIGN_OR_RETURN(auto st, applier_->Load(stream, partition, table));
   states_[key] = st;
   return st;
@@ -285,7 +297,10 @@ void KafkaTargetWorker::OnAssigned(std::vector<TopicPartition>* partitions) {
       stop_->SleepFor(500);
     }
     if (st.ok()) {
-      p.offset = st->offset >= 0 ? st->offset + 1 : kOffsetBeginning;
+      // Never applied: from offset 0, not from the oldest offset the broker
+      // still has. If retention already removed offset 0, the consumer stops
+      // with "no longer on the broker" instead of silently skipping changes.
+      p.offset = st->offset >= 0 ? st->offset + 1 : 0;
       auto open = core_.OpenBarrier(p.topic, p.partition);
       if (open.ok() && *open) waiting_[{p.topic, p.partition}] = Waiting{**open, false};
     } else {

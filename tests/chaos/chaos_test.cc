@@ -241,7 +241,12 @@ source = "public.employees"
   auto verify1 = testing::RunCommand({BinaryPath(), "-c", config, "verify", "--wait",
                                       std::to_string(180 * testing::TimeoutMultiplier())},
                                      {}, 400 * testing::TimeoutMultiplier());
-  EXPECT_EQ(verify1.code, 0) << verify1.out << verify1.err;
+  if (verify1.code != 0) {
+    std::string logs;
+    for (auto& p : producers) logs += "\n--- a producer logged:\n" + p->Stderr();
+    for (auto& c : consumers) logs += "\n--- a consumer logged:\n" + c->Stderr();
+    ADD_FAILURE() << verify1.out << verify1.err << logs;
+  }
   for (auto& p : producers) EXPECT_EQ(p->Stop(), 0) << p->Stderr();
   for (auto& c : consumers) EXPECT_EQ(c->Stop(), 0) << c->Stderr();
 

@@ -590,6 +590,26 @@ TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// A consumer that never applied anything starts at offset 0: if retention
+// already removed it (the dev broker keeps ~5 MB per partition), it stops
+// and says so instead of silently starting at the oldest message left.
+TEST_F(OpsTest, ConsumerStopsWhenRetentionRemovedChangesItNeverApplied) {
+  SourceCluster().Exec(src_, kDocsDdl);
+  TargetCluster().Exec(tgt_, kDocsDdl);
+  WriteConfig(kDocsTable);
+  StartBroker(1);
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  const std::string big(256 * 1024, 'x');
+  Publish(kDocsTopic, std::vector<std::string>(40, big), 0);  // 10 MB: offset 0 is gone
+  auto consume = Start({"consume"});
+  auto rc = consume->Wait(60);
+  ASSERT_TRUE(rc.has_value()) << "the consumer did not stop\n" << consume->Stderr();
+  EXPECT_EQ(*rc, 3) << consume->Stderr();
+  EXPECT_TRUE(Contains(consume->Stderr(), "offset 0 is no longer on the broker"))
+      << consume->Stderr();
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM docs"), 0);
+}
+
 TEST_F(OpsTest, StopOnBadMessageExitsWithOneClearLine) {
   SourceCluster().Exec(src_, kDocsDdl);
   TargetCluster().Exec(tgt_, kDocsDdl);
