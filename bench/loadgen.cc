@@ -126,10 +126,10 @@ std::string Exec(PGconn* c, const std::string& sql, PGresult** out = nullptr) {
   return err;
 }
 
-const char* kFirst[] = {"Ada",  "Grace", "Alan",  "Edsger", "Barbara", "Donald", "Ken",
-                        "Leslie", "Niklaus", "Frances", "John", "Margaret", "Dennis", "Radia"};
-const char* kCity[] = {"Amsterdam", "Berlin", "Lisbon", "Oslo", "Paris", "Prague",
-                       "Reykjavik", "Rome", "Tallinn", "Vienna", "Warsaw", "Zurich"};
+const char* kFirst[] = {"Ada",    "Grace",   "Alan",    "Edsger", "Barbara",  "Donald", "Ken",
+                        "Leslie", "Niklaus", "Frances", "John",   "Margaret", "Dennis", "Radia"};
+const char* kCity[] = {"Amsterdam", "Berlin", "Lisbon",  "Oslo",   "Paris",  "Prague",
+                       "Reykjavik", "Rome",   "Tallinn", "Vienna", "Warsaw", "Zurich"};
 
 // ---- steady ------------------------------------------------------------------
 
@@ -256,7 +256,8 @@ int Steady(const Args& a) {
         failed = true;
       } else if (op != 'I' && std::strcmp(PQcmdTuples(r), "1") != 0) {
         std::lock_guard<std::mutex> l(err_mu);
-        if (first_error.empty()) first_error = "a change touched no row: emp_id " + std::to_string(id);
+        if (first_error.empty())
+          first_error = "a change touched no row: emp_id " + std::to_string(id);
         failed = true;
       }
       PQclear(r);
@@ -284,12 +285,13 @@ int Steady(const Args& a) {
   }
   std::sort(late.begin(), late.end());
   const double elapsed = (std::min(t1, deadline) - t0) / 1e6;
-  std::printf("changes=%lld writers=%d seconds=%.2f achieved_rate=%.1f late_p99_ms=%.2f "
-              "late_max_ms=%.2f first_commit_us=%lld last_commit_us=%lld\n",
-              static_cast<long long>(n), writers, elapsed, n / elapsed,
-              late.empty() ? 0 : late[late.size() * 99 / 100] / 1000.0,
-              late.empty() ? 0 : late.back() / 1000.0, static_cast<long long>(first),
-              static_cast<long long>(last));
+  std::printf(
+      "changes=%lld writers=%d seconds=%.2f achieved_rate=%.1f late_p99_ms=%.2f "
+      "late_max_ms=%.2f first_commit_us=%lld last_commit_us=%lld\n",
+      static_cast<long long>(n), writers, elapsed, n / elapsed,
+      late.empty() ? 0 : late[late.size() * 99 / 100] / 1000.0,
+      late.empty() ? 0 : late.back() / 1000.0, static_cast<long long>(first),
+      static_cast<long long>(last));
   return 0;
 }
 
@@ -338,10 +340,10 @@ int Burst(const Args& a) {
                         static_cast<int>(rng() % 12 + 1), static_cast<int>(rng() % 28 + 1),
                         kCity[rng() % std::size(kCity)]);
         } else if (kind < 9) {
-          std::snprintf(buf, sizeof buf,
-                        "UPDATE employees SET last_name = 'v%lld', city = '%s' WHERE emp_id = %lld;",
-                        ver, kCity[rng() % std::size(kCity)],
-                        static_cast<long long>(next_row.fetch_add(1)));
+          std::snprintf(
+              buf, sizeof buf,
+              "UPDATE employees SET last_name = 'v%lld', city = '%s' WHERE emp_id = %lld;", ver,
+              kCity[rng() % std::size(kCity)], static_cast<long long>(next_row.fetch_add(1)));
         } else {
           std::snprintf(buf, sizeof buf, "DELETE FROM employees WHERE emp_id = %lld;",
                         static_cast<long long>(next_row.fetch_add(1)));
@@ -371,10 +373,11 @@ int Burst(const Args& a) {
   std::sort(all.begin(), all.end());
   std::ofstream f(out);
   for (auto& [t, n] : all) f << t << ',' << n << '\n';
-  std::printf("changes=%lld writers=%d txn=%d start_us=%lld end_us=%lld seconds=%.3f "
-              "commit_rate=%.1f\n",
-              static_cast<long long>(total), writers, per_txn, static_cast<long long>(t0),
-              static_cast<long long>(t1), (t1 - t0) / 1e6, total / ((t1 - t0) / 1e6));
+  std::printf(
+      "changes=%lld writers=%d txn=%d start_us=%lld end_us=%lld seconds=%.3f "
+      "commit_rate=%.1f\n",
+      static_cast<long long>(total), writers, per_txn, static_cast<long long>(t0),
+      static_cast<long long>(t1), (t1 - t0) / 1e6, total / ((t1 - t0) / 1e6));
   return 0;
 }
 
@@ -457,7 +460,8 @@ int Harvest(const Args& a) {
     for (int i = 0; i < PQntuples(r); ++i) {
       const int64_t id = std::strtoll(PQgetvalue(r, i, 0), nullptr, 10);
       const bool del = PQgetvalue(r, i, 1)[0] == 'D';
-      const int64_t ver = PQgetisnull(r, i, 2) ? -1 : std::strtoll(PQgetvalue(r, i, 2), nullptr, 10);
+      const int64_t ver =
+          PQgetisnull(r, i, 2) ? -1 : std::strtoll(PQgetvalue(r, i, 2), nullptr, 10);
       log[id].push_back({del, ver, std::strtoll(PQgetvalue(r, i, 3), nullptr, 10)});
     }
     PQclear(r);
@@ -495,10 +499,10 @@ int Harvest(const Args& a) {
     return lat[std::min(i, lat.size() - 1)];
   };
   size_t negative = std::count_if(lat.begin(), lat.end(), [](double v) { return v < 0; });
-  std::printf("count=%zu missing=%zu negative=%zu p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f "
-              "max_ms=%.3f\n",
-              lat.size(), missing, negative, pct(0.5), pct(0.9), pct(0.99),
-              lat.empty() ? NAN : lat.back());
+  std::printf(
+      "count=%zu missing=%zu negative=%zu p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f "
+      "max_ms=%.3f\n",
+      lat.size(), missing, negative, pct(0.5), pct(0.9), pct(0.99), lat.empty() ? NAN : lat.back());
   return missing == 0 ? 0 : 1;
 }
 

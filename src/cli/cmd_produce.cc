@@ -13,7 +13,8 @@ void AddProduceCommand(CLI::App& app, Globals* g) {
   auto plan = std::make_shared<RunPlan>();
   plan->target = false;
   cmd->add_option("--status-interval", plan->status_interval_s,
-                  "Seconds between status lines (default: 1 on a terminal, else 5 while busy and 60 idle; 0 = off)");
+                  "Seconds between status lines (default: 1 on a terminal, else 5 while busy and "
+                  "60 idle; 0 = off)");
   cmd->callback([g, plan] { g_exit_code = RunTunnel(*g, *plan); });
 }
 

@@ -21,7 +21,8 @@ void AddRunCommand(CLI::App& app, Globals* g) {
       "--no-snapshot", [plan](int64_t) { plan->snapshot_first = false; },
       "Stream only; never start a snapshot");
   cmd->add_option("--status-interval", plan->status_interval_s,
-                  "Seconds between status lines (default: 1 on a terminal, else 5 while busy and 60 idle; 0 = off)");
+                  "Seconds between status lines (default: 1 on a terminal, else 5 while busy and "
+                  "60 idle; 0 = off)");
   cmd->callback([g, plan] { g_exit_code = RunTunnel(*g, *plan); });
 }
 

@@ -17,25 +17,29 @@ class SchemaTest : public testing::TunnelFixture {
   void SetUp() override {
     TunnelFixture::SetUp();
     SourceCluster().Exec(src_, testing::kEmployeesDdl);
-    SourceCluster().Exec(src_, "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
-                               "generate_series(1, 100) i");
+    SourceCluster().Exec(src_,
+                         "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                         "generate_series(1, 100) i");
   }
   void UseTables(const char* policy) {
-    WriteConfig(fmt::format("[[tables]]\nsource = \"public.employees\"\nkey = [\"emp_id\"]\n"
-                            "schema_changes = \"{}\"\n",
-                            policy));
+    WriteConfig(
+        fmt::format("[[tables]]\nsource = \"public.employees\"\nkey = [\"emp_id\"]\n"
+                    "schema_changes = \"{}\"\n",
+                    policy));
   }
   std::string Rows(testing::PgCluster& c, const std::string& db) {
     return TableText(c, db, "employees", "emp_id");
   }
   void EvolveWhileRunning() {
-    SourceCluster().Exec(src_, "ALTER TABLE employees ADD COLUMN salary numeric(12,2), "
-                               "ADD COLUMN tags text[] DEFAULT '{a,b}'");
+    SourceCluster().Exec(src_,
+                         "ALTER TABLE employees ADD COLUMN salary numeric(12,2), "
+                         "ADD COLUMN tags text[] DEFAULT '{a,b}'");
     // Written right after the ALTER: the new values must arrive too.
-    SourceCluster().Exec(src_, "INSERT INTO employees(first_name, salary, tags) VALUES "
-                               "('new', 1234.50, '{x,\"y z\"}');"
-                               "UPDATE employees SET salary = emp_id * 10 WHERE emp_id <= 20;"
-                               "DELETE FROM employees WHERE emp_id BETWEEN 21 AND 25;");
+    SourceCluster().Exec(src_,
+                         "INSERT INTO employees(first_name, salary, tags) VALUES "
+                         "('new', 1234.50, '{x,\"y z\"}');"
+                         "UPDATE employees SET salary = emp_id * 10 WHERE emp_id <= 20;"
+                         "DELETE FROM employees WHERE emp_id BETWEEN 21 AND 25;");
     ExpectInSync();
     EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
   }
@@ -92,8 +96,9 @@ TEST_F(SchemaTest, DroppedColumnNeverBreaksWritesAndStops) {
   ExpectInSync();
   SourceCluster().Exec(src_, "ALTER TABLE employees DROP COLUMN city");
   // The capture trigger was updated within the ALTER: writes go on.
-  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('after the drop');"
-                             "UPDATE employees SET last_name = 'x' WHERE emp_id = 1");
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) VALUES ('after the drop');"
+                       "UPDATE employees SET last_name = 'x' WHERE emp_id = 1");
   auto rc = run->Wait(30);
   ASSERT_TRUE(rc.has_value()) << "the tunnel did not stop";
   EXPECT_EQ(*rc, 3);
