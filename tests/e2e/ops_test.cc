@@ -29,6 +29,8 @@
 namespace datatunnel {
 namespace {
 
+using testing::Contains;
+using testing::Lines;
 using testing::RunCommand;
 using testing::SourceCluster;
 using testing::Subprocess;
@@ -41,17 +43,6 @@ constexpr const char* kEmployeesPkDdl =
 constexpr const char* kDocsDdl = "CREATE TABLE docs(id int PRIMARY KEY, body bytea, note text)";
 constexpr const char* kDocsTable = "[[tables]]\nsource = \"public.docs\"\n";
 constexpr const char* kDocsTopic = "datatunnel.public.docs";
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::vector<std::string> Lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
-}
 
 // A loopback port nothing listens on right now.
 int FreePort() {

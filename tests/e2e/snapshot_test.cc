@@ -30,6 +30,8 @@
 namespace datatunnel {
 namespace {
 
+using testing::Contains;
+using testing::Lines;
 using testing::SourceCluster;
 using testing::Subprocess;
 using testing::TargetCluster;
@@ -43,17 +45,6 @@ constexpr const char* kEmployeesPkDdl =
 
 enum class Order { kKey, kPhysical };
 enum class Mode { kMemory, kBroker };
-
-std::vector<std::string> Lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
-}
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 // Threads that each run one statement per transaction, made by `gen`, at
 // about `rate` statements per second each, until stopped. The pace leaves the

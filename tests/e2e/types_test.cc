@@ -21,15 +21,13 @@
 namespace datatunnel {
 namespace {
 
+using testing::Contains;
+using testing::Lines;
 using testing::PgCluster;
 using testing::SourceCluster;
 using testing::TargetCluster;
 
 enum class Mode { kMemory, kBroker };
-
-bool Contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 // Where two long texts first differ (line by line), short enough to read.
 std::string Diff(const std::string& a, const std::string& b) {

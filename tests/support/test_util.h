@@ -4,8 +4,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace datatunnel::testing {
 
@@ -31,5 +33,18 @@ inline bool WaitUntil(const std::function<bool()>& condition, double seconds) {
 
 // A name unique within this process run, for tables and databases.
 std::string UniqueName(const std::string& prefix);
+
+// Whether `haystack` contains `needle` (for output checks).
+inline bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// The lines of `text`, without their newlines.
+inline std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
 
 }  // namespace datatunnel::testing
