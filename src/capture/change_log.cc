@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <deque>
+
 #include "capture/install.h"
 
 namespace datatunnel::capture {
@@ -55,6 +57,13 @@ Result<std::vector<Tick>> ChangeLog::LoadTicks(int64_t from, int limit) {
   return out;
 }
 
+Status ChangeLog::TickTaken(int64_t number) const {
+  return Status::Fatal(fmt::format(
+      "tick {} already exists on the {}: another producer is writing to the same source "
+      "(the producer lock was lost); stopping so only one publishes",
+      number, conn_->description()));
+}
+
 Result<Tick> ChangeLog::BeginTick(int64_t number) {
   DT_RETURN_IF_ERROR(conn_->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ"));
   // The first statement fixes the transaction's snapshot; record exactly it.
@@ -69,15 +78,47 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
   }
   if (r->rows() != 1) {
     conn_->RollbackQuietly();
-    return Status::Fatal(fmt::format(
-        "tick {} already exists on the {}: another producer is writing to the same source "
-        "(the producer lock was lost); stopping so only one publishes",
-        number, conn_->description()));
+    return TickTaken(number);
   }
   return Tick{number, std::string(r->Get(0, 0))};
 }
 
 Status ChangeLog::CommitTick() { return conn_->Commit(); }
+
+Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql, std::string* check,
+                                   int64_t epoch, std::span<TickRead> reads) {
+  PrepareQueries();
+  const int64_t number = lo.number + 1;
+  const std::string n = std::to_string(number);
+  std::vector<std::string> limits;
+  limits.reserve(reads.size());
+  for (const auto& rd : reads) limits.push_back(std::to_string(rd.limit));
+  std::vector<pg::Statement> stmts;
+  stmts.push_back({"BEGIN ISOLATION LEVEL REPEATABLE READ", {}});
+  stmts.push_back(
+      {"INSERT INTO datatunnel.ticks (tick, snapshot) "
+       "VALUES ($1, pg_catalog.txid_current_snapshot()) "
+       "ON CONFLICT (tick) DO NOTHING RETURNING snapshot::text, (" +
+           check_sql + ")",
+       {n}});
+  for (size_t i = 0; i < reads.size(); ++i) {
+    stmts.push_back({tick_queries_[reads[i].table], {"0", lo.snapshot, limits[i]}});
+  }
+  stmts.push_back({"COMMIT", {}});
+  std::vector<pg::QueryResult> results;
+  Status st = conn_->ExecPipeline(stmts, &results);
+  if (!st.ok()) {
+    conn_->RollbackQuietly();
+    return st;
+  }
+  if (results.size() != stmts.size() || results[1].rows() != 1) return TickTaken(number);
+  *check = std::string(results[1].Get(0, 1));
+  for (size_t i = 0; i < reads.size(); ++i) {
+    DT_ASSIGN_OR_RETURN(reads[i].last, ParseBatch(reads[i].table, results[2 + i], number, 0, epoch,
+                                                  &reads[i].changes));
+  }
+  return Tick{number, std::string(results[1].Get(0, 0))};
+}
 
 Result<bool> ChangeLog::ChangedSince(const Tick& last) {
   if (newest_.size() != tables_->size()) {
@@ -101,37 +142,51 @@ Result<bool> ChangeLog::ChangedSince(const Tick& last) {
   return changed;
 }
 
-std::string ChangeLog::BatchQuery(const TableSpec& spec) const {
+std::string ChangeLog::BatchQuery(const TableSpec& spec, bool in_tick) const {
   std::string cols;
   for (size_t k : spec.key) {
     cols += ", " + QuoteIdent(std::string(kOldKeyPrefix) + spec.columns[k].name);
   }
   for (const auto& c : spec.columns) cols += ", " + QuoteIdent(c.name);
+  // Inside the tick's own REPEATABLE READ transaction, its snapshot is hi.
+  const std::string hi = in_tick ? "pg_catalog.txid_current_snapshot()" : "$3::txid_snapshot";
   // The xmin/xmax bounds are a cheap pre-filter: below lo's xmin everything
   // is visible in lo; at or above hi's xmax nothing is visible in hi.
   return fmt::format(
       "SELECT change_id, txid, action, "
-      "(extract(epoch FROM captured_at) * 1000000)::bigint{} "
-      "FROM {} "
+      "(extract(epoch FROM captured_at) * 1000000)::bigint{0} "
+      "FROM {1} "
       "WHERE change_id > $1 "
       "  AND txid >= pg_catalog.txid_snapshot_xmin($2::txid_snapshot) "
-      "  AND txid < pg_catalog.txid_snapshot_xmax($3::txid_snapshot) "
-      "  AND pg_catalog.txid_visible_in_snapshot(txid, $3::txid_snapshot) "
+      "  AND txid < pg_catalog.txid_snapshot_xmax({2}) "
+      "  AND pg_catalog.txid_visible_in_snapshot(txid, {2}) "
       "  AND NOT pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot) "
-      "ORDER BY change_id LIMIT $4",
-      cols, spec.change_table.Quoted());
+      "ORDER BY change_id LIMIT ${3}",
+      cols, spec.change_table.Quoted(), hi, in_tick ? 3 : 4);
+}
+
+void ChangeLog::PrepareQueries() {
+  if (batch_queries_.size() == tables_->size()) return;
+  batch_queries_.clear();
+  tick_queries_.clear();
+  for (const auto& spec : *tables_) {
+    batch_queries_.push_back(BatchQuery(spec, false));
+    tick_queries_.push_back(BatchQuery(spec, true));
+  }
 }
 
 Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after,
                                      int limit, int64_t epoch, std::vector<Change>* out) {
-  if (batch_queries_.size() != tables_->size()) {
-    batch_queries_.clear();
-    for (const auto& spec : *tables_) batch_queries_.push_back(BatchQuery(spec));
-  }
-  const TableSpec& spec = (*tables_)[t];
+  PrepareQueries();
   DT_ASSIGN_OR_RETURN(
       auto r, conn_->Query(batch_queries_[t], {std::to_string(after), lo.snapshot, hi.snapshot,
                                                std::to_string(limit)}));
+  return ParseBatch(t, r, hi.number, after, epoch, out);
+}
+
+Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_t tick,
+                                      int64_t after, int64_t epoch, std::vector<Change>* out) {
+  const TableSpec& spec = (*tables_)[t];
   const int nkey = static_cast<int>(spec.key.size());
   const int first_col = 4 + nkey;
   const size_t ncols = spec.columns.size();
@@ -139,7 +194,7 @@ Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, i
   for (int i = 0; i < r.rows(); ++i) {
     Change c;
     c.table = static_cast<uint32_t>(t);
-    c.pos = Position{epoch, hi.number, r.GetInt64(i, 0), 0};
+    c.pos = Position{epoch, tick, r.GetInt64(i, 0), 0};
     c.txid = r.GetInt64(i, 1);
     c.captured_us = r.GetInt64(i, 3);
     last = c.pos.seq;
@@ -186,37 +241,37 @@ Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, i
 
 Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
   if (updates.empty()) return Status::OK();
-  DT_RETURN_IF_ERROR(conn_->Exec("BEGIN"));
-  auto fail = [&](Status st) {
-    conn_->RollbackQuietly();
-    return st;
-  };
+  // One round trip: the producer's loop waits for it.
+  std::deque<std::string> text;  // parameters' storage
+  auto keep = [&](std::string v) -> std::string_view { return text.emplace_back(std::move(v)); };
+  std::vector<pg::Statement> stmts;
+  stmts.push_back({"BEGIN", {}});
   for (const auto& u : updates) {
     const TableSpec& spec = (*tables_)[u.table];
     if (u.prune_upto > 0 && !u.prune_snapshot.empty()) {
-      auto r =
-          conn_->Query(fmt::format("DELETE FROM {} WHERE change_id <= $1 AND "
+      stmts.push_back({fmt::format("DELETE FROM {} WHERE change_id <= $1 AND "
                                    "pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot)",
                                    spec.change_table.Quoted()),
-                       {std::to_string(u.prune_upto), u.prune_snapshot});
-      if (!r.ok()) return fail(r.status());
+                       {keep(std::to_string(u.prune_upto)), u.prune_snapshot}});
     }
-    auto r = conn_->Query(
-        "UPDATE datatunnel.tables SET published_tick = $3, published_seq = $4, "
-        "  published_count = published_count + $5, published_at = now() "
-        "WHERE schema_name = $1 AND table_name = $2 "
-        "  AND (published_tick, published_seq) < ($3::bigint, $4::bigint)",
-        {spec.source.schema, spec.source.name, std::to_string(u.tick), std::to_string(u.seq),
-         std::to_string(u.delivered)});
-    if (!r.ok()) return fail(r.status());
+    stmts.push_back(
+        {"UPDATE datatunnel.tables SET published_tick = $3, published_seq = $4, "
+         "  published_count = published_count + $5, published_at = now() "
+         "WHERE schema_name = $1 AND table_name = $2 "
+         "  AND (published_tick, published_seq) < ($3::bigint, $4::bigint)",
+         {spec.source.schema, spec.source.name, keep(std::to_string(u.tick)),
+          keep(std::to_string(u.seq)), keep(std::to_string(u.delivered))}});
   }
   // Keep the ticks some table may still need as its batch's lower bound.
-  auto r = conn_->Query(
-      "DELETE FROM datatunnel.ticks WHERE tick < (SELECT min(CASE WHEN published_seq = $1 "
-      "THEN published_tick ELSE published_tick - 1 END) FROM datatunnel.tables)",
-      {std::to_string(Position::kEndOfTick)});
-  if (!r.ok()) return fail(r.status());
-  return conn_->Commit();
+  stmts.push_back(
+      {"DELETE FROM datatunnel.ticks WHERE tick < (SELECT min(CASE WHEN "
+       "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
+       "datatunnel.tables)",
+       {keep(std::to_string(Position::kEndOfTick))}});
+  stmts.push_back({"COMMIT", {}});
+  Status st = conn_->ExecPipeline(stmts);
+  if (!st.ok()) conn_->RollbackQuietly();
+  return st;
 }
 
 Result<int64_t> ChangeLog::CountPending(size_t t) {

@@ -79,6 +79,21 @@ class ChangeLog {
   // Returns kFatal (another producer took over) if `number` already exists.
   Result<Tick> BeginTick(int64_t number);
   Status CommitTick();
+  // One table's first read of a batch, done inside RecordTick().
+  struct TickRead {
+    size_t table = 0;
+    int limit = 0;
+    // Filled in: what ReadBatch(table, lo, tick, 0, limit, ...) would give.
+    std::vector<Change> changes;
+    int64_t last = 0;
+  };
+  // Records tick lo.number + 1 and reads the first rows of its batch for
+  // each of `reads`, in one round trip (BEGIN, INSERT, the reads and COMMIT
+  // sent as one pipeline), when no snapshot chunk needs reading at the
+  // tick's snapshot. `check_sql` is a query of one value evaluated at the
+  // tick's snapshot (the schema signature); its value is stored in *check.
+  Result<Tick> RecordTick(const Tick& lo, const std::string& check_sql, std::string* check,
+                          int64_t epoch, std::span<TickRead> reads);
 
   // Whether a tick now could find changes that tick `last` did not: a
   // change table's newest committed change_id grew since the previous call,
@@ -102,10 +117,15 @@ class ChangeLog {
   Result<int64_t> CountPending(size_t t);
 
  private:
-  std::string BatchQuery(const TableSpec& spec) const;
+  Status TickTaken(int64_t number) const;
+  std::string BatchQuery(const TableSpec& spec, bool in_tick) const;
+  void PrepareQueries();
+  Result<int64_t> ParseBatch(size_t t, const pg::QueryResult& r, int64_t tick, int64_t after,
+                             int64_t epoch, std::vector<Change>* out);
   pg::Connection* conn_;
   const std::vector<TableSpec>* tables_;
   std::vector<std::string> batch_queries_;
+  std::vector<std::string> tick_queries_;  // the same, inside the tick
   std::string changed_query_;
   std::vector<int64_t> newest_;  // per table, as the last ChangedSince() saw it
 };

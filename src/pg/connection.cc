@@ -283,8 +283,10 @@ Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Para
   return out;
 }
 
-Status Connection::ExecPipeline(std::span<const Statement> statements) {
+Status Connection::ExecPipeline(std::span<const Statement> statements,
+                                std::vector<QueryResult>* results) {
   last_sqlstate_.clear();
+  if (results) results->clear();
   if (PQenterPipelineMode(conn_) != 1) return ConnectionError("entering pipeline mode");
   std::vector<const char*> values;
   std::vector<int> lengths;
@@ -321,6 +323,7 @@ Status Connection::ExecPipeline(std::span<const Statement> statements) {
         lost = true;
         break;
       }
+      if (results) results->emplace_back();
       continue;
     }
     ExecStatusType s = PQresultStatus(res);
@@ -329,7 +332,11 @@ Status Connection::ExecPipeline(std::span<const Statement> statements) {
       first =
           ResultError(res, "statement \"" + q + (statements[i].sql.size() > 60 ? "...\"" : "\""));
     }
-    PQclear(res);
+    if (results) {
+      results->emplace_back(res);
+    } else {
+      PQclear(res);
+    }
     // Each statement's results end with a NULL.
     while ((res = PQgetResult(conn_)) != nullptr) PQclear(res);
   }

@@ -93,8 +93,10 @@ class Connection {
   // Sends all statements at once (libpq pipeline mode) and reads their results:
   // one round trip. Returns the first error; the statements after a failed one
   // are skipped by the server. A lost connection when the last statement is
-  // COMMIT is kInDoubt.
-  Status ExecPipeline(std::span<const Statement> statements);
+  // COMMIT is kInDoubt. With `results`, it gets each statement's result
+  // (rows of a SELECT or RETURNING), one per statement, in order.
+  Status ExecPipeline(std::span<const Statement> statements,
+                      std::vector<QueryResult>* results = nullptr);
   // SQLSTATE of the last failed statement ("" when none or unknown).
   const std::string& last_sqlstate() const { return last_sqlstate_; }
   // COMMIT, mapping a lost connection to kInDoubt.

@@ -35,7 +35,9 @@ struct SourceWorker::Session {
 
   struct Work {
     capture::Tick lo, hi;
-    std::vector<int64_t> after;  // per table: the last change_id read
+    std::vector<int64_t> after;                       // per table: the last change_id read
+    std::vector<capture::ChangeLog::TickRead> reads;  // first reads, done with the tick
+    std::vector<bool> prefetched;                     // reads[t] not yet taken
     std::vector<bool> done;
     bool had_changes = false;
     int chunk_table = -1;
@@ -75,7 +77,7 @@ struct SourceWorker::Session {
   int64_t last_pending_us = 0;  // last count of the change tables
   int64_t last_snapshot_check_us = 0;
   // The tables' columns as this session read them; checked in every tick.
-  std::string table_oids;  // {oid,...}
+  std::string signature_sql;  // SchemaSignatureSql() of the tables
   std::string schema_signature;
   bool notified = true;
   bool last_had_changes = true;
@@ -153,8 +155,9 @@ Status SourceWorker::RunSession(bool first) {
       if (!info) return Status::Fatal("source table " + spec.source.ToString() + " disappeared");
       oids += (oids.empty() ? "" : ",") + std::to_string(info->oid);
     }
-    s.table_oids = "{" + oids + "}";
-    DT_ASSIGN_OR_RETURN(s.schema_signature, SchemaSignature(*s.conn, s.table_oids));
+    s.signature_sql = SchemaSignatureSql("{" + oids + "}");
+    DT_ASSIGN_OR_RETURN(auto r, s.conn->Query(s.signature_sql));
+    s.schema_signature = std::string(r.Get(0, 0));
   }
   DT_RETURN_IF_ERROR(s.conn->Listen(capture::kNotifyChannel));
 
@@ -336,16 +339,15 @@ Status SourceWorker::HandleSchemaChanges(Session& s) {
   return Status::OK();
 }
 
-Result<std::string> SourceWorker::SchemaSignature(pg::Connection& conn, const std::string& oids) {
-  DT_ASSIGN_OR_RETURN(
-      auto r, conn.Query("SELECT COALESCE(string_agg(a.attrelid::text || ':' || a.attname || ':' "
-                         "|| pg_catalog.format_type(a.atttypid, a.atttypmod), ',' ORDER BY "
-                         "a.attrelid, a.attnum), '') || '/' || (SELECT count(*) FROM "
-                         "pg_catalog.pg_class WHERE oid = ANY ($1::oid[])) "
-                         "FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY ($1::oid[]) "
-                         "AND a.attnum > 0 AND NOT a.attisdropped",
-                         {oids}));
-  return std::string(r.Get(0, 0));
+std::string SourceWorker::SchemaSignatureSql(const std::string& oids) {
+  return fmt::format(
+      "SELECT COALESCE(string_agg(a.attrelid::text || ':' || a.attname || ':' "
+      "|| pg_catalog.format_type(a.atttypid, a.atttypmod), ',' ORDER BY "
+      "a.attrelid, a.attnum), '') || '/' || (SELECT count(*) FROM "
+      "pg_catalog.pg_class WHERE oid = ANY ('{0}'::oid[])) "
+      "FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY ('{0}'::oid[]) "
+      "AND a.attnum > 0 AND NOT a.attisdropped",
+      oids);
 }
 
 Status SourceWorker::CheckSnapshotRequests(Session& s) {
@@ -381,13 +383,31 @@ Status SourceWorker::StartTick(Session& s) {
   if (s.cursor + 1 < s.ticks.size()) {
     // A tick recorded before a restart: its batch is recomputed exactly.
     w.hi = s.ticks[s.cursor + 1];
+  } else if (std::none_of(s.snaps.begin(), s.snaps.end(),
+                          [](const Session::Snap& sn) { return sn.active && !sn.all_read; })) {
+    // The common case: one round trip. A change in this batch may have been
+    // written after an ALTER TABLE; the catalog seen at the tick's snapshot
+    // includes every ALTER committed before it. If the columns changed, the
+    // tick stays recorded and a new session (which handles the change)
+    // publishes it, as it does any tick recorded before a restart.
+    // The first read of every table's batch rides along.
+    std::string signature;
+    w.reads.resize(s.specs.size());
+    for (size_t t = 0; t < s.specs.size(); ++t) {
+      w.reads[t].table = t;
+      w.reads[t].limit = ReadLimit(s, t);
+    }
+    DT_ASSIGN_OR_RETURN(w.hi,
+                        s.log->RecordTick(w.lo, s.signature_sql, &signature, s.epoch, w.reads));
+    if (signature != s.schema_signature) {
+      return Status::Retryable("the columns of a captured table changed; describing them again");
+    }
+    s.ticks.push_back(w.hi);
+    w.prefetched.assign(s.specs.size(), true);
   } else {
     DT_ASSIGN_OR_RETURN(w.hi, s.log->BeginTick(w.lo.number + 1));
-    // A change in this batch may have been written after an ALTER TABLE:
-    // the catalog seen now includes every ALTER committed before the tick.
-    // Start a new session (which handles the change) before publishing it.
-    auto signature = SchemaSignature(*s.conn, s.table_oids);
-    if (!signature.ok() || *signature != s.schema_signature) {
+    auto signature = s.conn->Query(s.signature_sql);
+    if (!signature.ok() || signature->Get(0, 0) != s.schema_signature) {
       s.conn->RollbackQuietly();
       if (!signature.ok()) return signature.status();
       return Status::Retryable("the columns of a captured table changed; describing them again");
@@ -416,6 +436,7 @@ Status SourceWorker::StartTick(Session& s) {
   s.notified = false;
   w.after.assign(s.specs.size(), 0);
   w.done.assign(s.specs.size(), false);
+  w.prefetched.resize(s.specs.size(), false);
   for (size_t t = 0; t < s.specs.size(); ++t) {
     const auto& p = s.progress[t];
     if (AtOrAfter(p, w.hi.number, Position::kEndOfTick)) {
@@ -423,6 +444,7 @@ Status SourceWorker::StartTick(Session& s) {
     } else if (p.tick == w.hi.number) {
       w.after[t] = p.seq;  // part of this batch was delivered before a restart
     }
+    if (w.done[t] || w.after[t] != 0) w.prefetched[t] = false;  // read from 0: not what's wanted
   }
   s.work = std::move(w);
   return Status::OK();
@@ -446,19 +468,31 @@ Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, 
   return Status::OK();
 }
 
+int SourceWorker::ReadLimit(const Session& s, size_t t) {
+  // Bound each read by bytes as well as rows: a table of 10 MB rows must
+  // not be read 5,000 rows at a time.
+  return static_cast<int>(
+      std::clamp<double>(static_cast<double>(kReadBudget) / s.avg_change_bytes[t], 1, kReadLimit));
+}
+
 Status SourceWorker::StepTick(Session& s, bool* progressed) {
   Session::Work& w = *s.work;
   *progressed = false;
   for (size_t t = 0; t < s.specs.size(); ++t) {
     if (w.done[t]) continue;
     std::vector<Change> changes;
-    const int64_t before = w.after[t];
-    // Bound each read by bytes as well as rows: a table of 10 MB rows must
-    // not be read 5,000 rows at a time.
-    const int limit = static_cast<int>(std::clamp<double>(
-        static_cast<double>(kReadBudget) / s.avg_change_bytes[t], 1, kReadLimit));
-    DT_ASSIGN_OR_RETURN(int64_t last,
-                        s.log->ReadBatch(t, w.lo, w.hi, before, limit, s.epoch, &changes));
+    int64_t last = 0;
+    int limit = 0;
+    if (w.prefetched[t]) {
+      w.prefetched[t] = false;
+      changes = std::move(w.reads[t].changes);
+      last = w.reads[t].last;
+      limit = w.reads[t].limit;
+    } else {
+      limit = ReadLimit(s, t);
+      DT_ASSIGN_OR_RETURN(last,
+                          s.log->ReadBatch(t, w.lo, w.hi, w.after[t], limit, s.epoch, &changes));
+    }
     // Rows read (a key-changing update gives two changes from one row).
     int64_t rows = 0;
     for (size_t i = 0; i < changes.size(); ++i) {

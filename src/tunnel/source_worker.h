@@ -69,6 +69,7 @@ class SourceWorker {
   Status ServeDeliveries(Session& s, int wait_ms, bool force_record);
   Status RecordProgress(Session& s);
   Status StartTick(Session& s);
+  static int ReadLimit(const Session& s, size_t t);
   Status StepTick(Session& s, bool* progressed);
   Status FinishTick(Session& s);
   Status SendChange(Session& s, const Change& c, int32_t partition,
@@ -78,7 +79,9 @@ class SourceWorker {
   // (schema_changes = "evolve") or stops with an explanation.
   Status HandleSchemaChanges(Session& s);
   // The captured tables' columns, as one string that changes with any of them.
-  static Result<std::string> SchemaSignature(pg::Connection& conn, const std::string& oids);
+  // A query of one text value naming every column and type of the tables
+  // `oids` ("{oid,...}", our own catalog numbers, inlined).
+  static std::string SchemaSignatureSql(const std::string& oids);
 
   SourceOptions options_;
   metrics::Metrics* metrics_;

@@ -12,6 +12,7 @@
 namespace datatunnel {
 namespace {
 
+using testing::Contains;
 using testing::SourceCluster;
 
 constexpr const char* kEmployees =
@@ -43,24 +44,46 @@ class CaptureTest : public ::testing::Test {
     last_ = ticks->back();
   }
 
-  // One producer step: record a tick and read its whole batch.
+  // One producer step: record a tick and read its whole batch. Alternates
+  // between the producer's two ways: a tick with the first read of its batch
+  // in one pipeline (RecordTick; a small first read, so the rest is read
+  // after it), and BeginTick/CommitTick then reads.
   std::vector<Change> NextBatch() {
-    auto hi = log_->BeginTick(last_.number + 1);
-    EXPECT_TRUE(hi.ok()) << hi.status().message();
-    EXPECT_TRUE(log_->CommitTick().ok());
     std::vector<Change> out;
     int64_t after = 0;
+    capture::Tick hi;
+    if (++steps_ % 2 == 1) {
+      std::string check;
+      capture::ChangeLog::TickRead first;
+      first.limit = 7;
+      auto t = log_->RecordTick(last_, "SELECT 'sig'", &check, epoch_, {&first, 1});
+      EXPECT_TRUE(t.ok()) << t.status().message();
+      EXPECT_EQ(check, "sig");
+      hi = *t;
+      out = std::move(first.changes);
+      if (out.empty()) {
+        last_ = hi;
+        return out;
+      }
+      after = first.last;
+    } else {
+      auto t = log_->BeginTick(last_.number + 1);
+      EXPECT_TRUE(t.ok()) << t.status().message();
+      EXPECT_TRUE(log_->CommitTick().ok());
+      hi = *t;
+    }
     for (;;) {
       size_t before = out.size();
-      auto last = log_->ReadBatch(0, last_, *hi, after, 1000, epoch_, &out);
+      auto last = log_->ReadBatch(0, last_, hi, after, 1000, epoch_, &out);
       EXPECT_TRUE(last.ok()) << last.status().message();
       if (out.size() == before) break;
       after = *last;
     }
-    last_ = *hi;
+    last_ = hi;
     return out;
   }
 
+  int steps_ = 0;
   std::string db_;
   std::unique_ptr<pg::Connection> conn_;
   std::vector<TableSpec> specs_;
@@ -200,6 +223,13 @@ TEST_F(CaptureTest, SecondProducerCannotTakeTheLockOrATick) {
   // a producer that lost the lock without noticing).
   auto t = second.BeginTick(last_.number);
   EXPECT_FALSE(t.ok());
+  EXPECT_TRUE(Contains(t.status().message(), "already exists")) << t.status().message();
+  std::string check;
+  capture::Tick before{last_.number - 1, last_.snapshot};
+  auto r = second.RecordTick(before, "SELECT 1", &check, epoch_, {});
+  EXPECT_FALSE(r.ok());
+  EXPECT_TRUE(Contains(r.status().message(), "already exists")) << r.status().message();
+  EXPECT_FALSE(other->InTransaction());
   conn_.reset();  // the session ends: its lock is released
   log_.reset();
   EXPECT_TRUE(testing::WaitUntil([&] { return *second.TryLock(); }, 10));
