@@ -19,7 +19,8 @@
 # (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8),
 # BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
 # BENCH_TUNNEL_ARGS (extra global options for the tunnel processes, for experiments,
-# e.g. "--set pipeline.batch_max_wait_ms=0").
+# e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
+# latency scenario's rates and seconds per rate, for experiments: "5000", 20).
 # Everything it starts is stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -59,7 +60,7 @@ export PATH="$PG_BIN:$PATH"
 
 if [[ $QUICK == 1 ]]; then
   RUNS=${RUNS:-1}
-  LAT_RATES="100 1000 5000"; LAT_SECONDS=2; LAT_PRELOAD=100000
+  LAT_RATES=${BENCH_LAT_RATES:-"100 1000 5000"}; LAT_SECONDS=${BENCH_LAT_SECONDS:-2}; LAT_PRELOAD=100000
   BURST=10000; BURST_PRELOAD=100000
   BACKLOG=100000; BACKLOG_PRELOAD=100000
   SNAP_ROWS=100000
@@ -67,7 +68,7 @@ if [[ $QUICK == 1 ]]; then
   NAME=${NAME:-$(date +%F)-quick}
 else
   RUNS=${RUNS:-3}
-  LAT_RATES="100 1000 5000"; LAT_SECONDS=30; LAT_PRELOAD=100000
+  LAT_RATES=${BENCH_LAT_RATES:-"100 1000 5000"}; LAT_SECONDS=${BENCH_LAT_SECONDS:-30}; LAT_PRELOAD=100000
   BURST=200000; BURST_PRELOAD=100000
   BACKLOG=1000000; BACKLOG_PRELOAD=1000000
   SNAP_ROWS=1000000
