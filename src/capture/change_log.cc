@@ -57,6 +57,19 @@ Result<std::vector<Tick>> ChangeLog::LoadTicks(int64_t from, int limit) {
   return out;
 }
 
+namespace {
+
+// Read a batch by walking the change_id index. The visibility filters defeat
+// the planner's estimates: on a change table autovacuum has not analyzed yet
+// (a backlog that built up in the last minute) it picks a parallel scan of
+// the whole table and a sort for every read of 5,000 rows (478 ms instead of
+// 4 ms at 1,000,000 rows). Scoped to the reading transaction.
+constexpr const char* kChangeIdOrder =
+    "SELECT pg_catalog.set_config('enable_seqscan', 'off', true), "
+    "pg_catalog.set_config('enable_bitmapscan', 'off', true)";
+
+}  // namespace
+
 Status ChangeLog::TickTaken(int64_t number) const {
   return Status::Fatal(fmt::format(
       "tick {} already exists on the {}: another producer is writing to the same source "
@@ -101,6 +114,8 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
        "ON CONFLICT (tick) DO NOTHING RETURNING snapshot::text, (" +
            check_sql + ")",
        {n}});
+  if (!reads.empty()) stmts.push_back({kChangeIdOrder, {}});
+  const size_t first_read = stmts.size();
   for (size_t i = 0; i < reads.size(); ++i) {
     stmts.push_back({tick_queries_[reads[i].table], {"0", lo.snapshot, limits[i]}});
   }
@@ -114,8 +129,8 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   if (results.size() != stmts.size() || results[1].rows() != 1) return TickTaken(number);
   *check = std::string(results[1].Get(0, 1));
   for (size_t i = 0; i < reads.size(); ++i) {
-    DT_ASSIGN_OR_RETURN(reads[i].last, ParseBatch(reads[i].table, results[2 + i], number, 0, epoch,
-                                                  &reads[i].changes));
+    DT_ASSIGN_OR_RETURN(reads[i].last, ParseBatch(reads[i].table, results[first_read + i], number,
+                                                  0, epoch, &reads[i].changes));
   }
   return Tick{number, std::string(results[1].Get(0, 0))};
 }
@@ -178,10 +193,20 @@ void ChangeLog::PrepareQueries() {
 Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after,
                                      int limit, int64_t epoch, std::vector<Change>* out) {
   PrepareQueries();
-  DT_ASSIGN_OR_RETURN(
-      auto r, conn_->Query(batch_queries_[t], {std::to_string(after), lo.snapshot, hi.snapshot,
-                                               std::to_string(limit)}));
-  return ParseBatch(t, r, hi.number, after, epoch, out);
+  const std::string a = std::to_string(after), l = std::to_string(limit);
+  const pg::Statement stmts[] = {
+      {"BEGIN", {}},
+      {kChangeIdOrder, {}},
+      {batch_queries_[t], {a, lo.snapshot, hi.snapshot, l}},
+      {"COMMIT", {}},
+  };
+  std::vector<pg::QueryResult> results;
+  Status st = conn_->ExecPipeline(stmts, &results);
+  if (!st.ok()) {
+    conn_->RollbackQuietly();
+    return st;
+  }
+  return ParseBatch(t, results[2], hi.number, after, epoch, out);
 }
 
 Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_t tick,

@@ -57,6 +57,7 @@ struct ProgressUpdate {
   // prune_upto (an index bound). Empty snapshot: prune nothing.
   int64_t prune_upto = 0;
   std::string prune_snapshot;
+  int64_t prune_tick = 0;  // the tick of prune_snapshot (for the caller)
 };
 
 class ChangeLog {

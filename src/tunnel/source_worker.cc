@@ -70,6 +70,7 @@ struct SourceWorker::Session {
   };
   std::vector<Pending> pending;
   std::vector<int64_t> max_cid_delivered;
+  std::vector<int64_t> pruned_tick;      // per table: the tick the last prune was at
   std::vector<double> avg_change_bytes;  // per table, from the last read
   int64_t last_record_us = 0;
   int64_t last_tick_us = 0;
@@ -164,6 +165,7 @@ Status SourceWorker::RunSession(bool first) {
   tracker_.Reset();
   s.pending.assign(s.specs.size(), {});
   s.max_cid_delivered.assign(s.specs.size(), 0);
+  s.pruned_tick.assign(s.specs.size(), 0);
   s.avg_change_bytes.clear();
   for (const auto& spec : s.specs) {
     // Until a read tells, assume the source table's average row size.
@@ -604,12 +606,20 @@ Status SourceWorker::RecordProgress(Session& s) {
     u.tick = p.pos.tick;
     u.seq = p.pos.seq;
     u.delivered = p.delivered;
-    // Everything visible in the newest fully delivered tick can go.
+    // Everything visible in the newest fully delivered tick can go, once:
+    // pruning again at the same tick finds nothing new (every change it
+    // covers was delivered, so its change_id is at most the largest
+    // delivered when the tick completed) and would scan the whole change
+    // table below that id again (half the producer's time in a 1,000,000
+    // change backlog, whose single batch completes only at its end).
     const int64_t complete = p.pos.seq == Position::kEndOfTick ? p.pos.tick : p.pos.tick - 1;
-    for (const auto& tick : s.ticks) {
-      if (tick.number == complete) u.prune_snapshot = tick.snapshot;
+    if (complete > s.pruned_tick[t]) {
+      for (const auto& tick : s.ticks) {
+        if (tick.number == complete) u.prune_snapshot = tick.snapshot;
+      }
+      u.prune_upto = s.max_cid_delivered[t];
+      u.prune_tick = complete;
     }
-    u.prune_upto = s.max_cid_delivered[t];
     updates.push_back(std::move(u));
   }
   if (updates.empty()) return Status::OK();
@@ -617,6 +627,7 @@ Status SourceWorker::RecordProgress(Session& s) {
   for (const auto& u : updates) {
     s.progress[u.table].tick = u.tick;
     s.progress[u.table].seq = u.seq;
+    if (!u.prune_snapshot.empty()) s.pruned_tick[u.table] = u.prune_tick;
   }
   for (size_t t = 0; t < s.pending.size(); ++t) {
     Session::Pending& p = s.pending[t];
