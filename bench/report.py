@@ -310,7 +310,9 @@ def main():
     add(f"- {meta.get('runs')} run(s) of each measurement, variants interleaved; cells show the "
         "median and, in brackets, the min–max over runs; ratios are of medians, against the "
         "reference measured in the same invocation")
-    add(f"- dev broker: {meta.get('partitions')} partitions; servers: `scripts/pg.sh` defaults "
+    add(f"- dev broker: {meta.get('partitions')} partitions "
+        f"({meta.get('backlog_partitions', meta.get('partitions'))} in the backlog scenario); servers: "
+        "`scripts/pg.sh` defaults "
         "(fsync on, synchronous_commit on, shared_buffers 128MB) with wal_level=logical on both")
     ns = noise_summary(a.out)
     if ns:

@@ -17,6 +17,7 @@
 # Environment: DATATUNNEL_BIN (default build/datatunnel), LOADGEN_BIN (default
 # build/bench/loadgen), BENCH_WORK (bench/work), BENCH_PORT1/BENCH_PORT2
 # (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8),
+# BENCH_BACKLOG_PARTITIONS (64, the backlog scenario's topic),
 # BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
 # BENCH_TUNNEL_ARGS (extra global options for the tunnel processes, for experiments,
 # e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
@@ -52,6 +53,7 @@ RESULTS=$(realpath -m "${BENCH_RESULTS:-bench/results}")
 P1=${BENCH_PORT1:-25433}
 P2=${BENCH_PORT2:-25434}
 PARTITIONS=${BENCH_PARTITIONS:-8}
+BACKLOG_PARTITIONS=${BENCH_BACKLOG_PARTITIONS:-64}
 for b in "$DT" "$LOADGEN"; do
   [[ -x "$b" ]] || { echo "run.sh: $b not found: build first (make build, or set DATATUNNEL_BIN / LOADGEN_BIN)" >&2; exit 2; }
 done
@@ -116,6 +118,21 @@ bg() {
   "$@" &
   BG=$!
   PIDS+=("$BG")
+}
+# Waits for the sampler; stops it early (failing) if a tunnel process exited.
+wait_sampler() {
+  local sampler=$1 p
+  while kill -0 "$sampler" 2>/dev/null; do
+    for p in "${TUNNEL_PIDS[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        kill -TERM "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        return 1
+      fi
+    done
+    sleep 0.2
+  done
+  wait "$sampler"
 }
 # Stops a background process gracefully (SIGTERM, then SIGKILL after 20 s).
 stop_bg() {
@@ -207,10 +224,11 @@ EOF
 
 BROKER_PID=""
 start_broker() {
+  local partitions=${1:-$PARTITIONS}
   rm -f "$RUN/bootstrap"
   write_config none
   bg "$LOADGEN" wrap --report "$RUN/rusage-broker" -- "$DT" -c "$RUN/datatunnel.toml" dev-broker \
-    --partitions "$PARTITIONS" --bootstrap-file "$RUN/bootstrap" >"$RUN/broker.log" 2>&1 </dev/null
+    --partitions "$partitions" --bootstrap-file "$RUN/bootstrap" >"$RUN/broker.log" 2>&1 </dev/null
   BROKER_PID=$BG
   for _ in $(seq 1 200); do [[ -s "$RUN/bootstrap" ]] && break; sleep 0.05; done
   [[ -s "$RUN/bootstrap" ]] || die "the dev broker did not start: $(cat "$RUN/broker.log")"
@@ -389,7 +407,7 @@ scenario_burst() {
       local sampler=$BG out
       out=$("$LOADGEN" burst --dsn "$DSN1" --changes "$BURST" --writers "$BURST_WRITERS" --txn "$BURST_TXN" \
         --preload "$BURST_PRELOAD" --out "$OUT/burst-commits-$v-$run.csv")
-      wait "$sampler" || log "burst $v: the target did not catch up: $(cat "$RUN/sample.out")"
+      wait_sampler "$sampler" || log "burst $v: the target did not catch up: $(cat "$RUN/sample.out")"
       PIDS=("${PIDS[@]/$sampler}")
       local s; s=$(cat "$RUN/sample.out")
       local start end reached
@@ -427,7 +445,9 @@ scenario_backlog() {
       q2 b2 "SELECT setval('bench_progress', 1, false)" >/dev/null
       q1 postgres "CHECKPOINT"; q2 postgres "CHECKPOINT"
       emit backlog "$BACKLOG" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
-      [[ $v == kafka || $v == split ]] && start_broker
+      # The dev broker keeps 5 MB per partition: the producer runs ahead of
+      # the consumer by more than 8 partitions hold (a real broker retains by time).
+      [[ $v == kafka || $v == split ]] && start_broker "$BACKLOG_PARTITIONS"
       bg "$LOADGEN" sample --dsn "$DSN2" --query "$progress_query" --until "$BACKLOG" --interval-ms 50 \
         --timeout 1800 --out "$OUT/backlog-progress-$v-$run.csv" >"$RUN/sample.out"
       local sampler=$BG start
@@ -437,7 +457,7 @@ scenario_backlog() {
       else
         start_tunnel "$v"
       fi
-      wait "$sampler" || log "backlog $v: the target did not catch up: $(cat "$RUN/sample.out")"
+      wait_sampler "$sampler" || log "backlog $v: the target did not catch up: $(cat "$RUN/sample.out")"
       PIDS=("${PIDS[@]/$sampler}")
       local reached; reached=$(kv reached_us "$(cat "$RUN/sample.out")")
       echo "$start" >"$OUT/backlog-start-$v-$run"
@@ -599,6 +619,7 @@ runs=$RUNS
 scenarios=$ONLY
 variants=$VARIANTS
 partitions=$PARTITIONS
+backlog_partitions=$BACKLOG_PARTITIONS
 lat_rates=$LAT_RATES
 lat_seconds=$LAT_SECONDS
 lat_preload=$LAT_PRELOAD
