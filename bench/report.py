@@ -311,7 +311,9 @@ def main():
         "median and, in brackets, the min–max over runs; ratios are of medians, against the "
         "reference measured in the same invocation")
     add(f"- dev broker: {meta.get('partitions')} partitions "
-        f"({meta.get('backlog_partitions', meta.get('partitions'))} in the backlog scenario); servers: "
+        f"({meta.get('backlog_partitions', meta.get('partitions'))} in the backlog and snapshot "
+        "scenarios), consumer fetch.wait.max.ms "
+        f"{meta.get('fetch_wait_ms', 'default')} (see bench/README.md); servers: "
         "`scripts/pg.sh` defaults "
         "(fsync on, synchronous_commit on, shared_buffers 128MB) with wal_level=logical on both")
     ns = noise_summary(a.out)

@@ -17,7 +17,8 @@
 # Environment: DATATUNNEL_BIN (default build/datatunnel), LOADGEN_BIN (default
 # build/bench/loadgen), BENCH_WORK (bench/work), BENCH_PORT1/BENCH_PORT2
 # (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8),
-# BENCH_BACKLOG_PARTITIONS (64, the backlog scenario's topic),
+# BENCH_BACKLOG_PARTITIONS (64, the backlog and snapshot scenarios' topic),
+# BENCH_FETCH_WAIT_MS (1: the consumer's fetch.wait.max.ms; empty for the tunnel's default),
 # BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
 # BENCH_TUNNEL_ARGS (extra global options for the tunnel processes, for experiments,
 # e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
@@ -54,6 +55,11 @@ P1=${BENCH_PORT1:-25433}
 P2=${BENCH_PORT2:-25434}
 PARTITIONS=${BENCH_PARTITIONS:-8}
 BACKLOG_PARTITIONS=${BENCH_BACKLOG_PARTITIONS:-64}
+# The mock cluster answers a fetch that found no data only after the
+# consumer's fetch.wait.max.ms (10 by default), even when data arrives
+# meanwhile; a real broker answers at once. 1 ms keeps that wait out of the
+# latency figures. Empty: the tunnel's default.
+FETCH_WAIT_MS=${BENCH_FETCH_WAIT_MS-1}
 for b in "$DT" "$LOADGEN"; do
   [[ -x "$b" ]] || { echo "run.sh: $b not found: build first (make build, or set DATATUNNEL_BIN / LOADGEN_BIN)" >&2; exit 2; }
 done
@@ -216,6 +222,7 @@ dsn = "$DSN1"
 dsn = "$DSN2"
 [kafka]
 brokers = "$1"
+$([[ -n $FETCH_WAIT_MS ]] && printf '[kafka.consumer_properties]\n"fetch.wait.max.ms" = "%s"' "$FETCH_WAIT_MS")
 [[tables]]
 source = "public.employees"
 key = ["emp_id"]
@@ -496,7 +503,8 @@ scenario_snapshot() {
           write_config none
           dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
           local broker=none
-          if [[ $v == kafka ]]; then start_broker; broker=$(cat "$RUN/bootstrap"); fi
+          # 5 MB per partition, as in the backlog scenario.
+          if [[ $v == kafka ]]; then start_broker "$BACKLOG_PARTITIONS"; broker=$(cat "$RUN/bootstrap"); fi
           t0=$(date +%s%6N)
           "$LOADGEN" wrap --report "$RUN/rusage-snapshot" -- "$DT" -c "$RUN/datatunnel.toml" snapshot \
             --broker "$broker" >"$RUN/tunnel-snapshot.log" 2>&1 || die "snapshot $v: $(tail -3 "$RUN/tunnel-snapshot.log")"
@@ -620,6 +628,7 @@ scenarios=$ONLY
 variants=$VARIANTS
 partitions=$PARTITIONS
 backlog_partitions=$BACKLOG_PARTITIONS
+fetch_wait_ms=${FETCH_WAIT_MS:-default}
 lat_rates=$LAT_RATES
 lat_seconds=$LAT_SECONDS
 lat_preload=$LAT_PRELOAD
