@@ -21,6 +21,10 @@ int Backoff::NextDelayMs() {
   for (int i = 0; i < attempt_ && base < max_ms_; ++i) base *= 2;
   base = std::min<int64_t>(base, max_ms_);
   ++attempt_;
+  if (!seeded_) {
+    rng_.seed(std::random_device{}());
+    seeded_ = true;
+  }
   std::uniform_int_distribution<int64_t> jitter(-base / 5, base / 5);
   return static_cast<int>(std::max<int64_t>(1, base + jitter(rng_)));
 }

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/change.h"
+#include "core/clock.h"
 #include "core/codec.h"
 #include "core/status.h"
 #include "core/table.h"
@@ -30,6 +31,24 @@ TEST(Status, CodesAndContext) {
   EXPECT_FALSE(Status::Fatal("x").IsRetryable());
   EXPECT_EQ(Quarter(8).value(), 2);
   EXPECT_EQ(Quarter(6).status().code(), StatusCode::kBadData);
+}
+
+TEST(Backoff, DoublesToTheCapWithJitter) {
+  Backoff b(100, 1000);
+  const int expect[] = {100, 200, 400, 800, 1000, 1000};
+  bool jittered = false;
+  for (int base : expect) {
+    const int d = b.NextDelayMs();
+    EXPECT_GE(d, base - base / 5);
+    EXPECT_LE(d, base + base / 5);
+    jittered = jittered || d != base;
+  }
+  EXPECT_TRUE(jittered);
+  EXPECT_EQ(b.attempts(), 6);
+  b.Reset();
+  const int first = b.NextDelayMs();
+  EXPECT_GE(first, 80);
+  EXPECT_LE(first, 120);
 }
 
 TEST(Position, TotalOrder) {
