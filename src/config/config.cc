@@ -98,6 +98,8 @@ std::vector<Setting> Settings() {
                IntSetter(&P::check_interval_ms, 1, 60000, "pipeline.check_interval_ms")});
   s.push_back({"pipeline", "poll_interval_ms",
                IntSetter(&P::poll_interval_ms, 1, 600000, "pipeline.poll_interval_ms")});
+  s.push_back({"pipeline", "min_tick_interval_ms",
+               IntSetter(&P::min_tick_interval_ms, 0, 10000, "pipeline.min_tick_interval_ms")});
   s.push_back({"pipeline", "progress_interval_ms",
                IntSetter(&P::progress_interval_ms, 1, 60000, "pipeline.progress_interval_ms")});
   s.push_back({"pipeline", "max_in_flight",

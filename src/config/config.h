@@ -57,6 +57,7 @@ struct PipelineConfig {
   int batch_max_wait_ms = 0;                // longest a consumer waits to fill a batch
   int check_interval_ms = 5;                // how often the producer checks for new changes
   int poll_interval_ms = 500;               // longest the producer goes without a tick
+  int min_tick_interval_ms = 0;             // shortest time between two ticks (0: at once)
   int progress_interval_ms = 20;            // how often delivered progress is recorded
   int max_in_flight = 200000;               // changes published but not yet confirmed
   int snapshot_chunk_rows = 50000;          // rows per snapshot chunk (upper bound)

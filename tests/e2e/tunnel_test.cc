@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -91,6 +92,33 @@ TEST_F(TunnelTest, InMemorySnapshotThenEveryOperation) {
   run->Stop();
   EXPECT_EQ(run->Stderr().find("snapshot of public.employees: requested"), std::string::npos)
       << run->Stderr();
+}
+
+// Under load the producer ticks again as soon as a tick is read, one write
+// transaction on the source each; pipeline.min_tick_interval_ms spaces them.
+TEST_F(TunnelTest, MinTickIntervalSpacesTicksUnderLoad) {
+  TunnelFixture::WriteConfig(testing::kEmployeesTable, "[pipeline]\nmin_tick_interval_ms = 100\n");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--broker", "none"});
+  ExpectInSync();
+  auto newest_tick = [&] {
+    return std::stoll(
+        SourceCluster().Scalar(src_, "SELECT max(tick) FROM datatunnel.ticks").value());
+  };
+  const int64_t first = newest_tick();
+  const auto t0 = std::chrono::steady_clock::now();
+  // A change every few milliseconds: without the setting, nearly a tick each.
+  for (int i = 0; i < 300; ++i) {
+    SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('load')");
+  }
+  ExpectInSync();
+  const int64_t ticks = newest_tick() - first;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LE(ticks, ms / 100 + 3) << ticks << " ticks in " << ms << " ms";
+  EXPECT_GT(ticks, 0);
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  run->Stop();
 }
 
 TEST_F(TunnelTest, ThroughTheBrokerWithSeparateProducerAndConsumer) {

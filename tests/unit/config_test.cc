@@ -47,6 +47,7 @@ schema_changes = "evolve"
 source = "public.t2"
 [pipeline]
 batch_max_changes = 100
+min_tick_interval_ms = 5
 )");
   auto c = LoadConfig(f, {{"DATATUNNEL_KAFKA_BROKERS", "k2:9092"}},
                       {"target.dsn=postgresql://b@h2/db2", "kafka.properties.sasl.username=u"});
@@ -63,6 +64,7 @@ batch_max_changes = 100
   EXPECT_EQ(c->tables[1].topic, "datatunnel.public.t2");
   EXPECT_TRUE(c->tables[1].key.empty());  // the primary key, resolved later
   EXPECT_EQ(c->pipeline.batch_max_changes, 100);
+  EXPECT_EQ(c->pipeline.min_tick_interval_ms, 5);
   std::remove(f.c_str());
 }
 
@@ -96,6 +98,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"[[tables]]\nsource = \"a\"\n[[tables]]\nsource = \"a\"", "listed twice"},
         BadCase{"[pipeline]\nbatch_max_changes = 0", "expected a whole number"},
         BadCase{"[pipeline]\non_bad_message = \"ignore\"", "on_bad_message"},
+        BadCase{"[pipeline]\nmin_tick_interval_ms = -1", "min_tick_interval_ms"},
         BadCase{"[[tables]]\nsource = \"a\"\nschema_changes = \"maybe\"", "schema_changes"},
         BadCase{"[[tables]]\nsource = \"a\"\ntopic = \"my topic\"",
                 "not a valid Kafka topic name"}));
