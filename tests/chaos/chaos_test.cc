@@ -44,6 +44,7 @@ struct Counters {
   std::atomic<int64_t> kills{0};
   std::atomic<int64_t> db_restarts{0};
   std::atomic<int64_t> broker_faults{0};
+  std::atomic<int64_t> respawns{0};  // processes that found a database down at start-up
 };
 
 // Writes a mixed workload (inserts, updates, deletes, key changes, several
@@ -185,9 +186,23 @@ source = "public.employees"
   for (int i = 0; i < 3; ++i) consumers.push_back(chaos.Start("consume"));
   auto threads = run_writers(changes_per_phase);
   auto writing = [&](int64_t until) { return counters.changes.load() < until; };
+  // A process started just before a database restart can find it down on its
+  // first connection: it exits with one line, as for a wrong DSN, and a
+  // supervisor (systemd, Kubernetes) starts it again. So does this test.
+  auto respawn = [&] {
+    for (auto* group : {&producers, &consumers}) {
+      for (auto& p : *group) {
+        if (p->Running() || p->Stderr().find("cannot connect to the") == std::string::npos)
+          continue;
+        ++counters.respawns;
+        p = chaos.Start(group == &producers ? "produce" : "consume");
+      }
+    }
+  };
   int guard = 0;
   while (writing(changes_per_phase) && ++guard < 2000) {
     pause(200, 900);
+    respawn();
     switch (rng() % 7) {
       case 0:
       case 1: {  // kill -9 a producer (the active one half the time), restart it
@@ -233,10 +248,12 @@ source = "public.employees"
   }
   for (auto& t : threads) t.join();
   threads.clear();
+  respawn();
   fmt::print(
-      "chaos: phase 1 wrote {} changes ({} kills, {} db restarts, {} broker faults so far)\n",
+      "chaos: phase 1 wrote {} changes ({} kills, {} db restarts, {} broker faults so far; {} "
+      "process(es) restarted after finding a database down at start-up)\n",
       counters.changes.load(), counters.kills.load(), counters.db_restarts.load(),
-      counters.broker_faults.load());
+      counters.broker_faults.load(), counters.respawns.load());
   // Phase 1 must converge on its own before phase 2 changes the topology.
   auto verify1 = testing::RunCommand({BinaryPath(), "-c", config, "verify", "--wait",
                                       std::to_string(180 * testing::TimeoutMultiplier())},
