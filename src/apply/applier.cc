@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <deque>
 #include <map>
 
 #include "apply/batch.h"
@@ -13,17 +12,7 @@ namespace {
 
 constexpr size_t kMaxParams = 30000;  // PostgreSQL allows 65535 per statement
 
-// Owns the text of parameters while a pipeline is built and sent.
-class Arena {
- public:
-  std::string_view Keep(std::string s) {
-    store_.push_back(std::move(s));
-    return store_.back();
-  }
-
- private:
-  std::deque<std::string> store_;
-};
+using pg::Arena;
 
 // Which columns a row writes: every column it carries, minus generated ones.
 std::vector<size_t> WrittenColumns(const TableSpec& spec, const Row& row) {

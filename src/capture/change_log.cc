@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <deque>
-
 #include "capture/install.h"
 
 namespace datatunnel::capture {
@@ -102,10 +100,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
                                    int64_t epoch, std::span<TickRead> reads) {
   PrepareQueries();
   const int64_t number = lo.number + 1;
-  const std::string n = std::to_string(number);
-  std::vector<std::string> limits;
-  limits.reserve(reads.size());
-  for (const auto& rd : reads) limits.push_back(std::to_string(rd.limit));
+  pg::Arena arena;
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN ISOLATION LEVEL REPEATABLE READ", {}});
   stmts.push_back(
@@ -113,11 +108,12 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
        "VALUES ($1, pg_catalog.txid_current_snapshot()) "
        "ON CONFLICT (tick) DO NOTHING RETURNING snapshot::text, (" +
            check_sql + ")",
-       {n}});
+       {arena.Keep(std::to_string(number))}});
   if (!reads.empty()) stmts.push_back({kChangeIdOrder, {}});
   const size_t first_read = stmts.size();
   for (size_t i = 0; i < reads.size(); ++i) {
-    stmts.push_back({tick_queries_[reads[i].table], {"0", lo.snapshot, limits[i]}});
+    stmts.push_back({tick_queries_[reads[i].table],
+                     {"0", lo.snapshot, arena.Keep(std::to_string(reads[i].limit))}});
   }
   stmts.push_back({"COMMIT", {}});
   std::vector<pg::QueryResult> results;
@@ -267,8 +263,7 @@ Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_
 Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
   if (updates.empty()) return Status::OK();
   // One round trip: the producer's loop waits for it.
-  std::deque<std::string> text;  // parameters' storage
-  auto keep = [&](std::string v) -> std::string_view { return text.emplace_back(std::move(v)); };
+  pg::Arena arena;
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
   for (const auto& u : updates) {
@@ -277,22 +272,22 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
       stmts.push_back({fmt::format("DELETE FROM {} WHERE change_id <= $1 AND "
                                    "pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot)",
                                    spec.change_table.Quoted()),
-                       {keep(std::to_string(u.prune_upto)), u.prune_snapshot}});
+                       {arena.Keep(std::to_string(u.prune_upto)), u.prune_snapshot}});
     }
     stmts.push_back(
         {"UPDATE datatunnel.tables SET published_tick = $3, published_seq = $4, "
          "  published_count = published_count + $5, published_at = now() "
          "WHERE schema_name = $1 AND table_name = $2 "
          "  AND (published_tick, published_seq) < ($3::bigint, $4::bigint)",
-         {spec.source.schema, spec.source.name, keep(std::to_string(u.tick)),
-          keep(std::to_string(u.seq)), keep(std::to_string(u.delivered))}});
+         {spec.source.schema, spec.source.name, arena.Keep(std::to_string(u.tick)),
+          arena.Keep(std::to_string(u.seq)), arena.Keep(std::to_string(u.delivered))}});
   }
   // Keep the ticks some table may still need as its batch's lower bound.
   stmts.push_back(
       {"DELETE FROM datatunnel.ticks WHERE tick < (SELECT min(CASE WHEN "
        "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
        "datatunnel.tables)",
-       {keep(std::to_string(Position::kEndOfTick))}});
+       {arena.Keep(std::to_string(Position::kEndOfTick))}});
   stmts.push_back({"COMMIT", {}});
   Status st = conn_->ExecPipeline(stmts);
   if (!st.ok()) conn_->RollbackQuietly();

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -73,6 +74,16 @@ using Param = std::optional<std::string_view>;
 struct Statement {
   std::string sql;
   std::vector<Param> params;
+};
+
+// Owns the text of parameters while a pipeline is built and sent: a Param
+// only points at its text, and Keep()'s result stays valid as more is kept.
+class Arena {
+ public:
+  std::string_view Keep(std::string s) { return store_.emplace_back(std::move(s)); }
+
+ private:
+  std::deque<std::string> store_;
 };
 
 class Connection {
