@@ -66,10 +66,11 @@ Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, u
     if (i) c.select_list_ += ", ";
     c.select_list_ += QuoteIdent(spec.columns[i].name);
   }
-  DT_ASSIGN_OR_RETURN(
-      auto est, source.Query("SELECT c.reltuples, c.relpages, pg_catalog.pg_relation_size(c.oid) "
-                             "FROM pg_catalog.pg_class c WHERE c.oid = $1::oid",
-                             {std::to_string(info->oid)}));
+  DT_ASSIGN_OR_RETURN(auto est,
+                      source.Query("SELECT c.reltuples, c.relpages, "
+                                   "  c.relpages::bigint * current_setting('block_size')::bigint "
+                                   "FROM pg_catalog.pg_class c WHERE c.oid = $1::oid",
+                                   {std::to_string(info->oid)}));
   double tuples = std::strtod(std::string(est.Get(0, 0)).c_str(), nullptr);
   double pages = static_cast<double>(est.GetInt64(0, 1));
   double bytes = static_cast<double>(est.GetInt64(0, 2));

@@ -168,10 +168,13 @@ Status SourceWorker::RunSession(bool first) {
   s.pruned_tick.assign(s.specs.size(), 0);
   s.avg_change_bytes.clear();
   for (const auto& spec : s.specs) {
-    // Until a read tells, assume the source table's average row size.
+    // Until a read tells, assume the source table's average row size (from
+    // the statistics: a size function would wait for a lock on the table).
     auto est = s.conn->Query(
-        "SELECT COALESCE(pg_catalog.pg_table_size(c.oid) / NULLIF(c.reltuples, 0), 0)::float8 "
-        "FROM pg_catalog.pg_class c WHERE c.oid = $1::regclass",
+        "SELECT COALESCE((c.relpages + COALESCE(t.relpages, 0))::float8 * "
+        "  current_setting('block_size')::float8 / NULLIF(c.reltuples, 0), 0)::float8 "
+        "FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid "
+        "WHERE c.oid = $1::regclass",
         {spec.source.Quoted()});
     double avg =
         est.ok() && est->rows() ? std::strtod(std::string(est->Get(0, 0)).c_str(), nullptr) : 0;
@@ -370,6 +373,10 @@ Status SourceWorker::CheckSnapshotRequests(Session& s) {
     DT_ASSIGN_OR_RETURN(auto p, snapshot::LoadProgress(*s.conn, s.specs[t]));
     if (p.state != snapshot::State::kRequested && p.state != snapshot::State::kRunning) continue;
     if (p.run == sn.run && sn.run != 0) continue;  // this run already finished here
+    // Running from here on, also while its first read waits for a lock.
+    metrics_->table(t).snapshot_running = 1;
+    metrics_->table(t).snapshot_total = p.total;
+    metrics_->table(t).snapshot_rows = p.rows;
     DT_ASSIGN_OR_RETURN(auto chunker,
                         snapshot::Chunker::Create(*s.conn, s.specs[t], static_cast<uint32_t>(t),
                                                   options_.pipeline.snapshot_chunk_rows,
@@ -379,9 +386,6 @@ Status SourceWorker::CheckSnapshotRequests(Session& s) {
     sn.run = p.run;
     sn.chunker = std::move(chunker);
     sn.cursor = p.cursor;
-    metrics_->table(t).snapshot_running = 1;
-    metrics_->table(t).snapshot_total = p.total;
-    metrics_->table(t).snapshot_rows = p.rows;
     spdlog::info("snapshot of {}: {} ({} rows so far of about {}, {} order)",
                  s.specs[t].source.ToString(), p.rows ? "resuming" : "starting", p.rows, p.total,
                  sn.chunker->key_ordered() ? "key" : "physical");
