@@ -300,11 +300,14 @@ INSTANTIATE_TEST_SUITE_P(Snapshot, ConcurrentSnapshotTest,
 // ---- kill -9 mid-snapshot ---------------------------------------------------
 
 // Holds a snapshot still: its next chunk waits for an ACCESS EXCLUSIVE lock.
+// Connected up front, so Hold() is one round trip after the wait that calls
+// it (a connection opened there gave a fast snapshot time to finish).
 class SourceTableLock {
  public:
-  SourceTableLock(const std::string& db, const std::string& table)
-      : conn_(SourceCluster().Connect(db)) {
-    Status st = conn_->Exec("BEGIN; LOCK TABLE " + table + " IN ACCESS EXCLUSIVE MODE");
+  SourceTableLock(const std::string& db, std::string table)
+      : conn_(SourceCluster().Connect(db)), table_(std::move(table)) {}
+  void Hold() {
+    Status st = conn_->Exec("BEGIN; LOCK TABLE " + table_ + " IN ACCESS EXCLUSIVE MODE");
     EXPECT_TRUE(st.ok()) << st.message();
   }
   ~SourceTableLock() { Release(); }
@@ -317,6 +320,7 @@ class SourceTableLock {
 
  private:
   std::unique_ptr<pg::Connection> conn_;
+  std::string table_;
 };
 
 class KilledSnapshotTest : public SnapshotTest, public ::testing::WithParamInterface<Variant> {};
@@ -328,6 +332,7 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
   Writers writers(src_, 2, 150, EmployeeWrites(kRows));
   ASSERT_TRUE(WaitUntil([&] { return writers.committed() >= 20; }, 20)) << writers.last_error();
 
+  SourceTableLock lock(src_, "employees");
   auto first = Start({"snapshot"});
   ASSERT_TRUE(WaitUntil(
       [&] {
@@ -337,7 +342,7 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
       60))
       << first->Stderr();
   // Hold it still mid-way (its next chunk waits for the lock), kill it there.
-  SourceTableLock lock(src_, "employees");
+  lock.Hold();
   ASSERT_EQ(Snap().state, "running") << "the snapshot ended before it was held";
   first->Signal(SIGKILL);
   ASSERT_EQ(first->Wait(10), 128 + SIGKILL);
@@ -526,6 +531,7 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
         return fmt::format("UPDATE tags SET code = code || '~' || {} WHERE code = {}", rng(), code);
     }
   });
+  SourceTableLock lock(src_, "tags");
   auto first = Start({"snapshot"});
   ASSERT_TRUE(WaitUntil(
       [&] {
@@ -534,7 +540,7 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
       },
       60))
       << first->Stderr();
-  SourceTableLock lock(src_, "tags");
+  lock.Hold();
   ASSERT_EQ(Snap("tags").state, "running") << "the snapshot ended before it was held";
   first->Signal(SIGKILL);
   ASSERT_EQ(first->Wait(10), 128 + SIGKILL);
@@ -634,6 +640,7 @@ class ProgressTest : public SnapshotTest {
   std::unique_ptr<Subprocess> StartHeld(std::vector<std::string> argv) {
     CreateEmployees(Order::kKey, 20000);
     Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));
+    lock_ = std::make_unique<SourceTableLock>(src_, "employees");
     auto p = std::make_unique<Subprocess>(std::move(argv));
     EXPECT_TRUE(WaitUntil(
         [&] {
@@ -642,7 +649,7 @@ class ProgressTest : public SnapshotTest {
         },
         60))
         << p->Stderr() << p->Stdout();
-    lock_ = std::make_unique<SourceTableLock>(src_, "employees");
+    lock_->Hold();
     EXPECT_EQ(Snap().state, "running") << "the snapshot ended before it was held";
     return p;
   }
