@@ -59,11 +59,29 @@ pg::Param ValueParam(const Row& row, size_t i) {
   return row.HasValue(i) ? pg::Param(row.Get(i)) : pg::Param();
 }
 
+// True when `a` and `b` carry the same columns.
+bool SameColumns(const Row& a, const Row& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a.IsAbsent(i) != b.IsAbsent(i)) return false;
+  }
+  return true;
+}
+
 // Upserts grouped by the set of columns they write (one group, normally).
 std::map<std::vector<size_t>, std::vector<const Change*>> GroupByColumns(
     const TableSpec& spec, const std::vector<const Change*>& upserts) {
   std::map<std::vector<size_t>, std::vector<const Change*>> groups;
-  for (const Change* c : upserts) groups[WrittenColumns(spec, c->row)].push_back(c);
+  std::vector<const Change*>* group = nullptr;
+  const Row* prev = nullptr;
+  for (const Change* c : upserts) {
+    // Look the group up only when the columns differ from the previous row's.
+    if (!prev || !SameColumns(*prev, c->row)) {
+      group = &groups[WrittenColumns(spec, c->row)];
+      prev = &c->row;
+    }
+    group->push_back(c);
+  }
   return groups;
 }
 

@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <optional>
+#include <random>
+
 #include "publish/delivery_tracker.h"
 
 namespace datatunnel {
@@ -63,6 +67,59 @@ TEST(KeyBytes, NullIsNotEmpty) {
   b.Reset(2);
   b.Set(0, "");
   EXPECT_NE(apply::KeyBytes(spec, a), apply::KeyBytes(spec, b));
+}
+
+// Against a plain map, on random runs of changes to two-column keys (with
+// NULL and empty key values, and truncates): the same last change per key,
+// in first-seen order.
+TEST(Collapse, MatchesAMapOnRandomRuns) {
+  TableSpec spec;
+  for (const char* n : {"a", "b", "v"}) {
+    Column c;
+    c.name = n;
+    spec.columns.push_back(c);
+  }
+  spec.key = {0, 1};
+  std::mt19937 rng(42);
+  const std::vector<std::optional<std::string>> values = {std::nullopt, "", "1", "2", "10", "x"};
+  for (int round = 0; round < 200; ++round) {
+    std::vector<Change> cs(rng() % 300);
+    for (auto& c : cs) {
+      const unsigned r = rng() % 100;
+      c.op = r < 2 ? Op::kTruncate : r < 4 ? Op::kMarker : r < 30 ? Op::kDelete : Op::kUpdate;
+      c.row.Reset(3);
+      for (size_t k : {0, 1}) {
+        const auto& v = values[rng() % values.size()];
+        if (v) c.row.Set(k, *v);
+      }
+      c.row.Set(2, std::to_string(rng()));
+    }
+    std::vector<const Change*> ptrs;
+    for (auto& c : cs) ptrs.push_back(&c);
+    // The reference.
+    bool truncate = false;
+    std::map<std::string, const Change*> last;
+    std::vector<std::string> order;
+    for (const Change* c : ptrs) {
+      if (c->op == Op::kTruncate) {
+        truncate = true;
+        last.clear();
+        order.clear();
+      } else if (c->op != Op::kMarker) {
+        const std::string k = apply::KeyBytes(spec, c->row);
+        if (last.emplace(k, c).second) order.push_back(k);
+        last[k] = c;
+      }
+    }
+    std::vector<const Change*> deletes, upserts;
+    for (const auto& k : order) {
+      (last[k]->op == Op::kDelete ? deletes : upserts).push_back(last[k]);
+    }
+    auto eff = apply::Collapse(spec, ptrs);
+    EXPECT_EQ(eff.truncate, truncate) << "round " << round;
+    EXPECT_EQ(eff.deletes, deletes) << "round " << round;
+    EXPECT_EQ(eff.upserts, upserts) << "round " << round;
+  }
 }
 
 TEST(DeliveryTracker, WatermarkOnlyOverAContiguousPrefix) {
