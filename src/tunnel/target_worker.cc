@@ -165,26 +165,33 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
     advance_table.clear();
     advance_of.clear();
     arrivals.clear();
+    size_t current = SIZE_MAX;  // the advance of the previous item's partition
     for (size_t i = 0; st.ok() && i < items.size(); ++i) {
       Item& item = items[i];
-      auto key = std::make_pair(item.stream, item.partition);
-      auto res = State(item.stream, item.partition, item.change.table);
-      if (!res.ok()) {
-        st = res.status();
-        break;
+      // Items come in runs of one partition: look the partition up only when
+      // the run changes.
+      if (current == SIZE_MAX || advances[current].partition != item.partition ||
+          advances[current].stream != item.stream) {
+        auto key = std::make_pair(std::string(item.stream), item.partition);
+        auto [ait, inserted] = advance_of.try_emplace(key, advances.size());
+        if (inserted) {
+          auto res = State(key.first, item.partition, item.change.table);
+          if (!res.ok()) {
+            st = res.status();
+            break;
+          }
+          apply::Advance a;
+          a.stream = key.first;
+          a.partition = item.partition;
+          a.expected_offset = res->offset;
+          a.offset = res->offset;
+          a.pos = res->pos;
+          advances.push_back(a);
+          advance_table.push_back(item.change.table);
+        }
+        current = ait->second;
       }
-      auto [ait, inserted] = advance_of.try_emplace(key, advances.size());
-      if (inserted) {
-        apply::Advance a;
-        a.stream = item.stream;
-        a.partition = item.partition;
-        a.expected_offset = res->offset;
-        a.offset = res->offset;
-        a.pos = res->pos;
-        advances.push_back(a);
-        advance_table.push_back(item.change.table);
-      }
-      apply::Advance& a = advances[ait->second];
+      apply::Advance& a = advances[current];
       a.offset = item.offset >= 0 ? item.offset : a.offset + 1;
       switch (item.kind) {
         case Item::Kind::kDeadLetter:
@@ -209,7 +216,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       }
       if (c.op == Op::kTruncate && item.broadcast_partitions > 1) {
         arrivals.push_back(
-            {item.stream, item.partition, c.pos, item.broadcast_partitions, c.table});
+            {std::string(item.stream), item.partition, c.pos, item.broadcast_partitions, c.table});
         if (item.partition == 0) ++a.applied;  // one change, whatever the copies
         continue;
       }
@@ -443,7 +450,9 @@ Status KafkaTargetWorker::Run() {
         continue;
       }
       Item item;
-      item.stream = std::string(v.topic);
+      auto name = topic_names_.find(v.topic);
+      if (name == topic_names_.end()) name = topic_names_.emplace(v.topic).first;
+      item.stream = *name;
       item.partition = v.partition;
       item.offset = v.offset;
       const int t = core_.TableForTopic(v.topic);
@@ -514,10 +523,10 @@ Status KafkaTargetWorker::Run() {
       result = bs;
       break;
     }
-    std::map<std::pair<std::string, int32_t>, int64_t> last;
+    std::map<std::pair<std::string_view, int32_t>, int64_t> last;
     for (const auto& it : items) last[{it.stream, it.partition}] = it.offset;
     std::vector<TopicPartition> commits;
-    for (const auto& [k, off] : last) commits.push_back({k.first, k.second, off + 1});
+    for (const auto& [k, off] : last) commits.push_back({std::string(k.first), k.second, off + 1});
     consumer->CommitAsync(commits);
   }
   Status closed = consumer->Close();

@@ -9,7 +9,9 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -35,7 +37,9 @@ struct TargetOptions {
 // One input record for the target: a decoded change, or a placeholder for a
 // message that advances the offset without applying anything.
 struct Item {
-  std::string stream;
+  // The topic (or in-memory stream name), in storage that outlives the batch:
+  // a string per item cost an allocation per change.
+  std::string_view stream;
   int32_t partition = 0;
   int64_t offset = -1;  // -1: next in sequence (in-memory streams)
   enum class Kind { kChange, kDeadLetter, kIgnored } kind = Kind::kChange;
@@ -103,7 +107,8 @@ class KafkaTargetWorker : public broker::Consumer::Listener {
   const StopSource* stop_;
   TargetCore core_;
   std::unique_ptr<broker::Producer> dlq_;
-  std::vector<broker::Message> carry_;  // polled during a keepalive, applied next
+  std::vector<broker::Message> carry_;              // polled during a keepalive, applied next
+  std::set<std::string, std::less<>> topic_names_;  // what items' `stream` points to
   bool paused_ = false;
   // Partitions stopped at a TRUNCATE that waits for the other partitions:
   // they stay paused until it has run.
