@@ -32,7 +32,7 @@ EnvelopeDecoder::EnvelopeDecoder(const std::vector<TableSpec>* targets) : target
 void EnvelopeDecoder::Refresh() {
   columns_.clear();
   for (const auto& t : *targets_) {
-    std::unordered_map<std::string, size_t> m;
+    std::unordered_map<std::string, size_t, NameHash, std::equal_to<>> m;
     for (size_t i = 0; i < t.columns.size(); ++i) m.emplace(t.columns[i].name, i);
     columns_.push_back(std::move(m));
   }
@@ -41,10 +41,11 @@ void EnvelopeDecoder::Refresh() {
 Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, Row* row, bool* any_unknown) {
   const TableSpec& spec = (*targets_)[table];
   row->ResetAbsent(spec.columns.size());
+  row->Reserve(value_size_);
   for (auto field : obj) {
     std::string_view name;
     if (field.unescaped_key().get(name)) return Bad("a row has a malformed field name");
-    auto it = columns_[table].find(std::string(name));
+    auto it = columns_[table].find(name);
     od::value v;
     if (field.value().get(v)) return Bad(fmt::format("field \"{}\" is malformed", name));
     if (it == columns_[table].end()) {
@@ -116,6 +117,7 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   const TableSpec& spec = (*targets_)[table];
   broadcast_partitions_ = 0;
   schema_columns_.clear();
+  value_size_ = value.size();
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;

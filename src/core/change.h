@@ -67,6 +67,8 @@ class Row {
   void Reset(size_t columns);
   // All slots absent.
   void ResetAbsent(size_t columns);
+  // Room for `bytes` of values, so that setting them allocates once.
+  void Reserve(size_t bytes) { buf_.reserve(bytes); }
   size_t size() const { return slots_.size(); }
   void Set(size_t i, std::string_view value);
   void SetNull(size_t i) { slots_[i] = Slot{0, kNull}; }
