@@ -9,19 +9,7 @@
 namespace datatunnel::publish {
 namespace {
 
-// rapidjson output stream appending to a std::string.
-class StringSink {
- public:
-  using Ch = char;
-  explicit StringSink(std::string* out) : out_(out) {}
-  void Put(char c) { out_->push_back(c); }
-  void Flush() {}
-
- private:
-  std::string* out_;
-};
-
-using Writer = rapidjson::Writer<StringSink>;
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 
 void WriteString(Writer& w, std::string_view s) {
   w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
@@ -82,11 +70,11 @@ void WriteRow(Writer& w, const TableSpec& spec, const Row& row, bool key_only,
 }  // namespace
 
 std::string JsonValue(ValueKind kind, std::string_view text) {
-  std::string out, scratch;
-  StringSink sink(&out);
-  Writer w(sink);
+  std::string scratch;
+  rapidjson::StringBuffer out;
+  Writer w(out);
   WriteValue(w, kind, text, &scratch);
-  return out;
+  return std::string(out.GetString(), out.GetSize());
 }
 
 EnvelopeEncoder::EnvelopeEncoder(const std::vector<TableSpec>* tables, std::string db)
@@ -98,8 +86,8 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
   key->clear();
   value->clear();
   if (c.op != Op::kTruncate && c.op != Op::kMarker) {
-    StringSink ks(key);
-    Writer kw(ks);
+    key_buf_.Clear();
+    Writer kw(key_buf_);
     kw.StartObject();
     for (size_t i : spec.key) {
       const std::string& name = spec.columns[i].name;
@@ -111,10 +99,10 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
       }
     }
     kw.EndObject();
+    key->assign(key_buf_.GetString(), key_buf_.GetSize());
   }
-  value->reserve(320 + c.row.ByteSize() * 2);
-  StringSink vs(value);
-  Writer w(vs);
+  value_buf_.Clear();
+  Writer w(value_buf_);
   w.StartObject();
   w.Key("before");
   if (c.op == Op::kDelete) {
@@ -195,6 +183,7 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
   w.EndArray();
   w.EndObject();
   w.EndObject();
+  value->assign(value_buf_.GetString(), value_buf_.GetSize());
 }
 
 }  // namespace datatunnel::publish

@@ -21,6 +21,8 @@
 // Thread-safety: an encoder owns its buffers; one per thread.
 #pragma once
 
+#include <rapidjson/stringbuffer.h>
+
 #include <string>
 #include <vector>
 
@@ -43,6 +45,10 @@ class EnvelopeEncoder {
   const std::vector<TableSpec>* tables_;
   std::string db_;
   std::string scratch_;
+  // rapidjson's own buffer: its writer reserves once per value and then
+  // stores bytes unchecked (appending to a std::string a byte at a time was
+  // most of the producer's encoding time).
+  rapidjson::StringBuffer key_buf_, value_buf_;
 };
 
 // One value as JSON for its kind (exposed for tests).
