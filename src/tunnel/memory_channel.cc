@@ -6,17 +6,26 @@
 
 namespace datatunnel::tunnel {
 
-bool MemoryChannel::TryPush(const Change& c, uint64_t token, const SourceSpecs& specs) {
+template <typename C>
+bool MemoryChannel::Push(C&& c, uint64_t token, const SourceSpecs& specs) {
   std::lock_guard<std::mutex> lock(mu_);
   const size_t size = c.row.ByteSize() + sizeof(Change);
   // Always accept one change into an empty queue, however large.
   if (!queue_.empty() && (queue_.size() >= max_changes_ || bytes_ + size > max_bytes_)) {
     return false;
   }
-  queue_.push_back(Entry{c, token, specs});
+  queue_.push_back(Entry{std::forward<C>(c), token, specs});
   bytes_ += size;
   changes_cv_.notify_one();
   return true;
+}
+
+bool MemoryChannel::TryPush(const Change& c, uint64_t token, const SourceSpecs& specs) {
+  return Push(c, token, specs);
+}
+
+bool MemoryChannel::TryPush(Change&& c, uint64_t token, const SourceSpecs& specs) {
+  return Push(std::move(c), token, specs);
 }
 
 void MemoryChannel::Pop(size_t max, int timeout_ms, std::vector<Change>* out,
@@ -81,6 +90,15 @@ size_t MemoryChannel::queued() const {
 Status MemorySink::Send(const Change& change, int32_t partition, uint64_t token) {
   (void)partition;
   if (!channel_->TryPush(change, token, specs_)) {
+    return Status::Retryable("in-memory hand-over full");
+  }
+  ++outstanding_;
+  return Status::OK();
+}
+
+Status MemorySink::SendOwned(Change&& change, int32_t partition, uint64_t token) {
+  (void)partition;
+  if (!channel_->TryPush(std::move(change), token, specs_)) {
     return Status::Retryable("in-memory hand-over full");
   }
   ++outstanding_;

@@ -29,8 +29,10 @@ class MemoryChannel {
   MemoryChannel(size_t max_changes, size_t max_bytes)
       : max_changes_(max_changes), max_bytes_(max_bytes) {}
 
-  // Source side: false when the queue is full.
+  // Source side: false when the queue is full. The second form moves the
+  // change's row in, but only when it returns true.
   bool TryPush(const Change& c, uint64_t token, const SourceSpecs& specs);
+  bool TryPush(Change&& c, uint64_t token, const SourceSpecs& specs);
   // Target side: waits up to timeout_ms for changes, then takes up to `max`
   // of them, or about `max_bytes` (at least one).
   void Pop(size_t max, int timeout_ms, std::vector<Change>* out, std::vector<uint64_t>* tokens,
@@ -54,6 +56,8 @@ class MemoryChannel {
     uint64_t token;
     SourceSpecs specs;
   };
+  template <typename C>
+  bool Push(C&& c, uint64_t token, const SourceSpecs& specs);
   std::deque<Entry> queue_;
   std::vector<uint64_t> acks_;
   size_t bytes_ = 0;
@@ -67,6 +71,7 @@ class MemorySink : public ChangeSink {
   MemorySink(MemoryChannel* channel, DeliveryFn on_delivery)
       : channel_(channel), on_delivery_(std::move(on_delivery)) {}
   Status Send(const Change& change, int32_t partition, uint64_t token) override;
+  Status SendOwned(Change&& change, int32_t partition, uint64_t token) override;
   void Poll(int timeout_ms) override;
   int Flush(int timeout_ms) override;
   Result<int> PartitionCount(uint32_t) override { return 1; }

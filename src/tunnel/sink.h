@@ -28,6 +28,12 @@ class ChangeSink {
   virtual void SetTables(const std::vector<TableSpec>* tables) { (void)tables; }
   // `partition` -1: by key. Truncates and markers are sent once per partition.
   virtual Status Send(const Change& change, int32_t partition, uint64_t token) = 0;
+  // The same for a change the caller no longer needs: a sink that keeps
+  // changes may take its row instead of copying it. `change` is left as it
+  // was when the result is not OK.
+  virtual Status SendOwned(Change&& change, int32_t partition, uint64_t token) {
+    return Send(change, partition, token);
+  }
   virtual void Poll(int timeout_ms) = 0;
   // Waits up to timeout_ms for everything sent to be delivered; returns how
   // many are still outstanding.

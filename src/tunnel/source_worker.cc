@@ -466,13 +466,15 @@ Status SourceWorker::StartTick(Session& s) {
   return Status::OK();
 }
 
-Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
+template <typename SendFn>
+Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, Kind kind,
+                             SendFn&& send) {
   const uint64_t token = tracker_.next_token();
   const int64_t bytes_before = sink_->bytes_sent();
   for (;;) {
-    Status st = sink_->Send(c, partition, token);
+    Status st = send(token);
     if (st.ok()) {
-      metrics_->table(c.table).published_bytes += sink_->bytes_sent() - bytes_before;
+      metrics_->table(table).published_bytes += sink_->bytes_sent() - bytes_before;
       break;
     }
     if (!st.IsRetryable()) return st;
@@ -480,8 +482,20 @@ Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, 
     if (stop_->stop_requested()) return Status::Cancelled();
     DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
   }
-  tracker_.Add(c.table, c.pos, kind);
+  tracker_.Add(table, pos, kind);
   return Status::OK();
+}
+
+Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
+  return SendVia(s, c.table, c.pos, kind,
+                 [&](uint64_t token) { return sink_->Send(c, partition, token); });
+}
+
+Status SourceWorker::SendOwnedChange(Session& s, Change&& c, Kind kind) {
+  const uint32_t table = c.table;
+  const Position pos = c.pos;
+  return SendVia(s, table, pos, kind,
+                 [&](uint64_t token) { return sink_->SendOwned(std::move(c), -1, token); });
 }
 
 int SourceWorker::ReadLimit(const Session& s, size_t t) {
@@ -533,7 +547,9 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
         }
         continue;
       }
-      DT_RETURN_IF_ERROR(SendChange(s, c, -1, split_first ? Kind::kPart : Kind::kChange));
+      // Not needed after this (a moved-from change keeps its position).
+      DT_RETURN_IF_ERROR(
+          SendOwnedChange(s, std::move(changes[i]), split_first ? Kind::kPart : Kind::kChange));
     }
     w.after[t] = last;
     if (rows > 0) w.had_changes = true;
@@ -549,8 +565,8 @@ Status SourceWorker::FinishTick(Session& s) {
   if (w.chunk_table >= 0) {
     const uint32_t t = static_cast<uint32_t>(w.chunk_table);
     Session::Snap& sn = s.snaps[t];
-    for (const Change& row : w.chunk.rows) {
-      DT_RETURN_IF_ERROR(SendChange(s, row, -1, Kind::kSnapshotRow));
+    for (Change& row : w.chunk.rows) {
+      DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(row), Kind::kSnapshotRow));
     }
     const int64_t nrows = static_cast<int64_t>(w.chunk.rows.size());
     sn.inflight.push_back({w.chunk.next, nrows});

@@ -74,6 +74,11 @@ class SourceWorker {
   Status FinishTick(Session& s);
   Status SendChange(Session& s, const Change& c, int32_t partition,
                     publish::DeliveryTracker::Kind kind);
+  // The same for a change not needed afterwards: the sink may take its row.
+  Status SendOwnedChange(Session& s, Change&& c, publish::DeliveryTracker::Kind kind);
+  template <typename SendFn>
+  Status SendVia(Session& s, uint32_t table, const Position& pos,
+                 publish::DeliveryTracker::Kind kind, SendFn&& send);
   Status CheckSnapshotRequests(Session& s);
   // Compares each table's columns with those the tunnel accepted: evolves
   // (schema_changes = "evolve") or stops with an explanation.
