@@ -8,7 +8,7 @@
 //
 // Phase 1: two producers (one publishes, one stands by) and three consumers
 // in one group, through the dev broker; faults: kill -9 of any of them,
-// restarts of db1 and db2, broker down/up, injected Produce/Fetch errors.
+// restarts of db1 and db2, broker down/up, injected Fetch errors.
 // Phase 2: the single-process `run` through the broker, killed repeatedly
 // (it also snapshots, since the table was never snapshotted).
 // Finally every fault stops and `verify` must report no difference.
@@ -129,6 +129,7 @@ TEST(Chaos, NothingLostSkippedOrDuplicated) {
   const int rate_per_writer = (g_long ? 3000 : 1500) / writers;
   fmt::print("chaos: {} form, seed {} (DATATUNNEL_CHAOS_SEED={} replays it)\n",
              g_long ? "long" : "short", seed, seed);
+  std::fflush(stdout);  // kept even if the test dies
 
   const std::string src = SourceCluster().CreateDatabase("chaos_src");
   const std::string tgt = TargetCluster().CreateDatabase("chaos_tgt");
@@ -200,7 +201,8 @@ source = "public.employees"
     }
   };
   int guard = 0;
-  while (writing(changes_per_phase) && ++guard < 2000) {
+  bool broker_gone = false;
+  while (writing(changes_per_phase) && ++guard < 2000 && !broker_gone) {
     pause(200, 900);
     respawn();
     switch (rng() % 7) {
@@ -233,13 +235,27 @@ source = "public.employees"
         ++counters.db_restarts;
         break;
       case 6: {  // the broker fails: down for a while, or requests erroring
+        bool sent = true;
         if (rng() % 2) {
-          broker.Write("down 1\n");
+          sent = broker.Write("down 1\n");
           pause(500, 2500);
-          broker.Write("up 1\n");
+          sent = broker.Write("up 1\n") && sent;
         } else {
-          // 0 Produce, 1 Fetch; 6 NOT_LEADER_FOR_PARTITION, 7 REQUEST_TIMED_OUT
-          broker.Write(fmt::format("errors {} {} {}\n", rng() % 2, 3 + rng() % 10, 6 + rng() % 2));
+          // Fetch (API 1) answering 6 NOT_LEADER_FOR_PARTITION or 7
+          // REQUEST_TIMED_OUT. Not Produce: with librdkafka 2.0.2 (Debian 12)
+          // and its mock broker, injected Produce errors make messages go
+          // missing from the topic that the producer was told were delivered
+          // (only Produce errors injected: 12 of 10,823 rows differed, the
+          // changes absent from the topic; Fetch errors alone, or broker
+          // down/up alone: no difference). Neither our producer nor this test
+          // can see it; see README "Kafka notes".
+          sent = broker.Write(fmt::format("errors 1 {} {}\n", 3 + rng() % 10, 6 + rng() % 2));
+        }
+        if (!sent) {
+          broker_gone = true;
+          ADD_FAILURE() << "the dev broker exited (status " << broker.Wait(1).value_or(-1)
+                        << "), seed " << seed << "; its stderr:\n"
+                        << broker.Stderr();
         }
         ++counters.broker_faults;
         break;
@@ -248,6 +264,7 @@ source = "public.employees"
   }
   for (auto& t : threads) t.join();
   threads.clear();
+  if (broker_gone) return;
   respawn();
   fmt::print(
       "chaos: phase 1 wrote {} changes ({} kills, {} db restarts, {} broker faults so far; {} "

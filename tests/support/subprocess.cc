@@ -28,6 +28,10 @@ std::string ReadFile(const std::string& path) {
 }  // namespace
 
 Subprocess::Subprocess(std::vector<std::string> argv, std::map<std::string, std::string> env) {
+  // A child that exited closes its stdin: writing to it then must fail with
+  // EPIPE and be reported, not kill the test with SIGPIPE (CI lost a chaos
+  // run's output that way).
+  signal(SIGPIPE, SIG_IGN);
   char tmpl[] = "/tmp/datatunnel-proc-XXXXXX";
   std::string dir = mkdtemp(tmpl);
   out_path_ = dir + "/stdout";
@@ -92,8 +96,8 @@ std::optional<int> Subprocess::Stop(double seconds) {
   return rc;
 }
 
-void Subprocess::Write(const std::string& text) {
-  [[maybe_unused]] ssize_t n = write(stdin_fd_, text.data(), text.size());
+bool Subprocess::Write(const std::string& text) {
+  return write(stdin_fd_, text.data(), text.size()) == static_cast<ssize_t>(text.size());
 }
 
 std::string Subprocess::Stdout() const { return ReadFile(out_path_); }

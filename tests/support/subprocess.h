@@ -29,7 +29,8 @@ class Subprocess {
   std::optional<int> Wait(double seconds);
   // Sends SIGTERM and waits; SIGKILL if it does not stop in time.
   std::optional<int> Stop(double seconds = 10);
-  void Write(const std::string& text);
+  // Writes to its stdin; false when it no longer reads it (it exited).
+  bool Write(const std::string& text);
   std::string Stdout() const;
   std::string Stderr() const;
 
