@@ -38,10 +38,11 @@ void EnvelopeDecoder::Refresh() {
   }
 }
 
-Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, Row* row, bool* any_unknown) {
+Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, size_t value_size, Row* row,
+                                  bool* any_unknown) {
   const TableSpec& spec = (*targets_)[table];
   row->ResetAbsent(spec.columns.size());
-  row->Reserve(value_size_);
+  row->Reserve(value_size);
   for (auto field : obj) {
     std::string_view name;
     if (field.unescaped_key().get(name)) return Bad("a row has a malformed field name");
@@ -117,7 +118,6 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   const TableSpec& spec = (*targets_)[table];
   broadcast_partitions_ = 0;
   schema_columns_.clear();
-  value_size_ = value.size();
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
@@ -171,10 +171,10 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
       od::object obj;
       if (v.get_object().get(obj)) return Bad(fmt::format("\"{}\" must be an object or null", key));
       if (key == "after") {
-        DT_RETURN_IF_ERROR(DecodeRow(obj, table, &out->row, &unknown));
+        DT_RETURN_IF_ERROR(DecodeRow(obj, table, value.size(), &out->row, &unknown));
         have_after = true;
       } else {
-        DT_RETURN_IF_ERROR(DecodeRow(obj, table, &before, &unknown));
+        DT_RETURN_IF_ERROR(DecodeRow(obj, table, value.size(), &before, &unknown));
         have_before = true;
       }
     } else if (key == "marker") {

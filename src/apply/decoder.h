@@ -40,7 +40,9 @@ class EnvelopeDecoder {
   void Refresh();
 
  private:
-  Status DecodeRow(simdjson::ondemand::object obj, uint32_t table, Row* row, bool* any_unknown);
+  // `value_size`: the message's size, a bound for the row's values.
+  Status DecodeRow(simdjson::ondemand::object obj, uint32_t table, size_t value_size, Row* row,
+                   bool* any_unknown);
 
   const std::vector<TableSpec>* targets_;
   // Looked up by the string_view of a field name, without a copy.
@@ -49,7 +51,6 @@ class EnvelopeDecoder {
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
   };
   std::vector<std::unordered_map<std::string, size_t, NameHash, std::equal_to<>>> columns_;
-  size_t value_size_ = 0;  // of the message being decoded: a bound for its row's values
   simdjson::ondemand::parser parser_;
   std::string padded_;
   std::string scratch_;

@@ -250,15 +250,7 @@ Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_
       return Status::Fatal(fmt::format("change {} in {} has an unknown action \"{}\"", c.pos.seq,
                                        spec.change_table.ToString(), action));
     }
-    c.row.Reset(ncols);
-    size_t bytes = 0;
-    for (size_t col = 0; col < ncols; ++col)
-      bytes += r.Get(i, first_col + static_cast<int>(col)).size();
-    c.row.Reserve(bytes);
-    for (size_t col = 0; col < ncols; ++col) {
-      int rc = first_col + static_cast<int>(col);
-      if (!r.IsNull(i, rc)) c.row.Set(col, r.Get(i, rc));
-    }
+    r.ReadRow(i, first_col, ncols, &c.row);
     out->push_back(std::move(c));
   }
   return last;

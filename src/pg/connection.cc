@@ -149,6 +149,16 @@ int64_t QueryResult::GetInt64(int row, int col) const {
   std::from_chars(v.data(), v.data() + v.size(), out);
   return out;
 }
+void QueryResult::ReadRow(int row, int first_col, size_t n, Row* out) const {
+  out->Reset(n);
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) bytes += Get(row, first_col + static_cast<int>(i)).size();
+  out->Reserve(bytes);
+  for (size_t i = 0; i < n; ++i) {
+    const int col = first_col + static_cast<int>(i);
+    if (!IsNull(row, col)) out->Set(i, Get(row, col));
+  }
+}
 std::string QueryResult::ColumnName(int col) const { return PQfname(res_.get(), col); }
 int64_t QueryResult::AffectedRows() const {
   const char* n = PQcmdTuples(res_.get());

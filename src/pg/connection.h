@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/change.h"
 #include "core/status.h"
 
 struct pg_conn;
@@ -56,6 +57,9 @@ class QueryResult {
   // REQUIRES: the value is a decimal integer.
   int64_t GetInt64(int row, int col) const;
   bool GetBool(int row, int col) const { return Get(row, col) == "t"; }
+  // Columns [first_col, first_col + n) of `row` as a Row of n slots, its
+  // value buffer allocated once.
+  void ReadRow(int row, int first_col, size_t n, Row* out) const;
   std::string ColumnName(int col) const;
   // Number of rows affected by an INSERT/UPDATE/DELETE.
   int64_t AffectedRows() const;

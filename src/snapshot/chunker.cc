@@ -154,14 +154,7 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
     c.table = table_;
     c.pos = Position{epoch, tick, Position::kSnapshotSeqBase + i, 0};
     c.captured_us = now;
-    c.row.Reset(ncols);
-    size_t bytes = 0;
-    for (size_t col = 0; col < ncols; ++col) bytes += rows->Get(i, static_cast<int>(col)).size();
-    c.row.Reserve(bytes);
-    for (size_t col = 0; col < ncols; ++col) {
-      if (!rows->IsNull(i, static_cast<int>(col)))
-        c.row.Set(col, rows->Get(i, static_cast<int>(col)));
-    }
+    rows->ReadRow(i, 0, ncols, &c.row);
     chunk.bytes += static_cast<int64_t>(c.row.ByteSize());
     chunk.rows.push_back(std::move(c));
   }
