@@ -84,8 +84,11 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
   const TableSpec& spec = *spec_;
   // Bound the chunk by rows and (estimated) bytes: it is held in memory until
   // the batch before it is published.
-  int64_t limit =
-      std::clamp<int64_t>(static_cast<int64_t>(max_bytes_ / avg_row_bytes_), 1, max_rows_);
+  // The first chunks are small and grow fourfold up to the bound, so the
+  // first rows reach the target while later ones are still being read.
+  int64_t limit = std::clamp<int64_t>(static_cast<int64_t>(max_bytes_ / avg_row_bytes_), 1,
+                                      std::min<int64_t>(max_rows_, ramp_rows_));
+  ramp_rows_ = std::min<int64_t>(ramp_rows_ * 4, max_rows_);
   Chunk chunk;
   Result<pg::QueryResult> rows = Status::Fatal("unreachable");
   if (key_ordered_) {

@@ -73,6 +73,7 @@ class Chunker {
   bool key_ordered_ = false;
   int max_rows_ = 0;
   int64_t max_bytes_ = 0;
+  int64_t ramp_rows_ = 1000;    // the next chunk's row bound while growing
   double avg_row_bytes_ = 100;  // refined after each chunk
   double rows_per_page_ = 50;
   std::string select_list_;
