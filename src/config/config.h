@@ -53,7 +53,7 @@ struct TableConfig {
 };
 
 struct PipelineConfig {
-  int batch_max_changes = 5000;             // most changes applied in one target transaction
+  int batch_max_changes = 20000;            // most changes applied in one target transaction
   int batch_max_wait_ms = 0;                // longest a consumer waits to fill a batch
   int check_interval_ms = 5;                // how often the producer checks for new changes
   int poll_interval_ms = 500;               // longest the producer goes without a tick
