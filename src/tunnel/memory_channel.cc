@@ -87,22 +87,21 @@ size_t MemoryChannel::queued() const {
   return queue_.size();
 }
 
-Status MemorySink::Send(const Change& change, int32_t partition, uint64_t token) {
-  (void)partition;
-  if (!channel_->TryPush(change, token, specs_)) {
+template <typename C>
+Status MemorySink::Hand(C&& change, uint64_t token) {
+  if (!channel_->TryPush(std::forward<C>(change), token, specs_)) {
     return Status::Retryable("in-memory hand-over full");
   }
   ++outstanding_;
   return Status::OK();
 }
 
-Status MemorySink::SendOwned(Change&& change, int32_t partition, uint64_t token) {
-  (void)partition;
-  if (!channel_->TryPush(std::move(change), token, specs_)) {
-    return Status::Retryable("in-memory hand-over full");
-  }
-  ++outstanding_;
-  return Status::OK();
+Status MemorySink::Send(const Change& change, int32_t, uint64_t token) {
+  return Hand(change, token);
+}
+
+Status MemorySink::SendOwned(Change&& change, int32_t, uint64_t token) {
+  return Hand(std::move(change), token);
 }
 
 void MemorySink::Poll(int timeout_ms) {

@@ -81,6 +81,10 @@ class MemorySink : public ChangeSink {
   Status Health() const override { return Status::OK(); }
 
  private:
+  // Queues `change` (copied or moved), or says the hand-over is full.
+  template <typename C>
+  Status Hand(C&& change, uint64_t token);
+
   MemoryChannel* channel_;
   DeliveryFn on_delivery_;
   std::vector<uint64_t> acks_;
