@@ -523,8 +523,16 @@ Status KafkaTargetWorker::Run() {
       result = bs;
       break;
     }
+    // The last offset of each partition: items come in runs of one partition,
+    // so the map is touched once per run, not per message.
     std::map<std::pair<std::string_view, int32_t>, int64_t> last;
-    for (const auto& it : items) last[{it.stream, it.partition}] = it.offset;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const Item& it = items[i];
+      if (i + 1 == items.size() || items[i + 1].partition != it.partition ||
+          items[i + 1].stream != it.stream) {
+        last[{it.stream, it.partition}] = it.offset;
+      }
+    }
     std::vector<TopicPartition> commits;
     for (const auto& [k, off] : last) commits.push_back({std::string(k.first), k.second, off + 1});
     consumer->CommitAsync(commits);
