@@ -81,7 +81,8 @@ class Chunker {
 
 // Bookkeeping in datatunnel.tables on the source.
 Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec);
-// Marks the table for a (new) snapshot, estimating its size. Restarts a
+// Marks the table for a (new) snapshot, estimating its size (from statistics,
+// else by counting a small table or sampling a large one). Restarts a
 // snapshot in progress when `restart`.
 Status Request(pg::Connection& source, const TableSpec& spec, bool restart);
 // Records that a chunk's rows are delivered (state running, or done when

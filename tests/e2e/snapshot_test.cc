@@ -575,6 +575,36 @@ TEST_F(SnapshotTest, PartitionedTableWithoutAUniqueIndex) {
   ExpectSameRows("pt", "id");
 }
 
+// A table never analyzed (reltuples -1, as after a bulk load) larger than
+// the sample: its size for progress is sampled, not counted, and close.
+TEST_F(SnapshotTest, SizeOfANeverAnalyzedTableIsSampled) {
+  constexpr int64_t kBig = 300000;  // about 2,500 pages: above the 1,000 sampled
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_, "ALTER TABLE employees SET (autovacuum_enabled = false)");
+  SourceCluster().Exec(
+      src_,
+      fmt::format("INSERT INTO employees(first_name, last_name, dob, city) SELECT "
+                  "'first' || i, 'last' || i, '1950-01-01'::date + i % 20000, 'city' || i % 97 "
+                  "FROM generate_series(1, {}) i",
+                  kBig));
+  ASSERT_EQ(SourceCluster().Count(src_,
+                                  "SELECT c.reltuples::bigint FROM pg_class c "
+                                  "WHERE c.oid = 'employees'::regclass"),
+            -1)
+      << "the table should never have been analyzed";
+  ASSERT_GT(SourceCluster().Count(src_, "SELECT pg_relation_size('employees') / 8192"), 1000);
+  Setup(Mode::kMemory, testing::kEmployeesTable, "");
+  auto r = Dt({"snapshot"}, 120);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const SnapState s = Snap();
+  EXPECT_EQ(s.state, "done");
+  EXPECT_EQ(s.rows, kBig);
+  EXPECT_GT(s.total, kBig * 9 / 10) << "sampled estimate too far off";
+  EXPECT_LT(s.total, kBig * 11 / 10) << "sampled estimate too far off";
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM employees"), kBig);
+}
+
 // `snapshot` beside a running in-memory tunnel: the tunnel holding the
 // producer lock copies the table; `snapshot` waits for it and exits.
 TEST_F(SnapshotTest, SnapshotBesideARunningTunnelWaitsForIt) {
