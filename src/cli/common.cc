@@ -135,6 +135,22 @@ int Fail(const Status& st) {
   return st.code() == StatusCode::kBadConfig ? kExitConfig : kExitFailure;
 }
 
+int FailUsageAsJson(int argc, char** argv, const std::string& what) {
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--log-format=json" ||
+        (a == "--log-format" && i + 1 < argc && std::string_view(argv[i + 1]) == "json")) {
+      json = true;
+    }
+  }
+  if (!json) return -1;
+  Globals g;
+  g.log_format = "json";
+  SetupLogging(g);
+  return Fail(Status::BadConfig(what + "; run with --help for usage"));
+}
+
 namespace {
 
 StopSource* g_stop = nullptr;

@@ -47,6 +47,11 @@ Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::Connect
 // Prints the error as one line on stderr and maps it to an exit code.
 int Fail(const Status& st);
 
+// A command line CLI11 could not parse, under `--log-format json` (looked up
+// in `argv`, since parsing stopped): the error as one JSON line, exit code 2.
+// Returns -1 when JSON logs were not asked for (CLI11 prints its own text).
+int FailUsageAsJson(int argc, char** argv, const std::string& what);
+
 // Prints a warning as one line on stderr (a JSON line under --log-format json).
 void Warn(const std::string& msg);
 

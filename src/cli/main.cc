@@ -29,6 +29,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != static_cast<int>(CLI::ExitCodes::Success)) {
+      if (int rc = FailUsageAsJson(argc, argv, e.what()); rc >= 0) return rc;
+    }
     int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitConfig;
   }

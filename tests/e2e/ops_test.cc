@@ -508,6 +508,18 @@ TEST_F(OpsTest, JsonLogFormatPrintsOnlyJsonLines) {
   ExpectInSync();
   EXPECT_EQ(run->Stop(), 0);
   err += run->Stderr();
+  // Usage errors too, in both spellings of the option.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> usage = {
+      {{"--log-format", "json", "status", "--no-such-flag"}, "--no-such-flag"},
+      {{"--log-format=json", "no-such-command"}, "subcommand is required"}};
+  for (const auto& [a, says] : usage) {
+    auto r = Dt(a);
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_TRUE(Contains(r.err, "\"level\":\"error\"")) << r.err;
+    EXPECT_TRUE(Contains(r.err, says)) << r.err;
+    EXPECT_EQ(Lines(r.err).size(), 1u) << r.err;
+    err += r.err;
+  }
   for (const auto& line : Lines(err)) {
     EXPECT_TRUE(line.size() > 1 && line.front() == '{' && line.back() == '}') << line;
   }
