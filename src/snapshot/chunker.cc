@@ -216,25 +216,28 @@ Status Request(pg::Connection& source, const TableSpec& spec, bool restart) {
                                    {spec.source.Quoted()}));
   int64_t total = est.GetInt64(0, 0);
   if (total < 0) {
-    // Never analyzed (after a bulk load or a restore; a partitioned table's
-    // parent always). Count a small table; sample about kSamplePages pages of
-    // a larger one, so a request never reads a whole large table first.
+    // Never analyzed (after a bulk load or a restore; autovacuum never
+    // analyzes a partitioned table's parent). Count a small table; sample
+    // about kSamplePages pages of a larger one, so a request never reads a
+    // whole large table first.
     constexpr int64_t kSamplePages = 1000;
     DT_ASSIGN_OR_RETURN(
-        auto size, source.Query("SELECT COALESCE((SELECT sum(pg_catalog.pg_relation_size(relid)) "
+        auto size, source.Query("SELECT (COALESCE((SELECT sum(pg_catalog.pg_relation_size(relid)) "
                                 "  FROM pg_catalog.pg_partition_tree($1::regclass) WHERE isleaf), "
                                 "  pg_catalog.pg_relation_size($1::regclass)) / "
-                                "current_setting('block_size')::bigint",
+                                "current_setting('block_size')::bigint)::bigint",
                                 {spec.source.Quoted()}));
     const int64_t pages = size.GetInt64(0, 0);
-    const double percent =
-        pages <= kSamplePages ? 100.0 : 100.0 * kSamplePages / static_cast<double>(pages);
-    DT_ASSIGN_OR_RETURN(
-        auto cnt, source.Query(percent >= 100.0
-                                   ? "SELECT count(*) FROM " + spec.source.Quoted()
-                                   : fmt::format("SELECT count(*) FROM {} TABLESAMPLE SYSTEM ({})",
-                                                 spec.source.Quoted(), percent)));
-    total = static_cast<int64_t>(static_cast<double>(cnt.GetInt64(0, 0)) * 100.0 / percent);
+    if (pages <= kSamplePages) {
+      DT_ASSIGN_OR_RETURN(auto cnt, source.Query("SELECT count(*) FROM " + spec.source.Quoted()));
+      total = cnt.GetInt64(0, 0);
+    } else {
+      const double percent = 100.0 * kSamplePages / static_cast<double>(pages);
+      DT_ASSIGN_OR_RETURN(auto cnt, source.Query(fmt::format("SELECT count(*) FROM {} "
+                                                             "TABLESAMPLE SYSTEM ({})",
+                                                             spec.source.Quoted(), percent)));
+      total = static_cast<int64_t>(static_cast<double>(cnt.GetInt64(0, 0)) * 100.0 / percent);
+    }
   }
   std::string cond = restart ? "true" : "snapshot_state IN ('none', 'done')";
   DT_ASSIGN_OR_RETURN(
