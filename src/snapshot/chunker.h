@@ -11,7 +11,8 @@
 // Chunks follow the key when the source has a unique index on the key columns
 // (key-ordered, resumable after the last key copied), and physical page ranges
 // (ctid) otherwise, which needs no index: any row that moves to a page already
-// copied does so through an UPDATE, which the stream carries.
+// copied does so through an UPDATE, which the stream carries, or through a
+// rewrite of the whole table, after which the copy starts over.
 //
 // Progress lives in datatunnel.tables (snapshot_state, snapshot_cursor,
 // snapshot_rows): a killed snapshot continues after the last chunk whose rows
@@ -34,7 +35,8 @@ enum class State { kNone, kRequested, kRunning, kDone };
 std::string_view StateName(State s);
 
 // Where the next chunk starts: {"key", v1, v2, ...} after the last key copied,
-// or {"page", n} at heap page n. Empty: from the beginning.
+// or {"page", n, file} at heap page n of relation file `file` (a rewritten
+// table starts over at page 0). Empty: from the beginning.
 using Cursor = std::vector<std::optional<std::string>>;
 
 struct Progress {

@@ -310,6 +310,11 @@ class SourceTableLock {
     Status st = conn_->Exec("BEGIN; LOCK TABLE " + table_ + " IN ACCESS EXCLUSIVE MODE");
     EXPECT_TRUE(st.ok()) << st.message();
   }
+  // Runs `sql` in the transaction that holds the lock.
+  void Run(const std::string& sql) {
+    Status st = conn_->Exec(sql);
+    EXPECT_TRUE(st.ok()) << st.message();
+  }
   ~SourceTableLock() { Release(); }
   void Release() {
     if (conn_) {
@@ -556,6 +561,48 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
   ExpectInSync();
   ExpectSameRows("tags", "code COLLATE \"C\"");
   EXPECT_EQ(second->Stop(), 0) << second->Stderr();
+}
+
+// A table rewritten mid-snapshot (CLUSTER here; VACUUM FULL and rewriting
+// ALTER TABLEs alike) has its rows on other pages: a page cursor would skip
+// rows that moved below it. The physical-order snapshot notices the new
+// relation file and copies the table again from its first page.
+TEST_F(SnapshotTest, PhysicalOrderSurvivesATableRewrite) {
+  // Rows stored in descending key order; CLUSTER on the (non-unique) key
+  // index turns the table around, so the rows from its last pages, not
+  // copied yet, land on the first pages, below the cursor.
+  SourceCluster().Exec(
+      src_,
+      fmt::format("{}; INSERT INTO employees(emp_id, first_name, city) SELECT i, 'first' || "
+                  "i, 'city' || i % 97 FROM generate_series({}, 1, -1) i; "
+                  "CREATE INDEX employees_emp_id_idx ON employees (emp_id); ANALYZE employees",
+                  testing::kEmployeesDdl, kRows));
+  TargetCluster().Exec(tgt_, testing::kEmployeesDdl);
+  Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));  // many chunks: held mid-way
+
+  SourceTableLock lock(src_, "employees");
+  auto proc = Start({"snapshot"});
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        const SnapState s = Snap();
+        return s.state == "running" && s.rows >= 100;
+      },
+      60))
+      << proc->Stderr();
+  lock.Hold();
+  const SnapState held = Snap();
+  ASSERT_EQ(held.state, "running") << "the snapshot ended before it was held";
+  ASSERT_EQ(held.cursor_kind, "page");
+  lock.Run("CLUSTER employees USING employees_emp_id_idx");
+  lock.Release();
+
+  ASSERT_TRUE(WaitUntil([&] { return Snap().state == "done"; }, 90)) << proc->Stderr();
+  auto rc = proc->Wait(60);
+  ASSERT_TRUE(rc.has_value()) << proc->Stderr();
+  EXPECT_EQ(*rc, 0) << proc->Stderr();
+  EXPECT_TRUE(Contains(proc->Stderr(), "was rewritten")) << proc->Stderr();
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM employees"), kRows);
+  ExpectSameRows("employees", "emp_id");
 }
 
 // A partitioned table has no pages of its own: without a unique index on the
