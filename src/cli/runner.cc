@@ -197,11 +197,9 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
           const int64_t now = NowMicros();
           for (size_t i = 0; i < metrics.size(); ++i) {
             const auto& t = metrics.table(i);
-            // Lag counts only while changes wait: an idle tunnel is not behind.
-            const int64_t waiting = t.captured.load() - t.applied.load() - t.skipped.load();
-            const int64_t cap = t.last_captured_us.load();
-            if (plan.source && plan.target && waiting > 0 && cap > 0) {
-              const double lag = static_cast<double>(now - cap) / 1e6;
+            // The age of the oldest change held back: an idle tunnel is not behind.
+            if (plan.source && plan.target) {
+              const double lag = t.LagSeconds(now);
               if (lag > max_lag) {
                 return {false, fmt::format("{} is {:.1f} s behind (more than {} s)", t.source, lag,
                                            max_lag)};

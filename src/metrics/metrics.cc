@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -35,6 +36,13 @@ double Histogram::Quantile(double q) const {
     if (seen >= want) return i < kBounds.size() ? kBounds[i] : kBounds.back();
   }
   return kBounds.back();
+}
+
+double TableMetrics::LagSeconds(int64_t now_us) const {
+  int64_t held = undelivered_age_us.load(std::memory_order_relaxed);
+  const int64_t since = unapplied_since_us.load(std::memory_order_relaxed);
+  if (since > 0) held = std::max(held, now_us - since);
+  return held > 0 ? static_cast<double>(held) / 1e6 : 0.0;
 }
 
 Metrics::Metrics(const std::vector<std::pair<std::string, std::string>>& tables) {
@@ -146,13 +154,11 @@ std::string Metrics::RenderPrometheus() const {
           int64_t lag = load(t.captured) - load(t.applied) - load(t.skipped);
           return lag < 0 ? 0 : lag;
         });
+  const int64_t now = NowMicros();
   gauge("datatunnel_lag_seconds",
-        "Capture-to-apply time of the newest applied change; it does not grow while nothing is "
-        "applied: alert on datatunnel_lag_changes too.",
-        [&](const TableMetrics& t) {
-          int64_t cap = load(t.last_captured_us), app = load(t.last_applied_us);
-          return cap > 0 && app > cap ? (app - cap) / 1e6 : 0.0;
-        });
+        "Age of the oldest change this process holds and has not yet applied (or delivered); 0 "
+        "when it holds none. Grows while an outage holds changes back.",
+        [&](const TableMetrics& t) { return t.LagSeconds(now); });
   const char* hname = "datatunnel_end_to_end_latency_seconds";
   fmt::format_to(std::back_inserter(out),
                  "# HELP {0} Time from capture on the source to commit on the target.\n"

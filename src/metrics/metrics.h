@@ -47,7 +47,18 @@ struct TableMetrics {
   std::atomic<int64_t> pending{0};           // changes waiting in the change table (sampled)
   std::atomic<int64_t> last_captured_us{0};  // capture time of the newest change applied
   std::atomic<int64_t> last_applied_us{0};   // when it was applied
-  Histogram latency;                         // capture -> applied, seconds
+  // Consumer: capture time of the oldest change in the batch it is applying
+  // (held until the target commits it, through any retries); 0: none.
+  std::atomic<int64_t> unapplied_since_us{0};
+  // Producer: how long the oldest change it read and has not yet delivered
+  // had waited, when last sampled (every 200 ms); 0: none.
+  std::atomic<int64_t> undelivered_age_us{0};
+  Histogram latency;  // capture -> applied, seconds
+
+  // How far behind this process is on the table: the age of the oldest
+  // change it holds, not yet applied (or delivered); 0 when it holds none.
+  // Grows while a target or broker outage holds changes back.
+  double LagSeconds(int64_t now_us) const;
 };
 
 class Metrics {

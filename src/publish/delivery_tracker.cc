@@ -1,12 +1,28 @@
 #include "publish/delivery_tracker.h"
 
+#include <algorithm>
 #include <map>
 
 namespace datatunnel::publish {
 
-uint64_t DeliveryTracker::Add(uint32_t table, const Position& pos, Kind kind, bool delivered) {
-  entries_.push_back(Entry{table, kind, delivered, pos});
+uint64_t DeliveryTracker::Add(uint32_t table, const Position& pos, Kind kind, bool delivered,
+                              int64_t captured_us) {
+  entries_.push_back(Entry{table, kind, delivered, pos, captured_us});
   return base_ + entries_.size() - 1;
+}
+
+void DeliveryTracker::OldestUndelivered(std::vector<int64_t>* per_table) const {
+  std::fill(per_table->begin(), per_table->end(), 0);
+  size_t found = 0;
+  for (const Entry& e : entries_) {
+    if (found == per_table->size()) break;
+    if (e.delivered || e.captured_us <= 0 || e.table >= per_table->size()) continue;
+    int64_t& oldest = (*per_table)[e.table];
+    if (oldest == 0) {
+      oldest = e.captured_us;
+      ++found;
+    }
+  }
 }
 
 void DeliveryTracker::MarkDelivered(uint64_t token) {

@@ -42,7 +42,9 @@ class DeliveryTracker {
 
   // Registers the next message, or with `delivered` a bookkeeping entry that
   // sends nothing (the end of a tick, an empty chunk). Returns its token.
-  uint64_t Add(uint32_t table, const Position& pos, Kind kind, bool delivered = false);
+  // `captured_us`: when the change was captured (0 for anything but changes).
+  uint64_t Add(uint32_t table, const Position& pos, Kind kind, bool delivered = false,
+               int64_t captured_us = 0);
   void MarkDelivered(uint64_t token);
   // A message could not be delivered; remembers the first failure.
   void MarkFailed(uint64_t token, Status why);
@@ -51,6 +53,10 @@ class DeliveryTracker {
   std::vector<TableAdvance> TakeAdvances();
   // The first delivery failure, if any.
   const Status& failure() const { return failure_; }
+
+  // Per table (indexes below per_table->size()), the capture time of the
+  // oldest change registered and not yet delivered; 0 where there is none.
+  void OldestUndelivered(std::vector<int64_t>* per_table) const;
 
   size_t in_flight() const { return entries_.size(); }
   uint64_t next_token() const { return base_ + entries_.size(); }
@@ -63,6 +69,7 @@ class DeliveryTracker {
     Kind kind;
     bool delivered;
     Position pos;
+    int64_t captured_us;
   };
   std::deque<Entry> entries_;
   uint64_t base_ = 0;  // token of entries_.front()

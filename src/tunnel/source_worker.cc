@@ -22,6 +22,12 @@ bool AtOrAfter(const capture::TableProgress& p, int64_t tick, int64_t seq) {
   return p.tick > tick || (p.tick == tick && p.seq >= seq);
 }
 
+// When a captured change was made, for the lag; 0 for snapshot rows and
+// markers, which are not changes waiting to reach the target.
+int64_t CaptureTime(const Change& c) {
+  return c.op == Op::kRead || c.op == Op::kMarker ? 0 : c.captured_us;
+}
+
 }  // namespace
 
 struct SourceWorker::Session {
@@ -76,6 +82,8 @@ struct SourceWorker::Session {
   int64_t last_tick_us = 0;
   int64_t last_check_us = 0;    // last ChangedSince()
   int64_t last_pending_us = 0;  // last count of the change tables
+  int64_t last_lag_sample_us = 0;
+  std::vector<int64_t> oldest_undelivered;  // per table, see ServeDeliveries
   int64_t last_snapshot_check_us = 0;
   // The tables' columns as this session read them; checked in every tick.
   std::string signature_sql;  // SchemaSignatureSql() of the tables
@@ -163,6 +171,7 @@ Status SourceWorker::RunSession(bool first) {
   DT_RETURN_IF_ERROR(s.conn->Listen(capture::kNotifyChannel));
 
   tracker_.Reset();
+  for (size_t t = 0; t < s.specs.size(); ++t) metrics_->table(t).undelivered_age_us = 0;
   s.pending.assign(s.specs.size(), {});
   s.max_cid_delivered.assign(s.specs.size(), 0);
   s.pruned_tick.assign(s.specs.size(), 0);
@@ -467,8 +476,8 @@ Status SourceWorker::StartTick(Session& s) {
 }
 
 template <typename SendFn>
-Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, Kind kind,
-                             SendFn&& send) {
+Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, int64_t captured_us,
+                             Kind kind, SendFn&& send) {
   const uint64_t token = tracker_.next_token();
   const int64_t bytes_before = sink_->bytes_sent();
   for (;;) {
@@ -482,19 +491,20 @@ Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, Ki
     if (stop_->stop_requested()) return Status::Cancelled();
     DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
   }
-  tracker_.Add(table, pos, kind);
+  tracker_.Add(table, pos, kind, /*delivered=*/false, captured_us);
   return Status::OK();
 }
 
 Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
-  return SendVia(s, c.table, c.pos, kind,
+  return SendVia(s, c.table, c.pos, CaptureTime(c), kind,
                  [&](uint64_t token) { return sink_->Send(c, partition, token); });
 }
 
 Status SourceWorker::SendOwnedChange(Session& s, Change&& c, Kind kind) {
   const uint32_t table = c.table;
   const Position pos = c.pos;
-  return SendVia(s, table, pos, kind,
+  const int64_t captured = CaptureTime(c);
+  return SendVia(s, table, pos, captured, kind,
                  [&](uint64_t token) { return sink_->SendOwned(std::move(c), -1, token); });
 }
 
@@ -618,6 +628,18 @@ Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record)
     metrics_->table(a.table).snapshot_rows += a.snapshot_rows;
   }
   const int64_t now = MonotonicMicros();
+  if (now - s.last_lag_sample_us >= 200'000) {
+    // The lag gauge: how long the oldest undelivered change of each table
+    // has waited. Sampled, since finding it may walk every message in flight.
+    s.last_lag_sample_us = now;
+    s.oldest_undelivered.resize(s.specs.size());
+    tracker_.OldestUndelivered(&s.oldest_undelivered);
+    const int64_t wall = NowMicros();
+    for (size_t t = 0; t < s.oldest_undelivered.size(); ++t) {
+      const int64_t oldest = s.oldest_undelivered[t];
+      metrics_->table(t).undelivered_age_us = oldest > 0 ? std::max<int64_t>(1, wall - oldest) : 0;
+    }
+  }
   if (force_record ||
       now - s.last_record_us >= int64_t{options_.pipeline.progress_interval_ms} * 1000) {
     DT_RETURN_IF_ERROR(RecordProgress(s));

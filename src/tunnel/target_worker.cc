@@ -150,6 +150,29 @@ Result<std::optional<Position>> TargetCore::OpenBarrier(const std::string& strea
 }
 
 Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void()>& keepalive) {
+  // The lag gauge: while this batch is held (through any retries), its
+  // oldest change keeps getting older.
+  std::vector<int64_t> oldest(targets_.size(), 0);
+  for (const Item& item : items) {
+    const Change& c = item.change;
+    if (item.kind != Item::Kind::kChange || c.op == Op::kRead || c.op == Op::kMarker ||
+        c.captured_us <= 0 || c.table >= oldest.size()) {
+      continue;
+    }
+    if (oldest[c.table] == 0 || c.captured_us < oldest[c.table]) oldest[c.table] = c.captured_us;
+  }
+  for (size_t t = 0; t < oldest.size(); ++t) {
+    if (oldest[t] > 0) metrics_->table(t).unapplied_since_us = oldest[t];
+  }
+  struct Release {
+    metrics::Metrics* m;
+    const std::vector<int64_t>& oldest;
+    ~Release() {
+      for (size_t t = 0; t < oldest.size(); ++t) {
+        if (oldest[t] > 0) m->table(t).unapplied_since_us = 0;
+      }
+    }
+  } release{metrics_, oldest};
   Backoff backoff(100, 5000);
   std::vector<const Change*> changes;
   std::vector<apply::Advance> advances;

@@ -224,6 +224,10 @@ TEST_F(OpsTest, MetricsEndpointCountsWhatTheTestDid) {
       },
       20))
       << HttpGet(port_, "/metrics").body;
+  // The lag is the age of the oldest change held back: it grows while the
+  // target is locked.
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_seconds", t).value_or(0) > 1.5; }, 20))
+      << HttpGet(port_, "/metrics").body;
   HttpReply ready;
   EXPECT_TRUE(WaitUntil(
       [&] {
@@ -240,9 +244,33 @@ TEST_F(OpsTest, MetricsEndpointCountsWhatTheTestDid) {
   EXPECT_TRUE(WaitUntil([&] { return HttpGet(port_, "/readyz").status == 200; }, 20));
   EXPECT_EQ(Metric("datatunnel_changes_applied_total", t), 71.0);
   EXPECT_EQ(Metric("datatunnel_lag_changes", t), 0.0);
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_seconds", t) == 0.0; }, 20))
+      << "caught up and idle: not behind\n"
+      << HttpGet(port_, "/metrics").body;
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
   // Stopped: nothing listens any more.
   EXPECT_EQ(HttpGet(port_, "/healthz").status, 0);
+}
+
+// The producer counts its change tables when it starts (then every 10 s):
+// rows wait there until the target has them, here behind a lock.
+TEST_F(OpsTest, ChangeTableRowsGaugeCountsTheBacklog) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  WriteConfig(testing::kEmployeesTable, MetricsConfig());
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 25) i");
+  auto lock = TargetCluster().Connect(tgt_);
+  ASSERT_TRUE(lock->Exec("BEGIN; LOCK TABLE employees IN ACCESS EXCLUSIVE MODE").ok());
+  auto run = Start({"run", "--no-snapshot"});
+  const std::string t = "public.employees";
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_change_table_rows", t) == 25.0; }, 20))
+      << HttpGet(port_, "/metrics").body << run->Stderr();
+  ASSERT_TRUE(lock->Exec("COMMIT").ok());
+  ExpectInSync();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
 TEST_F(OpsTest, MetricsOfASnapshot) {

@@ -141,6 +141,22 @@ TEST(DeliveryTracker, WatermarkOnlyOverAContiguousPrefix) {
   EXPECT_EQ(t.in_flight(), 0u);
 }
 
+TEST(DeliveryTracker, OldestUndeliveredPerTable) {
+  publish::DeliveryTracker t;
+  using K = publish::DeliveryTracker::Kind;
+  uint64_t a = t.Add(0, {1, 1, 1, 0}, K::kChange, false, 100);
+  t.Add(1, {1, 1, 2, 0}, K::kSnapshotRow);  // no capture time: not a change waiting
+  uint64_t c = t.Add(1, {1, 1, 3, 0}, K::kChange, false, 300);
+  t.Add(0, {1, 1, 4, 0}, K::kChange, false, 400);
+  std::vector<int64_t> oldest(3, -1);
+  t.OldestUndelivered(&oldest);
+  EXPECT_EQ(oldest, (std::vector<int64_t>{100, 300, 0}));
+  t.MarkDelivered(a);
+  t.MarkDelivered(c);
+  t.OldestUndelivered(&oldest);
+  EXPECT_EQ(oldest, (std::vector<int64_t>{400, 0, 0}));
+}
+
 TEST(DeliveryTracker, FailureAndReset) {
   publish::DeliveryTracker t;
   uint64_t a = t.Add(0, {1, 1, 1, 0}, publish::DeliveryTracker::Kind::kChange);

@@ -360,6 +360,7 @@ TEST(Exposition, RenderPrometheusIsWellFormed) {
     m.table(t).applied += 8;
     m.table(t).last_captured_us = 1'000'000;
     m.table(t).last_applied_us = 1'250'000;
+    m.table(t).undelivered_age_us = 250'000;
     for (double s : {0.0005, 0.003, 0.003, 0.04, 0.7, 3.0, 42.0}) m.table(t).latency.Observe(s);
   }
   m.errors += 1;
@@ -529,6 +530,22 @@ TEST(HttpServer, StopsPromptlyAndReleasesThePort) {
   EXPECT_FALSE(r) << "still serving after the destructor";
   auto again = HttpServer::Start("127.0.0.1:" + std::to_string(port), &m, {});
   EXPECT_TRUE(again.ok()) << again.status().message();
+}
+
+TEST(TableMetrics, LagIsTheAgeOfTheOldestChangeHeld) {
+  TableMetrics t;
+  EXPECT_EQ(t.LagSeconds(5'000'000), 0.0);  // holds nothing: not behind
+  t.last_captured_us = 1'000'000;           // a change applied long ago does not count
+  t.last_applied_us = 1'500'000;
+  EXPECT_EQ(t.LagSeconds(90'000'000), 0.0);
+  t.unapplied_since_us = 2'000'000;  // a batch held since then: the lag grows
+  EXPECT_DOUBLE_EQ(t.LagSeconds(3'000'000), 1.0);
+  EXPECT_DOUBLE_EQ(t.LagSeconds(7'500'000), 5.5);
+  t.undelivered_age_us = 9'000'000;  // the producer's wait is longer
+  EXPECT_DOUBLE_EQ(t.LagSeconds(7'500'000), 9.0);
+  t.unapplied_since_us = 0;
+  t.undelivered_age_us = 0;
+  EXPECT_EQ(t.LagSeconds(7'500'000), 0.0);
 }
 
 TEST(Histogram, Quantile) {
