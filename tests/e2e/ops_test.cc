@@ -252,6 +252,29 @@ TEST_F(OpsTest, MetricsEndpointCountsWhatTheTestDid) {
   EXPECT_EQ(HttpGet(port_, "/healthz").status, 0);
 }
 
+// While the broker is down, the producer holds the changes it cannot
+// deliver: the lag is their age, and grows until the broker is back.
+TEST_F(OpsTest, LagGrowsWhileTheBrokerIsDown) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  WriteConfig(testing::kEmployeesTable, MetricsConfig());
+  StartBroker(1);
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--no-snapshot"});
+  const std::string t = "public.employees";
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('before')");
+  ExpectInSync();
+  ASSERT_TRUE(broker_->Write("down 1\n"));
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('during')");
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_seconds", t).value_or(0) > 1.5; }, 30))
+      << HttpGet(port_, "/metrics").body << run->Stderr();
+  ASSERT_TRUE(broker_->Write("up 1\n"));
+  ExpectInSync();
+  EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_seconds", t) == 0.0; }, 20))
+      << HttpGet(port_, "/metrics").body;
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
 // The producer counts its change tables when it starts (then every 10 s):
 // rows wait there until the target has them, here behind a lock.
 TEST_F(OpsTest, ChangeTableRowsGaugeCountsTheBacklog) {
