@@ -151,19 +151,8 @@ Result<std::optional<Position>> TargetCore::OpenBarrier(const std::string& strea
 
 Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void()>& keepalive) {
   // The lag gauge: while this batch is held (through any retries), its
-  // oldest change keeps getting older.
+  // oldest change to apply keeps getting older; set per attempt below.
   std::vector<int64_t> oldest(targets_.size(), 0);
-  for (const Item& item : items) {
-    const Change& c = item.change;
-    if (item.kind != Item::Kind::kChange || c.op == Op::kRead || c.op == Op::kMarker ||
-        c.captured_us <= 0 || c.table >= oldest.size()) {
-      continue;
-    }
-    if (oldest[c.table] == 0 || c.captured_us < oldest[c.table]) oldest[c.table] = c.captured_us;
-  }
-  for (size_t t = 0; t < oldest.size(); ++t) {
-    if (oldest[t] > 0) metrics_->table(t).unapplied_since_us = oldest[t];
-  }
   struct Release {
     metrics::Metrics* m;
     const std::vector<int64_t>& oldest;
@@ -247,7 +236,17 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       if (c.pos.sub == 0) ++a.applied;  // a key change is one change in two messages
       if (c.op != Op::kRead) a.captured_us = std::max(a.captured_us, c.captured_us);
     }
-    if (st.ok()) st = applier_->Apply(changes, advances, arrivals);
+    if (st.ok()) {
+      for (const Change* c : changes) {
+        if (c->op == Op::kRead || c->captured_us <= 0 || c->table >= oldest.size()) continue;
+        int64_t& o = oldest[c->table];
+        if (o == 0 || c->captured_us < o) o = c->captured_us;
+      }
+      for (size_t t = 0; t < oldest.size(); ++t) {
+        if (oldest[t] > 0) metrics_->table(t).unapplied_since_us = oldest[t];
+      }
+      st = applier_->Apply(changes, advances, arrivals);
+    }
     if (st.ok()) {
       const int64_t now = NowMicros();
       for (const auto& a : advances) {
