@@ -179,13 +179,18 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
                       std::span<const TruncateArrival> arrivals) {
   position_moved_ = false;
   std::vector<std::vector<const Change*>> by_table(targets_->size());
-  size_t rows = 0;
+  size_t rows = 0, packed = 0;
   for (const Change* c : changes) {
     by_table[c->table].push_back(c);
     ++rows;
+    if (c->packed_rows > 0) ++packed;
   }
-  Status st = rows <= kPipelinedMaxRows ? ApplyPipelined(by_table, advances, arrivals)
-                                        : ApplyStaged(by_table, advances, arrivals);
+  if (packed > 0 && (packed != rows || !arrivals.empty())) {
+    return Status::Fatal("internal: a packed snapshot chunk was batched with other changes");
+  }
+  Status st = packed > 0                  ? ApplyPacked(by_table, advances)
+              : rows <= kPipelinedMaxRows ? ApplyPipelined(by_table, advances, arrivals)
+                                          : ApplyStaged(by_table, advances, arrivals);
   if (!st.ok()) {
     if (conn_->last_sqlstate() == kPositionMovedSqlState) position_moved_ = true;
     conn_->RollbackQuietly();
@@ -251,6 +256,61 @@ Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by
   return conn_->ExecPipeline(stmts);
 }
 
+Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::string_view data,
+                          bool* stage_used) {
+  const TableSpec& spec = (*targets_)[t];
+  const std::string list = ColumnList(spec, cols);
+  // Rows the target does not have yet (a snapshot into an empty table, a
+  // stream of inserts) go straight in with one COPY; if one is already
+  // there, the savepoint undoes the COPY and the staged upsert follows.
+  if (direct_backoff_.size() != targets_->size()) direct_backoff_.assign(targets_->size(), 0);
+  if (direct_backoff_[t] > 0) {
+    --direct_backoff_[t];
+  } else {
+    DT_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT dt_direct"));
+    Status direct =
+        conn_->CopyIn(fmt::format("COPY {} ({}) FROM STDIN", spec.target.Quoted(), list), data);
+    if (direct.ok()) return Status::OK();
+    if (conn_->last_sqlstate() != "23505") return direct;  // not a row already there
+    DT_RETURN_IF_ERROR(conn_->Exec("ROLLBACK TO SAVEPOINT dt_direct"));
+    direct_backoff_[t] = 50;
+  }
+  if (*stage_used) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
+  *stage_used = true;
+  DT_RETURN_IF_ERROR(conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
+  return conn_->Exec(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}",
+                                 spec.target.Quoted(), list, list, t, ConflictClause(spec, cols)));
+}
+
+Status Applier::BeginStaged(const std::vector<std::vector<const Change*>>& by_table,
+                            std::span<const Advance> advances) {
+  for (uint32_t t = 0; t < by_table.size(); ++t) {
+    if (!by_table[t].empty()) DT_RETURN_IF_ERROR(EnsureStaging(t));
+  }
+  Arena arena;
+  std::vector<pg::Statement> head;
+  head.push_back({"BEGIN", {}});
+  AddAdvances(advances, &arena, &head);
+  return conn_->ExecPipeline(head);
+}
+
+Status Applier::ApplyPacked(const std::vector<std::vector<const Change*>>& by_table,
+                            std::span<const Advance> advances) {
+  DT_RETURN_IF_ERROR(BeginStaged(by_table, advances));
+  for (uint32_t t = 0; t < by_table.size(); ++t) {
+    if (by_table[t].empty()) continue;
+    std::vector<size_t> cols((*targets_)[t].columns.size());
+    for (size_t i = 0; i < cols.size(); ++i) cols[i] = i;
+    bool stage_used = false;
+    // A chunk of a table with a unique key holds each key once: it goes in
+    // as the source server sent it.
+    for (const Change* c : by_table[t]) {
+      DT_RETURN_IF_ERROR(WriteRows(t, cols, c->row.Get(0), &stage_used));
+    }
+  }
+  return conn_->Commit();
+}
+
 Status Applier::EnsureStaging(uint32_t table) {
   if (staged_[table]) return Status::OK();
   const TableSpec& spec = (*targets_)[table];
@@ -269,14 +329,7 @@ Status Applier::EnsureStaging(uint32_t table) {
 Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
                             std::span<const Advance> advances,
                             std::span<const TruncateArrival> arrivals) {
-  for (uint32_t t = 0; t < by_table.size(); ++t) {
-    if (!by_table[t].empty()) DT_RETURN_IF_ERROR(EnsureStaging(t));
-  }
-  Arena arena;
-  std::vector<pg::Statement> head;
-  head.push_back({"BEGIN", {}});
-  AddAdvances(advances, &arena, &head);
-  DT_RETURN_IF_ERROR(conn_->ExecPipeline(head));
+  DT_RETURN_IF_ERROR(BeginStaged(by_table, advances));
   std::string data;
   for (uint32_t t = 0; t < by_table.size(); ++t) {
     if (by_table[t].empty()) continue;
@@ -310,10 +363,8 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
       DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
           "DELETE FROM {} AS t USING dt_keys_{} AS k WHERE {}", spec.target.Quoted(), t, match)));
     }
-    bool first_group = true;
+    bool stage_used = false;
     for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
-      if (!first_group) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
-      first_group = false;
       data.clear();
       for (const Change* c : rows) {
         for (size_t i = 0; i < cols.size(); ++i) {
@@ -326,30 +377,11 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
         }
         data.push_back('\n');
       }
-      const std::string list = ColumnList(spec, cols);
-      // Rows the target does not have yet (a snapshot into an empty table, a
-      // stream of inserts) go straight in with one COPY; if one is already
-      // there, the savepoint undoes the COPY and the staged upsert follows.
-      if (direct_backoff_.size() != by_table.size()) direct_backoff_.assign(by_table.size(), 0);
-      if (direct_backoff_[t] > 0) {
-        --direct_backoff_[t];
-      } else {
-        DT_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT dt_direct"));
-        Status direct =
-            conn_->CopyIn(fmt::format("COPY {} ({}) FROM STDIN", spec.target.Quoted(), list), data);
-        if (direct.ok()) continue;
-        if (conn_->last_sqlstate() != "23505") return direct;  // not a row already there
-        DT_RETURN_IF_ERROR(conn_->Exec("ROLLBACK TO SAVEPOINT dt_direct"));
-        direct_backoff_[t] = 50;
-      }
-      DT_RETURN_IF_ERROR(
-          conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
-      DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}",
-                                                 spec.target.Quoted(), list, list, t,
-                                                 ConflictClause(spec, cols))));
+      DT_RETURN_IF_ERROR(WriteRows(t, cols, data, &stage_used));
     }
   }
   if (!arrivals.empty()) {
+    Arena arena;
     std::vector<pg::Statement> tail;
     AddArrivals(arrivals, *targets_, &arena, &tail);
     DT_RETURN_IF_ERROR(conn_->ExecPipeline(tail));

@@ -73,6 +73,8 @@ class Applier {
   // Applies `changes` (in commit order per key, duplicates already removed)
   // and the advances, in one transaction. On failure nothing is applied; if
   // a guard failed, position_moved() is true and the caller must reload.
+  // Packed snapshot chunks (Change::packed_rows, COPY text laid out like the
+  // target table, no generated column) come in batches of their own.
   Status Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
                std::span<const TruncateArrival> arrivals = {});
   // Whether the TRUNCATE barrier at `pos` of `stream` has run.
@@ -93,7 +95,17 @@ class Applier {
                         std::span<const TruncateArrival> arrivals);
   Status ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
                      std::span<const Advance> advances, std::span<const TruncateArrival> arrivals);
+  Status ApplyPacked(const std::vector<std::vector<const Change*>>& by_table,
+                     std::span<const Advance> advances);
   Status EnsureStaging(uint32_t table);
+  // Staging tables for the tables with changes, then BEGIN and the advances.
+  Status BeginStaged(const std::vector<std::vector<const Change*>>& by_table,
+                     std::span<const Advance> advances);
+  // Writes rows of table `table` (COPY text of columns `cols`): with one
+  // COPY straight into the table while none of them is there yet, else
+  // staged and upserted. *stage_used: the staging table holds rows already.
+  Status WriteRows(uint32_t table, const std::vector<size_t>& cols, std::string_view data,
+                   bool* stage_used);
 
   pg::Connection* conn_;
   const std::vector<TableSpec>* targets_;

@@ -98,6 +98,10 @@ struct Change {
   Position pos;
   int64_t txid = 0;         // the writing transaction (0 for snapshot rows)
   int64_t captured_us = 0;  // when the trigger (or snapshot read) ran, source clock
+  // > 0: a whole snapshot chunk of this many rows (op kRead, in-memory
+  // hand-over only), as PostgreSQL's COPY text in row slot 0, columns in the
+  // source's order; `pos` is its last row's position.
+  int64_t packed_rows = 0;
   // The after-image for c/u/r, the before-image for d, unused for t/m.
   Row row;
 };

@@ -6,8 +6,8 @@
 namespace datatunnel::publish {
 
 uint64_t DeliveryTracker::Add(uint32_t table, const Position& pos, Kind kind, bool delivered,
-                              int64_t captured_us) {
-  entries_.push_back(Entry{table, kind, delivered, pos, captured_us});
+                              int64_t captured_us, uint32_t rows) {
+  entries_.push_back(Entry{table, kind, delivered, rows, pos, captured_us});
   return base_ + entries_.size() - 1;
 }
 
@@ -50,7 +50,7 @@ std::vector<TableAdvance> DeliveryTracker::TakeAdvances() {
       case Kind::kPart:
         break;
       case Kind::kSnapshotRow:
-        ++a.snapshot_rows;
+        a.snapshot_rows += e.rows;
         break;
       case Kind::kChunkEnd:
         ++a.chunks_done;

@@ -43,8 +43,9 @@ class DeliveryTracker {
   // Registers the next message, or with `delivered` a bookkeeping entry that
   // sends nothing (the end of a tick, an empty chunk). Returns its token.
   // `captured_us`: when the change was captured (0 for anything but changes).
+  // `rows`: snapshot rows the message carries (a packed chunk carries many).
   uint64_t Add(uint32_t table, const Position& pos, Kind kind, bool delivered = false,
-               int64_t captured_us = 0);
+               int64_t captured_us = 0, uint32_t rows = 1);
   void MarkDelivered(uint64_t token);
   // A message could not be delivered; remembers the first failure.
   void MarkFailed(uint64_t token, Status why);
@@ -68,6 +69,7 @@ class DeliveryTracker {
     uint32_t table;
     Kind kind;
     bool delivered;
+    uint32_t rows;
     Position pos;
     int64_t captured_us;
   };

@@ -51,7 +51,7 @@ Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, u
   std::set<std::string> key;
   for (size_t k : spec.key) key.insert(spec.columns[k].name);
   for (const auto& u : info->unique_keys) {
-    if (std::set<std::string>(u.begin(), u.end()) == key) c.key_ordered_ = true;
+    if (std::set<std::string>(u.begin(), u.end()) == key) c.key_ordered_ = c.unique_key_ = true;
   }
   if (!c.key_ordered_ && info->relkind == 'p') {
     // A partitioned table has no pages of its own to read by ctid: read it
@@ -80,7 +80,7 @@ Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, u
 }
 
 Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_t epoch,
-                            int64_t tick) {
+                            int64_t tick, bool packed) {
   const TableSpec& spec = *spec_;
   // Bound the chunk by rows and (estimated) bytes: it is held in memory until
   // the batch before it is published.
@@ -90,20 +90,71 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
                                       std::min<int64_t>(max_rows_, ramp_rows_));
   ramp_rows_ = std::min<int64_t>(ramp_rows_ * 4, max_rows_);
   Chunk chunk;
-  Result<pg::QueryResult> rows = Status::Fatal("unreachable");
+  // Packed: COPY (SELECT ...) TO STDOUT, which takes no parameters, so the
+  // values go in as literals. The last row's fields, for the key cursor.
+  std::vector<std::optional<std::string>> last_fields;
+  std::vector<pg::Param> params;
+  // A value for the query: a parameter, or packed a literal.
+  auto arg = [&](const pg::Param& v) -> std::string {
+    if (packed) return v ? QuoteLiteral(*v) : std::string("NULL");
+    params.push_back(v);
+    return fmt::format("${}", params.size());
+  };
+  auto read = [&](const std::string& select) -> Status {
+    chunk.rows.clear();
+    chunk.copy_text.clear();
+    chunk.count = 0;
+    if (packed) {
+      size_t last_line = 0;
+      DT_RETURN_IF_ERROR(
+          source.CopyOut(fmt::format("COPY ({}) TO STDOUT", select), [&](std::string_view line) {
+            last_line = chunk.copy_text.size();
+            chunk.copy_text.append(line);
+            chunk.copy_text.push_back('\n');
+            ++chunk.count;
+            return Status::OK();
+          }));
+      chunk.bytes = static_cast<int64_t>(chunk.copy_text.size());
+      if (chunk.count > 0 &&
+          !pg::SplitCopyLine(std::string_view(chunk.copy_text)
+                                 .substr(last_line, chunk.copy_text.size() - last_line - 1),
+                             &last_fields)) {
+        return Status::Fatal(
+            fmt::format("snapshot of {}: cannot read a row the server sent in "
+                        "COPY text format",
+                        spec.source.ToString()));
+      }
+      return Status::OK();
+    }
+    DT_ASSIGN_OR_RETURN(auto rows, source.Query(select, params));
+    const int n = rows.rows();
+    const size_t ncols = spec.columns.size();
+    const int64_t now = NowMicros();
+    chunk.rows.reserve(static_cast<size_t>(n));
+    chunk.bytes = 0;
+    for (int i = 0; i < n; ++i) {
+      Change c;
+      c.op = Op::kRead;
+      c.table = table_;
+      c.pos = Position{epoch, tick, Position::kSnapshotSeqBase + i, 0};
+      c.captured_us = now;
+      rows.ReadRow(i, 0, ncols, &c.row);
+      chunk.bytes += static_cast<int64_t>(c.row.ByteSize());
+      chunk.rows.push_back(std::move(c));
+    }
+    chunk.count = n;
+    return Status::OK();
+  };
   if (key_ordered_) {
-    std::string order, lhs, rhs;
-    std::vector<pg::Param> params;
+    std::string order, lhs;
     for (size_t i = 0; i < spec.key.size(); ++i) {
       const Column& col = spec.columns[spec.key[i]];
       if (i) {
         order += ", ";
         lhs += ", ";
-        rhs += ", ";
       }
       order += QuoteIdent(col.name);
       lhs += QuoteIdent(col.name);
-      rhs += fmt::format("${}::{}", i + 1, col.type_sql);
     }
     std::string where;
     if (!cursor.empty()) {
@@ -113,16 +164,34 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
             "`datatunnel snapshot --restart`",
             spec.source.ToString()));
       }
-      for (size_t i = 1; i < cursor.size(); ++i) {
-        params.push_back(cursor[i] ? pg::Param(*cursor[i]) : pg::Param());
+      std::string rhs;
+      for (size_t i = 0; i < spec.key.size(); ++i) {
+        rhs += fmt::format("{}{}::{}", i ? ", " : "",
+                           arg(cursor[i + 1] ? pg::Param(*cursor[i + 1]) : pg::Param()),
+                           spec.columns[spec.key[i]].type_sql);
       }
       where = fmt::format(" WHERE ({}) > ({})", lhs, rhs);
     }
-    std::string limit_s = std::to_string(limit);
-    params.push_back(limit_s);
-    rows = source.Query(fmt::format("SELECT {} FROM {}{} ORDER BY {} LIMIT ${}", select_list_,
-                                    spec.source.Quoted(), where, order, params.size()),
-                        params);
+    const std::string limit_s = std::to_string(limit);
+    const std::string limit_arg = arg(limit_s);
+    DT_RETURN_IF_ERROR(
+        read(fmt::format("SELECT {} FROM {}{} ORDER BY {} LIMIT {}::bigint", select_list_,
+                         spec.source.Quoted(), where, order, limit_arg)));
+    chunk.last = chunk.count < limit;
+    if (chunk.count > 0) {
+      chunk.next = {std::string("key")};
+      for (size_t k : spec.key) {
+        if (packed) {
+          chunk.next.push_back(k < last_fields.size() ? last_fields[k] : std::nullopt);
+        } else {
+          const Row& lastrow = chunk.rows.back().row;
+          chunk.next.push_back(lastrow.IsNull(k) ? std::nullopt
+                                                 : std::optional<std::string>(lastrow.Get(k)));
+        }
+      }
+    } else {
+      chunk.next = cursor;
+    }
   } else {
     // {"page", n, file}: `file` is the relation file the pages were counted
     // in. VACUUM FULL, CLUSTER, TRUNCATE and rewriting ALTER TABLEs write the
@@ -143,10 +212,12 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
     }
     const int64_t pages = std::max<int64_t>(1, static_cast<int64_t>(limit / rows_per_page_));
     for (;;) {
-      rows = source.Query(fmt::format("SELECT {} FROM {} WHERE ctid >= $1::tid AND ctid < $2::tid",
-                                      select_list_, spec.source.Quoted()),
-                          {fmt::format("({},0)", page), fmt::format("({},0)", page + pages)});
-      if (!rows.ok()) return rows.status();
+      params.clear();
+      const std::string lo = fmt::format("({},0)", page), hi = fmt::format("({},0)", page + pages);
+      const std::string lo_arg = arg(lo), hi_arg = arg(hi);
+      DT_RETURN_IF_ERROR(
+          read(fmt::format("SELECT {} FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid",
+                           select_list_, spec.source.Quoted(), lo_arg, hi_arg)));
       // After the read, which holds the table's lock until the tick commits:
       // the file and size are those of the rows just read.
       DT_ASSIGN_OR_RETURN(auto rel, source.Query(fmt::format(
@@ -177,34 +248,8 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
       page = 0;
     }
   }
-  if (!rows.ok()) return rows.status();
-  const int n = rows->rows();
-  const size_t ncols = spec.columns.size();
-  const int64_t now = NowMicros();
-  chunk.rows.reserve(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    Change c;
-    c.op = Op::kRead;
-    c.table = table_;
-    c.pos = Position{epoch, tick, Position::kSnapshotSeqBase + i, 0};
-    c.captured_us = now;
-    rows->ReadRow(i, 0, ncols, &c.row);
-    chunk.bytes += static_cast<int64_t>(c.row.ByteSize());
-    chunk.rows.push_back(std::move(c));
-  }
-  if (n > 0) avg_row_bytes_ = std::max(16.0, static_cast<double>(chunk.bytes) / n);
-  if (key_ordered_) {
-    chunk.last = n < limit;
-    if (n > 0) {
-      chunk.next = {std::string("key")};
-      const Row& lastrow = chunk.rows.back().row;
-      for (size_t k : spec.key) {
-        chunk.next.push_back(lastrow.IsNull(k) ? std::nullopt
-                                               : std::optional<std::string>(lastrow.Get(k)));
-      }
-    } else {
-      chunk.next = cursor;
-    }
+  if (chunk.count > 0) {
+    avg_row_bytes_ = std::max(16.0, static_cast<double>(chunk.bytes) / chunk.count);
   }
   return chunk;
 }

@@ -51,8 +51,11 @@ struct Progress {
 
 struct Chunk {
   std::vector<Change> rows;  // op kRead, positions (epoch, tick, kSnapshotSeqBase + i)
-  Cursor next;               // cursor after this chunk
-  bool last = false;         // nothing after this chunk
+  // Read packed instead: the rows as COPY text, `rows` empty.
+  std::string copy_text;
+  int64_t count = 0;  // rows, either way
+  Cursor next;        // cursor after this chunk
+  bool last = false;  // nothing after this chunk
   int64_t bytes = 0;
 };
 
@@ -62,17 +65,22 @@ class Chunker {
   static Result<Chunker> Create(pg::Connection& source, const TableSpec& spec, uint32_t table,
                                 int max_rows, int64_t max_bytes);
 
-  // Reads the chunk after `cursor`.
+  // Reads the chunk after `cursor`; with `packed`, as COPY text (for a sink
+  // that passes it through) instead of one change per row.
   // REQUIRES: `source` is inside the tick's REPEATABLE READ transaction.
-  Result<Chunk> Read(pg::Connection& source, const Cursor& cursor, int64_t epoch, int64_t tick);
+  Result<Chunk> Read(pg::Connection& source, const Cursor& cursor, int64_t epoch, int64_t tick,
+                     bool packed = false);
 
   bool key_ordered() const { return key_ordered_; }
+  // A unique index covers the key: no chunk holds a key twice.
+  bool unique_key() const { return unique_key_; }
 
  private:
   Chunker() = default;
   const TableSpec* spec_ = nullptr;
   uint32_t table_ = 0;
   bool key_ordered_ = false;
+  bool unique_key_ = false;
   int max_rows_ = 0;
   int64_t max_bytes_ = 0;
   int64_t ramp_rows_ = 1000;    // the next chunk's row bound while growing

@@ -79,6 +79,7 @@ class MemorySink : public ChangeSink {
     specs_ = std::make_shared<const std::vector<TableSpec>>(*tables);
   }
   Status Health() const override { return Status::OK(); }
+  bool TakesPackedChunks() const override { return true; }
 
  private:
   // Queues `change` (copied or moved), or says the hand-over is full.

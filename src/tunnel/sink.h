@@ -44,6 +44,9 @@ class ChangeSink {
   virtual Status Health() const = 0;
   // Bytes of messages handed to the broker so far (0 in memory).
   virtual int64_t bytes_sent() const { return 0; }
+  // Takes a snapshot chunk as one packed change (Change::packed_rows), the
+  // rows passed through as COPY text, instead of one change per row.
+  virtual bool TakesPackedChunks() const { return false; }
 };
 
 }  // namespace datatunnel::tunnel

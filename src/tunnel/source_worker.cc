@@ -442,7 +442,10 @@ Status SourceWorker::StartTick(Session& s) {
       const size_t t = (s.next_snap + i) % s.snaps.size();
       Session::Snap& sn = s.snaps[t];
       if (!sn.active || sn.all_read) continue;
-      auto chunk = sn.chunker->Read(*s.conn, sn.cursor, s.epoch, w.hi.number);
+      // Passed through as COPY text where the sink takes it and no chunk
+      // can hold a key twice (the target applies such a chunk whole).
+      auto chunk = sn.chunker->Read(*s.conn, sn.cursor, s.epoch, w.hi.number,
+                                    sink_->TakesPackedChunks() && sn.chunker->unique_key());
       if (!chunk.ok()) {
         s.conn->RollbackQuietly();
         return chunk.status();
@@ -477,7 +480,7 @@ Status SourceWorker::StartTick(Session& s) {
 
 template <typename SendFn>
 Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, int64_t captured_us,
-                             Kind kind, SendFn&& send) {
+                             uint32_t rows, Kind kind, SendFn&& send) {
   const uint64_t token = tracker_.next_token();
   const int64_t bytes_before = sink_->bytes_sent();
   for (;;) {
@@ -491,12 +494,12 @@ Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, in
     if (stop_->stop_requested()) return Status::Cancelled();
     DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
   }
-  tracker_.Add(table, pos, kind, /*delivered=*/false, captured_us);
+  tracker_.Add(table, pos, kind, /*delivered=*/false, captured_us, rows);
   return Status::OK();
 }
 
 Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
-  return SendVia(s, c.table, c.pos, CaptureTime(c), kind,
+  return SendVia(s, c.table, c.pos, CaptureTime(c), 1, kind,
                  [&](uint64_t token) { return sink_->Send(c, partition, token); });
 }
 
@@ -504,7 +507,8 @@ Status SourceWorker::SendOwnedChange(Session& s, Change&& c, Kind kind) {
   const uint32_t table = c.table;
   const Position pos = c.pos;
   const int64_t captured = CaptureTime(c);
-  return SendVia(s, table, pos, captured, kind,
+  const auto rows = static_cast<uint32_t>(std::max<int64_t>(1, c.packed_rows));
+  return SendVia(s, table, pos, captured, rows, kind,
                  [&](uint64_t token) { return sink_->SendOwned(std::move(c), -1, token); });
 }
 
@@ -575,10 +579,23 @@ Status SourceWorker::FinishTick(Session& s) {
   if (w.chunk_table >= 0) {
     const uint32_t t = static_cast<uint32_t>(w.chunk_table);
     Session::Snap& sn = s.snaps[t];
+    const int64_t nrows = w.chunk.count;
+    if (!w.chunk.copy_text.empty()) {
+      // One change carries the whole chunk, its rows as COPY text.
+      Change packed;
+      packed.op = Op::kRead;
+      packed.table = t;
+      packed.pos = Position{s.epoch, w.hi.number, Position::kSnapshotSeqBase + nrows - 1, 0};
+      packed.captured_us = NowMicros();
+      packed.packed_rows = nrows;
+      packed.row.Reset(1);
+      packed.row.Set(0, w.chunk.copy_text);
+      w.chunk.copy_text = std::string();
+      DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(packed), Kind::kSnapshotRow));
+    }
     for (Change& row : w.chunk.rows) {
       DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(row), Kind::kSnapshotRow));
     }
-    const int64_t nrows = static_cast<int64_t>(w.chunk.rows.size());
     sn.inflight.push_back({w.chunk.next, nrows});
     tracker_.Add(t, Position{s.epoch, w.hi.number, Position::kSnapshotSeqBase + nrows, 0},
                  Kind::kChunkEnd, /*delivered=*/true);

@@ -76,10 +76,11 @@ class SourceWorker {
                     publish::DeliveryTracker::Kind kind);
   // The same for a change not needed afterwards: the sink may take its row.
   Status SendOwnedChange(Session& s, Change&& c, publish::DeliveryTracker::Kind kind);
-  // `captured_us`: the change's capture time, 0 for snapshot rows and markers.
+  // `captured_us`: the change's capture time, 0 for snapshot rows and markers;
+  // `rows`: the snapshot rows a packed chunk carries, else 1.
   template <typename SendFn>
   Status SendVia(Session& s, uint32_t table, const Position& pos, int64_t captured_us,
-                 publish::DeliveryTracker::Kind kind, SendFn&& send);
+                 uint32_t rows, publish::DeliveryTracker::Kind kind, SendFn&& send);
   Status CheckSnapshotRequests(Session& s);
   // Compares each table's columns with those the tunnel accepted: evolves
   // (schema_changes = "evolve") or stops with an explanation.

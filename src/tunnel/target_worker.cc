@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "apply/install.h"
 #include "core/clock.h"
 
@@ -233,7 +235,11 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
         continue;
       }
       changes.push_back(&c);
-      if (c.pos.sub == 0) ++a.applied;  // a key change is one change in two messages
+      if (c.packed_rows > 0) {
+        a.applied += c.packed_rows;  // a snapshot chunk passed through whole
+      } else if (c.pos.sub == 0) {
+        ++a.applied;  // a key change is one change in two messages
+      }
       if (c.op != Op::kRead) a.captured_us = std::max(a.captured_us, c.captured_us);
     }
     if (st.ok()) {
@@ -570,12 +576,13 @@ MemoryTargetWorker::MemoryTargetWorker(TargetOptions options, MemoryChannel* cha
                                        metrics::Metrics* metrics, const StopSource* stop)
     : options_(options), channel_(channel), stop_(stop), core_(std::move(options), metrics, stop) {}
 
-Status MemoryTargetWorker::Remap(const SourceSpecs& specs, Change* c) {
+Status MemoryTargetWorker::MapFor(const SourceSpecs& specs) {
   if (specs != mapped_) {
     // New source specs (a producer session started): make sure the target
     // has their columns, then map target columns to source columns by name.
     map_.assign(specs->size(), {});
     identity_.assign(specs->size(), false);
+    passthrough_.assign(specs->size(), false);
     for (size_t t = 0; t < specs->size(); ++t) {
       bool changed = false;
       DT_RETURN_IF_ERROR(
@@ -588,9 +595,46 @@ Status MemoryTargetWorker::Remap(const SourceSpecs& specs, Change* c) {
         map_[t].push_back(s);
         identity_[t] = identity_[t] && s == static_cast<int>(i);
       }
+      // A snapshot chunk's COPY text goes into the target as it is when the
+      // columns line up and none is generated (COPY cannot write those).
+      passthrough_[t] = identity_[t] && std::none_of(tgt.columns.begin(), tgt.columns.end(),
+                                                     [](const Column& c) { return c.generated; });
     }
     mapped_ = specs;
   }
+  return Status::OK();
+}
+
+Status MemoryTargetWorker::Unpack(const SourceSpecs& specs, Change&& packed,
+                                  std::vector<Change>* out) {
+  const std::string_view text = packed.row.Get(0);
+  const size_t ncols = (*specs)[packed.table].columns.size();
+  std::vector<std::optional<std::string>> fields;
+  int64_t seq = packed.pos.seq - (packed.packed_rows - 1);
+  for (size_t at = 0; at < text.size();) {
+    size_t end = text.find('\n', at);
+    if (end == std::string_view::npos) end = text.size();
+    if (!pg::SplitCopyLine(text.substr(at, end - at), &fields) || fields.size() != ncols) {
+      return Status::Fatal("a snapshot chunk handed over in memory is malformed");
+    }
+    Change c;
+    c.op = Op::kRead;
+    c.table = packed.table;
+    c.pos = packed.pos;
+    c.pos.seq = seq++;
+    c.captured_us = packed.captured_us;
+    c.row.Reset(ncols);
+    for (size_t i = 0; i < ncols; ++i) {
+      if (fields[i]) c.row.Set(i, *fields[i]);
+    }
+    out->push_back(std::move(c));
+    at = end + 1;
+  }
+  return Status::OK();
+}
+
+Status MemoryTargetWorker::Remap(const SourceSpecs& specs, Change* c) {
+  DT_RETURN_IF_ERROR(MapFor(specs));
   if (identity_[c->table] || c->op == Op::kTruncate || c->op == Op::kMarker) return Status::OK();
   const auto& map = map_[c->table];
   Row row;
@@ -613,10 +657,11 @@ Status MemoryTargetWorker::Run() {
   DT_RETURN_IF_ERROR(core_.Connect());
   std::vector<std::string> streams;
   for (const auto& t : core_.targets()) streams.push_back("memory:" + t.target.ToString());
-  std::vector<Change> changes;
-  std::vector<uint64_t> tokens;
+  std::vector<Change> changes, unpacked;
+  std::vector<uint64_t> tokens, done;
   std::vector<SourceSpecs> specs;
-  std::vector<Item> items;
+  std::vector<Item> items, segment;
+  std::vector<size_t> token_end;
   while (!stop_->stop_requested()) {
     changes.clear();
     tokens.clear();
@@ -629,9 +674,8 @@ Status MemoryTargetWorker::Run() {
     }
     items.clear();
     items.reserve(changes.size());
-    for (size_t i = 0; i < changes.size(); ++i) {
-      Change& c = changes[i];
-      if (Status st = Remap(specs[i], &c); !st.ok()) return st;
+    token_end.clear();
+    auto add = [&](Change&& c) {
       Item item;
       item.stream = streams[c.table];
       item.partition = 0;
@@ -639,11 +683,46 @@ Status MemoryTargetWorker::Run() {
       if (c.op == Op::kMarker && c.marker == Marker::kSchema) item.kind = Item::Kind::kIgnored;
       item.change = std::move(c);
       items.push_back(std::move(item));
+    };
+    for (size_t i = 0; i < changes.size(); ++i) {
+      Change& c = changes[i];
+      DT_RETURN_IF_ERROR(MapFor(specs[i]));
+      if (c.packed_rows > 0 && !passthrough_[c.table]) {
+        // The target lays its columns out differently: row by row.
+        unpacked.clear();
+        DT_RETURN_IF_ERROR(Unpack(specs[i], std::move(c), &unpacked));
+        for (Change& u : unpacked) {
+          DT_RETURN_IF_ERROR(Remap(specs[i], &u));
+          add(std::move(u));
+        }
+      } else {
+        DT_RETURN_IF_ERROR(Remap(specs[i], &c));
+        add(std::move(c));
+      }
+      token_end.push_back(items.size());  // tokens[i] is done once these items are
     }
-    Status st = core_.ApplyBatch(items);
-    if (st.IsCancelled()) break;
-    if (!st.ok()) return st;
-    channel_->Ack(tokens);
+    // Packed snapshot chunks apply in transactions of their own (COPY
+    // straight into the target), the changes around them as usual.
+    size_t begin = 0, acked = 0;
+    while (begin < items.size()) {
+      const bool packed = items[begin].change.packed_rows > 0;
+      size_t end = begin + 1;
+      while (end < items.size() && (items[end].change.packed_rows > 0) == packed) ++end;
+      Status st;
+      if (begin == 0 && end == items.size()) {
+        st = core_.ApplyBatch(items);
+      } else {
+        segment.assign(std::make_move_iterator(items.begin() + static_cast<ptrdiff_t>(begin)),
+                       std::make_move_iterator(items.begin() + static_cast<ptrdiff_t>(end)));
+        st = core_.ApplyBatch(segment);
+      }
+      if (st.IsCancelled()) return Status::OK();
+      if (!st.ok()) return st;
+      done.clear();
+      while (acked < tokens.size() && token_end[acked] <= end) done.push_back(tokens[acked++]);
+      channel_->Ack(done);
+      begin = end;
+    }
   }
   return Status::OK();
 }

@@ -132,14 +132,19 @@ class MemoryTargetWorker {
 
  private:
   TargetOptions options_;
+  // Maps the target's columns to those of `specs` (by name), once per specs.
+  Status MapFor(const SourceSpecs& specs);
   // Lays rows read with the source's columns out by the target's (by name).
   Status Remap(const SourceSpecs& specs, Change* c);
+  // A packed snapshot chunk as one change per row (source column order).
+  static Status Unpack(const SourceSpecs& specs, Change&& packed, std::vector<Change>* out);
   MemoryChannel* channel_;
   const StopSource* stop_;
   TargetCore core_;
   SourceSpecs mapped_;                 // the specs `map_` was built for
   std::vector<std::vector<int>> map_;  // per table: target column -> source column, or -1
   std::vector<bool> identity_;         // per table: same columns, same order
+  std::vector<bool> passthrough_;      // per table: a packed chunk goes in as it is
 };
 
 }  // namespace datatunnel::tunnel
