@@ -605,6 +605,37 @@ TEST_F(SnapshotTest, PhysicalOrderSurvivesATableRewrite) {
   ExpectSameRows("employees", "emp_id");
 }
 
+// A page cursor recorded without the table's file (by an older datatunnel)
+// cannot tell whether the table was rewritten since: the snapshot resumes
+// from the first page instead, and every row arrives.
+TEST_F(SnapshotTest, PageCursorWithoutAFileStartsOver) {
+  CreateEmployees(Order::kPhysical, kRows);
+  Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));  // many chunks: held mid-way
+  SourceTableLock lock(src_, "employees");
+  auto first = Start({"snapshot"});
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        const SnapState s = Snap();
+        return s.state == "running" && s.rows >= 100;
+      },
+      60))
+      << first->Stderr();
+  lock.Hold();
+  first->Signal(SIGKILL);
+  ASSERT_EQ(first->Wait(10), 128 + SIGKILL);
+  lock.Release();
+  ASSERT_EQ(Snap().state, "running");
+  SourceCluster().Exec(src_,
+                       "UPDATE datatunnel.tables SET snapshot_cursor = snapshot_cursor[1:2] "
+                       "WHERE table_name = 'employees'");
+  TargetCluster().Exec(tgt_, "TRUNCATE employees");  // rows copied before: only a restart has them
+  auto r = Dt({"snapshot"}, 90);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(Contains(r.err, "does not name the table's file")) << r.err;
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM employees"), kRows);
+  ExpectSameRows("employees", "emp_id");
+}
+
 // In memory, a chunk is handed over as the COPY text the source sent. A
 // target laid out differently (its own column order, a generated column)
 // takes it row by row instead; the rows arrive all the same.
