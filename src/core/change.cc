@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <utility>
+
 namespace datatunnel {
 
 std::string Position::ToString() const {
@@ -19,6 +21,11 @@ void Row::Reset(size_t columns) {
 void Row::ResetAbsent(size_t columns) {
   buf_.clear();
   slots_.assign(columns, Slot{0, kAbsent});
+}
+
+void Row::Assign(std::string value) {
+  slots_.assign(1, Slot{0, static_cast<uint32_t>(value.size())});
+  buf_ = std::move(value);
 }
 
 void Row::Set(size_t i, std::string_view value) {

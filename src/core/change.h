@@ -71,6 +71,8 @@ class Row {
   void Reserve(size_t bytes) { buf_.reserve(bytes); }
   size_t size() const { return slots_.size(); }
   void Set(size_t i, std::string_view value);
+  // One slot holding `value`, taken without a copy.
+  void Assign(std::string value);
   void SetNull(size_t i) { slots_[i] = Slot{0, kNull}; }
   bool IsNull(size_t i) const { return slots_[i].len == kNull; }
   bool IsAbsent(size_t i) const { return slots_[i].len == kAbsent; }

@@ -588,9 +588,7 @@ Status SourceWorker::FinishTick(Session& s) {
       packed.pos = Position{s.epoch, w.hi.number, Position::kSnapshotSeqBase + nrows - 1, 0};
       packed.captured_us = NowMicros();
       packed.packed_rows = nrows;
-      packed.row.Reset(1);
-      packed.row.Set(0, w.chunk.copy_text);
-      w.chunk.copy_text = std::string();
+      packed.row.Assign(std::move(w.chunk.copy_text));
       DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(packed), Kind::kSnapshotRow));
     }
     for (Change& row : w.chunk.rows) {

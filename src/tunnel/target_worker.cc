@@ -605,7 +605,7 @@ Status MemoryTargetWorker::MapFor(const SourceSpecs& specs) {
   return Status::OK();
 }
 
-Status MemoryTargetWorker::Unpack(const SourceSpecs& specs, Change&& packed,
+Status MemoryTargetWorker::Unpack(const SourceSpecs& specs, const Change& packed,
                                   std::vector<Change>* out) {
   const std::string_view text = packed.row.Get(0);
   const size_t ncols = (*specs)[packed.table].columns.size();
@@ -690,7 +690,7 @@ Status MemoryTargetWorker::Run() {
       if (c.packed_rows > 0 && !passthrough_[c.table]) {
         // The target lays its columns out differently: row by row.
         unpacked.clear();
-        DT_RETURN_IF_ERROR(Unpack(specs[i], std::move(c), &unpacked));
+        DT_RETURN_IF_ERROR(Unpack(specs[i], c, &unpacked));
         for (Change& u : unpacked) {
           DT_RETURN_IF_ERROR(Remap(specs[i], &u));
           add(std::move(u));

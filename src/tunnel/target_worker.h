@@ -137,7 +137,7 @@ class MemoryTargetWorker {
   // Lays rows read with the source's columns out by the target's (by name).
   Status Remap(const SourceSpecs& specs, Change* c);
   // A packed snapshot chunk as one change per row (source column order).
-  static Status Unpack(const SourceSpecs& specs, Change&& packed, std::vector<Change>* out);
+  static Status Unpack(const SourceSpecs& specs, const Change& packed, std::vector<Change>* out);
   MemoryChannel* channel_;
   const StopSource* stop_;
   TargetCore core_;
