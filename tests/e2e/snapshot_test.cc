@@ -175,6 +175,16 @@ class SnapshotTest : public testing::TunnelFixture {
     ASSERT_EQ(r.code, 0) << r.out << r.err;
   }
 
+  // Waits until the snapshot of `table` runs and has delivered `rows` rows.
+  bool WaitCopying(int64_t rows, const std::string& table = "employees") {
+    return WaitUntil(
+        [&] {
+          const SnapState s = Snap(table);
+          return s.state == "running" && s.rows >= rows;
+        },
+        60);
+  }
+
   SnapState Snap(const std::string& table = "employees") {
     if (!poll_ || poll_->IsBroken()) poll_ = SourceCluster().Connect(src_);
     SnapState s;
@@ -339,13 +349,7 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
 
   SourceTableLock lock(src_, "employees");
   auto first = Start({"snapshot"});
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const SnapState s = Snap();
-        return s.state == "running" && s.rows >= kChunkRows;
-      },
-      60))
-      << first->Stderr();
+  ASSERT_TRUE(WaitCopying(kChunkRows)) << first->Stderr();
   // Hold it still mid-way (its next chunk waits for the lock), kill it there.
   lock.Hold();
   ASSERT_EQ(Snap().state, "running") << "the snapshot ended before it was held";
@@ -538,13 +542,7 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
   });
   SourceTableLock lock(src_, "tags");
   auto first = Start({"snapshot"});
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const SnapState s = Snap("tags");
-        return s.state == "running" && s.rows >= 100;
-      },
-      60))
-      << first->Stderr();
+  ASSERT_TRUE(WaitCopying(100, "tags")) << first->Stderr();
   lock.Hold();
   ASSERT_EQ(Snap("tags").state, "running") << "the snapshot ended before it was held";
   first->Signal(SIGKILL);
@@ -582,13 +580,7 @@ TEST_F(SnapshotTest, PhysicalOrderSurvivesATableRewrite) {
 
   SourceTableLock lock(src_, "employees");
   auto proc = Start({"snapshot"});
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const SnapState s = Snap();
-        return s.state == "running" && s.rows >= 100;
-      },
-      60))
-      << proc->Stderr();
+  ASSERT_TRUE(WaitCopying(100)) << proc->Stderr();
   lock.Hold();
   const SnapState held = Snap();
   ASSERT_EQ(held.state, "running") << "the snapshot ended before it was held";
@@ -613,13 +605,7 @@ TEST_F(SnapshotTest, PageCursorWithoutAFileStartsOver) {
   Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));  // many chunks: held mid-way
   SourceTableLock lock(src_, "employees");
   auto first = Start({"snapshot"});
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const SnapState s = Snap();
-        return s.state == "running" && s.rows >= 100;
-      },
-      60))
-      << first->Stderr();
+  ASSERT_TRUE(WaitCopying(100)) << first->Stderr();
   lock.Hold();
   first->Signal(SIGKILL);
   ASSERT_EQ(first->Wait(10), 128 + SIGKILL);
