@@ -12,7 +12,9 @@
 // tools agree on key -> partition).
 // Consumer defaults: no automatic offset commits (positions live in the
 // target database), auto.offset.reset=error (a position the broker no longer
-// has is reported, never silently skipped), fetch.wait.max.ms=10 (latency).
+// has is reported, never silently skipped), fetch.wait.max.ms=10 (latency),
+// fetch.queue.backoff.ms=10 where librdkafka has it (2.2 and later; before,
+// Poll() wakes the fetchers itself when it finds the queue full).
 //
 // Thread-safety: a Producer may be called from several threads except Poll
 // (delivery callbacks run on the thread calling Poll/Flush). A Consumer is
@@ -137,9 +139,12 @@ class Consumer {
  private:
   Consumer() = default;
   static void RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaque);
+  // Makes the broker threads decide again which partitions to fetch.
+  void WakeFetchers();
   rd_kafka_s* rk_ = nullptr;
   Listener* listener_ = nullptr;
   bool closed_ = false;
+  bool wake_fetchers_ = false;  // librdkafka before 2.2 (no fetch.queue.backoff.ms)
 };
 
 }  // namespace datatunnel::broker
