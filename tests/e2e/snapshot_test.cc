@@ -254,7 +254,10 @@ class ConcurrentSnapshotTest : public SnapshotTest,
 TEST_P(ConcurrentSnapshotTest, WritersDuringTheSnapshotThenTargetEqualsSource) {
   const Variant v = GetParam();
   CreateEmployees(v.order, kRows);
-  Setup(v.mode, testing::kEmployeesTable, ChunkConfig());
+  // Ticks at least 10 ms apart: the 40 chunks take 0.4 s or more, so the
+  // writers (300 a second) commit during the snapshot however fast the
+  // machine copies (a fast host finished it in 60 ms, with 18 writes).
+  Setup(v.mode, testing::kEmployeesTable, ChunkConfig() + "min_tick_interval_ms = 10\n");
   Writers writers(src_, 2, 150, EmployeeWrites(kRows));
   ASSERT_TRUE(WaitUntil([&] { return writers.committed() >= 20; }, 20)) << writers.last_error();
 
