@@ -202,7 +202,19 @@ source = "public.employees"
   };
   int guard = 0;
   bool broker_gone = false;
-  while (writing(changes_per_phase) && ++guard < 2000 && !broker_gone) {
+  // The dev broker is infrastructure here, not under test: if it exits,
+  // say so with its stderr at once instead of waiting minutes for a target
+  // that cannot converge (CI saw it exit mid-run once, unexplained).
+  auto broker_alive = [&] {
+    if (broker_gone) return false;
+    if (broker.Running()) return true;
+    broker_gone = true;
+    ADD_FAILURE() << "the dev broker exited (status " << broker.Wait(1).value_or(-1) << "), seed "
+                  << seed << "; its stderr:\n"
+                  << broker.Stderr();
+    return false;
+  };
+  while (writing(changes_per_phase) && ++guard < 2000 && broker_alive()) {
     pause(200, 900);
     respawn();
     switch (rng() % 7) {
@@ -251,12 +263,7 @@ source = "public.employees"
           // can see it; see README "Kafka notes".
           sent = broker.Write(fmt::format("errors 1 {} {}\n", 3 + rng() % 10, 6 + rng() % 2));
         }
-        if (!sent) {
-          broker_gone = true;
-          ADD_FAILURE() << "the dev broker exited (status " << broker.Wait(1).value_or(-1)
-                        << "), seed " << seed << "; its stderr:\n"
-                        << broker.Stderr();
-        }
+        if (!sent) broker_alive();
         ++counters.broker_faults;
         break;
       }
@@ -264,7 +271,7 @@ source = "public.employees"
   }
   for (auto& t : threads) t.join();
   threads.clear();
-  if (broker_gone) return;
+  if (!broker_alive()) return;
   respawn();
   fmt::print(
       "chaos: phase 1 wrote {} changes ({} kills, {} db restarts, {} broker faults so far; {} "
@@ -289,7 +296,7 @@ source = "public.employees"
   auto run = chaos.Start("run");
   threads = run_writers(phase2_end);
   guard = 0;
-  while (writing(phase2_end) && ++guard < 2000) {
+  while (writing(phase2_end) && ++guard < 2000 && broker_alive()) {
     pause(300, 2000);
     run->Signal(SIGKILL);
     run->Wait(10);
@@ -298,6 +305,7 @@ source = "public.employees"
     run = chaos.Start("run");
   }
   for (auto& t : threads) t.join();
+  if (!broker_alive()) return;
 
   // ---- Everything healthy again: the target must equal the source --------
   auto verify = testing::RunCommand({BinaryPath(), "-c", config, "verify", "--json", "--wait",
