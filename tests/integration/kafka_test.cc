@@ -15,6 +15,7 @@ namespace datatunnel::broker {
 namespace {
 
 using datatunnel::testing::TimeoutMultiplier;
+using datatunnel::testing::WaitUntil;
 
 class FromStart : public Consumer::Listener {
  public:
@@ -68,12 +69,15 @@ TEST(ConsumerTest, FetchingResumesAsSoonAsTheQueueDrains) {
   // Joining the group takes the dev broker 3 s; the clock starts at the
   // first message.
   std::vector<Message> msgs;
-  const auto join_deadline = std::chrono::steady_clock::now() +
-                             std::chrono::seconds(static_cast<int>(30 * TimeoutMultiplier()));
-  while (msgs.empty() && std::chrono::steady_clock::now() < join_deadline) {
-    ASSERT_TRUE((*consumer)->Poll(kPerSet, 100, 0, &msgs).ok());
-  }
-  ASSERT_FALSE(msgs.empty()) << "no message within 30 s";
+  Status polled;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        polled = (*consumer)->Poll(kPerSet, 100, 0, &msgs);
+        return !polled.ok() || !msgs.empty();
+      },
+      30))
+      << "no message within 30 s";
+  ASSERT_TRUE(polled.ok()) << polled.message();
   const auto start = std::chrono::steady_clock::now();
   const auto deadline =
       start + std::chrono::milliseconds(static_cast<int64_t>(8000 * TimeoutMultiplier()));
