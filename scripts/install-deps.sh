@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what datatunnel needs to build, test and run its demo on Debian 12.
+# Installs what datatunnel needs to build, test and run its demo on Debian 12
+# (Java and Maven run the real Kafka brokers of scripts/kafka.sh).
 # Idempotent: asks dpkg first and calls apt-get only for what is missing.
 set -euo pipefail
 
@@ -7,6 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libpq-dev postgresql postgresql-contrib
   librdkafka-dev kcat
+  openjdk-17-jre-headless maven openssl python3
   libcli11-dev libtomlplusplus-dev libspdlog-dev libfmt-dev
   libsimdjson-dev rapidjson-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev

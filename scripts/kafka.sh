@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# Real Apache Kafka (KRaft) clusters on loopback, for the tests, the fault run,
+# the demo and the benchmark.
+#
+#   scripts/kafka.sh fetch                        download the broker once (Maven Central)
+#   scripts/kafka.sh start --dir DIR [--nodes N] [--partitions P] [--sasl-ssl]
+#                                                 start N nodes (default 1), wait until the
+#                                                 cluster takes acks=all produce requests,
+#                                                 print the bootstrap list as the only stdout line
+#   scripts/kafka.sh stop --dir DIR               stop every node it started (SIGTERM, then -9)
+#   scripts/kafka.sh kill --dir DIR NODE          kill -9 one node
+#   scripts/kafka.sh restart --dir DIR NODE       start it again (killing it first if it runs)
+#   scripts/kafka.sh pause|resume --dir DIR NODE  SIGSTOP / SIGCONT one node
+#   scripts/kafka.sh leader --dir DIR TOPIC PARTITION
+#                                                 print the node id leading that partition
+#   scripts/kafka.sh bootstrap --dir DIR          print the bootstrap list again
+#
+# Nodes are numbered 1..N; each is a combined broker+controller with a static
+# quorum. One node: replication factor 1. Three nodes: topics get replication
+# factor 3 and min.insync.replicas=2 by default. Topics are created on first
+# use with P partitions (default 4). Each node gets a bounded heap
+# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log.
+#
+# --sasl-ssl adds a SASL_SSL listener (SCRAM-SHA-512) on a second port per node,
+# with a CA and certificates made with openssl in DIR/tls; the script then
+# prints "BOOTSTRAP SASL_BOOTSTRAP CA_FILE" on its stdout line, and the user is
+# "datatunnel" with password "datatunnel-secret".
+#
+# The broker's jars are cached in $DATATUNNEL_CACHE/kafka-$KAFKA_VERSION
+# (default ~/.cache/datatunnel); after the first fetch nothing is downloaded.
+# Needs java (17+), mvn, kcat and openssl: scripts/install-deps.sh installs them.
+set -euo pipefail
+
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+LOG4J_VERSION=2.24.3
+cache=${DATATUNNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datatunnel}/kafka-$KAFKA_VERSION
+heap=${KAFKA_HEAP:-512m}
+
+die() { echo "kafka.sh: $*" >&2; exit 1; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
+
+fetch() {
+  [[ -f "$cache/complete" ]] && return 0
+  command -v mvn >/dev/null || die "mvn not found; run scripts/install-deps.sh"
+  command -v java >/dev/null || die "java not found; run scripts/install-deps.sh"
+  echo "kafka.sh: fetching Apache Kafka $KAFKA_VERSION from Maven Central into $cache (once)" >&2
+  mkdir -p "$cache"
+  local work
+  work=$(mktemp -d)
+  cat >"$work/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>datatunnel</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+EOF
+  if ! (cd "$work" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$cache/libs.tmp" >"$work/mvn.log" 2>&1); then
+    tail -20 "$work/mvn.log" >&2
+    die "could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION with Maven (see above)"
+  fi
+  rm -rf "$cache/libs" && mv "$cache/libs.tmp" "$cache/libs"
+  cat >"$cache/log4j2.properties" <<'EOF'
+status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+EOF
+  rm -rf "$work"
+  touch "$cache/complete"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# The java command line for a node whose folder is $1 (logs go there).
+java_cmd() {
+  printf '%s\0' java -Xms128m -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true -Dkafka.logs.dir="$1" \
+    -Dlog4j2.configurationFile="$cache/log4j2.properties" -cp "$cache/libs/*"
+}
+run_java() {
+  local nd=$1
+  shift
+  local cmd
+  mapfile -d '' cmd < <(java_cmd "$nd")
+  "${cmd[@]}" "$@"
+}
+
+node_pid() { [[ -f "$1/pid" ]] && cat "$1/pid" || true; }
+node_alive() { local p; p=$(node_pid "$1"); [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+
+start_node() {
+  local nd=$1
+  node_alive "$nd" && return 0
+  rm -f "$nd/pid"
+  local cmd
+  mapfile -d '' cmd < <(java_cmd "$nd")
+  # setsid: the node outlives this script and is not hit by the caller's Ctrl-C;
+  # the shell writes its own pid, then becomes the broker (exec).
+  setsid bash -c 'echo $$ >"$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid"; shift; exec "$@"' _ "$nd" \
+    "${cmd[@]}" kafka.Kafka "$nd/server.properties" >"$nd/stdout.log" 2>&1 </dev/null &
+  local deadline=$((SECONDS + 10))
+  until [[ -f "$nd/pid" ]] || ((SECONDS > deadline)); do sleep 0.02; done
+}
+
+bootstrap_of() { cat "$1/bootstrap"; }
+
+# Waits until an acks=all produce to a probe topic succeeds (every node of the
+# cluster is up: with three nodes the probe topic needs two in sync replicas).
+wait_ready() {
+  local dir=$1 deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-120}))
+  local b
+  b=$(bootstrap_of "$dir")
+  while ((SECONDS < deadline)); do
+    for nd in "$dir"/node*; do
+      node_alive "$nd" || { tail -30 "$nd/server.log" "$nd/stdout.log" >&2 2>/dev/null; die "node $nd exited while starting (logs above)"; }
+    done
+    if echo ready | timeout 20 kcat -P -b "$b" -t __datatunnel_probe -X acks=all -X message.timeout.ms=8000 \
+         -X topic.metadata.refresh.interval.ms=200 >/dev/null 2>&1 &&
+       [[ $(timeout 20 kcat -L -b "$b" -J 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["brokers"]))' 2>/dev/null) == "$(ls -d "$dir"/node* | wc -l)" ]]; then
+      return 0
+    fi
+    sleep 0.3
+  done
+  die "the cluster in $dir did not accept produce requests within ${KAFKA_START_TIMEOUT:-120} s (see $dir/node*/server.log)"
+}
+
+make_tls() {
+  local tls=$1 n=$2
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=datatunnel-test-ca" \
+      -keyout ca.key -out ca.pem >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile san.ext -out broker.pem >/dev/null 2>&1
+  ) || die "openssl could not make the test certificates in $tls"
+}
+
+cmd_start() {
+  local dir=$1 nodes=$2 partitions=$3 sasl=$4
+  fetch
+  command -v kcat >/dev/null || die "kcat not found; run scripts/install-deps.sh"
+  mkdir -p "$dir"
+  dir=$(realpath "$dir")
+  [[ -f "$dir/cluster.id" ]] && die "$dir already holds a cluster; stop it first (kafka.sh stop --dir $dir) or use another --dir"
+  local rf=$nodes isr=1
+  ((nodes >= 3)) && rf=3 isr=2
+  local voters="" ports=() cports=() sports=() i
+  for ((i = 1; i <= nodes; i++)); do
+    ports[i]=$(free_port); cports[i]=$(free_port); sports[i]=$(free_port)
+    voters+="${voters:+,}$i@127.0.0.1:${cports[i]}"
+  done
+  local cid
+  cid=$(cd /tmp && run_java "$dir" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  [[ -n "$cid" ]] || die "kafka.tools.StorageTool random-uuid failed (is java 17 installed?)"
+  echo "$cid" >"$dir/cluster.id"
+  local bootstrap="" sasl_bootstrap=""
+  [[ $sasl == 1 ]] && make_tls "$dir/tls" "$nodes"
+  for ((i = 1; i <= nodes; i++)); do
+    local nd=$dir/node$i
+    mkdir -p "$nd/data"
+    local listeners="PLAINTEXT://127.0.0.1:${ports[i]},CONTROLLER://127.0.0.1:${cports[i]}"
+    local advertised="PLAINTEXT://127.0.0.1:${ports[i]}"
+    local protomap="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if [[ $sasl == 1 ]]; then
+      listeners+=",SASL_SSL://127.0.0.1:${sports[i]}"
+      advertised+=",SASL_SSL://127.0.0.1:${sports[i]}"
+      protomap+=",SASL_SSL:SASL_SSL"
+    fi
+    cat >"$nd/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$voters
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protomap
+log.dirs=$nd/data
+num.partitions=$partitions
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+auto.create.topics.enable=true
+unclean.leader.election.enable=false
+group.initial.rebalance.delay.ms=0
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=6000
+num.network.threads=2
+num.io.threads=4
+num.replica.fetchers=1
+log.flush.interval.messages=9223372036854775807
+EOF
+    if [[ $sasl == 1 ]]; then
+      cat >>"$nd/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/broker.keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$dir/tls/ca.pem
+EOF
+      cat "$dir/tls/broker.key" "$dir/tls/broker.pem" >"$dir/tls/broker.keystore.pem"
+    fi
+    local scram=()
+    [[ $sasl == 1 ]] && scram=(--add-scram 'SCRAM-SHA-512=[name=datatunnel,password=datatunnel-secret]')
+    (cd /tmp && run_java "$nd" kafka.tools.StorageTool format -t "$cid" -c "$nd/server.properties" "${scram[@]}" \
+      >"$nd/format.log" 2>&1) || { cat "$nd/format.log" >&2; die "formatting the storage of node $i failed"; }
+    bootstrap+="${bootstrap:+,}127.0.0.1:${ports[i]}"
+    sasl_bootstrap+="${sasl_bootstrap:+,}127.0.0.1:${sports[i]}"
+  done
+  echo "$bootstrap" >"$dir/bootstrap"
+  for ((i = 1; i <= nodes; i++)); do start_node "$dir/node$i"; done
+  wait_ready "$dir"
+  if [[ $sasl == 1 ]]; then
+    echo "$bootstrap $sasl_bootstrap $dir/tls/ca.pem"
+  else
+    echo "$bootstrap"
+  fi
+}
+
+stop_node() {
+  local nd=$1 sig=${2:-TERM} p
+  p=$(node_pid "$nd")
+  [[ -n "$p" ]] || return 0
+  kill -CONT "$p" 2>/dev/null || true
+  kill -"$sig" "$p" 2>/dev/null || true
+  # Wait for it to go (a clean shutdown moves leadership away first).
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
+  rm -f "$nd/pid"
+}
+
+cmd_stop() {
+  local dir=$1 nd
+  [[ -d "$dir" ]] || return 0
+  for nd in "$dir"/node*; do [[ -d "$nd" ]] && stop_node "$nd" TERM & done
+  wait
+  rm -f "$dir/cluster.id"
+}
+
+node_dir() {
+  local dir=$1 node=$2
+  [[ -d "$dir/node$node" ]] || die "no node $node in $dir"
+  echo "$dir/node$node"
+}
+
+cmd_leader() {
+  local dir=$1 topic=$2 partition=$3
+  timeout 20 kcat -L -b "$(bootstrap_of "$dir")" -t "$topic" -J 2>/dev/null | python3 -c '
+import json, sys
+md = json.load(sys.stdin)
+for t in md["topics"]:
+    for p in t.get("partitions", []):
+        if p["partition"] == int(sys.argv[1]) and p.get("leader", -1) >= 0:
+            print(p["leader"]); sys.exit(0)
+sys.exit(1)' "$partition" || die "no leader known for $topic [$partition]"
+}
+
+cmd=${1:-}
+[[ -n "$cmd" ]] || usage
+shift
+dir="" nodes=1 partitions=${KAFKA_PARTITIONS:-4} sasl=0 rest=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) dir=${2:?--dir needs a folder}; shift 2 ;;
+    --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
+    --partitions) partitions=${2:?--partitions needs a number}; shift 2 ;;
+    --sasl-ssl) sasl=1; shift ;;
+    -h | --help) usage ;;
+    *) rest+=("$1"); shift ;;
+  esac
+done
+[[ $nodes =~ ^[1-9]$ ]] || die "--nodes takes 1 to 9, not $nodes"
+
+case "$cmd" in
+  fetch) fetch ;;
+  start) [[ -n "$dir" ]] || usage; cmd_start "$dir" "$nodes" "$partitions" "$sasl" ;;
+  stop) [[ -n "$dir" ]] || usage; cmd_stop "$(realpath -m "$dir")" ;;
+  bootstrap) [[ -n "$dir" ]] || usage; bootstrap_of "$dir" ;;
+  kill) [[ -n "$dir" && ${#rest[@]} -eq 1 ]] || usage; stop_node "$(node_dir "$dir" "${rest[0]}")" KILL ;;
+  restart)
+    [[ -n "$dir" && ${#rest[@]} -eq 1 ]] || usage
+    nd=$(node_dir "$(realpath -m "$dir")" "${rest[0]}")
+    node_alive "$nd" && stop_node "$nd" KILL
+    start_node "$nd"
+    ;;
+  pause | resume)
+    [[ -n "$dir" && ${#rest[@]} -eq 1 ]] || usage
+    p=$(node_pid "$(node_dir "$dir" "${rest[0]}")")
+    [[ -n "$p" ]] || die "node ${rest[0]} is not running"
+    kill -"$([[ $cmd == pause ]] && echo STOP || echo CONT)" "$p"
+    ;;
+  leader) [[ -n "$dir" && ${#rest[@]} -eq 2 ]] || usage; cmd_leader "$dir" "${rest[0]}" "${rest[1]}" ;;
+  *) echo "kafka.sh: unknown command \"$cmd\"" >&2; usage ;;
+esac
