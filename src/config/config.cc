@@ -59,6 +59,28 @@ Status ParseBool(const std::string& where, const std::string& v, bool* out) {
   return Status::OK();
 }
 
+// Kafka accepts [a-zA-Z0-9._-] in a topic name (1 to 249 of them).
+bool ValidTopicName(const std::string& name) {
+  return name.find_first_not_of(
+             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"
+             "OPQRSTUVWXYZ0123456789._-") == std::string::npos;
+}
+
+// "<prefix>.<schema>.<table>"; characters Kafka does not accept in a topic
+// name (spaces, quotes, ...) become '_': "My Schema"."Order Items" ->
+// datatunnel.My_Schema.Order_Items.
+std::string DefaultTopic(const std::string& prefix, const QualifiedName& source) {
+  std::string topic = prefix + "." + source.schema + "." + source.name;
+  for (size_t i = prefix.size(); i < topic.size(); ++i) {
+    char& ch = topic[i];
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') {
+      ch = '_';
+    }
+  }
+  if (topic.size() > 249) topic.resize(249);
+  return topic;
+}
+
 std::vector<Setting> Settings() {
   std::vector<Setting> s;
   s.push_back({"source", "dsn", [](Config& c, const std::string& v) {
@@ -83,6 +105,16 @@ std::vector<Setting> Settings() {
                }});
   s.push_back({"kafka", "group_id", [](Config& c, const std::string& v) {
                  c.kafka.group_id = v;
+                 return Status::OK();
+               }});
+  s.push_back({"kafka", "topic_prefix", [](Config& c, const std::string& v) {
+                 if (v.empty() || v.size() > 200 || !ValidTopicName(v)) {
+                   return Status::BadConfig(fmt::format(
+                       "kafka.topic_prefix \"{}\" cannot start a Kafka topic name: use 1 to 200 "
+                       "of the characters a-z A-Z 0-9 . _ -",
+                       v));
+                 }
+                 c.kafka.topic_prefix = v;
                  return Status::OK();
                }});
   s.push_back({"metrics", "listen", [](Config& c, const std::string& v) {
@@ -242,26 +274,13 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
       return Status::BadConfig(fmt::format("{}: [[tables]] #{}: topic must be a non-empty string",
                                            Where(file, node->source()), index + 1));
     }
-    // Kafka accepts 1-249 of [a-zA-Z0-9._-] in a topic name.
-    if (topic->size() > 249 ||
-        topic->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN"
-                                 "OPQRSTUVWXYZ0123456789._-") != std::string::npos) {
+    if (topic->size() > 249 || !ValidTopicName(*topic)) {
       return Status::BadConfig(fmt::format(
           "{}: [[tables]] #{}: topic \"{}\" is not a valid Kafka topic name: use at most 249 of "
           "the characters a-z A-Z 0-9 . _ -",
           Where(file, node->source()), index + 1, *topic));
     }
     out->topic = *topic;
-  } else {
-    // Characters Kafka does not accept in a topic name (spaces, quotes, ...)
-    // become '_': "My Schema"."Order Items" -> datatunnel.My_Schema.Order_Items.
-    out->topic = "datatunnel." + out->source.schema + "." + out->source.name;
-    for (char& ch : out->topic) {
-      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') {
-        ch = '_';
-      }
-    }
-    if (out->topic.size() > 249) out->topic.resize(249);
   }
   if (auto node = t.get("schema_changes")) {
     auto policy = node->value<std::string>();
@@ -386,8 +405,10 @@ Status Validate(Config* c) {
     t.source = {"public", "employees"};
     t.target = t.source;
     t.key = {"emp_id"};
-    t.topic = "datatunnel.public.employees";
     c->tables.push_back(t);
+  }
+  for (auto& t : c->tables) {
+    if (t.topic.empty()) t.topic = DefaultTopic(c->kafka.topic_prefix, t.source);
   }
   std::set<std::string> sources, targets, topics;
   for (const auto& t : c->tables) {

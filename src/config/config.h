@@ -32,6 +32,8 @@ struct KafkaConfig {
   // broker; `run` hands changes over in memory.
   std::string brokers;
   std::string group_id = "datatunnel";
+  // A table without its own `topic` goes to "<topic_prefix>.<schema>.<table>".
+  std::string topic_prefix = "datatunnel";
   // Passed to librdkafka as-is (both producer and consumer), after our defaults.
   std::map<std::string, std::string> properties;
   std::map<std::string, std::string> producer_properties;
@@ -47,7 +49,7 @@ struct TableConfig {
   QualifiedName source;
   QualifiedName target;
   std::vector<std::string> key;  // empty: the source's primary key
-  std::string topic;             // default "datatunnel.<schema>.<table>"
+  std::string topic;             // default "<kafka.topic_prefix>.<schema>.<table>"
   SchemaChangePolicy schema_changes = SchemaChangePolicy::kStop;
   int line = 0;  // where it was defined, for messages
 };
