@@ -4,6 +4,7 @@
 #
 #   scripts/kafka.sh fetch                        download the broker once (Maven Central)
 #   scripts/kafka.sh start --dir DIR [--nodes N] [--partitions P] [--sasl-ssl]
+#                          [--set KEY=VALUE]... [--owner PID]
 #                                                 start N nodes (default 1), wait until the
 #                                                 cluster takes acks=all produce requests,
 #                                                 print the bootstrap list as the only stdout line
@@ -19,7 +20,9 @@
 # quorum. One node: replication factor 1. Three nodes: topics get replication
 # factor 3 and min.insync.replicas=2 by default. Topics are created on first
 # use with P partitions (default 4). Each node gets a bounded heap
-# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log.
+# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log. --set adds a
+# broker setting to every node's server.properties; --owner stops the cluster
+# once process PID is gone (a test binary that crashed leaves nothing behind).
 #
 # --sasl-ssl adds a SASL_SSL listener (SCRAM-SHA-512) on a second port per node,
 # with a CA and certificates made with openssl in DIR/tls; the script then
@@ -209,6 +212,7 @@ share.coordinator.state.topic.min.isr=$isr
 auto.create.topics.enable=true
 unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
 broker.heartbeat.interval.ms=1000
 broker.session.timeout.ms=6000
 num.network.threads=2
@@ -216,6 +220,8 @@ num.io.threads=4
 num.replica.fetchers=1
 log.flush.interval.messages=9223372036854775807
 EOF
+    local kv
+    for kv in "${settings[@]}"; do echo "$kv" >>"$nd/server.properties"; done
     if [[ $sasl == 1 ]]; then
       cat >>"$nd/server.properties" <<EOF
 sasl.enabled.mechanisms=SCRAM-SHA-512
@@ -236,6 +242,12 @@ EOF
   done
   echo "$bootstrap" >"$dir/bootstrap"
   for ((i = 1; i <= nodes; i++)); do start_node "$dir/node$i"; done
+  if [[ -n "$owner" ]]; then
+    # The watchdog: stop every node once the owner is gone.
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -f "$2/cluster.id" ]]; do sleep 1; done
+                    [[ -f "$2/cluster.id" ]] && exec "$3" stop --dir "$2"' _ "$owner" "$dir" "$(realpath "$0")" \
+      >/dev/null 2>&1 </dev/null &
+  fi
   wait_ready "$dir"
   if [[ $sasl == 1 ]]; then
     echo "$bootstrap $sasl_bootstrap $dir/tls/ca.pem"
@@ -287,13 +299,15 @@ sys.exit(1)' "$partition" || die "no leader known for $topic [$partition]"
 cmd=${1:-}
 [[ -n "$cmd" ]] || usage
 shift
-dir="" nodes=1 partitions=${KAFKA_PARTITIONS:-4} sasl=0 rest=()
+dir="" nodes=1 partitions=${KAFKA_PARTITIONS:-4} sasl=0 owner="" rest=() settings=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir=${2:?--dir needs a folder}; shift 2 ;;
     --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
     --partitions) partitions=${2:?--partitions needs a number}; shift 2 ;;
     --sasl-ssl) sasl=1; shift ;;
+    --set) [[ ${2:-} == *=* ]] || die "--set takes KEY=VALUE"; settings+=("$2"); shift 2 ;;
+    --owner) owner=${2:?--owner needs a pid}; shift 2 ;;
     -h | --help) usage ;;
     *) rest+=("$1"); shift ;;
   esac

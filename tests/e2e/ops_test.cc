@@ -42,7 +42,6 @@ constexpr const char* kEmployeesPkDdl =
     "last_name VARCHAR(100), dob DATE, city VARCHAR(100))";
 constexpr const char* kDocsDdl = "CREATE TABLE docs(id int PRIMARY KEY, body bytea, note text)";
 constexpr const char* kDocsTable = "[[tables]]\nsource = \"public.docs\"\n";
-constexpr const char* kDocsTopic = "datatunnel.public.docs";
 
 // A loopback port nothing listens on right now.
 int FreePort() {
@@ -269,17 +268,17 @@ TEST_F(OpsTest, LagGrowsWhileTheBrokerIsDown) {
   SourceCluster().Exec(src_, kEmployeesPkDdl);
   TargetCluster().Exec(tgt_, kEmployeesPkDdl);
   WriteConfig(testing::kEmployeesTable, MetricsConfig());
-  StartBroker(1);
+  UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto run = Start({"run", "--no-snapshot"});
   const std::string t = "public.employees";
   SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('before')");
   ExpectInSync();
-  ASSERT_TRUE(broker_->Write("down 1\n"));
+  testing::SharedKafka().Kill(1);
   SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('during')");
   EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_seconds", t).value_or(0) > 1.5; }, 30))
       << HttpGet(port_, "/metrics").body << run->Stderr();
-  ASSERT_TRUE(broker_->Write("up 1\n"));
+  testing::SharedKafka().Restart(1);
   ExpectInSync();
   EXPECT_TRUE(WaitUntil([&] { return Metric("datatunnel_lag_seconds", t) == 0.0; }, 20))
       << HttpGet(port_, "/metrics").body;
@@ -389,7 +388,7 @@ TEST_F(OpsTest, StatusJsonCountsWhatTheTestDid) {
                        "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
                        "generate_series(1, 100) i");
   WriteConfig();
-  StartBroker();
+  UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto expect = [&](const std::string& json, std::map<std::string, double> want) {
     for (const auto& [field, value] : want) {
@@ -470,7 +469,7 @@ TEST_F(OpsTest, StatusJsonCountsWhatTheTestDid) {
 // ---- Passwords never logged -------------------------------------------------
 
 TEST_F(OpsTest, NoLogLineShowsThePassword) {
-  StartBroker();
+  UseKafka();
   const std::string role = testing::UniqueName("dt_ops");
   const std::string password = "Pw4-" + testing::UniqueName("never-shown");
   SourceCluster().CreatePasswordRole(role, password);
@@ -491,6 +490,8 @@ dsn = "postgresql://{0}@127.0.0.1:{4}/{5}"
 password_file = "{6}"
 [kafka]
 brokers = "{7}"
+topic_prefix = "{10}"
+group_id = "{10}"
 [kafka.consumer_properties]
 "session.timeout.ms" = "3000"
 "heartbeat.interval.ms" = "300"
@@ -498,7 +499,7 @@ brokers = "{7}"
 listen = "127.0.0.1:{8}"
 {9})",
       role, password, SourceCluster().port(), src_, TargetCluster().port(), tgt_, password_file,
-      bootstrap_, port_, testing::kEmployeesTable);
+      bootstrap_, port_, testing::kEmployeesTable, topic_prefix_);
 
   std::string all;  // everything every command printed
   auto keep = [&](const std::string& what, const testing::RunResult& r, int code) {
@@ -608,7 +609,7 @@ TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {
   SourceCluster().Exec(src_, kDocsDdl);
   TargetCluster().Exec(tgt_, kDocsDdl);
   WriteConfig(kDocsTable, MetricsConfig());
-  StartBroker();
+  UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto run = Start({"run"});
   SourceCluster().Exec(src_,
@@ -618,7 +619,7 @@ TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {
 
   std::vector<std::string> bad;
   for (const auto& [message, error] : kBadMessages) bad.push_back(message);
-  Publish(kDocsTopic, bad);
+  Publish(Topic("public.docs"), bad);
   // Good changes keep flowing around them.
   SourceCluster().Exec(src_,
                        "INSERT INTO docs SELECT i, '\\x00ff'::bytea, 'after' FROM "
@@ -635,7 +636,7 @@ TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {
 
   // Each one is on <topic>.dlq, as it was, with a header saying why.
   auto dlq = RunCommand(
-      {"/usr/bin/kcat", "-C", "-b", bootstrap_, "-t", std::string(kDocsTopic) + ".dlq", "-o",
+      {"/usr/bin/kcat", "-C", "-b", bootstrap_, "-t", Topic("public.docs") + ".dlq", "-o",
        "beginning", "-e", "-q", "-c", std::to_string(kBadMessages.size()), "-f", "%h %s\n"},
       {}, 30);
   ASSERT_EQ(dlq.code, 0) << dlq.err;
@@ -651,26 +652,34 @@ TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {
       found = true;
       EXPECT_TRUE(Contains(line, "datatunnel.error=")) << line;
       EXPECT_TRUE(Contains(line, error)) << line;
-      EXPECT_TRUE(Contains(line, std::string("datatunnel.topic=") + kDocsTopic)) << line;
+      EXPECT_TRUE(Contains(line, "datatunnel.topic=" + Topic("public.docs"))) << line;
       EXPECT_TRUE(Contains(line, "datatunnel.offset=")) << line;
     }
     EXPECT_TRUE(found) << message << " is not on the dead-letter topic:\n" << dlq.out;
   }
-  EXPECT_TRUE(Contains(run->Stderr(), "sent to datatunnel.public.docs.dlq")) << run->Stderr();
+  EXPECT_TRUE(Contains(run->Stderr(), "sent to " + Topic("public.docs") + ".dlq")) << run->Stderr();
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
 // A consumer that never applied anything starts at offset 0: if retention
-// already removed it (the dev broker keeps ~5 MB per partition), it stops
-// and says so instead of silently starting at the oldest message left.
+// already removed it, it stops and says so instead of silently starting at
+// the oldest message left.
 TEST_F(OpsTest, ConsumerStopsWhenRetentionRemovedChangesItNeverApplied) {
   SourceCluster().Exec(src_, kDocsDdl);
   TargetCluster().Exec(tgt_, kDocsDdl);
   WriteConfig(kDocsTable);
-  StartBroker(1);
+  UseKafka();
+  // Segments of 64 KiB, of which retention keeps about 256 KiB: the broker
+  // deletes the oldest segments soon after they are rolled.
+  testing::SharedKafka().CreateTopic(
+      Topic("public.docs"), 1,
+      {{"segment.bytes", "65536"}, {"retention.bytes", "262144"}, {"file.delete.delay.ms", "0"}});
   ASSERT_EQ(Dt({"init"}).code, 0);
-  const std::string big(256 * 1024, 'x');
-  Publish(kDocsTopic, std::vector<std::string>(40, big), 0);  // 10 MB: offset 0 is gone
+  const std::string big(32 * 1024, 'x');
+  Publish(Topic("public.docs"), std::vector<std::string>(64, big), 0);  // 2 MB
+  ASSERT_TRUE(WaitUntil(
+      [&] { return testing::SharedKafka().LowWatermark(Topic("public.docs"), 0) > 0; }, 60))
+      << "retention removed nothing from the topic";
   auto consume = Start({"consume"});
   auto rc = consume->Wait(60);
   ASSERT_TRUE(rc.has_value()) << "the consumer did not stop\n" << consume->Stderr();
@@ -684,13 +693,13 @@ TEST_F(OpsTest, StopOnBadMessageExitsWithOneClearLine) {
   SourceCluster().Exec(src_, kDocsDdl);
   TargetCluster().Exec(tgt_, kDocsDdl);
   WriteConfig(kDocsTable, "[pipeline]\non_bad_message = \"stop\"\n");
-  StartBroker();
+  UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto produce = Start({"produce"});
   auto consume = Start({"consume"});
   SourceCluster().Exec(src_, "INSERT INTO docs SELECT i, NULL, 'n' FROM generate_series(1, 10) i");
   ExpectInSync();
-  Publish(kDocsTopic, {"this is not JSON"}, 0);
+  Publish(Topic("public.docs"), {"this is not JSON"}, 0);
   // The consumer stops at it, and again after a restart: it never skips it.
   for (int attempt = 0; attempt < 2; ++attempt) {
     auto rc = consume->Wait(30);
@@ -702,9 +711,8 @@ TEST_F(OpsTest, StopOnBadMessageExitsWithOneClearLine) {
       if (Contains(line, "error") || Contains(line, "bad message")) errors.push_back(line);
     }
     ASSERT_EQ(errors.size(), 1u) << err;
-    EXPECT_EQ(errors[0].rfind("datatunnel: error: bad message at datatunnel.public.docs [0] "
-                              "offset ",
-                              0),
+    EXPECT_EQ(errors[0].rfind(
+                  "datatunnel: error: bad message at " + Topic("public.docs") + " [0] offset ", 0),
               0u)
         << errors[0];
     EXPECT_TRUE(Contains(errors[0], ": not JSON")) << errors[0];

@@ -56,7 +56,7 @@ TEST_F(SchemaTest, AddedColumnEvolvesInMemory) {
 
 TEST_F(SchemaTest, AddedColumnEvolvesThroughTheBroker) {
   UseTables("evolve");
-  StartBroker();
+  UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto consume = Start({"consume"});
   auto produce = Start({"produce"});

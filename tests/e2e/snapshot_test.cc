@@ -170,7 +170,7 @@ class SnapshotTest : public testing::TunnelFixture {
   // The config (tables, extra sections), then the broker when asked, then init.
   void Setup(Mode mode, const std::string& tables, const std::string& extra) {
     WriteConfig(tables, extra);
-    if (mode == Mode::kBroker) StartBroker();
+    if (mode == Mode::kBroker) UseKafka();
     auto r = Dt({"init"});
     ASSERT_EQ(r.code, 0) << r.out << r.err;
   }

@@ -122,7 +122,7 @@ TEST_F(TunnelTest, MinTickIntervalSpacesTicksUnderLoad) {
 }
 
 TEST_F(TunnelTest, ThroughTheBrokerWithSeparateProducerAndConsumer) {
-  StartBroker();
+  UseKafka();
   SourceCluster().Exec(src_,
                        "INSERT INTO employees(first_name) SELECT 'pre' || i FROM "
                        "generate_series(1, 200) i");
@@ -139,8 +139,8 @@ TEST_F(TunnelTest, ThroughTheBrokerWithSeparateProducerAndConsumer) {
   ExpectInSync();
   EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
   // The topic holds Debezium-style envelopes keyed by the row key.
-  auto kcat = RunCommand({"/usr/bin/kcat", "-b", bootstrap_, "-C", "-t",
-                          "datatunnel.public.employees", "-c", "50", "-e", "-q", "-f", "%k %s\n"},
+  auto kcat = RunCommand({"/usr/bin/kcat", "-b", bootstrap_, "-C", "-t", Topic("public.employees"),
+                          "-c", "50", "-e", "-q", "-f", "%k %s\n"},
                          {}, 30);
   EXPECT_NE(kcat.out.find("{\"emp_id\":"), std::string::npos) << kcat.out << kcat.err;
   EXPECT_NE(kcat.out.find("\"source\":{\"version\""), std::string::npos) << kcat.out;
@@ -152,7 +152,7 @@ TEST_F(TunnelTest, ThroughTheBrokerWithSeparateProducerAndConsumer) {
 }
 
 TEST_F(TunnelTest, RunThroughTheBrokerSnapshotsFirst) {
-  StartBroker();
+  UseKafka();
   SourceCluster().Exec(src_,
                        "INSERT INTO employees(first_name) SELECT 'pre' || i FROM "
                        "generate_series(1, 1000) i");
@@ -191,7 +191,7 @@ TEST_F(TunnelTest, TruncateInOrderInMemory) {
 }
 
 TEST_F(TunnelTest, TruncateInOrderAcrossPartitions) {
-  StartBroker();
+  UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto produce = Start({"produce"});
   auto consumers = std::vector<std::shared_ptr<Subprocess>>();

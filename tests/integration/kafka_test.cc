@@ -1,4 +1,4 @@
-// The Kafka adapters (broker/kafka.h) against the development broker.
+// The Kafka adapters (broker/kafka.h) against a real Kafka broker.
 #include "broker/kafka.h"
 
 #include <gtest/gtest.h>
@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "broker/dev_broker.h"
+#include "support/kafka_cluster.h"
 #include "support/test_util.h"
 
 namespace datatunnel::broker {
@@ -33,14 +33,13 @@ class FromStart : public Consumer::Listener {
 // 1,300 of 6,000 messages (60 message sets) in 8 s; one that does reads them
 // all in under 2 s. Every message arrives once, in order.
 TEST(ConsumerTest, FetchingResumesAsSoonAsTheQueueDrains) {
-  auto broker = DevBroker::Start(1);
-  ASSERT_TRUE(broker.ok()) << broker.status().message();
-  const std::string topic = "fetch_resume";
-  ASSERT_TRUE((*broker)->CreateTopic(topic, 1).ok());
+  auto& kafka = datatunnel::testing::SharedKafka();
+  const std::string topic = datatunnel::testing::TestTopicPrefix() + ".fetch_resume";
+  kafka.CreateTopic(topic, 1);
 
   KafkaConfig config;
-  config.brokers = (*broker)->bootstraps();
-  config.group_id = "fetch_resume";
+  config.brokers = kafka.bootstrap();
+  config.group_id = topic;
   // One message set per fetch (a set is returned whole even when larger).
   config.consumer_properties = {{"queued.min.messages", "100"},
                                 {"max.partition.fetch.bytes", "1024"},
@@ -66,8 +65,7 @@ TEST(ConsumerTest, FetchingResumesAsSoonAsTheQueueDrains) {
   FromStart listener;
   auto consumer = Consumer::Create(config, {topic}, &listener);
   ASSERT_TRUE(consumer.ok()) << consumer.status().message();
-  // Joining the group takes the dev broker 3 s; the clock starts at the
-  // first message.
+  // The clock starts at the first message, after the group join.
   std::vector<Message> msgs;
   Status polled;
   ASSERT_TRUE(WaitUntil(

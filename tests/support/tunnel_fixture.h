@@ -1,6 +1,7 @@
 // TunnelFixture: what end-to-end tests share. A fresh source and target
-// database per test, a config file, the binary run as a subprocess, the dev
-// broker on demand, and waits that end as soon as the tunnel caught up.
+// database per test, a config file, the binary run as a subprocess, the test
+// binary's real Kafka cluster on demand (topics and group of the test's own),
+// and waits that end as soon as the tunnel caught up.
 #pragma once
 
 #include <fmt/format.h>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "support/kafka_cluster.h"
 #include "support/pg_cluster.h"
 #include "support/subprocess.h"
 #include "support/test_util.h"
@@ -33,14 +35,11 @@ class TunnelFixture : public ::testing::Test {
     std::filesystem::create_directories(dir_);
     config_ = dir_ + "/datatunnel.toml";
   }
-  void TearDown() override {
-    broker_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  // Writes the config: both databases, the broker (or "none"), short
-  // consumer-group timeouts for tests, then `tables` ([[tables]] entries) and
-  // `extra` (more sections).
+  // Writes the config: both databases, the broker (or "none") with this
+  // test's topic prefix and group, short consumer-group timeouts for tests,
+  // then `tables` ([[tables]] entries) and `extra` (more sections).
   void WriteConfig(const std::string& tables = kEmployeesTable, const std::string& extra = "") {
     tables_ = tables;
     extra_ = extra;
@@ -51,6 +50,8 @@ dsn = "{}"
 dsn = "{}"
 [kafka]
 brokers = "{}"
+topic_prefix = "{}"
+group_id = "{}"
 [kafka.consumer_properties]
 "session.timeout.ms" = "3000"
 "heartbeat.interval.ms" = "300"
@@ -58,7 +59,8 @@ brokers = "{}"
 {}
 )",
                                           SourceCluster().Dsn(src_), TargetCluster().Dsn(tgt_),
-                                          bootstrap_.empty() ? "none" : bootstrap_, tables, extra);
+                                          bootstrap_.empty() ? "none" : bootstrap_, topic_prefix_,
+                                          topic_prefix_, tables, extra);
   }
 
   std::vector<std::string> Args(std::vector<std::string> rest) {
@@ -100,21 +102,20 @@ brokers = "{}"
                                 table))
         .value_or("");
   }
-  // Starts the dev broker and rewrites the config to use it.
-  void StartBroker(int partitions = 4) {
-    const std::string file = dir_ + "/bootstrap";
-    broker_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{BinaryPath(), "dev-broker", "--partitions",
-                                 std::to_string(partitions), "--bootstrap-file", file});
-    ASSERT_TRUE(WaitUntil([&] { return std::filesystem::exists(file); }, 20)) << broker_->Stderr();
-    std::ifstream in(file);
-    std::getline(in, bootstrap_);
+  // Points the config at this test binary's Kafka cluster (started on first
+  // use), with a topic prefix and consumer group no other test uses.
+  void UseKafka() {
+    bootstrap_ = SharedKafka().bootstrap();
     WriteConfig(tables_, extra_);
+  }
+  // The topic of source table `schema_table` ("public.employees").
+  std::string Topic(const std::string& schema_table) const {
+    return topic_prefix_ + "." + schema_table;
   }
 
   std::string src_, tgt_, dir_, config_, bootstrap_;
+  std::string topic_prefix_ = TestTopicPrefix();
   std::string tables_ = kEmployeesTable, extra_;
-  std::unique_ptr<Subprocess> broker_;
   std::vector<std::weak_ptr<Subprocess>> started_;
 };
 

@@ -1,0 +1,153 @@
+#include "support/kafka_cluster.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#include "support/pg_cluster.h"
+#include "support/test_util.h"
+
+namespace datatunnel::testing {
+
+namespace {
+
+// Runs `cmd` with a shell; returns its exit code and (when out) its stdout.
+int Capture(const std::string& cmd, std::string* out) {
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) return -1;
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  int status = pclose(f);
+  if (out) *out = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+KafkaCluster::KafkaCluster(const Options& options) : nodes_(options.nodes) {
+  char tmpl[] = "/tmp/datatunnel-test-XXXXXX";
+  const char* parent = mkdtemp(tmpl);
+  dir_ = std::string(parent) + "/kafka";
+  std::string out;
+  const std::string args =
+      fmt::format("start --dir {} --nodes {} --partitions {}{} --owner {}", dir_, options.nodes,
+                  options.partitions, options.sasl_ssl ? " --sasl-ssl" : "", getpid());
+  if (!Script(args, &out)) {
+    fmt::print(stderr, "test fixture: could not start Kafka ({}/scripts/kafka.sh {})\n",
+               SourceDir(), args);
+    std::abort();
+  }
+  std::istringstream words(Trim(out));
+  words >> bootstrap_ >> sasl_bootstrap_ >> ca_file_;
+}
+
+KafkaCluster::~KafkaCluster() {
+  if (!owned_) return;
+  Script(fmt::format("stop --dir {}", dir_));
+  std::error_code ec;
+  std::filesystem::remove_all(std::filesystem::path(dir_).parent_path(), ec);
+}
+
+bool KafkaCluster::Script(const std::string& args, std::string* out) {
+  return Capture(fmt::format("{}/scripts/kafka.sh {}", SourceDir(), args), out) == 0;
+}
+
+void KafkaCluster::Kill(int node) {
+  EXPECT_TRUE(Script(fmt::format("kill --dir {} {}", dir_, node))) << "kill node " << node;
+}
+void KafkaCluster::Restart(int node) {
+  EXPECT_TRUE(Script(fmt::format("restart --dir {} {}", dir_, node))) << "restart node " << node;
+}
+void KafkaCluster::Pause(int node) {
+  EXPECT_TRUE(Script(fmt::format("pause --dir {} {}", dir_, node))) << "pause node " << node;
+}
+void KafkaCluster::Resume(int node) {
+  EXPECT_TRUE(Script(fmt::format("resume --dir {} {}", dir_, node))) << "resume node " << node;
+}
+
+void KafkaCluster::CreateTopic(const std::string& topic, int partitions,
+                               const std::vector<std::pair<std::string, std::string>>& configs) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  ASSERT_NE(rk, nullptr) << err;
+  rd_kafka_NewTopic_t* nt =
+      rd_kafka_NewTopic_new(topic.c_str(), partitions, nodes_ >= 3 ? 3 : nodes_, err, sizeof err);
+  ASSERT_NE(nt, nullptr) << err;
+  for (const auto& [k, v] : configs) rd_kafka_NewTopic_set_config(nt, k.c_str(), v.c_str());
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+  rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, static_cast<int>(30000 * TimeoutMultiplier()));
+  std::string problem = ev == nullptr ? "no answer within 30 s" : "";
+  if (ev != nullptr) {
+    if (rd_kafka_event_error(ev)) {
+      problem = rd_kafka_event_error_string(ev);
+    } else {
+      size_t n = 0;
+      const rd_kafka_topic_result_t** res =
+          rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+      for (size_t i = 0; i < n; ++i) {
+        if (rd_kafka_topic_result_error(res[i]))
+          problem = rd_kafka_topic_result_error_string(res[i]);
+      }
+    }
+    rd_kafka_event_destroy(ev);
+  }
+  rd_kafka_NewTopic_destroy(nt);
+  rd_kafka_queue_destroy(q);
+  rd_kafka_destroy(rk);
+  ASSERT_EQ(problem, "") << "creating topic " << topic;
+}
+
+int64_t KafkaCluster::LowWatermark(const std::string& topic, int partition) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (rk == nullptr) return -1;
+  int64_t low = -1, high = -1;
+  if (rd_kafka_query_watermark_offsets(rk, topic.c_str(), partition, &low, &high, 10000) !=
+      RD_KAFKA_RESP_ERR_NO_ERROR) {
+    low = -1;
+  }
+  rd_kafka_destroy(rk);
+  return low;
+}
+
+int KafkaCluster::Leader(const std::string& topic, int partition) {
+  std::string out;
+  if (!Script(fmt::format("leader --dir {} {} {} 2>/dev/null", dir_, topic, partition), &out)) {
+    return -1;
+  }
+  return std::atoi(out.c_str());
+}
+
+KafkaCluster& SharedKafka() {
+  // Destroyed at exit (static storage), which stops the cluster.
+  static std::unique_ptr<KafkaCluster> cluster = [] {
+    const char* existing = std::getenv("DATATUNNEL_TEST_BROKERS");
+    return existing && *existing ? std::make_unique<KafkaCluster>(std::string(existing))
+                                 : std::make_unique<KafkaCluster>(KafkaCluster::Options{});
+  }();
+  return *cluster;
+}
+
+std::string TestTopicPrefix() { return UniqueName("dt") + "_" + std::to_string(time(nullptr)); }
+
+}  // namespace datatunnel::testing

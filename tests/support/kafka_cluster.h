@@ -1,0 +1,73 @@
+// KafkaCluster: a real Apache Kafka (KRaft) cluster for tests, never mocked.
+//
+// Started by scripts/kafka.sh in a temporary folder on free loopback ports.
+// Each test binary that goes through a broker starts one cluster on first use
+// (Shared) and stops it when the binary exits; tests keep out of each other's
+// way with unique topic names and consumer groups (TestTopicPrefix). With
+// DATATUNNEL_TEST_BROKERS set, Shared() uses that running cluster instead
+// (handy when iterating on one test; fault tests need their own).
+//
+// Thread-safety: none; call from the test's main thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace datatunnel::testing {
+
+class KafkaCluster {
+ public:
+  struct Options {
+    int nodes = 1;
+    int partitions = 4;     // partitions of a topic created on first use
+    bool sasl_ssl = false;  // also a SASL_SSL (SCRAM-SHA-512) listener
+  };
+  // Starts a cluster; aborts the test binary with the script's error on failure.
+  explicit KafkaCluster(const Options& options);
+  // A cluster somebody else started and stops (DATATUNNEL_TEST_BROKERS).
+  explicit KafkaCluster(std::string bootstrap) : bootstrap_(std::move(bootstrap)), owned_(false) {}
+  ~KafkaCluster();  // stops every node it started
+  KafkaCluster(const KafkaCluster&) = delete;
+  KafkaCluster& operator=(const KafkaCluster&) = delete;
+
+  // "127.0.0.1:p1,127.0.0.1:p2,..." (PLAINTEXT listeners).
+  const std::string& bootstrap() const { return bootstrap_; }
+  // With Options::sasl_ssl: the SASL_SSL listeners and the CA's PEM file.
+  const std::string& sasl_bootstrap() const { return sasl_bootstrap_; }
+  const std::string& ca_file() const { return ca_file_; }
+  int nodes() const { return nodes_; }
+
+  // Fault injection on node 1..nodes(); each returns once done (kill -9,
+  // start again, SIGSTOP, SIGCONT). Failures fail the current test.
+  void Kill(int node);
+  void Restart(int node);
+  void Pause(int node);
+  void Resume(int node);
+  // Creates `topic` with `partitions` partitions, the cluster's replication
+  // factor and topic-level `configs` (name, value); fails the current test on
+  // error. Topics not created this way are created on first use.
+  void CreateTopic(const std::string& topic, int partitions,
+                   const std::vector<std::pair<std::string, std::string>>& configs = {});
+  // The oldest offset still on the broker for `topic` [partition] (-1 on error).
+  int64_t LowWatermark(const std::string& topic, int partition);
+  // The node leading `topic` [partition], or -1 when none does now.
+  int Leader(const std::string& topic, int partition);
+
+ private:
+  bool Script(const std::string& args, std::string* out = nullptr);
+
+  std::string dir_, bootstrap_, sasl_bootstrap_, ca_file_;
+  int nodes_ = 1;
+  bool owned_ = true;
+};
+
+// The one-node cluster of this test binary, started on first call.
+KafkaCluster& SharedKafka();
+
+// A name no other test of any binary uses, for topic prefixes and groups.
+std::string TestTopicPrefix();
+
+}  // namespace datatunnel::testing
