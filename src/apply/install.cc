@@ -130,6 +130,24 @@ Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableS
   return added;
 }
 
+Status CheckInstalled(pg::Connection& target) {
+  DT_ASSIGN_OR_RETURN(auto r, target.Query("SELECT to_regclass('datatunnel.applied') IS NOT NULL"));
+  if (!r.GetBool(0, 0)) {
+    return Status::BadConfig(fmt::format(
+        "datatunnel is not set up on the target database {} (no datatunnel.applied): run "
+        "`datatunnel init` first",
+        target.description()));
+  }
+  return Status::OK();
+}
+
+Result<bool> IsCapturedSource(pg::Connection& target, const QualifiedName& name) {
+  DT_ASSIGN_OR_RETURN(auto r, target.Query("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid "
+                                           "= to_regclass($1) AND tgname = 'datatunnel_capture')",
+                                           {name.Quoted()}));
+  return r.GetBool(0, 0);
+}
+
 Result<std::vector<std::string>> Install(pg::Connection& target,
                                          const std::vector<TableSpec>& sources,
                                          const std::vector<TypeToCreate>& types) {

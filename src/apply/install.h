@@ -40,6 +40,15 @@ struct TypeToCreate {
   std::string ddl;  // CREATE TYPE / CREATE DOMAIN
 };
 
+// Checks that `init` has set up the target's state (datatunnel.applied). OK,
+// or kBadConfig asking for `datatunnel init`.
+Status CheckInstalled(pg::Connection& target);
+
+// Whether target table `name` is itself captured by a datatunnel installation
+// in the target database (it carries the capture trigger): emptying it would
+// destroy a source's rows.
+Result<bool> IsCapturedSource(pg::Connection& target, const QualifiedName& name);
+
 // Creates the state objects, the types in `types` the target lacks, and for
 // each table the target table (with the source's column names and types)
 // or the source's columns it lacks, and a unique index on the key.

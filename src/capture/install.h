@@ -45,6 +45,11 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
                                                     const std::vector<TableConfig>& tables,
                                                     std::vector<std::string>* warnings);
 
+// Checks that `init` has set up every table of `tables` on the source (its
+// state schema and registration). OK, or kBadConfig naming what is missing
+// and asking for `datatunnel init`.
+Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& tables);
+
 // The SQL that creates the state schema and the capture functions.
 std::string StateSchemaDdl();
 

@@ -28,6 +28,7 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (!source.ok()) return Fail(source.status());
   auto target = pg::Connection::Open(to);
   if (!target.ok()) return Fail(target.status());
+  if (Status st = CheckDistinctTables(**source, **target, *config); !st.ok()) return Fail(st);
   std::vector<std::string> warnings;
   auto specs = capture::DescribeSourceTables(**source, config->tables, &warnings);
   if (!specs.ok()) return Fail(specs.status());

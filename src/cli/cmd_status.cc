@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <thread>
 
+#include "apply/install.h"
 #include "capture/install.h"
 #include "cli/common.h"
 #include "core/stop.h"
@@ -29,6 +30,8 @@ struct Row {
 };
 
 Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const Config& c) {
+  DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tables));
+  DT_RETURN_IF_ERROR(apply::CheckInstalled(tgt));
   std::vector<Row> rows;
   for (const auto& t : c.tables) {
     Row r;
@@ -38,12 +41,9 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
         "SELECT published_count, snapshot_state, snapshot_rows, snapshot_total, "
         "change_table FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
         {t.source.schema, t.source.name});
-    if (!q.ok()) {
-      return Status::Fatal(fmt::format("no datatunnel state on the {}: run `datatunnel init` ({})",
-                                       src.description(), q.status().message()));
-    }
+    if (!q.ok()) return q.status();
     if (q->rows() == 0) {
-      return Status::Fatal(
+      return Status::BadConfig(
           fmt::format("table {} is not set up for capture: run `datatunnel init`", r.source));
     }
     r.published = q->GetInt64(0, 0);
@@ -64,10 +64,7 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
         "  COALESCE(bool_or(snapshot_tick IS NOT NULL), false) "
         "FROM datatunnel.applied WHERE target_schema = $1 AND target_table = $2",
         {t.target.schema, t.target.name});
-    if (!a.ok()) {
-      return Status::Fatal(fmt::format("no datatunnel state on the {}: run `datatunnel init` ({})",
-                                       tgt.description(), a.status().message()));
-    }
+    if (!a.ok()) return a.status();
     r.applied = a->GetInt64(0, 0);
     r.dead = a->GetInt64(0, 1);
     r.last_applied_at = std::string(a->Get(0, 3));

@@ -10,6 +10,8 @@
 #include <atomic>
 #include <csignal>
 
+#include "pg/catalog.h"
+
 namespace datatunnel::cli {
 
 int g_exit_code = kExitOk;
@@ -118,6 +120,24 @@ Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::Connect
   }
   if (target) {
     DT_ASSIGN_OR_RETURN(target->password, ReadPassword(c.target));
+  }
+  return Status::OK();
+}
+
+Status CheckDistinctTables(pg::Connection& source, pg::Connection& target, const Config& config) {
+  DT_ASSIGN_OR_RETURN(const std::string source_db, pg::DatabaseIdentity(source));
+  DT_ASSIGN_OR_RETURN(const std::string target_db, pg::DatabaseIdentity(target));
+  if (source_db != target_db) return Status::OK();
+  for (const auto& t : config.tables) {
+    DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT to_regclass($1) = to_regclass($2)",
+                                             {t.source.Quoted(), t.target.Quoted()}));
+    if (t.source == t.target || (!r.IsNull(0, 0) && r.GetBool(0, 0))) {
+      return Status::BadConfig(fmt::format(
+          "source and target are the same table {} in the same database ({}): the tunnel would "
+          "write its changes into the table it captures. Point target.dsn at another database, "
+          "or give the [[tables]] entry (line {}) a target = \"schema.table\" of its own",
+          t.source.ToString(), source.description(), t.line));
+    }
   }
   return Status::OK();
 }

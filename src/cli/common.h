@@ -44,6 +44,11 @@ pg::ConnectOptions TargetOptions(const Config& c);
 // Fills in the passwords from password files; kBadConfig when unreadable.
 Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::ConnectOptions* target);
 
+// Refuses a configuration whose source and target resolve to the same table
+// in the same database (the tunnel would apply changes to the table it
+// captures): kBadConfig naming the table and the fix.
+Status CheckDistinctTables(pg::Connection& source, pg::Connection& target, const Config& config);
+
 // Prints the error as one line on stderr and maps it to an exit code.
 int Fail(const Status& st);
 

@@ -38,6 +38,48 @@ bool Wanted(const RunPlan& plan, const TableConfig& t) {
          plan.only_tables.end();
 }
 
+// Every `--table` must name a source table of the config: a typo must not
+// turn into "nothing to snapshot".
+Status CheckOnlyTables(const Config& config, const RunPlan& plan) {
+  for (const auto& name : plan.only_tables) {
+    bool found = false;
+    std::string hint, all;
+    for (const auto& t : config.tables) {
+      const std::string source = t.source.ToString();
+      found = found || source == name;
+      if (name == t.source.name || name == t.target.ToString() || name == t.target.name) {
+        hint = fmt::format(" (did you mean {}?)", source);
+      }
+      all += (all.empty() ? "" : ", ") + source;
+    }
+    if (!found) {
+      return Status::BadConfig(fmt::format(
+          "--table {}: not a source table of this configuration{}; give schema.table as in "
+          "[[tables]] source: {}",
+          name, hint, all));
+    }
+  }
+  return Status::OK();
+}
+
+// What every tunnel process checks before it starts: `init` has set up the
+// sides it uses, and (when it uses both) source and target are not the same
+// table.
+Status CheckSetup(const Config& config, const RunPlan& plan, const pg::ConnectOptions& so,
+                  const pg::ConnectOptions& to) {
+  std::unique_ptr<pg::Connection> src, tgt;
+  if (plan.source) {
+    DT_ASSIGN_OR_RETURN(src, pg::Connection::Open(so));
+    DT_RETURN_IF_ERROR(capture::CheckInstalled(*src, config.tables));
+  }
+  if (plan.target) {
+    DT_ASSIGN_OR_RETURN(tgt, pg::Connection::Open(to));
+    DT_RETURN_IF_ERROR(apply::CheckInstalled(*tgt));
+  }
+  if (src && tgt) DT_RETURN_IF_ERROR(CheckDistinctTables(*src, *tgt, config));
+  return Status::OK();
+}
+
 // Highest end-of-snapshot marker tick per target table, and whether every
 // partition of the newest marker has applied it.
 struct MarkerState {
@@ -100,6 +142,14 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
                                      {spec.target.schema, spec.target.name}));
       const bool from_stream = applied.GetInt64(0, 0) > 0 && !plan.snapshot_only;
       if (plan.truncate_target || config.pipeline.truncate_target) {
+        DT_ASSIGN_OR_RETURN(const bool captured, apply::IsCapturedSource(*tgt, spec.target));
+        if (captured) {
+          return Status::BadConfig(fmt::format(
+              "target table {} is itself captured by datatunnel (it has the capture trigger): "
+              "refusing to empty it for a snapshot; check target.dsn and the table's target, or "
+              "empty it yourself if it really is to be overwritten",
+              spec.target.ToString()));
+        }
         DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
         spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
                      spec.source.ToString(), spec.target.ToString());
@@ -165,6 +215,8 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   }
   pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
   if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
+  if (Status st = CheckOnlyTables(*config, plan); !st.ok()) return Fail(st);
+  if (Status st = CheckSetup(*config, plan, so, to); !st.ok()) return Fail(st);
   if (!memory) {
     if (Status st = broker::CheckReachable(config->kafka, 10000); !st.ok()) return Fail(st);
   }

@@ -69,6 +69,12 @@ Result<std::optional<TableInfo>> LoadTable(Connection& conn, const QualifiedName
   return std::optional<TableInfo>(std::move(info));
 }
 
+Result<std::string> DatabaseIdentity(Connection& conn) {
+  DT_ASSIGN_OR_RETURN(auto r, conn.Query("SELECT pg_postmaster_start_time()::text || ' ' || oid "
+                                         "FROM pg_database WHERE datname = current_database()"));
+  return std::string(r.Get(0, 0));
+}
+
 Result<std::vector<size_t>> ResolveKey(const TableInfo& info, const QualifiedName& name,
                                        const std::vector<std::string>& key, std::string_view side) {
   std::vector<size_t> out;

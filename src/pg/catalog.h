@@ -35,6 +35,11 @@ Result<std::optional<TableInfo>> LoadTable(Connection& conn, const QualifiedName
 Result<std::vector<size_t>> ResolveKey(const TableInfo& info, const QualifiedName& name,
                                        const std::vector<std::string>& key, std::string_view side);
 
+// Which database `conn` is in, as a string equal for two connections to the
+// same database of the same running server and different otherwise (the
+// server's start time and the database's oid; readable by any role).
+Result<std::string> DatabaseIdentity(Connection& conn);
+
 // Builds a TableSpec's column list from catalog columns.
 std::vector<Column> ToColumns(const std::vector<CatalogColumn>& cols);
 
