@@ -133,10 +133,10 @@ Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableS
 Status CheckInstalled(pg::Connection& target) {
   DT_ASSIGN_OR_RETURN(auto r, target.Query("SELECT to_regclass('datatunnel.applied') IS NOT NULL"));
   if (!r.GetBool(0, 0)) {
-    return Status::BadConfig(fmt::format(
-        "datatunnel is not set up on the target database {} (no datatunnel.applied): run "
-        "`datatunnel init` first",
-        target.description()));
+    return Status::BadConfig(
+        fmt::format("datatunnel is not set up on the {} (no datatunnel.applied): run "
+                    "`datatunnel init` first",
+                    target.description()));
   }
   return Status::OK();
 }

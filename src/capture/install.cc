@@ -120,19 +120,19 @@ Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& ta
   DT_ASSIGN_OR_RETURN(auto state,
                       source.Query("SELECT to_regclass('datatunnel.tables') IS NOT NULL"));
   if (!state.GetBool(0, 0)) {
-    return Status::BadConfig(fmt::format(
-        "datatunnel is not set up on the source database {} (no datatunnel.tables): run "
-        "`datatunnel init` first",
-        source.description()));
+    return Status::BadConfig(
+        fmt::format("datatunnel is not set up on the {} (no datatunnel.tables): run "
+                    "`datatunnel init` first",
+                    source.description()));
   }
   for (const auto& t : tables) {
     DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT 1 FROM datatunnel.tables WHERE schema_name = "
                                              "$1 AND table_name = $2",
                                              {t.source.schema, t.source.name}));
     if (r.rows() == 0) {
-      return Status::BadConfig(fmt::format(
-          "table {} is not captured on the source database {}: run `datatunnel init` to set it up",
-          t.source.ToString(), source.description()));
+      return Status::BadConfig(
+          fmt::format("table {} is not captured on the {}: run `datatunnel init` to set it up",
+                      t.source.ToString(), source.description()));
     }
   }
   return Status::OK();

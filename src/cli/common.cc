@@ -95,7 +95,11 @@ Result<Config> LoadConfig(const Globals& g) {
   if (!g.source_dsn.empty()) sets.push_back("source.dsn=" + g.source_dsn);
   if (!g.target_dsn.empty()) sets.push_back("target.dsn=" + g.target_dsn);
   if (!g.brokers.empty()) sets.push_back("kafka.brokers=" + g.brokers);
-  return datatunnel::LoadConfig(g.config_file, ProcessEnvironment(), sets);
+  auto config = datatunnel::LoadConfig(g.config_file, ProcessEnvironment(), sets);
+  if (config.ok()) {
+    for (const auto& w : config->warnings) Warn(w);
+  }
+  return config;
 }
 
 pg::ConnectOptions SourceOptions(const Config& c) {

@@ -1,8 +1,11 @@
 // datatunnel: keeps tables of one PostgreSQL database in sync with another,
 // through Kafka. See README.md; `datatunnel --help` lists the subcommands.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
 
 #include "cli/common.h"
+#include "core/suggest.h"
 #include "core/version.h"
 
 int main(int argc, char** argv) {
@@ -29,11 +32,37 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() != static_cast<int>(CLI::ExitCodes::Success)) {
-      if (int rc = FailUsageAsJson(argc, argv, e.what()); rc >= 0) return rc;
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
+      return app.exit(e) == 0 ? kExitOk : kExitConfig;  // --help, --version
     }
-    int rc = app.exit(e);
-    return rc == 0 ? kExitOk : kExitConfig;
+    std::string what = e.what();
+    // A misspelt subcommand ("stauts") is the first word that is neither an
+    // option nor an option's value.
+    std::vector<std::string> commands;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      commands.push_back(sub->get_name());
+    }
+    static const std::vector<std::string> kTakesValue = {
+        "-c",           "--config",  "--set",       "--source-dsn",
+        "--target-dsn", "--brokers", "--log-level", "--log-format"};
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (std::find(kTakesValue.begin(), kTakesValue.end(), arg) != kTakesValue.end()) {
+        ++i;
+        continue;
+      }
+      if (arg.empty() || arg[0] == '-') continue;
+      if (std::find(commands.begin(), commands.end(), arg) == commands.end()) {
+        std::string list;
+        for (const auto& c : commands) list += (list.empty() ? "" : ", ") + c;
+        what = "unknown subcommand \"" + arg + "\"" + datatunnel::DidYouMean(arg, commands) +
+               "; subcommands are " + list;
+      }
+      break;
+    }
+    if (int rc = FailUsageAsJson(argc, argv, what); rc >= 0) return rc;
+    std::fprintf(stderr, "datatunnel: error: %s; see datatunnel --help\n", what.c_str());
+    return kExitConfig;
   }
   return g_exit_code;
 }

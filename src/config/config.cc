@@ -13,6 +13,8 @@
 #include <functional>
 #include <set>
 
+#include "core/suggest.h"
+
 extern char** environ;
 
 namespace datatunnel {
@@ -80,6 +82,11 @@ std::string DefaultTopic(const std::string& prefix, const QualifiedName& source)
   if (topic.size() > 249) topic.resize(249);
   return topic;
 }
+
+// DATATUNNEL_* variables that are not settings but are read elsewhere.
+const std::set<std::string> kOtherVariables = {"DATATUNNEL_BIN", "DATATUNNEL_TIMEOUT_MULTIPLIER",
+                                               "DATATUNNEL_CHAOS_SEED", "DATATUNNEL_CACHE",
+                                               "DATATUNNEL_TEST_BROKERS"};
 
 std::vector<Setting> Settings() {
   std::vector<Setting> s;
@@ -203,14 +210,7 @@ Status ReadStringMap(const std::string& file, const std::string& name, const tom
 }
 
 std::string Suggest(const std::string& key, const std::vector<std::string>& known) {
-  // A one-edit-ish hint: same first letter and similar length.
-  for (const auto& k : known) {
-    if (!key.empty() && !k.empty() && key[0] == k[0] &&
-        (k.size() + 2 >= key.size() && key.size() + 2 >= k.size())) {
-      return fmt::format(" (did you mean \"{}\"?)", k);
-    }
-  }
-  return "";
+  return DidYouMean(key, known);
 }
 
 Status ReadTable(const std::string& file, const toml::table& t, int index, TableConfig* out) {
@@ -399,8 +399,14 @@ Status Validate(Config* c) {
         "target.dsn is empty: set it to the target database, e.g. "
         "postgresql://user@host:5432/db2");
   }
+  if (c->tables.empty() && !c->file.empty()) {
+    return Status::BadConfig(
+        fmt::format("{}: no [[tables]] entry: add one per table to sync ([[tables]] with source = "
+                    "\"schema.table\")",
+                    c->file));
+  }
   if (c->tables.empty()) {
-    // The brief's table is the default, so `make demo` needs no config file.
+    // The brief's table is the default when there is no config file at all.
     TableConfig t;
     t.source = {"public", "employees"};
     t.target = t.source;
@@ -453,9 +459,21 @@ Result<Config> LoadConfig(const std::string& path, const std::map<std::string, s
     config.file = file;
     DT_RETURN_IF_ERROR(ApplyFile(file, settings, &config));
   }
+  std::vector<std::string> env_names;
   for (const auto& s : settings) {
-    auto it = env.find(EnvName(s.section, s.key));
+    env_names.push_back(EnvName(s.section, s.key));
+    auto it = env.find(env_names.back());
     if (it != env.end()) DT_RETURN_IF_ERROR(s.set(config, it->second).WithContext(it->first));
+  }
+  // A misspelt variable would otherwise be ignored without a word.
+  for (const auto& [name, value] : env) {
+    if (name.rfind("DATATUNNEL_", 0) != 0 || kOtherVariables.count(name) ||
+        std::find(env_names.begin(), env_names.end(), name) != env_names.end()) {
+      continue;
+    }
+    config.warnings.push_back(
+        fmt::format("environment variable {} is not a setting and is ignored{}", name,
+                    Suggest(name, env_names)));
   }
   for (const auto& o : overrides) {
     auto eq = o.find('=');
@@ -482,7 +500,10 @@ Result<Config> LoadConfig(const std::string& path, const std::map<std::string, s
     auto it = std::find_if(settings.begin(), settings.end(),
                            [&](const Setting& s) { return s.section == section && s.key == key; });
     if (it == settings.end()) {
-      return Status::BadConfig(fmt::format("--set \"{}\": unknown key {}.{}", o, section, key));
+      std::vector<std::string> known;
+      for (const auto& st : settings) known.push_back(st.section + "." + st.key);
+      return Status::BadConfig(fmt::format("--set \"{}\": unknown key {}.{}{}", o, section, key,
+                                           Suggest(section + "." + key, known)));
     }
     DT_RETURN_IF_ERROR(it->set(config, value).WithContext("--set " + section + "." + key));
   }

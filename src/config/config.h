@@ -75,6 +75,8 @@ struct MetricsConfig {
 
 struct Config {
   std::string file;  // the file loaded, or "" for defaults only
+  // Not errors, but worth a line: e.g. an unknown DATATUNNEL_* variable.
+  std::vector<std::string> warnings;
   DatabaseConfig source{"postgresql://postgres@127.0.0.1:5433/db1", ""};
   DatabaseConfig target{"postgresql://postgres@127.0.0.1:5434/db2", ""};
   KafkaConfig kafka;

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <fstream>
 
+#include "core/suggest.h"
+
 namespace datatunnel {
 namespace {
 
@@ -100,8 +102,42 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"[pipeline]\non_bad_message = \"ignore\"", "on_bad_message"},
         BadCase{"[pipeline]\nmin_tick_interval_ms = -1", "min_tick_interval_ms"},
         BadCase{"[[tables]]\nsource = \"a\"\nschema_changes = \"maybe\"", "schema_changes"},
-        BadCase{"[[tables]]\nsource = \"a\"\ntopic = \"my topic\"",
-                "not a valid Kafka topic name"}));
+        BadCase{"[[tables]]\nsource = \"a\"\ntopic = \"my topic\"", "not a valid Kafka topic name"},
+        BadCase{"[[table]]\nsource = \"a\"",
+                "unknown section \"table\" (did you mean \"tables\"?)"},
+        BadCase{"[kafka]\nbrokerz = \"k\"\n[[tables]]\nsource = \"a\"",
+                "unknown key \"brokerz\" in [kafka] (did you mean \"brokers\"?)"},
+        BadCase{"[kafka]\nbrokers = \"k\"", "no [[tables]] entry: add one per table to sync"},
+        BadCase{"[kafka]\ntopic_prefix = \"a b\"", "kafka.topic_prefix \"a b\" cannot start"}));
+
+TEST(Config, TopicPrefixNamesDefaultTopics) {
+  std::string f = WriteFile(
+      "[kafka]\ntopic_prefix = \"prod-eu\"\n[[tables]]\nsource = \"s.a\"\n[[tables]]\nsource = "
+      "\"s.b\"\ntopic = \"own\"\n");
+  auto c = LoadConfig(f, {}, {});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->tables[0].topic, "prod-eu.s.a");
+  EXPECT_EQ(c->tables[1].topic, "own");
+  std::remove(f.c_str());
+}
+
+TEST(Config, MisspeltNamesGetAHint) {
+  EXPECT_EQ(DidYouMean("stauts", {"status", "snapshot", "run"}), " (did you mean \"status\"?)");
+  EXPECT_EQ(DidYouMean("xyz", {"status", "snapshot", "run"}), "");
+  EXPECT_EQ(ClosestMatch("table", {"source", "target", "tables"}), "tables");
+  auto o = LoadConfig("", {}, {"kafka.brokerz=x"});
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("(did you mean \"kafka.brokers\"?)"), std::string::npos)
+      << o.status().message();
+  // An unknown DATATUNNEL_* variable is a warning, not silence.
+  auto e = LoadConfig("", {{"DATATUNNEL_KAFKA_BROKER", "k:9092"}, {"DATATUNNEL_BIN", "x"}}, {});
+  ASSERT_TRUE(e.ok()) << e.status().message();
+  ASSERT_EQ(e->warnings.size(), 1u);
+  EXPECT_NE(e->warnings[0].find("DATATUNNEL_KAFKA_BROKER is not a setting and is ignored (did you "
+                                "mean \"DATATUNNEL_KAFKA_BROKERS\"?)"),
+            std::string::npos)
+      << e->warnings[0];
+}
 
 TEST(Config, DefaultTopicIsAValidKafkaName) {
   std::string f = WriteFile("[[tables]]\nsource = '\"My Schema\".\"Order Items\"'\n");
