@@ -153,6 +153,23 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
   if (Status st = source.Exec(kCaptureInstallSql); !st.ok()) return fail(st);
   if (had_schema->rows() == 0) report.actions.push_back("created schema datatunnel (state tables)");
 
+  // The drop guard needs a superuser too; without it a change table dropped
+  // by hand makes the capture trigger fail (its message names the table).
+  auto has_guard =
+      source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'datatunnel_drop'");
+  if (!has_guard.ok()) return fail(has_guard.status());
+  if (has_guard->rows() == 0) {
+    if (Status st = source.Exec("SAVEPOINT drop_guard"); !st.ok()) return fail(st);
+    Status st = source.Exec(
+        "CREATE EVENT TRIGGER datatunnel_drop ON sql_drop EXECUTE FUNCTION datatunnel.on_drop()");
+    if (st.ok()) {
+      report.actions.push_back(
+          "created event trigger datatunnel_drop (refuses to drop a change table by hand)");
+    } else if (Status rb = source.Exec("ROLLBACK TO SAVEPOINT drop_guard"); !rb.ok()) {
+      return fail(rb);
+    }
+  }
+
   // The event trigger needs a superuser (or rds_superuser); without it the
   // tunnel still works, but a schema change needs `datatunnel init`.
   auto has_et =
@@ -353,7 +370,10 @@ Result<std::vector<TypeDdl>> UserTypes(pg::Connection& source,
 Result<std::vector<std::string>> Uninstall(pg::Connection& source,
                                            const std::vector<TableSpec>& tables) {
   std::vector<std::string> actions;
-  DT_RETURN_IF_ERROR(source.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
+  // datatunnel.uninstalling: the drop guard (datatunnel.on_drop) lets these
+  // drops of change tables through.
+  DT_RETURN_IF_ERROR(source.Exec(
+      "BEGIN; SET LOCAL lock_timeout = '30s'; SET LOCAL datatunnel.uninstalling = 'on'"));
   auto fail = [&](Status st) {
     source.RollbackQuietly();
     return st;

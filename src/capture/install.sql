@@ -229,3 +229,29 @@ BEGIN
     END LOOP;
   END LOOP;
 END $fn$;
+
+-- A change table dropped by hand makes every write to its table fail (the
+-- capture trigger has nowhere to write). With a superuser at `init`, an event
+-- trigger refuses such a DROP in the statement itself; `datatunnel uninstall`
+-- sets datatunnel.uninstalling for its own drops.
+CREATE OR REPLACE FUNCTION datatunnel.on_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+  r record;
+BEGIN
+  IF pg_catalog.current_setting('datatunnel.uninstalling', true) = 'on'
+     OR pg_catalog.to_regclass('datatunnel.tables') IS NULL THEN
+    RETURN;
+  END IF;
+  FOR r IN SELECT t.schema_name, t.table_name, t.change_table
+             FROM pg_catalog.pg_event_trigger_dropped_objects() d
+             JOIN datatunnel.tables t
+               ON t.schema_name = d.schema_name AND t.change_table = d.object_name
+            WHERE d.object_type = 'table' LOOP
+    RAISE EXCEPTION 'datatunnel: %.% is the change table of captured table %.%: without it every write to %.% fails',
+      pg_catalog.quote_ident(r.schema_name), pg_catalog.quote_ident(r.change_table),
+      pg_catalog.quote_ident(r.schema_name), pg_catalog.quote_ident(r.table_name),
+      pg_catalog.quote_ident(r.schema_name), pg_catalog.quote_ident(r.table_name)
+      USING HINT = 'To stop capturing the table, remove it with `datatunnel uninstall` (it drops the change table and the triggers together).';
+  END LOOP;
+END $fn$;

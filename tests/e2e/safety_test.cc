@@ -116,5 +116,30 @@ TEST_F(SafetyTest, ForgettingInitSaysRunInit) {
   ExpectOneLineError(Dt({"status"}), 2, "table public.extra is not captured");
 }
 
+// Dropping a change table by hand would make every write to its table fail:
+// the drop itself is refused, naming the table and the way out; uninstall
+// still removes everything.
+TEST_F(SafetyTest, DroppingAChangeTableByHandIsRefused) {
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto st = SourceCluster().Connect(src_)->Exec("DROP TABLE employees_cdc");
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(Contains(st.message(),
+                       "public.employees_cdc is the change table of captured table "
+                       "public.employees"))
+      << st.message();
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('still works')");
+  EXPECT_EQ(SourceCluster().Count(src_, "SELECT count(*) FROM employees_cdc"), 1);
+  auto r = Dt({"uninstall", "--yes"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(SourceCluster().Count(src_,
+                                  "SELECT count(*) FROM pg_class WHERE relname = "
+                                  "'employees_cdc'"),
+            0);
+  EXPECT_EQ(SourceCluster().Count(src_,
+                                  "SELECT count(*) FROM pg_event_trigger WHERE evtname "
+                                  "LIKE 'datatunnel%'"),
+            0);
+}
+
 }  // namespace
 }  // namespace datatunnel
