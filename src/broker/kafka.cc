@@ -219,6 +219,8 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
   return p;
 }
 
+Producer::Producer() = default;
+
 Producer::~Producer() {
   if (rk_) rd_kafka_destroy(rk_);
 }
@@ -355,6 +357,8 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
     for (auto& p : parts) p.offset = kOffsetStored;
     self->listener_->OnAssigned(&parts);
     for (size_t i = 0; i < parts.size(); ++i) list->elems[i].offset = parts[i].offset;
+    self->assigned_ = true;
+    for (const auto& p : parts) self->unpositioned_.emplace(p.topic, p.partition);
     if (cooperative) {
       rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, list);
       if (e) rd_kafka_error_destroy(e);
@@ -362,11 +366,15 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
       rd_kafka_assign(rk, list);
     }
   } else {
-    self->listener_->OnRevoked(FromList(list));
+    const std::vector<TopicPartition> parts = FromList(list);
+    self->listener_->OnRevoked(parts);
     if (cooperative) {
+      for (const auto& p : parts) self->unpositioned_.erase({p.topic, p.partition});
       rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, list);
       if (e) rd_kafka_error_destroy(e);
     } else {
+      self->assigned_ = false;  // until the assignment that follows
+      self->unpositioned_.clear();
       rd_kafka_assign(rk, nullptr);
     }
   }
@@ -374,7 +382,8 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
 
 Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
                                                    const std::vector<std::string>& topics,
-                                                   Listener* listener) {
+                                                   Listener* listener,
+                                                   const std::function<bool()>& cancelled) {
   Props props = Merge(
       {
           {"bootstrap.servers", config.brokers},
@@ -391,6 +400,7 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
           {"session.timeout.ms", "10000"},
           {"heartbeat.interval.ms", "1000"},
           {"allow.auto.create.topics", "true"},
+          {"enable.partition.eof", "true"},
           {"socket.keepalive.enable", "true"},
           {"reconnect.backoff.max.ms", "2000"},
       },
@@ -425,6 +435,7 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   c->rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
   if (!c->rk_) return Status::BadConfig(fmt::format("cannot create the Kafka consumer: {}", err));
   rd_kafka_poll_set_consumer(c->rk_);
+  DT_RETURN_IF_ERROR(c->AwaitTopics(topics, cancelled));
   auto* list = rd_kafka_topic_partition_list_new(static_cast<int>(topics.size()));
   for (const auto& t : topics)
     rd_kafka_topic_partition_list_add(list, t.c_str(), RD_KAFKA_PARTITION_UA);
@@ -436,6 +447,60 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   }
   return c;
 }
+
+Status Consumer::AwaitTopics(const std::vector<std::string>& topics,
+                             const std::function<bool()>& cancelled) {
+  std::vector<std::string> missing = topics;
+  const int64_t start = MonotonicMicros();
+  int64_t next_log = start + 5'000'000;
+  while (true) {
+    std::vector<std::string> still;
+    rd_kafka_resp_err_t last = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (const auto& topic : missing) {
+      // A request naming the topic: the brokers create it when they
+      // auto-create topics (allow.auto.create.topics, set above).
+      rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+      const rd_kafka_metadata_t* md = nullptr;
+      rd_kafka_resp_err_t e = rd_kafka_metadata(rk_, 0, rkt, &md, 1000);
+      bool exists = false;
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR && md && md->topic_cnt == 1) {
+        const rd_kafka_metadata_topic_t& t = md->topics[0];
+        e = t.err;
+        exists = t.err == RD_KAFKA_RESP_ERR_NO_ERROR && t.partition_cnt > 0;
+      }
+      if (md) rd_kafka_metadata_destroy(md);
+      rd_kafka_topic_destroy(rkt);
+      if (!exists) {
+        still.push_back(topic);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) last = e;
+      }
+    }
+    if (still.empty()) return Status::OK();
+    if (!IsRetryableKafkaError(last)) {
+      return Status::Fatal(fmt::format(
+          "the consumer cannot read topic {}: {}; grant the consumer's user the right to "
+          "describe and read it (and to read its consumer group)",
+          still.front(), rd_kafka_err2str(last)));
+    }
+    if (MonotonicMicros() >= next_log) {
+      std::string names;
+      for (const auto& t : still) names += (names.empty() ? "" : ", ") + t;
+      spdlog::warn(
+          "consumer: waiting for topic(s) {} to exist on the brokers ({}); the producer creates "
+          "them when the brokers auto-create topics (auto.create.topics.enable), otherwise "
+          "create them",
+          names, last == RD_KAFKA_RESP_ERR_NO_ERROR ? "no answer" : rd_kafka_err2str(last));
+      next_log = MonotonicMicros() + 30'000'000;
+    }
+    missing = std::move(still);
+    for (int i = 0; i < 5; ++i) {
+      if (cancelled()) return Status::Cancelled();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+Consumer::Consumer() = default;
 
 Consumer::~Consumer() {
   if (rk_) {
@@ -455,6 +520,14 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
     const int wait = static_cast<int>(std::max<int64_t>(0, (deadline - MonotonicMicros()) / 1000));
     rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, wait);
     if (!m) break;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      // The end of a partition: its fetch answered, so it is positioned.
+      if (!unpositioned_.empty() && m->rkt) {
+        unpositioned_.erase({rd_kafka_topic_name(m->rkt), m->partition});
+      }
+      rd_kafka_message_destroy(m);
+      continue;
+    }
     if (m->err) {
       const rd_kafka_resp_err_t err = m->err;
       const std::string where =
@@ -463,7 +536,6 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
       const std::string text = rd_kafka_message_errstr(m);
       const int64_t offset = m->offset;
       rd_kafka_message_destroy(m);
-      if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF) continue;
       if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
           err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
         return Status::Fatal(fmt::format(
@@ -480,6 +552,7 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
                    fmt::format("kafka consumer, {}: {} (retrying)", where, text));
       continue;
     }
+    if (!unpositioned_.empty()) unpositioned_.erase({rd_kafka_topic_name(m->rkt), m->partition});
     bytes += m->len + m->key_len;
     out->emplace_back(m);
     if (!got_first) {

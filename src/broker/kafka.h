@@ -14,7 +14,8 @@
 // target database), auto.offset.reset=error (a position the broker no longer
 // has is reported, never silently skipped), fetch.wait.max.ms=10 (latency),
 // fetch.queue.backoff.ms=10 where librdkafka has it (2.2 and later; before,
-// Poll() wakes the fetchers itself when it finds the queue full).
+// Poll() wakes the fetchers itself when it finds the queue full),
+// enable.partition.eof=true (how Ready() learns a partition is positioned).
 //
 // Thread-safety: a Producer may be called from several threads except Poll
 // (delivery callbacks run on the thread calling Poll/Flush). A Consumer is
@@ -24,6 +25,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -82,7 +85,7 @@ class Producer {
   Status FatalError() const;
 
  private:
-  Producer() = default;
+  Producer();
   rd_kafka_s* rk_ = nullptr;
   DeliveryFn on_delivery_;
 };
@@ -115,9 +118,17 @@ class Consumer {
     virtual void OnRevoked(const std::vector<TopicPartition>& partitions) = 0;
   };
 
-  static Result<std::unique_ptr<Consumer>> Create(const KafkaConfig& config,
-                                                  const std::vector<std::string>& topics,
-                                                  Listener* listener);
+  // Creates the consumer and subscribes it to `topics` once the brokers know
+  // every one of them (with its partitions): it asks for each
+  // (which creates it where the brokers auto-create topics) and waits until
+  // it exists, logging while it waits. Subscribing earlier costs seconds: a
+  // group join that finds a topic missing assigns none of its partitions,
+  // and librdkafka joins again at most once a second, after new metadata.
+  // Returns kCancelled once `cancelled` returns true while waiting, kFatal
+  // when the consumer may not read a topic, kBadConfig for bad properties.
+  static Result<std::unique_ptr<Consumer>> Create(
+      const KafkaConfig& config, const std::vector<std::string>& topics, Listener* listener,
+      const std::function<bool()>& cancelled = [] { return false; });
   ~Consumer();
 
   // Appends up to `max` messages or about `max_bytes` of them: waits up to
@@ -126,6 +137,13 @@ class Consumer {
   // (offset out of range, authorization) are returned as kFatal.
   Status Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out,
               size_t max_bytes = 16 << 20);
+  // True once the group gave this consumer its partitions (possibly none)
+  // and each of them answered a first fetch (a message, or the end of the
+  // partition): a message produced from now on reaches Poll() within a
+  // fetch, with no group join, metadata refresh or offset lookup first.
+  // False again from a rebalance until the new partitions answered. Updated
+  // by Poll().
+  bool Ready() const { return assigned_ && unpositioned_.empty(); }
   void Pause(const std::vector<TopicPartition>& parts);
   void Resume(const std::vector<TopicPartition>& parts);
   // Restarts fetching of a partition at `offset` (after an apply was rolled back).
@@ -137,14 +155,21 @@ class Consumer {
   std::vector<TopicPartition> Assignment() const;
 
  private:
-  Consumer() = default;
+  Consumer();
   static void RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaque);
+  // Waits until the brokers know every topic (see Create).
+  Status AwaitTopics(const std::vector<std::string>& topics,
+                     const std::function<bool()>& cancelled);
   // Makes the broker threads decide again which partitions to fetch.
   void WakeFetchers();
   rd_kafka_s* rk_ = nullptr;
   Listener* listener_ = nullptr;
   bool closed_ = false;
   bool wake_fetchers_ = false;  // librdkafka before 2.2 (no fetch.queue.backoff.ms)
+  // Readiness (see Ready()): an assignment since the last revocation, and
+  // the assigned partitions that have not answered a fetch yet.
+  bool assigned_ = false;
+  std::set<std::pair<std::string, int32_t>> unpositioned_;
 };
 
 }  // namespace datatunnel::broker
