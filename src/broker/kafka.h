@@ -17,6 +17,12 @@
 // Poll() wakes the fetchers itself when it finds the queue full),
 // enable.partition.eof=true (how Ready() learns a partition is positioned).
 //
+// Security: a failure to authenticate (SASL) or to set up TLS with the
+// brokers cannot heal by waiting. CheckReachable reports it at start-up, and
+// a Producer or Consumer that meets one later reports it too (FatalError(),
+// Poll()), as kBadConfig with a message naming the settings to fix, instead
+// of retrying forever.
+//
 // Thread-safety: a Producer may be called from several threads except Poll
 // (delivery callbacks run on the thread calling Poll/Flush). A Consumer is
 // used by one thread.
@@ -41,6 +47,8 @@ struct rd_kafka_message_s;
 
 namespace datatunnel::broker {
 
+class SecurityWatch;  // kafka.cc: remembers an authentication or TLS failure
+
 inline constexpr int32_t kAnyPartition = -1;
 
 // Decides whether a librdkafka error can heal by waiting (pinned by a test).
@@ -52,7 +60,10 @@ using Header = std::pair<std::string, std::string>;
 
 // Asks the bootstrap servers for cluster metadata, waiting up to timeout_ms.
 // Used at start-up so a wrong or unreachable kafka.brokers fails at once
-// with one clear line; later outages are waited out instead.
+// with one clear line; later outages are waited out instead. Returns OK,
+// kBadConfig when the brokers refuse the credentials or the TLS handshake
+// fails (as soon as that happens, with what to fix in [kafka.properties]),
+// or kRetryable when no broker answered in time.
 Status CheckReachable(const KafkaConfig& config, int timeout_ms);
 
 class Producer {
@@ -81,11 +92,13 @@ class Producer {
   // Number of partitions of `topic` (from metadata; waits for auto-creation).
   Result<int> PartitionCount(const std::string& topic, int timeout_ms);
   // A fatal client error (the idempotent producer could not keep its
-  // guarantees): the producer must be recreated. OK otherwise.
+  // guarantees: kFatal, the producer must be recreated) or a security
+  // failure (kBadConfig). OK otherwise.
   Status FatalError() const;
 
  private:
   Producer();
+  std::unique_ptr<SecurityWatch> security_;
   rd_kafka_s* rk_ = nullptr;
   DeliveryFn on_delivery_;
 };
@@ -125,7 +138,8 @@ class Consumer {
   // group join that finds a topic missing assigns none of its partitions,
   // and librdkafka joins again at most once a second, after new metadata.
   // Returns kCancelled once `cancelled` returns true while waiting, kFatal
-  // when the consumer may not read a topic, kBadConfig for bad properties.
+  // when the consumer may not read a topic, kBadConfig for bad properties or
+  // a security failure.
   static Result<std::unique_ptr<Consumer>> Create(
       const KafkaConfig& config, const std::vector<std::string>& topics, Listener* listener,
       const std::function<bool()>& cancelled = [] { return false; });
@@ -134,7 +148,8 @@ class Consumer {
   // Appends up to `max` messages or about `max_bytes` of them: waits up to
   // timeout_ms for the first, then up to linger_ms for more. Broker-side problems that heal
   // (transport, all brokers down) are logged and not returned; errors that lose data or cannot heal
-  // (offset out of range, authorization) are returned as kFatal.
+  // (offset out of range, authorization) are returned as kFatal, a security
+  // failure as kBadConfig.
   Status Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out,
               size_t max_bytes = 16 << 20);
   // True once the group gave this consumer its partitions (possibly none)
@@ -162,6 +177,7 @@ class Consumer {
                      const std::function<bool()>& cancelled);
   // Makes the broker threads decide again which partitions to fetch.
   void WakeFetchers();
+  std::unique_ptr<SecurityWatch> security_;
   rd_kafka_s* rk_ = nullptr;
   Listener* listener_ = nullptr;
   bool closed_ = false;
