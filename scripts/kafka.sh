@@ -3,6 +3,8 @@
 # the demo and the benchmark.
 #
 #   scripts/kafka.sh fetch                        download the broker once (Maven Central)
+#   scripts/kafka.sh cached                       exit 0 when it is already downloaded
+#   scripts/kafka.sh version                      print the Kafka version it runs
 #   scripts/kafka.sh start --dir DIR [--nodes N] [--partitions P] [--sasl-ssl]
 #                          [--set KEY=VALUE]... [--owner PID]
 #                                                 start N nodes (default 1), wait until the
@@ -319,6 +321,8 @@ done
 
 case "$cmd" in
   fetch) fetch ;;
+  cached) [[ -f "$cache/complete" ]] ;;
+  version) echo "$KAFKA_VERSION" ;;
   start) [[ -n "$dir" ]] || usage; cmd_start "$dir" "$nodes" "$partitions" "$sasl" ;;
   stop) [[ -n "$dir" ]] || usage; cmd_stop "$(realpath -m "$dir")" ;;
   bootstrap) [[ -n "$dir" ]] || usage; bootstrap_of "$dir" ;;
