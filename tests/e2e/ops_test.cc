@@ -763,14 +763,16 @@ TEST_F(OpsTest, ConsumerStopsWhenRetentionRemovedChangesItNeverApplied) {
   TargetCluster().Exec(tgt_, kDocsDdl);
   WriteConfig(kDocsTable);
   UseKafka();
-  // Segments of 64 KiB, of which retention keeps about 256 KiB: the broker
-  // deletes the oldest segments soon after they are rolled.
-  testing::SharedKafka().CreateTopic(
-      Topic("public.docs"), 1,
-      {{"segment.bytes", "65536"}, {"retention.bytes", "262144"}, {"file.delete.delay.ms", "0"}});
+  // Segments of 1 MiB (the least Kafka allows), of which retention keeps
+  // about one: the broker deletes the oldest segments within a second or
+  // so of rolling them (kafka.sh checks retention every second).
+  testing::SharedKafka().CreateTopic(Topic("public.docs"), 1,
+                                     {{"segment.bytes", "1048576"},
+                                      {"retention.bytes", "1048576"},
+                                      {"file.delete.delay.ms", "0"}});
   ASSERT_EQ(Dt({"init"}).code, 0);
   const std::string big(32 * 1024, 'x');
-  Publish(Topic("public.docs"), std::vector<std::string>(64, big), 0);  // 2 MB
+  Publish(Topic("public.docs"), std::vector<std::string>(128, big), 0);  // 4 MB
   ASSERT_TRUE(WaitUntil(
       [&] { return testing::SharedKafka().LowWatermark(Topic("public.docs"), 0) > 0; }, 60))
       << "retention removed nothing from the topic";
