@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # `make demo`: watch a change cross from one PostgreSQL database to another
-# through a Kafka-protocol broker, on this machine, with nothing but Debian's
-# packages (no Docker).
+# through Apache Kafka, on this machine, with nothing but Debian's packages
+# (no Docker).
 #
-#   scripts/demo.sh           start everything, run the tunnel in the foreground
-#                             (live status line); Ctrl-C stops everything
-#   scripts/demo.sh --once    scripted workload, verify, print a result, stop;
-#                             exit 0 when source and target are identical
+#   scripts/demo.sh                 start everything, run the tunnel in the
+#                                   foreground (live status line); Ctrl-C stops everything
+#   scripts/demo.sh --once          scripted workload, verify, print a result, stop;
+#                                   exit 0 when source and target are identical
+#   scripts/demo.sh --broker none   no broker: the tunnel hands changes over in
+#                                   memory inside one process (combines with --once)
 #
 # What it starts, all on 127.0.0.1 and all under .demo/ in the checkout:
-#   db1  PostgreSQL 15 on port 5433, database db1 (the source)
-#   db2  PostgreSQL 15 on port 5434, database db2 (the target)
-#   `datatunnel dev-broker` (in-memory, development only) on a random port
+#   db1    PostgreSQL 15 on port 5433, database db1 (the source)
+#   db2    PostgreSQL 15 on port 5434, database db2 (the target)
+#   kafka  a single-node Apache Kafka (KRaft) by scripts/kafka.sh, on a free
+#          port (the broker is fetched from Maven Central on the first run
+#          only, then cached); not with --broker none
 #   `datatunnel run` with the config it writes to .demo/datatunnel.toml
 # Every run starts from scratch: leftovers of an earlier run in .demo/ are
 # stopped and removed first.
@@ -22,12 +26,19 @@ set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
-once=0
-case "${1:-}" in
-  "") ;;
-  --once) once=1 ;;
-  -h | --help) usage; exit 0 ;;
-  *) echo "demo: unknown argument \"$1\" (use --once, or nothing)" >&2; exit 2 ;;
+once=0 broker=kafka
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --once) once=1; shift ;;
+    --broker) broker=${2:-}; shift $(($# > 1 ? 2 : 1)) ;;
+    --broker=*) broker=${1#--broker=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "demo: unknown argument \"$1\" (use --once, --broker none, or nothing)" >&2; exit 2 ;;
+  esac
+done
+case "$broker" in
+  kafka | none) ;;
+  *) echo "demo: --broker takes \"kafka\" (the default) or \"none\", not \"$broker\"" >&2; exit 2 ;;
 esac
 
 # The binary: DATATUNNEL_BIN is taken relative to where you are, the default
@@ -90,7 +101,7 @@ stale_pid() {
   echo "$pid"
 }
 
-tunnel_pid="" tunnel_started="" broker_pid="" started_pg=0 own_pidfile=0
+tunnel_pid="" tunnel_started="" started_kafka=0 kafka_start_pid="" started_pg=0 own_pidfile=0
 cleanup() {
   local rc=$? stopped=()
   trap - INT TERM HUP
@@ -98,14 +109,17 @@ cleanup() {
   # Flow order: the tunnel (it flushes what it sent), the broker, the databases.
   if alive "$tunnel_pid"; then stop_pid "$tunnel_pid" 30; fi
   [[ -n "$tunnel_started" ]] && stopped+=("the tunnel")
-  if alive "$broker_pid"; then stop_pid "$broker_pid" 10; fi
-  [[ -n "$broker_pid" ]] && stopped+=("the broker")
+  if ((started_kafka)); then
+    if alive "$kafka_start_pid"; then kill -TERM "$kafka_start_pid" 2>/dev/null; wait "$kafka_start_pid"; fi
+    scripts/kafka.sh stop --dir "$demo/kafka"
+    stopped+=("Kafka")
+  fi
   if ((started_pg)); then
     scripts/pg.sh stop "$demo/db1"
     scripts/pg.sh stop "$demo/db2"
     stopped+=("both PostgreSQL servers")
   fi
-  if ((own_pidfile)); then rm -f "$demo/tunnel.pid" "$demo/broker.pid" "$demo/demo.pid"; fi
+  if ((own_pidfile)); then rm -f "$demo/tunnel.pid" "$demo/demo.pid"; fi
   case ${#stopped[@]} in
     1) echo "demo: stopped ${stopped[0]}" >&2 ;;
     2) echo "demo: stopped ${stopped[0]} and ${stopped[1]}" >&2 ;;
@@ -144,11 +158,13 @@ echo $$ >"$demo/demo.pid"
 own_pidfile=1
 
 if pid=$(stale_pid "$demo/tunnel.pid"); then stop_pid "$pid" 30; fi
+# (broker.pid: the development broker earlier versions of this script ran.)
 if pid=$(stale_pid "$demo/broker.pid"); then stop_pid "$pid" 10; fi
+[[ -d "$demo/kafka" ]] && scripts/kafka.sh stop --dir "$demo/kafka"
 for d in db1 db2; do
   [[ -f "$demo/$d/data/postmaster.pid" ]] && scripts/pg.sh stop "$demo/$d"
 done
-rm -rf "$demo/db1" "$demo/db2" "$demo"/*.log "$demo/bootstrap" "$config"
+rm -rf "$demo/db1" "$demo/db2" "$demo/kafka" "$demo"/*.log "$demo/kafka.out" "$demo/bootstrap" "$demo/broker.pid" "$config"
 
 # PostgreSQL refuses to run as root, so pg.sh runs it as `postgres`, which must
 # be able to reach .demo/ (a checkout under /root is private to root).
@@ -193,7 +209,8 @@ psql1 -c "INSERT INTO employees(first_name, last_name, dob, city)
 
 write_config() {
   cat >"$config" <<EOF
-# Written by scripts/demo.sh for this run (the broker's port changes every time).
+# Written by scripts/demo.sh for this run (the broker's port changes every time;
+# "none": no broker, changes are handed over in memory).
 # Every key is described in docs/configuration.md.
 [source]
 dsn = "postgresql://postgres@127.0.0.1:$port1/db1"
@@ -210,23 +227,30 @@ key = ["emp_id"]
 EOF
 }
 
-say "Starting the development Kafka broker (in memory, for development only)"
-write_config none  # the broker reads the tables (to create their topics)
-# setsid: a Ctrl-C in this terminal reaches only this script, which then stops
-# everything in order.
-setsid "$bin" -c "$config" dev-broker --bootstrap-file "$demo/bootstrap" \
-  </dev/null >"$demo/broker.log" 2>&1 &
-broker_pid=$!
-echo "$broker_pid" >"$demo/broker.pid"
-for ((i = 0; i < 200; i++)); do
-  [[ -s "$demo/bootstrap" ]] && break
-  alive "$broker_pid" || die "the dev broker exited: $(tail -3 "$demo/broker.log")"
-  sleep 0.1
-done
-[[ -s "$demo/bootstrap" ]] || die "the dev broker did not start within 20s; see $demo/broker.log"
-brokers=$(head -1 "$demo/bootstrap")
-write_config "$brokers"
-echo "broker at $brokers; config written to .demo/datatunnel.toml"
+if [[ $broker == kafka ]]; then
+  if ! scripts/kafka.sh cached; then
+    say "Fetching Apache Kafka $(scripts/kafka.sh version) from Maven Central (first run only; about 45 MB, kept for later runs)"
+    scripts/kafka.sh fetch
+  fi
+  say "Starting Apache Kafka $(scripts/kafka.sh version): one node in KRaft mode on 127.0.0.1 (data in .demo/kafka/; 20-60 s)"
+  started_kafka=1
+  # --owner: should this script die without its cleanup (kill -9), the broker
+  # stops too. Its nodes run in their own session: a Ctrl-C in this terminal
+  # reaches only this script, which then stops everything in order. Started
+  # in the background and waited for, so that a signal is handled at once,
+  # not once Kafka is up.
+  scripts/kafka.sh start --dir "$demo/kafka" --partitions 4 --owner $$ >"$demo/kafka.out" &
+  kafka_start_pid=$!
+  wait "$kafka_start_pid" || die "Kafka did not start; see $demo/kafka/node1/server.log"
+  kafka_start_pid=""
+  brokers=$(<"$demo/kafka.out")
+  write_config "$brokers"
+  echo "Kafka at $brokers; config written to .demo/datatunnel.toml"
+else
+  brokers=none
+  write_config none
+  echo "no broker (--broker none): changes are handed over in memory; config written to .demo/datatunnel.toml"
+fi
 
 say "datatunnel init (change table and triggers on db1, state and unique key index on db2)"
 dt init
@@ -274,7 +298,7 @@ and see it on db2:
 More:
   $rel_bin -c .demo/datatunnel.toml status     # captured / published / applied / lag
   $rel_bin -c .demo/datatunnel.toml verify     # compare db1 and db2 row by row
-  kcat -q -b $brokers -C -t datatunnel.public.employees -o -2 -e -f '%k %s\n'   # the Kafka messages
+$([[ $broker == kafka ]] && echo "  kcat -q -b $brokers -C -t datatunnel.public.employees -o -2 -e -f '%k %s\n'   # the Kafka messages")
 
 $(say "Running the tunnel: the first $rows rows arrive as a snapshot, then every change streams. Ctrl-C stops everything.")
 EOF

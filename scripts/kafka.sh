@@ -3,6 +3,8 @@
 # the demo and the benchmark.
 #
 #   scripts/kafka.sh fetch                        download the broker once (Maven Central)
+#   scripts/kafka.sh cached                       exit 0 when it is already downloaded
+#   scripts/kafka.sh version                      print the Kafka version it runs
 #   scripts/kafka.sh start --dir DIR [--nodes N] [--partitions P] [--sasl-ssl]
 #                          [--set KEY=VALUE]... [--owner PID]
 #                                                 start N nodes (default 1), wait until the
@@ -24,10 +26,12 @@
 # broker setting to every node's server.properties; --owner stops the cluster
 # once process PID is gone (a test binary that crashed leaves nothing behind).
 #
-# --sasl-ssl adds a SASL_SSL listener (SCRAM-SHA-512) on a second port per node,
-# with a CA and certificates made with openssl in DIR/tls; the script then
-# prints "BOOTSTRAP SASL_BOOTSTRAP CA_FILE" on its stdout line, and the user is
-# "datatunnel" with password "datatunnel-secret".
+# --sasl-ssl adds a SASL_SSL listener on a second port per node, with a CA and
+# certificates made with openssl in DIR/tls; the script then prints
+# "BOOTSTRAP SASL_BOOTSTRAP CA_FILE" on its stdout line. The user is
+# "datatunnel" with password "datatunnel-secret", for SASL mechanisms
+# SCRAM-SHA-512 and PLAIN (librdkafka before 2.6.1 cannot do SCRAM with
+# Kafka 4 brokers: librdkafka issue #4895).
 #
 # The broker's jars are cached in $DATATUNNEL_CACHE/kafka-$KAFKA_VERSION
 # (default ~/.cache/datatunnel); after the first fetch nothing is downloaded.
@@ -226,8 +230,9 @@ EOF
     for kv in "${settings[@]}"; do echo "$kv" >>"$nd/server.properties"; done
     if [[ $sasl == 1 ]]; then
       cat >>"$nd/server.properties" <<EOF
-sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_datatunnel="datatunnel-secret";
 ssl.keystore.type=PEM
 ssl.keystore.location=$dir/tls/broker.keystore.pem
 ssl.truststore.type=PEM
@@ -318,6 +323,8 @@ done
 
 case "$cmd" in
   fetch) fetch ;;
+  cached) [[ -f "$cache/complete" ]] ;;
+  version) echo "$KAFKA_VERSION" ;;
   start) [[ -n "$dir" ]] || usage; cmd_start "$dir" "$nodes" "$partitions" "$sasl" ;;
   stop) [[ -n "$dir" ]] || usage; cmd_stop "$(realpath -m "$dir")" ;;
   bootstrap) [[ -n "$dir" ]] || usage; bootstrap_of "$dir" ;;

@@ -85,6 +85,93 @@ Props Merge(Props defaults, const std::map<std::string, std::string>& a,
   return defaults;
 }
 
+// The value `props` ends up giving `key` (the last one wins), or "".
+std::string Lookup(const Props& props, std::string_view key) {
+  std::string value;
+  for (const auto& [k, v] : props) {
+    if (k == key) value = v;
+  }
+  return value;
+}
+
+// librdkafka's text for a failure, without what only adds noise to our one
+// line: its timing suffix ("(after 3ms in state AUTH_REQ)") and its generic
+// hint about CA certificates (ours names the setting).
+std::string CleanReason(std::string reason) {
+  for (const char* noise : {": broker certificate could not be verified", " (after "}) {
+    const size_t at = reason.find(noise);
+    if (at != std::string::npos) reason.erase(at);
+  }
+  return reason;
+}
+
+}  // namespace
+
+// Remembers the first failure to authenticate or to set up TLS that
+// librdkafka reports through the error callback, as a kBadConfig Status
+// written for the operator.
+// Thread-safety: OnError runs on whichever thread serves the callbacks;
+// failure() may be called from any thread.
+class SecurityWatch {
+ public:
+  SecurityWatch(std::string brokers, std::string mechanism)
+      : brokers_(std::move(brokers)), mechanism_(std::move(mechanism)) {}
+
+  // Records `err` if it is a security failure; returns whether it was.
+  bool OnError(int err, const char* reason) {
+    std::string msg;
+    switch (static_cast<rd_kafka_resp_err_t>(err)) {
+      case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+      case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+        msg = fmt::format(
+            "the Kafka brokers at {} refused the SASL login ({}); check "
+            "sasl.username, sasl.password and sasl.mechanisms in [kafka.properties] (the "
+            "brokers must know this user for that mechanism)",
+            brokers_, CleanReason(reason));
+        if (mechanism_.rfind("SCRAM", 0) == 0 && rd_kafka_version() < 0x020601ff) {
+          msg += fmt::format(
+              ". Note: librdkafka {} (before 2.6.1) cannot authenticate with SCRAM to Kafka 4.0 "
+              "and later brokers, even with the right password (librdkafka issue #4895): "
+              "use librdkafka 2.6.1 or later, or \"sasl.mechanisms\" = \"PLAIN\" over SASL_SSL",
+              rd_kafka_version_str());
+        }
+        break;
+      case RD_KAFKA_RESP_ERR__SSL:
+        msg = fmt::format(
+            "the TLS connection to the Kafka brokers at {} failed ({}); check ssl.ca.location "
+            "in [kafka.properties]: it must name the PEM file of the CA that signed the "
+            "brokers' certificates (and ssl.certificate.location and ssl.key.location when the "
+            "brokers require client certificates)",
+            brokers_, CleanReason(reason));
+        break;
+      default:
+        return false;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_.ok()) failure_ = Status::BadConfig(std::move(msg));
+    return true;
+  }
+
+  Status failure() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return failure_;
+  }
+
+ private:
+  const std::string brokers_;
+  const std::string mechanism_;  // sasl.mechanisms
+  mutable std::mutex mu_;
+  Status failure_;
+};
+
+namespace {
+
+std::unique_ptr<SecurityWatch> NewSecurityWatch(const Props& props) {
+  std::string mechanism = Lookup(props, "sasl.mechanisms");
+  if (mechanism.empty()) mechanism = Lookup(props, "sasl.mechanism");
+  return std::make_unique<SecurityWatch>(Lookup(props, "bootstrap.servers"), mechanism);
+}
+
 std::vector<TopicPartition> FromList(const rd_kafka_topic_partition_list_t* list) {
   std::vector<TopicPartition> out;
   if (!list) return out;
@@ -144,23 +231,44 @@ std::string KafkaErrorText(int err) {
 
 Status CheckReachable(const KafkaConfig& config, int timeout_ms) {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  // log_level 0: librdkafka's own lines would repeat what the Status says.
   Props props =
       Merge({{"bootstrap.servers", config.brokers}, {"log_level", "0"}}, config.properties, {});
   if (Status st = ApplyProps(conf, props); !st.ok()) {
     rd_kafka_conf_destroy(conf);
     return st;
   }
+  std::unique_ptr<SecurityWatch> security = NewSecurityWatch(props);
+  rd_kafka_conf_set_opaque(conf, security.get());
+  rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t*, int err, const char* reason, void* opaque) {
+    static_cast<SecurityWatch*>(opaque)->OnError(err, reason);
+  });
   char err[512];
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
   if (!rk) return Status::BadConfig(fmt::format("kafka: {}; fix [kafka.properties]", err));
-  const rd_kafka_metadata_t* md = nullptr;
-  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, nullptr, &md, timeout_ms);
-  if (md) rd_kafka_metadata_destroy(md);
+  // Ask in short slices, serving the error callback in between: a refused
+  // password or an untrusted certificate is then reported at once rather
+  // than after the whole timeout (librdkafka keeps retrying those).
+  const int64_t deadline = MonotonicMicros() + int64_t{timeout_ms} * 1000;
+  rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  Status failure;
+  while (true) {
+    const int64_t left_ms = (deadline - MonotonicMicros()) / 1000;
+    const rd_kafka_metadata_t* md = nullptr;
+    e = rd_kafka_metadata(rk, 0, nullptr, &md,
+                          static_cast<int>(std::clamp<int64_t>(left_ms, 1, 200)));
+    if (md) rd_kafka_metadata_destroy(md);
+    rd_kafka_poll(rk, 0);
+    failure = security->failure();
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR || !failure.ok() || MonotonicMicros() >= deadline) break;
+  }
   rd_kafka_destroy(rk);
+  if (!failure.ok()) return failure;
   if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
   return Status::Retryable(fmt::format(
       "cannot reach the Kafka brokers at {} ({}); check kafka.brokers (or --brokers), that the "
-      "brokers run, and the security settings in [kafka.properties]",
+      "brokers run, and the security settings in [kafka.properties] (security.protocol must "
+      "match the brokers' listener)",
       config.brokers, rd_kafka_err2str(e)));
 }
 
@@ -194,10 +302,13 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
   }
   std::unique_ptr<Producer> p(new Producer());
   p->on_delivery_ = std::move(on_delivery);
+  p->security_ = NewSecurityWatch(props);
   rd_kafka_conf_set_opaque(conf, p.get());
   rd_kafka_conf_set_log_cb(conf, LogCb);
   rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int err, const char* reason, void* opaque) {
-    ErrorCb(rk, err, reason, opaque);
+    if (!static_cast<Producer*>(opaque)->security_->OnError(err, reason)) {
+      ErrorCb(rk, err, reason, opaque);
+    }
   });
   rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
     auto* self = static_cast<Producer*>(opaque);
@@ -218,6 +329,8 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
   }
   return p;
 }
+
+Producer::Producer() = default;
 
 Producer::~Producer() {
   if (rk_) rd_kafka_destroy(rk_);
@@ -304,6 +417,7 @@ Result<int> Producer::PartitionCount(const std::string& topic, int timeout_ms) {
 }
 
 Status Producer::FatalError() const {
+  if (Status security = security_->failure(); !security.ok()) return security;
   char buf[512];
   rd_kafka_resp_err_t err = rd_kafka_fatal_error(rk_, buf, sizeof buf);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
@@ -355,6 +469,8 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
     for (auto& p : parts) p.offset = kOffsetStored;
     self->listener_->OnAssigned(&parts);
     for (size_t i = 0; i < parts.size(); ++i) list->elems[i].offset = parts[i].offset;
+    self->assigned_ = true;
+    for (const auto& p : parts) self->unpositioned_.emplace(p.topic, p.partition);
     if (cooperative) {
       rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, list);
       if (e) rd_kafka_error_destroy(e);
@@ -362,11 +478,15 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
       rd_kafka_assign(rk, list);
     }
   } else {
-    self->listener_->OnRevoked(FromList(list));
+    const std::vector<TopicPartition> parts = FromList(list);
+    self->listener_->OnRevoked(parts);
     if (cooperative) {
+      for (const auto& p : parts) self->unpositioned_.erase({p.topic, p.partition});
       rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, list);
       if (e) rd_kafka_error_destroy(e);
     } else {
+      self->assigned_ = false;  // until the assignment that follows
+      self->unpositioned_.clear();
       rd_kafka_assign(rk, nullptr);
     }
   }
@@ -374,7 +494,8 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
 
 Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
                                                    const std::vector<std::string>& topics,
-                                                   Listener* listener) {
+                                                   Listener* listener,
+                                                   const std::function<bool()>& cancelled) {
   Props props = Merge(
       {
           {"bootstrap.servers", config.brokers},
@@ -391,6 +512,7 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
           {"session.timeout.ms", "10000"},
           {"heartbeat.interval.ms", "1000"},
           {"allow.auto.create.topics", "true"},
+          {"enable.partition.eof", "true"},
           {"socket.keepalive.enable", "true"},
           {"reconnect.backoff.max.ms", "2000"},
       },
@@ -413,10 +535,13 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   std::unique_ptr<Consumer> c(new Consumer());
   c->listener_ = listener;
   c->wake_fetchers_ = !backoff_setting;
+  c->security_ = NewSecurityWatch(props);
   rd_kafka_conf_set_opaque(conf, c.get());
   rd_kafka_conf_set_log_cb(conf, LogCb);
   rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t* rk, int err, const char* reason, void* opaque) {
-    ErrorCb(rk, err, reason, opaque);
+    if (!static_cast<Consumer*>(opaque)->security_->OnError(err, reason)) {
+      ErrorCb(rk, err, reason, opaque);
+    }
   });
   rd_kafka_conf_set_rebalance_cb(
       conf, [](rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts,
@@ -425,6 +550,7 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   c->rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
   if (!c->rk_) return Status::BadConfig(fmt::format("cannot create the Kafka consumer: {}", err));
   rd_kafka_poll_set_consumer(c->rk_);
+  DT_RETURN_IF_ERROR(c->AwaitTopics(topics, cancelled));
   auto* list = rd_kafka_topic_partition_list_new(static_cast<int>(topics.size()));
   for (const auto& t : topics)
     rd_kafka_topic_partition_list_add(list, t.c_str(), RD_KAFKA_PARTITION_UA);
@@ -436,6 +562,64 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   }
   return c;
 }
+
+Status Consumer::AwaitTopics(const std::vector<std::string>& topics,
+                             const std::function<bool()>& cancelled) {
+  std::vector<std::string> missing = topics;
+  const int64_t start = MonotonicMicros();
+  int64_t next_log = start + 5'000'000;
+  while (true) {
+    std::vector<std::string> still;
+    rd_kafka_resp_err_t last = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (const auto& topic : missing) {
+      // A request naming the topic: the brokers create it when they
+      // auto-create topics (allow.auto.create.topics, set above).
+      rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+      const rd_kafka_metadata_t* md = nullptr;
+      rd_kafka_resp_err_t e = rd_kafka_metadata(rk_, 0, rkt, &md, 1000);
+      bool exists = false;
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR && md && md->topic_cnt == 1) {
+        const rd_kafka_metadata_topic_t& t = md->topics[0];
+        e = t.err;
+        exists = t.err == RD_KAFKA_RESP_ERR_NO_ERROR && t.partition_cnt > 0;
+      }
+      if (md) rd_kafka_metadata_destroy(md);
+      rd_kafka_topic_destroy(rkt);
+      if (!exists) {
+        still.push_back(topic);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) last = e;
+      }
+    }
+    // Serves the error callback (security failures). Nothing is subscribed
+    // yet, so nothing else comes back.
+    if (rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, 0)) rd_kafka_message_destroy(m);
+    if (Status security = security_->failure(); !security.ok()) return security;
+    if (still.empty()) return Status::OK();
+    if (!IsRetryableKafkaError(last)) {
+      return Status::Fatal(fmt::format(
+          "the consumer cannot read topic {}: {}; grant the consumer's user the right to "
+          "describe and read it (and to read its consumer group)",
+          still.front(), rd_kafka_err2str(last)));
+    }
+    if (MonotonicMicros() >= next_log) {
+      std::string names;
+      for (const auto& t : still) names += (names.empty() ? "" : ", ") + t;
+      spdlog::warn(
+          "consumer: waiting for topic(s) {} to exist on the brokers ({}); the producer creates "
+          "them when the brokers auto-create topics (auto.create.topics.enable), otherwise "
+          "create them",
+          names, last == RD_KAFKA_RESP_ERR_NO_ERROR ? "no answer" : rd_kafka_err2str(last));
+      next_log = MonotonicMicros() + 30'000'000;
+    }
+    missing = std::move(still);
+    for (int i = 0; i < 5; ++i) {
+      if (cancelled()) return Status::Cancelled();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+Consumer::Consumer() = default;
 
 Consumer::~Consumer() {
   if (rk_) {
@@ -455,6 +639,14 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
     const int wait = static_cast<int>(std::max<int64_t>(0, (deadline - MonotonicMicros()) / 1000));
     rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, wait);
     if (!m) break;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      // The end of a partition: its fetch answered, so it is positioned.
+      if (!unpositioned_.empty() && m->rkt) {
+        unpositioned_.erase({rd_kafka_topic_name(m->rkt), m->partition});
+      }
+      rd_kafka_message_destroy(m);
+      continue;
+    }
     if (m->err) {
       const rd_kafka_resp_err_t err = m->err;
       const std::string where =
@@ -463,7 +655,6 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
       const std::string text = rd_kafka_message_errstr(m);
       const int64_t offset = m->offset;
       rd_kafka_message_destroy(m);
-      if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF) continue;
       if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
           err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
         return Status::Fatal(fmt::format(
@@ -480,6 +671,7 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
                    fmt::format("kafka consumer, {}: {} (retrying)", where, text));
       continue;
     }
+    if (!unpositioned_.empty()) unpositioned_.erase({rd_kafka_topic_name(m->rkt), m->partition});
     bytes += m->len + m->key_len;
     out->emplace_back(m);
     if (!got_first) {
@@ -487,6 +679,9 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
       deadline = MonotonicMicros() + int64_t{linger_ms} * 1000;
     }
   }
+  // Served from rd_kafka_consumer_poll: the error callback saw a refused
+  // password or an untrusted certificate.
+  if (Status security = security_->failure(); !security.ok()) return security;
   // Cut short by max or max_bytes: the fetcher is ahead and may have parked
   // its partitions at the queue limits (see Create).
   if (wake_fetchers_ && (out->size() - start >= max || bytes >= max_bytes)) WakeFetchers();

@@ -14,7 +14,14 @@
 // target database), auto.offset.reset=error (a position the broker no longer
 // has is reported, never silently skipped), fetch.wait.max.ms=10 (latency),
 // fetch.queue.backoff.ms=10 where librdkafka has it (2.2 and later; before,
-// Poll() wakes the fetchers itself when it finds the queue full).
+// Poll() wakes the fetchers itself when it finds the queue full),
+// enable.partition.eof=true (how Ready() learns a partition is positioned).
+//
+// Security: a failure to authenticate (SASL) or to set up TLS with the
+// brokers cannot heal by waiting. CheckReachable reports it at start-up, and
+// a Producer or Consumer that meets one later reports it too (FatalError(),
+// Poll()), as kBadConfig with a message naming the settings to fix, instead
+// of retrying forever.
 //
 // Thread-safety: a Producer may be called from several threads except Poll
 // (delivery callbacks run on the thread calling Poll/Flush). A Consumer is
@@ -24,6 +31,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -38,6 +47,8 @@ struct rd_kafka_message_s;
 
 namespace datatunnel::broker {
 
+class SecurityWatch;  // kafka.cc: remembers an authentication or TLS failure
+
 inline constexpr int32_t kAnyPartition = -1;
 
 // Decides whether a librdkafka error can heal by waiting (pinned by a test).
@@ -49,7 +60,10 @@ using Header = std::pair<std::string, std::string>;
 
 // Asks the bootstrap servers for cluster metadata, waiting up to timeout_ms.
 // Used at start-up so a wrong or unreachable kafka.brokers fails at once
-// with one clear line; later outages are waited out instead.
+// with one clear line; later outages are waited out instead. Returns OK,
+// kBadConfig when the brokers refuse the credentials or the TLS handshake
+// fails (as soon as that happens, with what to fix in [kafka.properties]),
+// or kRetryable when no broker answered in time.
 Status CheckReachable(const KafkaConfig& config, int timeout_ms);
 
 class Producer {
@@ -78,11 +92,13 @@ class Producer {
   // Number of partitions of `topic` (from metadata; waits for auto-creation).
   Result<int> PartitionCount(const std::string& topic, int timeout_ms);
   // A fatal client error (the idempotent producer could not keep its
-  // guarantees): the producer must be recreated. OK otherwise.
+  // guarantees: kFatal, the producer must be recreated) or a security
+  // failure (kBadConfig). OK otherwise.
   Status FatalError() const;
 
  private:
-  Producer() = default;
+  Producer();
+  std::unique_ptr<SecurityWatch> security_;
   rd_kafka_s* rk_ = nullptr;
   DeliveryFn on_delivery_;
 };
@@ -115,17 +131,34 @@ class Consumer {
     virtual void OnRevoked(const std::vector<TopicPartition>& partitions) = 0;
   };
 
-  static Result<std::unique_ptr<Consumer>> Create(const KafkaConfig& config,
-                                                  const std::vector<std::string>& topics,
-                                                  Listener* listener);
+  // Creates the consumer and subscribes it to `topics` once the brokers know
+  // every one of them (with its partitions): it asks for each
+  // (which creates it where the brokers auto-create topics) and waits until
+  // it exists, logging while it waits. Subscribing earlier costs seconds: a
+  // group join that finds a topic missing assigns none of its partitions,
+  // and librdkafka joins again at most once a second, after new metadata.
+  // Returns kCancelled once `cancelled` returns true while waiting, kFatal
+  // when the consumer may not read a topic, kBadConfig for bad properties or
+  // a security failure.
+  static Result<std::unique_ptr<Consumer>> Create(
+      const KafkaConfig& config, const std::vector<std::string>& topics, Listener* listener,
+      const std::function<bool()>& cancelled = [] { return false; });
   ~Consumer();
 
   // Appends up to `max` messages or about `max_bytes` of them: waits up to
   // timeout_ms for the first, then up to linger_ms for more. Broker-side problems that heal
   // (transport, all brokers down) are logged and not returned; errors that lose data or cannot heal
-  // (offset out of range, authorization) are returned as kFatal.
+  // (offset out of range, authorization) are returned as kFatal, a security
+  // failure as kBadConfig.
   Status Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out,
               size_t max_bytes = 16 << 20);
+  // True once the group gave this consumer its partitions (possibly none)
+  // and each of them answered a first fetch (a message, or the end of the
+  // partition): a message produced from now on reaches Poll() within a
+  // fetch, with no group join, metadata refresh or offset lookup first.
+  // False again from a rebalance until the new partitions answered. Updated
+  // by Poll().
+  bool Ready() const { return assigned_ && unpositioned_.empty(); }
   void Pause(const std::vector<TopicPartition>& parts);
   void Resume(const std::vector<TopicPartition>& parts);
   // Restarts fetching of a partition at `offset` (after an apply was rolled back).
@@ -137,14 +170,22 @@ class Consumer {
   std::vector<TopicPartition> Assignment() const;
 
  private:
-  Consumer() = default;
+  Consumer();
   static void RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaque);
+  // Waits until the brokers know every topic (see Create).
+  Status AwaitTopics(const std::vector<std::string>& topics,
+                     const std::function<bool()>& cancelled);
   // Makes the broker threads decide again which partitions to fetch.
   void WakeFetchers();
+  std::unique_ptr<SecurityWatch> security_;
   rd_kafka_s* rk_ = nullptr;
   Listener* listener_ = nullptr;
   bool closed_ = false;
   bool wake_fetchers_ = false;  // librdkafka before 2.2 (no fetch.queue.backoff.ms)
+  // Readiness (see Ready()): an assignment since the last revocation, and
+  // the assigned partitions that have not answered a fetch yet.
+  bool assigned_ = false;
+  std::set<std::pair<std::string, int32_t>> unpositioned_;
 };
 
 }  // namespace datatunnel::broker

@@ -241,11 +241,21 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   if (!config->metrics.listen.empty()) {
     const double max_lag = config->pipeline.ready_max_lag_seconds;
     auto server = metrics::HttpServer::Start(
-        config->metrics.listen, &metrics, [&metrics, plan, max_lag]() -> metrics::Readiness {
+        config->metrics.listen, &metrics,
+        [&metrics, plan, max_lag, memory]() -> metrics::Readiness {
           if (plan.source && !metrics.source_connected)
             return {false, "not connected to the source"};
           if (plan.target && !metrics.target_connected)
             return {false, "not connected to the target"};
+          // Ready means a change written now is carried at once: the
+          // producer knows its topics and the consumer has its partitions.
+          if (plan.source && !metrics.producer_ready)
+            return {false,
+                    "the producer is starting (its first messages are not acknowledged yet)"};
+          if (plan.target && !memory && !metrics.consumer_ready)
+            return {false,
+                    "the consumer is waiting for its partitions (joining its group, or "
+                    "waiting for the topics to exist)"};
           const int64_t now = NowMicros();
           for (size_t i = 0; i < metrics.size(); ++i) {
             const auto& t = metrics.table(i);

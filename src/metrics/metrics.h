@@ -75,6 +75,12 @@ class Metrics {
   std::atomic<int> target_connected{0};
   std::atomic<int> broker_ok{1};
   std::atomic<int> leader{0};  // this process publishes (holds the producer lock)
+  // Readiness (/readyz), set by the workers. The producer: it stands by, or
+  // it publishes and the brokers acknowledged its first messages (so it knows
+  // its topics' partitions and leaders and holds a producer id). The
+  // consumer: the group gave it its partitions and each answered a fetch.
+  std::atomic<int> producer_ready{0};
+  std::atomic<int> consumer_ready{0};
 
   // Prometheus text exposition format (version 0.0.4).
   std::string RenderPrometheus() const;

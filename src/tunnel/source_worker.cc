@@ -90,6 +90,10 @@ struct SourceWorker::Session {
   std::string schema_signature;
   bool notified = true;
   bool last_had_changes = true;
+  // While the schema markers are not all delivered (the producer is not
+  // ready yet): the token after them.
+  bool ready_pending = false;
+  uint64_t ready_token = 0;
 };
 
 SourceWorker::SourceWorker(SourceOptions options, metrics::Metrics* metrics, const StopSource* stop)
@@ -112,6 +116,7 @@ Status SourceWorker::Run() {
     Status st = RunSession(first);
     metrics_->source_connected = 0;
     metrics_->leader = 0;
+    metrics_->producer_ready = 0;
     session_.reset();
     if (st.ok() || st.IsCancelled()) return Status::OK();
     if (!st.IsRetryable() || (first && options_.fail_fast_connect && !started_)) return st;
@@ -149,9 +154,11 @@ Status SourceWorker::RunSession(bool first) {
       spdlog::info("producer: another producer is publishing from the {}; standing by",
                    s.conn->description());
       announced = true;
+      metrics_->producer_ready = 1;  // a standby is ready: it takes over when needed
     }
     if (stop_->SleepFor(1000)) return Status::Cancelled();
   }
+  metrics_->producer_ready = 0;  // until the schema markers below are delivered
   metrics_->leader = 1;
   if (announced) spdlog::info("producer: took over publishing");
   // Only the lock holder's view of progress is current: read it now.
@@ -217,6 +224,11 @@ Status SourceWorker::RunSession(bool first) {
     for (int p = 0; p < n; ++p)
       DT_RETURN_IF_ERROR(SendChange(s, schema, n == 1 ? -1 : p, Kind::kPart));
   }
+  // Ready once the markers are delivered (ServeDeliveries): by then the
+  // producer knows every topic's partitions and leaders and holds its
+  // producer id, so the first change waits for none of that.
+  s.ready_token = tracker_.next_token();
+  s.ready_pending = true;
   spdlog::info("producer: publishing {} table(s) from the {}, resuming at tick {}", s.specs.size(),
                s.conn->description(), first_batch);
 
@@ -641,6 +653,11 @@ Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record)
     s.max_cid_delivered[a.table] = std::max(s.max_cid_delivered[a.table], a.max_change_id);
     metrics_->table(a.table).published += a.delivered;
     metrics_->table(a.table).snapshot_rows += a.snapshot_rows;
+  }
+  // Everything registered before ready_token is delivered.
+  if (s.ready_pending && tracker_.next_token() - tracker_.in_flight() >= s.ready_token) {
+    s.ready_pending = false;
+    metrics_->producer_ready = 1;
   }
   const int64_t now = MonotonicMicros();
   if (now - s.last_lag_sample_us >= 200'000) {

@@ -431,6 +431,7 @@ void KafkaTargetWorker::KeepAlive(broker::Consumer* consumer) {
   // can still arrive from a partition assigned just now: keep it for later.
   Status st = consumer->Poll(1000, 0, 0, &carry_);
   if (!st.ok()) spdlog::warn("consumer: {}", st.message());
+  metrics_->consumer_ready = consumer->Ready() ? 1 : 0;
   consumer->Pause(consumer->Assignment());
 }
 
@@ -438,7 +439,12 @@ Status KafkaTargetWorker::Run() {
   DT_RETURN_IF_ERROR(core_.Connect());
   std::vector<std::string> topics;
   for (const auto& t : options_.tables) topics.push_back(t.topic);
-  DT_ASSIGN_OR_RETURN(auto consumer, broker::Consumer::Create(options_.kafka, topics, this));
+  // Create waits until the brokers know every topic, so the first group
+  // join assigns all their partitions.
+  auto created = broker::Consumer::Create(options_.kafka, topics, this,
+                                          [this] { return stop_->stop_requested(); });
+  if (created.status().IsCancelled()) return Status::OK();
+  DT_ASSIGN_OR_RETURN(auto consumer, std::move(created));
   apply::EnvelopeDecoder decoder(&core_.targets());
   spdlog::info("consumer: applying {} topic(s) to the target as group \"{}\"", topics.size(),
                options_.kafka.group_id);
@@ -454,6 +460,7 @@ Status KafkaTargetWorker::Run() {
     } else {
       st = consumer->Poll(static_cast<size_t>(options_.pipeline.batch_max_changes), 100,
                           options_.pipeline.batch_max_wait_ms, &msgs);
+      metrics_->consumer_ready = consumer->Ready() ? 1 : 0;
     }
     if (!st.ok()) {
       result = st;
@@ -565,6 +572,7 @@ Status KafkaTargetWorker::Run() {
     for (const auto& [k, off] : last) commits.push_back({std::string(k.first), k.second, off + 1});
     consumer->CommitAsync(commits);
   }
+  metrics_->consumer_ready = 0;
   Status closed = consumer->Close();
   if (!closed.ok()) spdlog::debug("consumer: {}", closed.message());
   return result;

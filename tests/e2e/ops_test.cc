@@ -12,13 +12,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/pg_cluster.h"
@@ -377,6 +380,97 @@ TEST_F(OpsTest, LagAndReadinessAfterASnapshot) {
   ASSERT_TRUE(lock->Exec("COMMIT").ok());
   ExpectInSync();
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// ---- Ready means ready (issue 16, item 5) ------------------------------------
+
+// A change written once every process of the tunnel answers /readyz with 200
+// reaches the target at once: the producer then knows its topics, and the
+// consumer has its partitions. (Readiness used to answer while the consumer
+// was still joining its group, which waited for topic metadata a join at a
+// time, at most one a second: the first change took 1.6 to 4 s.)
+//
+// The bound is a correctness bound the issue asks a test to pin, not a
+// performance goal: 100 ms for the median of 5 fresh starts (new topics and
+// group each time, as on a first deployment) holds on a loaded 2-core
+// machine (about 10 to 40 ms each) and fails by far with the old behaviour.
+class FirstChangeTest : public OpsTest {
+ protected:
+  // Starts the tunnel (`produce` and `consume`, or `run`) on topics and a
+  // group of its own, waits for every process to be ready, inserts one row
+  // and returns how many milliseconds the target took to have it.
+  double FirstChangeMillis(bool split, int attempt) {
+    topic_prefix_ = testing::TestTopicPrefix();
+    WriteConfig(testing::kEmployeesTable, MetricsConfig());
+    std::vector<std::shared_ptr<Subprocess>> procs;
+    std::vector<int> ports = {port_};
+    if (split) {
+      ports.push_back(FreePort());
+      procs.push_back(Start({"produce"}));
+      procs.push_back(
+          Start({"--set", fmt::format("metrics.listen=127.0.0.1:{}", ports[1]), "consume"}));
+    } else {
+      procs.push_back(Start({"run"}));
+    }
+    for (int port : ports) {
+      EXPECT_TRUE(WaitUntil([&] { return HttpGet(port, "/readyz").status == 200; }, 60))
+          << "port " << port << ": " << HttpGet(port, "/readyz").body << RunningLogs();
+    }
+    const std::string name = fmt::format("first{}", attempt);
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_TRUE(
+        source_->Exec(fmt::format("INSERT INTO employees(first_name) VALUES ('{}')", name)).ok());
+    double ms = -1;
+    const auto deadline = start + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto r = target_->Query(
+          fmt::format("SELECT count(*) FROM employees WHERE first_name = '{}'", name));
+      if (!r.ok()) {
+        ADD_FAILURE() << r.status().message();
+        break;
+      }
+      if (r->GetInt64(0, 0) == 1) {
+        ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                 .count();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    for (auto& p : procs) EXPECT_EQ(p->Stop(), 0) << p->Stderr();
+    return ms;
+  }
+
+  void ExpectFirstChangeFast(bool split) {
+    SourceCluster().Exec(src_, kEmployeesPkDdl);
+    TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+    WriteConfig(testing::kEmployeesTable, MetricsConfig());
+    UseKafka();
+    ASSERT_EQ(Dt({"init"}).code, 0);
+    source_ = SourceCluster().Connect(src_);
+    target_ = TargetCluster().Connect(tgt_);
+    std::vector<double> ms;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      ms.push_back(FirstChangeMillis(split, attempt));
+      ASSERT_GE(ms.back(), 0) << "the change did not arrive within 10 s";
+    }
+    std::vector<double> sorted = ms;
+    std::sort(sorted.begin(), sorted.end());
+    std::string all;
+    for (double m : ms) all += fmt::format(" {:.0f}", m);
+    EXPECT_LT(sorted[2], 100 * testing::TimeoutMultiplier())
+        << "median of 5 first changes after /readyz, in ms:" << all;
+    std::cerr << "first change after /readyz, ms:" << all << "\n";
+  }
+
+  std::unique_ptr<pg::Connection> source_, target_;
+};
+
+TEST_F(FirstChangeTest, RunCarriesTheFirstChangeAfterReadyWithin100ms) {
+  ExpectFirstChangeFast(/*split=*/false);
+}
+
+TEST_F(FirstChangeTest, ProduceAndConsumeCarryTheFirstChangeAfterReadyWithin100ms) {
+  ExpectFirstChangeFast(/*split=*/true);
 }
 
 // ---- status --json ---------------------------------------------------------
