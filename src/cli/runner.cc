@@ -216,10 +216,10 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
   if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
   if (Status st = CheckOnlyTables(*config, plan); !st.ok()) return Fail(st);
-  if (Status st = CheckSetup(*config, plan, so, to); !st.ok()) return Fail(st);
   if (!memory) {
     if (Status st = broker::CheckReachable(config->kafka, 10000); !st.ok()) return Fail(st);
   }
+  if (Status st = CheckSetup(*config, plan, so, to); !st.ok()) return Fail(st);
 
   std::vector<size_t> snapshot_tables;
   std::vector<MarkerState> baseline;
