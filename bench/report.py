@@ -314,11 +314,13 @@ def main():
         "median and, in brackets, the min–max over runs; ratios are of medians, against the "
         "reference measured in the same invocation")
     if meta.get("kafka_version"):
+        parts = f"{meta.get('partitions')} partitions"
+        if meta.get("backlog_partitions") not in (None, meta.get("partitions")):
+            parts += f" ({meta['backlog_partitions']} in the backlog and snapshot scenarios)"
         broker = (f"a real Apache Kafka {meta['kafka_version']} broker (`scripts/kafka.sh`: KRaft, "
                   "single node, replication factor 1, on this machine), one for the whole "
                   "invocation; every measurement gets a fresh topic and consumer group; topics of "
-                  f"{meta.get('partitions')} partitions ({meta.get('backlog_partitions')} in the "
-                  "backlog and snapshot scenarios); the tunnel's default Kafka settings")
+                  f"{parts}; the tunnel's default Kafka settings")
     else:
         broker = "none started (no variant through the broker)"
     add(f"- broker: {broker}; servers: `scripts/pg.sh` defaults "

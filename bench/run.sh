@@ -18,8 +18,8 @@
 # Environment: DATATUNNEL_BIN (default build/datatunnel), LOADGEN_BIN (default
 # build/bench/loadgen), BENCH_WORK (bench/work), BENCH_PORT1/BENCH_PORT2
 # (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8,
-# the partitions of each topic), BENCH_BACKLOG_PARTITIONS (64, the backlog and snapshot
-# scenarios' topics), BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
+# the partitions of each topic), BENCH_BACKLOG_PARTITIONS (BENCH_PARTITIONS: the backlog and
+# snapshot scenarios' topics), BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
 # BENCH_TUNNEL_ARGS (extra global options for the tunnel processes, for experiments,
 # e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
 # latency scenario's rates and seconds per rate, for experiments: "5000", 20), BENCH_KAFKA_DIR
@@ -59,7 +59,9 @@ RESULTS=$(realpath -m "${BENCH_RESULTS:-bench/results}")
 P1=${BENCH_PORT1:-25433}
 P2=${BENCH_PORT2:-25434}
 PARTITIONS=${BENCH_PARTITIONS:-8}
-BACKLOG_PARTITIONS=${BENCH_BACKLOG_PARTITIONS:-64}
+# 64 partitions (the mock broker's workaround) doubled the real broker's CPU and
+# the snapshot's time against 8 (bench/README.md, findings).
+BACKLOG_PARTITIONS=${BENCH_BACKLOG_PARTITIONS:-$PARTITIONS}
 KAFKA_DIR=$(realpath -m "${BENCH_KAFKA_DIR:-$WORK/kafka}")
 KAFKA_OWNED=1
 [[ -n ${BENCH_KAFKA_DIR:-} ]] && KAFKA_OWNED=0
