@@ -24,7 +24,8 @@
 # e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
 # latency scenario's rates and seconds per rate, for experiments: "5000", 20), BENCH_KAFKA_DIR
 # (for experiments: the folder of a cluster already started with scripts/kafka.sh, used
-# instead of starting one, and left running).
+# instead of starting one, and left running), BENCH_KAFKA_WARMUP (20: seconds of traffic
+# to a started broker before the first measurement; 0 for none).
 # The broker: one single-node KRaft cluster (scripts/kafka.sh, data and logs in
 # BENCH_WORK/kafka) for the whole invocation, started when a variant first
 # needs it; each measured case gets its own topic and consumer group.
@@ -259,6 +260,44 @@ ensure_kafka() {
   kill -0 "$BROKER_JVM" 2>/dev/null || die "the Kafka broker in $KAFKA_DIR does not run"
   KAFKA_VERSION=$(sed -n 's/.*Kafka version: \([^ ]*\).*/\1/p' "$KAFKA_DIR/node1/server.log" | head -1)
   log "broker at $BROKERS (Apache Kafka ${KAFKA_VERSION:-?}, pid $BROKER_JVM)"
+  [[ $KAFKA_OWNED == 1 ]] && warm_kafka
+  return 0
+}
+
+# A broker that has just started runs its code in the JVM's interpreter and
+# compiles it as it goes, on the same two cores: the first measurement after
+# the start paid for that (bench/README.md, findings). Before the first
+# measurement the broker therefore gets BENCH_KAFKA_WARMUP seconds (20; 0: none)
+# of traffic like the tunnel's: small produce requests (acks=all, idempotent,
+# lz4, linger 0) of envelope-sized messages, fetched by a consumer group that
+# commits its offsets.
+warm_kafka() {
+  local secs=${BENCH_KAFKA_WARMUP:-20} topic="bench-$RUN_ID-warmup"
+  [[ $secs -gt 0 ]] || return 0
+  log "warming the broker up for $secs s"
+  scripts/kafka.sh create-topic --dir "$KAFKA_DIR" "$topic" "$PARTITIONS" >"$WORK/kafka-warmup.log" 2>&1 ||
+    die "creating the warm-up topic: $(tail -3 "$WORK/kafka-warmup.log")"
+  timeout "$((secs + 5))" kcat -C -q -b "$BROKERS" -G "$topic" -X fetch.wait.max.ms=10 \
+    -X auto.offset.reset=earliest "$topic" >/dev/null 2>>"$WORK/kafka-warmup.log" &
+  local consumer=$!
+  PIDS+=("$consumer")
+  local pad
+  pad=$(printf '%0180d' 0)
+  # About 2,000 messages a second in bursts of 10. In the background and
+  # waited for, so that Ctrl-C stops the script at once (kcat exits normally
+  # on SIGINT, which bash takes for a foreground command that handled it).
+  timeout "$secs" bash -c 'for ((i = 0; ; i++)); do
+      for j in 0 1 2 3 4 5 6 7 8 9; do echo "{\"op\":\"u\",\"key\":$i$j,\"v\":\"$1\"}"; done
+      sleep 0.005
+    done' _ "$pad" |
+    kcat -P -q -b "$BROKERS" -t "$topic" -X acks=all -X enable.idempotence=true \
+      -X compression.codec=lz4 -X linger.ms=0 2>>"$WORK/kafka-warmup.log" &
+  local producer=$!
+  PIDS+=("$producer")
+  wait "$producer" 2>/dev/null || true
+  wait "$consumer" 2>/dev/null || true
+  stop_bg "$producer"
+  stop_bg "$consumer"
 }
 
 # The broker JVM's user+system CPU seconds so far (all its threads).
