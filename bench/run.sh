@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The benchmarks (bench/README.md): datatunnel through the broker, with
-# --broker none, and PostgreSQL's own logical replication (plus a COPY pipe for
-# bulk copy), one after another in the same run, on servers this script starts.
+# The benchmarks (bench/README.md): datatunnel through a real Apache Kafka
+# broker, with --broker none, and PostgreSQL's own logical replication (plus a
+# COPY pipe for bulk copy), one after another in the same run, on servers this
+# script starts.
 #
 #   bench/run.sh [--quick] [--only S,...] [--variants V,...] [--runs N] [--name NAME]
 #
 #   --quick        small sizes, one run each: everything in a few minutes
 #   --only         scenarios: source,latency,burst,backlog,snapshot (default: all)
-#   --variants     kafka (run through the dev broker), none (run --broker none),
+#   --variants     kafka (run through the Kafka broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
 #                  ref (logical replication; for the snapshot also the COPY pipe)
 #                  default: kafka,none,ref
@@ -16,13 +17,18 @@
 #
 # Environment: DATATUNNEL_BIN (default build/datatunnel), LOADGEN_BIN (default
 # build/bench/loadgen), BENCH_WORK (bench/work), BENCH_PORT1/BENCH_PORT2
-# (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8),
-# BENCH_BACKLOG_PARTITIONS (64, the backlog and snapshot scenarios' topic),
-# BENCH_FETCH_WAIT_MS (1: the consumer's fetch.wait.max.ms; empty for the tunnel's default),
-# BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
+# (25433/25434, outside the ephemeral port range the tests draw from), BENCH_PARTITIONS (8,
+# the partitions of each topic), BENCH_BACKLOG_PARTITIONS (BENCH_PARTITIONS: the backlog and
+# snapshot scenarios' topics), BENCH_RESULTS (bench/results), BENCH_GIT_REV (the commit the binary was built from),
 # BENCH_TUNNEL_ARGS (extra global options for the tunnel processes, for experiments,
 # e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
-# latency scenario's rates and seconds per rate, for experiments: "5000", 20).
+# latency scenario's rates and seconds per rate, for experiments: "5000", 20), BENCH_KAFKA_DIR
+# (for experiments: the folder of a cluster already started with scripts/kafka.sh, used
+# instead of starting one, and left running), BENCH_KAFKA_WARMUP (20: seconds of traffic
+# to a started broker before the first measurement; 0 for none).
+# The broker: one single-node KRaft cluster (scripts/kafka.sh, data and logs in
+# BENCH_WORK/kafka) for the whole invocation, started when a variant first
+# needs it; each measured case gets its own topic and consumer group.
 # Everything it starts is stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -41,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     --variants) VARIANTS=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --name) NAME=$2; shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -54,12 +60,12 @@ RESULTS=$(realpath -m "${BENCH_RESULTS:-bench/results}")
 P1=${BENCH_PORT1:-25433}
 P2=${BENCH_PORT2:-25434}
 PARTITIONS=${BENCH_PARTITIONS:-8}
-BACKLOG_PARTITIONS=${BENCH_BACKLOG_PARTITIONS:-64}
-# The mock cluster answers a fetch that found no data only after the
-# consumer's fetch.wait.max.ms (10 by default), even when data arrives
-# meanwhile; a real broker answers at once. 1 ms keeps that wait out of the
-# latency figures. Empty: the tunnel's default.
-FETCH_WAIT_MS=${BENCH_FETCH_WAIT_MS-1}
+# 64 partitions (the mock broker's workaround) doubled the real broker's CPU and
+# the snapshot's time against 8 (bench/README.md, findings).
+BACKLOG_PARTITIONS=${BENCH_BACKLOG_PARTITIONS:-$PARTITIONS}
+KAFKA_DIR=$(realpath -m "${BENCH_KAFKA_DIR:-$WORK/kafka}")
+KAFKA_OWNED=1
+[[ -n ${BENCH_KAFKA_DIR:-} ]] && KAFKA_OWNED=0
 for b in "$DT" "$LOADGEN"; do
   [[ -x "$b" ]] || { echo "run.sh: $b not found: build first (make build, or set DATATUNNEL_BIN / LOADGEN_BIN)" >&2; exit 2; }
 done
@@ -111,6 +117,7 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null
   done
   drop_subscription
+  [[ $KAFKA_OWNED == 1 ]] && scripts/kafka.sh stop --dir "$KAFKA_DIR" >/dev/null 2>&1
   scripts/pg.sh stop "$WORK/pg1" >/dev/null 2>&1
   scripts/pg.sh stop "$WORK/pg2" >/dev/null 2>&1
   [[ $rc -ne 0 ]] && log "run.sh: stopped (exit $rc); servers and processes cleaned up; logs in $WORK"
@@ -214,6 +221,8 @@ progress_query="SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM bench
 
 # ---- the tunnel ---------------------------------------------------------------
 
+# write_config BROKERS [PREFIX]: the tunnel's configuration; PREFIX names the
+# case's topic (PREFIX.public.employees) and consumer group.
 write_config() {
   cat >"$RUN/datatunnel.toml" <<EOF
 [source]
@@ -222,37 +231,123 @@ dsn = "$DSN1"
 dsn = "$DSN2"
 [kafka]
 brokers = "$1"
-$([[ -n $FETCH_WAIT_MS ]] && printf '[kafka.consumer_properties]\n"fetch.wait.max.ms" = "%s"' "$FETCH_WAIT_MS")
+topic_prefix = "${2:-datatunnel}"
+group_id = "${2:-datatunnel}"
 [[tables]]
 source = "public.employees"
 key = ["emp_id"]
 EOF
 }
 
-BROKER_PID=""
-start_broker() {
-  local partitions=${1:-$PARTITIONS}
-  rm -f "$RUN/bootstrap"
-  write_config none
-  bg "$LOADGEN" wrap --report "$RUN/rusage-broker" -- "$DT" -c "$RUN/datatunnel.toml" dev-broker \
-    --partitions "$partitions" --bootstrap-file "$RUN/bootstrap" >"$RUN/broker.log" 2>&1 </dev/null
-  BROKER_PID=$BG
-  for _ in $(seq 1 200); do [[ -s "$RUN/bootstrap" ]] && break; sleep 0.05; done
-  [[ -s "$RUN/bootstrap" ]] || die "the dev broker did not start: $(cat "$RUN/broker.log")"
-  write_config "$(cat "$RUN/bootstrap")"
+# The invocation's one Kafka broker, started on first use (its JVM takes 10 s
+# or more to start here): a single KRaft node, replication factor 1, with
+# scripts/kafka.sh's settings. --owner stops it even if this script is killed.
+BROKERS=""
+BROKER_JVM=""
+KAFKA_VERSION=""
+ensure_kafka() {
+  [[ -n "$BROKERS" ]] && return 0
+  if [[ $KAFKA_OWNED == 1 ]]; then
+    scripts/kafka.sh stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
+    rm -rf "$KAFKA_DIR"
+    log "starting the Kafka broker (scripts/kafka.sh, one KRaft node) in $KAFKA_DIR"
+    BROKERS=$(scripts/kafka.sh start --dir "$KAFKA_DIR" --owner $$ --partitions "$PARTITIONS" \
+      2>"$WORK/kafka-start.log") || die "the Kafka broker did not start: $(tail -5 "$WORK/kafka-start.log")"
+  else
+    BROKERS=$(scripts/kafka.sh bootstrap --dir "$KAFKA_DIR") || die "no cluster in BENCH_KAFKA_DIR=$KAFKA_DIR"
+  fi
+  BROKER_JVM=$(cat "$KAFKA_DIR/node1/pid")
+  kill -0 "$BROKER_JVM" 2>/dev/null || die "the Kafka broker in $KAFKA_DIR does not run"
+  KAFKA_VERSION=$(sed -n 's/.*Kafka version: \([^ ]*\).*/\1/p' "$KAFKA_DIR/node1/server.log" | head -1)
+  log "broker at $BROKERS (Apache Kafka ${KAFKA_VERSION:-?}, pid $BROKER_JVM)"
+  [[ $KAFKA_OWNED == 1 ]] && warm_kafka
+  return 0
 }
 
+# A broker that has just started runs its code in the JVM's interpreter and
+# compiles it as it goes, on the same two cores: the first measurement after
+# the start paid for that (bench/README.md, findings). Before the first
+# measurement the broker therefore gets BENCH_KAFKA_WARMUP seconds (20; 0: none)
+# of traffic like the tunnel's: small produce requests (acks=all, idempotent,
+# lz4, linger 0) of envelope-sized messages, fetched by a consumer group that
+# commits its offsets.
+warm_kafka() {
+  local secs=${BENCH_KAFKA_WARMUP:-20} topic="bench-$RUN_ID-warmup"
+  [[ $secs -gt 0 ]] || return 0
+  log "warming the broker up for $secs s"
+  scripts/kafka.sh create-topic --dir "$KAFKA_DIR" "$topic" "$PARTITIONS" >"$WORK/kafka-warmup.log" 2>&1 ||
+    die "creating the warm-up topic: $(tail -3 "$WORK/kafka-warmup.log")"
+  timeout "$((secs + 5))" kcat -C -q -b "$BROKERS" -G "$topic" -X fetch.wait.max.ms=10 \
+    -X auto.offset.reset=earliest "$topic" >/dev/null 2>>"$WORK/kafka-warmup.log" &
+  local consumer=$!
+  PIDS+=("$consumer")
+  local pad
+  pad=$(printf '%0180d' 0)
+  # About 2,000 messages a second in bursts of 10. In the background and
+  # waited for, so that Ctrl-C stops the script at once (kcat exits normally
+  # on SIGINT, which bash takes for a foreground command that handled it).
+  timeout "$secs" bash -c 'for ((i = 0; ; i++)); do
+      for j in 0 1 2 3 4 5 6 7 8 9; do echo "{\"op\":\"u\",\"key\":$i$j,\"v\":\"$1\"}"; done
+      sleep 0.005
+    done' _ "$pad" |
+    kcat -P -q -b "$BROKERS" -t "$topic" -X acks=all -X enable.idempotence=true \
+      -X compression.codec=lz4 -X linger.ms=0 2>>"$WORK/kafka-warmup.log" &
+  local producer=$!
+  PIDS+=("$producer")
+  wait "$producer" 2>/dev/null || true
+  wait "$consumer" 2>/dev/null || true
+  stop_bg "$producer"
+  stop_bg "$consumer"
+}
+
+# The broker JVM's user+system CPU seconds so far (all its threads).
+broker_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$BROKER_JVM/stat"
+}
+
+# start_broker [PARTITIONS]: a fresh topic (PARTITIONS partitions, default
+# BENCH_PARTITIONS) and consumer group on the broker for one measured case,
+# so that no case sees another's messages or committed offsets; writes the
+# configuration naming them.
+BROKER_CASES=0
+RUN_ID=$(date +%s)  # topic names stay unique on a broker shared across invocations
+IN_BROKER_CASE=0
+BROKER_CPU0=0
+start_broker() {
+  local partitions=${1:-$PARTITIONS}
+  ensure_kafka
+  BROKER_CASES=$((BROKER_CASES + 1))
+  local prefix="bench-$RUN_ID-$BROKER_CASES"
+  scripts/kafka.sh create-topic --dir "$KAFKA_DIR" "$prefix.public.employees" "$partitions" \
+    >"$RUN/create-topic.log" 2>&1 || die "creating topic $prefix.public.employees: $(tail -3 "$RUN/create-topic.log")"
+  write_config "$BROKERS" "$prefix"
+  BROKER_CPU0=$(broker_cpu)
+  IN_BROKER_CASE=1
+}
+
+# stop_broker SCENARIO CASE VARIANT RUN: ends the case on the broker (which
+# keeps running); emits the broker's CPU seconds during the case and its peak
+# RSS so far (a JVM's; not a tunnel process, so outside the memory target).
 stop_broker() {
-  [[ -n "$BROKER_PID" ]] || return 0
-  stop_bg "$BROKER_PID"
-  BROKER_PID=""
+  [[ $IN_BROKER_CASE == 1 ]] || return 0
+  IN_BROKER_CASE=0
+  local sc=$1 case=$2 v=$3 run=$4
+  if ! kill -0 "$BROKER_JVM" 2>/dev/null; then
+    emit "$sc" "$case" "$v" "$run" early_exit_broker 1
+    die "the Kafka broker exited during the measurement (logs in $KAFKA_DIR/node1)"
+  fi
+  local kb
+  kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$BROKER_JVM/status")
+  emit "$sc" "$case" "$v" "$run" rss_mb_broker "$(awk -v k="$kb" 'BEGIN{printf "%.1f", k/1024}')"
+  emit "$sc" "$case" "$v" "$run" cpu_s_broker \
+    "$(awk -v a="$BROKER_CPU0" -v b="$(broker_cpu)" 'BEGIN{printf "%.2f", b-a}')"
 }
 
 dt() { "$DT" -c "$RUN/datatunnel.toml" "$@"; }
 
 TUNNEL_PIDS=()
 TUNNEL_NAMES=()
-# Starts the tunnel processes of a variant (the broker must be up for kafka and split).
+# Starts the tunnel processes of a variant (start_broker first for kafka and split).
 start_tunnel() {
   local v=$1
   TUNNEL_PIDS=(); TUNNEL_NAMES=()
@@ -351,14 +446,7 @@ teardown_stream() {
     drop_subscription
   else
     stop_tunnel "$sc" "$case" "$v" "$run"
-    if [[ -n "$BROKER_PID" ]]; then
-      if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-        log "the dev broker had exited before the end of the measurement: $(cat "$RUN/rusage-broker" 2>/dev/null)"
-        emit "$sc" "$case" "$v" "$run" early_exit_broker 1
-      fi
-      stop_broker
-      report_rusage "$sc" "$case" "$v" "$run" broker
-    fi
+    stop_broker "$sc" "$case" "$v" "$run"
   fi
 }
 
@@ -375,11 +463,9 @@ scenario_latency() {
       i=0
       local nrates; nrates=$(wc -w <<<"$LAT_RATES")
       local span=$((LAT_PRELOAD / nrates))
-      # Every rate starts afresh (databases, broker, tunnel): the dev broker
-      # finds a fetch offset by walking its partition's message sets from the
-      # oldest, so a log grown by the previous rates made every fetch slower
-      # (1,000/s p50 11 -> 30 -> 51 ms over three consecutive 30 s runs).
-      # --quick runs 2 s per rate, too short for that: one setup for all.
+      # Every rate starts afresh (databases, topic, consumer group, tunnel),
+      # so that no rate inherits the previous one's change-table bloat or
+      # lag. --quick runs 2 s per rate: one setup for all.
       local fresh=1
       [[ $QUICK == 1 ]] && fresh=0
       for rate in $LAT_RATES; do
@@ -466,8 +552,6 @@ scenario_backlog() {
       q2 b2 "SELECT setval('bench_progress', 1, false)" >/dev/null
       q1 postgres "CHECKPOINT"; q2 postgres "CHECKPOINT"
       emit backlog "$BACKLOG" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
-      # The dev broker keeps 5 MB per partition: the producer runs ahead of
-      # the consumer by more than 8 partitions hold (a real broker retains by time).
       [[ $v == kafka || $v == split ]] && start_broker "$BACKLOG_PARTITIONS"
       bg "$LOADGEN" sample --dsn "$DSN2" --query "$progress_query" --until "$BACKLOG" --interval-ms 50 \
         --timeout 1800 --out "$OUT/backlog-progress-$v-$run.csv" >"$RUN/sample.out"
@@ -517,14 +601,13 @@ scenario_snapshot() {
           write_config none
           dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
           local broker=none
-          # 5 MB per partition, as in the backlog scenario.
-          if [[ $v == kafka ]]; then start_broker "$BACKLOG_PARTITIONS"; broker=$(cat "$RUN/bootstrap"); fi
+          if [[ $v == kafka ]]; then start_broker "$BACKLOG_PARTITIONS"; broker=$BROKERS; fi
           t0=$(date +%s%6N)
           "$LOADGEN" wrap --report "$RUN/rusage-snapshot" -- "$DT" -c "$RUN/datatunnel.toml" snapshot \
             --broker "$broker" >"$RUN/tunnel-snapshot.log" 2>&1 || die "snapshot $v: $(tail -3 "$RUN/tunnel-snapshot.log")"
           t1=$(date +%s%6N)
           report_rusage snapshot "$SNAP_ROWS" "$v" "$run" snapshot
-          if [[ $v == kafka ]]; then stop_broker; report_rusage snapshot "$SNAP_ROWS" "$v" "$run" broker; fi
+          [[ $v == kafka ]] && stop_broker snapshot "$SNAP_ROWS" "$v" "$run"
           ;;
         copy)
           fresh_dbs "tpl_t_$SNAP_ROWS" tpl_t_0
@@ -642,7 +725,7 @@ scenarios=$ONLY
 variants=$VARIANTS
 partitions=$PARTITIONS
 backlog_partitions=$BACKLOG_PARTITIONS
-fetch_wait_ms=${FETCH_WAIT_MS:-default}
+kafka_version=${KAFKA_VERSION:-}
 lat_rates=$LAT_RATES
 lat_seconds=$LAT_SECONDS
 lat_preload=$LAT_PRELOAD

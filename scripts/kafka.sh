@@ -14,6 +14,11 @@
 #   scripts/kafka.sh kill --dir DIR NODE          kill -9 one node
 #   scripts/kafka.sh restart --dir DIR NODE       start it again (killing it first if it runs)
 #   scripts/kafka.sh pause|resume --dir DIR NODE  SIGSTOP / SIGCONT one node
+#   scripts/kafka.sh create-topic --dir DIR TOPIC PARTITIONS [--set KEY=VALUE]...
+#                                                 create TOPIC with PARTITIONS partitions, the
+#                                                 cluster's replication factor and the given
+#                                                 topic settings; wait until every partition
+#                                                 has a leader (Kafka's AdminClient)
 #   scripts/kafka.sh leader --dir DIR TOPIC PARTITION
 #                                                 print the node id leading that partition
 #   scripts/kafka.sh bootstrap --dir DIR          print the bootstrap list again
@@ -291,6 +296,41 @@ node_dir() {
   echo "$dir/node$node"
 }
 
+# Compiles scripts/KafkaAdmin.java once per source version into the cache
+# (javac of the Java runtime's jdk.compiler module: no JDK needed); prints the
+# classes' folder.
+admin_classes() {
+  local src
+  src=$(dirname "$(realpath "$0")")/KafkaAdmin.java
+  local out
+  out=$cache/admin-$(sha1sum "$src" | cut -c1-12)
+  if [[ ! -f "$out/KafkaAdmin.class" ]]; then
+    local tmp
+    tmp=$(mktemp -d "$cache/admin.tmp.XXXXXX")
+    local jars
+    jars=$(printf '%s:' "$cache"/libs/*.jar)  # javac does not expand "libs/*"
+    java -m jdk.compiler/com.sun.tools.javac.Main -nowarn -cp "$jars" -d "$tmp" "$src" >&2 ||
+      { rm -rf "$tmp"; die "compiling $src failed"; }
+    # Another caller may have won the race: either copy will do.
+    mv -T "$tmp" "$out" 2>/dev/null || rm -rf "$tmp"
+  fi
+  echo "$out"
+}
+
+cmd_create_topic() {
+  local dir=$1 topic=$2 partitions=$3
+  [[ $partitions =~ ^[1-9][0-9]*$ ]] || die "create-topic: PARTITIONS must be a positive number, not $partitions"
+  [[ -f "$dir/bootstrap" ]] || die "no cluster in $dir"
+  fetch
+  local classes
+  classes=$(admin_classes)
+  # The client logs to DIR/admin/server.log (the nodes' log4j2 configuration).
+  mkdir -p "$dir/admin"
+  java -Xmx256m -XX:TieredStopAtLevel=1 -Djava.awt.headless=true -Dkafka.logs.dir="$dir/admin" \
+    -Dlog4j2.configurationFile="$cache/log4j2.properties" -cp "$cache/libs/*:$classes" \
+    KafkaAdmin create-topic "$(bootstrap_of "$dir")" "$topic" "$partitions" "${settings[@]}"
+}
+
 cmd_leader() {
   local dir=$1 topic=$2 partition=$3
   timeout 20 kcat -L -b "$(bootstrap_of "$dir")" -t "$topic" -J 2>/dev/null | python3 -c '
@@ -342,5 +382,9 @@ case "$cmd" in
     kill -"$([[ $cmd == pause ]] && echo STOP || echo CONT)" "$p"
     ;;
   leader) [[ -n "$dir" && ${#rest[@]} -eq 2 ]] || usage; cmd_leader "$dir" "${rest[0]}" "${rest[1]}" ;;
+  create-topic)
+    [[ -n "$dir" && ${#rest[@]} -eq 2 ]] || usage
+    cmd_create_topic "$(realpath -m "$dir")" "${rest[0]}" "${rest[1]}"
+    ;;
   *) echo "kafka.sh: unknown command \"$cmd\"" >&2; usage ;;
 esac
