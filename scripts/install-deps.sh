@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what datatunnel needs to build, test and run its demo on Debian 12
-# (Java and Maven run the real Kafka brokers of scripts/kafka.sh).
+# (Java 17, a JDK for the admin helper kafka.sh compiles, and Maven run the
+# real Kafka brokers of scripts/kafka.sh).
 # Idempotent: asks dpkg first and calls apt-get only for what is missing.
 set -euo pipefail
 
@@ -8,7 +9,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libpq-dev postgresql postgresql-contrib
   librdkafka-dev kcat
-  openjdk-17-jre-headless maven openssl python3
+  openjdk-17-jdk-headless maven openssl python3
   libcli11-dev libtomlplusplus-dev libspdlog-dev libfmt-dev
   libsimdjson-dev rapidjson-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
