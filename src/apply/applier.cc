@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 
 #include "apply/batch.h"
+#include "apply/chain.h"
 #include "apply/install.h"
 
 namespace datatunnel::apply {
@@ -90,13 +92,25 @@ void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg
     pg::Statement st;
     st.sql =
         "SELECT datatunnel.advance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-        "NULLIF($12::bigint, 0))";
+        "NULLIF($12::bigint, 0), $13, $14, $15, $16)";
     for (int64_t v : {int64_t{a.partition}, a.expected_offset, a.offset, a.pos.epoch, a.pos.tick,
-                      a.pos.seq, int64_t{a.pos.sub}, a.applied, a.skipped, a.dead, a.captured_us}) {
+                      a.pos.seq, int64_t{a.pos.sub}, a.applied, a.skipped, a.dead, a.captured_us,
+                      a.tail.epoch, a.tail.tick, a.tail.seq, int64_t{a.tail.sub}}) {
       st.params.emplace_back(arena->Keep(std::to_string(v)));
     }
     st.params.insert(st.params.begin(), arena->Keep(a.stream));
     out->push_back(std::move(st));
+    if (a.gap) {
+      pg::Statement g;
+      g.sql =
+          "UPDATE datatunnel.applied SET gap_offset = $3, gap_expected = $4, gap_found = $5, "
+          "gap_at = now() WHERE stream = $1 AND partition = $2";
+      g.params = {arena->Keep(a.stream), arena->Keep(std::to_string(a.partition)),
+                  arena->Keep(std::to_string(a.gap_offset)),
+                  arena->Keep(PositionText(a.gap_expected)),
+                  arena->Keep(PositionText(a.gap_found))};
+      out->push_back(std::move(g));
+    }
     if (a.snapshot_marker) {
       pg::Statement m;
       m.sql =
@@ -159,14 +173,22 @@ Result<PartitionState> Applier::Load(const std::string& stream, int32_t partitio
                                              "ON CONFLICT DO NOTHING",
                                              {stream, p, spec.target.schema, spec.target.name}));
   (void)ins;
-  DT_ASSIGN_OR_RETURN(auto r,
-                      conn_->Query("SELECT kafka_offset, epoch, tick, seq, sub FROM "
-                                   "datatunnel.applied WHERE stream = $1 AND partition = $2",
-                                   {stream, p}));
+  DT_ASSIGN_OR_RETURN(
+      auto r, conn_->Query("SELECT a.kafka_offset, a.epoch, a.tick, a.seq, a.sub, a.tail_epoch, "
+                           "a.tail_tick, a.tail_seq, a.tail_sub, COALESCE(r.epoch, 0), "
+                           "COALESCE(r.tick, 0) FROM datatunnel.applied a "
+                           "LEFT JOIN datatunnel.resyncs r ON r.target_schema = a.target_schema "
+                           "AND r.target_table = a.target_table "
+                           "WHERE a.stream = $1 AND a.partition = $2",
+                           {stream, p}));
   PartitionState s;
   s.offset = r.GetInt64(0, 0);
   s.pos = Position{r.GetInt64(0, 1), r.GetInt64(0, 2), r.GetInt64(0, 3),
                    static_cast<int32_t>(r.GetInt64(0, 4))};
+  s.tail = Position{r.GetInt64(0, 5), r.GetInt64(0, 6), r.GetInt64(0, 7),
+                    static_cast<int32_t>(r.GetInt64(0, 8))};
+  if (r.GetInt64(0, 9) != 0) s.resync = ResyncPosition(r.GetInt64(0, 9), r.GetInt64(0, 10));
+  s.tail = std::max({s.tail, s.pos, s.resync});
   return s;
 }
 

@@ -32,6 +32,12 @@ namespace datatunnel::apply {
 struct PartitionState {
   int64_t offset = -1;  // last Kafka offset applied; -1: nothing yet
   Position pos;         // last source position applied
+  // The chain's tail (apply/chain.h): the newest position read from the
+  // partition, at least `pos` and `resync`.
+  Position tail;
+  // Set by a snapshot that emptied the target table: messages at or below
+  // it are superseded by the snapshot (dropped, never a gap). Zero: none.
+  Position resync;
 };
 
 // One partition's part of a batch.
@@ -49,6 +55,13 @@ struct Advance {
   bool snapshot_marker = false;  // the batch holds an end-of-snapshot marker ...
   Position snapshot_pos;         // ... at this position (not the batch's last)
   int snapshot_partitions = 0;
+  Position tail;  // the chain's tail after the batch
+  // The chain broke at `gap_offset` (apply/chain.h): recorded with the batch,
+  // which holds nothing of the partition from there on.
+  bool gap = false;
+  int64_t gap_offset = -1;
+  Position gap_expected;  // the tail: what the message should have linked to, at most
+  Position gap_found;     // its "source.prev"
 };
 
 // A partition reached a TRUNCATE that was sent to every partition (Kafka

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "apply/chain.h"
 #include "core/codec.h"
 
 namespace datatunnel::apply {
@@ -14,6 +15,39 @@ namespace od = simdjson::ondemand;
 namespace {
 
 Status Bad(std::string_view what) { return Status::BadData(std::string(what)); }
+
+// A position array [epoch, tick, seq, sub] ("source.pos", "source.prev").
+Status ParsePosition(od::value v, const char* field, Position* out) {
+  od::array arr;
+  if (v.get_array().get(arr)) return Bad(fmt::format("\"{}\" must be an array", field));
+  int64_t p[4] = {0, 0, 0, 0};
+  size_t n = 0;
+  for (auto el : arr) {
+    int64_t x = 0;
+    if (n >= 4 || el.get_int64().get(x)) {
+      return Bad(fmt::format("\"{}\" must hold 4 integers", field));
+    }
+    p[n++] = x;
+  }
+  if (n != 4) return Bad(fmt::format("\"{}\" must hold 4 integers", field));
+  if (p[3] < 0 || p[3] > INT32_MAX) return Bad(fmt::format("\"{}\" has a bad sub-position", field));
+  *out = Position{p[0], p[1], p[2], static_cast<int32_t>(p[3])};
+  return Status::OK();
+}
+
+// "source.prev": null is the zero Position (the partition's first message).
+Status ParsePrev(od::value v, std::optional<Position>* out) {
+  bool is_null = false;
+  if (v.is_null().get(is_null)) return Bad("\"source.prev\" is malformed");
+  if (is_null) {
+    *out = Position{};
+    return Status::OK();
+  }
+  Position p;
+  DT_RETURN_IF_ERROR(ParsePosition(v, "source.prev", &p));
+  *out = p;
+  return Status::OK();
+}
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() &&
@@ -117,6 +151,7 @@ Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, size_t value_s
 Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* out) {
   const TableSpec& spec = (*targets_)[table];
   broadcast_partitions_ = 0;
+  prev_.reset();
   schema_columns_.clear();
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
@@ -219,19 +254,10 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
         od::value sv;
         if (sf.value().get(sv)) return Bad("malformed \"source\"");
         if (sk == "pos") {
-          od::array arr;
-          if (sv.get_array().get(arr)) return Bad("\"source.pos\" must be an array");
-          int64_t p[4] = {0, 0, 0, 0};
-          size_t n = 0;
-          for (auto el : arr) {
-            int64_t x = 0;
-            if (n >= 4 || el.get_int64().get(x)) return Bad("\"source.pos\" must hold 4 integers");
-            p[n++] = x;
-          }
-          if (n != 4) return Bad("\"source.pos\" must hold 4 integers");
-          if (p[3] < 0 || p[3] > INT32_MAX) return Bad("\"source.pos\" has a bad sub-position");
-          out->pos = Position{p[0], p[1], p[2], static_cast<int32_t>(p[3])};
+          DT_RETURN_IF_ERROR(ParsePosition(sv, "source.pos", &out->pos));
           have_pos = true;
+        } else if (sk == "prev") {
+          DT_RETURN_IF_ERROR(ParsePrev(sv, &prev_));
         } else if (sk == "ts_ms") {
           int64_t ms = 0;
           constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
@@ -253,6 +279,10 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   }
   if (!have_op) return Bad("no \"op\"");
   if (!have_pos) return Bad("no \"source.pos\"");
+  if (prev_ && out->pos <= *prev_) {  // malformed in the chain (apply/chain.h)
+    return Bad(fmt::format("\"source.pos\" {} is not after \"source.prev\" {}",
+                           PositionText(out->pos), PositionText(*prev_)));
+  }
   switch (out->op) {
     case Op::kInsert:
     case Op::kUpdate:
@@ -287,6 +317,40 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
     }
   }
   return Status::OK();
+}
+
+bool EnvelopeDecoder::ReadChain(std::string_view value, Position* pos,
+                                std::optional<Position>* prev) {
+  prev->reset();
+  padded_.assign(value);
+  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
+  od::document doc;
+  od::object root;
+  if (parser_.iterate(padded_.data(), value.size(), padded_.size()).get(doc) ||
+      doc.get_object().get(root)) {
+    return false;
+  }
+  bool have_pos = false;
+  for (auto field : root) {
+    std::string_view key;
+    od::value v;
+    if (field.unescaped_key().get(key) || field.value().get(v)) return false;
+    if (key != "source") continue;
+    od::object src;
+    if (v.get_object().get(src)) return false;
+    for (auto sf : src) {
+      std::string_view sk;
+      od::value sv;
+      if (sf.unescaped_key().get(sk) || sf.value().get(sv)) return false;
+      if (sk == "pos") {
+        if (!ParsePosition(sv, "source.pos", pos).ok()) return false;
+        have_pos = true;
+      } else if (sk == "prev") {
+        if (!ParsePrev(sv, prev).ok()) return false;
+      }
+    }
+  }
+  return have_pos && !(*prev && *pos <= **prev);
 }
 
 }  // namespace datatunnel::apply

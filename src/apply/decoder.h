@@ -12,6 +12,7 @@
 
 #include <simdjson.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -28,9 +29,18 @@ class EnvelopeDecoder {
   explicit EnvelopeDecoder(const std::vector<TableSpec>* targets);
 
   // Decodes a message value for target table `table`. kBadData: not an
-  // envelope (malformed JSON, missing or ill-typed fields); kFatal: a valid
-  // change for a column the target does not have.
+  // envelope (malformed JSON, missing or ill-typed fields, a "source.pos"
+  // not after its "source.prev"); kFatal: a valid change for a column the
+  // target does not have.
   Status Decode(std::string_view value, uint32_t table, Change* out);
+  // After Decode() succeeded: the message's "source.prev" (apply/chain.h),
+  // the zero Position for null, nullopt when the message has none.
+  const std::optional<Position>& prev() const { return prev_; }
+
+  // Reads only "source.pos" and "source.prev" of a message Decode() refused
+  // (so a dead letter still takes its place in the partition's chain).
+  // Returns false when they are missing, malformed or out of order.
+  bool ReadChain(std::string_view value, Position* pos, std::optional<Position>* prev);
 
   // The "partitions" count carried by a broadcast (t, m) message, or 0.
   int broadcast_partitions() const { return broadcast_partitions_; }
@@ -55,6 +65,7 @@ class EnvelopeDecoder {
   std::string padded_;
   std::string scratch_;
   int broadcast_partitions_ = 0;
+  std::optional<Position> prev_;
   std::vector<Column> schema_columns_;
 };
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 #include "pg/catalog.h"
@@ -32,6 +33,31 @@ CREATE TABLE IF NOT EXISTS datatunnel.applied (
   snapshot_tick bigint,
   snapshot_partitions integer,
   PRIMARY KEY (stream, partition));
+-- The chain check (apply/chain.h): tail_* is the newest position read from
+-- the partition, moved with the offset; gap_* says where the chain broke (a
+-- message is missing from the partition): the consumer stops there until a
+-- snapshot into an emptied table clears it. Added columns, so that `init`
+-- upgrades an existing target.
+ALTER TABLE datatunnel.applied
+  ADD COLUMN IF NOT EXISTS tail_epoch bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS tail_tick bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS tail_seq bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS tail_sub integer NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS gap_offset bigint,
+  ADD COLUMN IF NOT EXISTS gap_expected text,
+  ADD COLUMN IF NOT EXISTS gap_found text,
+  ADD COLUMN IF NOT EXISTS gap_at timestamptz;
+-- A snapshot that emptied a target table: every message up to the end of
+-- source tick `tick` (of capture epoch `epoch`) is superseded by it, in every
+-- stream and partition of the table: neither applied nor chain-checked, and
+-- a TRUNCATE barrier there counts as done.
+CREATE TABLE IF NOT EXISTS datatunnel.resyncs (
+  target_schema text NOT NULL,
+  target_table text NOT NULL,
+  epoch bigint NOT NULL,
+  tick bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (target_schema, target_table));
 CREATE TABLE IF NOT EXISTS datatunnel.barriers (
   stream text NOT NULL,
   epoch bigint NOT NULL,
@@ -54,6 +80,11 @@ RETURNS boolean LANGUAGE plpgsql AS $fn$
 DECLARE
   b datatunnel.barriers;
 BEGIN
+  IF EXISTS (SELECT 1 FROM datatunnel.resyncs r
+             WHERE r.target_schema = p_schema AND r.target_table = p_table
+               AND (p_epoch, p_tick) <= (r.epoch, r.tick)) THEN
+    RETURN true;  -- superseded by a snapshot into the emptied table
+  END IF;
   INSERT INTO datatunnel.barriers (stream, epoch, tick, seq, sub, partitions, target_schema, target_table)
     VALUES (p_stream, p_epoch, p_tick, p_seq, p_sub, p_partitions, p_schema, p_table)
     ON CONFLICT DO NOTHING;
@@ -75,15 +106,21 @@ BEGIN
     WHERE stream = p_stream AND epoch = p_epoch AND tick = p_tick AND seq = p_seq AND sub = p_sub;
   RETURN b.done;
 END $fn$;
+-- The version before the chain check had no tail.
+DROP FUNCTION IF EXISTS datatunnel.advance(text, integer, bigint, bigint, bigint, bigint, bigint,
+  integer, bigint, bigint, bigint, bigint);
 CREATE OR REPLACE FUNCTION datatunnel.advance(
     p_stream text, p_partition integer, p_expected bigint, p_offset bigint,
     p_epoch bigint, p_tick bigint, p_seq bigint, p_sub integer,
-    p_applied bigint, p_skipped bigint, p_dead bigint, p_captured_us bigint)
+    p_applied bigint, p_skipped bigint, p_dead bigint, p_captured_us bigint,
+    p_tail_epoch bigint, p_tail_tick bigint, p_tail_seq bigint, p_tail_sub integer)
 RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
   UPDATE datatunnel.applied SET
       kafka_offset = p_offset,
       epoch = p_epoch, tick = p_tick, seq = p_seq, sub = p_sub,
+      tail_epoch = p_tail_epoch, tail_tick = p_tail_tick, tail_seq = p_tail_seq,
+      tail_sub = p_tail_sub,
       applied_count = applied_count + p_applied,
       skipped_count = skipped_count + p_skipped,
       dead_letter_count = dead_letter_count + p_dead,
@@ -291,7 +328,7 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& target,
   };
   for (const auto& spec : tables) {
     int64_t removed = 0;
-    for (const char* state : {"applied", "barriers"}) {
+    for (const char* state : {"applied", "barriers", "resyncs"}) {
       auto q = target.Query(fmt::format("WITH d AS (DELETE FROM datatunnel.{} WHERE target_schema "
                                         "= $1 AND target_table = $2 RETURNING 1) "
                                         "SELECT count(*) FROM d",
@@ -304,7 +341,7 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& target,
   }
   auto left = target.Query(
       "SELECT (SELECT count(*) FROM datatunnel.applied) + (SELECT count(*) FROM "
-      "datatunnel.barriers)");
+      "datatunnel.barriers) + (SELECT count(*) FROM datatunnel.resyncs)");
   if (!left.ok()) return fail(left.status());
   if (left->GetInt64(0, 0) == 0) {
     if (Status st = target.Exec("DROP SCHEMA datatunnel CASCADE"); !st.ok()) return fail(st);
@@ -323,11 +360,13 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
       fmt::format("GRANT USAGE ON SCHEMA datatunnel TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.applied TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON datatunnel.barriers TO {};", r),
+      fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.resyncs TO {};  -- snapshot", r),
       fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.truncate_arrive(text, bigint, bigint, "
                   "bigint, integer, integer, integer, text, text) TO {};",
                   r),
       fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.advance(text, integer, bigint, bigint, "
-                  "bigint, bigint, bigint, integer, bigint, bigint, bigint, bigint) TO {};",
+                  "bigint, bigint, bigint, integer, bigint, bigint, bigint, bigint, bigint, "
+                  "bigint, bigint, integer) TO {};",
                   r),
   };
   std::set<std::string> schemas;
@@ -339,6 +378,73 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
                               t.target.Quoted(), r));
   }
   return out;
+}
+
+Position ResyncPosition(int64_t epoch, int64_t tick) {
+  return Position{epoch, tick, Position::kEndOfTick, std::numeric_limits<int32_t>::max()};
+}
+
+Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, const Position& upto) {
+  DT_RETURN_IF_ERROR(target.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
+  auto fail = [&](Status st) {
+    target.RollbackQuietly();
+    return st;
+  };
+  if (Status st = target.Exec("TRUNCATE " + table.Quoted()); !st.ok()) return fail(st);
+  const std::string epoch = std::to_string(upto.epoch), tick = std::to_string(upto.tick);
+  const pg::Param p[] = {table.schema, table.name, epoch, tick};
+  auto q = target.Query(
+      "INSERT INTO datatunnel.resyncs AS r (target_schema, target_table, epoch, tick) "
+      "VALUES ($1, $2, $3, $4) ON CONFLICT (target_schema, target_table) DO UPDATE SET "
+      "epoch = EXCLUDED.epoch, tick = EXCLUDED.tick, created_at = now() "
+      "WHERE (r.epoch, r.tick) < (EXCLUDED.epoch, EXCLUDED.tick)",
+      std::span<const pg::Param>(p));
+  if (!q.ok()) return fail(q.status());
+  // Partitions waiting at a TRUNCATE the snapshot supersedes go on.
+  q = target.Query(
+      "UPDATE datatunnel.barriers SET done = true WHERE target_schema = $1 AND target_table = $2 "
+      "AND NOT done AND (epoch, tick) <= ($3::bigint, $4::bigint)",
+      std::span<const pg::Param>(p));
+  if (!q.ok()) return fail(q.status());
+  q = target.Query(
+      "UPDATE datatunnel.applied SET gap_offset = NULL, gap_expected = NULL, gap_found = NULL, "
+      "gap_at = NULL WHERE target_schema = $1 AND target_table = $2 AND gap_offset IS NOT NULL",
+      {table.schema, table.name});
+  if (!q.ok()) return fail(q.status());
+  return target.Commit();
+}
+
+Result<std::vector<RecordedGap>> LoadGaps(pg::Connection& target, const QualifiedName& table) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, target.Query("SELECT stream, partition, gap_offset, gap_expected, gap_found, "
+                           "COALESCE(to_char(gap_at AT TIME ZONE 'UTC', "
+                           "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '') "
+                           "FROM datatunnel.applied WHERE target_schema = $1 AND target_table = $2 "
+                           "AND gap_offset IS NOT NULL ORDER BY gap_at, stream, partition",
+                           {table.schema, table.name}));
+  std::vector<RecordedGap> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    RecordedGap g;
+    g.stream = std::string(r.Get(i, 0));
+    g.partition = static_cast<int32_t>(r.GetInt64(i, 1));
+    g.offset = r.GetInt64(i, 2);
+    g.expected = std::string(r.Get(i, 3));
+    g.found = std::string(r.Get(i, 4));
+    g.detected_at = std::string(r.Get(i, 5));
+    out.push_back(std::move(g));
+  }
+  return out;
+}
+
+std::string RecordedGap::Describe(const std::string& source_table,
+                                  const std::string& target_table) const {
+  return fmt::format(
+      "{} [{}] offset {}: a message is missing from the topic before this offset (the message "
+      "there links to position {}, the newest read from the partition is {}), so target table {} "
+      "is missing changes of {}; the consumer stops there, every time, until the table is copied "
+      "again. Fix: `datatunnel snapshot --table {} --restart --truncate-target` (docs/"
+      "operations.md: \"A gap in a partition\")",
+      stream, partition, offset, found, expected, target_table, source_table, source_table);
 }
 
 }  // namespace datatunnel::apply

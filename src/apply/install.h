@@ -7,6 +7,9 @@
 // - datatunnel.advance(): moves one such row forward, failing (SQLSTATE
 //   DT001) if someone else moved it since we read it; that fences off a
 //   consumer that lost its partition in a rebalance.
+// - The chain check's state in datatunnel.applied (the tail, a recorded gap;
+//   apply/chain.h) and datatunnel.resyncs: a snapshot into an emptied table
+//   supersedes every message up to a source tick.
 // - datatunnel.barriers and datatunnel.truncate_arrive(): a TRUNCATE reaches
 //   every partition of a topic; each partition's consumer records its arrival
 //   with the batch that got there, and the last to arrive runs the TRUNCATE.
@@ -20,6 +23,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "core/change.h"
 #include "core/status.h"
 #include "core/table.h"
 #include "pg/connection.h"
@@ -74,5 +78,33 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& target,
 
 std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
                                        const std::string& role, const std::string& database);
+
+// The position that stands for "every message up to the end of source tick
+// `tick`": (epoch, tick, kEndOfTick, INT32_MAX).
+Position ResyncPosition(int64_t epoch, int64_t tick);
+
+// Before a snapshot into target table `table`, in one transaction: empties
+// it, records in datatunnel.resyncs that every message of its streams at or
+// below `upto` (capture::NewestRecordedPosition() on the source, read before
+// this call) is superseded by the snapshot, marks the TRUNCATE barriers there
+// done, and clears the table's recorded gaps. Consumers then drop those
+// messages (a partition's stored state reloads it on assignment) and go past
+// a gap among them. Only moves the resync forward.
+Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, const Position& upto);
+
+// A gap a consumer recorded (apply/chain.h): it stopped before `offset` of
+// (stream, partition), whose message links to `found` while the newest
+// position read there was `expected` ("[epoch,tick,seq,sub]" each).
+struct RecordedGap {
+  std::string stream;
+  int32_t partition = 0;
+  int64_t offset = -1;
+  std::string expected, found;
+  std::string detected_at;  // ISO-8601, UTC
+  // One line for an operator: where, what is missing, the fix.
+  std::string Describe(const std::string& source_table, const std::string& target_table) const;
+};
+// The gaps recorded for target table `table`, in every stream.
+Result<std::vector<RecordedGap>> LoadGaps(pg::Connection& target, const QualifiedName& table);
 
 }  // namespace datatunnel::apply

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -229,6 +230,14 @@ std::string KafkaErrorText(int err) {
   return rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
 }
 
+int32_t KeyPartition(std::string_view key, int32_t partitions) {
+  // A non-null key never reaches the topic handle (only the random fallback
+  // for a null key looks at partition availability).
+  static const char kEmpty = '\0';
+  return rd_kafka_msg_partitioner_murmur2_random(nullptr, key.empty() ? &kEmpty : key.data(),
+                                                 key.size(), partitions, nullptr, nullptr);
+}
+
 Status CheckReachable(const KafkaConfig& config, int timeout_ms) {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   // log_level 0: librdkafka's own lines would repeat what the Status says.
@@ -327,6 +336,11 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
   if (!p->rk_) {
     return Status::BadConfig(fmt::format("cannot create the Kafka producer: {}", err));
   }
+  if (const char* lose = std::getenv(kFaultLoseMessageEnv); lose && std::atoll(lose) > 0) {
+    p->lose_at_ = std::atoll(lose);
+    spdlog::warn("kafka: fault injection: message {} of {} will be acknowledged but never sent",
+                 p->lose_at_, client_id);
+  }
   return p;
 }
 
@@ -338,6 +352,13 @@ Producer::~Producer() {
 
 Status Producer::Send(const std::string& topic, int32_t partition, std::string_view key,
                       std::string_view value, uint64_t token, const std::vector<Header>* headers) {
+  if (lose_at_ > 0 && sent_ + 1 == lose_at_) {
+    ++sent_;
+    faked_.push_back(token);
+    spdlog::warn("kafka: fault injection: message {} to {} [{}] acknowledged, not sent", sent_,
+                 topic, partition);
+    return Status::OK();
+  }
   rd_kafka_headers_t* hdrs = nullptr;
   if (headers && !headers->empty()) {
     hdrs = rd_kafka_headers_new(headers->size());
@@ -363,7 +384,10 @@ Status Producer::Send(const std::string& topic, int32_t partition, std::string_v
         RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
         RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(static_cast<uintptr_t>(token))), RD_KAFKA_V_END);
   }
-  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    ++sent_;
+    return Status::OK();
+  }
   if (hdrs) rd_kafka_headers_destroy(hdrs);  // ownership passes only on success
   if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::Retryable("producer queue full");
   std::string msg = fmt::format("cannot publish to topic {}: {}", topic, rd_kafka_err2str(err));
@@ -376,11 +400,22 @@ Status Producer::Send(const std::string& topic, int32_t partition, std::string_v
   return IsRetryableKafkaError(err) ? Status::Retryable(msg) : Status::Fatal(msg);
 }
 
-void Producer::Poll(int timeout_ms) { rd_kafka_poll(rk_, timeout_ms); }
+void Producer::Poll(int timeout_ms) {
+  rd_kafka_poll(rk_, timeout_ms);
+  DeliverFaked();
+}
 
 int Producer::Flush(int timeout_ms) {
   rd_kafka_flush(rk_, timeout_ms);
+  DeliverFaked();
   return rd_kafka_outq_len(rk_);
+}
+
+void Producer::DeliverFaked() {
+  if (faked_.empty()) return;
+  std::vector<uint64_t> tokens;
+  tokens.swap(faked_);
+  for (uint64_t token : tokens) on_delivery_(token, Status::OK());
 }
 
 void Producer::Purge() {

@@ -9,7 +9,9 @@
 // an unreachable broker makes the producer wait, not drop), a bounded local
 // queue (queue.buffering.max.kbytes) so that backpressure reaches the reader,
 // lz4 compression, murmur2_random partitioner (the Java client's, so other
-// tools agree on key -> partition).
+// tools agree on key -> partition). Our own messages name their partition
+// (KeyPartition below computes the same one), so the sender knows where each
+// message goes.
 // Consumer defaults: no automatic offset commits (positions live in the
 // target database), auto.offset.reset=error (a position the broker no longer
 // has is reported, never silently skipped), fetch.wait.max.ms=10 (latency),
@@ -56,6 +58,12 @@ bool IsRetryableKafkaError(int err);
 // "Broker: Unknown topic or partition" style text for an error code.
 std::string KafkaErrorText(int err);
 
+// The partition librdkafka's murmur2_random partitioner (the Java client's
+// default) gives `key` among `partitions`: the same for every client that
+// uses it. An empty key is hashed like any other (never random).
+// REQUIRES: partitions > 0.
+int32_t KeyPartition(std::string_view key, int32_t partitions);
+
 using Header = std::pair<std::string, std::string>;
 
 // Asks the bootstrap servers for cluster metadata, waiting up to timeout_ms.
@@ -65,6 +73,14 @@ using Header = std::pair<std::string, std::string>;
 // fails (as soon as that happens, with what to fix in [kafka.properties]),
 // or kRetryable when no broker answered in time.
 Status CheckReachable(const KafkaConfig& config, int timeout_ms);
+
+// Fault injection for tests: with DATATUNNEL_FAULT_LOSE_MESSAGE=n in the
+// environment, the n-th message a Producer sends (counting from 1) is
+// reported delivered but never reaches the broker: what librdkafka's
+// implicit acks do against a broker that does not check the idempotent
+// producer's sequence numbers (docs/architecture.md, Guarantees). It logs a
+// warning when armed. Never set in production.
+inline constexpr const char* kFaultLoseMessageEnv = "DATATUNNEL_FAULT_LOSE_MESSAGE";
 
 class Producer {
  public:
@@ -98,9 +114,14 @@ class Producer {
 
  private:
   Producer();
+  // Reports the acknowledgements faked by the fault above.
+  void DeliverFaked();
   std::unique_ptr<SecurityWatch> security_;
   rd_kafka_s* rk_ = nullptr;
   DeliveryFn on_delivery_;
+  int64_t lose_at_ = 0;  // kFaultLoseMessageEnv; 0: off
+  int64_t sent_ = 0;
+  std::vector<uint64_t> faked_;
 };
 
 // A polled message; owns the librdkafka message until destroyed.

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "capture/install.h"
 
 namespace datatunnel::capture {
@@ -53,6 +55,40 @@ Result<std::vector<Tick>> ChangeLog::LoadTicks(int64_t from, int limit) {
   std::vector<Tick> out;
   for (int i = 0; i < r.rows(); ++i) out.push_back({r.GetInt64(i, 0), std::string(r.Get(i, 1))});
   return out;
+}
+
+Result<std::vector<Position>> ChangeLog::LoadHeads(size_t t) {
+  const TableSpec& spec = (*tables_)[t];
+  DT_ASSIGN_OR_RETURN(auto has,
+                      conn_->Query("SELECT pg_catalog.to_regclass('datatunnel.chain_heads') "
+                                   "IS NOT NULL"));
+  if (!has.GetBool(0, 0)) {
+    return Status::Fatal(fmt::format(
+        "the datatunnel state on the {} is from an older version (no datatunnel.chain_heads): "
+        "run `datatunnel init` to upgrade it, then start again",
+        conn_->description()));
+  }
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT partition, epoch, tick, seq, sub "
+                                           "FROM datatunnel.chain_heads WHERE topic = $1 "
+                                           "AND partition >= 0 ORDER BY partition",
+                                           {spec.topic}));
+  std::vector<Position> heads;
+  for (int i = 0; i < r.rows(); ++i) {
+    const auto p = static_cast<size_t>(r.GetInt64(i, 0));
+    if (heads.size() <= p) heads.resize(p + 1);
+    heads[p] = Position{r.GetInt64(i, 1), r.GetInt64(i, 2), r.GetInt64(i, 3),
+                        static_cast<int32_t>(r.GetInt64(i, 4))};
+  }
+  return heads;
+}
+
+Result<Position> NewestRecordedPosition(pg::Connection& source) {
+  DT_ASSIGN_OR_RETURN(auto r,
+                      source.Query("SELECT (SELECT epoch FROM datatunnel.meta), "
+                                   "(SELECT COALESCE(max(tick), 0) FROM datatunnel.ticks)"));
+  if (r.IsNull(0, 0)) return Status::Fatal("datatunnel.meta is empty: run `datatunnel init`");
+  return Position{r.GetInt64(0, 0), r.GetInt64(0, 1), Position::kEndOfTick,
+                  std::numeric_limits<int32_t>::max()};
 }
 
 namespace {
@@ -277,6 +313,32 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
          "  AND (published_tick, published_seq) < ($3::bigint, $4::bigint)",
          {spec.source.schema, spec.source.name, arena.Keep(std::to_string(u.tick)),
           arena.Keep(std::to_string(u.seq)), arena.Keep(std::to_string(u.delivered))}});
+    if (!u.heads.empty()) {
+      // Every head of the table in one statement, as parallel arrays.
+      std::string parts, epochs, ticks, seqs, subs;
+      for (const auto& [partition, pos] : u.heads) {
+        const char* sep = parts.empty() ? "{" : ",";
+        parts += fmt::format("{}{}", sep, partition);
+        epochs += fmt::format("{}{}", sep, pos.epoch);
+        ticks += fmt::format("{}{}", sep, pos.tick);
+        seqs += fmt::format("{}{}", sep, pos.seq);
+        subs += fmt::format("{}{}", sep, pos.sub);
+      }
+      stmts.push_back(
+          {"INSERT INTO datatunnel.chain_heads AS h (topic, partition, schema_name, table_name, "
+           "  epoch, tick, seq, sub) "
+           "SELECT $1, x.p, $2, $3, x.e, x.t, x.s, x.u FROM unnest($4::int[], $5::bigint[], "
+           "  $6::bigint[], $7::bigint[], $8::int[]) AS x(p, e, t, s, u) "
+           "ON CONFLICT (topic, partition) DO UPDATE SET epoch = EXCLUDED.epoch, "
+           "  tick = EXCLUDED.tick, seq = EXCLUDED.seq, sub = EXCLUDED.sub, "
+           "  schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name, "
+           "  updated_at = now() "
+           "WHERE (h.epoch, h.tick, h.seq, h.sub) < "
+           "  (EXCLUDED.epoch, EXCLUDED.tick, EXCLUDED.seq, EXCLUDED.sub)",
+           {spec.topic, spec.source.schema, spec.source.name, arena.Keep(parts + "}"),
+            arena.Keep(epochs + "}"), arena.Keep(ticks + "}"), arena.Keep(seqs + "}"),
+            arena.Keep(subs + "}")}});
+    }
   }
   // Keep the ticks some table may still need as its batch's lower bound.
   stmts.push_back(

@@ -18,7 +18,9 @@
 // Progress per table, stored in datatunnel.tables, is (tick, seq): every change
 // of earlier ticks, and of `tick` up to change_id `seq` (kEndOfTick: all of
 // it), has been delivered. Delivered changes are then deleted from the change
-// table, which stays as small as the backlog.
+// table, which stays as small as the backlog. With progress go the chain
+// heads (datatunnel.chain_heads): per partition of the table's topic, the
+// position of the last delivered message sent there that progress covers.
 //
 // Thread-safety: one thread. All calls use the connection given at
 // construction, which also holds the producer lock.
@@ -27,6 +29,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/change.h"
@@ -58,6 +61,8 @@ struct ProgressUpdate {
   int64_t prune_upto = 0;
   std::string prune_snapshot;
   int64_t prune_tick = 0;  // the tick of prune_snapshot (for the caller)
+  // Chain heads of the table's topic that moved: (partition, position).
+  std::vector<std::pair<int32_t, Position>> heads;
 };
 
 class ChangeLog {
@@ -73,6 +78,10 @@ class ChangeLog {
   Result<std::vector<TableProgress>> LoadProgress();
   // Ticks numbered >= from, in order, at most `limit`.
   Result<std::vector<Tick>> LoadTicks(int64_t from, int limit);
+  // The chain heads recorded for table t's topic, indexed by partition (the
+  // zero Position where none is). kFatal with the fix when the source state
+  // predates chain heads (`init` not run since the upgrade).
+  Result<std::vector<Position>> LoadHeads(size_t t);
 
   // Begins a REPEATABLE READ transaction and records tick `number` with its
   // snapshot. The transaction stays open so the caller may read rows at
@@ -110,8 +119,9 @@ class ChangeLog {
   Result<int64_t> ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after, int limit,
                             int64_t epoch, std::vector<Change>* out);
 
-  // Writes progress and prunes delivered changes and old ticks, in one
-  // transaction. Progress only moves forward.
+  // Writes progress and chain heads and prunes delivered changes and old
+  // ticks, in one transaction (one round trip). Progress and heads only move
+  // forward.
   Status RecordProgress(std::span<const ProgressUpdate> updates);
 
   // Changes waiting in table t's change table (an exact count; for status).
@@ -130,6 +140,11 @@ class ChangeLog {
   std::string changed_query_;
   std::vector<int64_t> newest_;  // per table, as the last ChangedSince() saw it
 };
+
+// A position at or after every message any producer has published from the
+// source so far, and before any it will publish from a tick not yet recorded:
+// the end of the newest recorded tick, (epoch, tick, kEndOfTick, INT32_MAX).
+Result<Position> NewestRecordedPosition(pg::Connection& source);
 
 // The advisory lock key pair the producer holds ("DTNL", 1).
 inline constexpr int32_t kLockClass = 0x44544e4c;

@@ -438,6 +438,15 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
           source.Query("DELETE FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
                        {spec.source.schema, spec.source.name});
       if (!q.ok()) return fail(q.status());
+      // Chain heads exist from the version that added them on.
+      q = source.Query("SELECT pg_catalog.to_regclass('datatunnel.chain_heads') IS NOT NULL");
+      if (!q.ok()) return fail(q.status());
+      if (q->GetBool(0, 0)) {
+        q = source.Query(
+            "DELETE FROM datatunnel.chain_heads WHERE schema_name = $1 AND table_name = $2",
+            {spec.source.schema, spec.source.name});
+        if (!q.ok()) return fail(q.status());
+      }
     }
   }
   if (has_state->rows()) {
@@ -460,6 +469,7 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& tables,
       fmt::format("GRANT SELECT ON datatunnel.meta TO {};", r),
       fmt::format("GRANT SELECT, INSERT, DELETE ON datatunnel.ticks TO {};", r),
       fmt::format("GRANT SELECT, UPDATE ON datatunnel.tables TO {};", r),
+      fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.chain_heads TO {};", r),
   };
   std::set<std::string> schemas;
   for (const auto& t : tables) {

@@ -51,6 +51,23 @@ CREATE TABLE IF NOT EXISTS datatunnel.tables (
   installed_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (schema_name, table_name));
 
+-- Chain heads: per partition of a table's topic, the position of the last
+-- message the producer sent there that recorded progress covers (so the
+-- broker acknowledged it). Written in the transaction that records progress;
+-- a restarted producer links its first message to each partition to it
+-- ("source.prev", see docs/architecture.md, The message). Only moves forward.
+CREATE TABLE IF NOT EXISTS datatunnel.chain_heads (
+  topic text NOT NULL,
+  partition integer NOT NULL,
+  schema_name text NOT NULL,
+  table_name text NOT NULL,
+  epoch bigint NOT NULL,
+  tick bigint NOT NULL,
+  seq bigint NOT NULL,
+  sub integer NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (topic, partition));
+
 -- Creates or updates the capture of one table: the change table (adding
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),
 -- the trigger function and the triggers. Returns one line per action taken.

@@ -27,7 +27,21 @@ struct Row {
   std::string snapshot_state = "none";
   int64_t snapshot_rows = 0, snapshot_total = 0;
   bool target_snapshot_complete = false;
+  std::vector<apply::RecordedGap> gaps;  // the consumer stops at each
 };
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    if (static_cast<unsigned char>(c) < 0x20) {
+      out += fmt::format("\\u{:04x}", c);
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out + "\"";
+}
 
 Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const Config& c) {
   DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tables));
@@ -78,6 +92,7 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
     const double since_applied = std::strtod(std::string(a->Get(0, 2)).c_str(), nullptr);
     const bool applied_any = since_applied > 0;
     r.lag_seconds = r.lag == 0 ? 0 : (applied_any ? since_applied : oldest_pending);
+    DT_ASSIGN_OR_RETURN(r.gaps, apply::LoadGaps(tgt, t.target));
     rows.push_back(std::move(r));
   }
   return rows;
@@ -93,10 +108,19 @@ std::string Render(const std::vector<Row>& rows, bool json) {
           "{}{{\"source\":\"{}\",\"target\":\"{}\",\"captured\":{},\"published\":{},"
           "\"applied\":{},\"pending\":{},\"lag_changes\":{},\"lag_seconds\":{:.3f},"
           "\"dead_letters\":{},\"last_applied_at\":\"{}\",\"snapshot\":{{\"state\":\"{}\","
-          "\"rows\":{},\"total\":{}}}}}",
+          "\"rows\":{},\"total\":{}}},\"gaps\":[",
           i ? "," : "", r.source, r.target, r.published + r.pending, r.published, r.applied,
           r.pending, r.lag, r.lag_seconds, r.dead, r.last_applied_at, r.snapshot_state,
           r.snapshot_rows, r.snapshot_total);
+      for (size_t k = 0; k < r.gaps.size(); ++k) {
+        const apply::RecordedGap& g = r.gaps[k];
+        out += fmt::format(
+            "{}{{\"topic\":{},\"partition\":{},\"offset\":{},\"expected\":\"{}\","
+            "\"found\":\"{}\",\"detected_at\":\"{}\",\"message\":{}}}",
+            k ? "," : "", JsonString(g.stream), g.partition, g.offset, g.expected, g.found,
+            g.detected_at, JsonString(g.Describe(r.source, r.target)));
+      }
+      out += "]}";
     }
     return out + "]}\n";
   }
@@ -112,6 +136,9 @@ std::string Render(const std::vector<Row>& rows, bool json) {
     out += fmt::format("{:<28} {:>10} {:>10} {:>10} {:>8} {:>8.1f} {:>9}  {}\n", r.source,
                        r.published + r.pending, r.published, r.applied, r.lag, r.lag_seconds,
                        r.pending, snap);
+  }
+  for (const Row& r : rows) {
+    for (const auto& g : r.gaps) out += "GAP: " + g.Describe(r.source, r.target) + "\n";
   }
   return out;
 }

@@ -63,6 +63,11 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
       auto rep = verify::VerifyTable(**source, **target, (*sspecs)[i], (*tspecs)[i], vo);
       if (!rep.ok())
         return Fail(rep.status().WithContext("verify " + (*sspecs)[i].source.ToString()));
+      auto gaps = apply::LoadGaps(**target, (*tspecs)[i].target);
+      if (!gaps.ok()) return Fail(gaps.status());
+      for (const auto& gap : *gaps) {
+        rep->gaps.push_back(gap.Describe(rep->source, rep->target));
+      }
       equal = equal && rep->equal();
       reports.push_back(std::move(*rep));
     }
@@ -74,7 +79,8 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
   for (const auto& r : reports) {
     equal = equal && r.equal();
     total_rows += r.source_rows;
-    total_diffs += r.differing_keys + static_cast<int64_t>(r.schema_problems.size());
+    total_diffs += r.differing_keys + static_cast<int64_t>(r.schema_problems.size()) +
+                   static_cast<int64_t>(r.gaps.size());
   }
   if (o.json) {
     std::string out = "{\"equal\":" + std::string(equal ? "true" : "false") + ",\"tables\":[";
@@ -93,6 +99,8 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
       for (size_t k = 0; k < r.schema_problems.size(); ++k) {
         out += (k ? "," : "") + JsonString(r.schema_problems[k]);
       }
+      out += "],\"gaps\":[";
+      for (size_t k = 0; k < r.gaps.size(); ++k) out += (k ? "," : "") + JsonString(r.gaps[k]);
       out += "]}";
     }
     out += "]}";
@@ -106,7 +114,9 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
       }
       fmt::print("{} -> {}: {} rows on the source, {} on the target: {} difference(s)\n", r.source,
                  r.target, r.source_rows, r.target_rows,
-                 r.differing_keys + static_cast<int64_t>(r.schema_problems.size()));
+                 r.differing_keys + static_cast<int64_t>(r.schema_problems.size()) +
+                     static_cast<int64_t>(r.gaps.size()));
+      for (const auto& gap : r.gaps) fmt::print("  gap: {}\n", gap);
       for (const auto& p : r.schema_problems) fmt::print("  schema: {}\n", p);
       for (const auto& d : r.differing_ranges) {
         fmt::print("  key range {}: {} rows on the source, {} on the target\n", d.range,

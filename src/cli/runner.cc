@@ -13,6 +13,7 @@
 
 #include "apply/install.h"
 #include "broker/kafka.h"
+#include "capture/change_log.h"
 #include "capture/install.h"
 #include "core/clock.h"
 #include "metrics/http_server.h"
@@ -134,26 +135,31 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
     }
     DT_ASSIGN_OR_RETURN(auto rows,
                         tgt->Query("SELECT EXISTS (SELECT 1 FROM " + spec.target.Quoted() + ")"));
-    if (rows.GetBool(0, 0)) {
+    if (plan.truncate_target || config.pipeline.truncate_target) {
+      DT_ASSIGN_OR_RETURN(const bool captured, apply::IsCapturedSource(*tgt, spec.target));
+      if (captured) {
+        return Status::BadConfig(fmt::format(
+            "target table {} is itself captured by datatunnel (it has the capture trigger): "
+            "refusing to empty it for a snapshot; check target.dsn and the table's target, or "
+            "empty it yourself if it really is to be overwritten",
+            spec.target.ToString()));
+      }
+      // Everything published so far is superseded by the copy: consumers drop
+      // it (and pass a gap in it, which is how a gap is repaired).
+      DT_ASSIGN_OR_RETURN(auto upto, capture::NewestRecordedPosition(*src));
+      DT_RETURN_IF_ERROR(apply::ResyncForSnapshot(*tgt, spec.target, upto));
+      if (rows.GetBool(0, 0)) {
+        spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
+                     spec.source.ToString(), spec.target.ToString());
+      }
+    } else if (rows.GetBool(0, 0)) {
       DT_ASSIGN_OR_RETURN(auto applied,
                           tgt->Query("SELECT COALESCE(sum(applied_count), 0) FROM "
                                      "datatunnel.applied WHERE target_schema = $1 AND "
                                      "target_table = $2",
                                      {spec.target.schema, spec.target.name}));
       const bool from_stream = applied.GetInt64(0, 0) > 0 && !plan.snapshot_only;
-      if (plan.truncate_target || config.pipeline.truncate_target) {
-        DT_ASSIGN_OR_RETURN(const bool captured, apply::IsCapturedSource(*tgt, spec.target));
-        if (captured) {
-          return Status::BadConfig(fmt::format(
-              "target table {} is itself captured by datatunnel (it has the capture trigger): "
-              "refusing to empty it for a snapshot; check target.dsn and the table's target, or "
-              "empty it yourself if it really is to be overwritten",
-              spec.target.ToString()));
-        }
-        DT_RETURN_IF_ERROR(tgt->Exec("TRUNCATE " + spec.target.Quoted()));
-        spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
-                     spec.source.ToString(), spec.target.ToString());
-      } else if (!from_stream) {
+      if (!from_stream) {
         return Status::BadConfig(fmt::format(
             "target table {} already holds rows; a snapshot would mix them with the source's. "
             "Empty it first, or pass --truncate-target (or set pipeline.truncate_target = true) "

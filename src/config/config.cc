@@ -84,9 +84,9 @@ std::string DefaultTopic(const std::string& prefix, const QualifiedName& source)
 }
 
 // DATATUNNEL_* variables that are not settings but are read elsewhere.
-const std::set<std::string> kOtherVariables = {"DATATUNNEL_BIN", "DATATUNNEL_TIMEOUT_MULTIPLIER",
-                                               "DATATUNNEL_CHAOS_SEED", "DATATUNNEL_CACHE",
-                                               "DATATUNNEL_TEST_BROKERS"};
+const std::set<std::string> kOtherVariables = {
+    "DATATUNNEL_BIN",   "DATATUNNEL_TIMEOUT_MULTIPLIER", "DATATUNNEL_CHAOS_SEED",
+    "DATATUNNEL_CACHE", "DATATUNNEL_TEST_BROKERS",       "DATATUNNEL_FAULT_LOSE_MESSAGE"};
 
 std::vector<Setting> Settings() {
   std::vector<Setting> s;

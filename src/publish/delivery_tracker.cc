@@ -6,8 +6,8 @@
 namespace datatunnel::publish {
 
 uint64_t DeliveryTracker::Add(uint32_t table, const Position& pos, Kind kind, bool delivered,
-                              int64_t captured_us, uint32_t rows) {
-  entries_.push_back(Entry{table, kind, delivered, rows, pos, captured_us});
+                              int64_t captured_us, uint32_t rows, int32_t partition) {
+  entries_.push_back(Entry{table, kind, delivered, rows, partition, pos, captured_us});
   return base_ + entries_.size() - 1;
 }
 
@@ -41,6 +41,23 @@ std::vector<TableAdvance> DeliveryTracker::TakeAdvances() {
     const Entry& e = entries_.front();
     TableAdvance& a = adv[e.table];
     a.table = e.table;
+    if (e.partition >= 0) {
+      if (unconfirmed_.size() <= e.table) unconfirmed_.resize(e.table + 1);
+      Unconfirmed& u = unconfirmed_[e.table];
+      const auto p = static_cast<size_t>(e.partition);
+      if (u.last.size() <= p) u.last.resize(p + 1);
+      if (u.last[p] == Position{}) u.dirty.push_back(e.partition);
+      u.last[p] = e.pos;
+    }
+    const bool progress_point = e.kind != Kind::kPart && e.kind != Kind::kSnapshotRow;
+    if (progress_point && e.table < unconfirmed_.size()) {
+      Unconfirmed& u = unconfirmed_[e.table];
+      for (int32_t p : u.dirty) {
+        a.heads[p] = u.last[static_cast<size_t>(p)];
+        u.last[static_cast<size_t>(p)] = Position{};
+      }
+      u.dirty.clear();
+    }
     switch (e.kind) {
       case Kind::kChange:
         a.pos = e.pos;
@@ -75,6 +92,7 @@ std::vector<TableAdvance> DeliveryTracker::TakeAdvances() {
 void DeliveryTracker::Reset() {
   base_ += entries_.size();
   entries_.clear();
+  unconfirmed_.clear();
   failure_ = Status::OK();
 }
 

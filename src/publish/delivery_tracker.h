@@ -11,12 +11,21 @@
 // of a tick, the end of a chunk) send nothing and count once everything
 // registered before them is delivered.
 //
+// Chain heads: for a message sent to a known partition, the tracker also
+// reports, per (table, partition), the position of the last such message in
+// the watermark, but only once a progress point of its table follows it
+// (TableAdvance::heads). A head recorded with progress therefore never lies
+// beyond that progress, so a producer that restarts from recorded progress
+// sends nothing at or below a recorded head except its schema markers, which
+// it places above them (tunnel/source_worker.cc).
+//
 // Thread-safety: not thread-safe; the producer thread owns it and delivery
 // callbacks run on that thread (from the broker's poll).
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -34,6 +43,9 @@ struct TableAdvance {
   int64_t snapshot_rows = 0;  // snapshot rows delivered since last taken
   int chunks_done = 0;        // snapshot chunks whose rows are all delivered
   bool marker_done = false;   // the end-of-snapshot marker is delivered
+  // Partition -> position of the last message sent there that is delivered
+  // and followed by a delivered progress point of the table (chain heads).
+  std::map<int32_t, Position> heads;
 };
 
 class DeliveryTracker {
@@ -44,8 +56,10 @@ class DeliveryTracker {
   // sends nothing (the end of a tick, an empty chunk). Returns its token.
   // `captured_us`: when the change was captured (0 for anything but changes).
   // `rows`: snapshot rows the message carries (a packed chunk carries many).
+  // `partition`: where the message went, when the sink chains messages per
+  // partition (source.prev), else -1.
   uint64_t Add(uint32_t table, const Position& pos, Kind kind, bool delivered = false,
-               int64_t captured_us = 0, uint32_t rows = 1);
+               int64_t captured_us = 0, uint32_t rows = 1, int32_t partition = -1);
   void MarkDelivered(uint64_t token);
   // A message could not be delivered; remembers the first failure.
   void MarkFailed(uint64_t token, Status why);
@@ -70,10 +84,19 @@ class DeliveryTracker {
     Kind kind;
     bool delivered;
     uint32_t rows;
+    int32_t partition;
     Position pos;
     int64_t captured_us;
   };
+  // Per table: delivered messages past its last delivered progress point,
+  // the last one per partition (`last`, indexed by partition; `dirty` lists
+  // the partitions set), reported as heads at its next progress point.
+  struct Unconfirmed {
+    std::vector<Position> last;
+    std::vector<int32_t> dirty;
+  };
   std::deque<Entry> entries_;
+  std::vector<Unconfirmed> unconfirmed_;
   uint64_t base_ = 0;  // token of entries_.front()
   Status failure_;
 };

@@ -82,9 +82,13 @@ EnvelopeEncoder::EnvelopeEncoder(const std::vector<TableSpec>* tables, std::stri
 
 void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* value,
                              int partitions) {
+  EncodeKey(c, key);
+  EncodeValue(c, value, partitions, nullptr);
+}
+
+void EnvelopeEncoder::EncodeKey(const Change& c, std::string* key) {
   const TableSpec& spec = (*tables_)[c.table];
   key->clear();
-  value->clear();
   if (c.op != Op::kTruncate && c.op != Op::kMarker) {
     key_buf_.Clear();
     Writer kw(key_buf_);
@@ -101,6 +105,12 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
     kw.EndObject();
     key->assign(key_buf_.GetString(), key_buf_.GetSize());
   }
+}
+
+void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int partitions,
+                                  const Position* prev) {
+  const TableSpec& spec = (*tables_)[c.table];
+  value->clear();
   value_buf_.Clear();
   Writer w(value_buf_);
   w.StartObject();
@@ -167,6 +177,8 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
   w.Key("change_id");
   if (snapshot) {
     w.Null();
+  } else if (c.op == Op::kMarker) {
+    w.Int64(0);  // a schema marker is no change (its seq is where it sits in the stream)
   } else {
     w.Int64(c.pos.seq);
   }
@@ -181,6 +193,19 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
   w.Int64(c.pos.seq);
   w.Int(c.pos.sub);
   w.EndArray();
+  if (prev) {
+    w.Key("prev");
+    if (*prev == Position{}) {
+      w.Null();
+    } else {
+      w.StartArray();
+      w.Int64(prev->epoch);
+      w.Int64(prev->tick);
+      w.Int64(prev->seq);
+      w.Int(prev->sub);
+      w.EndArray();
+    }
+  }
   w.EndObject();
   w.EndObject();
   value->assign(value_buf_.GetString(), value_buf_.GetSize());

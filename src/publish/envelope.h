@@ -6,14 +6,18 @@
 //           "source": {"version", "connector": "datatunnel", "name", "db",
 //                      "schema", "table", "txId", "change_id", "ts_ms"
 //                      (capture time), "snapshot": true|false,
-//                      "pos": [epoch, tick, seq, sub]}}
+//                      "pos": [epoch, tick, seq, sub],
+//                      "prev": [epoch, tick, seq, sub]|null}}
 //
 // Truncates and markers go to every partition and carry "partitions": N.
 // "op":"m" with "marker":"schema" carries the source table's columns as
 // "columns": [{"name": ..., "type": ...}] (sent when a producer starts, so
 // consumers can add new columns to the target before rows use them).
 // "pos" is the change's Position (core/change.h); consumers use it to drop
-// duplicates. A delete carries the old row in "before" (only the key when it
+// duplicates. "prev" chains the messages of one partition: the "pos" of the
+// message the producer sent to the same partition before this one (null for
+// the first ever), so a consumer notices a message missing from the topic
+// (apply/chain.h). A delete carries the old row in "before" (only the key when it
 // is the delete half of a key change). "op":"m" with "marker":"snapshot_done"
 // ends a snapshot on every partition. Value encodings per type are listed in
 // README.md ("How values are encoded").
@@ -37,8 +41,16 @@ class EnvelopeEncoder {
   // database name for "source.db".
   EnvelopeEncoder(const std::vector<TableSpec>* tables, std::string db);
 
-  // Encodes `c`; `key` is left empty for truncate and marker messages, which
-  // are sent to every partition and say how many there are (`partitions`).
+  // The Kafka key of `c`, the JSON object of its key columns; empty for
+  // truncate and marker messages, which are sent to every partition.
+  void EncodeKey(const Change& c, std::string* key);
+  // The value of `c`. `partitions`: how many partitions a truncate or marker
+  // is sent to (0: not written). `prev`: the position of the message sent to
+  // the same partition before this one, written as "source.prev" (the zero
+  // Position as null: the partition's first message); nullptr leaves the
+  // field out.
+  void EncodeValue(const Change& c, std::string* value, int partitions, const Position* prev);
+  // Both, without "source.prev".
   void Encode(const Change& c, std::string* key, std::string* value, int partitions = 0);
 
  private:

@@ -1,5 +1,7 @@
 #include "tunnel/kafka_sink.h"
 
+#include <fmt/format.h>
+
 namespace datatunnel::tunnel {
 
 Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
@@ -15,6 +17,15 @@ void KafkaSink::SetTables(const std::vector<TableSpec>* tables) {
   tables_ = tables;
   encoder_ = std::make_unique<publish::EnvelopeEncoder>(tables, db_);
   partitions_.clear();
+  heads_.assign(tables->size(), {});
+}
+
+void KafkaSink::SetChainHeads(uint32_t table, std::vector<Position> heads) {
+  heads_[table] = std::move(heads);
+  auto n = partitions_.find(table);
+  if (n != partitions_.end() && heads_[table].size() < static_cast<size_t>(n->second)) {
+    heads_[table].resize(static_cast<size_t>(n->second));
+  }
 }
 
 Result<int> KafkaSink::PartitionCount(uint32_t table) {
@@ -22,17 +33,29 @@ Result<int> KafkaSink::PartitionCount(uint32_t table) {
   if (it != partitions_.end()) return it->second;
   DT_ASSIGN_OR_RETURN(int n, producer_->PartitionCount((*tables_)[table].topic, 10000));
   partitions_[table] = n;
+  // Partitions beyond the recorded heads start their chain here.
+  if (heads_[table].size() < static_cast<size_t>(n)) heads_[table].resize(static_cast<size_t>(n));
   return n;
 }
 
-Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token) {
-  int broadcast = 0;
-  if (change.op == Op::kTruncate || change.op == Op::kMarker) {
-    DT_ASSIGN_OR_RETURN(broadcast, PartitionCount(change.table));
+Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) {
+  // Counted once per session (a topic's partitions are not expected to
+  // change while the tunnel runs), so choosing the partition costs a hash.
+  DT_ASSIGN_OR_RETURN(int n, PartitionCount(change.table));
+  const bool broadcast = change.op == Op::kTruncate || change.op == Op::kMarker;
+  encoder_->EncodeKey(change, &key_);
+  if (partition < 0) partition = broadcast ? 0 : broker::KeyPartition(key_, n);
+  if (partition >= n) {
+    return Status::Fatal(fmt::format("internal: partition {} of topic {} which has {}", partition,
+                                     (*tables_)[change.table].topic, n));
   }
-  encoder_->Encode(change, &key_, &value_, broadcast);
+  Position& head = heads_[change.table][static_cast<size_t>(partition)];
+  encoder_->EncodeValue(change, &value_, broadcast ? n : 0, &head);
   Status st = producer_->Send((*tables_)[change.table].topic, partition, key_, value_, token);
-  if (st.ok()) bytes_sent_ += static_cast<int64_t>(value_.size() + key_.size());
+  if (!st.ok()) return st;
+  head = change.pos;
+  *sent_to = partition;
+  bytes_sent_ += static_cast<int64_t>(value_.size() + key_.size());
   return st;
 }
 

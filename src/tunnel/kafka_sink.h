@@ -1,5 +1,14 @@
 // KafkaSink: encodes changes as envelopes and publishes them, keyed by the
 // row's key, to each table's topic.
+//
+// It chooses every message's partition itself (broker::KeyPartition, the
+// same as librdkafka's murmur2_random partitioner), so it knows, per
+// partition, the position of the message it sent there last: each message
+// carries that position as "source.prev", and consumers check the chain
+// (apply/chain.h). The first message of a session to a partition links to the
+// head an earlier session recorded (SetChainHeads).
+//
+// Thread-safety: one thread (the source worker's), as ChangeSink.
 #pragma once
 
 #include <map>
@@ -18,12 +27,14 @@ class KafkaSink : public ChangeSink {
   static Result<std::unique_ptr<KafkaSink>> Create(const KafkaConfig& config, std::string source_db,
                                                    DeliveryFn on_delivery);
   void SetTables(const std::vector<TableSpec>* tables) override;
-  Status Send(const Change& change, int32_t partition, uint64_t token) override;
+  Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   void Poll(int timeout_ms) override { producer_->Poll(timeout_ms); }
   int Flush(int timeout_ms) override { return producer_->Flush(timeout_ms); }
   Result<int> PartitionCount(uint32_t table) override;
   Status Health() const override { return producer_->FatalError(); }
   int64_t bytes_sent() const override { return bytes_sent_; }
+  bool Chained() const override { return true; }
+  void SetChainHeads(uint32_t table, std::vector<Position> heads) override;
 
  private:
   explicit KafkaSink(std::string db) : db_(std::move(db)) {}
@@ -32,6 +43,9 @@ class KafkaSink : public ChangeSink {
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
   std::unique_ptr<broker::Producer> producer_;
   std::map<uint32_t, int> partitions_;
+  // Per table, per partition: the position of the last message sent there
+  // (this session), or the recorded head; the zero Position before the first.
+  std::vector<std::vector<Position>> heads_;
   std::string key_, value_;
   int64_t bytes_sent_ = 0;
 };

@@ -96,11 +96,13 @@ Status MemorySink::Hand(C&& change, uint64_t token) {
   return Status::OK();
 }
 
-Status MemorySink::Send(const Change& change, int32_t, uint64_t token) {
+Status MemorySink::Send(const Change& change, int32_t, uint64_t token, int32_t* sent_to) {
+  *sent_to = -1;  // one stream, handed over in order: no chain to check
   return Hand(change, token);
 }
 
-Status MemorySink::SendOwned(Change&& change, int32_t, uint64_t token) {
+Status MemorySink::SendOwned(Change&& change, int32_t, uint64_t token, int32_t* sent_to) {
+  *sent_to = -1;
   return Hand(std::move(change), token);
 }
 

@@ -70,8 +70,8 @@ class MemorySink : public ChangeSink {
  public:
   MemorySink(MemoryChannel* channel, DeliveryFn on_delivery)
       : channel_(channel), on_delivery_(std::move(on_delivery)) {}
-  Status Send(const Change& change, int32_t partition, uint64_t token) override;
-  Status SendOwned(Change&& change, int32_t partition, uint64_t token) override;
+  Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
+  Status SendOwned(Change&& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   void Poll(int timeout_ms) override;
   int Flush(int timeout_ms) override;
   Result<int> PartitionCount(uint32_t) override { return 1; }

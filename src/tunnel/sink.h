@@ -27,12 +27,28 @@ class ChangeSink {
   // catalog); called by the source worker before it sends anything.
   virtual void SetTables(const std::vector<TableSpec>* tables) { (void)tables; }
   // `partition` -1: by key. Truncates and markers are sent once per partition.
-  virtual Status Send(const Change& change, int32_t partition, uint64_t token) = 0;
+  // On success *sent_to is the partition the message went to when the sink
+  // chains the messages of each partition (Chained()), else -1.
+  virtual Status Send(const Change& change, int32_t partition, uint64_t token,
+                      int32_t* sent_to) = 0;
   // The same for a change the caller no longer needs: a sink that keeps
   // changes may take its row instead of copying it. `change` is left as it
   // was when the result is not OK.
-  virtual Status SendOwned(Change&& change, int32_t partition, uint64_t token) {
-    return Send(change, partition, token);
+  virtual Status SendOwned(Change&& change, int32_t partition, uint64_t token, int32_t* sent_to) {
+    return Send(change, partition, token, sent_to);
+  }
+  // Whether each message carries the position of the message sent to the
+  // same partition before it ("source.prev", so a consumer notices one
+  // missing from the broker). Then the source worker records, with its
+  // progress, the chain heads the delivery tracker reports, and hands them
+  // to the next session with SetChainHeads().
+  virtual bool Chained() const { return false; }
+  // The chain heads recorded for table `table` (indexed by partition; the
+  // zero Position where none is): the first message this session sends to a
+  // partition links to its head. Called after SetTables(), before sending.
+  virtual void SetChainHeads(uint32_t table, std::vector<Position> heads) {
+    (void)table;
+    (void)heads;
   }
   virtual void Poll(int timeout_ms) = 0;
   // Waits up to timeout_ms for everything sent to be delivered; returns how

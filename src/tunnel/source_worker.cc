@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 
 #include "capture/install.h"
 #include "core/clock.h"
@@ -26,6 +27,23 @@ bool AtOrAfter(const capture::TableProgress& p, int64_t tick, int64_t seq) {
 // markers, which are not changes waiting to reach the target.
 int64_t CaptureTime(const Change& c) {
   return c.op == Op::kRead || c.op == Op::kMarker ? 0 : c.captured_us;
+}
+
+// Where a session's schema markers for a table sit: right after the table's
+// recorded progress, so every message the session sends for the table after
+// them is newer (it resends what follows the progress), and above the
+// table's recorded chain heads, so the markers link to them ("source.prev"
+// must be older than "pos"). Heads never pass the recorded progress (the
+// delivery tracker reports them only up to a progress point), so the heads
+// at the progress itself are a previous session's markers: sub 2 and up,
+// one more per session that recorded no progress (changes use sub 0 and 1).
+Position SchemaMarkerPosition(int64_t epoch, const capture::TableProgress& progress,
+                              const std::vector<Position>& heads) {
+  Position m{epoch, progress.tick, progress.seq, 2};
+  for (const Position& h : heads) {
+    if (h >= m) m = Position{h.epoch, h.tick, h.seq, h.sub + 1};
+  }
+  return m;
 }
 
 }  // namespace
@@ -73,6 +91,7 @@ struct SourceWorker::Session {
     int64_t snapshot_rows = 0;
     int chunks_done = 0;
     bool marker_done = false;
+    std::map<int32_t, Position> heads;  // chain heads that moved
   };
   std::vector<Pending> pending;
   std::vector<int64_t> max_cid_delivered;
@@ -161,8 +180,16 @@ Status SourceWorker::RunSession(bool first) {
   metrics_->producer_ready = 0;  // until the schema markers below are delivered
   metrics_->leader = 1;
   if (announced) spdlog::info("producer: took over publishing");
-  // Only the lock holder's view of progress is current: read it now.
+  // Only the lock holder's view of progress is current: read it now, with
+  // the chain heads recorded with it.
   DT_ASSIGN_OR_RETURN(s.progress, s.log->LoadProgress());
+  std::vector<std::vector<Position>> heads(s.specs.size());
+  if (sink_->Chained()) {
+    for (size_t t = 0; t < s.specs.size(); ++t) {
+      DT_ASSIGN_OR_RETURN(heads[t], s.log->LoadHeads(t));
+      sink_->SetChainHeads(static_cast<uint32_t>(t), heads[t]);
+    }
+  }
   DT_RETURN_IF_ERROR(HandleSchemaChanges(s));
   {
     std::string oids;
@@ -218,7 +245,7 @@ Status SourceWorker::RunSession(bool first) {
     schema.op = Op::kMarker;
     schema.marker = Marker::kSchema;
     schema.table = static_cast<uint32_t>(t);
-    schema.pos = Position{s.epoch, first_batch, 0, 0};
+    schema.pos = SchemaMarkerPosition(s.epoch, s.progress[t], heads[t]);
     schema.captured_us = NowMicros();
     DT_ASSIGN_OR_RETURN(int n, sink_->PartitionCount(static_cast<uint32_t>(t)));
     for (int p = 0; p < n; ++p)
@@ -229,6 +256,19 @@ Status SourceWorker::RunSession(bool first) {
   // producer id, so the first change waits for none of that.
   s.ready_token = tracker_.next_token();
   s.ready_pending = true;
+  if (sink_->Chained()) {
+    // Nothing more until the broker stored the markers. A broker that has no
+    // state for this producer on a partition (a new process, a new topic)
+    // accepts its second request there even when the first failed, and
+    // librdkafka then reports the first one delivered though it never was
+    // ("implicitly acked"; docs/architecture.md, Guarantees): one request
+    // at a time until every partition stored one of ours. From then on the
+    // broker refuses a request out of sequence.
+    while (tracker_.in_flight() > 0) {
+      if (stop_->stop_requested()) return Status::Cancelled();
+      DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
+    }
+  }
   spdlog::info("producer: publishing {} table(s) from the {}, resuming at tick {}", s.specs.size(),
                s.conn->description(), first_batch);
 
@@ -495,8 +535,9 @@ Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, in
                              uint32_t rows, Kind kind, SendFn&& send) {
   const uint64_t token = tracker_.next_token();
   const int64_t bytes_before = sink_->bytes_sent();
+  int32_t sent_to = -1;
   for (;;) {
-    Status st = send(token);
+    Status st = send(token, &sent_to);
     if (st.ok()) {
       metrics_->table(table).published_bytes += sink_->bytes_sent() - bytes_before;
       break;
@@ -506,13 +547,14 @@ Status SourceWorker::SendVia(Session& s, uint32_t table, const Position& pos, in
     if (stop_->stop_requested()) return Status::Cancelled();
     DT_RETURN_IF_ERROR(ServeDeliveries(s, 10, false));
   }
-  tracker_.Add(table, pos, kind, /*delivered=*/false, captured_us, rows);
+  tracker_.Add(table, pos, kind, /*delivered=*/false, captured_us, rows, sent_to);
   return Status::OK();
 }
 
 Status SourceWorker::SendChange(Session& s, const Change& c, int32_t partition, Kind kind) {
-  return SendVia(s, c.table, c.pos, CaptureTime(c), 1, kind,
-                 [&](uint64_t token) { return sink_->Send(c, partition, token); });
+  return SendVia(s, c.table, c.pos, CaptureTime(c), 1, kind, [&](uint64_t token, int32_t* sent_to) {
+    return sink_->Send(c, partition, token, sent_to);
+  });
 }
 
 Status SourceWorker::SendOwnedChange(Session& s, Change&& c, Kind kind) {
@@ -520,8 +562,9 @@ Status SourceWorker::SendOwnedChange(Session& s, Change&& c, Kind kind) {
   const Position pos = c.pos;
   const int64_t captured = CaptureTime(c);
   const auto rows = static_cast<uint32_t>(std::max<int64_t>(1, c.packed_rows));
-  return SendVia(s, table, pos, captured, rows, kind,
-                 [&](uint64_t token) { return sink_->SendOwned(std::move(c), -1, token); });
+  return SendVia(s, table, pos, captured, rows, kind, [&](uint64_t token, int32_t* sent_to) {
+    return sink_->SendOwned(std::move(c), -1, token, sent_to);
+  });
 }
 
 int SourceWorker::ReadLimit(const Session& s, size_t t) {
@@ -644,12 +687,15 @@ Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record)
   DT_RETURN_IF_ERROR(sink_->Health());
   for (const auto& a : tracker_.TakeAdvances()) {
     Session::Pending& p = s.pending[a.table];
-    p.any = true;
-    p.pos = a.pos;
+    if (a.pos != Position{}) {  // a prefix of parts only (a key change's first half) is no progress
+      p.any = true;
+      p.pos = a.pos;
+    }
     p.delivered += a.delivered;
     p.snapshot_rows += a.snapshot_rows;
     p.chunks_done += a.chunks_done;
     p.marker_done = p.marker_done || a.marker_done;
+    for (const auto& [partition, pos] : a.heads) p.heads[partition] = pos;
     s.max_cid_delivered[a.table] = std::max(s.max_cid_delivered[a.table], a.max_change_id);
     metrics_->table(a.table).published += a.delivered;
     metrics_->table(a.table).snapshot_rows += a.snapshot_rows;
@@ -690,6 +736,7 @@ Status SourceWorker::RecordProgress(Session& s) {
     u.tick = p.pos.tick;
     u.seq = p.pos.seq;
     u.delivered = p.delivered;
+    u.heads.assign(p.heads.begin(), p.heads.end());
     // Everything visible in the newest fully delivered tick can go, once:
     // pruning again at the same tick finds nothing new (every change it
     // covers was delivered, so its change_id is at most the largest

@@ -9,7 +9,8 @@
 //   2. read the tick's batch of every table in change_id order and send it;
 //   3. send the chunk's rows, then the end-of-snapshot marker if it was the last;
 //   4. meanwhile serve delivery reports, and every progress_interval_ms record
-//      the delivered watermark and prune delivered changes.
+//      the delivered watermark (with the chain heads of a chained sink) and
+//      prune delivered changes.
 // A tick is taken right after a batch that had changes, otherwise when the
 // check run every check_interval_ms (ChangeLog::ChangedSince) sees new
 // changes, on NOTIFY (a snapshot request), or after poll_interval_ms.

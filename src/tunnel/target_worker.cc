@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "apply/chain.h"
 #include "apply/install.h"
 #include "core/clock.h"
 
@@ -32,6 +33,15 @@ Status TargetCore::Connect() {
   if (!check.ok()) {
     return Status::Fatal(fmt::format(
         "the {} has no datatunnel state (datatunnel.applied): run `datatunnel init` first",
+        conn_->description()));
+  }
+  check = conn_->Query(
+      "SELECT a.tail_epoch, a.gap_offset, r.tick FROM datatunnel.applied a, datatunnel.resyncs r "
+      "LIMIT 0");
+  if (!check.ok()) {
+    return Status::Fatal(fmt::format(
+        "the datatunnel state on the {} is from an older version (no chain check columns): run "
+        "`datatunnel init` to upgrade it, then start again",
         conn_->description()));
   }
   applier_ = std::make_unique<apply::Applier>(conn_.get(), &targets_);
@@ -168,6 +178,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
   std::vector<const Change*> changes;
   std::vector<apply::Advance> advances;
   std::vector<uint32_t> advance_table;  // the table of each advance, for metrics
+  std::vector<Position> resync_of;      // each advance's resync (apply::PartitionState)
   std::vector<apply::TruncateArrival> arrivals;
   std::map<std::pair<std::string, int32_t>, size_t> advance_of;
   for (;;) {
@@ -177,6 +188,7 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
     changes.clear();
     advances.clear();
     advance_table.clear();
+    resync_of.clear();
     advance_of.clear();
     arrivals.clear();
     size_t current = SIZE_MAX;  // the advance of the previous item's partition
@@ -200,12 +212,23 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
           a.expected_offset = res->offset;
           a.offset = res->offset;
           a.pos = res->pos;
+          a.tail = res->tail;
           advances.push_back(a);
           advance_table.push_back(item.change.table);
+          resync_of.push_back(res->resync);
         }
         current = ait->second;
       }
       apply::Advance& a = advances[current];
+      if (a.gap) continue;  // nothing of the partition past its gap
+      if (item.chained &&
+          apply::ReadLink(&a.tail, item.change.pos, item.prev) == apply::Link::kGap) {
+        a.gap = true;
+        a.gap_offset = item.offset;
+        a.gap_expected = a.tail;
+        a.gap_found = *item.prev;
+        continue;
+      }
       a.offset = item.offset >= 0 ? item.offset : a.offset + 1;
       switch (item.kind) {
         case Item::Kind::kDeadLetter:
@@ -217,8 +240,9 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
           break;
       }
       const Change& c = item.change;
-      if (IsDuplicate(a.pos, c.pos)) {
-        ++a.skipped;
+      const Position& resync = resync_of[current];
+      if (IsDuplicate(a.pos, c.pos) || (resync.epoch != 0 && IsDuplicate(resync, c.pos))) {
+        ++a.skipped;  // applied already, or superseded by a snapshot
         continue;
       }
       a.pos = c.pos;
@@ -255,8 +279,10 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
     }
     if (st.ok()) {
       const int64_t now = NowMicros();
-      for (const auto& a : advances) {
-        states_[{a.stream, a.partition}] = apply::PartitionState{a.offset, a.pos};
+      for (size_t i = 0; i < advances.size(); ++i) {
+        const apply::Advance& a = advances[i];
+        states_[{a.stream, a.partition}] =
+            apply::PartitionState{a.offset, a.pos, a.tail, resync_of[i]};
       }
       for (const Change* c : changes) {
         auto& tm = metrics_->table(c->table);
@@ -281,6 +307,19 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
             }
           }
         }
+      }
+      for (size_t i = 0; i < advances.size(); ++i) {
+        const apply::Advance& a = advances[i];
+        if (!a.gap) continue;
+        // Recorded with what came before it; nothing after it is applied.
+        const TableSpec& spec = targets_[advance_table[i]];
+        apply::RecordedGap gap{a.stream,
+                               a.partition,
+                               a.gap_offset,
+                               apply::PositionText(a.gap_expected),
+                               apply::PositionText(a.gap_found),
+                               ""};
+        return Status::Fatal(gap.Describe(spec.source.ToString(), spec.target.ToString()));
       }
       return Status::OK();
     }
@@ -497,11 +536,16 @@ Status KafkaTargetWorker::Run() {
       } else {
         Status dst = decoder.Decode(v.value, static_cast<uint32_t>(t), &item.change);
         item.broadcast_partitions = decoder.broadcast_partitions();
+        item.chained = dst.ok();
+        item.prev = decoder.prev();
         if (dst.code() == StatusCode::kBadData) {
           result = DeadLetter(m, dst);
           if (!result.ok()) break;
           item.kind = Item::Kind::kDeadLetter;
           item.change.table = static_cast<uint32_t>(t);
+          // A dead letter of ours still takes its place in the chain, so the
+          // next message, which links to it, is no gap.
+          item.chained = decoder.ReadChain(v.value, &item.change.pos, &item.prev);
         } else if (!dst.ok()) {
           result =
               dst.WithContext(fmt::format("{} [{}] offset {}", v.topic, v.partition, v.offset));

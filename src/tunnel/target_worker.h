@@ -44,6 +44,12 @@ struct Item {
   int64_t offset = -1;  // -1: next in sequence (in-memory streams)
   enum class Kind { kChange, kDeadLetter, kIgnored } kind = Kind::kChange;
   int broadcast_partitions = 0;
+  // The message takes part in its partition's chain (apply/chain.h):
+  // change.pos is its "source.pos", `prev` its "source.prev" (nullopt: none,
+  // not checked). False for the in-memory hand-over, tombstones and messages
+  // without a readable position.
+  bool chained = false;
+  std::optional<Position> prev;
   Change change;
 };
 
@@ -75,6 +81,10 @@ class TargetCore {
   // Returns OK once applied, Cancelled when a stop was requested first, or a
   // failure that cannot heal. While waiting to retry it calls `keepalive`
   // every few hundred milliseconds (the Kafka worker stays in its group).
+  // Chained items are checked against their partition's tail first: at a gap
+  // (apply/chain.h) nothing of that partition from the gap on is applied,
+  // the gap is recorded with the batch, and once it committed the result is
+  // kFatal with the one-line explanation and fix.
   Status ApplyBatch(std::vector<Item>& items, const std::function<void()>& keepalive = {});
 
  private:

@@ -41,8 +41,13 @@ struct TableReport {
   std::vector<RangeDiff> differing_ranges;
   std::vector<KeyDiff> keys;  // at most max_keys listed
   int64_t differing_keys = 0;
+  // Gaps a consumer recorded (a message missing from a partition: the target
+  // is known to miss changes, and the consumer stops there), one line each;
+  // filled by the caller, which reads the target's apply state.
+  std::vector<std::string> gaps;
   bool equal() const {
-    return schema_problems.empty() && differing_ranges.empty() && differing_keys == 0;
+    return schema_problems.empty() && differing_ranges.empty() && differing_keys == 0 &&
+           gaps.empty();
   }
 };
 

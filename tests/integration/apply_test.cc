@@ -150,6 +150,79 @@ TEST_F(ApplyTest, ColumnsAMessageDoesNotCarryAreLeftAlone) {
   EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name || n FROM t WHERE id = 1"), "b7");
 }
 
+// The chain's state (apply/chain.h): the tail commits with the offset, a gap
+// is recorded with the batch that stops before it, and a snapshot into the
+// emptied table supersedes everything up to a tick and clears the gap.
+TEST_F(ApplyTest, ChainTailGapAndResync) {
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  std::vector<Change> cs = {Row3(Op::kInsert, 1, "1", "a")};
+  std::vector<const Change*> ptrs = {&cs[0]};
+  apply::Advance a;
+  a.stream = "topic";
+  a.partition = 0;
+  a.expected_offset = -1;
+  a.offset = 4;
+  a.pos = cs[0].pos;
+  a.tail = {1, 1, 9, 2};  // a schema marker read after the change
+  a.applied = 1;
+  a.gap = true;
+  a.gap_offset = 5;
+  a.gap_expected = a.tail;
+  a.gap_found = {1, 1, 10, 0};
+  ASSERT_TRUE(applier_->Apply(ptrs, {&a, 1}).ok());
+  auto st = applier_->Load("topic", 0, 0);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->offset, 4);
+  EXPECT_EQ(st->tail, (Position{1, 1, 9, 2}));
+  EXPECT_EQ(st->resync, Position{});
+  auto gaps = apply::LoadGaps(*conn_, {"public", "t"});
+  ASSERT_TRUE(gaps.ok()) << gaps.status().message();
+  ASSERT_EQ(gaps->size(), 1u);
+  EXPECT_EQ((*gaps)[0].stream, "topic");
+  EXPECT_EQ((*gaps)[0].offset, 5);
+  EXPECT_EQ((*gaps)[0].expected, "[1,1,9,2]");
+  EXPECT_EQ((*gaps)[0].found, "[1,1,10,0]");
+  EXPECT_FALSE((*gaps)[0].detected_at.empty());
+  const std::string line = (*gaps)[0].Describe("public.t", "public.t");
+  EXPECT_NE(line.find("topic [0] offset 5: a message is missing from the topic"), std::string::npos)
+      << line;
+
+  // A TRUNCATE barrier partition 1 waits at, below the resync.
+  ASSERT_TRUE(conn_->Exec("BEGIN").ok());
+  auto arrived = conn_->Query(
+      "SELECT datatunnel.truncate_arrive('topic', 1, 1, 3, 0, 1, 2, "
+      "'public', 't')");
+  ASSERT_TRUE(arrived.ok()) << arrived.status().message();
+  EXPECT_FALSE(arrived->GetBool(0, 0));
+  ASSERT_TRUE(conn_->Commit().ok());
+  EXPECT_TRUE(applier_->OpenBarrier("topic", 1)->has_value());
+
+  ASSERT_TRUE(apply::ResyncForSnapshot(*conn_, {"public", "t"}, apply::ResyncPosition(1, 7)).ok());
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM t"), 0);
+  EXPECT_TRUE(apply::LoadGaps(*conn_, {"public", "t"})->empty());
+  st = applier_->Load("topic", 0, 0);
+  EXPECT_EQ(st->resync, (Position{1, 7, Position::kEndOfTick, INT32_MAX}));
+  EXPECT_EQ(st->tail, st->resync);  // what it supersedes can be no gap
+  EXPECT_EQ(st->offset, 4);         // read on from where it stopped
+  // A partition never read gets it too, and the waiting barrier is done.
+  EXPECT_EQ(applier_->Load("other", 3, 0)->resync, st->resync);
+  EXPECT_FALSE(applier_->OpenBarrier("topic", 1)->has_value());
+  EXPECT_TRUE(*applier_->BarrierDone("topic", {1, 1, 3, 0}));
+  // A stale TRUNCATE arriving later is done without running.
+  TargetCluster().Exec(db_, "INSERT INTO t VALUES (1, 'new', 1)");
+  ASSERT_TRUE(conn_->Exec("BEGIN").ok());
+  arrived = conn_->Query(
+      "SELECT datatunnel.truncate_arrive('topic', 1, 2, 3, 0, 0, 2, "
+      "'public', 't')");
+  ASSERT_TRUE(arrived.ok());
+  EXPECT_TRUE(arrived->GetBool(0, 0));
+  ASSERT_TRUE(conn_->Commit().ok());
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM t"), 1);
+  // The resync only moves forward.
+  ASSERT_TRUE(apply::ResyncForSnapshot(*conn_, {"public", "t"}, apply::ResyncPosition(1, 3)).ok());
+  EXPECT_EQ(applier_->Load("topic", 0, 0)->resync.tick, 7);
+}
+
 TEST_F(ApplyTest, ConstraintViolationIsNotRetryable) {
   TargetCluster().Exec(db_, "ALTER TABLE t ALTER COLUMN name SET NOT NULL");
   ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());

@@ -214,6 +214,37 @@ TEST_F(CaptureTest, PruneRemovesOnlyDeliveredChanges) {
   EXPECT_EQ((*log_->LoadProgress())[0].tick, t1.number);
 }
 
+// Chain heads are recorded with progress, per partition of the table's
+// topic, and only move forward; NewestRecordedPosition covers every tick.
+TEST_F(CaptureTest, ChainHeadsRecordedWithProgress) {
+  auto none = log_->LoadHeads(0);
+  ASSERT_TRUE(none.ok()) << none.status().message();
+  EXPECT_TRUE(none->empty());
+  capture::ProgressUpdate u;
+  u.table = 0;
+  u.tick = last_.number;
+  u.seq = Position::kEndOfTick;
+  u.heads = {{0, {epoch_, last_.number, 4, 0}}, {2, {epoch_, last_.number, 9, 1}}};
+  ASSERT_TRUE(log_->RecordProgress({&u, 1}).ok());
+  auto heads = log_->LoadHeads(0);
+  ASSERT_TRUE(heads.ok());
+  ASSERT_EQ(heads->size(), 3u);
+  EXPECT_EQ((*heads)[0], (Position{epoch_, last_.number, 4, 0}));
+  EXPECT_EQ((*heads)[1], Position{});
+  EXPECT_EQ((*heads)[2], (Position{epoch_, last_.number, 9, 1}));
+  // Forward only, per partition; progress that does not move still writes heads.
+  u.heads = {{0, {epoch_, last_.number, 3, 0}}, {2, {epoch_, last_.number, 9, 2}}};
+  ASSERT_TRUE(log_->RecordProgress({&u, 1}).ok());
+  heads = log_->LoadHeads(0);
+  EXPECT_EQ((*heads)[0], (Position{epoch_, last_.number, 4, 0}));
+  EXPECT_EQ((*heads)[2], (Position{epoch_, last_.number, 9, 2}));
+  auto newest = capture::NewestRecordedPosition(*conn_);
+  ASSERT_TRUE(newest.ok());
+  EXPECT_EQ(*newest, (Position{epoch_, last_.number, Position::kEndOfTick, INT32_MAX}));
+  // Uninstall takes the table's heads with it.
+  ASSERT_TRUE(capture::Uninstall(*conn_, specs_).ok());
+}
+
 TEST_F(CaptureTest, SecondProducerCannotTakeTheLockOrATick) {
   auto other = SourceCluster().Connect(db_);
   capture::ChangeLog second(other.get(), &specs_);

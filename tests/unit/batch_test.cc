@@ -157,6 +157,54 @@ TEST(DeliveryTracker, OldestUndeliveredPerTable) {
   EXPECT_EQ(oldest, (std::vector<int64_t>{400, 0, 0}));
 }
 
+// Chain heads are reported per partition only up to a progress point of
+// their table: a restarted producer resends everything after its recorded
+// progress, and none of that may sit at or below a recorded head.
+TEST(DeliveryTracker, ChainHeadsOnlyUpToAProgressPoint) {
+  publish::DeliveryTracker t;
+  using K = publish::DeliveryTracker::Kind;
+  uint64_t schema0 = t.Add(0, {1, 1, 2, 2}, K::kPart, false, 0, 1, 0);  // schema markers
+  uint64_t schema1 = t.Add(0, {1, 1, 2, 2}, K::kPart, false, 0, 1, 1);
+  uint64_t del = t.Add(0, {1, 2, 5, 0}, K::kPart, false, 0, 1, 1);  // key change: delete half
+  uint64_t ins = t.Add(0, {1, 2, 5, 1}, K::kChange, false, 0, 1, 0);
+  uint64_t other = t.Add(1, {1, 2, 6, 0}, K::kChange, false, 0, 1, 3);  // another table
+  uint64_t row = t.Add(0, {1, 2, Position::kSnapshotSeqBase, 0}, K::kSnapshotRow, false, 0, 1, 1);
+  for (uint64_t tok : {schema0, schema1, del, other, row}) t.MarkDelivered(tok);
+  auto adv = t.TakeAdvances();  // the insert half is still out: no progress, no head
+  for (const auto& a : adv) {
+    EXPECT_EQ(a.pos, Position{});
+    EXPECT_TRUE(a.heads.empty());
+  }
+  t.MarkDelivered(ins);
+  adv = t.TakeAdvances();
+  ASSERT_EQ(adv.size(), 2u);
+  EXPECT_EQ(adv[0].table, 0u);
+  EXPECT_EQ(adv[0].pos, (Position{1, 2, 5, 1}));
+  EXPECT_EQ(adv[0].heads, (std::map<int32_t, Position>{{0, {1, 2, 5, 1}}, {1, {1, 2, 5, 0}}}));
+  EXPECT_EQ(adv[1].heads, (std::map<int32_t, Position>{{3, {1, 2, 6, 0}}}));
+  // The snapshot row is delivered but no progress point follows it yet.
+  t.Add(0, {1, 2, Position::kSnapshotSeqBase + 1, 0}, K::kChunkEnd, true);
+  adv = t.TakeAdvances();
+  ASSERT_EQ(adv.size(), 1u);
+  EXPECT_EQ(adv[0].heads,
+            (std::map<int32_t, Position>{{1, {1, 2, Position::kSnapshotSeqBase, 0}}}));
+  // A sink that keeps no chain (partition -1) reports no heads.
+  uint64_t mem = t.Add(0, {1, 3, 1, 0}, K::kChange);
+  t.MarkDelivered(mem);
+  adv = t.TakeAdvances();
+  ASSERT_EQ(adv.size(), 1u);
+  EXPECT_TRUE(adv[0].heads.empty());
+  // After a reset (a new session), what was not confirmed is forgotten.
+  uint64_t lone = t.Add(0, {1, 4, 1, 0}, K::kPart, false, 0, 1, 2);
+  t.MarkDelivered(lone);
+  EXPECT_EQ(t.TakeAdvances().size(), 1u);
+  t.Reset();
+  t.Add(0, {1, 4, Position::kEndOfTick, 0}, K::kTickEnd, true);
+  adv = t.TakeAdvances();
+  ASSERT_EQ(adv.size(), 1u);
+  EXPECT_TRUE(adv[0].heads.empty());
+}
+
 TEST(DeliveryTracker, FailureAndReset) {
   publish::DeliveryTracker t;
   uint64_t a = t.Add(0, {1, 1, 1, 0}, publish::DeliveryTracker::Kind::kChange);

@@ -123,6 +123,113 @@ TEST(Envelope, BroadcastsCarryPartitions) {
   EXPECT_EQ(dec.broadcast_partitions(), 6);
 }
 
+// "source.prev" links a message to the one sent to its partition before it:
+// an array like "pos", null for the partition's first message, absent when
+// the writer keeps no chain.
+TEST(Envelope, PrevRoundTrips) {
+  std::vector<TableSpec> specs = {Spec()};
+  publish::EnvelopeEncoder enc(&specs, "db1");
+  apply::EnvelopeDecoder dec(&specs);
+  Change c;
+  c.op = Op::kInsert;
+  c.pos = {7, 8, 9, 1};
+  c.row.Reset(9);
+  c.row.Set(0, "1");
+  std::string key, value;
+  Change back;
+
+  const Position prev{7, 8, 5, 0};
+  enc.EncodeKey(c, &key);
+  enc.EncodeValue(c, &value, 0, &prev);
+  EXPECT_EQ(key, "{\"id\":1}");
+  EXPECT_NE(value.find("\"pos\":[7,8,9,1],\"prev\":[7,8,5,0]"), std::string::npos) << value;
+  ASSERT_TRUE(dec.Decode(value, 0, &back).ok()) << value;
+  ASSERT_TRUE(dec.prev().has_value());
+  EXPECT_EQ(*dec.prev(), prev);
+  EXPECT_EQ(back.pos, c.pos);
+
+  const Position first{};  // the first message ever sent to the partition
+  enc.EncodeValue(c, &value, 0, &first);
+  EXPECT_NE(value.find("\"prev\":null"), std::string::npos) << value;
+  ASSERT_TRUE(dec.Decode(value, 0, &back).ok()) << value;
+  ASSERT_TRUE(dec.prev().has_value());
+  EXPECT_EQ(*dec.prev(), Position{});
+
+  enc.Encode(c, &key, &value);  // no chain: no field, and the decoder says so
+  EXPECT_EQ(value.find("\"prev\""), std::string::npos) << value;
+  ASSERT_TRUE(dec.Decode(value, 0, &back).ok());
+  EXPECT_FALSE(dec.prev().has_value());
+
+  // A broadcast copy carries its partition's own prev.
+  Change t;
+  t.op = Op::kTruncate;
+  t.pos = {7, 9, 1, 0};
+  enc.EncodeKey(t, &key);
+  enc.EncodeValue(t, &value, 4, &prev);
+  EXPECT_TRUE(key.empty());
+  ASSERT_TRUE(dec.Decode(value, 0, &back).ok()) << value;
+  EXPECT_EQ(dec.broadcast_partitions(), 4);
+  EXPECT_EQ(*dec.prev(), prev);
+}
+
+TEST(Decoder, RefusesMalformedPrev) {
+  std::vector<TableSpec> specs = {Spec()};
+  apply::EnvelopeDecoder dec(&specs);
+  Change c;
+  const std::string head = R"({"after":{"id":1},"op":"c","source":{"pos":[1,2,3,0],"prev":)";
+  const char* bad[] = {
+      "[1,2,3]",        // short
+      "[1,2,3,0,0]",    // long
+      "[1,2,\"3\",0]",  // not an integer
+      "[1,2,3,-1]",     // bad sub-position
+      "\"[1,2,2,0]\"",  // a string
+      "{}",             // an object
+      "[1,2,3,0]",      // pos not after prev: malformed in the chain
+      "[1,2,4,0]",      // prev after pos
+      "[2,0,0,0]",      // a later epoch
+  };
+  for (const char* b : bad) {
+    const std::string msg = head + b + "}}";
+    Status st = dec.Decode(msg, 0, &c);
+    EXPECT_EQ(st.code(), StatusCode::kBadData) << msg << " -> " << st.message();
+  }
+  // Every prefix of a message with prev is refused cleanly too.
+  const std::string good = head + "[1,2,2,1]}}";
+  ASSERT_TRUE(dec.Decode(good, 0, &c).ok());
+  EXPECT_EQ(*dec.prev(), (Position{1, 2, 2, 1}));
+  for (size_t n = 0; n < good.size(); ++n) {
+    EXPECT_FALSE(dec.Decode(good.substr(0, n), 0, &c).ok()) << n;
+  }
+}
+
+// A message the decoder refuses (here: a bytea value that is not base64)
+// still names its place in the partition's chain, so it can be dead-lettered
+// without the next message looking like a gap.
+TEST(Decoder, ReadsTheChainOfARefusedMessage) {
+  std::vector<TableSpec> specs = {Spec()};
+  apply::EnvelopeDecoder dec(&specs);
+  Change c;
+  const std::string bad =
+      R"({"after":{"id":1,"blob":"***"},"op":"c","source":{"pos":[1,2,3,0],"prev":[1,2,2,0]}})";
+  ASSERT_EQ(dec.Decode(bad, 0, &c).code(), StatusCode::kBadData);
+  Position pos;
+  std::optional<Position> prev;
+  ASSERT_TRUE(dec.ReadChain(bad, &pos, &prev));
+  EXPECT_EQ(pos, (Position{1, 2, 3, 0}));
+  EXPECT_EQ(prev, (Position{1, 2, 2, 0}));
+  ASSERT_TRUE(dec.ReadChain(R"({"source":{"pos":[1,2,3,0],"prev":null}})", &pos, &prev));
+  EXPECT_EQ(prev, Position{});
+  ASSERT_TRUE(dec.ReadChain(R"({"op":"?","source":{"pos":[1,2,3,0]}})", &pos, &prev));
+  EXPECT_FALSE(prev.has_value());
+  // Without a readable position, or out of order, it takes no place.
+  for (const char* none :
+       {"", "not json", "[]", R"({"source":{"prev":[1,2,2,0]}})", R"({"source":{"pos":[1,2,3]}})",
+        R"({"source":{"pos":[1,2,3,0],"prev":[1,2,3,0]}})",
+        R"({"source":{"pos":[1,2,3,0],"prev":"x"}})"}) {
+    EXPECT_FALSE(dec.ReadChain(none, &pos, &prev)) << none;
+  }
+}
+
 TEST(Decoder, RefusesMalformedInput) {
   std::vector<TableSpec> specs = {Spec()};
   apply::EnvelopeDecoder dec(&specs);
