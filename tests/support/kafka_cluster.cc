@@ -80,6 +80,19 @@ void KafkaCluster::Resume(int node) {
   EXPECT_TRUE(Script(fmt::format("resume --dir {} {}", dir_, node))) << "resume node " << node;
 }
 
+void KafkaCluster::KillAll() {
+  EXPECT_TRUE(Script(fmt::format("kill --dir {} all", dir_))) << "kill every node";
+}
+void KafkaCluster::RestartAll() {
+  EXPECT_TRUE(Script(fmt::format("restart --dir {} all", dir_))) << "restart every node";
+}
+bool KafkaCluster::WaitReady() {
+  const int seconds = static_cast<int>(180 * TimeoutMultiplier());
+  return Capture(fmt::format("KAFKA_START_TIMEOUT={} {}/scripts/kafka.sh ready --dir {}", seconds,
+                             SourceDir(), dir_),
+                 nullptr) == 0;
+}
+
 void KafkaCluster::CreateTopic(const std::string& topic, int partitions,
                                const std::vector<std::pair<std::string, std::string>>& configs) {
   char err[512];
