@@ -4,7 +4,7 @@
 #
 #   scripts/kafka.sh fetch                        download the broker once (Maven Central)
 #   scripts/kafka.sh start --dir DIR [--nodes N] [--partitions P] [--sasl-ssl]
-#                          [--set KEY=VALUE]... [--owner PID]
+#                          [--set KEY=VALUE]... [--owner PID] [--quick-start]
 #                                                 start N nodes (default 1), wait until the
 #                                                 cluster takes acks=all produce requests,
 #                                                 print the bootstrap list as the only stdout line
@@ -27,6 +27,10 @@
 # (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log. --set adds a
 # broker setting to every node's server.properties; --owner stops the cluster
 # once process PID is gone (a test binary that crashed leaves nothing behind).
+# --quick-start runs the nodes with the C1 JIT only and the serial GC: on a
+# busy 2-core machine a node then starts in about half the time (fault tests
+# restart nodes dozens of times), at a cost in peak throughput, so not for
+# benchmarks. Restarts keep the choice (DIR/jvm.opts).
 #
 # --sasl-ssl adds a SASL_SSL listener (SCRAM-SHA-512) on a second port per node,
 # with a CA and certificates made with openssl in DIR/tls; the script then
@@ -98,7 +102,7 @@ free_port() {
 
 # The java command line for a node whose folder is $1 (logs go there).
 java_cmd() {
-  printf '%s\0' java -Xms128m -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  printf '%s\0' java -Xms128m -Xmx"$heap" "${jvm_opts[@]}" \
     -Djava.awt.headless=true -Dkafka.logs.dir="$1" \
     -Dlog4j2.configurationFile="$cache/log4j2.properties" -cp "$cache/libs/*"
 }
@@ -189,6 +193,9 @@ cmd_start() {
   mkdir -p "$dir"
   dir=$(realpath "$dir")
   [[ -f "$dir/cluster.id" ]] && die "$dir already holds a cluster; stop it first (kafka.sh stop --dir $dir) or use another --dir"
+  jvm_opts=(-XX:+UseG1GC -XX:MaxGCPauseMillis=20)
+  [[ $quick == 1 ]] && jvm_opts=(-XX:+UseSerialGC -XX:TieredStopAtLevel=1)
+  printf '%s\n' "${jvm_opts[@]}" >"$dir/jvm.opts"
   local rf=$nodes isr=1
   ((nodes >= 3)) && rf=3 isr=2
   local voters="" ports=() cports=() sports=() i
@@ -370,7 +377,7 @@ sys.exit(1)' "$partition" || die "no leader known for $topic [$partition]"
 cmd=${1:-}
 [[ -n "$cmd" ]] || usage
 shift
-dir="" nodes=1 partitions=${KAFKA_PARTITIONS:-4} sasl=0 owner="" rest=() settings=()
+dir="" nodes=1 partitions=${KAFKA_PARTITIONS:-4} sasl=0 owner="" quick=0 rest=() settings=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir=${2:?--dir needs a folder}; shift 2 ;;
@@ -379,6 +386,7 @@ while [[ $# -gt 0 ]]; do
     --sasl-ssl) sasl=1; shift ;;
     --set) [[ ${2:-} == *=* ]] || die "--set takes KEY=VALUE"; settings+=("$2"); shift 2 ;;
     --owner) owner=${2:?--owner needs a pid}; shift 2 ;;
+    --quick-start) quick=1; shift ;;
     -h | --help) usage ;;
     *) rest+=("$1"); shift ;;
   esac
@@ -386,6 +394,9 @@ done
 [[ $nodes =~ ^[1-9]$ ]] || die "--nodes takes 1 to 9, not $nodes"
 # One spelling of the folder, the one the nodes' command lines use (node_pid).
 [[ -n "$dir" ]] && dir=$(realpath -m "$dir")
+# The JVM options the cluster was started with (see --quick-start).
+jvm_opts=(-XX:+UseG1GC -XX:MaxGCPauseMillis=20)
+[[ -n "$dir" && -f "$dir/jvm.opts" ]] && mapfile -t jvm_opts <"$dir/jvm.opts"
 
 case "$cmd" in
   fetch) fetch ;;

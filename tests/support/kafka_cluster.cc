@@ -45,8 +45,9 @@ KafkaCluster::KafkaCluster(const Options& options) : nodes_(options.nodes) {
   dir_ = std::string(parent) + "/kafka";
   std::string out;
   const std::string args =
-      fmt::format("start --dir {} --nodes {} --partitions {}{} --owner {}", dir_, options.nodes,
-                  options.partitions, options.sasl_ssl ? " --sasl-ssl" : "", getpid());
+      fmt::format("start --dir {} --nodes {} --partitions {}{}{} --owner {}", dir_, options.nodes,
+                  options.partitions, options.sasl_ssl ? " --sasl-ssl" : "",
+                  options.quick_start ? " --quick-start" : "", getpid());
   if (!Script(args, &out)) {
     fmt::print(stderr, "test fixture: could not start Kafka ({}/scripts/kafka.sh {})\n",
                SourceDir(), args);

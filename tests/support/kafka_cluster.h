@@ -24,6 +24,10 @@ class KafkaCluster {
     int nodes = 1;
     int partitions = 4;     // partitions of a topic created on first use
     bool sasl_ssl = false;  // also a SASL_SSL (SCRAM-SHA-512) listener
+    // C1 JIT only and the serial GC (kafka.sh --quick-start): nodes start and
+    // restart in about half the time on a busy machine; tests need no peak
+    // throughput.
+    bool quick_start = true;
   };
   // Starts a cluster; aborts the test binary with the script's error on failure.
   explicit KafkaCluster(const Options& options);
