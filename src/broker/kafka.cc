@@ -326,6 +326,13 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
       self->on_delivery_(token, Status::OK());
       return;
     }
+    if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+      Status fatal = self->FatalError();
+      if (!fatal.ok()) {
+        self->on_delivery_(token, fatal);
+        return;
+      }
+    }
     std::string msg = fmt::format("delivery to {} [{}] failed: {}", rd_kafka_topic_name(m->rkt),
                                   m->partition, rd_kafka_err2str(m->err));
     self->on_delivery_(token,
@@ -390,6 +397,9 @@ Status Producer::Send(const std::string& topic, int32_t partition, std::string_v
   }
   if (hdrs) rd_kafka_headers_destroy(hdrs);  // ownership passes only on success
   if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::Retryable("producer queue full");
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    if (Status fatal = FatalError(); !fatal.ok()) return fatal;
+  }
   std::string msg = fmt::format("cannot publish to topic {}: {}", topic, rd_kafka_err2str(err));
   if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
     msg += fmt::format(
@@ -456,13 +466,17 @@ Status Producer::FatalError() const {
   char buf[512];
   rd_kafka_resp_err_t err = rd_kafka_fatal_error(rk_, buf, sizeof buf);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::OK();
-  // librdkafka's producer cannot recover from a fatal error, and this one is
-  // shared by every session of the process: stop. Progress is recorded only
-  // for delivered changes, so a restart resumes without loss.
-  return Status::Fatal(fmt::format(
-      "the Kafka producer hit a fatal error ({}: {}); start the process again (it resumes from "
-      "the last delivered change; a supervisor such as systemd's Restart=on-failure does this)",
-      rd_kafka_err2name(err), buf));
+  // librdkafka's producer cannot recover from a fatal error, but a new one
+  // can: it gets a new producer id, and progress is recorded only for
+  // delivered changes, so publishing again from there loses nothing.
+  const std::string msg =
+      fmt::format("the Kafka producer hit a fatal error ({}: {})", rd_kafka_err2name(err), buf);
+  if (IsRetryableKafkaError(err)) return Status::Retryable(msg);
+  return Status::Fatal(msg + "; fix the cause and start the process again");
+}
+
+void Producer::InjectFatalError(int err, const std::string& reason) {
+  rd_kafka_test_fatal_error(rk_, static_cast<rd_kafka_resp_err_t>(err), reason.c_str());
 }
 
 // ---- Consumer --------------------------------------------------------------

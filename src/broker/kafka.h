@@ -94,7 +94,8 @@ class Producer {
 
   // Enqueues one message. Returns kRetryable when the local queue is full:
   // poll and try again (that is the backpressure). Permanent errors (message
-  // too large, unknown partition) are kFatal.
+  // too large, unknown partition) are kFatal. After a fatal client error,
+  // returns FatalError().
   Status Send(const std::string& topic, int32_t partition, std::string_view key,
               std::string_view value, uint64_t token, const std::vector<Header>* headers = nullptr);
   // Serves delivery reports and client events for up to timeout_ms.
@@ -107,10 +108,18 @@ class Producer {
   int OutQueueLength() const;
   // Number of partitions of `topic` (from metadata; waits for auto-creation).
   Result<int> PartitionCount(const std::string& topic, int timeout_ms);
-  // A fatal client error (the idempotent producer could not keep its
-  // guarantees: kFatal, the producer must be recreated) or a security
-  // failure (kBadConfig). OK otherwise.
+  // A fatal client error: librdkafka's idempotent producer could not keep
+  // its guarantees (librdkafka 2.0.2 raises OUT_OF_ORDER_SEQUENCE_NUMBER
+  // after two of three brokers were down and came back) and this producer
+  // sends nothing more. kRetryable when a new producer can go on (a new
+  // producer id starts new sequences), kFatal when the cause cannot heal
+  // (authorization), kBadConfig for a refused SASL login or TLS handshake;
+  // OK when there is none. Send() and the delivery reports
+  // return the same status once it happened.
   Status FatalError() const;
+  // For tests: makes librdkafka raise the fatal error `err` as if the
+  // brokers had caused it (rd_kafka_test_fatal_error).
+  void InjectFatalError(int err, const std::string& reason);
 
  private:
   Producer();

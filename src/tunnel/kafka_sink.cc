@@ -1,16 +1,32 @@
 #include "tunnel/kafka_sink.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 namespace datatunnel::tunnel {
 
 Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
                                                      std::string source_db,
                                                      DeliveryFn on_delivery) {
-  std::unique_ptr<KafkaSink> sink(new KafkaSink(std::move(source_db)));
-  DT_ASSIGN_OR_RETURN(sink->producer_, broker::Producer::Create(config, std::move(on_delivery),
-                                                                "datatunnel-producer"));
+  std::unique_ptr<KafkaSink> sink(
+      new KafkaSink(config, std::move(source_db), std::move(on_delivery)));
+  DT_ASSIGN_OR_RETURN(sink->producer_,
+                      broker::Producer::Create(config, sink->on_delivery_, "datatunnel-producer"));
   return sink;
+}
+
+Status KafkaSink::Recover() {
+  Status fatal = producer_->FatalError();
+  if (!fatal.IsRetryable()) return fatal;  // OK, or a cause a new producer cannot fix
+  spdlog::warn(
+      "producer: {}; replacing it with a new Kafka producer, which publishes again what the old "
+      "one had not delivered",
+      fatal.message());
+  producer_->Purge();  // its delivery reports fail what it held; the session is over
+  producer_.reset();
+  DT_ASSIGN_OR_RETURN(producer_,
+                      broker::Producer::Create(config_, on_delivery_, "datatunnel-producer"));
+  return Status::OK();
 }
 
 void KafkaSink::SetTables(const std::vector<TableSpec>* tables) {

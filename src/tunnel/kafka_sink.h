@@ -32,14 +32,22 @@ class KafkaSink : public ChangeSink {
   int Flush(int timeout_ms) override { return producer_->Flush(timeout_ms); }
   Result<int> PartitionCount(uint32_t table) override;
   Status Health() const override { return producer_->FatalError(); }
+  // After a fatal producer error that can heal, replaces the producer with a
+  // new one (a new producer id); what the old one held is purged.
+  Status Recover() override;
   int64_t bytes_sent() const override { return bytes_sent_; }
   bool Chained() const override { return true; }
   void SetChainHeads(uint32_t table, std::vector<Position> heads) override;
+  // For tests (fault injection).
+  broker::Producer& producer() { return *producer_; }
 
  private:
-  explicit KafkaSink(std::string db) : db_(std::move(db)) {}
+  KafkaSink(const KafkaConfig& config, std::string db, DeliveryFn on_delivery)
+      : config_(config), db_(std::move(db)), on_delivery_(std::move(on_delivery)) {}
   const std::vector<TableSpec>* tables_ = nullptr;
+  KafkaConfig config_;
   std::string db_;
+  DeliveryFn on_delivery_;
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
   std::unique_ptr<broker::Producer> producer_;
   std::map<uint32_t, int> partitions_;

@@ -56,8 +56,14 @@ class ChangeSink {
   virtual int Flush(int timeout_ms) = 0;
   // Partitions of table `table`'s topic (1 for the in-memory hand-over).
   virtual Result<int> PartitionCount(uint32_t table) = 0;
-  // Non-OK when the sink cannot go on (e.g. a fatal producer error).
+  // Non-OK when the sink cannot go on (e.g. a fatal producer error):
+  // kRetryable when Recover() can make it go on again, kFatal when not.
   virtual Status Health() const = 0;
+  // Called by the source worker before a new session, after one failed: a
+  // sink whose Health() is kRetryable starts afresh, dropping what it held
+  // undelivered (the new session publishes it again from recorded progress).
+  // OK when the sink can go on.
+  virtual Status Recover() { return Health(); }
   // Bytes of messages handed to the broker so far (0 in memory).
   virtual int64_t bytes_sent() const { return 0; }
   // Takes a snapshot chunk as one packed change (Change::packed_rows), the

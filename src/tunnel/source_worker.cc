@@ -144,6 +144,8 @@ Status SourceWorker::Run() {
     int delay = backoff.NextDelayMs();
     spdlog::warn("producer: {}; restarting from recorded progress in {} ms", st.message(), delay);
     first = false;
+    // A sink that cannot go on as it is (a fatal producer error) starts afresh.
+    if (Status r = sink_->Recover(); !r.ok()) return r;
     if (stop_->SleepFor(delay)) return Status::OK();
   }
 }

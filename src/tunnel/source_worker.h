@@ -17,7 +17,9 @@
 //
 // Failures: a lost source connection or a failed delivery restarts the loop
 // from the recorded progress (what was sent again is dropped downstream by
-// position); errors that cannot heal end Run() with the Status. Only one
+// position), after the sink recovered if it cannot go on as it is
+// (ChangeSink::Recover: a new Kafka producer after a fatal producer error);
+// errors that cannot heal end Run() with the Status. Only one
 // producer per source publishes: the others wait as hot standbys on the
 // producer lock and take over when its session ends.
 #pragma once

@@ -2,16 +2,23 @@
 // PostgreSQL servers and the dev broker.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
+#include "config/config.h"
+#include "metrics/metrics.h"
 #include "support/pg_cluster.h"
 #include "support/subprocess.h"
 #include "support/test_util.h"
 #include "support/tunnel_fixture.h"
+#include "tunnel/kafka_sink.h"
+#include "tunnel/source_worker.h"
 
 namespace datatunnel {
 namespace {
@@ -161,6 +168,64 @@ TEST_F(TunnelTest, RunThroughTheBrokerSnapshotsFirst) {
   SourceCluster().Exec(src_, "UPDATE employees SET city = 'Rome' WHERE emp_id % 2 = 0");
   ExpectInSync();
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// librdkafka's idempotent producer can hit a fatal error when brokers come
+// back from an outage (2.0.2 raised OUT_OF_ORDER_SEQUENCE_NUMBER after two of
+// three nodes were down; the chaos test found it, and `run` exited). That
+// producer sends nothing more, but a new one can: the source worker replaces
+// it and publishes again from recorded progress, losing nothing. A fatal
+// error a new producer cannot fix (authorization) still stops the worker.
+TEST_F(TunnelTest, TheProducerReplacesAKafkaProducerThatHitAFatalError) {
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto consume = Start({"consume"});
+  auto config = LoadConfig(config_, {}, {});
+  ASSERT_TRUE(config.ok()) << config.status().message();
+  tunnel::SourceOptions options;
+  options.connect.dsn = config->source.dsn;
+  options.connect.role = "source";
+  options.tables = config->tables;
+  options.pipeline = config->pipeline;
+  metrics::Metrics metrics(
+      std::vector<std::pair<std::string, std::string>>{{"public.employees", "public.employees"}});
+  StopSource stop;
+  tunnel::SourceWorker worker(options, &metrics, &stop);
+  auto sink = tunnel::KafkaSink::Create(
+      config->kafka, src_, [&](uint64_t token, const Status& st) { worker.OnDelivery(token, st); });
+  ASSERT_TRUE(sink.ok()) << sink.status().message();
+  worker.SetSink(sink->get());
+  Status result;
+  std::atomic<bool> done{false};
+  std::thread thread([&] {
+    result = worker.Run();
+    done = true;
+  });
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'a' || i FROM "
+                       "generate_series(1, 100) i");
+  ExpectInSync();
+
+  (*sink)->producer().InjectFatalError(RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                       "injected by the test");
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'b' || i FROM "
+                       "generate_series(1, 100) i;"
+                       "UPDATE employees SET city = 'after' WHERE emp_id % 3 = 0");
+  ExpectInSync();
+  EXPECT_FALSE(done) << result.message();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+
+  (*sink)->producer().InjectFatalError(RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
+                                       "injected by the test");
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('c')");
+  EXPECT_TRUE(WaitUntil([&] { return done.load(); }, 30));
+  stop.RequestStop();
+  thread.join();
+  EXPECT_EQ(result.code(), StatusCode::kFatal) << result.message();
+  EXPECT_TRUE(testing::Contains(result.message(), "CLUSTER_AUTHORIZATION_FAILED"))
+      << result.message();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
 }
 
 // TRUNCATE lands between the changes before and after it, for every key,

@@ -45,8 +45,9 @@ KafkaCluster::KafkaCluster(const Options& options) : nodes_(options.nodes) {
   dir_ = std::string(parent) + "/kafka";
   std::string out;
   const std::string args =
-      fmt::format("start --dir {} --nodes {} --partitions {}{} --owner {}", dir_, options.nodes,
-                  options.partitions, options.sasl_ssl ? " --sasl-ssl" : "", getpid());
+      fmt::format("start --dir {} --nodes {} --partitions {}{}{} --owner {}", dir_, options.nodes,
+                  options.partitions, options.sasl_ssl ? " --sasl-ssl" : "",
+                  options.quick_start ? " --quick-start" : "", getpid());
   if (!Script(args, &out)) {
     fmt::print(stderr, "test fixture: could not start Kafka ({}/scripts/kafka.sh {})\n",
                SourceDir(), args);
@@ -78,6 +79,19 @@ void KafkaCluster::Pause(int node) {
 }
 void KafkaCluster::Resume(int node) {
   EXPECT_TRUE(Script(fmt::format("resume --dir {} {}", dir_, node))) << "resume node " << node;
+}
+
+void KafkaCluster::KillAll() {
+  EXPECT_TRUE(Script(fmt::format("kill --dir {} all", dir_))) << "kill every node";
+}
+void KafkaCluster::RestartAll() {
+  EXPECT_TRUE(Script(fmt::format("restart --dir {} all", dir_))) << "restart every node";
+}
+bool KafkaCluster::WaitReady() {
+  const int seconds = static_cast<int>(180 * TimeoutMultiplier());
+  return Capture(fmt::format("KAFKA_START_TIMEOUT={} {}/scripts/kafka.sh ready --dir {}", seconds,
+                             SourceDir(), dir_),
+                 nullptr) == 0;
 }
 
 void KafkaCluster::CreateTopic(const std::string& topic, int partitions,

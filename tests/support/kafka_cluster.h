@@ -24,6 +24,10 @@ class KafkaCluster {
     int nodes = 1;
     int partitions = 4;     // partitions of a topic created on first use
     bool sasl_ssl = false;  // also a SASL_SSL (SCRAM-SHA-512) listener
+    // C1 JIT only and the serial GC (kafka.sh --quick-start): nodes start and
+    // restart in about half the time on a busy machine; tests need no peak
+    // throughput.
+    bool quick_start = true;
   };
   // Starts a cluster; aborts the test binary with the script's error on failure.
   explicit KafkaCluster(const Options& options);
@@ -46,6 +50,14 @@ class KafkaCluster {
   void Restart(int node);
   void Pause(int node);
   void Resume(int node);
+  // Every node at once: kill -9 all, or start all again (killing those that
+  // run). RestartAll returns once the nodes are started, not ready.
+  void KillAll();
+  void RestartAll();
+  // Waits until every node runs and is registered, acks=all produce requests
+  // succeed and no partition lacks an in-sync replica (the cluster is whole
+  // again after faults); false after 180 s (scaled).
+  bool WaitReady();
   // Creates `topic` with `partitions` partitions, the cluster's replication
   // factor and topic-level `configs` (name, value); fails the current test on
   // error. Topics not created this way are created on first use.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,9 +39,15 @@ Subprocess::Subprocess(std::vector<std::string> argv, std::map<std::string, std:
   err_path_ = dir + "/stderr";
   int in_pipe[2];
   if (pipe(in_pipe) != 0) std::abort();
+  const pid_t parent = getpid();
   pid_ = fork();
   if (pid_ == 0) {
     setpgid(0, 0);
+    // Dies with the test binary: one killed mid-test (a timeout, kill -9)
+    // leaves no tunnel process running. Tests start processes from their
+    // main thread, whose exit is what triggers this.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
     dup2(in_pipe[0], 0);
     close(in_pipe[1]);
     int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

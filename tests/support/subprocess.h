@@ -15,7 +15,10 @@ namespace datatunnel::testing {
 class Subprocess {
  public:
   // Starts `argv` with extra environment variables; stdin is a pipe the test
-  // may write to (see Write), stdout/stderr go to files.
+  // may write to (see Write), stdout/stderr go to files. The process gets
+  // SIGKILL if the thread that started it ends (PR_SET_PDEATHSIG), so a test
+  // binary that dies mid-test leaves none behind: start processes from the
+  // test's main thread.
   Subprocess(std::vector<std::string> argv, std::map<std::string, std::string> env = {});
   ~Subprocess();  // kills it (SIGKILL) if still running
   Subprocess(const Subprocess&) = delete;
