@@ -211,6 +211,10 @@ std::string StatusLine(const metrics::Metrics& m, std::vector<int64_t>* last_row
 
 int RunTunnel(const Globals& g, const RunPlan& plan) {
   SetupLogging(g);
+  // First of all: a SIGTERM during the start-up checks (a supervisor's stop,
+  // which can come at any moment) is a clean stop, never a death by signal.
+  StopSource main_stop, source_stop, target_stop;
+  InstallSignalHandlers(&main_stop);
   auto config = LoadConfig(g);
   if (!config.ok()) return Fail(config.status());
   const bool memory = config->kafka.none();
@@ -226,6 +230,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
     if (Status st = broker::CheckReachable(config->kafka, 10000); !st.ok()) return Fail(st);
   }
   if (Status st = CheckSetup(*config, plan, so, to); !st.ok()) return Fail(st);
+  if (main_stop.stop_requested()) return kExitOk;
 
   std::vector<size_t> snapshot_tables;
   std::vector<MarkerState> baseline;
@@ -281,8 +286,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
     spdlog::info("metrics: serving /metrics, /healthz and /readyz on port {} ({})", http->port(),
                  config->metrics.listen);
   }
-  StopSource main_stop, source_stop, target_stop;
-  InstallSignalHandlers(&main_stop);
+  if (main_stop.stop_requested()) return kExitOk;
 
   std::optional<tunnel::MemoryChannel> channel;
   if (memory) {
