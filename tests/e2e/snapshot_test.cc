@@ -387,6 +387,11 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
   if (v.mode == Mode::kBroker) {
     // Completed chunks are in the topic; a consumer alone applies them.
     auto drain = Start({"consume"});
+    // The killed snapshot's own consumer may have applied it already; stop
+    // this one only once it runs (a SIGTERM before its start-up is a death
+    // by signal, not a stop).
+    EXPECT_TRUE(WaitUntil([&] { return Contains(drain->Stderr(), "consumer: applying"); }, 60))
+        << drain->Stderr();
     EXPECT_TRUE(WaitUntil(
         [&] { return (marked = TargetCluster().Scalar(tgt_, find_marked)).has_value(); }, 60))
         << drain->Stderr();
