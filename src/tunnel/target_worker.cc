@@ -30,6 +30,8 @@ Status TargetCore::Connect() {
   }
   DT_ASSIGN_OR_RETURN(targets_, apply::DescribeTargetTables(*conn_, options_.tables));
   auto check = conn_->Query("SELECT 1 FROM datatunnel.applied LIMIT 0");
+  // A lost connection (the target restarting) is retried, not "run init".
+  if (!check.ok() && check.status().code() != StatusCode::kFatal) return check.status();
   if (!check.ok()) {
     return Status::Fatal(fmt::format(
         "the {} has no datatunnel state (datatunnel.applied): run `datatunnel init` first",
@@ -38,6 +40,7 @@ Status TargetCore::Connect() {
   check = conn_->Query(
       "SELECT a.tail_epoch, a.gap_offset, r.tick FROM datatunnel.applied a, datatunnel.resyncs r "
       "LIMIT 0");
+  if (!check.ok() && check.status().code() != StatusCode::kFatal) return check.status();
   if (!check.ok()) {
     return Status::Fatal(fmt::format(
         "the datatunnel state on the {} is from an older version (no chain check columns): run "
