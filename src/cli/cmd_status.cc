@@ -30,19 +30,6 @@ struct Row {
   std::vector<apply::RecordedGap> gaps;  // the consumer stops at each
 };
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", c);
-      continue;
-    }
-    out.push_back(c);
-  }
-  return out + "\"";
-}
-
 Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const Config& c) {
   DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tables));
   DT_RETURN_IF_ERROR(apply::CheckInstalled(tgt));

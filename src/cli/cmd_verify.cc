@@ -20,19 +20,6 @@ struct VerifyOptions {
   bool json = false;
 };
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", c);
-      continue;
-    }
-    out.push_back(c);
-  }
-  return out + "\"";
-}
-
 int RunVerify(const Globals& g, const VerifyOptions& o) {
   SetupLogging(g);
   auto config = LoadConfig(g);

@@ -128,6 +128,19 @@ Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::Connect
   return Status::OK();
 }
 
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    if (static_cast<unsigned char>(c) < 0x20) {
+      out += fmt::format("\\u{:04x}", c);
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
 Status CheckDistinctTables(pg::Connection& source, pg::Connection& target, const Config& config) {
   DT_ASSIGN_OR_RETURN(const std::string source_db, pg::DatabaseIdentity(source));
   DT_ASSIGN_OR_RETURN(const std::string target_db, pg::DatabaseIdentity(target));
