@@ -139,9 +139,18 @@ TEST_F(GapTest, ALostMessageStopsTheConsumerUntilTheTableIsCopiedAgain) {
             gap_offset - 1);
 
   // Started again, it stops at the same place: it never skips the gap.
+  // (Other partitions may go on: their messages can arrive after the first
+  // consumer stopped; the gapped partition must not.)
+  auto in_p = [&](const std::set<int64_t>& ids) {
+    std::set<int64_t> out;
+    for (int64_t id : ids) {
+      if (PartitionOf(id) == p) out.insert(id);
+    }
+    return out;
+  };
   auto again = Start({"consume"});
   EXPECT_EQ(GapLine(*again), line);
-  EXPECT_EQ(Ids(TargetCluster(), tgt_), target);
+  EXPECT_EQ(in_p(Ids(TargetCluster(), tgt_)), in_p(target));
 
   // status and verify point at it.
   auto status = Dt({"status", "--json"});
