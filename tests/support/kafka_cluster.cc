@@ -7,9 +7,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <sstream>
 
 #include "support/pg_cluster.h"
@@ -163,5 +166,118 @@ KafkaCluster& SharedKafka() {
 }
 
 std::string TestTopicPrefix() { return UniqueName("dt") + "_" + std::to_string(time(nullptr)); }
+
+}  // namespace datatunnel::testing
+
+namespace datatunnel::testing {
+
+namespace {
+
+struct RdKafkaDeleter {
+  void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
+};
+using RdKafkaPtr = std::unique_ptr<rd_kafka_t, RdKafkaDeleter>;
+
+// A client of `bootstrap`; a producer counts failed deliveries in `*failed`.
+RdKafkaPtr NewClient(rd_kafka_type_t type, const std::string& bootstrap,
+                     const std::vector<std::pair<std::string, std::string>>& settings,
+                     std::atomic<int64_t>* failed = nullptr) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  if (failed != nullptr) {
+    rd_kafka_conf_set_opaque(conf, failed);
+    rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+      if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) ++*static_cast<std::atomic<int64_t>*>(opaque);
+    });
+  }
+  if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err) !=
+      RD_KAFKA_CONF_OK) {
+    ADD_FAILURE() << err;
+  }
+  for (const auto& [k, v] : settings) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      ADD_FAILURE() << k << ": " << err;
+    }
+  }
+  rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    ADD_FAILURE() << "rd_kafka_new: " << err;
+  }
+  return RdKafkaPtr(rk);
+}
+
+}  // namespace
+
+int64_t CopyTopic(const std::string& from, const std::string& to, const std::string& topic,
+                  int partitions) {
+  // The simple (legacy) consumer: reads a partition with no group at all.
+  RdKafkaPtr in = NewClient(RD_KAFKA_CONSUMER, from, {{"enable.partition.eof", "true"}});
+  std::atomic<int64_t> failed{0};
+  RdKafkaPtr out = NewClient(RD_KAFKA_PRODUCER, to, {{"enable.idempotence", "true"}}, &failed);
+  if (!in || !out) return -1;
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(in.get(), topic.c_str(), nullptr);
+  int64_t copied = 0;
+  bool ok = true;
+  for (int p = 0; ok && p < partitions; ++p) {
+    if (rd_kafka_consume_start(rkt, p, RD_KAFKA_OFFSET_BEGINNING) != 0) {
+      ADD_FAILURE() << "reading " << topic << " [" << p
+                    << "]: " << rd_kafka_err2str(rd_kafka_last_error());
+      ok = false;
+      break;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    for (bool eof = false; ok && !eof;) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "copying " << topic << " [" << p << "]: no end after 120 s";
+        ok = false;
+        break;
+      }
+      rd_kafka_message_t* m = rd_kafka_consume(rkt, p, 200);
+      if (m == nullptr) continue;
+      if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        eof = true;
+      } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ADD_FAILURE() << "reading " << topic << " [" << p << "]: " << rd_kafka_message_errstr(m);
+        ok = false;
+      } else {
+        rd_kafka_headers_t* headers = nullptr;
+        rd_kafka_message_detach_headers(m, &headers);
+        rd_kafka_timestamp_type_t ts_type;
+        const int64_t ts = rd_kafka_message_timestamp(m, &ts_type);
+        rd_kafka_resp_err_t err;
+        while ((err = rd_kafka_producev(
+                    out.get(), RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(p),
+                    RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
+                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0),
+                    RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END)) ==
+               RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+          rd_kafka_poll(out.get(), 100);
+        }
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+          if (headers) rd_kafka_headers_destroy(headers);
+          ADD_FAILURE() << "copying to " << topic << ": " << rd_kafka_err2str(err);
+          ok = false;
+        } else {
+          ++copied;
+        }
+      }
+      rd_kafka_message_destroy(m);
+      rd_kafka_poll(out.get(), 0);
+    }
+    rd_kafka_consume_stop(rkt, p);
+  }
+  rd_kafka_topic_destroy(rkt);
+  if (!ok) return -1;
+  if (rd_kafka_flush(out.get(), 60000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    ADD_FAILURE() << "copying " << topic << ": the copy was not acknowledged in 60 s";
+    return -1;
+  }
+  if (failed > 0) {
+    ADD_FAILURE() << "copying " << topic << ": " << failed << " message(s) not delivered";
+    return -1;
+  }
+  return copied;
+}
 
 }  // namespace datatunnel::testing

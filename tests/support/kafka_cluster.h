@@ -76,6 +76,15 @@ class KafkaCluster {
   bool owned_ = true;
 };
 
+// Copies every message of `topic` (partitions 0..partitions-1) from the
+// brokers at `from` to the same partition of the same topic at `to`, in
+// order, with key, value, headers and timestamp: a byte-faithful copy. Reads
+// with assigned partitions and no consumer group, so it works against
+// librdkafka's mock cluster without its group coordinator. Returns the
+// number of messages copied, or -1 (and fails the current test) on error.
+int64_t CopyTopic(const std::string& from, const std::string& to, const std::string& topic,
+                  int partitions);
+
 // The one-node cluster of this test binary, started on first call.
 KafkaCluster& SharedKafka();
 
