@@ -29,6 +29,16 @@ int main(int argc, char** argv) {
   AddVerifyCommand(app, &globals);
   AddUninstallCommand(app, &globals);
   AddDevBrokerCommand(app, &globals);
+  // A subcommand's --help lists the global options too: they are accepted
+  // before or after the subcommand's name.
+  std::string globals_help = "Global options (before or after the subcommand):\n";
+  for (const CLI::Option* opt : app.get_options()) {
+    if (opt->get_name() == "--help" || opt->get_name() == "--version") continue;
+    globals_help += CLI::Formatter().make_option(opt, false);
+  }
+  for (CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    sub->footer(globals_help);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
