@@ -524,6 +524,13 @@ std::map<std::string, std::string> ProcessEnvironment() {
 
 Result<std::string> ReadPassword(const DatabaseConfig& db) {
   if (db.password_file.empty()) return std::string();
+  std::error_code ec;
+  if (std::filesystem::is_directory(db.password_file, ec)) {
+    return Status::BadConfig(
+        fmt::format("password_file {} is a directory; point it at a file whose first line is "
+                    "the password",
+                    db.password_file));
+  }
   std::ifstream in(db.password_file);
   if (!in) {
     return Status::BadConfig(
@@ -532,6 +539,10 @@ Result<std::string> ReadPassword(const DatabaseConfig& db) {
   std::string line;
   std::getline(in, line);
   while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.pop_back();
+  if (line.empty()) {
+    return Status::BadConfig(fmt::format(
+        "password_file {} is empty; its first line must be the password", db.password_file));
+  }
   return line;
 }
 

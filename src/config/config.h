@@ -95,7 +95,8 @@ Result<Config> LoadConfig(const std::string& path, const std::map<std::string, s
 std::map<std::string, std::string> ProcessEnvironment();
 
 // The password from db.password_file (its first line), or "" when no file is
-// configured. For libpq only: never log the result.
+// configured; a BadConfig error when the file is missing, unreadable, a
+// directory or has an empty first line. For libpq only: never log the result.
 Result<std::string> ReadPassword(const DatabaseConfig& db);
 
 }  // namespace datatunnel

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "core/suggest.h"
@@ -157,6 +158,33 @@ TEST(Config, MissingFileAndBadOverride) {
   auto e = LoadConfig("", {{"DATATUNNEL_PIPELINE_BATCH_MAX_CHANGES", "lots"}}, {});
   ASSERT_FALSE(e.ok());
   EXPECT_NE(e.status().message().find("DATATUNNEL_PIPELINE_BATCH_MAX_CHANGES"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace datatunnel
+
+namespace datatunnel {
+namespace {
+
+TEST(Config, PasswordFileErrorsSayWhatIsWrong) {
+  const std::string dir = ::testing::TempDir() + "dt_password_test";
+  std::filesystem::create_directories(dir);
+  DatabaseConfig db;
+  db.password_file = dir;
+  auto r = ReadPassword(db);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("is a directory"), std::string::npos)
+      << r.status().ToString();
+  db.password_file = dir + "/empty";
+  std::ofstream(db.password_file) << "\n";
+  r = ReadPassword(db);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("is empty"), std::string::npos) << r.status().ToString();
+  std::ofstream(db.password_file) << "s3cret\nignored\n";
+  r = ReadPassword(db);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r.value(), "s3cret");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
