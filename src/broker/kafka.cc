@@ -10,6 +10,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string_view>
 #include <thread>
 
 #include "core/clock.h"
@@ -41,6 +42,10 @@ void LogCb(const rd_kafka_t* rk, int level, const char* fac, const char* buf) {
              : level <= 4 ? spdlog::level::warn
              : level <= 6 ? spdlog::level::debug
                           : spdlog::level::trace;
+  // A failed offset commit (typically during a rebalance) is harmless: the
+  // committed offsets are only a hint for tools, positions live in the
+  // target. librdkafka logs each as a long warning; keep them for debugging.
+  if (std::string_view(fac) == "COMMITFAIL") lvl = std::max(lvl, spdlog::level::debug);
   if (lvl >= spdlog::level::debug) {
     spdlog::log(lvl, "kafka {}: {}", fac, buf);
   } else {
