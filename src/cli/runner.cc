@@ -182,16 +182,27 @@ std::string Human(double v) {
   return fmt::format("{:.0f}", v);
 }
 
-std::string StatusLine(const metrics::Metrics& m, std::vector<int64_t>* last_rows, double dt) {
+// One line of counters per table, of the sides this process runs: a
+// producer has nothing applied, a consumer nothing captured.
+std::string StatusLine(const metrics::Metrics& m, const RunPlan& plan,
+                       std::vector<int64_t>* last_rows, double dt) {
   std::string line;
   for (size_t i = 0; i < m.size(); ++i) {
     const auto& t = m.table(i);
-    int64_t lag = t.captured.load() - t.applied.load() - t.skipped.load();
-    if (lag < 0) lag = 0;
-    std::string part = fmt::format("{}: captured {} published {} applied {} lag {}", t.source,
-                                   t.captured.load(), t.published.load(), t.applied.load(), lag);
+    std::string part = t.source + ":";
+    if (plan.source) {
+      part += fmt::format(" captured {} published {}", t.captured.load(), t.published.load());
+    }
+    if (plan.target) part += fmt::format(" applied {}", t.applied.load());
+    if (plan.source && plan.target) {
+      int64_t lag = t.captured.load() - t.applied.load() - t.skipped.load();
+      if (lag < 0) lag = 0;
+      part += fmt::format(" lag {}", lag);
+    }
     const int64_t cap = t.last_captured_us.load(), app = t.last_applied_us.load();
-    if (cap > 0 && app >= cap) part += fmt::format(" ({:.0f} ms)", (app - cap) / 1000.0);
+    if (plan.target && cap > 0 && app >= cap) {
+      part += fmt::format(" ({:.0f} ms)", (app - cap) / 1000.0);
+    }
     if (t.snapshot_running.load()) {
       const int64_t rows = t.snapshot_rows.load(),
                     total = std::max<int64_t>(1, t.snapshot_total.load());
@@ -376,7 +387,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
     }
     const int64_t now = MonotonicMicros();
     if (interval > 0 && now - last_print >= int64_t{interval} * 1'000'000) {
-      std::string line = StatusLine(metrics, &last_rows, (now - last_print) / 1e6);
+      std::string line = StatusLine(metrics, plan, &last_rows, (now - last_print) / 1e6);
       if (tty) {
         fmt::print(stderr, "\r\033[K{}", line);
       } else if (line != last_line || now - last_logged >= kIdleLogMicros) {
