@@ -707,10 +707,27 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
           m->rkt ? fmt::format("{} [{}]", rd_kafka_topic_name(m->rkt), m->partition)
                  : std::string("the consumer");
       const std::string text = rd_kafka_message_errstr(m);
+      const std::string topic_name = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
+      const int32_t partition = m->partition;
       const int64_t offset = m->offset;
       rd_kafka_message_destroy(m);
       if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
           err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        // Past the end is not retention: the partition was emptied (the topic
+        // deleted and created again, or a broker that lost its data, as a
+        // restarted dev-broker does).
+        int64_t low = -1, high = -1;
+        if (!topic_name.empty() &&
+            rd_kafka_query_watermark_offsets(rk_, topic_name.c_str(), partition, &low, &high,
+                                             5000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            offset > high) {
+          return Status::Fatal(fmt::format(
+              "{}: offset {} is past the end of the partition (offsets {} to {} are on the "
+              "broker): the topic was deleted and created again, or the broker lost its data, "
+              "so changes not yet applied may be gone; re-sync the table (docs/operations.md: "
+              "\"A consumer fell behind Kafka retention\")",
+              where, offset, low, high));
+        }
         return Status::Fatal(fmt::format(
             "{}: offset {} is no longer on the broker ({}): changes were removed by retention "
             "before they were applied, so the target is missing them; raise the topic's "

@@ -785,6 +785,34 @@ TEST_F(OpsTest, ConsumerStopsWhenRetentionRemovedChangesItNeverApplied) {
   EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM docs"), 0);
 }
 
+// A stored position past the end of the partition is not retention: the
+// topic was deleted and created again (or the broker lost its data), and the
+// consumer says that.
+TEST_F(OpsTest, ConsumerStopsWhenTheTopicWasCreatedAgain) {
+  SourceCluster().Exec(src_, kDocsDdl);
+  TargetCluster().Exec(tgt_, kDocsDdl);
+  WriteConfig(kDocsTable);
+  UseKafka();
+  testing::SharedKafka().CreateTopic(Topic("public.docs"), 1);
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto produce = Start({"produce"});
+  auto consume = Start({"consume"});
+  SourceCluster().Exec(src_, "INSERT INTO docs SELECT i, NULL, 'n' FROM generate_series(1, 10) i");
+  ExpectInSync();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+  ASSERT_TRUE(testing::SharedKafka().DeleteTopic(Topic("public.docs")));
+  // Created again, empty, once the brokers have forgotten the old one.
+  ASSERT_TRUE(WaitUntil(
+      [&] { return testing::SharedKafka().TryCreateTopic(Topic("public.docs"), 1).empty(); }, 60));
+  consume = Start({"consume"});
+  auto rc = consume->Wait(60);
+  ASSERT_TRUE(rc.has_value()) << "the consumer did not stop\n" << consume->Stderr();
+  EXPECT_EQ(*rc, 3) << consume->Stderr();
+  EXPECT_TRUE(Contains(consume->Stderr(), "is past the end of the partition")) << consume->Stderr();
+  EXPECT_FALSE(Contains(consume->Stderr(), "removed by retention")) << consume->Stderr();
+}
+
 TEST_F(OpsTest, StopOnBadMessageExitsWithOneClearLine) {
   SourceCluster().Exec(src_, kDocsDdl);
   TargetCluster().Exec(tgt_, kDocsDdl);

@@ -99,14 +99,23 @@ bool KafkaCluster::WaitReady() {
 
 void KafkaCluster::CreateTopic(const std::string& topic, int partitions,
                                const std::vector<std::pair<std::string, std::string>>& configs) {
+  ASSERT_EQ(TryCreateTopic(topic, partitions, configs), "") << "creating topic " << topic;
+}
+
+std::string KafkaCluster::TryCreateTopic(
+    const std::string& topic, int partitions,
+    const std::vector<std::pair<std::string, std::string>>& configs) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-  ASSERT_NE(rk, nullptr) << err;
+  if (rk == nullptr) return err;
   rd_kafka_NewTopic_t* nt =
       rd_kafka_NewTopic_new(topic.c_str(), partitions, nodes_ >= 3 ? 3 : nodes_, err, sizeof err);
-  ASSERT_NE(nt, nullptr) << err;
+  if (nt == nullptr) {
+    rd_kafka_destroy(rk);
+    return err;
+  }
   for (const auto& [k, v] : configs) rd_kafka_NewTopic_set_config(nt, k.c_str(), v.c_str());
   rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
   rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
@@ -129,7 +138,42 @@ void KafkaCluster::CreateTopic(const std::string& topic, int partitions,
   rd_kafka_NewTopic_destroy(nt);
   rd_kafka_queue_destroy(q);
   rd_kafka_destroy(rk);
-  ASSERT_EQ(problem, "") << "creating topic " << topic;
+  return problem;
+}
+
+bool KafkaCluster::DeleteTopic(const std::string& topic) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (rk == nullptr) {
+    ADD_FAILURE() << err;
+    return false;
+  }
+  rd_kafka_DeleteTopic_t* dt = rd_kafka_DeleteTopic_new(topic.c_str());
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+  rd_kafka_DeleteTopics(rk, &dt, 1, nullptr, q);
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, static_cast<int>(30000 * TimeoutMultiplier()));
+  std::string problem = ev == nullptr ? "no answer within 30 s" : "";
+  if (ev != nullptr) {
+    if (rd_kafka_event_error(ev)) {
+      problem = rd_kafka_event_error_string(ev);
+    } else {
+      size_t n = 0;
+      const rd_kafka_topic_result_t** res =
+          rd_kafka_DeleteTopics_result_topics(rd_kafka_event_DeleteTopics_result(ev), &n);
+      for (size_t i = 0; i < n; ++i) {
+        if (rd_kafka_topic_result_error(res[i]))
+          problem = rd_kafka_topic_result_error_string(res[i]);
+      }
+    }
+    rd_kafka_event_destroy(ev);
+  }
+  rd_kafka_DeleteTopic_destroy(dt);
+  rd_kafka_queue_destroy(q);
+  rd_kafka_destroy(rk);
+  if (!problem.empty()) ADD_FAILURE() << "deleting topic " << topic << ": " << problem;
+  return problem.empty();
 }
 
 int64_t KafkaCluster::LowWatermark(const std::string& topic, int partition) {

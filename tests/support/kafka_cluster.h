@@ -63,6 +63,13 @@ class KafkaCluster {
   // error. Topics not created this way are created on first use.
   void CreateTopic(const std::string& topic, int partitions,
                    const std::vector<std::pair<std::string, std::string>>& configs = {});
+  // CreateTopic that returns the broker's error ("" on success) instead.
+  std::string TryCreateTopic(const std::string& topic, int partitions,
+                             const std::vector<std::pair<std::string, std::string>>& configs = {});
+  // Deletes `topic`; false (and a test failure) on error. The brokers may
+  // take a moment to forget it: CreateTopic of the same name can fail until
+  // they have.
+  bool DeleteTopic(const std::string& topic);
   // The oldest offset still on the broker for `topic` [partition] (-1 on error).
   int64_t LowWatermark(const std::string& topic, int partition);
   // The node leading `topic` [partition], or -1 when none does now.
