@@ -71,13 +71,41 @@ void ErrorCb(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
                            rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)), reason));
 }
 
-Status ApplyProps(rd_kafka_conf_t* conf, const Props& props) {
+// `text` with every token equal to `value` (delimited by quotes, spaces or
+// the ends) replaced: librdkafka's messages quote the bad value, and a
+// property may be a password.
+std::string WithoutValue(std::string text, const std::string& value) {
+  if (value.empty()) return text;
+  const auto delim = [](char c) { return c == '"' || c == ' ' || c == '\''; };
+  for (size_t at = text.find(value); at != std::string::npos; at = text.find(value, at)) {
+    const size_t end = at + value.size();
+    if ((at == 0 || delim(text[at - 1])) && (end == text.size() || delim(text[end]))) {
+      text.replace(at, value.size(), "<value not shown>");
+      at += 17;
+    } else {
+      at = end;
+    }
+  }
+  return text;
+}
+
+// Sets `props` on `conf`. A refused one names the section it came from:
+// `specific` ([kafka.<specific_name>]) wins over `common` ([kafka.properties]).
+Status ApplyProps(rd_kafka_conf_t* conf, const Props& props,
+                  const std::map<std::string, std::string>& common,
+                  const std::map<std::string, std::string>* specific = nullptr,
+                  std::string_view specific_name = "") {
   char err[512];
   for (const auto& [k, v] : props) {
     if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-      // Never echo values: a property may be a password.
+      std::string where = "datatunnel's own defaults (please report this)";
+      if (specific != nullptr && specific->count(k)) {
+        where = fmt::format("[kafka.{}]", specific_name);
+      } else if (common.count(k)) {
+        where = "[kafka.properties]";
+      }
       return Status::BadConfig(
-          fmt::format("kafka property \"{}\": {}; fix it in [kafka.properties]", k, err));
+          fmt::format("kafka property \"{}\": {}; fix it in {}", k, WithoutValue(err, v), where));
     }
   }
   return Status::OK();
@@ -248,7 +276,7 @@ Status CheckReachable(const KafkaConfig& config, int timeout_ms) {
   // log_level 0: librdkafka's own lines would repeat what the Status says.
   Props props =
       Merge({{"bootstrap.servers", config.brokers}, {"log_level", "0"}}, config.properties, {});
-  if (Status st = ApplyProps(conf, props); !st.ok()) {
+  if (Status st = ApplyProps(conf, props, config.properties); !st.ok()) {
     rd_kafka_conf_destroy(conf);
     return st;
   }
@@ -310,7 +338,9 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
       },
       config.properties, config.producer_properties);
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  if (Status st = ApplyProps(conf, props); !st.ok()) {
+  if (Status st = ApplyProps(conf, props, config.properties, &config.producer_properties,
+                             "producer_properties");
+      !st.ok()) {
     rd_kafka_conf_destroy(conf);
     return st;
   }
@@ -582,7 +612,9 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   const bool backoff_setting = rd_kafka_version() >= 0x020200ff;
   if (backoff_setting) props.insert(props.begin(), {"fetch.queue.backoff.ms", "10"});
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  if (Status st = ApplyProps(conf, props); !st.ok()) {
+  if (Status st = ApplyProps(conf, props, config.properties, &config.consumer_properties,
+                             "consumer_properties");
+      !st.ok()) {
     rd_kafka_conf_destroy(conf);
     return st;
   }

@@ -37,6 +37,7 @@ class KafkaSink : public ChangeSink {
   Status Recover() override;
   int64_t bytes_sent() const override { return bytes_sent_; }
   bool Chained() const override { return true; }
+  const char* receiver() const override { return "the broker"; }
   void SetChainHeads(uint32_t table, std::vector<Position> heads) override;
   // For tests (fault injection).
   broker::Producer& producer() { return *producer_; }

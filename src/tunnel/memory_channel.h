@@ -80,6 +80,7 @@ class MemorySink : public ChangeSink {
   }
   Status Health() const override { return Status::OK(); }
   bool TakesPackedChunks() const override { return true; }
+  const char* receiver() const override { return "the target worker"; }
 
  private:
   // Queues `change` (copied or moved), or says the hand-over is full.

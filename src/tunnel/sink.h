@@ -69,6 +69,8 @@ class ChangeSink {
   // Takes a snapshot chunk as one packed change (Change::packed_rows), the
   // rows passed through as COPY text, instead of one change per row.
   virtual bool TakesPackedChunks() const { return false; }
+  // Who confirms a delivery, for messages ("the broker").
+  virtual const char* receiver() const = 0;
 };
 
 }  // namespace datatunnel::tunnel

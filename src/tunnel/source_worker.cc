@@ -351,9 +351,9 @@ Status SourceWorker::RunSession(bool first) {
   DT_RETURN_IF_ERROR(ServeDeliveries(s, 0, true));
   if (tracker_.in_flight() > 0) {
     spdlog::warn(
-        "producer: stopped with {} change(s) not confirmed by the broker; they will be "
+        "producer: stopped with {} change(s) not confirmed by {}; they will be "
         "published again on restart",
-        tracker_.in_flight());
+        tracker_.in_flight(), sink_->receiver());
   }
   return Status::OK();
 }

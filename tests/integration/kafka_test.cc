@@ -25,6 +25,37 @@ class FromStart : public Consumer::Listener {
   void OnRevoked(const std::vector<TopicPartition>&) override {}
 };
 
+// A refused property names the section it came from and never echoes the
+// value (it may be a password).
+TEST(ClientTest, ABadPropertyNamesItsSectionNotItsValue) {
+  KafkaConfig config;
+  config.brokers = "127.0.0.1:1";
+  config.group_id = "unused";
+  config.producer_properties = {{"enable.idempotence", "hunter2"}};
+  auto producer = Producer::Create(config, [](uint64_t, const Status&) {});
+  ASSERT_FALSE(producer.ok());
+  const std::string p = producer.status().message();
+  EXPECT_NE(p.find("kafka property \"enable.idempotence\""), std::string::npos) << p;
+  EXPECT_NE(p.find("[kafka.producer_properties]"), std::string::npos) << p;
+  EXPECT_EQ(p.find("hunter2"), std::string::npos) << p;
+
+  config.producer_properties.clear();
+  config.consumer_properties = {{"session.timeout.ms", "notanumber1"}};
+  FromStart listener;
+  auto consumer = Consumer::Create(config, {"t"}, &listener);
+  ASSERT_FALSE(consumer.ok());
+  const std::string c = consumer.status().message();
+  EXPECT_NE(c.find("[kafka.consumer_properties]"), std::string::npos) << c;
+  EXPECT_EQ(c.find("notanumber1"), std::string::npos) << c;
+
+  config.consumer_properties.clear();
+  config.properties = {{"security.protocol", "s3cr3t"}};
+  consumer = Consumer::Create(config, {"t"}, &listener);
+  ASSERT_FALSE(consumer.ok());
+  EXPECT_NE(consumer.status().message().find("[kafka.properties]"), std::string::npos)
+      << consumer.status().message();
+}
+
 // A consumer that reads slower than it fetches fills its queue to the
 // queue limits, and librdkafka then stops fetching until its broker thread
 // wakes up again (up to a second later, before librdkafka 2.2). Catching up
