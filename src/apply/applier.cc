@@ -61,6 +61,36 @@ pg::Param ValueParam(const Row& row, size_t i) {
   return row.HasValue(i) ? pg::Param(row.Get(i)) : pg::Param();
 }
 
+// After a data error (SQLSTATE class 22: a value the target's column type
+// refuses) the failed statement names neither the table nor the column:
+// find the first column of the batch whose values its type refuses, by
+// casting them all in one query per column, and put both in the error.
+Status NameTheColumn(pg::Connection& conn, const std::vector<TableSpec>& targets,
+                     const std::vector<std::vector<const Change*>>& by_table, Status error) {
+  for (size_t t = 0; t < by_table.size(); ++t) {
+    const TableSpec& spec = targets[t];
+    for (size_t i = 0; i < spec.columns.size(); ++i) {
+      const Column& col = spec.columns[i];
+      if (!col.typname.empty() && col.typname[0] == '_') continue;  // arrays: not this way
+      std::vector<std::optional<std::string>> values;
+      for (const Change* c : by_table[t]) {
+        if (c->packed_rows > 0 || i >= c->row.size() || !c->row.HasValue(i)) continue;
+        values.emplace_back(std::string(c->row.Get(i)));
+      }
+      if (values.empty()) continue;
+      auto r = conn.Query(fmt::format("SELECT $1::text[]::{}[] IS NULL", col.type_sql),
+                          {pg::TextArrayLiteral(values)});
+      if (!r.ok()) {
+        return error.WithContext(fmt::format(
+            "target table {} column {} ({}; compare the source's type, `datatunnel verify` "
+            "lists type differences)",
+            spec.target.ToString(), col.name, col.type_sql));
+      }
+    }
+  }
+  return error;
+}
+
 // True when `a` and `b` carry the same columns.
 bool SameColumns(const Row& a, const Row& b) {
   if (a.size() != b.size()) return false;
@@ -215,7 +245,9 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
                                           : ApplyStaged(by_table, advances, arrivals);
   if (!st.ok()) {
     if (conn_->last_sqlstate() == kPositionMovedSqlState) position_moved_ = true;
+    const bool data_error = conn_->last_sqlstate().rfind("22", 0) == 0;
     conn_->RollbackQuietly();
+    if (data_error) st = NameTheColumn(*conn_, *targets_, by_table, st);
   }
   return st;
 }

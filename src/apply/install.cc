@@ -1,6 +1,7 @@
 #include "apply/install.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <limits>
@@ -143,7 +144,177 @@ std::string KeyIndexName(const TableSpec& t) {
   return name;
 }
 
+// The length or precision in "character varying(20)" / "numeric(10,2)":
+// {20} / {10, 2}; empty when unconstrained.
+std::vector<int> TypeModifiers(const std::string& type_sql) {
+  std::vector<int> out;
+  const size_t open = type_sql.find('(');
+  if (open == std::string::npos) return out;
+  size_t i = open + 1;
+  while (i < type_sql.size() && type_sql[i] != ')') {
+    size_t used = 0;
+    try {
+      out.push_back(std::stoi(type_sql.substr(i), &used));
+    } catch (...) {
+      return {};
+    }
+    i += used;
+    while (i < type_sql.size() && (type_sql[i] == ',' || type_sql[i] == ' ')) ++i;
+  }
+  return out;
+}
+
+int IntegerRank(const std::string& t) {
+  if (t == "int2") return 1;
+  if (t == "int4") return 2;
+  if (t == "int8") return 3;
+  return 0;
+}
+
 }  // namespace
+
+TypeFit ClassifyTypeChange(const Column& source, const Column& target) {
+  if (source.type_sql == target.type_sql) return TypeFit::kSame;
+  const std::string& from = source.typname;
+  const std::string& to = target.typname;
+  const bool from_array = !from.empty() && from[0] == '_';
+  const bool to_array = !to.empty() && to[0] == '_';
+  if (to == "text") return TypeFit::kSafe;  // any value's text form
+  if (from_array != to_array) return TypeFit::kLossy;
+  if (from_array) {
+    Column f = source, t = target;
+    f.typname = from.substr(1);
+    t.typname = to.substr(1);
+    f.type_sql = f.type_sql.substr(0, f.type_sql.rfind('['));
+    t.type_sql = t.type_sql.substr(0, t.type_sql.rfind('['));
+    return ClassifyTypeChange(f, t) == TypeFit::kLossy ? TypeFit::kLossy : TypeFit::kSafe;
+  }
+  const std::vector<int> fm = TypeModifiers(source.type_sql), tm = TypeModifiers(target.type_sql);
+  const int fr = IntegerRank(from), tr = IntegerRank(to);
+  if (fr && tr) return fr <= tr ? TypeFit::kSafe : TypeFit::kLossy;
+  if (to == "numeric") {
+    if (tm.empty() && (fr || from == "numeric")) return TypeFit::kSafe;
+    if (from == "numeric" && fm.size() == 2 && tm.size() == 2 && tm[1] >= fm[1] &&
+        tm[0] - tm[1] >= fm[0] - fm[1]) {
+      return TypeFit::kSafe;
+    }
+    return TypeFit::kLossy;
+  }
+  if (to == "float8" && (from == "float4" || from == "int2" || from == "int4"))
+    return TypeFit::kSafe;
+  if (to == "float4" && from == "int2") return TypeFit::kSafe;
+  const bool from_chars = from == "varchar" || from == "bpchar" || from == "text";
+  if (to == "varchar" && from_chars) {
+    if (tm.empty()) return TypeFit::kSafe;
+    return from != "text" && fm.size() == 1 && fm[0] <= tm[0] ? TypeFit::kSafe : TypeFit::kLossy;
+  }
+  if (to == "timestamptz" && from == "timestamp") return TypeFit::kSafe;
+  if (to == "jsonb" && from == "json") return TypeFit::kSafe;
+  if (to == from && from == "varbit" && (tm.empty() || (fm.size() == 1 && fm[0] <= tm[0])))
+    return TypeFit::kSafe;
+  return TypeFit::kLossy;
+}
+
+Result<TargetCheck> CheckTarget(pg::Connection& target, const std::vector<TableSpec>& sources) {
+  TargetCheck check;
+  for (const auto& src : sources) {
+    const std::string name = src.target.ToString();
+    DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(target, src.target));
+    if (!info) {
+      DT_ASSIGN_OR_RETURN(auto other, target.Query("SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                                                   {src.target.Quoted()}));
+      if (other.GetBool(0, 0)) {
+        check.errors.push_back(fmt::format(
+            "target {} exists but is not a table; drop or rename it, or set target = \"...\" "
+            "to another name",
+            name));
+      }
+      continue;  // init creates it from the source's columns
+    }
+    if (info->relkind != 'r' && info->relkind != 'p') {
+      check.errors.push_back(
+          fmt::format("target {} is not a table (relkind '{}'); set target = \"...\" to a table",
+                      name, info->relkind));
+      continue;
+    }
+    std::vector<std::string> key;
+    bool key_ok = true;
+    for (size_t k : src.key) {
+      const std::string& col = src.columns[k].name;
+      key.push_back(col);
+      bool has = std::any_of(info->columns.begin(), info->columns.end(),
+                             [&](const pg::CatalogColumn& c) { return c.name == col; });
+      if (!has) {
+        key_ok = false;
+        check.errors.push_back(fmt::format(
+            "target table {} has no column \"{}\", which is part of the key; add the column "
+            "(ALTER TABLE {} ADD COLUMN {} {}) or fix target = \"...\"",
+            name, col, src.target.Quoted(), QuoteIdent(col), src.columns[k].type_sql));
+      }
+    }
+    for (const auto& sc : src.columns) {
+      auto it = std::find_if(info->columns.begin(), info->columns.end(),
+                             [&](const pg::CatalogColumn& c) { return c.name == sc.name; });
+      if (it == info->columns.end()) continue;  // init adds it
+      switch (ClassifyTypeChange(sc, *it)) {
+        case TypeFit::kSame:
+          break;
+        case TypeFit::kSafe:
+          check.warnings.push_back(fmt::format(
+              "target column {}.{} is {} and the source's is {}: every value fits, but the types "
+              "differ (to match: ALTER TABLE {} ALTER COLUMN {} TYPE {})",
+              name, sc.name, it->type_sql, sc.type_sql, src.target.Quoted(), QuoteIdent(sc.name),
+              sc.type_sql));
+          break;
+        case TypeFit::kLossy:
+          check.errors.push_back(fmt::format(
+              "target column {}.{} is {} but the source's is {}: values would be refused or "
+              "changed; fix: ALTER TABLE {} ALTER COLUMN {} TYPE {} on the target, then run "
+              "`datatunnel init` again",
+              name, sc.name, it->type_sql, sc.type_sql, src.target.Quoted(), QuoteIdent(sc.name),
+              sc.type_sql));
+          break;
+      }
+    }
+    if (!key_ok) continue;
+    const std::set<std::string> want(key.begin(), key.end());
+    bool unique = std::any_of(info->unique_keys.begin(), info->unique_keys.end(),
+                              [&](const std::vector<std::string>& u) {
+                                return std::set<std::string>(u.begin(), u.end()) == want;
+                              });
+    if (unique) continue;
+    const QualifiedName index{src.target.schema, KeyIndexName(src)};
+    // An index of that name on this table is ours, on an earlier key: init
+    // replaces it.
+    DT_ASSIGN_OR_RETURN(auto taken,
+                        target.Query("SELECT pg_catalog.to_regclass($1) IS NOT NULL AND NOT "
+                                     "EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indexrelid "
+                                     "= pg_catalog.to_regclass($1) AND indrelid = $2::regclass)",
+                                     {index.Quoted(), src.target.Quoted()}));
+    if (taken.GetBool(0, 0)) {
+      check.errors.push_back(fmt::format(
+          "target table {} needs a unique index on its key, but the name {} is taken by another "
+          "relation; rename that relation",
+          name, index.ToString()));
+      continue;
+    }
+    std::string cols;
+    for (const auto& k : key) cols += (cols.empty() ? "" : ", ") + QuoteIdent(k);
+    DT_ASSIGN_OR_RETURN(auto dup,
+                        target.Query(fmt::format("SELECT count(*) OVER (), ROW({0})::text FROM {1} "
+                                                 "WHERE ({0}) IS NOT NULL GROUP BY {0} "
+                                                 "HAVING count(*) > 1 LIMIT 1",
+                                                 cols, src.target.Quoted())));
+    if (dup.rows() > 0) {
+      check.errors.push_back(fmt::format(
+          "target table {} holds duplicate keys (e.g. ({}) = {}), so init cannot create the "
+          "unique index the tunnel needs on ({}); remove the duplicates or empty the table "
+          "(the snapshot copies every row), then run `datatunnel init` again",
+          name, fmt::join(key, ", "), dup.Get(0, 1), fmt::join(key, ", ")));
+    }
+  }
+  return check;
+}
 
 Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableSpec& spec,
                                             const std::vector<Column>& columns) {
@@ -264,6 +435,18 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
     if (!unique) {
       std::string cols;
       for (const auto& k : key) cols += (cols.empty() ? "" : ", ") + QuoteIdent(k);
+      // Ours, on the table's earlier key (the key was changed): replaced.
+      const QualifiedName index{src.target.schema, KeyIndexName(src)};
+      auto old_index = target.Query(
+          "SELECT pg_catalog.pg_get_indexdef(indexrelid) FROM pg_catalog.pg_index WHERE "
+          "indexrelid = pg_catalog.to_regclass($1) AND indrelid = $2::regclass",
+          {index.Quoted(), src.target.Quoted()});
+      if (!old_index.ok()) return fail(old_index.status());
+      if (old_index->rows() == 1) {
+        if (Status st = target.Exec("DROP INDEX " + index.Quoted()); !st.ok()) return fail(st);
+        actions.push_back(fmt::format("dropped {} (an earlier key's: {})", index.ToString(),
+                                      old_index->Get(0, 0)));
+      }
       Status st =
           target.Exec(fmt::format("CREATE UNIQUE INDEX {} ON {} ({})",
                                   QuoteIdent(KeyIndexName(src)), src.target.Quoted(), cols));

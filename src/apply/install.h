@@ -61,6 +61,27 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
                                          const std::vector<TableSpec>& sources,
                                          const std::vector<TypeToCreate>& types = {});
 
+// How a value of a source column type fares in a target column of another
+// type (compared by format_type() text and pg_type.typname):
+//   kSame   the same type;
+//   kSafe   every value converts without loss (int4 -> int8, int -> numeric,
+//           varchar(10) -> varchar(20) or text, float4 -> float8, any -> text);
+//   kLossy  values can be refused or changed (numeric -> integer, text ->
+//           varchar(n), int8 -> int4, timestamptz -> timestamp, ...).
+enum class TypeFit { kSame, kSafe, kLossy };
+TypeFit ClassifyTypeChange(const Column& source, const Column& target);
+
+// What `init` found on the target before changing anything.
+struct TargetCheck {
+  std::vector<std::string> errors;    // init must not go on: each with its fix
+  std::vector<std::string> warnings;  // init goes on
+};
+// Read-only checks of the target for `sources` (source-side specs): an
+// existing target relation is a table, has the key columns, can take a
+// unique index on the key (no duplicate keys), the index name is free, and
+// its columns' types take the source's values (kLossy: error; kSafe: warning).
+Result<TargetCheck> CheckTarget(pg::Connection& target, const std::vector<TableSpec>& sources);
+
 // Adds to target table `spec` (target side) the columns of `columns` it
 // lacks (ALTER TABLE ... ADD COLUMN IF NOT EXISTS). Returns the names added.
 Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableSpec& spec,

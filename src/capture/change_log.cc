@@ -174,8 +174,8 @@ Result<bool> ChangeLog::ChangedSince(const Tick& last) {
         "WHERE pg_catalog.txid_visible_in_snapshot(x, pg_catalog.txid_current_snapshot()))";
     for (const auto& spec : *tables_) {
       changed_query_ +=
-          fmt::format(", COALESCE((SELECT change_id FROM {} ORDER BY change_id DESC LIMIT 1), 0)",
-                      spec.change_table.Quoted());
+          fmt::format(", COALESCE((SELECT {0} FROM {1} ORDER BY {0} DESC LIMIT 1), 0)",
+                      kChangeIdColumn, spec.change_table.Quoted());
     }
     newest_.assign(tables_->size(), -1);
   }
@@ -191,25 +191,24 @@ Result<bool> ChangeLog::ChangedSince(const Tick& last) {
 
 std::string ChangeLog::BatchQuery(const TableSpec& spec, bool in_tick) const {
   std::string cols;
-  for (size_t k : spec.key) {
-    cols += ", " + QuoteIdent(std::string(kOldKeyPrefix) + spec.columns[k].name);
-  }
+  for (size_t k = 0; k < spec.key.size(); ++k) cols += ", " + OldKeyColumn(k);
   for (const auto& c : spec.columns) cols += ", " + QuoteIdent(c.name);
   // Inside the tick's own REPEATABLE READ transaction, its snapshot is hi.
   const std::string hi = in_tick ? "pg_catalog.txid_current_snapshot()" : "$3::txid_snapshot";
   // The xmin/xmax bounds are a cheap pre-filter: below lo's xmin everything
   // is visible in lo; at or above hi's xmax nothing is visible in hi.
   return fmt::format(
-      "SELECT change_id, txid, action, "
-      "(extract(epoch FROM captured_at) * 1000000)::bigint{0} "
+      "SELECT {4}, {5}, {6}, "
+      "(extract(epoch FROM {7}) * 1000000)::bigint{0} "
       "FROM {1} "
-      "WHERE change_id > $1 "
-      "  AND txid >= pg_catalog.txid_snapshot_xmin($2::txid_snapshot) "
-      "  AND txid < pg_catalog.txid_snapshot_xmax({2}) "
-      "  AND pg_catalog.txid_visible_in_snapshot(txid, {2}) "
-      "  AND NOT pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot) "
-      "ORDER BY change_id LIMIT ${3}",
-      cols, spec.change_table.Quoted(), hi, in_tick ? 3 : 4);
+      "WHERE {4} > $1 "
+      "  AND {5} >= pg_catalog.txid_snapshot_xmin($2::txid_snapshot) "
+      "  AND {5} < pg_catalog.txid_snapshot_xmax({2}) "
+      "  AND pg_catalog.txid_visible_in_snapshot({5}, {2}) "
+      "  AND NOT pg_catalog.txid_visible_in_snapshot({5}, $2::txid_snapshot) "
+      "ORDER BY {4} LIMIT ${3}",
+      cols, spec.change_table.Quoted(), hi, in_tick ? 3 : 4, kChangeIdColumn, kTxidColumn,
+      kActionColumn, kCapturedAtColumn);
 }
 
 void ChangeLog::PrepareQueries() {
@@ -301,9 +300,9 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
   for (const auto& u : updates) {
     const TableSpec& spec = (*tables_)[u.table];
     if (u.prune_upto > 0 && !u.prune_snapshot.empty()) {
-      stmts.push_back({fmt::format("DELETE FROM {} WHERE change_id <= $1 AND "
-                                   "pg_catalog.txid_visible_in_snapshot(txid, $2::txid_snapshot)",
-                                   spec.change_table.Quoted()),
+      stmts.push_back({fmt::format("DELETE FROM {} WHERE {} <= $1 AND "
+                                   "pg_catalog.txid_visible_in_snapshot({}, $2::txid_snapshot)",
+                                   spec.change_table.Quoted(), kChangeIdColumn, kTxidColumn),
                        {arena.Keep(std::to_string(u.prune_upto)), u.prune_snapshot}});
     }
     stmts.push_back(

@@ -1,6 +1,7 @@
 #include "capture/install.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <set>
@@ -9,11 +10,11 @@
 #include "core/change.h"
 
 namespace datatunnel::capture {
+std::string OldKeyColumn(size_t n) { return fmt::format("\"dt$old{}\"", n + 1); }
+
 namespace {
 
 constexpr size_t kMaxIdentifier = 63;  // NAMEDATALEN - 1
-
-std::string OldKeyColumn(const std::string& key) { return std::string(kOldKeyPrefix) + key; }
 
 std::string FunctionName(uint32_t oid) { return fmt::format("capture_{}", oid); }
 
@@ -97,18 +98,11 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
     }
     spec.change_table = {tc.source.schema, cdc};
     for (const auto& col : spec.columns) {
-      bool clash = std::find(std::begin(kMetaColumns), std::end(kMetaColumns), col.name) !=
-                   std::end(kMetaColumns);
-      for (size_t k : spec.key) clash = clash || col.name == OldKeyColumn(spec.columns[k].name);
-      if (clash) {
+      if (col.name.rfind(kReservedPrefix, 0) == 0) {
         return Status::BadConfig(fmt::format(
-            "source table {} has a column named \"{}\", which its change table {} needs for "
-            "itself; rename that column",
-            tc.source.ToString(), col.name, spec.change_table.ToString()));
-      }
-      if (OldKeyColumn(col.name).size() > kMaxIdentifier && spec.IsKey(&col - &spec.columns[0])) {
-        return Status::BadConfig(fmt::format("key column name \"{}\" of {} is too long", col.name,
-                                             tc.source.ToString()));
+            "source table {} has a column named \"{}\": names starting with {} are datatunnel's "
+            "(its change table {} uses them); rename that column",
+            tc.source.ToString(), col.name, kReservedPrefix, spec.change_table.ToString()));
       }
     }
     specs.push_back(std::move(spec));
@@ -126,16 +120,106 @@ Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& ta
                     source.description()));
   }
   for (const auto& t : tables) {
-    DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT 1 FROM datatunnel.tables WHERE schema_name = "
-                                             "$1 AND table_name = $2",
-                                             {t.source.schema, t.source.name}));
+    DT_ASSIGN_OR_RETURN(
+        auto r, source.Query("SELECT format('%I.%I', schema_name, change_table), EXISTS (SELECT 1 "
+                             "FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass("
+                             "format('%I.%I', schema_name, change_table)) AND attname = "
+                             "'dt$change_id') FROM datatunnel.tables WHERE schema_name = $1 AND "
+                             "table_name = $2",
+                             {t.source.schema, t.source.name}));
     if (r.rows() == 0) {
       return Status::BadConfig(
           fmt::format("table {} is not captured on the {}: run `datatunnel init` to set it up",
                       t.source.ToString(), source.description()));
     }
+    if (!r.GetBool(0, 1)) {
+      return Status::BadConfig(fmt::format(
+          "change table {} of {} has the column names of an earlier version (or is missing): run "
+          "`datatunnel init` (it renames them in place and keeps the pending changes)",
+          r.Get(0, 0), t.source.ToString()));
+    }
   }
   return Status::OK();
+}
+
+Status CheckKeysUnchanged(pg::Connection& source, const std::vector<TableSpec>& tables) {
+  DT_ASSIGN_OR_RETURN(auto captured, CapturedTables(source));
+  for (const auto& spec : tables) {
+    std::vector<std::string> key;
+    for (size_t k : spec.key) key.push_back(spec.columns[k].name);
+    for (const auto& c : captured) {
+      if (c.source != spec.source || c.key == key) continue;
+      const std::string name = spec.source.ToString();
+      return Status::BadConfig(fmt::format(
+          "the key of {} is ({}) in the configuration but the table is captured with key ({}); "
+          "changes captured so far identify rows by the old key, so init changed nothing. "
+          "Either restore key = [\"{}\"], or re-key the table: stop the tunnel, run "
+          "`datatunnel uninstall --yes --table {}`, then `datatunnel init` and `datatunnel "
+          "snapshot --table {} --restart --truncate-target` (docs/operations.md: \"Changing a "
+          "table's key\")",
+          name, fmt::join(key, ", "), fmt::join(c.key, ", "), fmt::join(c.key, "\", \""), name,
+          name));
+    }
+  }
+  return Status::OK();
+}
+
+Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source) {
+  std::vector<CapturedTable> out;
+  DT_ASSIGN_OR_RETURN(
+      auto state, source.Query("SELECT pg_catalog.to_regclass('datatunnel.tables') IS NOT NULL"));
+  if (!state.GetBool(0, 0)) return out;
+  DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT schema_name, table_name, change_table "
+                                           "FROM datatunnel.tables ORDER BY 1, 2"));
+  for (int i = 0; i < r.rows(); ++i) {
+    CapturedTable c;
+    c.source = {std::string(r.Get(i, 0)), std::string(r.Get(i, 1))};
+    c.change_table = {c.source.schema, std::string(r.Get(i, 2))};
+    out.push_back(std::move(c));
+  }
+  for (auto& c : out) {
+    DT_ASSIGN_OR_RETURN(auto k, source.Query("SELECT k FROM datatunnel.tables t, "
+                                             "unnest(t.key_columns) WITH ORDINALITY AS u(k, n) "
+                                             "WHERE schema_name = $1 AND table_name = $2 "
+                                             "ORDER BY n",
+                                             {c.source.schema, c.source.name}));
+    for (int i = 0; i < k.rows(); ++i) c.key.emplace_back(k.Get(i, 0));
+  }
+  return out;
+}
+
+std::vector<QualifiedName> NotConfigured(const std::vector<CapturedTable>& captured,
+                                         const std::vector<TableConfig>& configured) {
+  std::vector<QualifiedName> out;
+  for (const auto& c : captured) {
+    bool found = std::any_of(configured.begin(), configured.end(),
+                             [&](const TableConfig& t) { return t.source == c.source; });
+    if (!found) out.push_back(c.source);
+  }
+  return out;
+}
+
+Result<int64_t> CountChanges(pg::Connection& source, const QualifiedName& change_table) {
+  DT_ASSIGN_OR_RETURN(auto exists, source.Query("SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                                                {change_table.Quoted()}));
+  if (!exists.GetBool(0, 0)) return 0;
+  DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT count(*) FROM " + change_table.Quoted()));
+  return r.GetInt64(0, 0);
+}
+
+Result<std::vector<std::string>> Leftovers(pg::Connection& source) {
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      source.Query(
+          "SELECT 'schema datatunnel' FROM pg_catalog.pg_namespace WHERE nspname = 'datatunnel' "
+          "UNION ALL SELECT 'event trigger ' || evtname FROM pg_catalog.pg_event_trigger "
+          "  WHERE evtname IN ('datatunnel_ddl', 'datatunnel_drop') "
+          "UNION ALL SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass) "
+          "  FROM pg_catalog.pg_trigger t WHERE t.tgname IN ('datatunnel_capture', "
+          "  'datatunnel_truncate', 'datatunnel_notify')"));
+  std::vector<std::string> out;
+  for (int i = 0; i < r.rows(); ++i) out.emplace_back(r.Get(i, 0));
+  return out;
 }
 
 std::string StateSchemaDdl() { return kCaptureInstallSql; }
@@ -216,7 +300,7 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
     bool added_columns = false;
     for (int i = 0; i < done->rows(); ++i) {
       std::string a(done->Get(i, 0));
-      if (a.rfind("added column ", 0) == 0 && a.rfind("added column old_", 0) != 0)
+      if (a.rfind("added column ", 0) == 0 && a.rfind("added column dt$old", 0) != 0)
         added_columns = true;
       report.actions.push_back(std::move(a));
     }

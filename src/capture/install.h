@@ -1,10 +1,14 @@
 // Capture, control plane: the objects that record every change on the source.
 //
 // For each tunnelled table <schema>.<table>, `init` creates, beside it:
-//   <schema>.<table>_cdc        the change table: change_id bigserial, txid,
-//                               action, captured_at, old_<key> (set when an
-//                               UPDATE changes the key), then the table's own
-//                               columns with the same types.
+//   <schema>.<table>_cdc        the change table: "dt$change_id" bigserial,
+//                               "dt$txid", "dt$action", "dt$captured_at",
+//                               "dt$old1".."dt$old<n>" (the n key columns'
+//                               values before an UPDATE that changed the
+//                               key), then the table's own columns with the
+//                               same names and types. Every column of ours
+//                               starts with dt$, so the table's columns can
+//                               have any name (but one starting with dt$).
 //   datatunnel.capture_<oid>()  the trigger function (SECURITY DEFINER, so
 //                               writers need no rights on the change table).
 //   datatunnel_capture          AFTER INSERT/UPDATE/DELETE FOR EACH ROW.
@@ -32,9 +36,16 @@
 
 namespace datatunnel::capture {
 
-// Columns of the change table that precede the captured row image.
-inline constexpr const char* kMetaColumns[] = {"change_id", "txid", "action", "captured_at"};
-inline constexpr const char* kOldKeyPrefix = "old_";
+// The change table's own columns. They precede the captured row image: the
+// meta columns, then one old-key column per key column ("dt$old1", ...).
+// Source columns whose name starts with kReservedPrefix are refused.
+inline constexpr const char* kReservedPrefix = "dt$";
+inline constexpr const char* kChangeIdColumn = "\"dt$change_id\"";
+inline constexpr const char* kTxidColumn = "\"dt$txid\"";
+inline constexpr const char* kActionColumn = "\"dt$action\"";
+inline constexpr const char* kCapturedAtColumn = "\"dt$captured_at\"";
+// The quoted old-key column of key column `n` (0-based): "dt$old<n+1>".
+std::string OldKeyColumn(size_t n);
 inline constexpr const char* kNotifyChannel = "datatunnel";
 
 // Builds the source-side spec of each configured table from the catalog:
@@ -49,6 +60,34 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
 // state schema and registration). OK, or kBadConfig naming what is missing
 // and asking for `datatunnel init`.
 Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& tables);
+
+// Checks, before `init` changes anything, that each table of `tables` that is
+// already captured keeps the key it was captured with. A changed key is
+// kBadConfig naming both keys and the procedure to re-key the table
+// (uninstall its capture, init, snapshot with --truncate-target).
+Status CheckKeysUnchanged(pg::Connection& source, const std::vector<TableSpec>& tables);
+
+// A table captured on the source (registered in datatunnel.tables).
+struct CapturedTable {
+  QualifiedName source;
+  QualifiedName change_table;
+  std::vector<std::string> key;
+};
+// Every table captured on the source, by name; empty when datatunnel is not
+// installed there.
+Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source);
+// The tables of `captured` that `configured` does not name ("no longer
+// configured": their change tables grow until they are uninstalled).
+std::vector<QualifiedName> NotConfigured(const std::vector<CapturedTable>& captured,
+                                         const std::vector<TableConfig>& configured);
+
+// The number of changes waiting in `change_table` (published or not: rows
+// are pruned once delivered).
+Result<int64_t> CountChanges(pg::Connection& source, const QualifiedName& change_table);
+
+// What is left of datatunnel on the source: one line per object (schema,
+// event triggers, capture triggers); empty when nothing is.
+Result<std::vector<std::string>> Leftovers(pg::Connection& source);
 
 // The SQL that creates the state schema and the capture functions.
 std::string StateSchemaDdl();

@@ -98,8 +98,34 @@ BEGIN
   v_cdc := pg_catalog.format('%I.%I', v_schema, v_name || '_cdc');
   v_cdc_oid := pg_catalog.to_regclass(v_cdc);
 
+  -- Change tables of earlier versions named their own columns change_id,
+  -- txid, action, captured_at and old_<key>, which forbade those names in
+  -- captured tables. Rename them in place (catalog only, instant; pending
+  -- changes are kept): every name of ours now starts with dt$.
+  IF v_cdc_oid IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = v_cdc_oid
+                     AND b.attname = 'dt$change_id' AND NOT b.attisdropped)
+     AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = v_cdc_oid
+                 AND b.attname = 'change_id' AND NOT b.attisdropped) THEN
+    FOR r IN SELECT * FROM (VALUES ('change_id', 'dt$change_id'), ('txid', 'dt$txid'),
+                                   ('action', 'dt$action'), ('captured_at', 'dt$captured_at')) v(a, b)
+             UNION ALL
+             SELECT 'old_' || u.k, 'dt$old' || u.ord
+               FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
+               JOIN pg_catalog.pg_attribute b ON b.attrelid = v_cdc_oid
+                 AND b.attname = 'old_' || u.k AND NOT b.attisdropped LOOP
+      EXECUTE pg_catalog.format('ALTER TABLE %s RENAME COLUMN %I TO %I', v_cdc, r.a, r.b);
+    END LOOP;
+    v_actions := v_actions || ('renamed the columns of change table ' || v_schema || '.' || v_name
+      || '_cdc to the dt$ names (pending changes kept)');
+  END IF;
+
   IF v_cdc_oid IS NULL THEN
-    SELECT pg_catalog.string_agg(pg_catalog.format(E',\n  %I %s', 'old_' || k,
+    -- dt$old<n>: the value before an UPDATE that changed the key, of the
+    -- n-th key column. Every column of ours starts with dt$, so the user's
+    -- columns never collide with them (DescribeSourceTables refuses source
+    -- column names starting with dt$, datatunnel's namespace).
+    SELECT pg_catalog.string_agg(pg_catalog.format(E',\n  %I %s', 'dt$old' || u.ord,
              pg_catalog.format_type(a.atttypid, a.atttypmod)), '' ORDER BY u.ord)
       INTO v_defs
       FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
@@ -112,8 +138,8 @@ BEGIN
     -- Rows are inserted once and deleted once delivered: vacuum it eagerly so
     -- its size follows the backlog, not the history.
     EXECUTE pg_catalog.format(
-      E'CREATE TABLE %s (\n  change_id bigserial PRIMARY KEY,\n  txid bigint NOT NULL,\n'
-      || E'  action text NOT NULL,\n  captured_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()%s\n)'
+      E'CREATE TABLE %s (\n  "dt$change_id" bigserial PRIMARY KEY,\n  "dt$txid" bigint NOT NULL,\n'
+      || E'  "dt$action" text NOT NULL,\n  "dt$captured_at" timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()%s\n)'
       || ' WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,'
       || ' autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000)',
       v_cdc, v_defs);
@@ -121,7 +147,7 @@ BEGIN
       'datatunnel: changes of ' || v_schema || '.' || v_name || ' waiting to be published');
     v_actions := v_actions || ('created change table ' || v_schema || '.' || v_name || '_cdc');
   ELSE
-    -- The table's columns (and the old_ key columns) the change table lacks.
+    -- The table's columns (and the dt$old key columns) the change table lacks.
     FOR r IN
       SELECT x.name, x.typ FROM (
         SELECT a.attname::text AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS typ,
@@ -129,8 +155,8 @@ BEGIN
           FROM pg_catalog.pg_attribute a
           WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
         UNION ALL
-        SELECT 'old_' || u.k, pg_catalog.format_type(a.atttypid, a.atttypmod), -1
-          FROM pg_catalog.unnest(p_key) AS u(k)
+        SELECT 'dt$old' || u.ord, pg_catalog.format_type(a.atttypid, a.atttypmod), u.ord - 100
+          FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
           JOIN pg_catalog.pg_attribute a ON a.attrelid = p_table AND a.attname = u.k) x
       LEFT JOIN pg_catalog.pg_attribute b
         ON b.attrelid = v_cdc_oid AND b.attname = x.name AND NOT b.attisdropped
@@ -165,7 +191,7 @@ BEGIN
     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
   SELECT pg_catalog.string_agg(pg_catalog.format('NEW."%1$s" IS DISTINCT FROM OLD."%1$s"',
            pg_catalog.replace(u.k, '"', '""')), ' OR ' ORDER BY u.ord),
-         pg_catalog.string_agg(pg_catalog.format(', %I', 'old_' || u.k), '' ORDER BY u.ord),
+         pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || u.ord), '' ORDER BY u.ord),
          pg_catalog.string_agg(pg_catalog.format(', OLD."%s"', pg_catalog.replace(u.k, '"', '""')),
            '' ORDER BY u.ord)
     INTO v_changed, v_old_cols, v_old_vals
@@ -173,21 +199,21 @@ BEGIN
   v_body := pg_catalog.format(
   E'\nBEGIN\n'
   || E'  IF TG_OP = ''INSERT'' THEN\n'
-  || E'    INSERT INTO %1$s (txid, action, %2$s)\n'
+  || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
   || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
   || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
   || E'    IF %5$s THEN\n'
-  || E'      INSERT INTO %1$s (txid, action%6$s, %2$s)\n'
+  || E'      INSERT INTO %1$s ("dt$txid", "dt$action"%6$s, %2$s)\n'
   || E'        VALUES (pg_catalog.txid_current(), ''UPDATE''%7$s, %3$s);\n'
   || E'    ELSE\n'
-  || E'      INSERT INTO %1$s (txid, action, %2$s)\n'
+  || E'      INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
   || E'        VALUES (pg_catalog.txid_current(), ''UPDATE'', %3$s);\n'
   || E'    END IF;\n'
   || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
-  || E'    INSERT INTO %1$s (txid, action, %2$s)\n'
+  || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
   || E'      VALUES (pg_catalog.txid_current(), ''DELETE'', %4$s);\n'
   || E'  ELSE\n'
-  || E'    INSERT INTO %1$s (txid, action) VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
+  || E'    INSERT INTO %1$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
   || E'  END IF;\n'
   || E'  RETURN NULL;\n'
   || E'END ',

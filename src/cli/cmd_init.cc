@@ -43,16 +43,49 @@ int RunInit(const Globals& g, const InitOptions& o) {
     fmt::print("-- target ({})\n{}\n", (*target)->description(), apply::TargetStateDdl());
     return kExitOk;
   }
+  // Check everything that can be checked before changing anything, so a
+  // refused init leaves both databases as they were.
+  if (Status st = capture::CheckKeysUnchanged(**source, *specs); !st.ok()) return Fail(st);
+  auto captured = capture::CapturedTables(**source);
+  if (!captured.ok()) return Fail(captured.status());
+  for (const auto& t : capture::NotConfigured(*captured, config->tables)) {
+    Warn(fmt::format(
+        "table {} is captured but no longer in the configuration: its change table keeps "
+        "growing; remove its capture with `datatunnel uninstall --yes --table {}` (or add it "
+        "back to [[tables]])",
+        t.ToString(), t.ToString()));
+  }
+  auto check = apply::CheckTarget(**target, *specs);
+  if (!check.ok()) return Fail(check.status().WithContext("checking the target"));
+  for (const auto& w : check->warnings) Warn(w);
+  if (!check->errors.empty()) {
+    for (size_t i = 0; i + 1 < check->errors.size(); ++i) Fail(Status::BadConfig(check->errors[i]));
+    return Fail(Status::BadConfig(check->errors.back() +
+                                  " (init changed nothing on the source or the target)"));
+  }
   auto types = capture::UserTypes(**source, *specs);
   if (!types.ok()) return Fail(types.status().WithContext("reading the source's types"));
   std::vector<apply::TypeToCreate> create;
   for (const auto& t : *types) create.push_back({t.name, t.schema, t.ddl});
-  auto src_report = capture::Install(**source, *specs);
-  if (!src_report.ok()) return Fail(src_report.status().WithContext("init on the source"));
+  // The target first: until the source's triggers exist nothing is captured,
+  // so a failure on the source leaves only harmless objects on the target.
   auto tgt_actions = apply::Install(**target, *specs, create);
-  if (!tgt_actions.ok()) return Fail(tgt_actions.status().WithContext("init on the target"));
-  for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
+  if (!tgt_actions.ok()) {
+    return Fail(tgt_actions.status().WithContext(
+        "init on the target (nothing was changed on the source; fix this and run init again)"));
+  }
   for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
+  auto src_report = capture::Install(**source, *specs);
+  if (!src_report.ok()) {
+    return Fail(src_report.status().WithContext(
+        tgt_actions->empty()
+            ? std::string("init on the source (nothing was changed on either side)")
+            : std::string("init on the source, after the target was set up (the \"target:\" "
+                          "lines above; they capture nothing and are kept): nothing was changed "
+                          "on the source; fix this and run `datatunnel init` again to finish, "
+                          "or `datatunnel uninstall --yes` to remove the target's state")));
+  }
+  for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
   for (const auto& w : src_report->warnings) Warn(w);
   // Columns captured only now: rows changed since they were added lack
   // their values, so copy those tables again (consistently with the stream).

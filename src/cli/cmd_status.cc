@@ -52,9 +52,10 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
     r.snapshot_rows = q->GetInt64(0, 2);
     r.snapshot_total = q->GetInt64(0, 3);
     QualifiedName cdc{t.source.schema, std::string(q->Get(0, 4))};
-    DT_ASSIGN_OR_RETURN(auto pend, src.Query("SELECT count(*), COALESCE(extract(epoch FROM now() - "
-                                             "min(captured_at)), 0)::float8 FROM " +
-                                             cdc.Quoted()));
+    DT_ASSIGN_OR_RETURN(auto pend,
+                        src.Query(fmt::format("SELECT count(*), COALESCE(extract(epoch "
+                                              "FROM now() - min({})), 0)::float8 FROM {}",
+                                              capture::kCapturedAtColumn, cdc.Quoted())));
     r.pending = pend.GetInt64(0, 0);
     const double oldest_pending = std::strtod(std::string(pend.Get(0, 1)).c_str(), nullptr);
     auto a = tgt.Query(
@@ -130,6 +131,31 @@ std::string Render(const std::vector<Row>& rows, bool json) {
   return out;
 }
 
+// Tables captured on the source that the configuration no longer names:
+// their change tables grow until `uninstall --table` removes them.
+Result<std::string> RenderNotConfigured(pg::Connection& src, const Config& c, bool json) {
+  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(src));
+  std::string out;
+  for (const auto& t : captured) {
+    if (!capture::NotConfigured({t}, c.tables).empty()) {
+      DT_ASSIGN_OR_RETURN(int64_t n, capture::CountChanges(src, t.change_table));
+      const std::string name = t.source.ToString();
+      if (json) {
+        out += fmt::format("{}{{\"source\":{},\"pending\":{}}}", out.empty() ? "" : ",",
+                           JsonString(name), n);
+      } else {
+        out += fmt::format(
+            "NOT CONFIGURED: {} is captured but not in the configuration ({} changes waiting in "
+            "its change table, which keeps growing); `datatunnel uninstall --yes --table {}` "
+            "removes its capture\n",
+            name, n, name);
+      }
+    }
+  }
+  if (json) return "\"not_configured\":[" + out + "]";
+  return out;
+}
+
 int RunStatus(const Globals& g, const StatusOptions& o) {
   SetupLogging(g);
   auto config = LoadConfig(g);
@@ -148,6 +174,13 @@ int RunStatus(const Globals& g, const StatusOptions& o) {
     auto rows = Collect(**src, **tgt, *config);
     if (!rows.ok()) return Fail(rows.status());
     std::string text = Render(*rows, o.json);
+    auto removed = RenderNotConfigured(**src, *config, o.json);
+    if (!removed.ok()) return Fail(removed.status());
+    if (o.json) {
+      text.insert(text.rfind('}'), "," + *removed);
+    } else {
+      text += *removed;
+    }
     if (o.watch && tty && !o.json) fmt::print("\033[H\033[2J");
     fmt::print("{}", text);
     std::fflush(stdout);

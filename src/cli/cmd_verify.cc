@@ -86,6 +86,8 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
       for (size_t k = 0; k < r.schema_problems.size(); ++k) {
         out += (k ? "," : "") + JsonString(r.schema_problems[k]);
       }
+      out += "],\"notes\":[";
+      for (size_t k = 0; k < r.notes.size(); ++k) out += (k ? "," : "") + JsonString(r.notes[k]);
       out += "],\"gaps\":[";
       for (size_t k = 0; k < r.gaps.size(); ++k) out += (k ? "," : "") + JsonString(r.gaps[k]);
       out += "]}";
@@ -97,6 +99,7 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
       if (r.equal()) {
         fmt::print("{} -> {}: {} rows, identical ({} ranges compared)\n", r.source, r.target,
                    r.source_rows, r.ranges);
+        for (const auto& n : r.notes) fmt::print("  note: {}\n", n);
         continue;
       }
       fmt::print("{} -> {}: {} rows on the source, {} on the target: {} difference(s)\n", r.source,
@@ -105,6 +108,7 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
                      static_cast<int64_t>(r.gaps.size()));
       for (const auto& gap : r.gaps) fmt::print("  gap: {}\n", gap);
       for (const auto& p : r.schema_problems) fmt::print("  schema: {}\n", p);
+      for (const auto& n : r.notes) fmt::print("  note: {}\n", n);
       for (const auto& d : r.differing_ranges) {
         fmt::print("  key range {}: {} rows on the source, {} on the target\n", d.range,
                    d.source_rows, d.target_rows);

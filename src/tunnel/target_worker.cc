@@ -1,6 +1,7 @@
 #include "tunnel/target_worker.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -150,6 +151,24 @@ Status TargetCore::EnsureColumns(uint32_t table, const std::vector<Column>& colu
   applier_->Invalidate(table);
   *changed = true;
   spdlog::info("consumer: added column(s) {} to target table {}", list, spec.target.ToString());
+  return Status::OK();
+}
+
+Status TargetCore::Redescribe(uint32_t table, bool* changed) {
+  *changed = false;
+  if (!conn_ || conn_->IsBroken()) return Status::Retryable("the target connection is down");
+  DT_ASSIGN_OR_RETURN(auto fresh, apply::DescribeTargetTables(*conn_, {options_.tables[table]}));
+  TableSpec& spec = targets_[table];
+  std::vector<std::string> before, after;
+  for (const auto& c : spec.columns) before.push_back(c.name + " " + c.type_sql);
+  for (const auto& c : fresh[0].columns) after.push_back(c.name + " " + c.type_sql);
+  if (before == after && spec.key == fresh[0].key) return Status::OK();
+  spec.columns = fresh[0].columns;
+  spec.key = fresh[0].key;
+  applier_->Invalidate(table);
+  *changed = true;
+  spdlog::info("consumer: read the columns of target table {} again ({} now)",
+               spec.target.ToString(), spec.columns.size());
   return Status::OK();
 }
 
@@ -334,10 +353,15 @@ Status TargetCore::ApplyBatch(std::vector<Item>& items, const std::function<void
       continue;  // another consumer moved a partition: reload and filter again
     }
     if (!st.IsRetryable()) {
-      return st.WithContext(
-          changes.empty() ? "applying a batch"
-                          : fmt::format("applying a batch of {} change(s) to {}", changes.size(),
-                                        targets_[changes.front()->table].target.ToString()));
+      // Name every table of the batch, not just the first change's.
+      std::vector<std::string> names;
+      for (const Change* c : changes) {
+        std::string n = targets_[c->table].target.ToString();
+        if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+      }
+      return st.WithContext(changes.empty() ? std::string("applying a batch")
+                                            : fmt::format("applying a batch of {} change(s) to {}",
+                                                          changes.size(), fmt::join(names, ", ")));
     }
     ++metrics_->errors;
     ++metrics_->retries;
@@ -538,6 +562,15 @@ Status KafkaTargetWorker::Run() {
         item.change.table = t < 0 ? 0 : static_cast<uint32_t>(t);
       } else {
         Status dst = decoder.Decode(v.value, static_cast<uint32_t>(t), &item.change);
+        if (dst.code() == StatusCode::kFatal) {
+          // A column the cached target columns lack: `init` may have added
+          // it to the target since they were read. Look before stopping.
+          bool changed = false;
+          if (core_.Redescribe(static_cast<uint32_t>(t), &changed).ok() && changed) {
+            decoder.Refresh();
+            dst = decoder.Decode(v.value, static_cast<uint32_t>(t), &item.change);
+          }
+        }
         item.broadcast_partitions = decoder.broadcast_partitions();
         item.chained = dst.ok();
         item.prev = decoder.prev();

@@ -73,6 +73,9 @@ class TargetCore {
   // (schema_changes = "evolve") or stops with an explanation ("stop").
   // Sets *changed when the target's columns changed.
   Status EnsureColumns(uint32_t table, const std::vector<Column>& columns, bool* changed);
+  // Reads target table `table`'s columns again (`datatunnel init` may have
+  // added some since they were read). Sets *changed when they differ.
+  Status Redescribe(uint32_t table, bool* changed);
   // TRUNCATE barriers (apply/install.h): has the one at `pos` run; where,
   // if anywhere, is `partition` waiting.
   Result<bool> BarrierDone(const std::string& stream, const Position& pos);

@@ -6,6 +6,8 @@
 #include <optional>
 #include <unordered_map>
 
+#include "apply/install.h"
+
 namespace datatunnel::verify {
 namespace {
 
@@ -93,6 +95,16 @@ Result<TableReport> VerifyTable(pg::Connection& source, pg::Connection& target, 
       rep.schema_problems.push_back(fmt::format("column {} is missing on the target", c.name));
     } else {
       p.columns.push_back(c.name);
+      const Column& tc = t.columns[static_cast<size_t>(t.ColumnIndex(c.name))];
+      const apply::TypeFit fit = apply::ClassifyTypeChange(c, tc);
+      if (fit != apply::TypeFit::kSame) {
+        (fit == apply::TypeFit::kLossy ? rep.schema_problems : rep.notes)
+            .push_back(fmt::format("column {} is {} on the target but {} on the source{}", c.name,
+                                   tc.type_sql, c.type_sql,
+                                   fit == apply::TypeFit::kLossy
+                                       ? " (values can be refused or changed)"
+                                       : " (every value fits)"));
+      }
     }
   }
   for (const auto& c : t.columns) {

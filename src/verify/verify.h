@@ -37,7 +37,12 @@ struct TableReport {
   int64_t source_rows = 0;
   int64_t target_rows = 0;
   int64_t ranges = 0;
-  std::vector<std::string> schema_problems;  // columns missing on one side
+  // Columns missing on one side, or of a target type that can refuse or
+  // change the source's values (apply::TypeFit::kLossy).
+  std::vector<std::string> schema_problems;
+  // Type differences every value survives (apply::TypeFit::kSafe): reported,
+  // not counted as differences.
+  std::vector<std::string> notes;
   std::vector<RangeDiff> differing_ranges;
   std::vector<KeyDiff> keys;  // at most max_keys listed
   int64_t differing_keys = 0;

@@ -100,8 +100,9 @@ TEST_F(CaptureTest, InstallIsIdempotentAndNamesTheBriefsColumns) {
       SourceCluster().Scalar(db_,
                              "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM "
                              "information_schema.columns WHERE table_name = 'employees_cdc'");
-  EXPECT_EQ(*cols,
-            "change_id,txid,action,captured_at,old_emp_id,emp_id,first_name,last_name,dob,city");
+  EXPECT_EQ(
+      *cols,
+      "dt$change_id,dt$txid,dt$action,dt$captured_at,dt$old1,emp_id,first_name,last_name,dob,city");
 }
 
 TEST_F(CaptureTest, EveryOperationInCommitOrder) {
