@@ -116,7 +116,8 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
   return specs;
 }
 
-Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& tables) {
+Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
+                      const std::vector<TableConfig>& tables) {
   DT_ASSIGN_OR_RETURN(auto state,
                       source.Query("SELECT to_regclass('datatunnel.tables') IS NOT NULL"));
   if (!state.GetBool(0, 0)) {
@@ -125,22 +126,66 @@ Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& ta
                     "`datatunnel init` first",
                     source.description()));
   }
+  DT_ASSIGN_OR_RETURN(auto named,
+                      source.Query("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE "
+                                   "attrelid = 'datatunnel.tables'::regclass AND attname = "
+                                   "'tunnel' AND NOT attisdropped)"));
+  if (!named.GetBool(0, 0)) {
+    return Status::BadConfig(fmt::format(
+        "the datatunnel state on the {} is from an earlier version (its tunnels have no names): "
+        "run `datatunnel init` to upgrade it",
+        source.description()));
+  }
   for (const auto& t : tables) {
-    DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT 1 FROM datatunnel.tables WHERE schema_name = "
-                                             "$1 AND table_name = $2",
-                                             {t.source.schema, t.source.name}));
+    DT_ASSIGN_OR_RETURN(auto r,
+                        source.Query("SELECT tunnel FROM datatunnel.tables WHERE schema_name = "
+                                     "$1 AND table_name = $2",
+                                     {t.source.schema, t.source.name}));
     if (r.rows() == 0) {
       return Status::BadConfig(
           fmt::format("table {} is not captured on the {}: run `datatunnel init` to set it up",
                       t.source.ToString(), source.description()));
     }
+    if (r.Get(0, 0).empty()) {
+      return Status::BadConfig(fmt::format(
+          "table {} on the {} was set up by an earlier version: run `datatunnel init` to "
+          "upgrade it to tunnel \"{}\"",
+          t.source.ToString(), source.description(), tunnel));
+    }
+    if (r.Get(0, 0) != tunnel) {
+      return Status::BadConfig(
+          OtherTunnelMessage(t.source, std::string(r.Get(0, 0)), tunnel, source.description()));
+    }
   }
   return Status::OK();
 }
 
+std::string OtherTunnelMessage(const QualifiedName& table, const std::string& owner,
+                               const std::string& tunnel, const std::string& where) {
+  return fmt::format(
+      "table {} is captured by tunnel \"{}\" on the {}, and this configuration is tunnel "
+      "\"{}\"; a table belongs to one tunnel only: remove it from one of the two "
+      "configurations (if this tunnel was renamed, set [tunnel] name = \"{}\" to keep its "
+      "state)",
+      table.ToString(), owner, where, tunnel, owner);
+}
+
+Result<std::string> LoadInstallId(pg::Connection& source) {
+  auto r = source.Query("SELECT install_id FROM datatunnel.meta");
+  if (!r.ok() || r->rows() != 1) {
+    if (!r.ok() && r.status().code() != StatusCode::kFatal) return r.status();
+    return Status::BadConfig(
+        fmt::format("the datatunnel state on the {} has no installation id (datatunnel.meta): run "
+                    "`datatunnel init` to upgrade it",
+                    source.description()));
+  }
+  return std::string(r->Get(0, 0));
+}
+
 std::string StateSchemaDdl() { return kCaptureInstallSql; }
 
-Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpec>& tables) {
+Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
+                              const std::vector<TableSpec>& tables) {
   InstallReport report;
   DT_RETURN_IF_ERROR(source.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
   auto fail = [&](Status st) {
@@ -193,6 +238,76 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
     }
   }
 
+  // Tunnels: a table belongs to one tunnel. State of an earlier version
+  // (tunnel '') is claimed by the first tunnel that configures the table,
+  // with a copy of the ticks its progress refers to.
+  std::string schemas = "{", names = "{";
+  {
+    std::vector<std::optional<std::string>> sv, nv;
+    for (const auto& spec : tables) {
+      sv.emplace_back(spec.source.schema);
+      nv.emplace_back(spec.source.name);
+    }
+    schemas = pg::TextArrayLiteral(sv);
+    names = pg::TextArrayLiteral(nv);
+  }
+  auto owners = source.Query(
+      "SELECT t.schema_name, t.table_name, t.tunnel FROM datatunnel.tables t "
+      "JOIN unnest($1::text[], $2::text[]) AS c(s, n) ON c.s = t.schema_name "
+      "AND c.n = t.table_name WHERE t.tunnel <> $3 ORDER BY 1, 2",
+      {schemas, names, tunnel});
+  if (!owners.ok()) return fail(owners.status());
+  bool legacy = false;
+  for (int i = 0; i < owners->rows(); ++i) {
+    if (owners->Get(i, 2).empty()) {
+      legacy = true;
+      continue;
+    }
+    return fail(Status::BadConfig(
+        OtherTunnelMessage({std::string(owners->Get(i, 0)), std::string(owners->Get(i, 1))},
+                           std::string(owners->Get(i, 2)), tunnel, source.description())));
+  }
+  auto own_ticks =
+      source.Query("SELECT EXISTS (SELECT 1 FROM datatunnel.ticks WHERE tunnel = $1)", {tunnel});
+  if (!own_ticks.ok()) return fail(own_ticks.status());
+  if (legacy && own_ticks->GetBool(0, 0)) {
+    return fail(Status::BadConfig(fmt::format(
+        "table {}.{} on the {} was set up by an earlier version under another configuration, and "
+        "tunnel \"{}\" already runs on its own state: run `datatunnel init` with the "
+        "configuration that captured the table before the upgrade",
+        owners->Get(0, 0), owners->Get(0, 1), source.description(), tunnel)));
+  }
+  if (legacy) {
+    const pg::Statement claim[] = {
+        {"INSERT INTO datatunnel.ticks (tunnel, tick, snapshot, created_at) "
+         "SELECT $1, tick, snapshot, created_at FROM datatunnel.ticks WHERE tunnel = ''",
+         {tunnel}},
+        {"UPDATE datatunnel.chain_heads h SET tunnel = $1 FROM unnest($2::text[], $3::text[]) "
+         "AS c(s, n) WHERE h.tunnel = '' AND h.schema_name = c.s AND h.table_name = c.n",
+         {tunnel, schemas, names}},
+        {"UPDATE datatunnel.tables t SET tunnel = $1 FROM unnest($2::text[], $3::text[]) "
+         "AS c(s, n) WHERE t.tunnel = '' AND t.schema_name = c.s AND t.table_name = c.n",
+         {tunnel, schemas, names}},
+        {"DELETE FROM datatunnel.ticks WHERE tunnel = '' AND NOT EXISTS "
+         "(SELECT 1 FROM datatunnel.tables WHERE tunnel = '')",
+         {}},
+    };
+    if (Status st = source.ExecPipeline(claim); !st.ok()) return fail(st);
+    report.actions.push_back(fmt::format(
+        "upgraded the state of {} table(s) set up by an earlier version to tunnel \"{}\"",
+        owners->rows(), tunnel));
+  }
+  // The tunnel's first tick: a table registered now starts complete at it.
+  auto first = source.Query(
+      "INSERT INTO datatunnel.ticks (tunnel, tick, snapshot) "
+      "SELECT $1, 0, pg_catalog.txid_current_snapshot() "
+      "WHERE NOT EXISTS (SELECT 1 FROM datatunnel.ticks WHERE tunnel = $1) RETURNING 1",
+      {tunnel});
+  if (!first.ok()) return fail(first.status());
+  if (first->rows() == 1) {
+    report.actions.push_back(fmt::format("registered tunnel \"{}\"", tunnel));
+  }
+
   for (size_t t = 0; t < tables.size(); ++t) {
     const TableSpec& spec = tables[t];
     const std::string name = spec.source.ToString();
@@ -241,9 +356,9 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
     // no transaction visible in that tick's snapshot could see the trigger.
     auto reg = source.Query(
         "INSERT INTO datatunnel.tables (schema_name, table_name, change_table, capture_function, "
-        "  key_columns, column_names, column_types, published_tick, published_seq) "
-        "SELECT $1, $2, $3, $4, $5::text[], $7::text[], $8::text[], max(tick), $6 "
-        "FROM datatunnel.ticks "
+        "  key_columns, column_names, column_types, published_tick, published_seq, tunnel) "
+        "SELECT $1, $2, $3, $4, $5::text[], $7::text[], $8::text[], max(tick), $6, $9 "
+        "FROM datatunnel.ticks WHERE tunnel = $9 "
         "ON CONFLICT (schema_name, table_name) DO UPDATE SET change_table = EXCLUDED.change_table, "
         "  capture_function = EXCLUDED.capture_function, key_columns = EXCLUDED.key_columns, "
         "  column_names = EXCLUDED.column_names, column_types = EXCLUDED.column_types "
@@ -255,7 +370,7 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
         "RETURNING (xmax = 0)",
         {spec.source.schema, spec.source.name, spec.change_table.name, function, key_array,
          std::to_string(Position::kEndOfTick), pg::TextArrayLiteral(Names(spec.columns)),
-         pg::TextArrayLiteral(Types(spec.columns))});
+         pg::TextArrayLiteral(Types(spec.columns)), tunnel});
     if (!reg.ok()) return fail(reg.status());
     if (reg->rows() == 1 && reg->GetBool(0, 0)) {
       report.actions.push_back("registered " + name + " for capture");

@@ -47,10 +47,17 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (!types.ok()) return Fail(types.status().WithContext("reading the source's types"));
   std::vector<apply::TypeToCreate> create;
   for (const auto& t : *types) create.push_back({t.name, t.schema, t.ddl});
-  auto src_report = capture::Install(**source, *specs);
+  auto src_report = capture::Install(**source, config->tunnel.name, *specs);
   if (!src_report.ok()) return Fail(src_report.status().WithContext("init on the source"));
+  auto install = capture::LoadInstallId(**source);
+  if (!install.ok()) return Fail(install.status());
   auto tgt_actions = apply::Install(**target, *specs, create);
   if (!tgt_actions.ok()) return Fail(tgt_actions.status().WithContext("init on the target"));
+  auto bound = apply::BindTunnel(**target, config->tunnel.name, *install);
+  if (!bound.ok()) return Fail(bound.status().WithContext("init on the target"));
+  if (!bound->empty()) tgt_actions->push_back(*bound);
+  fmt::print("tunnel \"{}\": topics {}.<schema>.<table>, consumer group {}\n", config->tunnel.name,
+             config->kafka.topic_prefix, config->kafka.group_id);
   for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
   for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
   for (const auto& w : src_report->warnings) Warn(w);

@@ -31,7 +31,7 @@ struct Row {
 };
 
 Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const Config& c) {
-  DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tables));
+  DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tunnel.name, c.tables));
   DT_RETURN_IF_ERROR(apply::CheckInstalled(tgt));
   std::vector<Row> rows;
   for (const auto& t : c.tables) {
