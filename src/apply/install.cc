@@ -395,6 +395,7 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
                   QuoteIdent(database), r),
       fmt::format("GRANT USAGE ON SCHEMA datatunnel TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.applied TO {};", r),
+      fmt::format("GRANT SELECT ON datatunnel.tunnels TO {};  -- the tunnel's source", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON datatunnel.barriers TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.resyncs TO {};  -- snapshot", r),
       fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.truncate_arrive(text, bigint, bigint, "
