@@ -241,16 +241,13 @@ Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
   // Tunnels: a table belongs to one tunnel. State of an earlier version
   // (tunnel '') is claimed by the first tunnel that configures the table,
   // with a copy of the ticks its progress refers to.
-  std::string schemas = "{", names = "{";
-  {
-    std::vector<std::optional<std::string>> sv, nv;
-    for (const auto& spec : tables) {
-      sv.emplace_back(spec.source.schema);
-      nv.emplace_back(spec.source.name);
-    }
-    schemas = pg::TextArrayLiteral(sv);
-    names = pg::TextArrayLiteral(nv);
+  std::vector<std::optional<std::string>> schema_list, name_list;
+  for (const auto& spec : tables) {
+    schema_list.emplace_back(spec.source.schema);
+    name_list.emplace_back(spec.source.name);
   }
+  const std::string schemas = pg::TextArrayLiteral(schema_list);
+  const std::string names = pg::TextArrayLiteral(name_list);
   auto owners = source.Query(
       "SELECT t.schema_name, t.table_name, t.tunnel FROM datatunnel.tables t "
       "JOIN unnest($1::text[], $2::text[]) AS c(s, n) ON c.s = t.schema_name "
