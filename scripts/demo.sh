@@ -298,7 +298,7 @@ and see it on db2:
 More:
   $rel_bin -c .demo/datatunnel.toml status     # captured / published / applied / lag
   $rel_bin -c .demo/datatunnel.toml verify     # compare db1 and db2 row by row
-$([[ $broker == kafka ]] && echo "  kcat -q -b $brokers -C -t datatunnel.public.employees -o -2 -e -f '%k %s\n'   # the Kafka messages")
+$([[ $broker == kafka ]] && echo "  kcat -q -b $brokers -C -t datatunnel.db1.public.employees -o -2 -e -f '%k %s\n'   # the Kafka messages")
 
 $(say "Running the tunnel: the first $rows rows arrive as a snapshot, then every change streams. Ctrl-C stops everything.")
 EOF

@@ -153,6 +153,8 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   broadcast_partitions_ = 0;
   prev_.reset();
   schema_columns_.clear();
+  tunnel_.clear();
+  install_.clear();
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
@@ -176,6 +178,9 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   out->captured_us = 0;
   bool have_op = false, have_pos = false, have_after = false, have_before = false;
   bool unknown = false;
+  // A row's error waits until "source" is read: a message of another tunnel
+  // is refused as such, whatever its rows hold.
+  Status row_error;
   Row before;
   for (auto field : root) {
     std::string_view key;
@@ -205,13 +210,13 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
       if (is_null) continue;
       od::object obj;
       if (v.get_object().get(obj)) return Bad(fmt::format("\"{}\" must be an object or null", key));
-      if (key == "after") {
-        DT_RETURN_IF_ERROR(DecodeRow(obj, table, value.size(), &out->row, &unknown));
-        have_after = true;
-      } else {
-        DT_RETURN_IF_ERROR(DecodeRow(obj, table, value.size(), &before, &unknown));
-        have_before = true;
+      Status st =
+          DecodeRow(obj, table, value.size(), key == "after" ? &out->row : &before, &unknown);
+      if (!st.ok()) {
+        if (row_error.ok()) row_error = std::move(st);
+        continue;
       }
+      (key == "after" ? have_after : have_before) = true;
     } else if (key == "marker") {
       std::string_view m;
       if (v.get_string().get(m)) return Bad("\"marker\" must be a string");
@@ -258,6 +263,12 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
           have_pos = true;
         } else if (sk == "prev") {
           DT_RETURN_IF_ERROR(ParsePrev(sv, &prev_));
+        } else if (sk == "name" || sk == "install") {
+          std::string_view text;
+          if (sv.get_string().get(text)) {
+            return Bad(fmt::format("\"source.{}\" must be a string", sk));
+          }
+          (sk == "name" ? tunnel_ : install_).assign(text);
         } else if (sk == "ts_ms") {
           int64_t ms = 0;
           constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
@@ -277,6 +288,14 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
       }
     }
   }
+  if (!install_.empty() && !expect_tunnel_.empty() &&
+      (tunnel_ != expect_tunnel_ || install_ != expect_install_)) {
+    return Status::BadConfig(fmt::format(
+        "a message of tunnel \"{}\" (source installation {}) reached the consumer of tunnel "
+        "\"{}\" (source installation {})",
+        tunnel_, install_, expect_tunnel_, expect_install_));
+  }
+  if (!row_error.ok()) return row_error;
   if (!have_op) return Bad("no \"op\"");
   if (!have_pos) return Bad("no \"source.pos\"");
   if (prev_ && out->pos <= *prev_) {  // malformed in the chain (apply/chain.h)

@@ -28,11 +28,25 @@ class EnvelopeDecoder {
  public:
   explicit EnvelopeDecoder(const std::vector<TableSpec>* targets);
 
-  // Decodes a message value for target table `table`. kBadData: not an
-  // envelope (malformed JSON, missing or ill-typed fields, a "source.pos"
-  // not after its "source.prev"); kFatal: a valid change for a column the
-  // target does not have.
+  // Messages must come from tunnel `tunnel` and source installation
+  // `install` (their "source.name" and "source.install"): Decode() refuses
+  // others with kBadConfig before anything else. A message without
+  // "source.install" (written by an earlier version) is not checked.
+  void ExpectOrigin(std::string tunnel, std::string install) {
+    expect_tunnel_ = std::move(tunnel);
+    expect_install_ = std::move(install);
+  }
+
+  // Decodes a message value for target table `table`. kBadConfig: a message
+  // of another tunnel or source installation (ExpectOrigin; origin() says
+  // whose); kBadData: not an envelope (malformed JSON, missing or ill-typed
+  // fields, a "source.pos" not after its "source.prev"); kFatal: a valid
+  // change for a column the target does not have.
   Status Decode(std::string_view value, uint32_t table, Change* out);
+  // After Decode(): the message's "source.name" and "source.install" ("" when
+  // absent).
+  const std::string& origin_tunnel() const { return tunnel_; }
+  const std::string& origin_install() const { return install_; }
   // After Decode() succeeded: the message's "source.prev" (apply/chain.h),
   // the zero Position for null, nullopt when the message has none.
   const std::optional<Position>& prev() const { return prev_; }
@@ -66,6 +80,8 @@ class EnvelopeDecoder {
   std::string scratch_;
   int broadcast_partitions_ = 0;
   std::optional<Position> prev_;
+  std::string expect_tunnel_, expect_install_;
+  std::string tunnel_, install_;
   std::vector<Column> schema_columns_;
 };
 

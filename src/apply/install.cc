@@ -48,6 +48,13 @@ ALTER TABLE datatunnel.applied
   ADD COLUMN IF NOT EXISTS gap_expected text,
   ADD COLUMN IF NOT EXISTS gap_found text,
   ADD COLUMN IF NOT EXISTS gap_at timestamptz;
+-- The tunnels that apply to this database ([tunnel] name), each with the
+-- source installation (datatunnel.meta.install_id) `init` bound it to: a
+-- consumer applies only messages of its own tunnel and installation.
+CREATE TABLE IF NOT EXISTS datatunnel.tunnels (
+  name text PRIMARY KEY,
+  source_install text NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now());
 -- A snapshot that emptied a target table: every message up to the end of
 -- source tick `tick` (of capture epoch `epoch`) is superseded by it, in every
 -- stream and partition of the table: neither applied nor chain-checked, and
@@ -349,6 +356,35 @@ Status CheckInstalled(pg::Connection& target) {
   return Status::OK();
 }
 
+Result<std::string> BoundSource(pg::Connection& target, const std::string& tunnel) {
+  DT_ASSIGN_OR_RETURN(auto has,
+                      target.Query("SELECT to_regclass('datatunnel.tunnels') IS NOT NULL"));
+  if (has.GetBool(0, 0)) {
+    DT_ASSIGN_OR_RETURN(auto r, target.Query("SELECT source_install FROM datatunnel.tunnels "
+                                             "WHERE name = $1",
+                                             {tunnel}));
+    if (r.rows() == 1) return std::string(r.Get(0, 0));
+  }
+  return Status::BadConfig(fmt::format(
+      "tunnel \"{}\" is not set up on the {}{}: run `datatunnel init` with this configuration",
+      tunnel, target.description(),
+      has.GetBool(0, 0) ? "" : " (its datatunnel state is from an earlier version)"));
+}
+
+Result<std::string> BindTunnel(pg::Connection& target, const std::string& tunnel,
+                               const std::string& install) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, target.Query("INSERT INTO datatunnel.tunnels AS t (name, source_install) "
+                           "VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET source_install = "
+                           "EXCLUDED.source_install, updated_at = now() "
+                           "WHERE t.source_install <> EXCLUDED.source_install "
+                           "RETURNING (xmax = 0)",
+                           {tunnel, install}));
+  if (r.rows() == 0) return std::string();
+  return fmt::format("{} tunnel \"{}\" to source installation {}",
+                     r.GetBool(0, 0) ? "registered" : "re-bound", tunnel, install);
+}
+
 Result<bool> IsCapturedSource(pg::Connection& target, const QualifiedName& name) {
   DT_ASSIGN_OR_RETURN(auto r, target.Query("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid "
                                            "= to_regclass($1) AND tgname = 'datatunnel_capture')",
@@ -542,6 +578,7 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
                   QuoteIdent(database), r),
       fmt::format("GRANT USAGE ON SCHEMA datatunnel TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.applied TO {};", r),
+      fmt::format("GRANT SELECT ON datatunnel.tunnels TO {};  -- the tunnel's source", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON datatunnel.barriers TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.resyncs TO {};  -- snapshot", r),
       fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.truncate_arrive(text, bigint, bigint, "

@@ -1,5 +1,7 @@
 // Apply, control plane: what `init` prepares on the target database.
 //
+// - datatunnel.tunnels: each tunnel applying here, bound to its source
+//   installation.
 // - The schema `datatunnel` with datatunnel.applied: one row per (stream,
 //   partition) holding the Kafka offset and source Position applied last,
 //   updated in the same transaction as the rows it describes. A stream is a
@@ -47,6 +49,17 @@ struct TypeToCreate {
 // Checks that `init` has set up the target's state (datatunnel.applied). OK,
 // or kBadConfig asking for `datatunnel init`.
 Status CheckInstalled(pg::Connection& target);
+
+// The source installation id tunnel `tunnel` is bound to on the target
+// (datatunnel.tunnels, written by `init`); kBadConfig asking for `init` when
+// the tunnel is not registered there.
+Result<std::string> BoundSource(pg::Connection& target, const std::string& tunnel);
+
+// Registers tunnel `tunnel` on the target, bound to source installation
+// `install` (or re-binds it: the source was set up again). Returns the action
+// taken, "" when it was already so. REQUIRES: the state schema exists.
+Result<std::string> BindTunnel(pg::Connection& target, const std::string& tunnel,
+                               const std::string& install);
 
 // Whether target table `name` is itself captured by a datatunnel installation
 // in the target database (it carries the capture trigger): emptying it would

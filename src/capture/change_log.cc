@@ -9,9 +9,10 @@
 namespace datatunnel::capture {
 
 Result<bool> ChangeLog::TryLock() {
-  DT_ASSIGN_OR_RETURN(
-      auto r, conn_->Query(fmt::format("SELECT pg_catalog.pg_try_advisory_lock({}, {})", kLockClass,
-                                       kLockProducer)));
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query(fmt::format("SELECT pg_catalog.pg_try_advisory_lock({}, "
+                                                       "pg_catalog.hashtext($1))",
+                                                       kLockClass),
+                                           {tunnel_}));
   return r.GetBool(0, 0);
 }
 
@@ -35,13 +36,13 @@ Result<std::vector<TableProgress>> ChangeLog::LoadProgress() {
     DT_ASSIGN_OR_RETURN(auto r,
                         conn_->Query("SELECT published_tick, published_seq, published_count "
                                      "FROM datatunnel.tables "
-                                     "WHERE schema_name = $1 AND table_name = $2",
-                                     {spec.source.schema, spec.source.name}));
+                                     "WHERE schema_name = $1 AND table_name = $2 AND tunnel = $3",
+                                     {spec.source.schema, spec.source.name, tunnel_}));
     if (r.rows() != 1) {
       return Status::Fatal(fmt::format(
-          "table {} is not set up for capture on the {}: run `datatunnel init` with this "
-          "configuration",
-          spec.source.ToString(), conn_->description()));
+          "table {} is not set up for capture by tunnel \"{}\" on the {}: run `datatunnel "
+          "init` with this configuration",
+          spec.source.ToString(), tunnel_, conn_->description()));
     }
     out.push_back({r.GetInt64(0, 0), r.GetInt64(0, 1), r.GetInt64(0, 2)});
   }
@@ -50,8 +51,9 @@ Result<std::vector<TableProgress>> ChangeLog::LoadProgress() {
 
 Result<std::vector<Tick>> ChangeLog::LoadTicks(int64_t from, int limit) {
   DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT tick, snapshot::text FROM datatunnel.ticks "
-                                           "WHERE tick >= $1 ORDER BY tick LIMIT $2",
-                                           {std::to_string(from), std::to_string(limit)}));
+                                           "WHERE tunnel = $3 AND tick >= $1 ORDER BY tick "
+                                           "LIMIT $2",
+                                           {std::to_string(from), std::to_string(limit), tunnel_}));
   std::vector<Tick> out;
   for (int i = 0; i < r.rows(); ++i) out.push_back({r.GetInt64(i, 0), std::string(r.Get(i, 1))});
   return out;
@@ -69,9 +71,9 @@ Result<std::vector<Position>> ChangeLog::LoadHeads(size_t t) {
         conn_->description()));
   }
   DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT partition, epoch, tick, seq, sub "
-                                           "FROM datatunnel.chain_heads WHERE topic = $1 "
-                                           "AND partition >= 0 ORDER BY partition",
-                                           {spec.topic}));
+                                           "FROM datatunnel.chain_heads WHERE tunnel = $2 "
+                                           "AND topic = $1 AND partition >= 0 ORDER BY partition",
+                                           {spec.topic, tunnel_}));
   std::vector<Position> heads;
   for (int i = 0; i < r.rows(); ++i) {
     const auto p = static_cast<size_t>(r.GetInt64(i, 0));
@@ -82,10 +84,11 @@ Result<std::vector<Position>> ChangeLog::LoadHeads(size_t t) {
   return heads;
 }
 
-Result<Position> NewestRecordedPosition(pg::Connection& source) {
-  DT_ASSIGN_OR_RETURN(auto r,
-                      source.Query("SELECT (SELECT epoch FROM datatunnel.meta), "
-                                   "(SELECT COALESCE(max(tick), 0) FROM datatunnel.ticks)"));
+Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel) {
+  DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT (SELECT epoch FROM datatunnel.meta), "
+                                           "(SELECT COALESCE(max(tick), 0) FROM datatunnel.ticks "
+                                           "WHERE tunnel = $1)",
+                                           {tunnel}));
   if (r.IsNull(0, 0)) return Status::Fatal("datatunnel.meta is empty: run `datatunnel init`");
   return Position{r.GetInt64(0, 0), r.GetInt64(0, 1), Position::kEndOfTick,
                   std::numeric_limits<int32_t>::max()};
@@ -115,10 +118,10 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
   DT_RETURN_IF_ERROR(conn_->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ"));
   // The first statement fixes the transaction's snapshot; record exactly it.
   auto r = conn_->Query(
-      "INSERT INTO datatunnel.ticks (tick, snapshot) "
-      "VALUES ($1, pg_catalog.txid_current_snapshot()) "
-      "ON CONFLICT (tick) DO NOTHING RETURNING snapshot::text",
-      {std::to_string(number)});
+      "INSERT INTO datatunnel.ticks (tunnel, tick, snapshot) "
+      "VALUES ($2, $1, pg_catalog.txid_current_snapshot()) "
+      "ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text",
+      {std::to_string(number), tunnel_});
   if (!r.ok()) {
     conn_->RollbackQuietly();
     return r.status();
@@ -140,11 +143,11 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN ISOLATION LEVEL REPEATABLE READ", {}});
   stmts.push_back(
-      {"INSERT INTO datatunnel.ticks (tick, snapshot) "
-       "VALUES ($1, pg_catalog.txid_current_snapshot()) "
-       "ON CONFLICT (tick) DO NOTHING RETURNING snapshot::text, (" +
+      {"INSERT INTO datatunnel.ticks (tunnel, tick, snapshot) "
+       "VALUES ($2, $1, pg_catalog.txid_current_snapshot()) "
+       "ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, (" +
            check_sql + ")",
-       {arena.Keep(std::to_string(number))}});
+       {arena.Keep(std::to_string(number)), tunnel_}});
   if (!reads.empty()) stmts.push_back({kChangeIdOrder, {}});
   const size_t first_read = stmts.size();
   for (size_t i = 0; i < reads.size(); ++i) {
@@ -325,10 +328,10 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
       }
       stmts.push_back(
           {"INSERT INTO datatunnel.chain_heads AS h (topic, partition, schema_name, table_name, "
-           "  epoch, tick, seq, sub) "
-           "SELECT $1, x.p, $2, $3, x.e, x.t, x.s, x.u FROM unnest($4::int[], $5::bigint[], "
+           "  epoch, tick, seq, sub, tunnel) "
+           "SELECT $1, x.p, $2, $3, x.e, x.t, x.s, x.u, $9 FROM unnest($4::int[], $5::bigint[], "
            "  $6::bigint[], $7::bigint[], $8::int[]) AS x(p, e, t, s, u) "
-           "ON CONFLICT (topic, partition) DO UPDATE SET epoch = EXCLUDED.epoch, "
+           "ON CONFLICT (tunnel, topic, partition) DO UPDATE SET epoch = EXCLUDED.epoch, "
            "  tick = EXCLUDED.tick, seq = EXCLUDED.seq, sub = EXCLUDED.sub, "
            "  schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name, "
            "  updated_at = now() "
@@ -336,15 +339,15 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
            "  (EXCLUDED.epoch, EXCLUDED.tick, EXCLUDED.seq, EXCLUDED.sub)",
            {spec.topic, spec.source.schema, spec.source.name, arena.Keep(parts + "}"),
             arena.Keep(epochs + "}"), arena.Keep(ticks + "}"), arena.Keep(seqs + "}"),
-            arena.Keep(subs + "}")}});
+            arena.Keep(subs + "}"), tunnel_}});
     }
   }
   // Keep the ticks some table may still need as its batch's lower bound.
   stmts.push_back(
-      {"DELETE FROM datatunnel.ticks WHERE tick < (SELECT min(CASE WHEN "
+      {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "
        "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
-       "datatunnel.tables)",
-       {arena.Keep(std::to_string(Position::kEndOfTick))}});
+       "datatunnel.tables WHERE tunnel = $2)",
+       {arena.Keep(std::to_string(Position::kEndOfTick)), tunnel_}});
   stmts.push_back({"COMMIT", {}});
   Status st = conn_->ExecPipeline(stmts);
   if (!st.ok()) conn_->RollbackQuietly();

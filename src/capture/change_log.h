@@ -67,11 +67,14 @@ struct ProgressUpdate {
 
 class ChangeLog {
  public:
-  ChangeLog(pg::Connection* conn, const std::vector<TableSpec>* tables)
-      : conn_(conn), tables_(tables) {}
+  // `tunnel`: the tunnel's name; its ticks, tables, chain heads and
+  // producer lock are its own, so tunnels sharing a source never meet.
+  ChangeLog(pg::Connection* conn, const std::vector<TableSpec>* tables, std::string tunnel)
+      : conn_(conn), tables_(tables), tunnel_(std::move(tunnel)) {}
 
-  // Takes the producer lock, a session-level advisory lock held for the life
-  // of the connection. Returns false when another producer holds it.
+  // Takes the tunnel's producer lock, a session-level advisory lock held for
+  // the life of the connection. Returns false when another producer of the
+  // same tunnel holds it.
   Result<bool> TryLock();
   Result<int64_t> LoadEpoch();
   // One entry per table; kFatal when a table is not registered (init not run).
@@ -135,19 +138,21 @@ class ChangeLog {
                              int64_t epoch, std::vector<Change>* out);
   pg::Connection* conn_;
   const std::vector<TableSpec>* tables_;
+  std::string tunnel_;
   std::vector<std::string> batch_queries_;
   std::vector<std::string> tick_queries_;  // the same, inside the tick
   std::string changed_query_;
   std::vector<int64_t> newest_;  // per table, as the last ChangedSince() saw it
 };
 
-// A position at or after every message any producer has published from the
-// source so far, and before any it will publish from a tick not yet recorded:
-// the end of the newest recorded tick, (epoch, tick, kEndOfTick, INT32_MAX).
-Result<Position> NewestRecordedPosition(pg::Connection& source);
+// A position at or after every message any producer of tunnel `tunnel` has
+// published from the source so far, and before any it will publish from a
+// tick not yet recorded: the end of the tunnel's newest recorded tick,
+// (epoch, tick, kEndOfTick, INT32_MAX).
+Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel);
 
-// The advisory lock key pair the producer holds ("DTNL", 1).
+// The advisory lock key pair a tunnel's producer holds:
+// ("DTNL", hashtext(tunnel name)).
 inline constexpr int32_t kLockClass = 0x44544e4c;
-inline constexpr int32_t kLockProducer = 1;
 
 }  // namespace datatunnel::capture

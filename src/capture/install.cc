@@ -110,7 +110,8 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
   return specs;
 }
 
-Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& tables) {
+Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
+                      const std::vector<TableConfig>& tables) {
   DT_ASSIGN_OR_RETURN(auto state,
                       source.Query("SELECT to_regclass('datatunnel.tables') IS NOT NULL"));
   if (!state.GetBool(0, 0)) {
@@ -119,31 +120,51 @@ Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& ta
                     "`datatunnel init` first",
                     source.description()));
   }
+  DT_ASSIGN_OR_RETURN(auto named,
+                      source.Query("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE "
+                                   "attrelid = 'datatunnel.tables'::regclass AND attname = "
+                                   "'tunnel' AND NOT attisdropped)"));
+  if (!named.GetBool(0, 0)) {
+    return Status::BadConfig(fmt::format(
+        "the datatunnel state on the {} is from an earlier version (its tunnels have no names): "
+        "run `datatunnel init` to upgrade it",
+        source.description()));
+  }
   for (const auto& t : tables) {
     DT_ASSIGN_OR_RETURN(
-        auto r, source.Query("SELECT format('%I.%I', schema_name, change_table), EXISTS (SELECT 1 "
-                             "FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass("
-                             "format('%I.%I', schema_name, change_table)) AND attname = "
-                             "'dt$change_id') FROM datatunnel.tables WHERE schema_name = $1 AND "
-                             "table_name = $2",
+        auto r, source.Query("SELECT tunnel, format('%I.%I', schema_name, change_table), EXISTS "
+                             "(SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = "
+                             "pg_catalog.to_regclass(format('%I.%I', schema_name, change_table)) "
+                             "AND attname = 'dt$change_id') FROM datatunnel.tables WHERE "
+                             "schema_name = $1 AND table_name = $2",
                              {t.source.schema, t.source.name}));
     if (r.rows() == 0) {
       return Status::BadConfig(
           fmt::format("table {} is not captured on the {}: run `datatunnel init` to set it up",
                       t.source.ToString(), source.description()));
     }
-    if (!r.GetBool(0, 1)) {
+    if (r.Get(0, 0).empty()) {
+      return Status::BadConfig(fmt::format(
+          "table {} on the {} was set up by an earlier version: run `datatunnel init` to "
+          "upgrade it to tunnel \"{}\"",
+          t.source.ToString(), source.description(), tunnel));
+    }
+    if (r.Get(0, 0) != tunnel) {
+      return Status::BadConfig(
+          OtherTunnelMessage(t.source, std::string(r.Get(0, 0)), tunnel, source.description()));
+    }
+    if (!r.GetBool(0, 2)) {
       return Status::BadConfig(fmt::format(
           "change table {} of {} has the column names of an earlier version (or is missing): run "
           "`datatunnel init` (it renames them in place and keeps the pending changes)",
-          r.Get(0, 0), t.source.ToString()));
+          r.Get(0, 1), t.source.ToString()));
     }
   }
   return Status::OK();
 }
 
 Status CheckKeysUnchanged(pg::Connection& source, const std::vector<TableSpec>& tables) {
-  DT_ASSIGN_OR_RETURN(auto captured, CapturedTables(source));
+  DT_ASSIGN_OR_RETURN(auto captured, CapturedTables(source, ""));
   for (const auto& spec : tables) {
     std::vector<std::string> key;
     for (size_t k : spec.key) key.push_back(spec.columns[k].name);
@@ -164,17 +185,33 @@ Status CheckKeysUnchanged(pg::Connection& source, const std::vector<TableSpec>& 
   return Status::OK();
 }
 
-Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source) {
+Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source,
+                                                  const std::string& tunnel) {
   std::vector<CapturedTable> out;
   DT_ASSIGN_OR_RETURN(
-      auto state, source.Query("SELECT pg_catalog.to_regclass('datatunnel.tables') IS NOT NULL"));
+      auto state,
+      source.Query("SELECT pg_catalog.to_regclass('datatunnel.tables') IS NOT NULL, EXISTS "
+                   "(SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = "
+                   "pg_catalog.to_regclass('datatunnel.tables') AND attname = 'tunnel' AND NOT "
+                   "attisdropped)"));
   if (!state.GetBool(0, 0)) return out;
-  DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT schema_name, table_name, change_table "
-                                           "FROM datatunnel.tables ORDER BY 1, 2"));
+  // State of an earlier version has no tunnel names: all of it is anybody's.
+  const bool named = state.GetBool(0, 1) && !tunnel.empty();
+  DT_ASSIGN_OR_RETURN(
+      auto r, named ? source.Query("SELECT schema_name, table_name, change_table, "
+                                   "coalesce(tunnel, '') FROM datatunnel.tables WHERE "
+                                   "coalesce(tunnel, '') IN ($1, '') ORDER BY 1, 2",
+                                   {tunnel})
+              : state.GetBool(0, 1)
+                  ? source.Query("SELECT schema_name, table_name, change_table, "
+                                 "coalesce(tunnel, '') FROM datatunnel.tables ORDER BY 1, 2")
+                  : source.Query("SELECT schema_name, table_name, change_table, '' "
+                                 "FROM datatunnel.tables ORDER BY 1, 2"));
   for (int i = 0; i < r.rows(); ++i) {
     CapturedTable c;
     c.source = {std::string(r.Get(i, 0)), std::string(r.Get(i, 1))};
     c.change_table = {c.source.schema, std::string(r.Get(i, 2))};
+    c.tunnel = std::string(r.Get(i, 3));
     out.push_back(std::move(c));
   }
   for (auto& c : out) {
@@ -186,6 +223,22 @@ Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source) {
     for (int i = 0; i < k.rows(); ++i) c.key.emplace_back(k.Get(i, 0));
   }
   return out;
+}
+
+Status CheckOwnership(pg::Connection& source, const std::string& tunnel,
+                      const std::vector<TableSpec>& tables) {
+  DT_ASSIGN_OR_RETURN(auto captured, CapturedTables(source, ""));
+  for (const auto& c : captured) {
+    if (c.tunnel.empty() || c.tunnel == tunnel) continue;
+    for (const auto& t : tables) {
+      if (t.source == c.source) {
+        return Status::BadConfig(
+            OtherTunnelMessage(c.source, c.tunnel, tunnel, source.description()) +
+            " (init changed nothing)");
+      }
+    }
+  }
+  return Status::OK();
 }
 
 std::vector<QualifiedName> NotConfigured(const std::vector<CapturedTable>& captured,
@@ -222,9 +275,32 @@ Result<std::vector<std::string>> Leftovers(pg::Connection& source) {
   return out;
 }
 
+std::string OtherTunnelMessage(const QualifiedName& table, const std::string& owner,
+                               const std::string& tunnel, const std::string& where) {
+  return fmt::format(
+      "table {} is captured by tunnel \"{}\" on the {}, and this configuration is tunnel "
+      "\"{}\"; a table belongs to one tunnel only: remove it from one of the two "
+      "configurations (if this tunnel was renamed, set [tunnel] name = \"{}\" to keep its "
+      "state)",
+      table.ToString(), owner, where, tunnel, owner);
+}
+
+Result<std::string> LoadInstallId(pg::Connection& source) {
+  auto r = source.Query("SELECT install_id FROM datatunnel.meta");
+  if (!r.ok() || r->rows() != 1) {
+    if (!r.ok() && r.status().code() != StatusCode::kFatal) return r.status();
+    return Status::BadConfig(
+        fmt::format("the datatunnel state on the {} has no installation id (datatunnel.meta): run "
+                    "`datatunnel init` to upgrade it",
+                    source.description()));
+  }
+  return std::string(r->Get(0, 0));
+}
+
 std::string StateSchemaDdl() { return kCaptureInstallSql; }
 
-Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpec>& tables) {
+Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
+                              const std::vector<TableSpec>& tables) {
   InstallReport report;
   DT_RETURN_IF_ERROR(source.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
   auto fail = [&](Status st) {
@@ -277,6 +353,73 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
     }
   }
 
+  // Tunnels: a table belongs to one tunnel. State of an earlier version
+  // (tunnel '') is claimed by the first tunnel that configures the table,
+  // with a copy of the ticks its progress refers to.
+  std::vector<std::optional<std::string>> schema_list, name_list;
+  for (const auto& spec : tables) {
+    schema_list.emplace_back(spec.source.schema);
+    name_list.emplace_back(spec.source.name);
+  }
+  const std::string schemas = pg::TextArrayLiteral(schema_list);
+  const std::string names = pg::TextArrayLiteral(name_list);
+  auto owners = source.Query(
+      "SELECT t.schema_name, t.table_name, t.tunnel FROM datatunnel.tables t "
+      "JOIN unnest($1::text[], $2::text[]) AS c(s, n) ON c.s = t.schema_name "
+      "AND c.n = t.table_name WHERE t.tunnel <> $3 ORDER BY 1, 2",
+      {schemas, names, tunnel});
+  if (!owners.ok()) return fail(owners.status());
+  bool legacy = false;
+  for (int i = 0; i < owners->rows(); ++i) {
+    if (owners->Get(i, 2).empty()) {
+      legacy = true;
+      continue;
+    }
+    return fail(Status::BadConfig(
+        OtherTunnelMessage({std::string(owners->Get(i, 0)), std::string(owners->Get(i, 1))},
+                           std::string(owners->Get(i, 2)), tunnel, source.description())));
+  }
+  auto own_ticks =
+      source.Query("SELECT EXISTS (SELECT 1 FROM datatunnel.ticks WHERE tunnel = $1)", {tunnel});
+  if (!own_ticks.ok()) return fail(own_ticks.status());
+  if (legacy && own_ticks->GetBool(0, 0)) {
+    return fail(Status::BadConfig(fmt::format(
+        "table {}.{} on the {} was set up by an earlier version under another configuration, and "
+        "tunnel \"{}\" already runs on its own state: run `datatunnel init` with the "
+        "configuration that captured the table before the upgrade",
+        owners->Get(0, 0), owners->Get(0, 1), source.description(), tunnel)));
+  }
+  if (legacy) {
+    const pg::Statement claim[] = {
+        {"INSERT INTO datatunnel.ticks (tunnel, tick, snapshot, created_at) "
+         "SELECT $1, tick, snapshot, created_at FROM datatunnel.ticks WHERE tunnel = ''",
+         {tunnel}},
+        {"UPDATE datatunnel.chain_heads h SET tunnel = $1 FROM unnest($2::text[], $3::text[]) "
+         "AS c(s, n) WHERE h.tunnel = '' AND h.schema_name = c.s AND h.table_name = c.n",
+         {tunnel, schemas, names}},
+        {"UPDATE datatunnel.tables t SET tunnel = $1 FROM unnest($2::text[], $3::text[]) "
+         "AS c(s, n) WHERE t.tunnel = '' AND t.schema_name = c.s AND t.table_name = c.n",
+         {tunnel, schemas, names}},
+        {"DELETE FROM datatunnel.ticks WHERE tunnel = '' AND NOT EXISTS "
+         "(SELECT 1 FROM datatunnel.tables WHERE tunnel = '')",
+         {}},
+    };
+    if (Status st = source.ExecPipeline(claim); !st.ok()) return fail(st);
+    report.actions.push_back(fmt::format(
+        "upgraded the state of {} table(s) set up by an earlier version to tunnel \"{}\"",
+        owners->rows(), tunnel));
+  }
+  // The tunnel's first tick: a table registered now starts complete at it.
+  auto first = source.Query(
+      "INSERT INTO datatunnel.ticks (tunnel, tick, snapshot) "
+      "SELECT $1, 0, pg_catalog.txid_current_snapshot() "
+      "WHERE NOT EXISTS (SELECT 1 FROM datatunnel.ticks WHERE tunnel = $1) RETURNING 1",
+      {tunnel});
+  if (!first.ok()) return fail(first.status());
+  if (first->rows() == 1) {
+    report.actions.push_back(fmt::format("registered tunnel \"{}\"", tunnel));
+  }
+
   for (size_t t = 0; t < tables.size(); ++t) {
     const TableSpec& spec = tables[t];
     const std::string name = spec.source.ToString();
@@ -325,9 +468,9 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
     // no transaction visible in that tick's snapshot could see the trigger.
     auto reg = source.Query(
         "INSERT INTO datatunnel.tables (schema_name, table_name, change_table, capture_function, "
-        "  key_columns, column_names, column_types, published_tick, published_seq) "
-        "SELECT $1, $2, $3, $4, $5::text[], $7::text[], $8::text[], max(tick), $6 "
-        "FROM datatunnel.ticks "
+        "  key_columns, column_names, column_types, published_tick, published_seq, tunnel) "
+        "SELECT $1, $2, $3, $4, $5::text[], $7::text[], $8::text[], max(tick), $6, $9 "
+        "FROM datatunnel.ticks WHERE tunnel = $9 "
         "ON CONFLICT (schema_name, table_name) DO UPDATE SET change_table = EXCLUDED.change_table, "
         "  capture_function = EXCLUDED.capture_function, key_columns = EXCLUDED.key_columns, "
         "  column_names = EXCLUDED.column_names, column_types = EXCLUDED.column_types "
@@ -339,7 +482,7 @@ Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpe
         "RETURNING (xmax = 0)",
         {spec.source.schema, spec.source.name, spec.change_table.name, function, key_array,
          std::to_string(Position::kEndOfTick), pg::TextArrayLiteral(Names(spec.columns)),
-         pg::TextArrayLiteral(Types(spec.columns))});
+         pg::TextArrayLiteral(Types(spec.columns)), tunnel});
     if (!reg.ok()) return fail(reg.status());
     if (reg->rows() == 1 && reg->GetBool(0, 0)) {
       report.actions.push_back("registered " + name + " for capture");

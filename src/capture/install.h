@@ -56,10 +56,21 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
                                                     const std::vector<TableConfig>& tables,
                                                     std::vector<std::string>* warnings);
 
-// Checks that `init` has set up every table of `tables` on the source (its
-// state schema and registration). OK, or kBadConfig naming what is missing
-// and asking for `datatunnel init`.
-Status CheckInstalled(pg::Connection& source, const std::vector<TableConfig>& tables);
+// Checks that `init` has set up every table of `tables` on the source for
+// tunnel `tunnel` (its state schema, in this version's form, and each
+// table's registration). OK, or kBadConfig naming what is missing and asking
+// for `datatunnel init`, or naming the other tunnel a table belongs to.
+Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
+                      const std::vector<TableConfig>& tables);
+
+// The one line for "table `table` belongs to tunnel `owner`, not `tunnel`".
+std::string OtherTunnelMessage(const QualifiedName& table, const std::string& owner,
+                               const std::string& tunnel, const std::string& where);
+
+// The source installation's identity (datatunnel.meta.install_id), carried
+// by every message as "source.install". kBadConfig asking for `init` when
+// the state predates it.
+Result<std::string> LoadInstallId(pg::Connection& source);
 
 // Checks, before `init` changes anything, that each table of `tables` that is
 // already captured keeps the key it was captured with. A changed key is
@@ -72,10 +83,17 @@ struct CapturedTable {
   QualifiedName source;
   QualifiedName change_table;
   std::vector<std::string> key;
+  std::string tunnel;  // "" for state of a version before tunnel names
 };
-// Every table captured on the source, by name; empty when datatunnel is not
-// installed there.
-Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source);
+// The tables captured on the source by tunnel `tunnel` (and those an earlier
+// version captured for no tunnel in particular), or by every tunnel when
+// `tunnel` is empty; by name; empty when datatunnel is not installed there.
+Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source,
+                                                  const std::string& tunnel);
+// BadConfig when a table of `tables` is captured by another tunnel than
+// `tunnel` (a table belongs to one tunnel); changes nothing.
+Status CheckOwnership(pg::Connection& source, const std::string& tunnel,
+                      const std::vector<TableSpec>& tables);
 // The tables of `captured` that `configured` does not name ("no longer
 // configured": their change tables grow until they are uninstalled).
 std::vector<QualifiedName> NotConfigured(const std::vector<CapturedTable>& captured,
@@ -100,8 +118,13 @@ struct InstallReport {
   std::vector<size_t> needs_snapshot;
 };
 
-// Installs or updates everything and accepts each table's current columns.
-Result<InstallReport> Install(pg::Connection& source, const std::vector<TableSpec>& tables);
+// Installs or updates everything for tunnel `tunnel` and accepts each
+// table's current columns. Registers the tunnel (its tick 0) and its tables;
+// a table registered by an earlier version (no tunnel) is claimed for
+// `tunnel`. kBadConfig, with nothing changed, when a table belongs to
+// another tunnel (a table is captured by one tunnel only).
+Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
+                              const std::vector<TableSpec>& tables);
 
 // How a table's live columns differ from the columns the tunnel accepted.
 struct SchemaDrift {

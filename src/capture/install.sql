@@ -16,18 +16,25 @@ CREATE TABLE IF NOT EXISTS datatunnel.meta (
 INSERT INTO datatunnel.meta (epoch, format_version)
   VALUES ((extract(epoch FROM clock_timestamp()) * 1000000)::bigint, 1)
   ON CONFLICT DO NOTHING;
+-- The installation's identity, in every message ("source.install"): a
+-- consumer refuses messages of another source installation.
+ALTER TABLE datatunnel.meta
+  ADD COLUMN IF NOT EXISTS install_id text NOT NULL DEFAULT pg_catalog.gen_random_uuid()::text;
 
 -- Ticks: snapshots that cut the change stream into batches (capture/change_log.h).
+-- Each tunnel (`[tunnel] name`) has its own sequence of ticks; its first, tick
+-- 0, is recorded by the `init` that registers it.
 CREATE TABLE IF NOT EXISTS datatunnel.ticks (
-  tick bigint PRIMARY KEY,
+  tunnel text NOT NULL,
+  tick bigint NOT NULL,
   snapshot txid_snapshot NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO datatunnel.ticks (tick, snapshot) VALUES (0, pg_catalog.txid_current_snapshot())
-  ON CONFLICT DO NOTHING;
+  created_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tunnel, tick));
 
 -- One row per captured table: its capture objects, the columns the tunnel
 -- has accepted, publishing progress and snapshot state.
 CREATE TABLE IF NOT EXISTS datatunnel.tables (
+  tunnel text NOT NULL,
   schema_name text NOT NULL,
   table_name text NOT NULL,
   change_table text NOT NULL,
@@ -57,6 +64,7 @@ CREATE TABLE IF NOT EXISTS datatunnel.tables (
 -- a restarted producer links its first message to each partition to it
 -- ("source.prev", see docs/architecture.md, The message). Only moves forward.
 CREATE TABLE IF NOT EXISTS datatunnel.chain_heads (
+  tunnel text NOT NULL,
   topic text NOT NULL,
   partition integer NOT NULL,
   schema_name text NOT NULL,
@@ -66,7 +74,28 @@ CREATE TABLE IF NOT EXISTS datatunnel.chain_heads (
   seq bigint NOT NULL,
   sub integer NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (topic, partition));
+  PRIMARY KEY (tunnel, topic, partition));
+
+-- Tunnels (from the version that named them): a table belongs to one tunnel;
+-- ticks and chain heads are the tunnel's own. State from an earlier version
+-- gets tunnel '' here, and the first `init` that configures a table claims it
+-- (with a copy of the ticks its progress refers to).
+ALTER TABLE datatunnel.ticks ADD COLUMN IF NOT EXISTS tunnel text NOT NULL DEFAULT '';
+ALTER TABLE datatunnel.tables ADD COLUMN IF NOT EXISTS tunnel text NOT NULL DEFAULT '';
+ALTER TABLE datatunnel.chain_heads ADD COLUMN IF NOT EXISTS tunnel text NOT NULL DEFAULT '';
+DO $upgrade$
+BEGIN
+  IF (SELECT pg_catalog.array_length(c.conkey, 1) FROM pg_catalog.pg_constraint c
+      WHERE c.conrelid = 'datatunnel.ticks'::regclass AND c.contype = 'p') = 1 THEN
+    ALTER TABLE datatunnel.ticks DROP CONSTRAINT ticks_pkey;
+    ALTER TABLE datatunnel.ticks ADD PRIMARY KEY (tunnel, tick);
+  END IF;
+  IF (SELECT pg_catalog.array_length(c.conkey, 1) FROM pg_catalog.pg_constraint c
+      WHERE c.conrelid = 'datatunnel.chain_heads'::regclass AND c.contype = 'p') = 2 THEN
+    ALTER TABLE datatunnel.chain_heads DROP CONSTRAINT chain_heads_pkey;
+    ALTER TABLE datatunnel.chain_heads ADD PRIMARY KEY (tunnel, topic, partition);
+  END IF;
+END $upgrade$;
 
 -- Creates or updates the capture of one table: the change table (adding
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),

@@ -46,7 +46,10 @@ int RunInit(const Globals& g, const InitOptions& o) {
   // Check everything that can be checked before changing anything, so a
   // refused init leaves both databases as they were.
   if (Status st = capture::CheckKeysUnchanged(**source, *specs); !st.ok()) return Fail(st);
-  auto captured = capture::CapturedTables(**source);
+  if (Status st = capture::CheckOwnership(**source, config->tunnel.name, *specs); !st.ok()) {
+    return Fail(st);
+  }
+  auto captured = capture::CapturedTables(**source, config->tunnel.name);
   if (!captured.ok()) return Fail(captured.status());
   for (const auto& t : capture::NotConfigured(*captured, config->tables)) {
     Warn(fmt::format(
@@ -75,17 +78,27 @@ int RunInit(const Globals& g, const InitOptions& o) {
         "init on the target (nothing was changed on the source; fix this and run init again)"));
   }
   for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
-  auto src_report = capture::Install(**source, *specs);
+  const std::string after_target =
+      tgt_actions->empty()
+          ? std::string("nothing was changed on either side")
+          : std::string(
+                "after the target was set up (the \"target:\" lines above; they "
+                "capture nothing and are kept): nothing was changed on the source; fix "
+                "this and run `datatunnel init` again to finish, or `datatunnel "
+                "uninstall --yes` to remove the target's state");
+  auto src_report = capture::Install(**source, config->tunnel.name, *specs);
   if (!src_report.ok()) {
-    return Fail(src_report.status().WithContext(
-        tgt_actions->empty()
-            ? std::string("init on the source (nothing was changed on either side)")
-            : std::string("init on the source, after the target was set up (the \"target:\" "
-                          "lines above; they capture nothing and are kept): nothing was changed "
-                          "on the source; fix this and run `datatunnel init` again to finish, "
-                          "or `datatunnel uninstall --yes` to remove the target's state")));
+    return Fail(src_report.status().WithContext("init on the source, " + after_target));
   }
   for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
+  // The target accepts messages of this tunnel from this source installation only.
+  auto install = capture::LoadInstallId(**source);
+  if (!install.ok()) return Fail(install.status());
+  auto bound = apply::BindTunnel(**target, config->tunnel.name, *install);
+  if (!bound.ok()) return Fail(bound.status().WithContext("init on the target"));
+  if (!bound->empty()) fmt::print("target: {}\n", *bound);
+  fmt::print("tunnel \"{}\": topics {}.<schema>.<table>, consumer group {}\n", config->tunnel.name,
+             config->kafka.topic_prefix, config->kafka.group_id);
   for (const auto& w : src_report->warnings) Warn(w);
   // Columns captured only now: rows changed since they were added lack
   // their values, so copy those tables again (consistently with the stream).
@@ -96,7 +109,7 @@ int RunInit(const Globals& g, const InitOptions& o) {
                spec.source.ToString());
   }
   const auto& src_actions = src_report->actions;
-  if (src_actions.empty() && tgt_actions->empty()) {
+  if (src_actions.empty() && tgt_actions->empty() && bound->empty()) {
     fmt::print("nothing to do: capture and target are up to date for {} table(s)\n", specs->size());
   }
   if (!o.runtime_role.empty()) {

@@ -31,7 +31,7 @@ struct Row {
 };
 
 Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const Config& c) {
-  DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tables));
+  DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tunnel.name, c.tables));
   DT_RETURN_IF_ERROR(apply::CheckInstalled(tgt));
   std::vector<Row> rows;
   for (const auto& t : c.tables) {
@@ -134,7 +134,7 @@ std::string Render(const std::vector<Row>& rows, bool json) {
 // Tables captured on the source that the configuration no longer names:
 // their change tables grow until `uninstall --table` removes them.
 Result<std::string> RenderNotConfigured(pg::Connection& src, const Config& c, bool json) {
-  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(src));
+  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(src, c.tunnel.name));
   std::string out;
   for (const auto& t : captured) {
     if (!capture::NotConfigured({t}, c.tables).empty()) {

@@ -34,7 +34,7 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
   if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
   auto source = pg::Connection::Open(so);
   if (!source.ok()) return Fail(source.status());
-  auto captured = capture::CapturedTables(**source);
+  auto captured = capture::CapturedTables(**source, config->tunnel.name);
   if (!captured.ok()) return Fail(captured.status());
 
   // The tables to remove: source specs (for the capture) and the target
@@ -110,7 +110,7 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
   for (const auto& a : *tgt) fmt::print("target: {}\n", a);
 
   // Never claim "nothing installed" while something is.
-  auto left_captured = capture::CapturedTables(**source);
+  auto left_captured = capture::CapturedTables(**source, config->tunnel.name);
   if (!left_captured.ok()) return Fail(left_captured.status());
   auto leftovers = capture::Leftovers(**source);
   if (!leftovers.ok()) return Fail(leftovers.status());

@@ -66,16 +66,19 @@ Status CheckOnlyTables(const Config& config, const RunPlan& plan) {
 // What every tunnel process checks before it starts: `init` has set up the
 // sides it uses, and (when it uses both) source and target are not the same
 // table.
+// `install` gets the source installation's id (when the plan uses the source).
 Status CheckSetup(const Config& config, const RunPlan& plan, const pg::ConnectOptions& so,
-                  const pg::ConnectOptions& to) {
+                  const pg::ConnectOptions& to, std::string* install) {
   std::unique_ptr<pg::Connection> src, tgt;
   if (plan.source) {
     DT_ASSIGN_OR_RETURN(src, pg::Connection::Open(so));
-    DT_RETURN_IF_ERROR(capture::CheckInstalled(*src, config.tables));
+    DT_RETURN_IF_ERROR(capture::CheckInstalled(*src, config.tunnel.name, config.tables));
+    DT_ASSIGN_OR_RETURN(*install, capture::LoadInstallId(*src));
   }
   if (plan.target) {
     DT_ASSIGN_OR_RETURN(tgt, pg::Connection::Open(to));
     DT_RETURN_IF_ERROR(apply::CheckInstalled(*tgt));
+    DT_RETURN_IF_ERROR(apply::BoundSource(*tgt, config.tunnel.name).status());
   }
   if (src && tgt) DT_RETURN_IF_ERROR(CheckDistinctTables(*src, *tgt, config));
   return Status::OK();
@@ -146,7 +149,7 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
       }
       // Everything published so far is superseded by the copy: consumers drop
       // it (and pass a gap in it, which is how a gap is repaired).
-      DT_ASSIGN_OR_RETURN(auto upto, capture::NewestRecordedPosition(*src));
+      DT_ASSIGN_OR_RETURN(auto upto, capture::NewestRecordedPosition(*src, config.tunnel.name));
       DT_RETURN_IF_ERROR(apply::ResyncForSnapshot(*tgt, spec.target, upto));
       if (rows.GetBool(0, 0)) {
         spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
@@ -240,7 +243,8 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   if (!memory) {
     if (Status st = broker::CheckReachable(config->kafka, 10000); !st.ok()) return Fail(st);
   }
-  if (Status st = CheckSetup(*config, plan, so, to); !st.ok()) return Fail(st);
+  std::string install;
+  if (Status st = CheckSetup(*config, plan, so, to, &install); !st.ok()) return Fail(st);
   if (main_stop.stop_requested()) return kExitOk;
 
   std::vector<size_t> snapshot_tables;
@@ -309,6 +313,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   if (plan.source) {
     tunnel::SourceOptions opts;
     opts.connect = so;
+    opts.tunnel = config->tunnel.name;
     opts.tables = config->tables;
     opts.pipeline = config->pipeline;
     opts.exit_after_snapshot = plan.snapshot_only && memory;
@@ -324,7 +329,8 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
       auto slash = db.find('/');
       auto space = db.find(' ', slash == std::string::npos ? 0 : slash);
       db = slash == std::string::npos ? db : db.substr(slash + 1, space - slash - 1);
-      auto ks = tunnel::KafkaSink::Create(config->kafka, db, deliver);
+      auto ks =
+          tunnel::KafkaSink::Create(config->kafka, {db, config->tunnel.name, install}, deliver);
       if (!ks.ok()) return Fail(ks.status());
       sink = std::move(*ks);
     }
@@ -332,6 +338,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   }
   tunnel::TargetOptions topts;
   topts.connect = to;
+  topts.tunnel = config->tunnel.name;
   topts.tables = config->tables;
   topts.pipeline = config->pipeline;
   topts.kafka = config->kafka;

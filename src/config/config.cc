@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -83,6 +84,72 @@ std::string DefaultTopic(const std::string& prefix, const QualifiedName& source)
   return topic;
 }
 
+// The database a libpq DSN names: the path of a postgresql:// URI (percent-
+// decoded) or the dbname= of a key=value string; "" when it names none.
+std::string DsnDatabase(const std::string& dsn) {
+  auto decode = [](std::string_view in) {
+    std::string out;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i] == '%' && i + 2 < in.size() &&
+          std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
+          std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
+        out += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
+        i += 2;
+      } else {
+        out += in[i];
+      }
+    }
+    return out;
+  };
+  for (const char* scheme : {"postgresql://", "postgres://"}) {
+    if (dsn.rfind(scheme, 0) != 0) continue;
+    std::string_view rest(dsn);
+    rest.remove_prefix(std::strlen(scheme));
+    const size_t slash = rest.find('/');
+    if (slash == std::string_view::npos) break;
+    std::string_view path = rest.substr(slash + 1);
+    path = path.substr(0, path.find('?'));
+    std::string db = decode(path);
+    if (!db.empty()) return db;
+    // postgresql://host/?dbname=x
+    const size_t q = rest.find("dbname=");
+    if (q == std::string_view::npos) return "";
+    std::string_view v = rest.substr(q + 7);
+    return decode(v.substr(0, v.find('&')));
+  }
+  if (dsn.find("://") != std::string::npos) return "";
+  // key=value pairs; values may be single-quoted.
+  size_t i = 0;
+  while (i < dsn.size()) {
+    while (i < dsn.size() && std::isspace(static_cast<unsigned char>(dsn[i]))) ++i;
+    const size_t eq = dsn.find('=', i);
+    if (eq == std::string::npos) break;
+    std::string key = dsn.substr(i, eq - i);
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.pop_back();
+    i = eq + 1;
+    while (i < dsn.size() && std::isspace(static_cast<unsigned char>(dsn[i]))) ++i;
+    std::string value;
+    if (i < dsn.size() && dsn[i] == '\'') {
+      for (++i; i < dsn.size() && dsn[i] != '\''; ++i) {
+        if (dsn[i] == '\\' && i + 1 < dsn.size()) ++i;
+        value += dsn[i];
+      }
+      ++i;
+    } else {
+      while (i < dsn.size() && !std::isspace(static_cast<unsigned char>(dsn[i]))) value += dsn[i++];
+    }
+    if (key == "dbname") return value;
+  }
+  return "";
+}
+
+std::string SanitizeName(std::string s) {
+  for (char& ch : s) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '-') ch = '_';
+  }
+  return s;
+}
+
 // DATATUNNEL_* variables that are not settings but are read elsewhere.
 const std::set<std::string> kOtherVariables = {
     "DATATUNNEL_BIN",   "DATATUNNEL_TIMEOUT_MULTIPLIER", "DATATUNNEL_CHAOS_SEED",
@@ -90,6 +157,17 @@ const std::set<std::string> kOtherVariables = {
 
 std::vector<Setting> Settings() {
   std::vector<Setting> s;
+  s.push_back({"tunnel", "name", [](Config& c, const std::string& v) {
+                 if (!ValidTunnelName(v)) {
+                   return Status::BadConfig(fmt::format(
+                       "tunnel.name \"{}\" is not a valid tunnel name: use 1 to 63 of the "
+                       "characters a-z A-Z 0-9 _ -, starting with a letter or digit (it becomes "
+                       "part of topic and consumer group names)",
+                       v));
+                 }
+                 c.tunnel.name = v;
+                 return Status::OK();
+               }});
   s.push_back({"source", "dsn", [](Config& c, const std::string& v) {
                  c.source.dsn = v;
                  return Status::OK();
@@ -306,14 +384,14 @@ Status ApplyFile(const std::string& file, const std::vector<Setting>& settings, 
                                          e.source().begin.line, e.source().begin.column,
                                          e.description()));
   }
-  static const std::vector<std::string> kSections = {"source", "target",   "kafka",
+  static const std::vector<std::string> kSections = {"tunnel", "source",   "target", "kafka",
                                                      "tables", "pipeline", "metrics"};
   for (auto&& [k, v] : root) {
     std::string section(k.str());
     if (std::find(kSections.begin(), kSections.end(), section) == kSections.end()) {
       return Status::BadConfig(fmt::format(
-          "{}: unknown section \"{}\"{}; sections are [source], [target], [kafka], [[tables]], "
-          "[pipeline], [metrics]",
+          "{}: unknown section \"{}\"{}; sections are [tunnel], [source], [target], [kafka], "
+          "[[tables]], [pipeline], [metrics]",
           Where(file, v.source()), section, Suggest(section, kSections)));
     }
     if (section == "tables") {
@@ -413,6 +491,19 @@ Status Validate(Config* c) {
     t.key = {"emp_id"};
     c->tables.push_back(t);
   }
+  if (c->tunnel.name.empty()) {
+    c->tunnel.name = DefaultTunnelName(c->source.dsn, c->file);
+    c->tunnel.name_is_default = true;
+    if (!ValidTunnelName(c->tunnel.name)) {
+      return Status::BadConfig(
+          "cannot derive a tunnel name: source.dsn names no database; set [tunnel] name = "
+          "\"...\" (1 to 63 of a-z A-Z 0-9 _ -)");
+    }
+  }
+  // A tunnel's topics and group are its own unless set explicitly, so several
+  // tunnels share one Kafka cluster without seeing each other.
+  if (c->kafka.topic_prefix.empty()) c->kafka.topic_prefix = "datatunnel." + c->tunnel.name;
+  if (c->kafka.group_id.empty()) c->kafka.group_id = "datatunnel." + c->tunnel.name;
   for (auto& t : c->tables) {
     if (t.topic.empty()) t.topic = DefaultTopic(c->kafka.topic_prefix, t.source);
   }
@@ -509,6 +600,25 @@ Result<Config> LoadConfig(const std::string& path, const std::map<std::string, s
   }
   DT_RETURN_IF_ERROR(Validate(&config));
   return config;
+}
+
+bool ValidTunnelName(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  if (!std::isalnum(static_cast<unsigned char>(name[0]))) return false;
+  return std::all_of(name.begin(), name.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-';
+  });
+}
+
+std::string DefaultTunnelName(const std::string& dsn, const std::string& file) {
+  std::string db = DsnDatabase(dsn);
+  if (db.empty()) return "";
+  std::string name = SanitizeName(db);
+  const std::string stem = file.empty() ? "" : std::filesystem::path(file).stem().string();
+  if (!stem.empty() && stem != "datatunnel") name += "-" + SanitizeName(stem);
+  if (!std::isalnum(static_cast<unsigned char>(name[0]))) name = "t" + name;
+  if (name.size() > 63) name.resize(63);
+  return name;
 }
 
 std::map<std::string, std::string> ProcessEnvironment() {

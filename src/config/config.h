@@ -31,9 +31,11 @@ struct KafkaConfig {
   // Comma-separated bootstrap servers. Empty (the default) or "none": no
   // broker; `run` hands changes over in memory.
   std::string brokers;
-  std::string group_id = "datatunnel";
+  // Default (when not set): "datatunnel.<tunnel name>".
+  std::string group_id;
   // A table without its own `topic` goes to "<topic_prefix>.<schema>.<table>".
-  std::string topic_prefix = "datatunnel";
+  // Default (when not set): "datatunnel.<tunnel name>".
+  std::string topic_prefix;
   // Passed to librdkafka as-is (both producer and consumer), after our defaults.
   std::map<std::string, std::string> properties;
   std::map<std::string, std::string> producer_properties;
@@ -73,8 +75,21 @@ struct MetricsConfig {
   std::string listen;  // "host:port"; empty: no metrics endpoint
 };
 
+// The tunnel's identity. Everything a tunnel owns is keyed by its name: its
+// state rows on both databases, its producer lock, its default topics and
+// consumer group, and the "source.name" of its messages.
+struct TunnelConfig {
+  // [A-Za-z0-9_-], 1 to 63 characters, starting with a letter or digit.
+  // Default: the source database's name, then "-<config file stem>" unless
+  // the file is datatunnel.toml (or there is none); other characters become
+  // '_'. See DefaultTunnelName().
+  std::string name;
+  bool name_is_default = false;  // derived, not set by the user (for messages)
+};
+
 struct Config {
   std::string file;  // the file loaded, or "" for defaults only
+  TunnelConfig tunnel;
   // Not errors, but worth a line: e.g. an unknown DATATUNNEL_* variable.
   std::vector<std::string> warnings;
   DatabaseConfig source{"postgresql://postgres@127.0.0.1:5433/db1", ""};
@@ -90,6 +105,16 @@ struct Config {
 // ("section.key=value"), then validates.
 Result<Config> LoadConfig(const std::string& path, const std::map<std::string, std::string>& env,
                           const std::vector<std::string>& overrides);
+
+// Whether `name` is a valid tunnel name ([A-Za-z0-9_-], 1 to 63 characters,
+// starting with a letter or digit).
+bool ValidTunnelName(const std::string& name);
+
+// The default tunnel name for source DSN `dsn` and config file `file` ("" if
+// none): the database named in the DSN (URI path or dbname=), then
+// "-<stem of file>" unless the stem is "datatunnel"; characters outside
+// [A-Za-z0-9_-] become '_', cut at 63. "" when the DSN names no database.
+std::string DefaultTunnelName(const std::string& dsn, const std::string& file);
 
 // The process environment as a map, for LoadConfig.
 std::map<std::string, std::string> ProcessEnvironment();

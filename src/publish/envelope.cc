@@ -77,8 +77,8 @@ std::string JsonValue(ValueKind kind, std::string_view text) {
   return std::string(out.GetString(), out.GetSize());
 }
 
-EnvelopeEncoder::EnvelopeEncoder(const std::vector<TableSpec>* tables, std::string db)
-    : tables_(tables), db_(std::move(db)) {}
+EnvelopeEncoder::EnvelopeEncoder(const std::vector<TableSpec>* tables, Origin origin)
+    : tables_(tables), origin_(std::move(origin)) {}
 
 void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* value,
                              int partitions) {
@@ -159,9 +159,17 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   w.Key("connector");
   w.String("datatunnel");
   w.Key("name");
-  w.String("datatunnel");
+  if (origin_.tunnel.empty()) {
+    w.String("datatunnel");
+  } else {
+    WriteString(w, origin_.tunnel);
+  }
+  if (!origin_.install.empty()) {
+    w.Key("install");
+    WriteString(w, origin_.install);
+  }
   w.Key("db");
-  WriteString(w, db_);
+  WriteString(w, origin_.db);
   w.Key("schema");
   WriteString(w, spec.source.schema);
   w.Key("table");

@@ -3,7 +3,8 @@
 //   key:   {"<key column>": value, ...}            (null for t and m)
 //   value: {"before": {...}|null, "after": {...}|null, "op": "c|u|d|r|t|m",
 //           "ts_ms": <publish time>,
-//           "source": {"version", "connector": "datatunnel", "name", "db",
+//           "source": {"version", "connector": "datatunnel", "name" (the tunnel's
+//                      name), "install" (the source installation's id), "db",
 //                      "schema", "table", "txId", "change_id", "ts_ms"
 //                      (capture time), "snapshot": true|false,
 //                      "pos": [epoch, tick, seq, sub],
@@ -35,11 +36,23 @@
 
 namespace datatunnel::publish {
 
+// Where messages come from: "source.db", "source.name" (the tunnel; written
+// as "datatunnel" when empty) and "source.install" (the source installation,
+// datatunnel.meta.install_id; left out when empty). A consumer refuses
+// messages of another tunnel or installation (apply/decoder.h).
+struct Origin {
+  Origin(std::string db_name, std::string tunnel_name = {}, std::string install_id = {})
+      : db(std::move(db_name)), tunnel(std::move(tunnel_name)), install(std::move(install_id)) {}
+  Origin(const char* db_name) : db(db_name) {}  // NOLINT: implicit, as a string
+  std::string db;
+  std::string tunnel;
+  std::string install;
+};
+
 class EnvelopeEncoder {
  public:
-  // `tables`: source-side specs indexed by Change::table; `db`: the source
-  // database name for "source.db".
-  EnvelopeEncoder(const std::vector<TableSpec>* tables, std::string db);
+  // `tables`: source-side specs indexed by Change::table.
+  EnvelopeEncoder(const std::vector<TableSpec>* tables, Origin origin);
 
   // The Kafka key of `c`, the JSON object of its key columns; empty for
   // truncate and marker messages, which are sent to every partition.
@@ -55,7 +68,7 @@ class EnvelopeEncoder {
 
  private:
   const std::vector<TableSpec>* tables_;
-  std::string db_;
+  Origin origin_;
   std::string scratch_;
   // rapidjson's own buffer: its writer reserves once per value and then
   // stores bytes unchecked (appending to a std::string a byte at a time was

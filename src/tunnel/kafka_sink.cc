@@ -6,10 +6,9 @@
 namespace datatunnel::tunnel {
 
 Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
-                                                     std::string source_db,
+                                                     publish::Origin origin,
                                                      DeliveryFn on_delivery) {
-  std::unique_ptr<KafkaSink> sink(
-      new KafkaSink(config, std::move(source_db), std::move(on_delivery)));
+  std::unique_ptr<KafkaSink> sink(new KafkaSink(config, std::move(origin), std::move(on_delivery)));
   DT_ASSIGN_OR_RETURN(sink->producer_,
                       broker::Producer::Create(config, sink->on_delivery_, "datatunnel-producer"));
   return sink;
@@ -31,7 +30,7 @@ Status KafkaSink::Recover() {
 
 void KafkaSink::SetTables(const std::vector<TableSpec>* tables) {
   tables_ = tables;
-  encoder_ = std::make_unique<publish::EnvelopeEncoder>(tables, db_);
+  encoder_ = std::make_unique<publish::EnvelopeEncoder>(tables, origin_);
   partitions_.clear();
   heads_.assign(tables->size(), {});
 }

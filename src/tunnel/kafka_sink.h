@@ -24,8 +24,10 @@ namespace datatunnel::tunnel {
 
 class KafkaSink : public ChangeSink {
  public:
-  static Result<std::unique_ptr<KafkaSink>> Create(const KafkaConfig& config, std::string source_db,
-                                                   DeliveryFn on_delivery);
+  // `origin`: the source database, tunnel name and installation id the
+  // messages carry (publish/envelope.h).
+  static Result<std::unique_ptr<KafkaSink>> Create(const KafkaConfig& config,
+                                                   publish::Origin origin, DeliveryFn on_delivery);
   void SetTables(const std::vector<TableSpec>* tables) override;
   Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   void Poll(int timeout_ms) override { producer_->Poll(timeout_ms); }
@@ -43,11 +45,11 @@ class KafkaSink : public ChangeSink {
   broker::Producer& producer() { return *producer_; }
 
  private:
-  KafkaSink(const KafkaConfig& config, std::string db, DeliveryFn on_delivery)
-      : config_(config), db_(std::move(db)), on_delivery_(std::move(on_delivery)) {}
+  KafkaSink(const KafkaConfig& config, publish::Origin origin, DeliveryFn on_delivery)
+      : config_(config), origin_(std::move(origin)), on_delivery_(std::move(on_delivery)) {}
   const std::vector<TableSpec>* tables_ = nullptr;
   KafkaConfig config_;
-  std::string db_;
+  publish::Origin origin_;
   DeliveryFn on_delivery_;
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
   std::unique_ptr<broker::Producer> producer_;

@@ -161,7 +161,7 @@ Status SourceWorker::RunSession(bool first) {
   metrics_->source_connected = 1;
   std::vector<std::string> warnings;
   DT_ASSIGN_OR_RETURN(s.specs, capture::DescribeSourceTables(*s.conn, options_.tables, &warnings));
-  s.log = std::make_unique<capture::ChangeLog>(s.conn.get(), &s.specs);
+  s.log = std::make_unique<capture::ChangeLog>(s.conn.get(), &s.specs, options_.tunnel);
   sink_->SetTables(&s.specs);
   DT_ASSIGN_OR_RETURN(s.epoch, s.log->LoadEpoch());
   started_ = true;  // connected and configured once: from now on, failures are waited out
@@ -172,8 +172,9 @@ Status SourceWorker::RunSession(bool first) {
     DT_ASSIGN_OR_RETURN(bool got, s.log->TryLock());
     if (got) break;
     if (!announced) {
-      spdlog::info("producer: another producer is publishing from the {}; standing by",
-                   s.conn->description());
+      spdlog::info(
+          "producer: another producer of tunnel \"{}\" is publishing from the {}; standing by",
+          options_.tunnel, s.conn->description());
       announced = true;
       metrics_->producer_ready = 1;  // a standby is ready: it takes over when needed
     }
@@ -391,7 +392,7 @@ Status SourceWorker::HandleSchemaChanges(Session& s) {
     // Evolve: capture the new columns (the event trigger usually already
     // did, within the ALTER TABLE) and accept them. Consumers add them to
     // the target when they see this session's schema marker.
-    auto report = capture::Install(*s.conn, {spec});
+    auto report = capture::Install(*s.conn, options_.tunnel, {spec});
     if (!report.ok()) return report.status().WithContext("capturing the new column(s) of " + name);
     // A new column with a DEFAULT gave every existing row a value without
     // any trigger firing: copy the table again so the target gets them.

@@ -43,6 +43,7 @@ namespace datatunnel::tunnel {
 
 struct SourceOptions {
   pg::ConnectOptions connect;
+  std::string tunnel;  // the tunnel's name ([tunnel] name)
   std::vector<TableConfig> tables;
   PipelineConfig pipeline;
   // Exit at the first failed connection instead of retrying (start-up).

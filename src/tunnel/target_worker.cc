@@ -48,6 +48,9 @@ Status TargetCore::Connect() {
         "`datatunnel init` to upgrade it, then start again",
         conn_->description()));
   }
+  if (!options_.tunnel.empty()) {
+    DT_ASSIGN_OR_RETURN(source_install_, apply::BoundSource(*conn_, options_.tunnel));
+  }
   applier_ = std::make_unique<apply::Applier>(conn_.get(), &targets_);
   states_.clear();
   connected_once_ = true;
@@ -66,6 +69,12 @@ Status TargetCore::Reconnect() {
   metrics_->target_connected = 1;
   spdlog::info("consumer: reconnected to the {}", conn_->description());
   return Status::OK();
+}
+
+Result<std::string> TargetCore::ReloadSourceInstall() {
+  if (!conn_ || conn_->IsBroken()) return source_install_;
+  DT_ASSIGN_OR_RETURN(source_install_, apply::BoundSource(*conn_, options_.tunnel));
+  return source_install_;
 }
 
 int TargetCore::TableForTopic(std::string_view topic) const {
@@ -512,6 +521,7 @@ Status KafkaTargetWorker::Run() {
   if (created.status().IsCancelled()) return Status::OK();
   DT_ASSIGN_OR_RETURN(auto consumer, std::move(created));
   apply::EnvelopeDecoder decoder(&core_.targets());
+  decoder.ExpectOrigin(options_.tunnel, core_.source_install());
   spdlog::info("consumer: applying {} topic(s) to the target as group \"{}\"", topics.size(),
                options_.kafka.group_id);
   std::vector<broker::Message> msgs;
@@ -570,6 +580,30 @@ Status KafkaTargetWorker::Run() {
             decoder.Refresh();
             dst = decoder.Decode(v.value, static_cast<uint32_t>(t), &item.change);
           }
+        }
+        if (dst.code() == StatusCode::kBadConfig && decoder.origin_tunnel() == options_.tunnel) {
+          // `init` may have bound the tunnel to a new installation of its
+          // source (set up again) since this consumer started.
+          auto fresh = core_.ReloadSourceInstall();
+          if (fresh.ok() && *fresh == decoder.origin_install()) {
+            decoder.ExpectOrigin(options_.tunnel, *fresh);
+            dst = decoder.Decode(v.value, static_cast<uint32_t>(t), &item.change);
+          }
+        }
+        if (dst.code() == StatusCode::kBadConfig) {
+          // Nothing of this batch is applied: it stops here.
+          const bool same_name = decoder.origin_tunnel() == options_.tunnel;
+          result = Status::BadConfig(fmt::format(
+              "{} [{}] offset {}: {}; nothing was applied. {}", v.topic, v.partition, v.offset,
+              dst.message(),
+              same_name
+                  ? "Two sources publish as this tunnel to the same topics: give one of them "
+                    "another [tunnel] name (or kafka.topic_prefix) and run `datatunnel init` "
+                    "with it; if this tunnel's source was set up anew, run `datatunnel init` to "
+                    "bind the target to it"
+                  : "Each tunnel needs its own topics: give the two tunnels different "
+                    "kafka.topic_prefix (or [[tables]] topic) settings"));
+          break;
         }
         item.broadcast_partitions = decoder.broadcast_partitions();
         item.chained = dst.ok();

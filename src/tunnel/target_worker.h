@@ -28,6 +28,9 @@ namespace datatunnel::tunnel {
 
 struct TargetOptions {
   pg::ConnectOptions connect;
+  // The tunnel's name: through a broker, only its messages, from the source
+  // installation `init` bound it to (apply::BoundSource), are applied.
+  std::string tunnel;
   std::vector<TableConfig> tables;
   PipelineConfig pipeline;
   KafkaConfig kafka;
@@ -64,6 +67,10 @@ class TargetCore {
   // Connects and reads the target tables' specs.
   Status Connect();
   const std::vector<TableSpec>& targets() const { return targets_; }
+  // The source installation the tunnel is bound to on the target (read at
+  // Connect; "" without a tunnel name). Reload() reads it again.
+  const std::string& source_install() const { return source_install_; }
+  Result<std::string> ReloadSourceInstall();
   // Table index for a topic, or -1.
   int TableForTopic(std::string_view topic) const;
   // The stored state of a partition (cached; loads and creates it).
@@ -97,6 +104,7 @@ class TargetCore {
   const StopSource* stop_;
   std::unique_ptr<pg::Connection> conn_;
   std::vector<TableSpec> targets_;
+  std::string source_install_;
   std::unique_ptr<apply::Applier> applier_;
   std::map<std::pair<std::string, int32_t>, apply::PartitionState> states_;
   bool connected_once_ = false;

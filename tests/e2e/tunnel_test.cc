@@ -185,6 +185,7 @@ TEST_F(TunnelTest, TheProducerReplacesAKafkaProducerThatHitAFatalError) {
   tunnel::SourceOptions options;
   options.connect.dsn = config->source.dsn;
   options.connect.role = "source";
+  options.tunnel = config->tunnel.name;
   options.tables = config->tables;
   options.pipeline = config->pipeline;
   metrics::Metrics metrics(
@@ -192,7 +193,10 @@ TEST_F(TunnelTest, TheProducerReplacesAKafkaProducerThatHitAFatalError) {
   StopSource stop;
   tunnel::SourceWorker worker(options, &metrics, &stop);
   auto sink = tunnel::KafkaSink::Create(
-      config->kafka, src_, [&](uint64_t token, const Status& st) { worker.OnDelivery(token, st); });
+      config->kafka,
+      {src_, config->tunnel.name,
+       SourceCluster().Scalar(src_, "SELECT install_id FROM datatunnel.meta").value_or("")},
+      [&](uint64_t token, const Status& st) { worker.OnDelivery(token, st); });
   ASSERT_TRUE(sink.ok()) << sink.status().message();
   worker.SetSink(sink->get());
   Status result;

@@ -33,9 +33,9 @@ class CaptureTest : public ::testing::Test {
     auto specs = capture::DescribeSourceTables(*conn_, {tc}, nullptr);
     ASSERT_TRUE(specs.ok()) << specs.status().message();
     specs_ = *specs;
-    auto actions = capture::Install(*conn_, specs_);
+    auto actions = capture::Install(*conn_, "t", specs_);
     ASSERT_TRUE(actions.ok()) << actions.status().message();
-    log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_);
+    log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_, "t");
     auto epoch = log_->LoadEpoch();
     ASSERT_TRUE(epoch.ok());
     epoch_ = *epoch;
@@ -93,7 +93,7 @@ class CaptureTest : public ::testing::Test {
 };
 
 TEST_F(CaptureTest, InstallIsIdempotentAndNamesTheBriefsColumns) {
-  auto again = capture::Install(*conn_, specs_);
+  auto again = capture::Install(*conn_, "t", specs_);
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->actions.empty()) << again->actions[0];
   auto cols =
@@ -239,7 +239,7 @@ TEST_F(CaptureTest, ChainHeadsRecordedWithProgress) {
   heads = log_->LoadHeads(0);
   EXPECT_EQ((*heads)[0], (Position{epoch_, last_.number, 4, 0}));
   EXPECT_EQ((*heads)[2], (Position{epoch_, last_.number, 9, 2}));
-  auto newest = capture::NewestRecordedPosition(*conn_);
+  auto newest = capture::NewestRecordedPosition(*conn_, "t");
   ASSERT_TRUE(newest.ok());
   EXPECT_EQ(*newest, (Position{epoch_, last_.number, Position::kEndOfTick, INT32_MAX}));
   // Uninstall takes the table's heads with it.
@@ -248,7 +248,7 @@ TEST_F(CaptureTest, ChainHeadsRecordedWithProgress) {
 
 TEST_F(CaptureTest, SecondProducerCannotTakeTheLockOrATick) {
   auto other = SourceCluster().Connect(db_);
-  capture::ChangeLog second(other.get(), &specs_);
+  capture::ChangeLog second(other.get(), &specs_, "t");
   ASSERT_TRUE(*log_->TryLock());
   EXPECT_FALSE(*second.TryLock());
   // A tick number already recorded cannot be recorded again (a fence against

@@ -30,7 +30,46 @@ TEST(Config, DefaultsMatchTheDemo) {
   ASSERT_EQ(c->tables.size(), 1u);
   EXPECT_EQ(c->tables[0].source.ToString(), "public.employees");
   EXPECT_EQ(c->tables[0].key, std::vector<std::string>{"emp_id"});
-  EXPECT_EQ(c->tables[0].topic, "datatunnel.public.employees");
+  // The tunnel is named after the source database; its topics and group too.
+  EXPECT_EQ(c->tunnel.name, "db1");
+  EXPECT_EQ(c->tables[0].topic, "datatunnel.db1.public.employees");
+  EXPECT_EQ(c->kafka.group_id, "datatunnel.db1");
+}
+
+// The default name: the source database, then the config file's stem unless
+// it is datatunnel.toml; an explicit name, topic prefix and group are kept.
+TEST(Config, TunnelName) {
+  EXPECT_EQ(DefaultTunnelName("postgresql://u@h:5432/shop?sslmode=require", "/etc/x/orders.toml"),
+            "shop-orders");
+  EXPECT_EQ(DefaultTunnelName("postgresql://u@h/shop", "/etc/x/datatunnel.toml"), "shop");
+  EXPECT_EQ(DefaultTunnelName("postgresql://u@h/my%20db", ""), "my_db");
+  EXPECT_EQ(DefaultTunnelName("host=h dbname='sales eu' user=u", "a.b.toml"), "sales_eu-a_b");
+  EXPECT_EQ(DefaultTunnelName("postgresql://u@h/?dbname=x", ""), "x");
+  EXPECT_EQ(DefaultTunnelName("postgresql://u@h", ""), "");
+  EXPECT_TRUE(ValidTunnelName("eu-orders_2"));
+  EXPECT_FALSE(ValidTunnelName("-x"));
+  EXPECT_FALSE(ValidTunnelName("a.b"));
+  EXPECT_FALSE(ValidTunnelName(std::string(64, 'a')));
+
+  auto c = LoadConfig("", {{"DATATUNNEL_TUNNEL_NAME", "eu"}},
+                      {"kafka.topic_prefix=legacy", "kafka.group_id=g"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->tunnel.name, "eu");
+  EXPECT_EQ(c->tables[0].topic, "legacy.public.employees");
+  EXPECT_EQ(c->kafka.group_id, "g");
+  c = LoadConfig("", {}, {"tunnel.name=eu"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->tables[0].topic, "datatunnel.eu.public.employees");
+  EXPECT_EQ(c->kafka.group_id, "datatunnel.eu");
+  c = LoadConfig("", {}, {"tunnel.name=a b"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("tunnel.name \"a b\" is not a valid tunnel name"),
+            std::string::npos)
+      << c.status().message();
+  c = LoadConfig("", {}, {"source.dsn=host=h user=u"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("set [tunnel] name"), std::string::npos)
+      << c.status().message();
 }
 
 TEST(Config, FileEnvironmentAndFlags) {
@@ -64,7 +103,8 @@ min_tick_interval_ms = 5
   EXPECT_EQ(c->tables[0].target, (QualifiedName{"Archive", "People"}));
   EXPECT_EQ(c->tables[0].key, (std::vector<std::string>{"id", "region"}));
   EXPECT_EQ(c->tables[0].schema_changes, SchemaChangePolicy::kEvolve);
-  EXPECT_EQ(c->tables[1].topic, "datatunnel.public.t2");
+  EXPECT_EQ(c->tunnel.name, "db1-" + std::filesystem::path(f).stem().string());
+  EXPECT_EQ(c->tables[1].topic, "datatunnel." + c->tunnel.name + ".public.t2");
   EXPECT_TRUE(c->tables[1].key.empty());  // the primary key, resolved later
   EXPECT_EQ(c->pipeline.batch_max_changes, 100);
   EXPECT_EQ(c->pipeline.min_tick_interval_ms, 5);
@@ -144,7 +184,7 @@ TEST(Config, DefaultTopicIsAValidKafkaName) {
   std::string f = WriteFile("[[tables]]\nsource = '\"My Schema\".\"Order Items\"'\n");
   auto c = LoadConfig(f, {}, {});
   ASSERT_TRUE(c.ok()) << c.status().message();
-  EXPECT_EQ(c->tables[0].topic, "datatunnel.My_Schema.Order_Items");
+  EXPECT_EQ(c->tables[0].topic, "datatunnel." + c->tunnel.name + ".My_Schema.Order_Items");
   std::remove(f.c_str());
 }
 
