@@ -131,7 +131,7 @@ std::string Render(const std::vector<Row>& rows, bool json) {
           "{}{{\"source\":\"{}\",\"target\":\"{}\",\"captured\":{},\"published\":{},"
           "\"applied\":{},\"pending\":{},\"lag_changes\":{},\"lag_seconds\":{:.3f},"
           "\"caught_up\":{},\"dead_letters\":{},\"last_applied_at\":\"{}\","
-          "\"snapshot\":{{\"state\":\"{}\",\"rows\":{},\"total\":{},\"detail\":{}}},"
+          "\"snapshot\":{{\"state\":\"{}\",\"rows\":{},\"total\":{}}},\"snapshot_detail\":{},"
           "\"gaps\":[",
           i ? "," : "", r.source, r.target, r.published + r.pending, r.published, r.applied,
           r.pending, r.lag, r.lag_seconds, r.caught_up, r.dead, r.last_applied_at, r.snapshot_state,

@@ -60,7 +60,7 @@ class StatusTest : public testing::TunnelFixture {
     s.lag_seconds = t["lag_seconds"].GetDouble();
     s.caught_up = t.HasMember("caught_up") && t["caught_up"].GetBool();
     s.snapshot_state = t["snapshot"]["state"].GetString();
-    if (t["snapshot"].HasMember("detail")) s.snapshot_detail = t["snapshot"]["detail"].GetString();
+    if (t.HasMember("snapshot_detail")) s.snapshot_detail = t["snapshot_detail"].GetString();
     return s;
   }
 
