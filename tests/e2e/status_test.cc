@@ -162,6 +162,30 @@ TEST_F(StatusTest, TargetTruncatedByHandIsIncompleteButAReplicatedTruncateIsNot)
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// The same through the broker, where a replicated TRUNCATE runs once every
+// partition reached it (datatunnel.truncate_arrive): still not "by hand".
+TEST_F(StatusTest, TargetTruncatedByHandThroughTheBrokerIsIncomplete) {
+  WriteConfig();
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  ExpectInSync();
+  SourceCluster().Exec(src_, "TRUNCATE employees");
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('after')");
+  ExpectInSync();
+  ExpectCaughtUp();
+  EXPECT_GE(TargetCluster().Count(tgt_, "SELECT count(*) FROM datatunnel.barriers WHERE done"), 1);
+  ASSERT_EQ(run->Stop(), 0) << run->Stderr();
+
+  TargetCluster().Exec(tgt_, "TRUNCATE employees");
+  TableStatus s = Status();
+  EXPECT_EQ(s.snapshot_state, "incomplete") << s.json;
+  run = Start({"run"});
+  ExpectInSync();
+  ExpectCaughtUp();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
 // Finding 4: after a re-snapshot the counters no longer add up; status goes
 // by positions: changes waiting with nothing running are lag, and once
 // applied the lag is 0.
