@@ -145,7 +145,9 @@ void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg
       pg::Statement m;
       m.sql =
           "UPDATE datatunnel.applied SET snapshot_epoch = $3, snapshot_tick = $4, "
-          "snapshot_partitions = $5 WHERE stream = $1 AND partition = $2";
+          "snapshot_partitions = $5, target_truncated_at = NULL, snapshot_relid = "
+          "pg_catalog.to_regclass(pg_catalog.format('%I.%I', target_schema, target_table))::oid "
+          "WHERE stream = $1 AND partition = $2";
       m.params = {arena->Keep(a.stream), arena->Keep(std::to_string(a.partition)),
                   arena->Keep(std::to_string(a.snapshot_pos.epoch)),
                   arena->Keep(std::to_string(a.snapshot_pos.tick)),
@@ -263,7 +265,12 @@ Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by
     if (by_table[t].empty()) continue;
     const TableSpec& spec = (*targets_)[t];
     TableEffect eff = Collapse(spec, by_table[t]);
-    if (eff.truncate) stmts.push_back({"TRUNCATE " + spec.target.Quoted(), {}});
+    if (eff.truncate) {
+      // The tunnel's own TRUNCATE: not one outside it (datatunnel_target_truncate).
+      stmts.push_back(
+          {"SELECT pg_catalog.set_config('datatunnel.tunnel_truncate', 'on', true)", {}});
+      stmts.push_back({"TRUNCATE " + spec.target.Quoted(), {}});
+    }
     if (!eff.deletes.empty()) {
       const size_t nk = spec.key.size();
       const size_t per_stmt = std::max<size_t>(1, kMaxParams / nk);
@@ -389,7 +396,10 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
     if (by_table[t].empty()) continue;
     const TableSpec& spec = (*targets_)[t];
     TableEffect eff = Collapse(spec, by_table[t]);
-    if (eff.truncate) DT_RETURN_IF_ERROR(conn_->Exec("TRUNCATE " + spec.target.Quoted()));
+    if (eff.truncate) {
+      DT_RETURN_IF_ERROR(conn_->Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " +
+                                     spec.target.Quoted()));
+    }
     if (!eff.deletes.empty()) {
       data.clear();
       for (const Change* c : eff.deletes) {

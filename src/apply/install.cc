@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <set>
 
@@ -55,6 +56,27 @@ CREATE TABLE IF NOT EXISTS datatunnel.tunnels (
   name text PRIMARY KEY,
   source_install text NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now());
+-- The target table's identity (apply/install.h, TargetTableState): the OID
+-- the table had when a partition applied the end-of-snapshot marker, and
+-- when the table was last emptied by a TRUNCATE outside the tunnel (the
+-- trigger datatunnel_target_truncate). A table dropped and recreated has
+-- another OID; either way the copy is lost and the snapshot must be redone.
+ALTER TABLE datatunnel.applied
+  ADD COLUMN IF NOT EXISTS snapshot_relid oid,
+  ADD COLUMN IF NOT EXISTS target_truncated_at timestamptz;
+-- Statement-level AFTER TRUNCATE trigger function of every target table. The
+-- tunnel's own TRUNCATEs (a replicated TRUNCATE, a snapshot emptying the
+-- table) set datatunnel.tunnel_truncate for their transaction and are not
+-- recorded. Costs nothing for row writes.
+CREATE OR REPLACE FUNCTION datatunnel.on_target_truncate()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+  IF COALESCE(pg_catalog.current_setting('datatunnel.tunnel_truncate', true), '') <> 'on' THEN
+    UPDATE datatunnel.applied SET target_truncated_at = pg_catalog.now()
+      WHERE target_schema = TG_TABLE_SCHEMA AND target_table = TG_TABLE_NAME;
+  END IF;
+  RETURN NULL;
+END $fn$;
 -- A snapshot that emptied a target table: every message up to the end of
 -- source tick `tick` (of capture epoch `epoch`) is superseded by it, in every
 -- stream and partition of the table: neither applied nor chain-checked, and
@@ -106,7 +128,9 @@ BEGIN
     b.arrived := b.arrived || p_partition;
   END IF;
   IF pg_catalog.cardinality(b.arrived) >= b.partitions THEN
+    PERFORM pg_catalog.set_config('datatunnel.tunnel_truncate', 'on', true);
     EXECUTE pg_catalog.format('TRUNCATE %I.%I', p_schema, p_table);
+    PERFORM pg_catalog.set_config('datatunnel.tunnel_truncate', '', true);
     b.done := true;
     DELETE FROM datatunnel.barriers WHERE done AND created_at < pg_catalog.now() - interval '1 day';
   END IF;
@@ -144,6 +168,8 @@ END $fn$;
 }
 
 namespace {
+
+constexpr const char* kTruncateTrigger = "datatunnel_target_truncate";
 
 std::string KeyIndexName(const TableSpec& t) {
   std::string name = t.target.name + "_datatunnel_key";
@@ -495,6 +521,21 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
       actions.push_back(
           fmt::format("created unique index {} on {} ({})", KeyIndexName(src), name, cols));
     }
+    auto trig = target.Query(fmt::format("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = "
+                                         "$1::regclass AND tgname = '{}'",
+                                         kTruncateTrigger),
+                             {src.target.Quoted()});
+    if (!trig.ok()) return fail(trig.status());
+    if (trig->rows() == 0) {
+      Status st = target.Exec(
+          fmt::format("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION "
+                      "datatunnel.on_target_truncate()",
+                      kTruncateTrigger, src.target.Quoted()));
+      if (!st.ok()) return fail(st.WithContext("creating the TRUNCATE trigger of " + name));
+      actions.push_back(
+          fmt::format("created trigger {} on {} (notices a TRUNCATE outside the tunnel)",
+                      kTruncateTrigger, name));
+    }
   }
   if (Status st = target.Commit(); !st.ok()) return st;
   return actions;
@@ -557,6 +598,18 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& target,
       removed += q->GetInt64(0, 0);
     }
     if (removed > 0) actions.push_back("removed the apply positions of " + spec.target.ToString());
+    auto trig = target.Query(fmt::format("SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = "
+                                         "pg_catalog.to_regclass($1) AND tgname = '{}'",
+                                         kTruncateTrigger),
+                             {spec.target.Quoted()});
+    if (!trig.ok()) return fail(trig.status());
+    if (trig->rows() > 0) {
+      Status st =
+          target.Exec(fmt::format("DROP TRIGGER {} ON {}", kTruncateTrigger, spec.target.Quoted()));
+      if (!st.ok()) return fail(st);
+      actions.push_back(
+          fmt::format("dropped trigger {} on {}", kTruncateTrigger, spec.target.ToString()));
+    }
   }
   auto left = target.Query(
       "SELECT (SELECT count(*) FROM datatunnel.applied) + (SELECT count(*) FROM "
@@ -610,7 +663,11 @@ Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, con
     target.RollbackQuietly();
     return st;
   };
-  if (Status st = target.Exec("TRUNCATE " + table.Quoted()); !st.ok()) return fail(st);
+  if (Status st = target.Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " +
+                              table.Quoted() + "; SET LOCAL datatunnel.tunnel_truncate = ''");
+      !st.ok()) {
+    return fail(st);
+  }
   const std::string epoch = std::to_string(upto.epoch), tick = std::to_string(upto.tick);
   const pg::Param p[] = {table.schema, table.name, epoch, tick};
   auto q = target.Query(
@@ -628,7 +685,8 @@ Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, con
   if (!q.ok()) return fail(q.status());
   q = target.Query(
       "UPDATE datatunnel.applied SET gap_offset = NULL, gap_expected = NULL, gap_found = NULL, "
-      "gap_at = NULL WHERE target_schema = $1 AND target_table = $2 AND gap_offset IS NOT NULL",
+      "gap_at = NULL, target_truncated_at = NULL WHERE target_schema = $1 AND target_table = $2 "
+      "AND (gap_offset IS NOT NULL OR target_truncated_at IS NOT NULL)",
       {table.schema, table.name});
   if (!q.ok()) return fail(q.status());
   return target.Commit();
@@ -665,6 +723,108 @@ std::string RecordedGap::Describe(const std::string& source_table,
       "again. Fix: `datatunnel snapshot --table {} --restart --truncate-target` (docs/"
       "operations.md: \"A gap in a partition\")",
       stream, partition, offset, found, expected, target_table, source_table, source_table);
+}
+
+Result<TargetTableState> LoadTargetState(pg::Connection& target, const QualifiedName& table) {
+  TargetTableState out;
+  DT_ASSIGN_OR_RETURN(
+      auto rel, target.Query("SELECT pg_catalog.to_regclass($1)::oid::bigint", {table.Quoted()}));
+  out.exists = !rel.IsNull(0, 0);
+  if (out.exists) {
+    out.relid = rel.GetInt64(0, 0);
+    DT_ASSIGN_OR_RETURN(auto rows,
+                        target.Query("SELECT EXISTS (SELECT 1 FROM " + table.Quoted() + ")"));
+    out.has_rows = rows.GetBool(0, 0);
+  }
+  DT_ASSIGN_OR_RETURN(auto rs, target.Query("SELECT epoch, tick FROM datatunnel.resyncs WHERE "
+                                            "target_schema = $1 AND target_table = $2",
+                                            {table.schema, table.name}));
+  if (rs.rows() == 1) out.resync = ResyncPosition(rs.GetInt64(0, 0), rs.GetInt64(0, 1));
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      target.Query(
+          "SELECT stream, partition, "
+          "  CASE WHEN (tail_epoch, tail_tick, tail_seq, tail_sub) > (epoch, tick, seq, sub) "
+          "    THEN ARRAY[tail_epoch, tail_tick, tail_seq, tail_sub] "
+          "    ELSE ARRAY[epoch, tick, seq, sub] END, "
+          "  applied_count, dead_letter_count, "
+          "  COALESCE(GREATEST(extract(epoch FROM now() - last_captured_at), 0), -1)::float8, "
+          "  COALESCE(to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+          "    ''), "
+          "  COALESCE(snapshot_epoch, 0), COALESCE(snapshot_tick, 0), "
+          "  COALESCE(snapshot_partitions, 0), COALESCE(snapshot_relid::bigint, 0), "
+          "  target_truncated_at IS NOT NULL "
+          "FROM datatunnel.applied WHERE target_schema = $1 AND target_table = $2 "
+          "ORDER BY stream, partition",
+          {table.schema, table.name}));
+  for (int i = 0; i < r.rows(); ++i) {
+    TargetTableState::Partition p;
+    p.stream = std::string(r.Get(i, 0));
+    p.partition = static_cast<int32_t>(r.GetInt64(i, 1));
+    int64_t v[4] = {0, 0, 0, 0};
+    std::string arr(r.Get(i, 2));  // {e,t,s,u}
+    if (arr.size() > 2) {
+      arr = arr.substr(1, arr.size() - 2);
+      size_t k = 0, start = 0;
+      while (k < 4 && start <= arr.size()) {
+        const size_t comma = arr.find(',', start);
+        v[k++] = std::strtoll(arr.substr(start, comma - start).c_str(), nullptr, 10);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    }
+    p.done = Position{v[0], v[1], v[2], static_cast<int32_t>(v[3])};
+    p.applied_count = r.GetInt64(i, 3);
+    p.dead_letters = r.GetInt64(i, 4);
+    p.since_applied = std::strtod(std::string(r.Get(i, 5)).c_str(), nullptr);
+    p.updated_at = std::string(r.Get(i, 6));
+    p.snapshot_epoch = r.GetInt64(i, 7);
+    p.snapshot_tick = r.GetInt64(i, 8);
+    p.snapshot_partitions = static_cast<int>(r.GetInt64(i, 9));
+    p.snapshot_relid = r.GetInt64(i, 10);
+    p.truncated = r.GetBool(i, 11);
+    out.partitions.push_back(std::move(p));
+  }
+  return out;
+}
+
+CopyJudgement JudgeCopy(const TargetTableState& target, int64_t epoch, int64_t marker_tick) {
+  CopyJudgement j;
+  if (!target.exists) {
+    j.state = CopyState::kLost;
+    j.why = "the target table does not exist";
+    return j;
+  }
+  // The partitions that applied this snapshot's end marker (or a later one).
+  int with_marker = 0, expected = 0;
+  bool recreated = false, truncated = false;
+  for (const auto& p : target.partitions) {
+    if (p.snapshot_tick == 0) continue;
+    if (std::make_pair(p.snapshot_epoch, p.snapshot_tick) < std::make_pair(epoch, marker_tick)) {
+      continue;
+    }
+    ++with_marker;
+    expected = std::max(expected, p.snapshot_partitions);
+    if (p.snapshot_relid != 0 && p.snapshot_relid != target.relid) recreated = true;
+    if (p.truncated) truncated = true;
+  }
+  for (const auto& p : target.partitions) truncated = truncated || p.truncated;
+  if (with_marker == 0 || with_marker < expected) {
+    j.state = CopyState::kNotApplied;
+    j.why = fmt::format("the copy is published, but {} of {} partition(s) applied it", with_marker,
+                        std::max(expected, 1));
+    return j;
+  }
+  if (recreated) {
+    j.state = CopyState::kLost;
+    j.why = "the target table was dropped and created again since the snapshot";
+  } else if (truncated) {
+    j.state = CopyState::kLost;
+    j.why = "the target table was emptied (TRUNCATE) outside the tunnel since the snapshot";
+  } else {
+    j.state = CopyState::kApplied;
+  }
+  return j;
 }
 
 }  // namespace datatunnel::apply

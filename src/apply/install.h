@@ -141,4 +141,45 @@ struct RecordedGap {
 // The gaps recorded for target table `table`, in every stream.
 Result<std::vector<RecordedGap>> LoadGaps(pg::Connection& target, const QualifiedName& table);
 
+// The target's side of one table, for `datatunnel status` and for `run`'s
+// decision to copy a table again: per partition what was applied (a
+// position, not only counters), the end-of-snapshot markers applied, and the
+// table's identity (its OID now, and when each partition applied its marker).
+struct TargetTableState {
+  bool exists = false;  // the target table exists
+  int64_t relid = 0;    // its OID
+  bool has_rows = false;
+  Position resync;  // a snapshot into the emptied table superseded everything up to here
+  struct Partition {
+    std::string stream;
+    int32_t partition = 0;
+    // The newest position the consumer is done with: applied, skipped as a
+    // duplicate or dead-lettered (max of the applied position and the tail).
+    Position done;
+    int64_t applied_count = 0, dead_letters = 0;
+    double since_applied = -1;  // seconds since the newest applied change was captured; <0: none
+    std::string updated_at;     // ISO-8601, UTC; "" when never
+    int64_t snapshot_epoch = 0, snapshot_tick = 0;  // the newest end marker applied; 0: none
+    int snapshot_partitions = 0;
+    int64_t snapshot_relid = 0;  // the table's OID when it was applied; 0: unknown
+    bool truncated = false;      // emptied by a TRUNCATE outside the tunnel since
+  };
+  std::vector<Partition> partitions;
+};
+Result<TargetTableState> LoadTargetState(pg::Connection& target, const QualifiedName& table);
+
+// Whether the target holds the copy of the snapshot whose end marker the
+// source published at (epoch, marker_tick) (marker_tick 0: recorded by an
+// earlier version, any marker counts).
+enum class CopyState {
+  kApplied,     // every partition applied the marker, into this very table
+  kNotApplied,  // published, not (yet) applied everywhere
+  kLost,        // applied, but the table was since recreated or truncated by hand
+};
+struct CopyJudgement {
+  CopyState state = CopyState::kNotApplied;
+  std::string why;  // kLost, kNotApplied: one phrase for an operator
+};
+CopyJudgement JudgeCopy(const TargetTableState& target, int64_t epoch, int64_t marker_tick);
+
 }  // namespace datatunnel::apply

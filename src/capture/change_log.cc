@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 #include "capture/install.h"
@@ -92,6 +94,47 @@ Result<Position> NewestRecordedPosition(pg::Connection& source, const std::strin
   if (r.IsNull(0, 0)) return Status::Fatal("datatunnel.meta is empty: run `datatunnel init`");
   return Position{r.GetInt64(0, 0), r.GetInt64(0, 1), Position::kEndOfTick,
                   std::numeric_limits<int32_t>::max()};
+}
+
+Result<SourceBacklog> LoadBacklog(pg::Connection& source, const QualifiedName& table,
+                                  const std::string& topic) {
+  DT_ASSIGN_OR_RETURN(auto q, source.Query("SELECT published_count, change_table, "
+                                           "(SELECT epoch FROM datatunnel.meta), tunnel "
+                                           "FROM datatunnel.tables WHERE schema_name = $1 AND "
+                                           "table_name = $2",
+                                           {table.schema, table.name}));
+  if (q.rows() == 0) {
+    return Status::BadConfig(
+        fmt::format("table {} is not set up for capture: run `datatunnel init`", table.ToString()));
+  }
+  SourceBacklog b;
+  b.published_count = q.GetInt64(0, 0);
+  const QualifiedName cdc{table.schema, std::string(q.Get(0, 1))};
+  b.epoch = q.IsNull(0, 2) ? 0 : q.GetInt64(0, 2);
+  DT_ASSIGN_OR_RETURN(auto pend,
+                      source.Query(fmt::format("SELECT count(*), COALESCE(extract(epoch FROM now() "
+                                               "- min({})), 0)::float8 FROM {}",
+                                               kCapturedAtColumn, cdc.Quoted())));
+  b.pending = pend.GetInt64(0, 0);
+  b.oldest_pending_age = std::max(0.0, std::strtod(std::string(pend.Get(0, 1)).c_str(), nullptr));
+  DT_ASSIGN_OR_RETURN(
+      auto h, source.Query("SELECT partition, epoch, tick, seq, sub, since_epoch, since_tick, "
+                           "since_seq, since_sub, "
+                           "GREATEST(extract(epoch FROM now() - since_at), 0)::float8 "
+                           "FROM datatunnel.chain_heads WHERE tunnel = $2 AND topic = $1 "
+                           "ORDER BY partition",
+                           {topic, std::string(q.Get(0, 3))}));
+  for (int i = 0; i < h.rows(); ++i) {
+    SourceBacklog::Head head;
+    head.partition = static_cast<int32_t>(h.GetInt64(i, 0));
+    head.pos = Position{h.GetInt64(i, 1), h.GetInt64(i, 2), h.GetInt64(i, 3),
+                        static_cast<int32_t>(h.GetInt64(i, 4))};
+    head.since = Position{h.GetInt64(i, 5), h.GetInt64(i, 6), h.GetInt64(i, 7),
+                          static_cast<int32_t>(h.GetInt64(i, 8))};
+    head.since_age = std::strtod(std::string(h.Get(i, 9)).c_str(), nullptr);
+    b.heads.push_back(head);
+  }
+  return b;
 }
 
 namespace {
@@ -334,7 +377,18 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
            "ON CONFLICT (tunnel, topic, partition) DO UPDATE SET epoch = EXCLUDED.epoch, "
            "  tick = EXCLUDED.tick, seq = EXCLUDED.seq, sub = EXCLUDED.sub, "
            "  schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name, "
-           "  updated_at = now() "
+           "  updated_at = now(), "
+           // A head that stayed put for a second starts a new burst (install.sql).
+           "  since_epoch = CASE WHEN h.updated_at < now() - interval '1 second' "
+           "    THEN h.epoch ELSE h.since_epoch END, "
+           "  since_tick = CASE WHEN h.updated_at < now() - interval '1 second' "
+           "    THEN h.tick ELSE h.since_tick END, "
+           "  since_seq = CASE WHEN h.updated_at < now() - interval '1 second' "
+           "    THEN h.seq ELSE h.since_seq END, "
+           "  since_sub = CASE WHEN h.updated_at < now() - interval '1 second' "
+           "    THEN h.sub ELSE h.since_sub END, "
+           "  since_at = CASE WHEN h.updated_at < now() - interval '1 second' "
+           "    THEN now() ELSE h.since_at END "
            "WHERE (h.epoch, h.tick, h.seq, h.sub) < "
            "  (EXCLUDED.epoch, EXCLUDED.tick, EXCLUDED.seq, EXCLUDED.sub)",
            {spec.topic, spec.source.schema, spec.source.name, arena.Keep(parts + "}"),

@@ -151,6 +151,30 @@ class ChangeLog {
 // (epoch, tick, kEndOfTick, INT32_MAX).
 Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel);
 
+// The source's side of one table's backlog, for `datatunnel status`: what the
+// producer has published (positions, not only counters) and what waits in
+// the change table.
+struct SourceBacklog {
+  int64_t epoch = 0;              // datatunnel.meta.epoch
+  int64_t published_count = 0;    // changes published so far (a counter)
+  int64_t pending = 0;            // rows in the change table, not yet published
+  double oldest_pending_age = 0;  // seconds since the oldest of them was captured; 0: none
+  // Per partition of the table's topic, the chain head (the last message the
+  // producer published there, datatunnel.chain_heads) and where the current
+  // burst of publishing began (`since`, `since_age` seconds ago).
+  struct Head {
+    int32_t partition = 0;
+    Position pos;
+    Position since;
+    double since_age = 0;
+  };
+  std::vector<Head> heads;
+};
+// Reads it for source table `table`, published to `topic`. kBadConfig when
+// the table is not captured (init not run for it).
+Result<SourceBacklog> LoadBacklog(pg::Connection& source, const QualifiedName& table,
+                                  const std::string& topic);
+
 // The advisory lock key pair a tunnel's producer holds:
 // ("DTNL", hashtext(tunnel name)).
 inline constexpr int32_t kLockClass = 0x44544e4c;

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS datatunnel.tables (
   snapshot_done_at timestamptz,
   installed_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (schema_name, table_name));
+-- The tick of the end-of-snapshot marker of the last completed snapshot
+-- (snapshot/chunker.h): the target holds the copy once every partition has
+-- applied a marker at or after it. Added column, so `init` upgrades.
+ALTER TABLE datatunnel.tables ADD COLUMN IF NOT EXISTS snapshot_tick bigint;
 
 -- Chain heads: per partition of a table's topic, the position of the last
 -- message the producer sent there that recorded progress covers (so the
@@ -96,6 +100,18 @@ BEGIN
     ALTER TABLE datatunnel.chain_heads ADD PRIMARY KEY (tunnel, topic, partition);
   END IF;
 END $upgrade$;
+
+-- Where the current burst of publishing to the partition began: since_* is
+-- the head before it, since_at when it moved away from there. A burst ends
+-- when the head stays put for a second. `datatunnel status` uses it for the
+-- age of the oldest change not yet applied: a target that has applied
+-- since_* lacks only messages published since since_at.
+ALTER TABLE datatunnel.chain_heads
+  ADD COLUMN IF NOT EXISTS since_epoch bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS since_tick bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS since_seq bigint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS since_sub integer NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS since_at timestamptz NOT NULL DEFAULT now();
 
 -- Creates or updates the capture of one table: the change table (adding
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),

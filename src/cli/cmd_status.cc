@@ -3,12 +3,15 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <thread>
 
 #include "apply/install.h"
+#include "capture/change_log.h"
 #include "capture/install.h"
 #include "cli/common.h"
 #include "core/stop.h"
+#include "snapshot/chunker.h"
 
 namespace datatunnel::cli {
 namespace {
@@ -23,12 +26,51 @@ struct Row {
   int64_t published = 0, pending = 0, applied = 0, dead = 0;
   int64_t lag = 0;
   double lag_seconds = 0;
+  bool caught_up = true;
   std::string last_applied_at;
   std::string snapshot_state = "none";
+  std::string snapshot_detail;  // published, incomplete: why, and the fix
   int64_t snapshot_rows = 0, snapshot_total = 0;
-  bool target_snapshot_complete = false;
   std::vector<apply::RecordedGap> gaps;  // the consumer stops at each
 };
+
+// Lag from positions: a partition of the table's topic is caught up when the
+// target is done with (applied, skipped or superseded by a snapshot) the
+// source's chain head there, the last message the producer published to it.
+// Changes still in the change table are not published yet, so not applied.
+// The age is that of the oldest change not applied: the oldest pending one,
+// and in a partition behind, the start of the current burst of publishing
+// when the target had applied everything before it (else the age of the
+// newest change the target applied there, an upper bound).
+void ComputeLag(const capture::SourceBacklog& src, const apply::TargetTableState& tgt,
+                const std::string& topic, Row* r) {
+  int behind = 0;
+  double age = src.pending > 0 ? src.oldest_pending_age : 0;
+  for (const auto& head : src.heads) {
+    const apply::TargetTableState::Partition* part = nullptr;
+    for (const auto& p : tgt.partitions) {
+      if (p.stream == topic && p.partition == head.partition) part = &p;
+    }
+    Position done = std::max(part ? part->done : Position{}, tgt.resync);
+    if (done >= head.pos) continue;
+    ++behind;
+    if (done >= head.since || !part || part->since_applied < 0) {
+      age = std::max(age, head.since_age);
+    } else {
+      age = std::max(age, part->since_applied);
+    }
+  }
+  r->caught_up = behind == 0 && src.pending == 0;
+  // How many messages a partition lacks is not recorded anywhere; estimate it
+  // from the counters, at least one per partition behind.
+  int64_t in_flight = 0;
+  if (behind > 0) {
+    const int64_t applied_changes = std::max<int64_t>(0, r->applied - r->snapshot_rows);
+    in_flight = std::max<int64_t>(behind, src.published_count - applied_changes);
+  }
+  r->lag = src.pending + in_flight;
+  r->lag_seconds = r->caught_up ? 0 : age;
+}
 
 Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const Config& c) {
   DT_RETURN_IF_ERROR(capture::CheckInstalled(src, c.tunnel.name, c.tables));
@@ -38,48 +80,41 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
     Row r;
     r.source = t.source.ToString();
     r.target = t.target.ToString();
-    auto q = src.Query(
-        "SELECT published_count, snapshot_state, snapshot_rows, snapshot_total, "
-        "change_table FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
-        {t.source.schema, t.source.name});
-    if (!q.ok()) return q.status();
-    if (q->rows() == 0) {
-      return Status::BadConfig(
-          fmt::format("table {} is not set up for capture: run `datatunnel init`", r.source));
+    DT_ASSIGN_OR_RETURN(auto backlog, capture::LoadBacklog(src, t.source, t.topic));
+    TableSpec spec;
+    spec.source = t.source;
+    spec.target = t.target;
+    DT_ASSIGN_OR_RETURN(auto snap, snapshot::LoadProgress(src, spec));
+    DT_ASSIGN_OR_RETURN(auto target, apply::LoadTargetState(tgt, t.target));
+    r.published = backlog.published_count;
+    r.pending = backlog.pending;
+    r.snapshot_state = std::string(snapshot::StateName(snap.state));
+    r.snapshot_rows = snap.rows;
+    r.snapshot_total = snap.total;
+    for (const auto& p : target.partitions) {
+      r.applied += p.applied_count;
+      r.dead += p.dead_letters;
+      r.last_applied_at = std::max(r.last_applied_at, p.updated_at);
     }
-    r.published = q->GetInt64(0, 0);
-    r.snapshot_state = std::string(q->Get(0, 1));
-    r.snapshot_rows = q->GetInt64(0, 2);
-    r.snapshot_total = q->GetInt64(0, 3);
-    QualifiedName cdc{t.source.schema, std::string(q->Get(0, 4))};
-    DT_ASSIGN_OR_RETURN(auto pend,
-                        src.Query(fmt::format("SELECT count(*), COALESCE(extract(epoch "
-                                              "FROM now() - min({})), 0)::float8 FROM {}",
-                                              capture::kCapturedAtColumn, cdc.Quoted())));
-    r.pending = pend.GetInt64(0, 0);
-    const double oldest_pending = std::strtod(std::string(pend.Get(0, 1)).c_str(), nullptr);
-    auto a = tgt.Query(
-        "SELECT COALESCE(sum(applied_count), 0), COALESCE(sum(dead_letter_count), 0), "
-        "  COALESCE(extract(epoch FROM now() - max(last_captured_at)), 0)::float8, "
-        "  COALESCE(to_char(max(updated_at) AT TIME ZONE 'UTC', "
-        "    'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), ''), "
-        "  COALESCE(bool_or(snapshot_tick IS NOT NULL), false) "
-        "FROM datatunnel.applied WHERE target_schema = $1 AND target_table = $2",
-        {t.target.schema, t.target.name});
-    if (!a.ok()) return a.status();
-    r.applied = a->GetInt64(0, 0);
-    r.dead = a->GetInt64(0, 1);
-    r.last_applied_at = std::string(a->Get(0, 3));
-    r.target_snapshot_complete = a->GetBool(0, 4);
-    // Snapshot rows are applied too but are not changes: count changes only.
-    const int64_t captured = r.published + r.pending;
-    const int64_t applied_changes = std::max<int64_t>(0, r.applied - r.snapshot_rows);
-    r.lag = std::max<int64_t>(0, captured - applied_changes);
-    // How far behind the target is: the age of the newest change it has, or
-    // of the oldest waiting one when it has none yet.
-    const double since_applied = std::strtod(std::string(a->Get(0, 2)).c_str(), nullptr);
-    const bool applied_any = since_applied > 0;
-    r.lag_seconds = r.lag == 0 ? 0 : (applied_any ? since_applied : oldest_pending);
+    ComputeLag(backlog, target, t.topic, &r);
+    const std::string fix = fmt::format(
+        "`datatunnel run` copies it again when the target table is empty, else run `datatunnel "
+        "snapshot --table {} --restart --truncate-target`",
+        r.source);
+    if (snap.state == snapshot::State::kDone) {
+      // Done means the target holds the copy, not that it was published.
+      const apply::CopyJudgement j = apply::JudgeCopy(target, backlog.epoch, snap.marker_tick);
+      if (j.state == apply::CopyState::kNotApplied) {
+        r.snapshot_state = "published";
+        r.snapshot_detail = j.why + "; a running consumer applies it";
+      } else if (j.state == apply::CopyState::kLost) {
+        r.snapshot_state = "incomplete";
+        r.snapshot_detail = j.why + ": " + fix;
+      }
+    } else if (!target.exists) {
+      r.snapshot_state = "incomplete";
+      r.snapshot_detail = "the target table does not exist: run `datatunnel init`";
+    }
     DT_ASSIGN_OR_RETURN(r.gaps, apply::LoadGaps(tgt, t.target));
     rows.push_back(std::move(r));
   }
@@ -95,11 +130,12 @@ std::string Render(const std::vector<Row>& rows, bool json) {
       out += fmt::format(
           "{}{{\"source\":\"{}\",\"target\":\"{}\",\"captured\":{},\"published\":{},"
           "\"applied\":{},\"pending\":{},\"lag_changes\":{},\"lag_seconds\":{:.3f},"
-          "\"dead_letters\":{},\"last_applied_at\":\"{}\",\"snapshot\":{{\"state\":\"{}\","
-          "\"rows\":{},\"total\":{}}},\"gaps\":[",
+          "\"caught_up\":{},\"dead_letters\":{},\"last_applied_at\":\"{}\","
+          "\"snapshot\":{{\"state\":\"{}\",\"rows\":{},\"total\":{}}},\"snapshot_detail\":{},"
+          "\"gaps\":[",
           i ? "," : "", r.source, r.target, r.published + r.pending, r.published, r.applied,
-          r.pending, r.lag, r.lag_seconds, r.dead, r.last_applied_at, r.snapshot_state,
-          r.snapshot_rows, r.snapshot_total);
+          r.pending, r.lag, r.lag_seconds, r.caught_up, r.dead, r.last_applied_at, r.snapshot_state,
+          r.snapshot_rows, r.snapshot_total, JsonString(r.snapshot_detail));
       for (size_t k = 0; k < r.gaps.size(); ++k) {
         const apply::RecordedGap& g = r.gaps[k];
         out += fmt::format(
@@ -118,7 +154,7 @@ std::string Render(const std::vector<Row>& rows, bool json) {
     std::string snap = r.snapshot_state;
     if (r.snapshot_state == "running" || r.snapshot_state == "requested") {
       snap += fmt::format(" {}/{} rows", r.snapshot_rows, r.snapshot_total);
-    } else if (r.snapshot_state == "done") {
+    } else if (r.snapshot_state == "done" || r.snapshot_state == "published") {
       snap += fmt::format(" ({} rows)", r.snapshot_rows);
     }
     out += fmt::format("{:<28} {:>10} {:>10} {:>10} {:>8} {:>8.1f} {:>9}  {}\n", r.source,
@@ -126,6 +162,11 @@ std::string Render(const std::vector<Row>& rows, bool json) {
                        r.pending, snap);
   }
   for (const Row& r : rows) {
+    if (r.snapshot_state == "incomplete") {
+      out += fmt::format("INCOMPLETE: target table {}: {}\n", r.target, r.snapshot_detail);
+    } else if (!r.snapshot_detail.empty()) {
+      out += fmt::format("SNAPSHOT: {}: {}\n", r.source, r.snapshot_detail);
+    }
     for (const auto& g : r.gaps) out += "GAP: " + g.Describe(r.source, r.target) + "\n";
   }
   return out;

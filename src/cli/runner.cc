@@ -133,12 +133,25 @@ Result<std::vector<size_t>> PrepareSnapshots(const Config& config, const RunPlan
       baseline->push_back(marker);
       continue;
     }
+    bool lost = false;  // the target lost the copy: recreated or truncated since
     if (!plan.snapshot_only && prog.state == snapshot::State::kDone && !plan.restart_snapshot) {
-      continue;  // `run` on a table already snapshotted: stream only
+      DT_ASSIGN_OR_RETURN(auto state, apply::LoadTargetState(*tgt, spec.target));
+      DT_ASSIGN_OR_RETURN(auto epoch, capture::NewestRecordedPosition(*src, config.tunnel.name));
+      const apply::CopyJudgement j = apply::JudgeCopy(state, epoch.epoch, prog.marker_tick);
+      if (j.state != apply::CopyState::kLost) continue;  // already copied: stream only
+      lost = true;
+      if (state.has_rows && !plan.truncate_target && !config.pipeline.truncate_target) {
+        return Status::BadConfig(fmt::format(
+            "target table {} no longer holds the snapshot of {} ({}) and already holds rows "
+            "again; copy it again with `datatunnel snapshot --table {} --restart "
+            "--truncate-target` (or set pipeline.truncate_target = true)",
+            spec.target.ToString(), spec.source.ToString(), j.why, spec.source.ToString()));
+      }
+      spdlog::warn("snapshot of {}: {}; copying it again", spec.source.ToString(), j.why);
     }
     DT_ASSIGN_OR_RETURN(auto rows,
                         tgt->Query("SELECT EXISTS (SELECT 1 FROM " + spec.target.Quoted() + ")"));
-    if (plan.truncate_target || config.pipeline.truncate_target) {
+    if (plan.truncate_target || config.pipeline.truncate_target || lost) {
       DT_ASSIGN_OR_RETURN(const bool captured, apply::IsCapturedSource(*tgt, spec.target));
       if (captured) {
         return Status::BadConfig(fmt::format(

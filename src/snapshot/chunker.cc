@@ -260,7 +260,7 @@ Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec) {
       source.Query(
           "SELECT snapshot_state, snapshot_rows, snapshot_total, snapshot_chunks, snapshot_run, "
           "  COALESCE(extract(epoch FROM (COALESCE(snapshot_done_at, now()) - "
-          "    snapshot_started_at)), 0)::float8 "
+          "    snapshot_started_at)), 0)::float8, COALESCE(snapshot_tick, 0) "
           "FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
           {spec.source.schema, spec.source.name}));
   if (r.rows() != 1) {
@@ -274,6 +274,7 @@ Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec) {
   p.chunks = r.GetInt64(0, 3);
   p.run = r.GetInt64(0, 4);
   p.seconds = std::strtod(std::string(r.Get(0, 5)).c_str(), nullptr);
+  p.marker_tick = r.GetInt64(0, 6);
   DT_ASSIGN_OR_RETURN(auto cur,
                       source.Query("SELECT c FROM datatunnel.tables t, "
                                    "unnest(t.snapshot_cursor) WITH ORDINALITY AS u(c, n) "
@@ -330,17 +331,19 @@ Status Request(pg::Connection& source, const TableSpec& spec, bool restart) {
 }
 
 Status RecordChunk(pg::Connection& source, const TableSpec& spec, int64_t run, const Cursor& next,
-                   int64_t rows, bool last) {
+                   int64_t rows, bool last, int64_t marker_tick) {
   DT_ASSIGN_OR_RETURN(
       auto r, source.Query("UPDATE datatunnel.tables SET "
                            "  snapshot_state = CASE WHEN $5 THEN 'done' ELSE 'running' END, "
                            "  snapshot_cursor = $3::text[], snapshot_rows = snapshot_rows + $4, "
                            "  snapshot_chunks = snapshot_chunks + 1, "
-                           "  snapshot_done_at = CASE WHEN $5 THEN now() END "
+                           "  snapshot_done_at = CASE WHEN $5 THEN now() END, "
+                           "  snapshot_tick = CASE WHEN $5 THEN $7::bigint END "
                            "WHERE schema_name = $1 AND table_name = $2 AND snapshot_run = $6 "
                            "  AND snapshot_state IN ('requested', 'running')",
                            {spec.source.schema, spec.source.name, pg::TextArrayLiteral(next),
-                            std::to_string(rows), last ? "true" : "false", std::to_string(run)}));
+                            std::to_string(rows), last ? "true" : "false", std::to_string(run),
+                            std::to_string(marker_tick)}));
   (void)r;
   return Status::OK();
 }

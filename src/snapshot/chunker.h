@@ -47,6 +47,10 @@ struct Progress {
   int64_t chunks = 0;
   int64_t run = 0;     // increases with every request; guards stale chunk records
   double seconds = 0;  // since the snapshot started
+  // kDone: the tick of its end-of-snapshot marker (0 when recorded by an
+  // earlier version). The target holds this copy once every partition of the
+  // table's topic applied a marker at or after it.
+  int64_t marker_tick = 0;
 };
 
 struct Chunk {
@@ -96,8 +100,9 @@ Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec);
 // snapshot in progress when `restart`.
 Status Request(pg::Connection& source, const TableSpec& spec, bool restart);
 // Records that a chunk's rows are delivered (state running, or done when
-// `last`), if the snapshot is still run `run`.
+// `last`, with `marker_tick` the tick of the end-of-snapshot marker), if the
+// snapshot is still run `run`.
 Status RecordChunk(pg::Connection& source, const TableSpec& spec, int64_t run, const Cursor& next,
-                   int64_t rows, bool last);
+                   int64_t rows, bool last, int64_t marker_tick = 0);
 
 }  // namespace datatunnel::snapshot

@@ -71,7 +71,8 @@ struct SourceWorker::Session {
 
   struct Snap {
     bool active = false;
-    bool all_read = false;  // last chunk and marker sent
+    bool all_read = false;    // last chunk and marker sent
+    int64_t marker_tick = 0;  // the end marker's tick, once sent
     int64_t run = 0;
     std::optional<snapshot::Chunker> chunker;
     snapshot::Cursor cursor;  // where the next chunk starts
@@ -670,6 +671,7 @@ Status SourceWorker::FinishTick(Session& s) {
             SendChange(s, marker, n == 1 ? -1 : p, p + 1 < n ? Kind::kPart : Kind::kMarker));
       }
       sn.all_read = true;
+      sn.marker_tick = w.hi.number;
     }
   }
   for (size_t t = 0; t < s.specs.size(); ++t) {
@@ -773,7 +775,8 @@ Status SourceWorker::RecordProgress(Session& s) {
       sn.inflight.pop_front();
     }
     if (p.marker_done) {
-      DT_RETURN_IF_ERROR(snapshot::RecordChunk(*s.conn, s.specs[t], sn.run, sn.cursor, 0, true));
+      DT_RETURN_IF_ERROR(
+          snapshot::RecordChunk(*s.conn, s.specs[t], sn.run, sn.cursor, 0, true, sn.marker_tick));
       sn.active = false;
       metrics_->table(t).snapshot_running = 0;
       spdlog::info("snapshot of {}: all rows published", s.specs[t].source.ToString());
