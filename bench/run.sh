@@ -10,7 +10,8 @@
 #   --only         scenarios: source,latency,burst,backlog,snapshot (default: all)
 #   --variants     kafka (run through the Kafka broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
-#                  ref (logical replication; for the snapshot also the COPY pipe)
+#                  ref (logical replication; for the snapshot also the COPY pipe),
+#                  copy (the snapshot's COPY pipe alone, for focused snapshot runs)
 #                  default: kafka,none,ref
 #   --runs N       repetitions (default 3; 1 with --quick)
 #   --name NAME    results file name (default: the date, "-quick" appended with --quick)
@@ -589,6 +590,7 @@ scenario_snapshot() {
   for v in ${STREAM_VARIANTS}; do
     if [[ $v == ref ]]; then vs+=" copy sub"; elif [[ $v == kafka || $v == none ]]; then vs+=" $v"; fi
   done
+  if has "$VARIANTS" copy && ! has "$VARIANTS" ref; then vs+=" copy"; fi
   for run in $(seq 1 "$RUNS"); do
     for v in $vs; do
       log "snapshot: $v, run $run"
