@@ -10,7 +10,8 @@
 #   --only         scenarios: source,latency,burst,backlog,snapshot (default: all)
 #   --variants     kafka (run through the Kafka broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
-#                  ref (logical replication; for the snapshot also the COPY pipe)
+#                  ref (logical replication; for the snapshot also the COPY pipe),
+#                  copy (the snapshot's COPY pipe alone, for focused snapshot runs)
 #                  default: kafka,none,ref
 #   --runs N       repetitions (default 3; 1 with --quick)
 #   --name NAME    results file name (default: the date, "-quick" appended with --quick)
@@ -24,8 +25,8 @@
 # e.g. "--set pipeline.batch_max_wait_ms=5"), BENCH_LAT_RATES / BENCH_LAT_SECONDS (the
 # latency scenario's rates and seconds per rate, for experiments: "5000", 20), BENCH_KAFKA_DIR
 # (for experiments: the folder of a cluster already started with scripts/kafka.sh, used
-# instead of starting one, and left running), BENCH_KAFKA_WARMUP (20: seconds of traffic
-# to a started broker before the first measurement; 0 for none).
+# instead of starting one, and left running), BENCH_KAFKA_WARMUP (seconds of traffic
+# to a started broker before the first measurement: 120, 20 with --quick; 0 for none).
 # The broker: one single-node KRaft cluster (scripts/kafka.sh, data and logs in
 # BENCH_WORK/kafka) for the whole invocation, started when a variant first
 # needs it; each measured case gets its own topic and consumer group.
@@ -267,12 +268,13 @@ ensure_kafka() {
 # A broker that has just started runs its code in the JVM's interpreter and
 # compiles it as it goes, on the same two cores: the first measurement after
 # the start paid for that (bench/README.md, findings). Before the first
-# measurement the broker therefore gets BENCH_KAFKA_WARMUP seconds (20; 0: none)
-# of traffic like the tunnel's: small produce requests (acks=all, idempotent,
+# measurement the broker therefore gets BENCH_KAFKA_WARMUP seconds (120, 20
+# with --quick; 0: none; its produce round trips kept shrinking for about two
+# minutes of traffic) of traffic like the tunnel's: small produce requests (acks=all, idempotent,
 # lz4, linger 0) of envelope-sized messages, fetched by a consumer group that
 # commits its offsets.
 warm_kafka() {
-  local secs=${BENCH_KAFKA_WARMUP:-20} topic="bench-$RUN_ID-warmup"
+  local secs=${BENCH_KAFKA_WARMUP:-$((QUICK == 1 ? 20 : 120))} topic="bench-$RUN_ID-warmup"
   [[ $secs -gt 0 ]] || return 0
   log "warming the broker up for $secs s"
   scripts/kafka.sh create-topic --dir "$KAFKA_DIR" "$topic" "$PARTITIONS" >"$WORK/kafka-warmup.log" 2>&1 ||
@@ -589,6 +591,7 @@ scenario_snapshot() {
   for v in ${STREAM_VARIANTS}; do
     if [[ $v == ref ]]; then vs+=" copy sub"; elif [[ $v == kafka || $v == none ]]; then vs+=" $v"; fi
   done
+  if has "$VARIANTS" copy && ! has "$VARIANTS" ref; then vs+=" copy"; fi
   for run in $(seq 1 "$RUNS"); do
     for v in $vs; do
       log "snapshot: $v, run $run"

@@ -428,7 +428,20 @@ void KafkaTargetWorker::OnRevoked(const std::vector<TopicPartition>& partitions)
   for (const auto& p : partitions) {
     core_.Forget(p.topic, p.partition);
     waiting_.erase({p.topic, p.partition});
+    // Its next owner starts from the target's stored position, and commits.
+    uncommitted_.erase({p.topic, p.partition});
   }
+}
+
+void KafkaTargetWorker::CommitOffsets(broker::Consumer* consumer, bool force) {
+  const int64_t now = MonotonicMicros();
+  if (uncommitted_.empty() || (!force && now - last_commit_us_ < kCommitIntervalUs)) return;
+  last_commit_us_ = now;
+  std::vector<TopicPartition> commits;
+  commits.reserve(uncommitted_.size());
+  for (const auto& [tp, next] : uncommitted_) commits.push_back({tp.first, tp.second, next});
+  uncommitted_.clear();
+  consumer->CommitAsync(commits);
 }
 
 void KafkaTargetWorker::ResumeAll(broker::Consumer* consumer) {
@@ -674,18 +687,16 @@ Status KafkaTargetWorker::Run() {
     }
     // The last offset of each partition: items come in runs of one partition,
     // so the map is touched once per run, not per message.
-    std::map<std::pair<std::string_view, int32_t>, int64_t> last;
     for (size_t i = 0; i < items.size(); ++i) {
       const Item& it = items[i];
       if (i + 1 == items.size() || items[i + 1].partition != it.partition ||
           items[i + 1].stream != it.stream) {
-        last[{it.stream, it.partition}] = it.offset;
+        uncommitted_[{std::string(it.stream), it.partition}] = it.offset + 1;
       }
     }
-    std::vector<TopicPartition> commits;
-    for (const auto& [k, off] : last) commits.push_back({std::string(k.first), k.second, off + 1});
-    consumer->CommitAsync(commits);
+    CommitOffsets(consumer.get(), false);
   }
+  CommitOffsets(consumer.get(), true);  // Close() waits for it
   metrics_->consumer_ready = 0;
   Status closed = consumer->Close();
   if (!closed.ok()) spdlog::debug("consumer: {}", closed.message());

@@ -143,6 +143,15 @@ class KafkaTargetWorker : public broker::Consumer::Listener {
   void ResumeAll(broker::Consumer* consumer);
   int64_t dlq_pending_ = 0;
   Status dlq_error_;
+  // The group's committed offsets are only a hint for Kafka's lag tools
+  // (positions live in the target): applied offsets wait here and are
+  // committed at most once per kCommitIntervalUs, and when the consumer
+  // stops. Committing after every batch sent the broker an OffsetCommit (a
+  // write to __consumer_offsets) per fetch: as many requests as the fetches.
+  static constexpr int64_t kCommitIntervalUs = 1'000'000;
+  std::map<std::pair<std::string, int32_t>, int64_t> uncommitted_;  // next offset to read
+  int64_t last_commit_us_ = 0;
+  void CommitOffsets(broker::Consumer* consumer, bool force);
 };
 
 class MemoryTargetWorker {
