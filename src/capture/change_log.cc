@@ -96,6 +96,21 @@ Result<Position> NewestRecordedPosition(pg::Connection& source, const std::strin
                   std::numeric_limits<int32_t>::max()};
 }
 
+Result<int> ProducerBackend(pg::Connection& source, const std::string& tunnel) {
+  // A two-key advisory lock shows as classid = key1, objid = key2 (as an
+  // unsigned 32-bit number), objsubid = 2.
+  DT_ASSIGN_OR_RETURN(
+      auto r, source.Query(fmt::format("SELECT pid FROM pg_catalog.pg_locks WHERE locktype = "
+                                       "'advisory' AND granted AND classid = {} AND objsubid = 2 "
+                                       "AND objid = (pg_catalog.hashtext($1)::bigint & "
+                                       "4294967295)::oid AND database = (SELECT oid FROM "
+                                       "pg_catalog.pg_database WHERE datname = "
+                                       "pg_catalog.current_database())",
+                                       kLockClass),
+                           {tunnel}));
+  return r.rows() == 0 ? 0 : static_cast<int>(r.GetInt64(0, 0));
+}
+
 Result<SourceBacklog> LoadBacklog(pg::Connection& source, const QualifiedName& table,
                                   const std::string& topic) {
   DT_ASSIGN_OR_RETURN(auto q, source.Query("SELECT published_count, change_table, "

@@ -151,6 +151,10 @@ class ChangeLog {
 // (epoch, tick, kEndOfTick, INT32_MAX).
 Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel);
 
+// The backend pid of the session holding tunnel `tunnel`'s producer lock (a
+// running producer), or 0 when none does.
+Result<int> ProducerBackend(pg::Connection& source, const std::string& tunnel);
+
 // The source's side of one table's backlog, for `datatunnel status`: what the
 // producer has published (positions, not only counters) and what waits in
 // the change table.

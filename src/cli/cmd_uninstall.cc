@@ -6,8 +6,10 @@
 #include <algorithm>
 
 #include "apply/install.h"
+#include "capture/change_log.h"
 #include "capture/install.h"
 #include "cli/common.h"
+#include "pg/catalog.h"
 
 namespace datatunnel::cli {
 namespace {
@@ -92,6 +94,27 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
     }
   }
 
+  // Never pull the state from under a running tunnel: its processes would
+  // stop with raw SQL errors, or recreate what was just removed.
+  auto target = pg::Connection::Open(to);
+  if (!target.ok()) return Fail(target.status());
+  auto producer = capture::ProducerBackend(**source, config->tunnel.name);
+  if (!producer.ok()) return Fail(producer.status());
+  auto consumers = pg::OtherSessions(**target, ApplicationName(*config));
+  if (!consumers.ok()) return Fail(consumers.status());
+  if (*producer != 0 || !consumers->empty()) {
+    std::string who;
+    if (*producer != 0)
+      who = fmt::format("its producer holds the lock (source backend {})", *producer);
+    if (!consumers->empty()) {
+      who += fmt::format("{}sessions of it are connected to the target (backends {})",
+                         who.empty() ? "" : "; ", fmt::join(*consumers, ", "));
+    }
+    return Fail(Status::BadConfig(fmt::format(
+        "tunnel \"{}\" is running: {}; stop its run/produce/consume processes first, then "
+        "uninstall (nothing was changed)",
+        config->tunnel.name, who)));
+  }
   auto src = capture::Uninstall(**source, sources);
   if (!src.ok()) return Fail(src.status().WithContext("uninstall on the source"));
   for (const auto& a : *src) fmt::print("source: {}\n", a);
@@ -103,8 +126,6 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
           s.source.ToString());
     }
   }
-  auto target = pg::Connection::Open(to);
-  if (!target.ok()) return Fail(target.status());
   auto tgt = apply::Uninstall(**target, targets);
   if (!tgt.ok()) return Fail(tgt.status().WithContext("uninstall on the target"));
   for (const auto& a : *tgt) fmt::print("target: {}\n", a);

@@ -102,11 +102,13 @@ Result<Config> LoadConfig(const Globals& g) {
   return config;
 }
 
+std::string ApplicationName(const Config& c) { return "datatunnel:" + c.tunnel.name; }
+
 pg::ConnectOptions SourceOptions(const Config& c) {
   pg::ConnectOptions o;
   o.dsn = c.source.dsn;
   o.role = "source";
-  o.application_name = "datatunnel";
+  o.application_name = ApplicationName(c);
   return o;
 }
 
@@ -114,7 +116,7 @@ pg::ConnectOptions TargetOptions(const Config& c) {
   pg::ConnectOptions o;
   o.dsn = c.target.dsn;
   o.role = "target";
-  o.application_name = "datatunnel";
+  o.application_name = ApplicationName(c);
   return o;
 }
 

@@ -39,6 +39,8 @@ void AddGlobalOptions(CLI::App& app, Globals* g);
 void SetupLogging(const Globals& g);
 // Loads the configuration with the globals applied.
 Result<Config> LoadConfig(const Globals& g);
+// The application_name of the tunnel's database sessions: "datatunnel:<name>".
+std::string ApplicationName(const Config& c);
 pg::ConnectOptions SourceOptions(const Config& c);
 pg::ConnectOptions TargetOptions(const Config& c);
 // Fills in the passwords from password files; kBadConfig when unreadable.

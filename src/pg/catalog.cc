@@ -103,4 +103,15 @@ std::vector<Column> ToColumns(const std::vector<CatalogColumn>& cols) {
   return out;
 }
 
+Result<std::vector<int>> OtherSessions(Connection& conn, const std::string& application_name) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, conn.Query("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = "
+                         "pg_catalog.current_database() AND application_name = $1 AND pid <> "
+                         "pg_catalog.pg_backend_pid() ORDER BY pid",
+                         {application_name}));
+  std::vector<int> out;
+  for (int i = 0; i < r.rows(); ++i) out.push_back(static_cast<int>(r.GetInt64(i, 0)));
+  return out;
+}
+
 }  // namespace datatunnel::pg

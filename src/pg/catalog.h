@@ -40,6 +40,10 @@ Result<std::vector<size_t>> ResolveKey(const TableInfo& info, const QualifiedNam
 // server's start time and the database's oid; readable by any role).
 Result<std::string> DatabaseIdentity(Connection& conn);
 
+// Backend pids of other sessions of this database whose application_name is
+// `application_name` (not the caller's own session).
+Result<std::vector<int>> OtherSessions(Connection& conn, const std::string& application_name);
+
 // Builds a TableSpec's column list from catalog columns.
 std::vector<Column> ToColumns(const std::vector<CatalogColumn>& cols);
 

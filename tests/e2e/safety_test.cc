@@ -141,5 +141,22 @@ TEST_F(SafetyTest, DroppingAChangeTableByHandIsRefused) {
             0);
 }
 
+// uninstall while the tunnel runs is refused (it used to pull the state from
+// under the running process, which died with a raw SQL error); once stopped,
+// it goes ahead.
+TEST_F(SafetyTest, UninstallWhileTheTunnelRunsIsRefused) {
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run"});
+  ExpectInSync();
+  ExpectOneLineError(Dt({"uninstall", "--yes"}), 2, "is running: its producer holds the lock");
+  // Nothing was removed and the tunnel goes on.
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('after')");
+  ExpectInSync();
+  EXPECT_TRUE(run->Running()) << run->Stderr();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+  auto r = Dt({"uninstall", "--yes"});
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
 }  // namespace
 }  // namespace datatunnel
