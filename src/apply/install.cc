@@ -177,6 +177,33 @@ std::string KeyIndexName(const TableSpec& t) {
   return name;
 }
 
+}  // namespace
+
+std::string TargetTableDdl(const TableSpec& src) {
+  std::string cols;
+  for (const auto& c : src.columns) {
+    cols += fmt::format("{}\n  {} {}{}", cols.empty() ? "" : ",", QuoteIdent(c.name), c.type_sql,
+                        c.not_null ? " NOT NULL" : "");
+  }
+  return fmt::format("CREATE TABLE {} ({}\n)", src.target.Quoted(), cols);
+}
+
+std::string KeyIndexDdl(const TableSpec& src) {
+  std::string cols;
+  for (size_t k : src.key) cols += (cols.empty() ? "" : ", ") + QuoteIdent(src.columns[k].name);
+  return fmt::format("CREATE UNIQUE INDEX {} ON {} ({})", QuoteIdent(KeyIndexName(src)),
+                     src.target.Quoted(), cols);
+}
+
+std::string TruncateTriggerDdl(const TableSpec& src) {
+  return fmt::format(
+      "CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION "
+      "datatunnel.on_target_truncate()",
+      kTruncateTrigger, src.target.Quoted());
+}
+
+namespace {
+
 // The length or precision in "character varying(20)" / "numeric(10,2)":
 // {20} / {10, 2}; empty when unconstrained.
 std::vector<int> TypeModifiers(const std::string& type_sql) {
@@ -450,12 +477,7 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
           !st.ok()) {
         return fail(st);
       }
-      std::string cols;
-      for (const auto& c : src.columns) {
-        cols += fmt::format("{}\n  {} {}{}", cols.empty() ? "" : ",", QuoteIdent(c.name),
-                            c.type_sql, c.not_null ? " NOT NULL" : "");
-      }
-      Status st = target.Exec(fmt::format("CREATE TABLE {} ({}\n)", src.target.Quoted(), cols));
+      Status st = target.Exec(TargetTableDdl(src));
       if (!st.ok()) {
         return fail(st.WithContext(fmt::format(
             "creating target table {} from the source's columns (if a type is missing on the "
@@ -509,9 +531,7 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
         actions.push_back(fmt::format("dropped {} (an earlier key's: {})", index.ToString(),
                                       old_index->Get(0, 0)));
       }
-      Status st =
-          target.Exec(fmt::format("CREATE UNIQUE INDEX {} ON {} ({})",
-                                  QuoteIdent(KeyIndexName(src)), src.target.Quoted(), cols));
+      Status st = target.Exec(KeyIndexDdl(src));
       if (!st.ok()) {
         return fail(st.WithContext(fmt::format(
             "creating a unique index on the key of target table {} (if it holds duplicate keys, "
@@ -527,10 +547,7 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
                              {src.target.Quoted()});
     if (!trig.ok()) return fail(trig.status());
     if (trig->rows() == 0) {
-      Status st = target.Exec(
-          fmt::format("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION "
-                      "datatunnel.on_target_truncate()",
-                      kTruncateTrigger, src.target.Quoted()));
+      Status st = target.Exec(TruncateTriggerDdl(src));
       if (!st.ok()) return fail(st.WithContext("creating the TRUNCATE trigger of " + name));
       actions.push_back(
           fmt::format("created trigger {} on {} (notices a TRUNCATE outside the tunnel)",

@@ -36,6 +36,13 @@ inline constexpr const char* kPositionMovedSqlState = "DT001";
 
 std::string TargetStateDdl();
 
+// The statements Install() runs for target table `src` when it lacks them:
+// the table itself (the source's column names and types), the unique index
+// on the key, and the TRUNCATE trigger. For `init --print-sql` too.
+std::string TargetTableDdl(const TableSpec& src);
+std::string KeyIndexDdl(const TableSpec& src);
+std::string TruncateTriggerDdl(const TableSpec& src);
+
 // Creates the state objects and, for each table, the target table (with the
 // source's column names and types) and a unique index on the key. Idempotent.
 // `sources`: the source-side specs (columns and key from the source catalog).

@@ -320,8 +320,7 @@ Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
   if (!has_guard.ok()) return fail(has_guard.status());
   if (has_guard->rows() == 0) {
     if (Status st = source.Exec("SAVEPOINT drop_guard"); !st.ok()) return fail(st);
-    Status st = source.Exec(
-        "CREATE EVENT TRIGGER datatunnel_drop ON sql_drop EXECUTE FUNCTION datatunnel.on_drop()");
+    Status st = source.Exec(kDropGuardDdl);
     if (st.ok()) {
       report.actions.push_back(
           "created event trigger datatunnel_drop (refuses to drop a change table by hand)");
@@ -337,9 +336,7 @@ Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
   if (!has_et.ok()) return fail(has_et.status());
   if (has_et->rows() == 0) {
     if (Status st = source.Exec("SAVEPOINT event_trigger"); !st.ok()) return fail(st);
-    Status st = source.Exec(
-        "CREATE EVENT TRIGGER datatunnel_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
-        "EXECUTE FUNCTION datatunnel.on_ddl()");
+    Status st = source.Exec(kDdlTriggerDdl);
     if (st.ok()) {
       report.actions.push_back(
           "created event trigger datatunnel_ddl (keeps capture in step with ALTER TABLE)");

@@ -109,6 +109,14 @@ Result<std::vector<std::string>> Leftovers(pg::Connection& source);
 
 // The SQL that creates the state schema and the capture functions.
 std::string StateSchemaDdl();
+// The event triggers Install() creates when the role may (a superuser):
+// datatunnel_drop (refuses to drop a change table by hand) and
+// datatunnel_ddl (keeps capture in step with ALTER TABLE).
+inline constexpr const char* kDropGuardDdl =
+    "CREATE EVENT TRIGGER datatunnel_drop ON sql_drop EXECUTE FUNCTION datatunnel.on_drop()";
+inline constexpr const char* kDdlTriggerDdl =
+    "CREATE EVENT TRIGGER datatunnel_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
+    "EXECUTE FUNCTION datatunnel.on_ddl()";
 
 struct InstallReport {
   std::vector<std::string> actions;   // one line per action taken

@@ -34,13 +34,23 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (!specs.ok()) return Fail(specs.status());
   for (const auto& w : warnings) Warn(w);
   if (o.print_sql) {
+    // The DDL init runs, for review: init itself also records the tables and
+    // the tunnel in the state tables, and skips what exists already.
     fmt::print("-- source ({})\n{}\n", (*source)->description(), capture::StateSchemaDdl());
     for (const auto& s : *specs) {
       std::string key;
       for (size_t k : s.key) key += (key.empty() ? "" : ",") + s.columns[k].name;
       fmt::print("SELECT datatunnel.install_capture('{}', '{{{}}}');\n", s.source.Quoted(), key);
     }
+    fmt::print("-- event triggers (need a superuser; init goes on without them)\n{};\n{};\n",
+               capture::kDropGuardDdl, capture::kDdlTriggerDdl);
     fmt::print("-- target ({})\n{}\n", (*target)->description(), apply::TargetStateDdl());
+    for (const auto& s : *specs) {
+      fmt::print("-- target table {} (each statement only where it is missing)\n",
+                 s.target.ToString());
+      fmt::print("CREATE SCHEMA IF NOT EXISTS {};\n{};\n{};\n{};\n", QuoteIdent(s.target.schema),
+                 apply::TargetTableDdl(s), apply::KeyIndexDdl(s), apply::TruncateTriggerDdl(s));
+    }
     return kExitOk;
   }
   // Check everything that can be checked before changing anything, so a

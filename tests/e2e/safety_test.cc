@@ -158,5 +158,34 @@ TEST_F(SafetyTest, UninstallWhileTheTunnelRunsIsRefused) {
   EXPECT_EQ(r.code, 0) << r.err;
 }
 
+// init --print-sql shows every piece of DDL init runs (it used to omit the
+// event triggers and everything on the target but the state schema), and
+// changes nothing.
+TEST_F(SafetyTest, PrintSqlShowsAllTheDdlAndChangesNothing) {
+  TargetCluster().Exec(tgt_, "DROP TABLE employees");
+  auto r = Dt({"init", "--print-sql"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* want : {
+           "CREATE SCHEMA IF NOT EXISTS datatunnel",
+           "datatunnel.install_capture('\"public\".\"employees\"', '{emp_id}')",
+           "CREATE EVENT TRIGGER datatunnel_drop",
+           "CREATE EVENT TRIGGER datatunnel_ddl",
+           "CREATE TABLE \"public\".\"employees\" (",
+           "CREATE UNIQUE INDEX \"employees_datatunnel_key\" ON \"public\".\"employees\" "
+           "(\"emp_id\")",
+           "CREATE TRIGGER datatunnel_target_truncate AFTER TRUNCATE ON "
+           "\"public\".\"employees\"",
+       }) {
+    EXPECT_TRUE(Contains(r.out, want)) << want << "\n" << r.out;
+  }
+  EXPECT_EQ(
+      SourceCluster().Count(src_, "SELECT count(*) FROM pg_namespace WHERE nspname = 'datatunnel'"),
+      0);
+  EXPECT_EQ(TargetCluster().Count(tgt_,
+                                  "SELECT count(*) FROM pg_class WHERE relname = "
+                                  "'employees'"),
+            0);
+}
+
 }  // namespace
 }  // namespace datatunnel
