@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <sstream>
 
@@ -38,6 +39,71 @@ int Capture(const std::string& cmd, std::string* out) {
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
+}
+
+struct RdKafkaDeleter {
+  void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
+};
+using RdKafkaPtr = std::unique_ptr<rd_kafka_t, RdKafkaDeleter>;
+
+// A client of `bootstrap`; a producer counts failed deliveries in `*failed`.
+RdKafkaPtr NewClient(rd_kafka_type_t type, const std::string& bootstrap,
+                     const std::vector<std::pair<std::string, std::string>>& settings,
+                     std::atomic<int64_t>* failed = nullptr) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  if (failed != nullptr) {
+    rd_kafka_conf_set_opaque(conf, failed);
+    rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+      if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) ++*static_cast<std::atomic<int64_t>*>(opaque);
+    });
+  }
+  if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err) !=
+      RD_KAFKA_CONF_OK) {
+    ADD_FAILURE() << err;
+  }
+  for (const auto& [k, v] : settings) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      ADD_FAILURE() << k << ": " << err;
+    }
+  }
+  rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    ADD_FAILURE() << "rd_kafka_new: " << err;
+  }
+  return RdKafkaPtr(rk);
+}
+
+using TopicResults = const rd_kafka_topic_result_t** (*)(rd_kafka_event_t*, size_t*);
+
+// One topic admin request at `bootstrap`: `send` enqueues it on the queue it
+// is given, `results` reads the per-topic results of its answer. Returns the
+// brokers' error ("" on success).
+std::string TopicAdmin(const std::string& bootstrap,
+                       const std::function<void(rd_kafka_t*, rd_kafka_queue_t*)>& send,
+                       TopicResults results) {
+  RdKafkaPtr rk = NewClient(RD_KAFKA_PRODUCER, bootstrap, {});
+  if (!rk) return "no admin client";
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk.get());
+  send(rk.get(), q);
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, static_cast<int>(30000 * TimeoutMultiplier()));
+  std::string problem = ev == nullptr ? "no answer within 30 s" : "";
+  if (ev != nullptr) {
+    if (rd_kafka_event_error(ev)) {
+      problem = rd_kafka_event_error_string(ev);
+    } else {
+      size_t n = 0;
+      const rd_kafka_topic_result_t** res = results(ev, &n);
+      for (size_t i = 0; i < n; ++i) {
+        if (rd_kafka_topic_result_error(res[i]))
+          problem = rd_kafka_topic_result_error_string(res[i]);
+      }
+    }
+    rd_kafka_event_destroy(ev);
+  }
+  rd_kafka_queue_destroy(q);
+  return problem;
 }
 
 }  // namespace
@@ -106,72 +172,29 @@ std::string KafkaCluster::TryCreateTopic(
     const std::string& topic, int partitions,
     const std::vector<std::pair<std::string, std::string>>& configs) {
   char err[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-  if (rk == nullptr) return err;
   rd_kafka_NewTopic_t* nt =
       rd_kafka_NewTopic_new(topic.c_str(), partitions, nodes_ >= 3 ? 3 : nodes_, err, sizeof err);
-  if (nt == nullptr) {
-    rd_kafka_destroy(rk);
-    return err;
-  }
+  if (nt == nullptr) return err;
   for (const auto& [k, v] : configs) rd_kafka_NewTopic_set_config(nt, k.c_str(), v.c_str());
-  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
-  rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
-  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, static_cast<int>(30000 * TimeoutMultiplier()));
-  std::string problem = ev == nullptr ? "no answer within 30 s" : "";
-  if (ev != nullptr) {
-    if (rd_kafka_event_error(ev)) {
-      problem = rd_kafka_event_error_string(ev);
-    } else {
-      size_t n = 0;
-      const rd_kafka_topic_result_t** res =
-          rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-      for (size_t i = 0; i < n; ++i) {
-        if (rd_kafka_topic_result_error(res[i]))
-          problem = rd_kafka_topic_result_error_string(res[i]);
-      }
-    }
-    rd_kafka_event_destroy(ev);
-  }
+  std::string problem = TopicAdmin(
+      bootstrap_,
+      [&](rd_kafka_t* rk, rd_kafka_queue_t* q) { rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q); },
+      [](rd_kafka_event_t* ev, size_t* n) {
+        return rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), n);
+      });
   rd_kafka_NewTopic_destroy(nt);
-  rd_kafka_queue_destroy(q);
-  rd_kafka_destroy(rk);
   return problem;
 }
 
 bool KafkaCluster::DeleteTopic(const std::string& topic) {
-  char err[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-  if (rk == nullptr) {
-    ADD_FAILURE() << err;
-    return false;
-  }
   rd_kafka_DeleteTopic_t* dt = rd_kafka_DeleteTopic_new(topic.c_str());
-  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
-  rd_kafka_DeleteTopics(rk, &dt, 1, nullptr, q);
-  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, static_cast<int>(30000 * TimeoutMultiplier()));
-  std::string problem = ev == nullptr ? "no answer within 30 s" : "";
-  if (ev != nullptr) {
-    if (rd_kafka_event_error(ev)) {
-      problem = rd_kafka_event_error_string(ev);
-    } else {
-      size_t n = 0;
-      const rd_kafka_topic_result_t** res =
-          rd_kafka_DeleteTopics_result_topics(rd_kafka_event_DeleteTopics_result(ev), &n);
-      for (size_t i = 0; i < n; ++i) {
-        if (rd_kafka_topic_result_error(res[i]))
-          problem = rd_kafka_topic_result_error_string(res[i]);
-      }
-    }
-    rd_kafka_event_destroy(ev);
-  }
+  std::string problem = TopicAdmin(
+      bootstrap_,
+      [&](rd_kafka_t* rk, rd_kafka_queue_t* q) { rd_kafka_DeleteTopics(rk, &dt, 1, nullptr, q); },
+      [](rd_kafka_event_t* ev, size_t* n) {
+        return rd_kafka_DeleteTopics_result_topics(rd_kafka_event_DeleteTopics_result(ev), n);
+      });
   rd_kafka_DeleteTopic_destroy(dt);
-  rd_kafka_queue_destroy(q);
-  rd_kafka_destroy(rk);
   if (!problem.empty()) ADD_FAILURE() << "deleting topic " << topic << ": " << problem;
   return problem.empty();
 }
@@ -210,48 +233,6 @@ KafkaCluster& SharedKafka() {
 }
 
 std::string TestTopicPrefix() { return UniqueName("dt") + "_" + std::to_string(time(nullptr)); }
-
-}  // namespace datatunnel::testing
-
-namespace datatunnel::testing {
-
-namespace {
-
-struct RdKafkaDeleter {
-  void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
-};
-using RdKafkaPtr = std::unique_ptr<rd_kafka_t, RdKafkaDeleter>;
-
-// A client of `bootstrap`; a producer counts failed deliveries in `*failed`.
-RdKafkaPtr NewClient(rd_kafka_type_t type, const std::string& bootstrap,
-                     const std::vector<std::pair<std::string, std::string>>& settings,
-                     std::atomic<int64_t>* failed = nullptr) {
-  char err[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  if (failed != nullptr) {
-    rd_kafka_conf_set_opaque(conf, failed);
-    rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
-      if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) ++*static_cast<std::atomic<int64_t>*>(opaque);
-    });
-  }
-  if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err) !=
-      RD_KAFKA_CONF_OK) {
-    ADD_FAILURE() << err;
-  }
-  for (const auto& [k, v] : settings) {
-    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-      ADD_FAILURE() << k << ": " << err;
-    }
-  }
-  rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
-  if (rk == nullptr) {
-    rd_kafka_conf_destroy(conf);
-    ADD_FAILURE() << "rd_kafka_new: " << err;
-  }
-  return RdKafkaPtr(rk);
-}
-
-}  // namespace
 
 int64_t CopyTopic(const std::string& from, const std::string& to, const std::string& topic,
                   int partitions) {
