@@ -299,6 +299,26 @@ Result<std::string> LoadInstallId(pg::Connection& source) {
 
 std::string StateSchemaDdl() { return kCaptureInstallSql; }
 
+namespace {
+
+enum class Created { kBefore, kNow, kRefused };
+
+// Creates event trigger `name` with `ddl` unless it exists, inside the open
+// transaction: kRefused (the transaction goes on) when the role may not.
+Result<Created> CreateEventTriggerIfMissing(pg::Connection& source, const std::string& name,
+                                            const char* ddl) {
+  DT_ASSIGN_OR_RETURN(
+      auto has,
+      source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1", {name}));
+  if (has.rows() > 0) return Created::kBefore;
+  DT_RETURN_IF_ERROR(source.Exec("SAVEPOINT event_trigger"));
+  if (source.Exec(ddl).ok()) return Created::kNow;
+  DT_RETURN_IF_ERROR(source.Exec("ROLLBACK TO SAVEPOINT event_trigger"));
+  return Created::kRefused;
+}
+
+}  // namespace
+
 Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
                               const std::vector<TableSpec>& tables) {
   InstallReport report;
@@ -313,41 +333,26 @@ Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
   if (Status st = source.Exec(kCaptureInstallSql); !st.ok()) return fail(st);
   if (had_schema->rows() == 0) report.actions.push_back("created schema datatunnel (state tables)");
 
-  // The drop guard needs a superuser too; without it a change table dropped
-  // by hand makes the capture trigger fail (its message names the table).
-  auto has_guard =
-      source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'datatunnel_drop'");
-  if (!has_guard.ok()) return fail(has_guard.status());
-  if (has_guard->rows() == 0) {
-    if (Status st = source.Exec("SAVEPOINT drop_guard"); !st.ok()) return fail(st);
-    Status st = source.Exec(kDropGuardDdl);
-    if (st.ok()) {
-      report.actions.push_back(
-          "created event trigger datatunnel_drop (refuses to drop a change table by hand)");
-    } else if (Status rb = source.Exec("ROLLBACK TO SAVEPOINT drop_guard"); !rb.ok()) {
-      return fail(rb);
-    }
+  // Both event triggers need a superuser (or rds_superuser); without them
+  // the tunnel still works. Without the drop guard a change table dropped by
+  // hand makes the capture trigger fail (its message names the table);
+  // without the DDL trigger a schema change needs `datatunnel init`.
+  auto guard = CreateEventTriggerIfMissing(source, "datatunnel_drop", kDropGuardDdl);
+  if (!guard.ok()) return fail(guard.status());
+  if (*guard == Created::kNow) {
+    report.actions.push_back(
+        "created event trigger datatunnel_drop (refuses to drop a change table by hand)");
   }
-
-  // The event trigger needs a superuser (or rds_superuser); without it the
-  // tunnel still works, but a schema change needs `datatunnel init`.
-  auto has_et =
-      source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'datatunnel_ddl'");
-  if (!has_et.ok()) return fail(has_et.status());
-  if (has_et->rows() == 0) {
-    if (Status st = source.Exec("SAVEPOINT event_trigger"); !st.ok()) return fail(st);
-    Status st = source.Exec(kDdlTriggerDdl);
-    if (st.ok()) {
-      report.actions.push_back(
-          "created event trigger datatunnel_ddl (keeps capture in step with ALTER TABLE)");
-    } else {
-      if (Status rb = source.Exec("ROLLBACK TO SAVEPOINT event_trigger"); !rb.ok()) return fail(rb);
-      report.warnings.push_back(
-          "could not create the event trigger datatunnel_ddl (it needs a superuser): after every "
-          "ALTER TABLE of a captured table, run `datatunnel init`; until then a dropped column "
-          "makes "
-          "writes to that table fail");
-    }
+  auto ddl = CreateEventTriggerIfMissing(source, "datatunnel_ddl", kDdlTriggerDdl);
+  if (!ddl.ok()) return fail(ddl.status());
+  if (*ddl == Created::kNow) {
+    report.actions.push_back(
+        "created event trigger datatunnel_ddl (keeps capture in step with ALTER TABLE)");
+  } else if (*ddl == Created::kRefused) {
+    report.warnings.push_back(
+        "could not create the event trigger datatunnel_ddl (it needs a superuser): after every "
+        "ALTER TABLE of a captured table, run `datatunnel init`; until then a dropped column "
+        "makes writes to that table fail");
   }
 
   // Tunnels: a table belongs to one tunnel. State of an earlier version
