@@ -33,6 +33,7 @@ namespace datatunnel {
 namespace {
 
 using testing::Contains;
+using testing::ErrorLines;
 using testing::Lines;
 using testing::SourceCluster;
 using testing::Subprocess;
@@ -44,15 +45,6 @@ constexpr int kPartitions = 4;  // the test cluster's (and dev broker's) default
 // The partition the producer gives emp_id `id`.
 int PartitionOf(int64_t id) {
   return broker::KeyPartition(fmt::format("{{\"emp_id\":{}}}", id), kPartitions);
-}
-
-// The lines of `err` that are errors ("datatunnel: error: ...").
-std::vector<std::string> ErrorLines(const std::string& err) {
-  std::vector<std::string> out;
-  for (const auto& l : Lines(err)) {
-    if (l.rfind("datatunnel: error: ", 0) == 0) out.push_back(l);
-  }
-  return out;
 }
 
 class GapTest : public testing::TunnelFixture {

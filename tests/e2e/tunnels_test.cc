@@ -61,6 +61,18 @@ brokers = "{}"
                                        rest);
     return path;
   }
+  // Two independent pairs of databases, srcj -> tgtj and srck -> tgtk, each
+  // with an empty table shop.customers.
+  struct TwoPairs {
+    std::string srcj, srck, tgtj, tgtk;
+  };
+  TwoPairs CreateTwoPairs() {
+    TwoPairs p{SourceCluster().CreateDatabase("srcj"), SourceCluster().CreateDatabase("srck"),
+               TargetCluster().CreateDatabase("tgtj"), TargetCluster().CreateDatabase("tgtk")};
+    for (const auto& db : {p.srcj, p.srck}) SourceCluster().Exec(db, kCustomersDdl);
+    for (const auto& db : {p.tgtj, p.tgtk}) TargetCluster().Exec(db, kCustomersDdl);
+    return p;
+  }
   RunResult Dt(const std::string& config, std::vector<std::string> rest, double seconds = 60) {
     std::vector<std::string> a = {testing::BinaryPath(), "-c", config};
     a.insert(a.end(), rest.begin(), rest.end());
@@ -90,12 +102,7 @@ brokers = "{}"
 // datatunnel.shop.customers and group datatunnel, and each target got a mix.
 TEST_F(TunnelsTest, TwoTunnelsOnOneKafkaClusterStayApart) {
   const std::string brokers = testing::SharedKafka().bootstrap();
-  const std::string srcj = SourceCluster().CreateDatabase("srcj"),
-                    srck = SourceCluster().CreateDatabase("srck"),
-                    tgtj = TargetCluster().CreateDatabase("tgtj"),
-                    tgtk = TargetCluster().CreateDatabase("tgtk");
-  for (const auto& db : {srcj, srck}) SourceCluster().Exec(db, kCustomersDdl);
-  for (const auto& db : {tgtj, tgtk}) TargetCluster().Exec(db, kCustomersDdl);
+  const auto [srcj, srck, tgtj, tgtk] = CreateTwoPairs();
   SourceCluster().Exec(
       srcj, "INSERT INTO shop.customers SELECT i, 'j' || i FROM generate_series(1, 10) i");
   SourceCluster().Exec(
@@ -183,12 +190,7 @@ TEST_F(TunnelsTest, TwoConfigsSplittingOneSourceDatabaseBothSync) {
 // one line naming the tunnel and topic and the fix.
 TEST_F(TunnelsTest, AConsumerOfAnotherTunnelsTopicStopsBeforeApplying) {
   const std::string brokers = testing::SharedKafka().bootstrap();
-  const std::string srcj = SourceCluster().CreateDatabase("srcj"),
-                    srck = SourceCluster().CreateDatabase("srck"),
-                    tgtj = TargetCluster().CreateDatabase("tgtj"),
-                    tgtk = TargetCluster().CreateDatabase("tgtk");
-  for (const auto& db : {srcj, srck}) SourceCluster().Exec(db, kCustomersDdl);
-  for (const auto& db : {tgtj, tgtk}) TargetCluster().Exec(db, kCustomersDdl);
+  const auto [srcj, srck, tgtj, tgtk] = CreateTwoPairs();
   const std::string cj = WriteConfig("j/datatunnel.toml", srcj, tgtj, brokers, kCustomersTable);
   ASSERT_EQ(Dt(cj, {"init"}).code, 0);
   auto produce = Start(cj, {"produce"});
@@ -215,12 +217,7 @@ TEST_F(TunnelsTest, AConsumerOfAnotherTunnelsTopicStopsBeforeApplying) {
     ASSERT_EQ(init.code, 0) << init.out << init.err;
     auto r = Dt(ck, {"consume"}, 90);
     EXPECT_EQ(r.code, 2) << r.err;
-    std::vector<std::string> errors;
-    size_t at = 0;
-    while ((at = r.err.find("datatunnel: error: ", at)) != std::string::npos) {
-      errors.push_back(r.err.substr(at, r.err.find('\n', at) - at));
-      ++at;
-    }
+    const std::vector<std::string> errors = testing::ErrorLines(r.err);
     ASSERT_EQ(errors.size(), 1u) << r.err;
     EXPECT_TRUE(Contains(errors[0], c.expect)) << errors[0];
     EXPECT_TRUE(Contains(errors[0], topic)) << errors[0];

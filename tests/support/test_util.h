@@ -47,4 +47,15 @@ inline std::vector<std::string> Lines(const std::string& text) {
   return out;
 }
 
+// The error lines of a tunnel process's stderr (from "datatunnel: error: "
+// to the end of its line).
+inline std::vector<std::string> ErrorLines(const std::string& err) {
+  std::vector<std::string> out;
+  for (const auto& l : Lines(err)) {
+    const size_t at = l.find("datatunnel: error: ");
+    if (at != std::string::npos) out.push_back(l.substr(at));
+  }
+  return out;
+}
+
 }  // namespace datatunnel::testing
