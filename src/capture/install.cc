@@ -196,31 +196,21 @@ Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source,
                    "attisdropped)"));
   if (!state.GetBool(0, 0)) return out;
   // State of an earlier version has no tunnel names: all of it is anybody's.
-  const bool named = state.GetBool(0, 1) && !tunnel.empty();
+  // One row per key column, in key order.
   DT_ASSIGN_OR_RETURN(
-      auto r, named ? source.Query("SELECT schema_name, table_name, change_table, "
-                                   "coalesce(tunnel, '') FROM datatunnel.tables WHERE "
-                                   "coalesce(tunnel, '') IN ($1, '') ORDER BY 1, 2",
-                                   {tunnel})
-              : state.GetBool(0, 1)
-                  ? source.Query("SELECT schema_name, table_name, change_table, "
-                                 "coalesce(tunnel, '') FROM datatunnel.tables ORDER BY 1, 2")
-                  : source.Query("SELECT schema_name, table_name, change_table, '' "
-                                 "FROM datatunnel.tables ORDER BY 1, 2"));
+      auto r, source.Query(fmt::format("SELECT schema_name, table_name, change_table, {}, u.k "
+                                       "FROM datatunnel.tables t LEFT JOIN LATERAL "
+                                       "unnest(t.key_columns) WITH ORDINALITY AS u(k, n) ON true "
+                                       "ORDER BY 1, 2, u.n",
+                                       state.GetBool(0, 1) ? "coalesce(t.tunnel, '')" : "''")));
   for (int i = 0; i < r.rows(); ++i) {
-    CapturedTable c;
-    c.source = {std::string(r.Get(i, 0)), std::string(r.Get(i, 1))};
-    c.change_table = {c.source.schema, std::string(r.Get(i, 2))};
-    c.tunnel = std::string(r.Get(i, 3));
-    out.push_back(std::move(c));
-  }
-  for (auto& c : out) {
-    DT_ASSIGN_OR_RETURN(auto k, source.Query("SELECT k FROM datatunnel.tables t, "
-                                             "unnest(t.key_columns) WITH ORDINALITY AS u(k, n) "
-                                             "WHERE schema_name = $1 AND table_name = $2 "
-                                             "ORDER BY n",
-                                             {c.source.schema, c.source.name}));
-    for (int i = 0; i < k.rows(); ++i) c.key.emplace_back(k.Get(i, 0));
+    const QualifiedName name{std::string(r.Get(i, 0)), std::string(r.Get(i, 1))};
+    if (out.empty() || out.back().source != name) {
+      const std::string owner(r.Get(i, 3));
+      if (!tunnel.empty() && !owner.empty() && owner != tunnel) continue;
+      out.push_back({name, {name.schema, std::string(r.Get(i, 2))}, {}, owner});
+    }
+    if (!r.IsNull(i, 4)) out.back().key.emplace_back(r.Get(i, 4));
   }
   return out;
 }
