@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include <fmt/format.h>
+#include <libpq-fe.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
@@ -84,63 +85,24 @@ std::string DefaultTopic(const std::string& prefix, const QualifiedName& source)
   return topic;
 }
 
-// The database a libpq DSN names: the path of a postgresql:// URI (percent-
-// decoded) or the dbname= of a key=value string; "" when it names none.
-std::string DsnDatabase(const std::string& dsn) {
-  auto decode = [](std::string_view in) {
-    std::string out;
-    for (size_t i = 0; i < in.size(); ++i) {
-      if (in[i] == '%' && i + 2 < in.size() &&
-          std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
-          std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
-        out += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
-        i += 2;
-      } else {
-        out += in[i];
-      }
-    }
-    return out;
-  };
-  for (const char* scheme : {"postgresql://", "postgres://"}) {
-    if (dsn.rfind(scheme, 0) != 0) continue;
-    std::string_view rest(dsn);
-    rest.remove_prefix(std::strlen(scheme));
-    const size_t slash = rest.find('/');
-    if (slash == std::string_view::npos) break;
-    std::string_view path = rest.substr(slash + 1);
-    path = path.substr(0, path.find('?'));
-    std::string db = decode(path);
-    if (!db.empty()) return db;
-    // postgresql://host/?dbname=x
-    const size_t q = rest.find("dbname=");
-    if (q == std::string_view::npos) return "";
-    std::string_view v = rest.substr(q + 7);
-    return decode(v.substr(0, v.find('&')));
+// The database a libpq DSN (a URI or key=value pairs) names, as libpq
+// itself parses it: "" when it names none, or when libpq cannot parse it
+// (then *error says why).
+std::string DsnDatabase(const std::string& dsn, std::string* error) {
+  char* err = nullptr;
+  PQconninfoOption* options = PQconninfoParse(dsn.c_str(), &err);
+  if (options == nullptr) {
+    *error = err != nullptr ? err : "out of memory";
+    while (!error->empty() && error->back() == '\n') error->pop_back();
+    PQfreemem(err);
+    return "";
   }
-  if (dsn.find("://") != std::string::npos) return "";
-  // key=value pairs; values may be single-quoted.
-  size_t i = 0;
-  while (i < dsn.size()) {
-    while (i < dsn.size() && std::isspace(static_cast<unsigned char>(dsn[i]))) ++i;
-    const size_t eq = dsn.find('=', i);
-    if (eq == std::string::npos) break;
-    std::string key = dsn.substr(i, eq - i);
-    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.pop_back();
-    i = eq + 1;
-    while (i < dsn.size() && std::isspace(static_cast<unsigned char>(dsn[i]))) ++i;
-    std::string value;
-    if (i < dsn.size() && dsn[i] == '\'') {
-      for (++i; i < dsn.size() && dsn[i] != '\''; ++i) {
-        if (dsn[i] == '\\' && i + 1 < dsn.size()) ++i;
-        value += dsn[i];
-      }
-      ++i;
-    } else {
-      while (i < dsn.size() && !std::isspace(static_cast<unsigned char>(dsn[i]))) value += dsn[i++];
-    }
-    if (key == "dbname") return value;
+  std::string db;
+  for (const PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (std::strcmp(o->keyword, "dbname") == 0 && o->val != nullptr) db = o->val;
   }
-  return "";
+  PQconninfoFree(options);
+  return db;
 }
 
 std::string SanitizeName(std::string s) {
@@ -495,6 +457,12 @@ Status Validate(Config* c) {
     c->tunnel.name = DefaultTunnelName(c->source.dsn, c->file);
     c->tunnel.name_is_default = true;
     if (!ValidTunnelName(c->tunnel.name)) {
+      std::string error;
+      DsnDatabase(c->source.dsn, &error);
+      if (!error.empty()) {
+        return Status::BadConfig(
+            fmt::format("source.dsn cannot be parsed: {}; fix [source] dsn", error));
+      }
       return Status::BadConfig(
           "cannot derive a tunnel name: source.dsn names no database; set [tunnel] name = "
           "\"...\" (1 to 63 of a-z A-Z 0-9 _ -)");
@@ -611,7 +579,8 @@ bool ValidTunnelName(const std::string& name) {
 }
 
 std::string DefaultTunnelName(const std::string& dsn, const std::string& file) {
-  std::string db = DsnDatabase(dsn);
+  std::string error;
+  std::string db = DsnDatabase(dsn, &error);
   if (db.empty()) return "";
   std::string name = SanitizeName(db);
   const std::string stem = file.empty() ? "" : std::filesystem::path(file).stem().string();
