@@ -163,8 +163,8 @@ Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
   return Status::OK();
 }
 
-Status CheckKeysUnchanged(pg::Connection& source, const std::vector<TableSpec>& tables) {
-  DT_ASSIGN_OR_RETURN(auto captured, CapturedTables(source, ""));
+Status CheckKeysUnchanged(const std::vector<CapturedTable>& captured,
+                          const std::vector<TableSpec>& tables) {
   for (const auto& spec : tables) {
     std::vector<std::string> key;
     for (size_t k : spec.key) key.push_back(spec.columns[k].name);
@@ -206,25 +206,29 @@ Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source,
   for (int i = 0; i < r.rows(); ++i) {
     const QualifiedName name{std::string(r.Get(i, 0)), std::string(r.Get(i, 1))};
     if (out.empty() || out.back().source != name) {
-      const std::string owner(r.Get(i, 3));
-      if (!tunnel.empty() && !owner.empty() && owner != tunnel) continue;
-      out.push_back({name, {name.schema, std::string(r.Get(i, 2))}, {}, owner});
+      out.push_back({name, {name.schema, std::string(r.Get(i, 2))}, {}, std::string(r.Get(i, 3))});
     }
     if (!r.IsNull(i, 4)) out.back().key.emplace_back(r.Get(i, 4));
   }
+  if (!tunnel.empty()) out = OfTunnel(std::move(out), tunnel);
   return out;
 }
 
-Status CheckOwnership(pg::Connection& source, const std::string& tunnel,
-                      const std::vector<TableSpec>& tables) {
-  DT_ASSIGN_OR_RETURN(auto captured, CapturedTables(source, ""));
+std::vector<CapturedTable> OfTunnel(std::vector<CapturedTable> captured,
+                                    const std::string& tunnel) {
+  std::erase_if(captured,
+                [&](const CapturedTable& c) { return !c.tunnel.empty() && c.tunnel != tunnel; });
+  return captured;
+}
+
+Status CheckOwnership(const std::vector<CapturedTable>& captured, const std::string& tunnel,
+                      const std::vector<TableSpec>& tables, const std::string& where) {
   for (const auto& c : captured) {
     if (c.tunnel.empty() || c.tunnel == tunnel) continue;
     for (const auto& t : tables) {
       if (t.source == c.source) {
-        return Status::BadConfig(
-            OtherTunnelMessage(c.source, c.tunnel, tunnel, source.description()) +
-            " (init changed nothing)");
+        return Status::BadConfig(OtherTunnelMessage(c.source, c.tunnel, tunnel, where) +
+                                 " (init changed nothing)");
       }
     }
   }

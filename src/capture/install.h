@@ -72,12 +72,6 @@ std::string OtherTunnelMessage(const QualifiedName& table, const std::string& ow
 // the state predates it.
 Result<std::string> LoadInstallId(pg::Connection& source);
 
-// Checks, before `init` changes anything, that each table of `tables` that is
-// already captured keeps the key it was captured with. A changed key is
-// kBadConfig naming both keys and the procedure to re-key the table
-// (uninstall its capture, init, snapshot with --truncate-target).
-Status CheckKeysUnchanged(pg::Connection& source, const std::vector<TableSpec>& tables);
-
 // A table captured on the source (registered in datatunnel.tables).
 struct CapturedTable {
   QualifiedName source;
@@ -90,10 +84,20 @@ struct CapturedTable {
 // `tunnel` is empty; by name; empty when datatunnel is not installed there.
 Result<std::vector<CapturedTable>> CapturedTables(pg::Connection& source,
                                                   const std::string& tunnel);
-// BadConfig when a table of `tables` is captured by another tunnel than
-// `tunnel` (a table belongs to one tunnel); changes nothing.
-Status CheckOwnership(pg::Connection& source, const std::string& tunnel,
-                      const std::vector<TableSpec>& tables);
+// The tables of `captured` that tunnel `tunnel` owns, or no tunnel does.
+std::vector<CapturedTable> OfTunnel(std::vector<CapturedTable> captured, const std::string& tunnel);
+
+// Checks, before `init` changes anything, against `captured` (every
+// tunnel's tables, CapturedTables(source, "")): each table of `tables`
+// that is already captured keeps the key it was captured with — a changed
+// key is kBadConfig naming both keys and the procedure to re-key the table
+// (uninstall its capture, init, snapshot with --truncate-target);
+Status CheckKeysUnchanged(const std::vector<CapturedTable>& captured,
+                          const std::vector<TableSpec>& tables);
+// and no table of `tables` is captured by another tunnel than `tunnel` (a
+// table belongs to one tunnel; `where` names the source database).
+Status CheckOwnership(const std::vector<CapturedTable>& captured, const std::string& tunnel,
+                      const std::vector<TableSpec>& tables, const std::string& where);
 // The tables of `captured` that `configured` does not name ("no longer
 // configured": their change tables grow until they are uninstalled).
 std::vector<QualifiedName> NotConfigured(const std::vector<CapturedTable>& captured,

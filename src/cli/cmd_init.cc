@@ -55,13 +55,16 @@ int RunInit(const Globals& g, const InitOptions& o) {
   }
   // Check everything that can be checked before changing anything, so a
   // refused init leaves both databases as they were.
-  if (Status st = capture::CheckKeysUnchanged(**source, *specs); !st.ok()) return Fail(st);
-  if (Status st = capture::CheckOwnership(**source, config->tunnel.name, *specs); !st.ok()) {
+  auto captured = capture::CapturedTables(**source, "");  // every tunnel's
+  if (!captured.ok()) return Fail(captured.status());
+  if (Status st = capture::CheckKeysUnchanged(*captured, *specs); !st.ok()) return Fail(st);
+  if (Status st =
+          capture::CheckOwnership(*captured, config->tunnel.name, *specs, (*source)->description());
+      !st.ok()) {
     return Fail(st);
   }
-  auto captured = capture::CapturedTables(**source, config->tunnel.name);
-  if (!captured.ok()) return Fail(captured.status());
-  for (const auto& t : capture::NotConfigured(*captured, config->tables)) {
+  for (const auto& t :
+       capture::NotConfigured(capture::OfTunnel(*captured, config->tunnel.name), config->tables)) {
     Warn(fmt::format(
         "table {} is captured but no longer in the configuration: its change table keeps "
         "growing; remove its capture with `datatunnel uninstall --yes --table {}` (or add it "
