@@ -708,10 +708,17 @@ Status Consumer::AwaitTopics(const std::vector<std::string>& topics,
 Consumer::Consumer() = default;
 
 Consumer::~Consumer() {
-  if (rk_) {
-    if (!closed_) rd_kafka_consumer_close(rk_);
+  if (!rk_) return;
+  if (!closed_) (void)Close();
+  if (rd_kafka_consumer_closed(rk_)) {
     rd_kafka_destroy(rk_);
+    return;
   }
+  // The close did not finish (the group coordinator does not answer), and
+  // rd_kafka_destroy() would wait for it without a limit. It finishes in the
+  // background instead, once the coordinator answers, or ends with the
+  // process: nothing depends on it (positions live in the target).
+  std::thread([rk = rk_] { rd_kafka_destroy(rk); }).detach();
 }
 
 Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Message>* out,
@@ -838,11 +845,32 @@ void Consumer::CommitAsync(const std::vector<TopicPartition>& offsets) {
   rd_kafka_topic_partition_list_destroy(list);
 }
 
-Status Consumer::Close() {
+Status Consumer::Close(int timeout_ms) {
   if (closed_) return Status::OK();
   closed_ = true;
-  rd_kafka_resp_err_t e = rd_kafka_consumer_close(rk_);
-  if (e) return Status::Retryable(fmt::format("closing the consumer: {}", rd_kafka_err2str(e)));
+  // rd_kafka_consumer_close() waits for the group coordinator without a
+  // limit: with the broker unreachable a graceful stop would never end. The
+  // asynchronous close is served here (rebalance callbacks included) until it
+  // finishes or the deadline passes; positions live in the target, so an
+  // unfinished close loses nothing (the group notices at its session timeout).
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk_);
+  if (rd_kafka_error_t* e = rd_kafka_consumer_close_queue(rk_, queue)) {
+    std::string what = rd_kafka_error_string(e);
+    rd_kafka_error_destroy(e);
+    rd_kafka_queue_destroy(queue);
+    return Status::Retryable(fmt::format("closing the consumer: {}", what));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!rd_kafka_consumer_closed(rk_) && std::chrono::steady_clock::now() < deadline) {
+    rd_kafka_queue_poll_callback(queue, 50);
+  }
+  rd_kafka_queue_destroy(queue);
+  if (!rd_kafka_consumer_closed(rk_)) {
+    return Status::Retryable(fmt::format(
+        "the consumer did not leave group within {} ms (broker unreachable?); the group will "
+        "reassign its partitions after its session timeout",
+        timeout_ms));
+  }
   return Status::OK();
 }
 

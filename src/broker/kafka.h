@@ -195,8 +195,10 @@ class Consumer {
   Status Seek(const TopicPartition& tp);
   // Records offsets in the group (a hint for tools; positions live in the target).
   void CommitAsync(const std::vector<TopicPartition>& offsets);
-  // Leaves the group cleanly.
-  Status Close();
+  // Leaves the group cleanly, waiting at most `timeout_ms` for the group
+  // coordinator; past it the close is abandoned (nothing is lost: positions
+  // live in the target) and a Retryable status says so.
+  Status Close(int timeout_ms = 5000);
   std::vector<TopicPartition> Assignment() const;
 
  private:

@@ -699,7 +699,7 @@ Status KafkaTargetWorker::Run() {
   CommitOffsets(consumer.get(), true);  // Close() waits for it
   metrics_->consumer_ready = 0;
   Status closed = consumer->Close();
-  if (!closed.ok()) spdlog::debug("consumer: {}", closed.message());
+  if (!closed.ok()) spdlog::warn("consumer: {}", closed.message());
   return result;
 }
 

@@ -288,6 +288,32 @@ TEST_F(OpsTest, LagGrowsWhileTheBrokerIsDown) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// A graceful stop ends in bounded time even when the broker does not answer:
+// the producer gives up waiting for confirmations after 5 s (they are
+// published again on restart), the consumer gives up leaving its group after
+// 5 s (librdkafka's own close would wait for the coordinator forever: this
+// test hung without the limit). Nothing is lost.
+TEST_F(OpsTest, GracefulStopEndsWhileTheBrokerDoesNotAnswer) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--no-snapshot"});
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('before')");
+  ExpectInSync();
+  testing::SharedKafka().Pause(1);
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('during')");
+  run->Signal(SIGTERM);
+  auto rc = run->Wait(30);
+  testing::SharedKafka().Resume(1);
+  ASSERT_TRUE(rc.has_value()) << "a graceful stop did not end within 30 s\n" << run->Stderr();
+  EXPECT_EQ(*rc, 0) << run->Stderr();
+  // The change nobody confirmed (if any) is published again.
+  run = Start({"run", "--no-snapshot"});
+  ExpectInSync();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
 // The producer counts its change tables when it starts (then every 10 s):
 // rows wait there until the target has them, here behind a lock.
 TEST_F(OpsTest, ChangeTableRowsGaugeCountsTheBacklog) {
