@@ -22,11 +22,15 @@ namespace datatunnel::broker {
 
 class DevBroker {
  public:
-  // Starts `brokers` mock brokers on random loopback ports.
-  static Result<std::unique_ptr<DevBroker>> Start(int brokers);
+  // Starts `brokers` mock brokers on random loopback ports. With `port` > 0
+  // the bootstrap address is 127.0.0.1:`port` (a forwarder to the brokers:
+  // a config can name a fixed address across restarts); BadConfig when that
+  // port cannot be bound.
+  static Result<std::unique_ptr<DevBroker>> Start(int brokers, int port = 0);
   ~DevBroker();
 
-  // "127.0.0.1:port,..." for bootstrap.servers.
+  // "127.0.0.1:port,..." for bootstrap.servers (the forwarder's address
+  // when Start was given a port).
   std::string bootstraps() const;
   // Creates a topic (topics are otherwise auto-created with 4 partitions).
   Status CreateTopic(const std::string& name, int partitions);
@@ -43,7 +47,10 @@ class DevBroker {
   Status Command(const std::string& line);
 
  private:
+  class Forwarder;
   DevBroker() = default;
+  std::unique_ptr<Forwarder> forwarder_;
+  int port_ = 0;
   rd_kafka_s* rk_ = nullptr;
   rd_kafka_mock_cluster_s* cluster_ = nullptr;
 };

@@ -17,6 +17,7 @@ namespace {
 struct DevBrokerOptions {
   int brokers = 1;
   int partitions = 4;
+  int port = 0;
   std::string bootstrap_file;
 };
 
@@ -24,7 +25,7 @@ int RunDevBroker(const Globals& g, const DevBrokerOptions& o) {
   SetupLogging(g);
   auto config = LoadConfig(g);
   if (!config.ok()) return Fail(config.status());
-  auto broker = broker::DevBroker::Start(o.brokers);
+  auto broker = broker::DevBroker::Start(o.brokers, o.port);
   if (!broker.ok()) return Fail(broker.status());
   for (const auto& t : config->tables) {
     Status st = (*broker)->CreateTopic(t.topic, o.partitions);
@@ -88,6 +89,10 @@ void AddDevBrokerCommand(CLI::App& app, Globals* g) {
   cmd->add_option("--brokers", o->brokers, "Number of brokers")->check(CLI::Range(1, 9));
   cmd->add_option("--partitions", o->partitions, "Partitions of each configured table's topic")
       ->check(CLI::Range(1, 256));
+  cmd->add_option("--port", o->port,
+                  "Bootstrap on 127.0.0.1:PORT (default: a free port), so a config can keep the "
+                  "same address across restarts")
+      ->check(CLI::Range(1, 65535));
   cmd->add_option("--bootstrap-file", o->bootstrap_file,
                   "Also write the bootstrap address to this file");
   cmd->callback([g, o] { g_exit_code = RunDevBroker(*g, *o); });

@@ -415,6 +415,45 @@ std::string GapTest::MockProduceErrors(const std::vector<std::string>& producer_
   return outcome;
 }
 
+// `dev-broker --port`: a fixed bootstrap address, so a config survives the
+// dev broker's restarts (the brokers behind it keep their own random ports,
+// which their metadata names). A port in use is one clear line and exit 2.
+TEST_F(GapTest, DevBrokerBootstrapsOnTheChosenPort) {
+  const int port = testing::FreePort();
+  const std::string address = fmt::format("127.0.0.1:{}", port);
+  Subprocess broker(Args({"dev-broker", "--port", std::to_string(port)}));
+  ASSERT_TRUE(WaitUntil([&] { return Contains(broker.Stdout(), "\n"); }, 20)) << broker.Stderr();
+  EXPECT_EQ(broker.Stdout(), address + "\n");
+  auto again = Dt({"dev-broker", "--port", std::to_string(port)}, 20);
+  EXPECT_EQ(again.code, 2) << again.err;
+  EXPECT_EQ(ErrorLines(again.err),
+            std::vector<std::string>{fmt::format(
+                "datatunnel: error: dev-broker: cannot listen on {} (Address already in use); "
+                "choose another --port or stop what uses it",
+                address)})
+      << again.err;
+  // A producer publishes through the fixed address; the topic, read back
+  // through it, holds every change.
+  bootstrap_ = address;
+  WriteConfig();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto produce = Start({"produce"});
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 50) i");
+  SourceCluster().Exec(src_, "UPDATE employees SET city = 'x' WHERE emp_id <= 20");
+  EXPECT_TRUE(WaitUntil(
+      [&] { return SourceCluster().Scalar(src_, "SELECT count(*) FROM employees_cdc") == "0"; },
+      60))
+      << RunningLogs();
+  produce->Stop();
+  testing::SharedKafka().CreateTopic(Topic("public.employees"), kPartitions);
+  EXPECT_GE(testing::CopyTopic(address, testing::SharedKafka().bootstrap(),
+                               Topic("public.employees"), kPartitions),
+            70);
+  broker.Stop();
+}
+
 // Our defaults (five requests in flight per connection): a loss happens in
 // practice, and each one is caught.
 TEST_F(GapTest, MockProduceErrorsAreCaughtNeverSilent) {

@@ -25,8 +25,6 @@ std::string UniqueName(const std::string& prefix) {
 std::string SourceDir() { return DATATUNNEL_SOURCE_DIR; }
 std::string BinaryPath() { return DATATUNNEL_BINARY; }
 
-namespace {
-
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -40,6 +38,8 @@ int FreePort() {
   close(fd);
   return port;
 }
+
+namespace {
 
 int Shell(const std::string& cmd) { return std::system(cmd.c_str()); }
 

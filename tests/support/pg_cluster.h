@@ -16,6 +16,9 @@
 
 namespace datatunnel::testing {
 
+// A loopback TCP port free right now (the kernel's choice).
+int FreePort();
+
 class PgCluster {
  public:
   // Starts a cluster; aborts the test binary with a clear message on failure.
