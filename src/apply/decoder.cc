@@ -7,6 +7,7 @@
 
 #include "apply/chain.h"
 #include "core/codec.h"
+#include "core/wire.h"
 
 namespace datatunnel::apply {
 
@@ -187,7 +188,7 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
     if (field.unescaped_key().get(key)) return Bad("malformed field name");
     od::value v;
     if (field.value().get(v)) return Bad(fmt::format("\"{}\" is malformed", key));
-    if (key == "op") {
+    if (key == wire::kOp) {
       std::string_view op;
       if (v.get_string().get(op) || op.size() != 1)
         return Bad("\"op\" must be a one-letter string");
@@ -204,30 +205,30 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
           return Bad(fmt::format("unknown op \"{}\"", op));
       }
       have_op = true;
-    } else if (key == "after" || key == "before") {
+    } else if (key == wire::kAfter || key == wire::kBefore) {
       bool is_null = false;
       if (v.is_null().get(is_null)) return Bad(fmt::format("\"{}\" is malformed", key));
       if (is_null) continue;
       od::object obj;
       if (v.get_object().get(obj)) return Bad(fmt::format("\"{}\" must be an object or null", key));
       Status st =
-          DecodeRow(obj, table, value.size(), key == "after" ? &out->row : &before, &unknown);
+          DecodeRow(obj, table, value.size(), key == wire::kAfter ? &out->row : &before, &unknown);
       if (!st.ok()) {
         if (row_error.ok()) row_error = std::move(st);
         continue;
       }
-      (key == "after" ? have_after : have_before) = true;
-    } else if (key == "marker") {
+      (key == wire::kAfter ? have_after : have_before) = true;
+    } else if (key == wire::kMarker) {
       std::string_view m;
       if (v.get_string().get(m)) return Bad("\"marker\" must be a string");
-      if (m == "snapshot_done") {
+      if (m == wire::kMarkerSnapshotDone) {
         out->marker = Marker::kSnapshotDone;
-      } else if (m == "schema") {
+      } else if (m == wire::kMarkerSchema) {
         out->marker = Marker::kSchema;
       } else {
         return Bad(fmt::format("unknown marker \"{}\"", m));
       }
-    } else if (key == "columns") {
+    } else if (key == wire::kColumns) {
       od::array arr;
       if (v.get_array().get(arr)) return Bad("\"columns\" must be an array");
       for (auto el : arr) {
@@ -239,18 +240,18 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
           if (f.unescaped_key().get(fk) || f.value().get_string().get(fv)) {
             return Bad("a column needs string \"name\" and \"type\"");
           }
-          if (fk == "name") col.name = std::string(fv);
-          if (fk == "type") col.type_sql = std::string(fv);
+          if (fk == wire::kColumnName) col.name = std::string(fv);
+          if (fk == wire::kColumnType) col.type_sql = std::string(fv);
         }
         if (col.name.empty() || col.type_sql.empty())
           return Bad("a column needs \"name\" and \"type\"");
         schema_columns_.push_back(std::move(col));
       }
-    } else if (key == "partitions") {
+    } else if (key == wire::kPartitions) {
       int64_t n = 0;
       if (v.get_int64().get(n) || n < 1) return Bad("\"partitions\" must be a positive integer");
       broadcast_partitions_ = static_cast<int>(n);
-    } else if (key == "source") {
+    } else if (key == wire::kSource) {
       od::object src;
       if (v.get_object().get(src)) return Bad("\"source\" must be an object");
       for (auto sf : src) {
@@ -258,25 +259,25 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
         if (sf.unescaped_key().get(sk)) return Bad("malformed field name in \"source\"");
         od::value sv;
         if (sf.value().get(sv)) return Bad("malformed \"source\"");
-        if (sk == "pos") {
+        if (sk == wire::kPos) {
           DT_RETURN_IF_ERROR(ParsePosition(sv, "source.pos", &out->pos));
           have_pos = true;
-        } else if (sk == "prev") {
+        } else if (sk == wire::kPrev) {
           DT_RETURN_IF_ERROR(ParsePrev(sv, &prev_));
-        } else if (sk == "name" || sk == "install") {
+        } else if (sk == wire::kName || sk == wire::kInstall) {
           std::string_view text;
           if (sv.get_string().get(text)) {
             return Bad(fmt::format("\"source.{}\" must be a string", sk));
           }
-          (sk == "name" ? tunnel_ : install_).assign(text);
-        } else if (sk == "ts_ms") {
+          (sk == wire::kName ? tunnel_ : install_).assign(text);
+        } else if (sk == wire::kTsMs) {
           int64_t ms = 0;
           constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
           if (sv.get_int64().get(ms) || ms > kMaxMs || ms < -kMaxMs) {
             return Bad("\"source.ts_ms\" must be an integer count of milliseconds");
           }
           out->captured_us = ms * 1000;
-        } else if (sk == "txId") {
+        } else if (sk == wire::kTxId) {
           int64_t tx = 0;
           bool is_null = false;
           if (sv.is_null().get(is_null)) return Bad("\"source.txId\" is malformed");
@@ -354,17 +355,17 @@ bool EnvelopeDecoder::ReadChain(std::string_view value, Position* pos,
     std::string_view key;
     od::value v;
     if (field.unescaped_key().get(key) || field.value().get(v)) return false;
-    if (key != "source") continue;
+    if (key != wire::kSource) continue;
     od::object src;
     if (v.get_object().get(src)) return false;
     for (auto sf : src) {
       std::string_view sk;
       od::value sv;
       if (sf.unescaped_key().get(sk) || sf.value().get(sv)) return false;
-      if (sk == "pos") {
+      if (sk == wire::kPos) {
         if (!ParsePosition(sv, "source.pos", pos).ok()) return false;
         have_pos = true;
-      } else if (sk == "prev") {
+      } else if (sk == wire::kPrev) {
         if (!ParsePrev(sv, prev).ok()) return false;
       }
     }

@@ -4,12 +4,14 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "apply/install.h"
 #include "capture/change_log.h"
 #include "capture/install.h"
 #include "cli/common.h"
+#include "core/json.h"
 #include "core/stop.h"
 #include "snapshot/chunker.h"
 
@@ -121,35 +123,114 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
   return rows;
 }
 
-std::string Render(const std::vector<Row>& rows, bool json) {
-  std::string out;
-  if (json) {
-    out = "{\"tables\":[";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const Row& r = rows[i];
-      out += fmt::format(
-          "{}{{\"source\":\"{}\",\"target\":\"{}\",\"captured\":{},\"published\":{},"
-          "\"applied\":{},\"pending\":{},\"lag_changes\":{},\"lag_seconds\":{:.3f},"
-          "\"caught_up\":{},\"dead_letters\":{},\"last_applied_at\":\"{}\","
-          "\"snapshot\":{{\"state\":\"{}\",\"rows\":{},\"total\":{}}},\"snapshot_detail\":{},"
-          "\"gaps\":[",
-          i ? "," : "", r.source, r.target, r.published + r.pending, r.published, r.applied,
-          r.pending, r.lag, r.lag_seconds, r.caught_up, r.dead, r.last_applied_at, r.snapshot_state,
-          r.snapshot_rows, r.snapshot_total, JsonString(r.snapshot_detail));
-      for (size_t k = 0; k < r.gaps.size(); ++k) {
-        const apply::RecordedGap& g = r.gaps[k];
-        out += fmt::format(
-            "{}{{\"topic\":{},\"partition\":{},\"offset\":{},\"expected\":\"{}\","
-            "\"found\":\"{}\",\"detected_at\":\"{}\",\"message\":{}}}",
-            k ? "," : "", JsonString(g.stream), g.partition, g.offset, g.expected, g.found,
-            g.detected_at, JsonString(g.Describe(r.source, r.target)));
-      }
-      out += "]}";
+// A table captured on the source that the configuration no longer names:
+// its change table grows until `uninstall --table` removes it.
+struct NotConfigured {
+  std::string source;
+  int64_t pending = 0;  // rows in its change table
+};
+
+Result<std::vector<NotConfigured>> CollectNotConfigured(pg::Connection& src, const Config& c) {
+  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(src, c.tunnel.name));
+  std::vector<NotConfigured> out;
+  for (const auto& t : captured) {
+    if (!capture::NotConfigured({t}, c.tables).empty()) {
+      DT_ASSIGN_OR_RETURN(int64_t n, capture::CountChanges(src, t.change_table));
+      out.push_back({t.source.ToString(), n});
     }
-    return out + "]}\n";
   }
-  out = fmt::format("{:<28} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}  {}\n", "TABLE", "CAPTURED",
-                    "PUBLISHED", "APPLIED", "LAG", "LAG(s)", "PENDING", "SNAPSHOT");
+  return out;
+}
+
+// One entry of "tables" in `status --json`.
+void WriteRowJson(JsonWriter& w, const Row& r) {
+  w.StartObject();
+  w.Key("source");
+  w.String(r.source);
+  w.Key("target");
+  w.String(r.target);
+  w.Key("captured");
+  w.Int64(r.published + r.pending);
+  w.Key("published");
+  w.Int64(r.published);
+  w.Key("applied");
+  w.Int64(r.applied);
+  w.Key("pending");
+  w.Int64(r.pending);
+  w.Key("lag_changes");
+  w.Int64(r.lag);
+  w.Key("lag_seconds");
+  w.Double(std::isfinite(r.lag_seconds) ? std::round(r.lag_seconds * 1000) / 1000 : 0);
+  w.Key("caught_up");
+  w.Bool(r.caught_up);
+  w.Key("dead_letters");
+  w.Int64(r.dead);
+  w.Key("last_applied_at");
+  w.String(r.last_applied_at);
+  w.Key("snapshot");
+  w.StartObject();
+  w.Key("state");
+  w.String(r.snapshot_state);
+  w.Key("rows");
+  w.Int64(r.snapshot_rows);
+  w.Key("total");
+  w.Int64(r.snapshot_total);
+  w.EndObject();
+  w.Key("snapshot_detail");
+  w.String(r.snapshot_detail);
+  w.Key("gaps");
+  w.StartArray();
+  for (const apply::RecordedGap& g : r.gaps) {
+    w.StartObject();
+    w.Key("topic");
+    w.String(g.stream);
+    w.Key("partition");
+    w.Int(g.partition);
+    w.Key("offset");
+    w.Int64(g.offset);
+    w.Key("expected");
+    w.String(g.expected);
+    w.Key("found");
+    w.String(g.found);
+    w.Key("detected_at");
+    w.String(g.detected_at);
+    w.Key("message");
+    w.String(g.Describe(r.source, r.target));
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+}
+
+// The document docs/operations.md describes ("status --json").
+std::string RenderJson(const std::vector<Row>& rows, const std::vector<NotConfigured>& removed) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.SetMaxDecimalPlaces(3);
+  w.StartObject();
+  w.Key("tables");
+  w.StartArray();
+  for (const Row& r : rows) WriteRowJson(w, r);
+  w.EndArray();
+  w.Key("not_configured");
+  w.StartArray();
+  for (const NotConfigured& t : removed) {
+    w.StartObject();
+    w.Key("source");
+    w.String(t.source);
+    w.Key("pending");
+    w.Int64(t.pending);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return JsonText(buf) + "\n";
+}
+
+std::string RenderText(const std::vector<Row>& rows, const std::vector<NotConfigured>& removed) {
+  std::string out =
+      fmt::format("{:<28} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}  {}\n", "TABLE", "CAPTURED",
+                  "PUBLISHED", "APPLIED", "LAG", "LAG(s)", "PENDING", "SNAPSHOT");
   for (const Row& r : rows) {
     std::string snap = r.snapshot_state;
     if (r.snapshot_state == "running" || r.snapshot_state == "requested") {
@@ -169,31 +250,13 @@ std::string Render(const std::vector<Row>& rows, bool json) {
     }
     for (const auto& g : r.gaps) out += "GAP: " + g.Describe(r.source, r.target) + "\n";
   }
-  return out;
-}
-
-// Tables captured on the source that the configuration no longer names:
-// their change tables grow until `uninstall --table` removes them.
-Result<std::string> RenderNotConfigured(pg::Connection& src, const Config& c, bool json) {
-  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(src, c.tunnel.name));
-  std::string out;
-  for (const auto& t : captured) {
-    if (!capture::NotConfigured({t}, c.tables).empty()) {
-      DT_ASSIGN_OR_RETURN(int64_t n, capture::CountChanges(src, t.change_table));
-      const std::string name = t.source.ToString();
-      if (json) {
-        out += fmt::format("{}{{\"source\":{},\"pending\":{}}}", out.empty() ? "" : ",",
-                           JsonString(name), n);
-      } else {
-        out += fmt::format(
-            "NOT CONFIGURED: {} is captured but not in the configuration ({} changes waiting in "
-            "its change table, which keeps growing); `datatunnel uninstall --yes --table {}` "
-            "removes its capture\n",
-            name, n, name);
-      }
-    }
+  for (const NotConfigured& t : removed) {
+    out += fmt::format(
+        "NOT CONFIGURED: {} is captured but not in the configuration ({} changes waiting in "
+        "its change table, which keeps growing); `datatunnel uninstall --yes --table {}` "
+        "removes its capture\n",
+        t.source, t.pending, t.source);
   }
-  if (json) return "\"not_configured\":[" + out + "]";
   return out;
 }
 
@@ -214,14 +277,9 @@ int RunStatus(const Globals& g, const StatusOptions& o) {
   do {
     auto rows = Collect(**src, **tgt, *config);
     if (!rows.ok()) return Fail(rows.status());
-    std::string text = Render(*rows, o.json);
-    auto removed = RenderNotConfigured(**src, *config, o.json);
+    auto removed = CollectNotConfigured(**src, *config);
     if (!removed.ok()) return Fail(removed.status());
-    if (o.json) {
-      text.insert(text.rfind('}'), "," + *removed);
-    } else {
-      text += *removed;
-    }
+    const std::string text = o.json ? RenderJson(*rows, *removed) : RenderText(*rows, *removed);
     if (o.watch && tty && !o.json) fmt::print("\033[H\033[2J");
     fmt::print("{}", text);
     std::fflush(stdout);

@@ -70,30 +70,7 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
                    static_cast<int64_t>(r.gaps.size());
   }
   if (o.json) {
-    std::string out = "{\"equal\":" + std::string(equal ? "true" : "false") + ",\"tables\":[";
-    for (size_t i = 0; i < reports.size(); ++i) {
-      const auto& r = reports[i];
-      out += fmt::format(
-          "{}{{\"source\":{},\"target\":{},\"source_rows\":{},\"target_rows\":{},"
-          "\"ranges\":{},\"differing_ranges\":{},\"differing_keys\":{},\"keys\":[",
-          i ? "," : "", JsonString(r.source), JsonString(r.target), r.source_rows, r.target_rows,
-          r.ranges, r.differing_ranges.size(), r.differing_keys);
-      for (size_t k = 0; k < r.keys.size(); ++k) {
-        out += fmt::format("{}{{\"key\":{},\"difference\":{}}}", k ? "," : "",
-                           JsonString(r.keys[k].key), JsonString(r.keys[k].kind));
-      }
-      out += "],\"schema_problems\":[";
-      for (size_t k = 0; k < r.schema_problems.size(); ++k) {
-        out += (k ? "," : "") + JsonString(r.schema_problems[k]);
-      }
-      out += "],\"notes\":[";
-      for (size_t k = 0; k < r.notes.size(); ++k) out += (k ? "," : "") + JsonString(r.notes[k]);
-      out += "],\"gaps\":[";
-      for (size_t k = 0; k < r.gaps.size(); ++k) out += (k ? "," : "") + JsonString(r.gaps[k]);
-      out += "]}";
-    }
-    out += "]}";
-    fmt::print("{}\n", out);
+    fmt::print("{}", verify::ReportsJson(reports));
   } else {
     for (const auto& r : reports) {
       if (r.equal()) {

@@ -1,7 +1,6 @@
 #include "cli/common.h"
 
 #include <fmt/format.h>
-#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -10,6 +9,7 @@
 #include <atomic>
 #include <csignal>
 
+#include "cli/json_log.h"
 #include "pg/catalog.h"
 
 namespace datatunnel::cli {
@@ -39,30 +39,6 @@ namespace {
 
 bool g_json_logs = false;  // --log-format json: errors and warnings as JSON lines too
 
-// %* : the message, escaped as the inside of a JSON string.
-class JsonMessageFlag : public spdlog::custom_flag_formatter {
- public:
-  void format(const spdlog::details::log_msg& msg, const std::tm&,
-              spdlog::memory_buf_t& dest) override {
-    static constexpr char kHex[] = "0123456789abcdef";
-    for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
-      unsigned char u = static_cast<unsigned char>(c);
-      if (c == '"' || c == '\\') {
-        dest.push_back('\\');
-        dest.push_back(c);
-      } else if (u < 0x20) {
-        const char esc[] = {'\\', 'u', '0', '0', kHex[u >> 4], kHex[u & 15]};
-        dest.append(esc, esc + 6);
-      } else {
-        dest.push_back(c);
-      }
-    }
-  }
-  std::unique_ptr<custom_flag_formatter> clone() const override {
-    return std::make_unique<JsonMessageFlag>();
-  }
-};
-
 }  // namespace
 
 void Warn(const std::string& msg) {
@@ -78,11 +54,7 @@ void SetupLogging(const Globals& g) {
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>("datatunnel", sink);
   if (g.log_format == "json") {
-    // One JSON object per line, for log pipelines.
-    auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
-    f->add_flag<JsonMessageFlag>('*').set_pattern(
-        R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","pid":%P,"msg":"%*"})");
-    logger->set_formatter(std::move(f));
+    logger->set_formatter(NewJsonLogFormatter());  // one JSON object per line
   } else {
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
   }
@@ -128,19 +100,6 @@ Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::Connect
     DT_ASSIGN_OR_RETURN(target->password, ReadPassword(c.target));
   }
   return Status::OK();
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", c);
-      continue;
-    }
-    out.push_back(c);
-  }
-  return out + "\"";
 }
 
 Status CheckDistinctTables(pg::Connection& source, pg::Connection& target, const Config& config) {

@@ -59,9 +59,6 @@ int Fail(const Status& st);
 // Returns -1 when JSON logs were not asked for (CLI11 prints its own text).
 int FailUsageAsJson(int argc, char** argv, const std::string& what);
 
-// `s` as a quoted JSON string (for the --json outputs of status and verify).
-std::string JsonString(const std::string& s);
-
 // Prints a warning as one line on stderr (a JSON line under --log-format json).
 void Warn(const std::string& msg);
 

@@ -56,19 +56,6 @@ Metrics::Metrics(const std::vector<std::pair<std::string, std::string>>& tables)
 
 namespace {
 
-std::string Escape(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') out.push_back('\\');
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out.push_back(c);
-  }
-  return out;
-}
-
 void ProcessMetrics(std::string* out) {
   // Resident memory and CPU from /proc, as the Go and Java clients export them.
   std::ifstream statm("/proc/self/statm");
@@ -106,20 +93,36 @@ void ProcessMetrics(std::string* out) {
 
 }  // namespace
 
+std::string EscapeLabelValue(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\' || c == '"') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 std::string Metrics::RenderPrometheus() const {
   std::string out;
   auto counter = [&](const char* name, const char* help, auto get) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} counter\n", name, help, name);
     for (const auto& t : tables_) {
-      fmt::format_to(std::back_inserter(out), "{}{{table=\"{}\"}} {}\n", name, Escape(t->source),
-                     get(*t));
+      fmt::format_to(std::back_inserter(out), "{}{{table=\"{}\"}} {}\n", name,
+                     EscapeLabelValue(t->source), get(*t));
     }
   };
   auto gauge = [&](const char* name, const char* help, auto get) {
     fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} gauge\n", name, help, name);
     for (const auto& t : tables_) {
-      fmt::format_to(std::back_inserter(out), "{}{{table=\"{}\"}} {}\n", name, Escape(t->source),
-                     get(*t));
+      fmt::format_to(std::back_inserter(out), "{}{{table=\"{}\"}} {}\n", name,
+                     EscapeLabelValue(t->source), get(*t));
     }
   };
   auto load = [](const std::atomic<int64_t>& a) { return a.load(std::memory_order_relaxed); };
@@ -171,13 +174,13 @@ std::string Metrics::RenderPrometheus() const {
       std::string le = i < Histogram::kBounds.size() ? fmt::format("{}", Histogram::kBounds[i])
                                                      : std::string("+Inf");
       fmt::format_to(std::back_inserter(out), "{}_bucket{{table=\"{}\",le=\"{}\"}} {}\n", hname,
-                     Escape(t->source), le, cum);
+                     EscapeLabelValue(t->source), le, cum);
     }
     // _count repeats the +Inf bucket: read separately, a concurrent Observe()
     // could make the two differ, which the format forbids.
-    fmt::format_to(std::back_inserter(out),
-                   "{}_sum{{table=\"{}\"}} {}\n{}_count{{table=\"{}\"}} {}\n", hname,
-                   Escape(t->source), t->latency.sum(), hname, Escape(t->source), cum);
+    fmt::format_to(
+        std::back_inserter(out), "{}_sum{{table=\"{}\"}} {}\n{}_count{{table=\"{}\"}} {}\n", hname,
+        EscapeLabelValue(t->source), t->latency.sum(), hname, EscapeLabelValue(t->source), cum);
   }
   auto scalar = [&](const char* name, const char* type, const char* help, auto value) {
     fmt::format_to(std::back_inserter(out), "# HELP {0} {2}\n# TYPE {0} {1}\n{0} {3}\n", name, type,

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace datatunnel::metrics {
@@ -88,5 +89,11 @@ class Metrics {
  private:
   std::vector<std::unique_ptr<TableMetrics>> tables_;
 };
+
+// `value` escaped for a label value of the Prometheus text format: a
+// backslash, a double quote and a line feed become \\, \" and \n; every
+// other byte stays as it is. These are the format's only escapes: this is
+// not JSON, whose \u00XX escapes a Prometheus parser refuses.
+std::string EscapeLabelValue(std::string_view value);
 
 }  // namespace datatunnel::metrics

@@ -1,19 +1,15 @@
 #include "publish/envelope.h"
 
-#include <rapidjson/writer.h>
-
 #include "core/clock.h"
 #include "core/codec.h"
+#include "core/json.h"
 #include "core/version.h"
+#include "core/wire.h"
 
 namespace datatunnel::publish {
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void WriteString(Writer& w, std::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
+using Writer = JsonWriter;
 
 void WriteValue(Writer& w, ValueKind kind, std::string_view text, std::string* scratch) {
   switch (kind) {
@@ -23,7 +19,7 @@ void WriteValue(Writer& w, ValueKind kind, std::string_view text, std::string* s
       return;
     case ValueKind::kFloat:
       if (text == "NaN" || text == "Infinity" || text == "-Infinity") {
-        WriteString(w, text);
+        JsonString(w, text);
       } else {
         w.RawValue(text.data(), text.size(), rapidjson::kNumberType);  // shortest exact form
       }
@@ -34,19 +30,19 @@ void WriteValue(Writer& w, ValueKind kind, std::string_view text, std::string* s
     case ValueKind::kBytes:
       scratch->clear();
       if (ByteaHexToBase64(text, scratch)) {
-        WriteString(w, *scratch);
+        JsonString(w, *scratch);
       } else {
-        WriteString(w, text);
+        JsonString(w, text);
       }
       return;
     case ValueKind::kTimestamp:
       scratch->clear();
       AppendIsoTimestamp(text, scratch);
-      WriteString(w, *scratch);
+      JsonString(w, *scratch);
       return;
     case ValueKind::kNumeric:
     case ValueKind::kString:
-      WriteString(w, text);
+      JsonString(w, text);
       return;
   }
 }
@@ -114,75 +110,75 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   value_buf_.Clear();
   Writer w(value_buf_);
   w.StartObject();
-  w.Key("before");
+  JsonKey(w, wire::kBefore);
   if (c.op == Op::kDelete) {
     WriteRow(w, spec, c.row, c.key_only, &scratch_);
   } else {
     w.Null();
   }
-  w.Key("after");
+  JsonKey(w, wire::kAfter);
   if (c.op == Op::kInsert || c.op == Op::kUpdate || c.op == Op::kRead) {
     WriteRow(w, spec, c.row, false, &scratch_);
   } else {
     w.Null();
   }
   const char op = static_cast<char>(c.op);
-  w.Key("op");
+  JsonKey(w, wire::kOp);
   w.String(&op, 1);
   if (c.op == Op::kMarker) {
-    w.Key("marker");
-    w.String(c.marker == Marker::kSchema ? "schema" : "snapshot_done");
+    JsonKey(w, wire::kMarker);
+    JsonString(w, c.marker == Marker::kSchema ? wire::kMarkerSchema : wire::kMarkerSnapshotDone);
     if (c.marker == Marker::kSchema) {
-      w.Key("columns");
+      JsonKey(w, wire::kColumns);
       w.StartArray();
       for (const auto& col : spec.columns) {
         w.StartObject();
-        w.Key("name");
-        WriteString(w, col.name);
-        w.Key("type");
-        WriteString(w, col.type_sql);
+        JsonKey(w, wire::kColumnName);
+        JsonString(w, col.name);
+        JsonKey(w, wire::kColumnType);
+        JsonString(w, col.type_sql);
         w.EndObject();
       }
       w.EndArray();
     }
   }
   if (partitions > 0) {
-    w.Key("partitions");
+    JsonKey(w, wire::kPartitions);
     w.Int(partitions);
   }
-  w.Key("ts_ms");
+  JsonKey(w, wire::kTsMs);
   w.Int64(NowMicros() / 1000);
-  w.Key("source");
+  JsonKey(w, wire::kSource);
   w.StartObject();
-  w.Key("version");
+  JsonKey(w, wire::kVersion);
   w.String(DATATUNNEL_VERSION);
-  w.Key("connector");
-  w.String("datatunnel");
-  w.Key("name");
+  JsonKey(w, wire::kConnector);
+  JsonString(w, wire::kConnectorName);
+  JsonKey(w, wire::kName);
   if (origin_.tunnel.empty()) {
-    w.String("datatunnel");
+    JsonString(w, wire::kConnectorName);
   } else {
-    WriteString(w, origin_.tunnel);
+    JsonString(w, origin_.tunnel);
   }
   if (!origin_.install.empty()) {
-    w.Key("install");
-    WriteString(w, origin_.install);
+    JsonKey(w, wire::kInstall);
+    JsonString(w, origin_.install);
   }
-  w.Key("db");
-  WriteString(w, origin_.db);
-  w.Key("schema");
-  WriteString(w, spec.source.schema);
-  w.Key("table");
-  WriteString(w, spec.source.name);
+  JsonKey(w, wire::kDb);
+  JsonString(w, origin_.db);
+  JsonKey(w, wire::kSchema);
+  JsonString(w, spec.source.schema);
+  JsonKey(w, wire::kTable);
+  JsonString(w, spec.source.name);
   const bool snapshot =
       c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
-  w.Key("txId");
+  JsonKey(w, wire::kTxId);
   if (snapshot) {
     w.Null();
   } else {
     w.Int64(c.txid);
   }
-  w.Key("change_id");
+  JsonKey(w, wire::kChangeId);
   if (snapshot) {
     w.Null();
   } else if (c.op == Op::kMarker) {
@@ -190,11 +186,11 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   } else {
     w.Int64(c.pos.seq);
   }
-  w.Key("ts_ms");
+  JsonKey(w, wire::kTsMs);
   w.Int64(c.captured_us / 1000);
-  w.Key("snapshot");
+  JsonKey(w, wire::kSnapshot);
   w.Bool(snapshot);
-  w.Key("pos");
+  JsonKey(w, wire::kPos);
   w.StartArray();
   w.Int64(c.pos.epoch);
   w.Int64(c.pos.tick);
@@ -202,7 +198,7 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   w.Int(c.pos.sub);
   w.EndArray();
   if (prev) {
-    w.Key("prev");
+    JsonKey(w, wire::kPrev);
     if (*prev == Position{}) {
       w.Null();
     } else {

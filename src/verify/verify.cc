@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "apply/install.h"
+#include "core/json.h"
 
 namespace datatunnel::verify {
 namespace {
@@ -191,6 +192,57 @@ Result<TableReport> VerifyTable(pg::Connection& source, pg::Connection& target, 
     for (const auto& k : sorted) note(k, "extra on target");
   }
   return rep;
+}
+
+std::string ReportsJson(const std::vector<TableReport>& reports) {
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  auto strings = [&w](const char* key, const std::vector<std::string>& list) {
+    w.Key(key);
+    w.StartArray();
+    for (const auto& s : list) w.String(s);
+    w.EndArray();
+  };
+  w.StartObject();
+  w.Key("equal");
+  w.Bool(std::all_of(reports.begin(), reports.end(), [](const auto& r) { return r.equal(); }));
+  w.Key("tables");
+  w.StartArray();
+  for (const auto& r : reports) {
+    w.StartObject();
+    w.Key("source");
+    w.String(r.source);
+    w.Key("target");
+    w.String(r.target);
+    w.Key("source_rows");
+    w.Int64(r.source_rows);
+    w.Key("target_rows");
+    w.Int64(r.target_rows);
+    w.Key("ranges");
+    w.Int64(r.ranges);
+    w.Key("differing_ranges");
+    w.Uint64(r.differing_ranges.size());
+    w.Key("differing_keys");
+    w.Int64(r.differing_keys);
+    w.Key("keys");
+    w.StartArray();
+    for (const auto& k : r.keys) {
+      w.StartObject();
+      w.Key("key");
+      w.String(k.key);
+      w.Key("difference");
+      w.String(k.kind);
+      w.EndObject();
+    }
+    w.EndArray();
+    strings("schema_problems", r.schema_problems);
+    strings("notes", r.notes);
+    strings("gaps", r.gaps);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return JsonText(buf) + "\n";
 }
 
 }  // namespace datatunnel::verify

@@ -67,4 +67,10 @@ Result<TableReport> VerifyTable(pg::Connection& source, pg::Connection& target,
                                 const TableSpec& source_spec, const TableSpec& target_spec,
                                 const Options& options);
 
+// The reports as one JSON document (`verify --json`, docs/operations.md):
+// {"equal", "tables": [{"source", "target", "source_rows", "target_rows",
+// "ranges", "differing_ranges", "differing_keys", "keys": [{"key",
+// "difference"}], "schema_problems", "notes", "gaps"}]}, and a newline.
+std::string ReportsJson(const std::vector<TableReport>& reports);
+
 }  // namespace datatunnel::verify

@@ -324,5 +324,71 @@ TEST_F(StatusTest, FirstWriteAfterAnIdleSpellHasASmallLag) {
   EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
 }
 
+// Every JSON output is valid JSON whatever the names and values hold (issue
+// 18): a schema with a backslash, a table with double quotes, a column with
+// both, a key value with a quote, a backslash and a newline. `status --json`
+// (also its "not_configured") and `verify --json` parse, and give the names
+// back unchanged.
+TEST_F(StatusTest, JsonOutputsHoldAnyName) {
+  // TOML literal strings ('...') keep the SQL names' quotes and backslashes.
+  constexpr const char* kWeirdTable = R"toml(
+[[tables]]
+source = '"we\ird"."Tab ""q"""'
+)toml";
+  const std::string weird = R"(we\ird.Tab "q")";  // QualifiedName::ToString()
+  const std::string target_only = R"(extra "q"\z)";
+  SourceCluster().Exec(src_, R"sql(CREATE SCHEMA "we\ird";
+CREATE TABLE "we\ird"."Tab ""q"""(k text PRIMARY KEY, "v ""x""\y" text);
+INSERT INTO "we\ird"."Tab ""q""" VALUES (E'a"b\\c\nd', 'one'), ('plain', 'two');)sql");
+  WriteConfig(std::string(testing::kEmployeesTable) + kWeirdTable);
+  CopyOnceInMemory();
+
+  auto parse = [](const std::string& text, rapidjson::Document* d) {
+    d->Parse(text.c_str(), text.size());
+    return !d->HasParseError() && d->IsObject();
+  };
+  auto status = Dt({"status", "--json"});
+  ASSERT_EQ(status.code, 0) << status.err;
+  rapidjson::Document d;
+  ASSERT_TRUE(parse(status.out, &d)) << status.out;
+  ASSERT_TRUE(d["tables"].IsArray()) << status.out;
+  ASSERT_EQ(d["tables"].Size(), 2u) << status.out;
+  const auto& t = d["tables"][1];
+  EXPECT_EQ(std::string(t["source"].GetString()), weird) << status.out;
+  EXPECT_EQ(std::string(t["target"].GetString()), weird) << status.out;
+  EXPECT_EQ(std::string(t["snapshot"]["state"].GetString()), "done") << status.out;
+  EXPECT_TRUE(t["caught_up"].GetBool()) << status.out;
+  ASSERT_TRUE(d["not_configured"].IsArray()) << status.out;
+  EXPECT_EQ(d["not_configured"].Size(), 0u) << status.out;
+
+  // Differences whose text holds the odd characters: a key missing on the
+  // target and a column only the target has.
+  TargetCluster().Exec(tgt_, R"sql(DELETE FROM "we\ird"."Tab ""q""" WHERE k <> 'plain';
+ALTER TABLE "we\ird"."Tab ""q""" ADD COLUMN "extra ""q""\z" int;)sql");
+  auto verify = Dt({"verify", "--json"});
+  EXPECT_EQ(verify.code, 1) << verify.out << verify.err;
+  ASSERT_TRUE(parse(verify.out, &d)) << verify.out;
+  EXPECT_FALSE(d["equal"].GetBool()) << verify.out;
+  ASSERT_EQ(d["tables"].Size(), 2u) << verify.out;
+  const auto& v = d["tables"][1];
+  EXPECT_EQ(std::string(v["source"].GetString()), weird) << verify.out;
+  ASSERT_EQ(v["keys"].Size(), 1u) << verify.out;
+  const std::string key = v["keys"][0]["key"].GetString();
+  EXPECT_TRUE(Contains(key, "\n") && Contains(key, "\"") && Contains(key, "\\")) << key;
+  EXPECT_EQ(std::string(v["keys"][0]["difference"].GetString()), "missing on target");
+  ASSERT_EQ(v["schema_problems"].Size(), 1u) << verify.out;
+  EXPECT_TRUE(Contains(v["schema_problems"][0].GetString(), target_only)) << verify.out;
+
+  // No longer configured: listed under "not_configured".
+  WriteConfig();
+  status = Dt({"status", "--json"});
+  ASSERT_EQ(status.code, 0) << status.err;
+  ASSERT_TRUE(parse(status.out, &d)) << status.out;
+  EXPECT_EQ(d["tables"].Size(), 1u) << status.out;
+  ASSERT_EQ(d["not_configured"].Size(), 1u) << status.out;
+  EXPECT_EQ(std::string(d["not_configured"][0]["source"].GetString()), weird) << status.out;
+  EXPECT_EQ(d["not_configured"][0]["pending"].GetInt64(), 0) << status.out;
+}
+
 }  // namespace
 }  // namespace datatunnel

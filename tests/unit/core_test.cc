@@ -1,9 +1,11 @@
 // Core types: Status, Position order, Row slots, names, codecs.
 #include <gtest/gtest.h>
+#include <rapidjson/document.h>
 
 #include "core/change.h"
 #include "core/clock.h"
 #include "core/codec.h"
+#include "core/json.h"
 #include "core/status.h"
 #include "core/table.h"
 
@@ -134,6 +136,28 @@ TEST(ValueKind, FromTypeName) {
   EXPECT_EQ(ValueKindForType("timestamptz"), ValueKind::kTimestamp);
   EXPECT_EQ(ValueKindForType("_int4"), ValueKind::kString);  // arrays travel as literals
   EXPECT_EQ(ValueKindForType("date"), ValueKind::kString);
+}
+
+// core/json.h: strings and keys of any bytes make valid JSON that reads back
+// unchanged.
+TEST(Json, StringsAndKeysOfAnyBytes) {
+  const std::string odd =
+      std::string("\"we\\ird\".\"Tab \"\"q\"\"\" \n\r\t\0\x1f\x7f K\xc3\xa4se", 33);
+  rapidjson::StringBuffer buf;
+  JsonWriter w(buf);
+  w.StartObject();
+  JsonKey(w, std::string_view(odd));
+  JsonString(w, std::string_view(odd));
+  w.EndObject();
+  const std::string text = JsonText(buf);
+  EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+  rapidjson::Document d;
+  d.Parse(text.c_str(), text.size());
+  ASSERT_FALSE(d.HasParseError()) << text;
+  ASSERT_EQ(d.MemberCount(), 1u);
+  const auto& m = *d.MemberBegin();
+  EXPECT_EQ(std::string(m.name.GetString(), m.name.GetStringLength()), odd);
+  EXPECT_EQ(std::string(m.value.GetString(), m.value.GetStringLength()), odd);
 }
 
 }  // namespace

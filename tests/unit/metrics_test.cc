@@ -415,6 +415,30 @@ TEST(Exposition, ScrapesStayWellFormedUnderUpdates) {
   writer.join();
 }
 
+// Label values take the text format's three escapes and nothing else (not
+// JSON's: a Prometheus parser refuses "\u0009").
+TEST(Exposition, LabelValuesTakePrometheusEscapes) {
+  EXPECT_EQ(EscapeLabelValue(R"("we\ird"."Tab ""q""")"), R"(\"we\\ird\".\"Tab \"\"q\"\"\")");
+  EXPECT_EQ(EscapeLabelValue("two\nlines"), R"(two\nlines)");
+  EXPECT_EQ(EscapeLabelValue("tab\there\r\x01"), "tab\there\r\x01");
+  EXPECT_EQ(EscapeLabelValue("K\xc3\xa4se"), "K\xc3\xa4se");
+  EXPECT_EQ(EscapeLabelValue(""), "");
+
+  const std::string name = "we\\ird.Tab \"q\"\nand\ttab";
+  Metrics m(Tables{{name, name}});
+  m.table(0).captured += 3;
+  std::vector<Sample> samples;
+  const std::string text = m.RenderPrometheus();
+  for (const auto& p : CheckExposition(text, &samples)) ADD_FAILURE() << p;
+  size_t labelled = 0;
+  for (const Sample& s : samples) {
+    if (!s.labels.count("table")) continue;
+    EXPECT_EQ(s.labels.at("table"), name) << s.name;
+    ++labelled;
+  }
+  EXPECT_GT(labelled, 10u) << text;
+}
+
 TEST(HttpServer, ReadinessDecidesReadyz) {
   Metrics m(Tables{});
   std::mutex mu;
