@@ -46,7 +46,6 @@ class TargetCore {
   // Connects, checks the target's state (apply::CheckStateCurrent) and reads
   // the target tables' specs.
   Status Connect();
-  const TargetOptions& options() const { return options_; }
   const std::vector<TableSpec>& targets() const { return targets_; }
   // The source installation the tunnel is bound to on the target (read at
   // Connect; "" without a tunnel name). Reload() reads it again.
