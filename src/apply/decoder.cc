@@ -64,14 +64,7 @@ EnvelopeDecoder::EnvelopeDecoder(const std::vector<TableSpec>* targets) : target
   Refresh();
 }
 
-void EnvelopeDecoder::Refresh() {
-  columns_.clear();
-  for (const auto& t : *targets_) {
-    std::unordered_map<std::string, size_t, NameHash, std::equal_to<>> m;
-    for (size_t i = 0; i < t.columns.size(); ++i) m.emplace(t.columns[i].name, i);
-    columns_.push_back(std::move(m));
-  }
-}
+void EnvelopeDecoder::Refresh() { columns_.Build(*targets_); }
 
 Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, size_t value_size, Row* row,
                                   bool* any_unknown) {
@@ -81,15 +74,15 @@ Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, size_t value_s
   for (auto field : obj) {
     std::string_view name;
     if (field.unescaped_key().get(name)) return Bad("a row has a malformed field name");
-    auto it = columns_[table].find(name);
+    const int found = columns_.Find(table, name);
     od::value v;
     if (field.value().get(v)) return Bad(fmt::format("field \"{}\" is malformed", name));
-    if (it == columns_[table].end()) {
+    if (found < 0) {
       *any_unknown = true;
       scratch_.assign(name);
       continue;
     }
-    const size_t col = it->second;
+    const size_t col = static_cast<size_t>(found);
     od::json_type type;
     if (v.type().get(type)) return Bad(fmt::format("field \"{}\" is malformed", name));
     if (spec.columns[col].kind == ValueKind::kBytes && type != od::json_type::string &&

@@ -15,9 +15,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
+#include "apply/columns.h"
 #include "core/change.h"
 #include "core/status.h"
 #include "core/table.h"
@@ -69,12 +69,7 @@ class EnvelopeDecoder {
                    bool* any_unknown);
 
   const std::vector<TableSpec>* targets_;
-  // Looked up by the string_view of a field name, without a copy.
-  struct NameHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
-  };
-  std::vector<std::unordered_map<std::string, size_t, NameHash, std::equal_to<>>> columns_;
+  ColumnLookup columns_;
   simdjson::ondemand::parser parser_;
   std::string padded_;
   std::string scratch_;

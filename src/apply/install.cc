@@ -409,6 +409,28 @@ Status CheckInstalled(pg::Connection& target) {
   return Status::OK();
 }
 
+Status CheckStateCurrent(pg::Connection& target) {
+  auto check = target.Query("SELECT 1 FROM datatunnel.applied LIMIT 0");
+  // A lost connection (the target restarting) is retried, not "run init".
+  if (!check.ok() && check.status().code() != StatusCode::kFatal) return check.status();
+  if (!check.ok()) {
+    return Status::Fatal(fmt::format(
+        "the {} has no datatunnel state (datatunnel.applied): run `datatunnel init` first",
+        target.description()));
+  }
+  check = target.Query(
+      "SELECT a.tail_epoch, a.gap_offset, r.tick FROM datatunnel.applied a, datatunnel.resyncs r "
+      "LIMIT 0");
+  if (!check.ok() && check.status().code() != StatusCode::kFatal) return check.status();
+  if (!check.ok()) {
+    return Status::Fatal(fmt::format(
+        "the datatunnel state on the {} is from an older version (no chain check columns): run "
+        "`datatunnel init` to upgrade it, then start again",
+        target.description()));
+  }
+  return Status::OK();
+}
+
 Result<std::string> BoundSource(pg::Connection& target, const std::string& tunnel) {
   DT_ASSIGN_OR_RETURN(auto has,
                       target.Query("SELECT to_regclass('datatunnel.tunnels') IS NOT NULL"));

@@ -57,6 +57,12 @@ struct TypeToCreate {
 // or kBadConfig asking for `datatunnel init`.
 Status CheckInstalled(pg::Connection& target);
 
+// Checks, for a consumer about to apply, that the target's state is there
+// and of this version (the chain check's columns, datatunnel.resyncs): kFatal
+// asking for `datatunnel init` (to set it up or upgrade it), or the error of
+// a target that cannot be read now (retryable: it may be restarting).
+Status CheckStateCurrent(pg::Connection& target);
+
 // The source installation id tunnel `tunnel` is bound to on the target
 // (datatunnel.tunnels, written by `init`); kBadConfig asking for `init` when
 // the tunnel is not registered there.

@@ -1,5 +1,6 @@
 // MemoryChannel: the in-memory hand-over of `run --broker none`, and the
-// MemorySink that feeds it.
+// MemorySink that feeds it (the target worker reads it through MemorySource,
+// tunnel/memory_source.h).
 //
 // A bounded queue of changes from the source worker to the target worker,
 // and a queue of acknowledgements back: a change counts as delivered only

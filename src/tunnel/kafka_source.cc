@@ -1,0 +1,309 @@
+#include "tunnel/kafka_source.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "core/clock.h"
+
+namespace datatunnel::tunnel {
+
+KafkaSource::KafkaSource(const TargetOptions& options, metrics::Metrics* metrics,
+                         const StopSource* stop)
+    : options_(options), metrics_(metrics), stop_(stop) {}
+
+Status KafkaSource::Open(TargetCore* core) {
+  core_ = core;
+  std::vector<std::string> topics;
+  for (const auto& t : options_.tables) topics.push_back(t.topic);
+  // Create waits until the brokers know every topic, so the first group
+  // join assigns all their partitions.
+  DT_ASSIGN_OR_RETURN(consumer_, broker::Consumer::Create(options_.kafka, topics, this, [this] {
+                        return stop_->stop_requested();
+                      }));
+  decoder_ = std::make_unique<apply::EnvelopeDecoder>(&core_->targets());
+  decoder_->ExpectOrigin(options_.tunnel, core_->source_install());
+  spdlog::info("consumer: applying {} topic(s) to the target as group \"{}\"", topics.size(),
+               options_.kafka.group_id);
+  return Status::OK();
+}
+
+void KafkaSource::Close() {
+  CommitOffsets(true);  // Close() waits for it
+  metrics_->consumer_ready = 0;
+  Status closed = consumer_->Close();
+  if (!closed.ok()) spdlog::warn("consumer: {}", closed.message());
+}
+
+void KafkaSource::OnAssigned(std::vector<TopicPartition>* partitions) {
+  for (auto& p : *partitions) {
+    const int t = core_->TableForTopic(p.topic);
+    if (t < 0) continue;
+    // Start right after what the target has applied. If the target cannot be
+    // reached now, start from the beginning: what is already applied is
+    // dropped by position, so that costs time, never correctness.
+    Result<apply::PartitionState> st = Status::Retryable("not loaded");
+    const int64_t deadline = MonotonicMicros() + 30'000'000;
+    while (!stop_->stop_requested()) {
+      st = core_->State(p.topic, p.partition, static_cast<uint32_t>(t));
+      if (st.ok() || MonotonicMicros() > deadline) break;
+      stop_->SleepFor(500);
+    }
+    if (st.ok()) {
+      // Never applied: from offset 0, not from the oldest offset the broker
+      // still has. If retention already removed offset 0, the consumer stops
+      // with "no longer on the broker" instead of silently skipping changes.
+      p.offset = st->offset >= 0 ? st->offset + 1 : 0;
+      auto open = core_->OpenBarrier(p.topic, p.partition);
+      if (open.ok() && *open) waiting_[{p.topic, p.partition}] = Waiting{**open, false};
+    } else {
+      spdlog::warn(
+          "consumer: cannot read the stored position of {} [{}] ({}); reading it from "
+          "the beginning, already-applied changes will be skipped",
+          p.topic, p.partition, st.status().message());
+      p.offset = kOffsetBeginning;
+    }
+    spdlog::debug("consumer: assigned {} [{}] from offset {}", p.topic, p.partition, p.offset);
+  }
+}
+
+void KafkaSource::OnRevoked(const std::vector<TopicPartition>& partitions) {
+  for (const auto& p : partitions) {
+    core_->Forget(p.topic, p.partition);
+    waiting_.erase({p.topic, p.partition});
+    // Its next owner starts from the target's stored position, and commits.
+    uncommitted_.erase({p.topic, p.partition});
+  }
+}
+
+Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
+  *ended = false;
+  msgs_.clear();
+  if (!carry_.empty()) {
+    msgs_ = std::move(carry_);
+    carry_.clear();
+  } else {
+    DT_RETURN_IF_ERROR(consumer_->Poll(static_cast<size_t>(options_.pipeline.batch_max_changes),
+                                       100, options_.pipeline.batch_max_wait_ms, &msgs_));
+    metrics_->consumer_ready = consumer_->Ready() ? 1 : 0;
+  }
+  DT_RETURN_IF_ERROR(CheckBarriers());
+  items->reserve(msgs_.size());
+  cut_.clear();
+  refetch_.clear();
+  for (const auto& m : msgs_) {
+    const InboundMessage v = m.view();
+    const auto tp = std::make_pair(std::string(v.topic), v.partition);
+    if (cut_.count(tp) || waiting_.count(tp)) {
+      refetch_.try_emplace(tp, v.offset);
+      continue;
+    }
+    apply::Item item;
+    DT_RETURN_IF_ERROR(ToItem(m, core_->TableForTopic(v.topic), &item));
+    items->push_back(std::move(item));
+  }
+  if (spdlog::should_log(spdlog::level::trace)) {
+    for (const auto& it : *items) {
+      spdlog::trace("consumer: batch item {} [{}] @{} op {}", it.stream, it.partition, it.offset,
+                    static_cast<char>(it.change.op));
+    }
+  }
+  // Dead letters must be stored before the offsets that skip them commit.
+  while (dlq_ && dlq_pending_ > 0 && !stop_->stop_requested()) dlq_->Poll(50);
+  if (!dlq_error_.ok()) return dlq_error_.WithContext("writing to the dead-letter topic");
+  return Status::OK();
+}
+
+Status KafkaSource::ToItem(const broker::Message& m, int table, apply::Item* item) {
+  const InboundMessage v = m.view();
+  auto name = topic_names_.find(v.topic);
+  if (name == topic_names_.end()) name = topic_names_.emplace(v.topic).first;
+  item->stream = *name;
+  item->partition = v.partition;
+  item->offset = v.offset;
+  if (table < 0 || v.null_value) {
+    item->kind = apply::Item::Kind::kIgnored;  // tombstones and foreign topics carry no change
+    item->change.table = table < 0 ? 0 : static_cast<uint32_t>(table);
+    return Status::OK();
+  }
+  const auto t = static_cast<uint32_t>(table);
+  Status dst = Decode(v, t, item);
+  if (dst.code() == StatusCode::kBadConfig) return dst;  // nothing of this batch is applied
+  item->broadcast_partitions = decoder_->broadcast_partitions();
+  item->chained = dst.ok();
+  item->prev = decoder_->prev();
+  if (dst.code() == StatusCode::kBadData) {
+    DT_RETURN_IF_ERROR(DeadLetter(m, dst));
+    item->kind = apply::Item::Kind::kDeadLetter;
+    item->change.table = t;
+    // A dead letter of ours still takes its place in the chain, so the
+    // next message, which links to it, is no gap.
+    item->chained = decoder_->ReadChain(v.value, &item->change.pos, &item->prev);
+  } else if (!dst.ok()) {
+    return dst.WithContext(fmt::format("{} [{}] offset {}", v.topic, v.partition, v.offset));
+  } else if (item->change.op == Op::kTruncate && item->broadcast_partitions > 1) {
+    cut_[{std::string(v.topic), v.partition}] = item->change.pos;
+  } else if (item->change.op == Op::kMarker && item->change.marker == Marker::kSchema) {
+    // Processed whatever its position: adding a column is idempotent.
+    bool changed = false;
+    DT_RETURN_IF_ERROR(core_->EnsureColumns(t, decoder_->schema_columns(), &changed));
+    if (changed) decoder_->Refresh();
+    item->kind = apply::Item::Kind::kIgnored;
+  }
+  return Status::OK();
+}
+
+Status KafkaSource::Decode(const InboundMessage& v, uint32_t table, apply::Item* item) {
+  apply::EnvelopeDecoder& decoder = *decoder_;
+  Status dst = decoder.Decode(v.value, table, &item->change);
+  if (dst.code() == StatusCode::kFatal) {
+    // A column the cached target columns lack: `init` may have added
+    // it to the target since they were read. Look before stopping.
+    bool changed = false;
+    if (core_->Redescribe(table, &changed).ok() && changed) {
+      decoder.Refresh();
+      dst = decoder.Decode(v.value, table, &item->change);
+    }
+  }
+  if (dst.code() == StatusCode::kBadConfig && decoder.origin_tunnel() == options_.tunnel) {
+    // `init` may have bound the tunnel to a new installation of its
+    // source (set up again) since this consumer started.
+    auto fresh = core_->ReloadSourceInstall();
+    if (fresh.ok() && *fresh == decoder.origin_install()) {
+      decoder.ExpectOrigin(options_.tunnel, *fresh);
+      dst = decoder.Decode(v.value, table, &item->change);
+    }
+  }
+  if (dst.code() != StatusCode::kBadConfig) return dst;
+  const bool same_name = decoder.origin_tunnel() == options_.tunnel;
+  return Status::BadConfig(fmt::format(
+      "{} [{}] offset {}: {}; nothing was applied. {}", v.topic, v.partition, v.offset,
+      dst.message(),
+      same_name ? "Two sources publish as this tunnel to the same topics: give one of them "
+                  "another [tunnel] name (or kafka.topic_prefix) and run `datatunnel init` "
+                  "with it; if this tunnel's source was set up anew, run `datatunnel init` to "
+                  "bind the target to it"
+                : "Each tunnel needs its own topics: give the two tunnels different "
+                  "kafka.topic_prefix (or [[tables]] topic) settings"));
+}
+
+Status KafkaSource::Committed(const std::vector<apply::Item>& items) {
+  if (paused_) {
+    ResumeAll();
+    paused_ = false;
+  }
+  for (const auto& [tp, pos] : cut_) {
+    auto done = core_->BarrierDone(tp.first, pos);
+    if (!done.ok() || !*done) waiting_[tp] = Waiting{pos, false};
+    spdlog::debug("consumer: {} [{}] reached a TRUNCATE ({}): {}", tp.first, tp.second,
+                  pos.ToString(), done.ok() && *done ? "it has run" : "waiting for the others");
+  }
+  for (const auto& [tp, offset] : refetch_) {
+    Status s = consumer_->Seek({tp.first, tp.second, offset});
+    if (!s.ok()) spdlog::warn("consumer: {}", s.message());
+  }
+  last_barrier_check_us_ = 0;
+  DT_RETURN_IF_ERROR(CheckBarriers());
+  // The last offset of each partition: items come in runs of one partition,
+  // so the map is touched once per run, not per message.
+  for (size_t i = 0; i < items.size(); ++i) {
+    const apply::Item& it = items[i];
+    if (i + 1 == items.size() || items[i + 1].partition != it.partition ||
+        items[i + 1].stream != it.stream) {
+      uncommitted_[{std::string(it.stream), it.partition}] = it.offset + 1;
+    }
+  }
+  CommitOffsets(false);
+  return Status::OK();
+}
+
+void KafkaSource::CommitOffsets(bool force) {
+  const int64_t now = MonotonicMicros();
+  if (uncommitted_.empty() || (!force && now - last_commit_us_ < kCommitIntervalUs)) return;
+  last_commit_us_ = now;
+  std::vector<TopicPartition> commits;
+  commits.reserve(uncommitted_.size());
+  for (const auto& [tp, next] : uncommitted_) commits.push_back({tp.first, tp.second, next});
+  uncommitted_.clear();
+  consumer_->CommitAsync(commits);
+}
+
+void KafkaSource::ResumeAll() {
+  std::vector<TopicPartition> resume;
+  for (const auto& tp : consumer_->Assignment()) {
+    if (!waiting_.count({tp.topic, tp.partition})) resume.push_back(tp);
+  }
+  consumer_->Resume(resume);
+}
+
+Status KafkaSource::CheckBarriers() {
+  const int64_t now = MonotonicMicros();
+  if (waiting_.empty() || now - last_barrier_check_us_ < 200'000) return Status::OK();
+  last_barrier_check_us_ = now;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    const TopicPartition tp{it->first.first, it->first.second, -1};
+    if (!it->second.paused) {
+      consumer_->Pause({tp});
+      it->second.paused = true;
+    }
+    auto done = core_->BarrierDone(tp.topic, it->second.pos);
+    if (!done.ok()) return done.status().IsRetryable() ? Status::OK() : done.status();
+    if (*done) {
+      spdlog::debug("consumer: {} [{}] continues after the TRUNCATE", tp.topic, tp.partition);
+      consumer_->Resume({tp});
+      it = waiting_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return Status::OK();
+}
+
+Status KafkaSource::DeadLetter(const broker::Message& m, const Status& why) {
+  const InboundMessage v = m.view();
+  if (options_.pipeline.on_bad_message == BadMessagePolicy::kStop) {
+    return Status::Fatal(fmt::format(
+        "bad message at {} [{}] offset {}: {}; fix or skip it (on_bad_message = \"dlq\" sends such "
+        "messages to {}.dlq instead of stopping)",
+        v.topic, v.partition, v.offset, why.message(), v.topic));
+  }
+  if (!dlq_) {
+    DT_ASSIGN_OR_RETURN(dlq_, broker::Producer::Create(
+                                  options_.kafka,
+                                  [this](uint64_t, const Status& st) {
+                                    --dlq_pending_;
+                                    if (!st.ok() && dlq_error_.ok()) dlq_error_ = st;
+                                  },
+                                  "datatunnel-dlq"));
+  }
+  std::vector<broker::Header> headers = {
+      {"datatunnel.error", why.message()},
+      {"datatunnel.topic", std::string(v.topic)},
+      {"datatunnel.partition", std::to_string(v.partition)},
+      {"datatunnel.offset", std::to_string(v.offset)},
+  };
+  const std::string topic = std::string(v.topic) + ".dlq";
+  for (;;) {
+    Status st = dlq_->Send(topic, broker::kAnyPartition, v.key, v.value, 0, &headers);
+    if (st.ok()) break;
+    if (!st.IsRetryable()) return st;
+    dlq_->Poll(10);
+  }
+  ++dlq_pending_;
+  spdlog::warn("consumer: bad message at {} [{}] offset {} sent to {}: {}", v.topic, v.partition,
+               v.offset, topic, why.message());
+  return Status::OK();
+}
+
+void KafkaSource::KeepAlive() {
+  auto assigned = consumer_->Assignment();
+  consumer_->Pause(assigned);  // fetched messages are dropped and fetched again on resume
+  paused_ = true;
+  // Serves rebalances and keeps max.poll.interval.ms from expiring. A message
+  // can still arrive from a partition assigned just now: keep it for later.
+  Status st = consumer_->Poll(1000, 0, 0, &carry_);
+  if (!st.ok()) spdlog::warn("consumer: {}", st.message());
+  metrics_->consumer_ready = consumer_->Ready() ? 1 : 0;
+  consumer_->Pause(consumer_->Assignment());
+}
+
+}  // namespace datatunnel::tunnel

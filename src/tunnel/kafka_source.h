@@ -1,0 +1,97 @@
+// KafkaSource: the target worker's input through a broker, the mirror of
+// KafkaSink. It reads each table's topic as a member of the consumer group,
+// starts each assigned partition right after the offset the target stored
+// with its rows, and decodes messages into items (apply::EnvelopeDecoder):
+//   - a message it cannot decode goes to the dead-letter topic
+//     (on_bad_message = "dlq") or stops the worker, and still takes its place
+//     in its partition's chain;
+//   - a message of another tunnel or source installation stops the worker
+//     before anything of its batch is applied;
+//   - a schema marker adds the columns the target lacks first;
+//   - a TRUNCATE sent to every partition cuts its partition's input: what
+//     follows waits, its partition paused, until every partition got there
+//     (the barrier, apply/install.h), then is fetched again.
+// The group's committed offsets are only a hint for Kafka's lag tools
+// (positions live in the target).
+//
+// Thread-safety: one thread, as ChangeSource; the rebalance callbacks run
+// inside the consumer's Poll() on that thread.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apply/decoder.h"
+#include "broker/kafka.h"
+#include "core/stop.h"
+#include "metrics/metrics.h"
+#include "tunnel/change_source.h"
+#include "tunnel/target_core.h"
+
+namespace datatunnel::tunnel {
+
+class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
+ public:
+  KafkaSource(const TargetOptions& options, metrics::Metrics* metrics, const StopSource* stop);
+  Status Open(TargetCore* core) override;
+  Status Next(std::vector<apply::Item>* items, bool* ended) override;
+  // Keeps the consumer in its group while a batch waits for the target:
+  // pauses fetching and polls, keeping any message that still arrives.
+  void KeepAlive() override;
+  Status Committed(const std::vector<apply::Item>& items) override;
+  void Close() override;
+
+  void OnAssigned(std::vector<TopicPartition>* partitions) override;
+  void OnRevoked(const std::vector<TopicPartition>& partitions) override;
+
+ private:
+  // Message `m` (of table `table`, -1: a foreign topic) as an item.
+  Status ToItem(const broker::Message& m, int table, apply::Item* item);
+  // Decodes `m` for table `table` into *item, looking again at the target's
+  // columns and the tunnel's binding before refusing it.
+  Status Decode(const InboundMessage& v, uint32_t table, apply::Item* item);
+  Status DeadLetter(const broker::Message& m, const Status& why);
+  Status CheckBarriers();
+  void ResumeAll();
+  void CommitOffsets(bool force);
+
+  TargetOptions options_;
+  metrics::Metrics* metrics_;
+  const StopSource* stop_;
+  TargetCore* core_ = nullptr;
+  std::unique_ptr<broker::Consumer> consumer_;
+  std::unique_ptr<apply::EnvelopeDecoder> decoder_;
+  std::vector<broker::Message> msgs_;
+  std::unique_ptr<broker::Producer> dlq_;
+  std::vector<broker::Message> carry_;              // polled during a keepalive, applied next
+  std::set<std::string, std::less<>> topic_names_;  // what items' `stream` points to
+  bool paused_ = false;
+  // A partition's input stops at a TRUNCATE sent to every partition: what
+  // follows it waits until every partition got there (the barrier). Per
+  // batch: where each partition was cut, and the first message left out.
+  std::map<std::pair<std::string, int32_t>, Position> cut_;
+  std::map<std::pair<std::string, int32_t>, int64_t> refetch_;
+  // Partitions stopped at a TRUNCATE that waits for the other partitions:
+  // they stay paused until it has run.
+  struct Waiting {
+    Position pos;
+    bool paused = false;
+  };
+  std::map<std::pair<std::string, int32_t>, Waiting> waiting_;
+  int64_t last_barrier_check_us_ = 0;
+  int64_t dlq_pending_ = 0;
+  Status dlq_error_;
+  // Applied offsets wait here and are committed at most once per
+  // kCommitIntervalUs, and when the consumer stops. Committing after every
+  // batch sent the broker an OffsetCommit (a write to __consumer_offsets)
+  // per fetch: as many requests as the fetches.
+  static constexpr int64_t kCommitIntervalUs = 1'000'000;
+  std::map<std::pair<std::string, int32_t>, int64_t> uncommitted_;  // next offset to read
+  int64_t last_commit_us_ = 0;
+};
+
+}  // namespace datatunnel::tunnel
