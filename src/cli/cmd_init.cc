@@ -19,24 +19,21 @@ struct InitOptions {
 };
 
 int RunInit(const Globals& g, const InitOptions& o) {
-  SetupLogging(g);
-  auto config = LoadConfig(g);
-  if (!config.ok()) return Fail(config.status());
-  pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
-  if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
-  auto source = pg::Connection::Open(so);
-  if (!source.ok()) return Fail(source.status());
-  auto target = pg::Connection::Open(to);
-  if (!target.ok()) return Fail(target.status());
-  if (Status st = CheckDistinctTables(**source, **target, *config); !st.ok()) return Fail(st);
+  auto setup = LoadSetup(g);
+  if (!setup.ok()) return Fail(setup.status());
+  auto db = OpenDatabases(*setup);
+  if (!db.ok()) return Fail(db.status());
+  const Config& config = setup->config;
+  pg::Connection &source = *db->source, &target = *db->target;
+  if (Status st = CheckDistinctTables(source, target, config); !st.ok()) return Fail(st);
   std::vector<std::string> warnings;
-  auto specs = capture::DescribeSourceTables(**source, config->tables, &warnings);
+  auto specs = capture::DescribeSourceTables(source, config.tables, &warnings);
   if (!specs.ok()) return Fail(specs.status());
   for (const auto& w : warnings) Warn(w);
   if (o.print_sql) {
     // The DDL init runs, for review: init itself also records the tables and
     // the tunnel in the state tables, and skips what exists already.
-    fmt::print("-- source ({})\n{}\n", (*source)->description(), capture::StateSchemaDdl());
+    fmt::print("-- source ({})\n{}\n", source.description(), capture::StateSchemaDdl());
     for (const auto& s : *specs) {
       std::string key;
       for (size_t k : s.key) key += (key.empty() ? "" : ",") + s.columns[k].name;
@@ -44,7 +41,7 @@ int RunInit(const Globals& g, const InitOptions& o) {
     }
     fmt::print("-- event triggers (need a superuser; init goes on without them)\n{};\n{};\n",
                capture::kDropGuardDdl, capture::kDdlTriggerDdl);
-    fmt::print("-- target ({})\n{}\n", (*target)->description(), apply::TargetStateDdl());
+    fmt::print("-- target ({})\n{}\n", target.description(), apply::TargetStateDdl());
     for (const auto& s : *specs) {
       fmt::print("-- target table {} (each statement only where it is missing)\n",
                  s.target.ToString());
@@ -55,23 +52,23 @@ int RunInit(const Globals& g, const InitOptions& o) {
   }
   // Check everything that can be checked before changing anything, so a
   // refused init leaves both databases as they were.
-  auto captured = capture::CapturedTables(**source, "");  // every tunnel's
+  auto captured = capture::CapturedTables(source, "");  // every tunnel's
   if (!captured.ok()) return Fail(captured.status());
   if (Status st = capture::CheckKeysUnchanged(*captured, *specs); !st.ok()) return Fail(st);
   if (Status st =
-          capture::CheckOwnership(*captured, config->tunnel.name, *specs, (*source)->description());
+          capture::CheckOwnership(*captured, config.tunnel.name, *specs, source.description());
       !st.ok()) {
     return Fail(st);
   }
   for (const auto& t :
-       capture::NotConfigured(capture::OfTunnel(*captured, config->tunnel.name), config->tables)) {
+       capture::NotConfigured(capture::OfTunnel(*captured, config.tunnel.name), config.tables)) {
     Warn(fmt::format(
         "table {} is captured but no longer in the configuration: its change table keeps "
         "growing; remove its capture with `datatunnel uninstall --yes --table {}` (or add it "
         "back to [[tables]])",
         t.ToString(), t.ToString()));
   }
-  auto check = apply::CheckTarget(**target, *specs);
+  auto check = apply::CheckTarget(target, *specs);
   if (!check.ok()) return Fail(check.status().WithContext("checking the target"));
   for (const auto& w : check->warnings) Warn(w);
   if (!check->errors.empty()) {
@@ -79,13 +76,13 @@ int RunInit(const Globals& g, const InitOptions& o) {
     return Fail(Status::BadConfig(check->errors.back() +
                                   " (init changed nothing on the source or the target)"));
   }
-  auto types = capture::UserTypes(**source, *specs);
+  auto types = capture::UserTypes(source, *specs);
   if (!types.ok()) return Fail(types.status().WithContext("reading the source's types"));
   std::vector<apply::TypeToCreate> create;
   for (const auto& t : *types) create.push_back({t.name, t.schema, t.ddl});
   // The target first: until the source's triggers exist nothing is captured,
   // so a failure on the source leaves only harmless objects on the target.
-  auto tgt_actions = apply::Install(**target, *specs, create);
+  auto tgt_actions = apply::Install(target, *specs, create);
   if (!tgt_actions.ok()) {
     return Fail(tgt_actions.status().WithContext(
         "init on the target (nothing was changed on the source; fix this and run init again)"));
@@ -99,25 +96,25 @@ int RunInit(const Globals& g, const InitOptions& o) {
                 "capture nothing and are kept): nothing was changed on the source; fix "
                 "this and run `datatunnel init` again to finish, or `datatunnel "
                 "uninstall --yes` to remove the target's state");
-  auto src_report = capture::Install(**source, config->tunnel.name, *specs);
+  auto src_report = capture::Install(source, config.tunnel.name, *specs);
   if (!src_report.ok()) {
     return Fail(src_report.status().WithContext("init on the source, " + after_target));
   }
   for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
   // The target accepts messages of this tunnel from this source installation only.
-  auto install = capture::LoadInstallId(**source);
+  auto install = capture::LoadInstallId(source);
   if (!install.ok()) return Fail(install.status());
-  auto bound = apply::BindTunnel(**target, config->tunnel.name, *install);
+  auto bound = apply::BindTunnel(target, config.tunnel.name, *install);
   if (!bound.ok()) return Fail(bound.status().WithContext("init on the target"));
   if (!bound->empty()) fmt::print("target: {}\n", *bound);
-  fmt::print("tunnel \"{}\": topics {}.<schema>.<table>, consumer group {}\n", config->tunnel.name,
-             config->kafka.topic_prefix, config->kafka.group_id);
+  fmt::print("tunnel \"{}\": topics {}.<schema>.<table>, consumer group {}\n", config.tunnel.name,
+             config.kafka.topic_prefix, config.kafka.group_id);
   for (const auto& w : src_report->warnings) Warn(w);
   // Columns captured only now: rows changed since they were added lack
   // their values, so copy those tables again (consistently with the stream).
   for (size_t t : src_report->needs_snapshot) {
     const TableSpec& spec = (*specs)[t];
-    if (Status st = snapshot::Request(**source, spec, /*restart=*/true); !st.ok()) return Fail(st);
+    if (Status st = snapshot::Request(source, spec, /*restart=*/true); !st.ok()) return Fail(st);
     fmt::print("source: requested a snapshot of {} to fill its new columns on the target\n",
                spec.source.ToString());
   }
@@ -126,14 +123,11 @@ int RunInit(const Globals& g, const InitOptions& o) {
     fmt::print("nothing to do: capture and target are up to date for {} table(s)\n", specs->size());
   }
   if (!o.runtime_role.empty()) {
-    auto db = (*target)->Query("SELECT current_database()");
-    if (!db.ok()) return Fail(db.status());
     fmt::print("\n-- On the source, for runtime role {} (produce):\n", o.runtime_role);
     for (const auto& line : capture::RuntimeGrants(*specs, o.runtime_role))
       fmt::print("{}\n", line);
     fmt::print("\n-- On the target, for runtime role {} (consume):\n", o.runtime_role);
-    for (const auto& line :
-         apply::RuntimeGrants(*specs, o.runtime_role, std::string(db->Get(0, 0)))) {
+    for (const auto& line : apply::RuntimeGrants(*specs, o.runtime_role, target.database())) {
       fmt::print("{}\n", line);
     }
   } else if (!src_actions.empty()) {

@@ -261,23 +261,18 @@ std::string RenderText(const std::vector<Row>& rows, const std::vector<NotConfig
 }
 
 int RunStatus(const Globals& g, const StatusOptions& o) {
-  SetupLogging(g);
-  auto config = LoadConfig(g);
-  if (!config.ok()) return Fail(config.status());
-  pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
-  so.application_name = to.application_name = "datatunnel status";
-  if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
-  auto src = pg::Connection::Open(so);
-  if (!src.ok()) return Fail(src.status());
-  auto tgt = pg::Connection::Open(to);
-  if (!tgt.ok()) return Fail(tgt.status());
+  auto setup = LoadSetup(g, "datatunnel status");
+  if (!setup.ok()) return Fail(setup.status());
+  auto db = OpenDatabases(*setup);
+  if (!db.ok()) return Fail(db.status());
+  const Config& config = setup->config;
   StopSource stop;
   if (o.watch) InstallSignalHandlers(&stop);
   const bool tty = isatty(STDOUT_FILENO);
   do {
-    auto rows = Collect(**src, **tgt, *config);
+    auto rows = Collect(*db->source, *db->target, config);
     if (!rows.ok()) return Fail(rows.status());
-    auto removed = CollectNotConfigured(**src, *config);
+    auto removed = CollectNotConfigured(*db->source, config);
     if (!removed.ok()) return Fail(removed.status());
     const std::string text = o.json ? RenderJson(*rows, *removed) : RenderText(*rows, *removed);
     if (o.watch && tty && !o.json) fmt::print("\033[H\033[2J");

@@ -21,9 +21,9 @@ struct UninstallOptions {
 };
 
 int RunUninstall(const Globals& g, const UninstallOptions& o) {
-  SetupLogging(g);
-  auto config = LoadConfig(g);
-  if (!config.ok()) return Fail(config.status());
+  auto setup = LoadSetup(g);
+  if (!setup.ok()) return Fail(setup.status());
+  const Config& config = setup->config;
   if (!o.yes) {
     return Fail(Status::BadConfig(
         "uninstall drops the change tables (and any changes not yet published) and the tunnel's "
@@ -32,11 +32,10 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
   if (o.all && !o.tables.empty()) {
     return Fail(Status::BadConfig("--all and --table exclude each other; give one of them"));
   }
-  pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
-  if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
-  auto source = pg::Connection::Open(so);
-  if (!source.ok()) return Fail(source.status());
-  auto captured = capture::CapturedTables(**source, config->tunnel.name);
+  auto db = OpenDatabases(*setup);
+  if (!db.ok()) return Fail(db.status());
+  pg::Connection &source = *db->source, &target = *db->target;
+  auto captured = capture::CapturedTables(source, config.tunnel.name);
   if (!captured.ok()) return Fail(captured.status());
 
   // The tables to remove: source specs (for the capture) and the target
@@ -59,7 +58,7 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
     s.change_table = c.change_table;
     sources.push_back(s);
   };
-  const auto not_configured = capture::NotConfigured(*captured, config->tables);
+  const auto not_configured = capture::NotConfigured(*captured, config.tables);
   auto is_not_configured = [&](const QualifiedName& n) {
     return std::find(not_configured.begin(), not_configured.end(), n) != not_configured.end();
   };
@@ -70,11 +69,11 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
         return Fail(Status::BadConfig(
             fmt::format("--table {}: not a table name; give schema.table", text)));
       }
-      auto conf = std::find_if(config->tables.begin(), config->tables.end(),
+      auto conf = std::find_if(config.tables.begin(), config.tables.end(),
                                [&](const TableConfig& t) { return t.source == *name; });
       auto cap = std::find_if(captured->begin(), captured->end(),
                               [&](const capture::CapturedTable& c) { return c.source == *name; });
-      if (conf != config->tables.end()) {
+      if (conf != config.tables.end()) {
         add_configured(*conf);
       } else if (cap != captured->end()) {
         add_captured(*cap);
@@ -82,11 +81,11 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
         return Fail(Status::BadConfig(fmt::format(
             "--table {}: no such table is configured or captured on the {}; `datatunnel status` "
             "lists the captured tables",
-            name->ToString(), (*source)->description())));
+            name->ToString(), source.description())));
       }
     }
   } else {
-    for (const auto& t : config->tables) add_configured(t);
+    for (const auto& t : config.tables) add_configured(t);
     if (o.all) {
       for (const auto& c : *captured) {
         if (is_not_configured(c.source)) add_captured(c);
@@ -96,11 +95,9 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
 
   // Never pull the state from under a running tunnel: its processes would
   // stop with raw SQL errors, or recreate what was just removed.
-  auto target = pg::Connection::Open(to);
-  if (!target.ok()) return Fail(target.status());
-  auto producer = capture::ProducerBackend(**source, config->tunnel.name);
+  auto producer = capture::ProducerBackend(source, config.tunnel.name);
   if (!producer.ok()) return Fail(producer.status());
-  auto consumers = pg::OtherSessions(**target, ApplicationName(*config));
+  auto consumers = pg::OtherSessions(target, ApplicationName(config));
   if (!consumers.ok()) return Fail(consumers.status());
   if (*producer != 0 || !consumers->empty()) {
     std::string who;
@@ -113,9 +110,9 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
     return Fail(Status::BadConfig(fmt::format(
         "tunnel \"{}\" is running: {}; stop its run/produce/consume processes first, then "
         "uninstall (nothing was changed)",
-        config->tunnel.name, who)));
+        config.tunnel.name, who)));
   }
-  auto src = capture::Uninstall(**source, sources);
+  auto src = capture::Uninstall(source, sources);
   if (!src.ok()) return Fail(src.status().WithContext("uninstall on the source"));
   for (const auto& a : *src) fmt::print("source: {}\n", a);
   for (const auto& s : sources) {
@@ -126,14 +123,14 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
           s.source.ToString());
     }
   }
-  auto tgt = apply::Uninstall(**target, targets);
+  auto tgt = apply::Uninstall(target, targets);
   if (!tgt.ok()) return Fail(tgt.status().WithContext("uninstall on the target"));
   for (const auto& a : *tgt) fmt::print("target: {}\n", a);
 
   // Never claim "nothing installed" while something is.
-  auto left_captured = capture::CapturedTables(**source, config->tunnel.name);
+  auto left_captured = capture::CapturedTables(source, config.tunnel.name);
   if (!left_captured.ok()) return Fail(left_captured.status());
-  auto leftovers = capture::Leftovers(**source);
+  auto leftovers = capture::Leftovers(source);
   if (!leftovers.ok()) return Fail(leftovers.status());
   std::vector<std::string> still;
   for (const auto& c : *left_captured) still.push_back(c.source.ToString());

@@ -21,16 +21,12 @@ struct VerifyOptions {
 };
 
 int RunVerify(const Globals& g, const VerifyOptions& o) {
-  SetupLogging(g);
-  auto config = LoadConfig(g);
-  if (!config.ok()) return Fail(config.status());
-  pg::ConnectOptions so = SourceOptions(*config), to = TargetOptions(*config);
-  so.application_name = to.application_name = "datatunnel verify";
-  if (Status st = ResolvePasswords(*config, &so, &to); !st.ok()) return Fail(st);
-  auto source = pg::Connection::Open(so);
-  if (!source.ok()) return Fail(source.status());
-  auto target = pg::Connection::Open(to);
-  if (!target.ok()) return Fail(target.status());
+  auto setup = LoadSetup(g, "datatunnel verify");
+  if (!setup.ok()) return Fail(setup.status());
+  auto db = OpenDatabases(*setup);
+  if (!db.ok()) return Fail(db.status());
+  const Config& config = setup->config;
+  pg::Connection &source = *db->source, &target = *db->target;
   verify::Options vo;
   vo.range_rows = o.range_rows;
   vo.max_keys = o.max_keys;
@@ -41,16 +37,16 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
   for (;;) {
     reports.clear();
     // Described on every round: a live tunnel may be adding columns.
-    auto sspecs = capture::DescribeSourceTables(**source, config->tables, nullptr);
+    auto sspecs = capture::DescribeSourceTables(source, config.tables, nullptr);
     if (!sspecs.ok()) return Fail(sspecs.status());
-    auto tspecs = apply::DescribeTargetTables(**target, config->tables);
+    auto tspecs = apply::DescribeTargetTables(target, config.tables);
     if (!tspecs.ok()) return Fail(tspecs.status());
     bool equal = true;
     for (size_t i = 0; i < sspecs->size(); ++i) {
-      auto rep = verify::VerifyTable(**source, **target, (*sspecs)[i], (*tspecs)[i], vo);
+      auto rep = verify::VerifyTable(source, target, (*sspecs)[i], (*tspecs)[i], vo);
       if (!rep.ok())
         return Fail(rep.status().WithContext("verify " + (*sspecs)[i].source.ToString()));
-      auto gaps = apply::LoadGaps(**target, (*tspecs)[i].target);
+      auto gaps = apply::LoadGaps(target, (*tspecs)[i].target);
       if (!gaps.ok()) return Fail(gaps.status());
       for (const auto& gap : *gaps) {
         rep->gaps.push_back(gap.Describe(rep->source, rep->target));

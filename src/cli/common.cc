@@ -102,6 +102,28 @@ Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::Connect
   return Status::OK();
 }
 
+Result<Setup> LoadSetup(const Globals& g, const std::string& session_name) {
+  SetupLogging(g);
+  DT_ASSIGN_OR_RETURN(Config config, LoadConfig(g));
+  Setup s{std::move(config), {}, {}};
+  s.source = SourceOptions(s.config);
+  s.target = TargetOptions(s.config);
+  if (!session_name.empty()) s.source.application_name = s.target.application_name = session_name;
+  DT_RETURN_IF_ERROR(ResolvePasswords(s.config, &s.source, &s.target));
+  return s;
+}
+
+Result<Databases> OpenDatabases(const Setup& setup, Sides sides) {
+  Databases db;
+  if (sides != Sides::kTarget) {
+    DT_ASSIGN_OR_RETURN(db.source, pg::Connection::Open(setup.source));
+  }
+  if (sides != Sides::kSource) {
+    DT_ASSIGN_OR_RETURN(db.target, pg::Connection::Open(setup.target));
+  }
+  return db;
+}
+
 Status CheckDistinctTables(pg::Connection& source, pg::Connection& target, const Config& config) {
   DT_ASSIGN_OR_RETURN(const std::string source_db, pg::DatabaseIdentity(source));
   DT_ASSIGN_OR_RETURN(const std::string target_db, pg::DatabaseIdentity(target));

@@ -2,6 +2,7 @@
 // signals and exit codes (documented in docs/operations.md, "Exit codes").
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,25 @@ pg::ConnectOptions SourceOptions(const Config& c);
 pg::ConnectOptions TargetOptions(const Config& c);
 // Fills in the passwords from password files; kBadConfig when unreadable.
 Status ResolvePasswords(const Config& c, pg::ConnectOptions* source, pg::ConnectOptions* target);
+
+// The start of every command that talks to the databases: logging set up,
+// the configuration loaded with the globals applied, and both sides'
+// connection options with their passwords resolved. `session_name`, when
+// given, names the database sessions of a one-shot command (`datatunnel
+// status`); otherwise they carry the tunnel's application_name
+// (ApplicationName), by which `uninstall` finds a running tunnel.
+struct Setup {
+  Config config;
+  pg::ConnectOptions source, target;
+};
+Result<Setup> LoadSetup(const Globals& g, const std::string& session_name = "");
+
+// The databases a command uses, opened in flow order (source, then target).
+enum class Sides { kSource, kTarget, kBoth };
+struct Databases {
+  std::unique_ptr<pg::Connection> source, target;  // null when not asked for
+};
+Result<Databases> OpenDatabases(const Setup& setup, Sides sides = Sides::kBoth);
 
 // Refuses a configuration whose source and target resolve to the same table
 // in the same database (the tunnel would apply changes to the table it

@@ -487,6 +487,11 @@ bool Connection::InTransaction() const {
 }
 
 int Connection::server_version() const { return PQserverVersion(conn_); }
+std::string Connection::database() const {
+  const char* db = PQdb(conn_);
+  return db ? db : "";
+}
+
 int Connection::backend_pid() const { return PQbackendPID(conn_); }
 
 Result<std::unique_ptr<Connection>> OpenWithRetry(const ConnectOptions& options, int deadline_ms,

@@ -138,6 +138,8 @@ class Connection {
   // Process id of the backend, for pg_terminate_backend in tests.
   int backend_pid() const;
   const std::string& description() const { return description_; }
+  // The database name this connection is on (libpq's PQdb).
+  std::string database() const;
 
   // Status for the current connection-level error (after a failed call).
   Status ConnectionError(std::string_view what) const;
