@@ -145,7 +145,13 @@ Status SourceWorker::Lock(Session& s) {
   }
   metrics_->producer_ready = 0;  // until the schema markers are delivered (Announce)
   metrics_->leader = 1;
-  if (announced) spdlog::info("producer: took over publishing");
+  if (!announced) return Status::OK();
+  spdlog::info("producer: took over publishing");
+  // The columns may have changed while this producer stood by: describe the
+  // tables again, so the schema watch compares what is there now.
+  std::vector<std::string> warnings;
+  DT_ASSIGN_OR_RETURN(s.specs, capture::DescribeSourceTables(*s.conn, options_.tables, &warnings));
+  sink_->SetTables(&s.specs);
   return Status::OK();
 }
 
