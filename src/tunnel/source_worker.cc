@@ -9,6 +9,7 @@
 #include "capture/install.h"
 #include "capture/progress_book.h"
 #include "capture/schema_watch.h"
+#include "capture/ticker.h"
 #include "core/clock.h"
 #include "snapshot/driver.h"
 
@@ -45,17 +46,14 @@ struct SourceWorker::Session {
   capture::ProgressBook book;
   std::optional<snapshot::Driver> snaps;
   capture::ReadSizer read_sizer;
+  std::optional<capture::Ticker> ticker;
   int64_t epoch = 0;
   std::optional<Work> work;
 
   int64_t last_record_us = 0;
-  int64_t last_tick_us = 0;
-  int64_t last_check_us = 0;    // last ChangedSince()
   int64_t last_pending_us = 0;  // last count of the change tables
   int64_t last_lag_sample_us = 0;
   std::vector<int64_t> oldest_undelivered;  // per table, see ServeDeliveries
-  bool notified = true;
-  bool last_had_changes = true;
   // While the schema markers are not all delivered (the producer is not
   // ready yet): the token after them.
   bool ready_pending = false;
@@ -173,6 +171,7 @@ Status SourceWorker::Prepare(Session& s) {
   tracker_.Reset();
   for (size_t t = 0; t < s.specs.size(); ++t) metrics_->table(t).undelivered_age_us = 0;
   s.read_sizer.Start(*s.log, s.specs.size());
+  s.ticker.emplace(options_.pipeline);
   s.snaps.emplace(&s.specs, options_.pipeline.snapshot_chunk_rows,
                   options_.pipeline.snapshot_chunk_bytes);
   return PollSnapshots(s);
@@ -242,35 +241,14 @@ Status SourceWorker::Step(Session& s, bool* finished) {
       DT_ASSIGN_OR_RETURN(metrics_->table(t).pending, s.log->CountPending(t));
     }
   }
-  // Under load the next tick follows at once: one small write transaction
-  // on the source per round trip (400-580 a second at 1,000 changes/s).
-  // min_tick_interval_ms trades a little latency for fewer of them.
-  const int64_t tick_gap = int64_t{options_.pipeline.min_tick_interval_ms} * 1000;
-  if (tick_gap > 0 && !s.book.recorded_upper() && now - s.last_tick_us < tick_gap) {
-    const int64_t left_ms = (tick_gap - (now - s.last_tick_us)) / 1000 + 1;
-    return ServeDeliveries(s, static_cast<int>(std::min<int64_t>(left_ms, 100)), false);
-  }
-  DT_ASSIGN_OR_RETURN(bool due, TickDue(s, now));
-  if (due) return StartTick(s);
-  // Idle until the next check (or a NOTIFY: `snapshot` wakes the producer
-  // with one), serving deliveries.
-  const int64_t next_check =
-      s.last_check_us + int64_t{options_.pipeline.check_interval_ms} * 1000 - now;
-  const int wait_ms = static_cast<int>(std::clamp<int64_t>(
-      next_check / 1000 + 1, 1, int64_t{options_.pipeline.progress_interval_ms}));
-  DT_ASSIGN_OR_RETURN(int notes, s.conn->WaitForNotifications(wait_ms, stop_->wake_fd()));
-  if (notes > 0) s.notified = true;
+  DT_ASSIGN_OR_RETURN(auto next, s.ticker->Decide(*s.log, s.book.newest(), s.snaps->reading(),
+                                                  s.book.recorded_upper() != nullptr, now));
+  if (next.kind == capture::Ticker::Next::kTick) return StartTick(s);
+  if (next.kind == capture::Ticker::Next::kWait) return ServeDeliveries(s, next.wait_ms, false);
+  // Idle (a NOTIFY: `snapshot` wakes the producer), serving deliveries.
+  DT_ASSIGN_OR_RETURN(int notes, s.conn->WaitForNotifications(next.wait_ms, stop_->wake_fd()));
+  if (notes > 0) s.ticker->Notified();
   return Status::OK();
-}
-
-Result<bool> SourceWorker::TickDue(Session& s, int64_t now) {
-  if (s.notified || s.last_had_changes || s.snaps->reading() || s.book.recorded_upper() ||
-      now - s.last_tick_us >= int64_t{options_.pipeline.poll_interval_ms} * 1000) {
-    return true;
-  }
-  if (now - s.last_check_us < int64_t{options_.pipeline.check_interval_ms} * 1000) return false;
-  s.last_check_us = now;
-  return s.log->ChangedSince(s.book.newest());
 }
 
 Status SourceWorker::Drain(Session& s) {
@@ -299,8 +277,7 @@ Status SourceWorker::StartTick(Session& s) {
     DT_RETURN_IF_ERROR(RecordTick(s, w));
   }
   s.book.StartBatch(w.hi);
-  s.last_tick_us = MonotonicMicros();
-  s.notified = false;
+  s.ticker->Ticked(MonotonicMicros());
   w.batch.emplace(w.lo, w.hi, std::move(w.reads), s.book);
   s.work = std::move(w);
   return Status::OK();
@@ -414,7 +391,7 @@ Status SourceWorker::FinishTick(Session& s) {
     tracker_.Add(static_cast<uint32_t>(t), Position{s.epoch, w.hi.number, Position::kEndOfTick, 0},
                  Kind::kTickEnd, /*delivered=*/true);
   }
-  s.last_had_changes = w.batch->had_changes() || w.chunk_table >= 0;
+  s.ticker->BatchDone(w.batch->had_changes() || w.chunk_table >= 0);
   s.work.reset();
   return Status::OK();
 }

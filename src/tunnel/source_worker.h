@@ -15,9 +15,10 @@
 //      chunks whose rows are delivered (snapshot::Driver).
 // The loop holds no SQL and no policy of its own: the schema_changes policy
 // and the column check of every tick are capture::SchemaWatch's.
-// A tick is taken right after a batch that had changes, otherwise when the
-// check run every check_interval_ms (ChangeLog::ChangedSince) sees new
-// changes, on NOTIFY (a snapshot request), or after poll_interval_ms.
+// When to tick is capture::Ticker's rule: right after a batch that had
+// changes, otherwise when the check run every check_interval_ms
+// (ChangeLog::ChangedSince) sees new changes, on NOTIFY (a snapshot
+// request), or after poll_interval_ms.
 //
 // Failures: a lost source connection or a failed delivery restarts the loop
 // from the recorded progress (what was sent again is dropped downstream by
@@ -86,8 +87,6 @@ class SourceWorker {
   // One turn of the loop; *finished when the session's work is done
   // (exit_after_snapshot).
   Status Step(Session& s, bool* finished);
-  // Whether to take the next tick now (else the loop idles).
-  Result<bool> TickDue(Session& s, int64_t now);
   // Graceful stop: deliver what is in flight, record it.
   Status Drain(Session& s);
   Status ServeDeliveries(Session& s, int wait_ms, bool force_record);
