@@ -429,4 +429,39 @@ Result<int64_t> ChangeLog::CountPending(size_t t) {
   return r.GetInt64(0, 0);
 }
 
+double ChangeLog::EstimatedRowBytes(size_t t) {
+  auto est = conn_->Query(
+      "SELECT COALESCE((c.relpages + COALESCE(t.relpages, 0))::float8 * "
+      "  current_setting('block_size')::float8 / NULLIF(c.reltuples, 0), 0)::float8 "
+      "FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid "
+      "WHERE c.oid = $1::regclass",
+      {(*tables_)[t].source.Quoted()});
+  return est.ok() && est->rows() ? std::strtod(std::string(est->Get(0, 0)).c_str(), nullptr) : 0;
+}
+
+void ReadSizer::Start(ChangeLog& log, size_t tables) {
+  avg_change_bytes_.clear();
+  for (size_t t = 0; t < tables; ++t) {
+    avg_change_bytes_.push_back(std::max(256.0, log.EstimatedRowBytes(t)));
+  }
+}
+
+int ReadSizer::Limit(size_t t) const {
+  return static_cast<int>(
+      std::clamp<double>(static_cast<double>(kBudgetBytes) / avg_change_bytes_[t], 1, kMaxRows));
+}
+
+int64_t ReadSizer::Observe(size_t t, const std::vector<Change>& changes) {
+  int64_t rows = 0;
+  for (size_t i = 0; i < changes.size(); ++i) {
+    if (i == 0 || changes[i].pos.seq != changes[i - 1].pos.seq) ++rows;
+  }
+  if (rows > 0) {
+    int64_t bytes = 0;
+    for (const Change& c : changes) bytes += static_cast<int64_t>(c.row.ByteSize());
+    avg_change_bytes_[t] = std::max(64.0, static_cast<double>(bytes) / static_cast<double>(rows));
+  }
+  return rows;
+}
+
 }  // namespace datatunnel::capture

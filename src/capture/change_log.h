@@ -130,6 +130,11 @@ class ChangeLog {
   // Changes waiting in table t's change table (an exact count; for status).
   Result<int64_t> CountPending(size_t t);
 
+  // The average size in bytes of table t's source rows (with their TOAST),
+  // from the statistics (a size function would wait for a lock on the
+  // table); 0 when unknown. A first guess at the size of a change.
+  double EstimatedRowBytes(size_t t);
+
  private:
   Status TickTaken(int64_t number) const;
   std::string BatchQuery(const TableSpec& spec, bool in_tick) const;
@@ -143,6 +148,27 @@ class ChangeLog {
   std::vector<std::string> tick_queries_;  // the same, inside the tick
   std::string changed_query_;
   std::vector<int64_t> newest_;  // per table, as the last ChangedSince() saw it
+};
+
+// How many change-table rows to read at once, per table: at most
+// kMaxRows, and about kBudgetBytes by the size of the table's last changes
+// read (until a read tells: its rows' average size from the statistics), so
+// a table of 10 MB rows is not read 5,000 rows at a time.
+// Thread-safety: one thread.
+class ReadSizer {
+ public:
+  static constexpr int kMaxRows = 5000;
+  static constexpr int64_t kBudgetBytes = 16 << 20;
+
+  // Starts with the estimates of `log`'s tables (ChangeLog::EstimatedRowBytes).
+  void Start(ChangeLog& log, size_t tables);
+  int Limit(size_t t) const;
+  // Notes the changes of one read of table t; returns how many change-table
+  // rows they came from (an UPDATE that changed the key gives two changes).
+  int64_t Observe(size_t t, const std::vector<Change>& changes);
+
+ private:
+  std::vector<double> avg_change_bytes_;
 };
 
 // A position at or after every message any producer of tunnel `tunnel` has

@@ -14,16 +14,18 @@
 // copied does so through an UPDATE, which the stream carries, or through a
 // rewrite of the whole table, after which the copy starts over.
 //
-// Progress lives in datatunnel.tables (snapshot_state, snapshot_cursor,
-// snapshot_rows): a killed snapshot continues after the last chunk whose rows
-// were all delivered.
+// Progress lives in datatunnel.tables, owned by capture/snapshot_state.h: a
+// killed snapshot continues after the last chunk whose rows were all
+// delivered. Driving the snapshots of a producer session: snapshot/driver.h.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "capture/snapshot_state.h"
 #include "core/change.h"
 #include "core/status.h"
 #include "core/table.h"
@@ -31,27 +33,11 @@
 
 namespace datatunnel::snapshot {
 
-enum class State { kNone, kRequested, kRunning, kDone };
-std::string_view StateName(State s);
-
-// Where the next chunk starts: {"key", v1, v2, ...} after the last key copied,
-// or {"page", n, file} at heap page n of relation file `file` (a rewritten
-// table starts over at page 0). Empty: from the beginning.
-using Cursor = std::vector<std::optional<std::string>>;
-
-struct Progress {
-  State state = State::kNone;
-  Cursor cursor;
-  int64_t rows = 0;   // rows delivered so far
-  int64_t total = 0;  // estimate of the table's rows when the snapshot began
-  int64_t chunks = 0;
-  int64_t run = 0;     // increases with every request; guards stale chunk records
-  double seconds = 0;  // since the snapshot started
-  // kDone: the tick of its end-of-snapshot marker (0 when recorded by an
-  // earlier version). The target holds this copy once every partition of the
-  // table's topic applied a marker at or after it.
-  int64_t marker_tick = 0;
-};
+// The snapshot bookkeeping types, owned by capture/ (see snapshot_state.h).
+using State = capture::SnapshotState;
+using Cursor = capture::SnapshotCursor;
+using Progress = capture::SnapshotProgress;
+inline std::string_view StateName(State s) { return capture::SnapshotStateName(s); }
 
 struct Chunk {
   std::vector<Change> rows;  // op kRead, positions (epoch, tick, kSnapshotSeqBase + i)
@@ -93,16 +79,19 @@ class Chunker {
   std::string select_list_;
 };
 
-// Bookkeeping in datatunnel.tables on the source.
-Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec);
-// Marks the table for a (new) snapshot, estimating its size (from statistics,
-// else by counting a small table or sampling a large one). Restarts a
-// snapshot in progress when `restart`.
-Status Request(pg::Connection& source, const TableSpec& spec, bool restart);
-// Records that a chunk's rows are delivered (state running, or done when
-// `last`, with `marker_tick` the tick of the end-of-snapshot marker), if the
-// snapshot is still run `run`.
-Status RecordChunk(pg::Connection& source, const TableSpec& spec, int64_t run, const Cursor& next,
-                   int64_t rows, bool last, int64_t marker_tick = 0);
+// The change that carries a packed chunk (read at tick `tick`) whole: its
+// rows as COPY text, taken from chunk->copy_text.
+Change PackedChange(Chunk* chunk, uint32_t table, int64_t epoch, int64_t tick);
+// The end-of-snapshot marker after the last chunk (`rows` rows, read at
+// tick `tick`); it goes to every partition.
+Change EndMarker(uint32_t table, int64_t epoch, int64_t tick, int64_t rows);
+
+// The bookkeeping in datatunnel.tables, by its owner (capture/snapshot_state.h).
+inline Result<Progress> LoadProgress(pg::Connection& source, const TableSpec& spec) {
+  return capture::LoadSnapshotProgress(source, spec);
+}
+inline Status Request(pg::Connection& source, const TableSpec& spec, bool restart) {
+  return capture::RequestSnapshot(source, spec, restart);
+}
 
 }  // namespace datatunnel::snapshot

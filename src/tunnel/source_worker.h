@@ -3,17 +3,22 @@
 // in-memory hand-over), and records progress on the source only for what the
 // sink confirmed (publish/delivery_tracker.h).
 //
-// One loop, one thread:
+// One loop, one thread; each session: connect, take the producer lock, then
 //   1. tick: record a snapshot in datatunnel.ticks (and, while a snapshot is
-//      running, read one chunk at exactly that snapshot);
-//   2. read the tick's batch of every table in change_id order and send it;
+//      running, read one chunk at exactly that snapshot: snapshot::Driver);
+//   2. read the tick's batch of every table in change_id order
+//      (capture::BatchReader) and send it;
 //   3. send the chunk's rows, then the end-of-snapshot marker if it was the last;
 //   4. meanwhile serve delivery reports, and every progress_interval_ms record
 //      the delivered watermark (with the chain heads of a chained sink) and
-//      prune delivered changes.
-// A tick is taken right after a batch that had changes, otherwise when the
-// check run every check_interval_ms (ChangeLog::ChangedSince) sees new
-// changes, on NOTIFY (a snapshot request), or after poll_interval_ms.
+//      prune delivered changes (capture::ProgressBook), then the snapshot
+//      chunks whose rows are delivered (snapshot::Driver).
+// The loop holds no SQL and no policy of its own: the schema_changes policy
+// and the column check of every tick are capture::SchemaWatch's.
+// When to tick is capture::Ticker's rule: right after a batch that had
+// changes, otherwise when the check run every check_interval_ms
+// (ChangeLog::ChangedSince) sees new changes, on NOTIFY (a snapshot
+// request), or after poll_interval_ms.
 //
 // Failures: a lost source connection or a failed delivery restarts the loop
 // from the recorded progress (what was sent again is dropped downstream by
@@ -24,9 +29,7 @@
 // producer lock and take over when its session ends.
 #pragma once
 
-#include <deque>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,7 +39,6 @@
 #include "metrics/metrics.h"
 #include "pg/connection.h"
 #include "publish/delivery_tracker.h"
-#include "snapshot/chunker.h"
 #include "tunnel/sink.h"
 
 namespace datatunnel::tunnel {
@@ -69,13 +71,36 @@ class SourceWorker {
 
  private:
   struct Session;
-  Status RunSession(bool first);
+  struct Work;  // the batch being published
+  // One session: connect, take the producer lock, then the loop, until a
+  // stop (OK) or a failure (the session ends; Run() decides what next).
+  Status RunSession();
+  Status Connect(Session& s);
+  // Waits as a hot standby until this producer holds the lock.
+  Status Lock(Session& s);
+  // Under the lock: progress, chain heads, schema, snapshots, ticks.
+  Status Prepare(Session& s);
+  // Starts the snapshots requested since (snapshot::Driver::Poll).
+  Status PollSnapshots(Session& s);
+  // Sends every table's schema marker; ready once they are delivered.
+  Status Announce(Session& s);
+  // One turn of the loop; *finished when the session's work is done
+  // (exit_after_snapshot).
+  Status Step(Session& s, bool* finished);
+  // Graceful stop: deliver what is in flight, record it.
+  Status Drain(Session& s);
   Status ServeDeliveries(Session& s, int wait_ms, bool force_record);
   Status RecordProgress(Session& s);
   Status StartTick(Session& s);
-  static int ReadLimit(const Session& s, size_t t);
+  // The new tick of StartTick, with the first reads or a snapshot chunk.
+  Status RecordTick(Session& s, Work& w);
   Status StepTick(Session& s, bool* progressed);
   Status FinishTick(Session& s);
+  // Sends the batch's snapshot chunk, and the end marker after the last.
+  Status SendChunk(Session& s);
+  // Sends `c` to every partition of its table's topic (`last`: the kind
+  // of the last copy; the others are parts).
+  Status SendToAll(Session& s, const Change& c, publish::DeliveryTracker::Kind last);
   Status SendChange(Session& s, const Change& c, int32_t partition,
                     publish::DeliveryTracker::Kind kind);
   // The same for a change not needed afterwards: the sink may take its row.
@@ -85,14 +110,6 @@ class SourceWorker {
   template <typename SendFn>
   Status SendVia(Session& s, uint32_t table, const Position& pos, int64_t captured_us,
                  uint32_t rows, publish::DeliveryTracker::Kind kind, SendFn&& send);
-  Status CheckSnapshotRequests(Session& s);
-  // Compares each table's columns with those the tunnel accepted: evolves
-  // (schema_changes = "evolve") or stops with an explanation.
-  Status HandleSchemaChanges(Session& s);
-  // The captured tables' columns, as one string that changes with any of them.
-  // A query of one text value naming every column and type of the tables
-  // `oids` ("{oid,...}", our own catalog numbers, inlined).
-  static std::string SchemaSignatureSql(const std::string& oids);
 
   SourceOptions options_;
   metrics::Metrics* metrics_;

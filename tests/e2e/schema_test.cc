@@ -66,6 +66,29 @@ TEST_F(SchemaTest, AddedColumnEvolvesThroughTheBroker) {
   EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
 }
 
+// A standby described the tables when it started; a column added while it
+// waited for the producer lock must not be published with the old columns
+// once it takes over.
+TEST_F(SchemaTest, AddedColumnWhileStandingByEvolvesOnTakeOver) {
+  UseTables("evolve");
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto consume = Start({"consume"});
+  auto leader = Start({"produce"});
+  ASSERT_EQ(Dt({"snapshot"}, 120).code, 0);
+  auto standby = Start({"produce"});
+  ASSERT_TRUE(
+      testing::WaitUntil([&] { return testing::Contains(standby->Stderr(), "standing by"); }, 30))
+      << standby->Stderr();
+  SourceCluster().Exec(src_, "ALTER TABLE employees ADD COLUMN salary numeric(12,2)");
+  EXPECT_EQ(leader->Stop(), 0) << leader->Stderr();
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name, salary) VALUES ('new', 12.5)");
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(standby->Stop(), 0) << standby->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
 TEST_F(SchemaTest, AddedColumnStopsWithTheFixThenInitResumes) {
   UseTables("stop");
   ASSERT_EQ(Dt({"init"}).code, 0);

@@ -1,0 +1,106 @@
+#include "snapshot/driver.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "core/clock.h"
+
+namespace datatunnel::snapshot {
+
+Driver::Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chunk_bytes)
+    : specs_(specs), chunk_rows_(chunk_rows), chunk_bytes_(chunk_bytes), snaps_(specs->size()) {}
+
+Status Driver::Poll(pg::Connection& source,
+                    const std::function<void(size_t, const Progress&)>& started) {
+  last_poll_us_ = MonotonicMicros();
+  for (size_t t = 0; t < snaps_.size(); ++t) {
+    Snap& sn = snaps_[t];
+    if (sn.active) continue;
+    const TableSpec& spec = (*specs_)[t];
+    DT_ASSIGN_OR_RETURN(auto p, capture::LoadSnapshotProgress(source, spec));
+    if (p.state != State::kRequested && p.state != State::kRunning) continue;
+    if (p.run == sn.run && sn.run != 0) continue;  // this run already finished here
+    // Running from here on, also while its first read waits for a lock.
+    started(t, p);
+    DT_ASSIGN_OR_RETURN(auto chunker, Chunker::Create(source, spec, static_cast<uint32_t>(t),
+                                                      chunk_rows_, chunk_bytes_));
+    sn = Snap{};
+    sn.active = true;
+    sn.run = p.run;
+    sn.chunker = std::move(chunker);
+    sn.cursor = p.cursor;
+    spdlog::info("snapshot of {}: {} ({} rows so far of about {}, {} order)",
+                 spec.source.ToString(), p.rows ? "resuming" : "starting", p.rows, p.total,
+                 sn.chunker->key_ordered() ? "key" : "physical");
+  }
+  return Status::OK();
+}
+
+bool Driver::running() const {
+  return std::any_of(snaps_.begin(), snaps_.end(), [](const Snap& sn) { return sn.active; });
+}
+
+bool Driver::reading() const {
+  return std::any_of(snaps_.begin(), snaps_.end(),
+                     [](const Snap& sn) { return sn.active && !sn.all_read; });
+}
+
+Result<int> Driver::Read(pg::Connection& source, int64_t epoch, int64_t tick,
+                         bool sink_takes_packed, Chunk* chunk) {
+  for (size_t i = 0; i < snaps_.size(); ++i) {
+    const size_t t = (next_ + i) % snaps_.size();
+    Snap& sn = snaps_[t];
+    if (!sn.active || sn.all_read) continue;
+    // Passed through as COPY text where the sink takes it and no chunk
+    // can hold a key twice (the target applies such a chunk whole).
+    DT_ASSIGN_OR_RETURN(*chunk, sn.chunker->Read(source, sn.cursor, epoch, tick,
+                                                 sink_takes_packed && sn.chunker->unique_key()));
+    next_ = t + 1;
+    return static_cast<int>(t);
+  }
+  return -1;
+}
+
+void Driver::Committed(size_t table, const Cursor& next) { snaps_[table].cursor = next; }
+
+void Driver::ChunkSent(size_t table, const Cursor& next, int64_t rows) {
+  snaps_[table].inflight.push_back({next, rows});
+}
+
+void Driver::MarkerSent(size_t table, int64_t tick) {
+  snaps_[table].all_read = true;
+  snaps_[table].marker_tick = tick;
+}
+
+void Driver::Delivered(size_t table, int chunks, bool marker) {
+  Snap& sn = snaps_[table];
+  sn.chunks_done += chunks;
+  sn.marker_done = sn.marker_done || marker;
+}
+
+Result<std::vector<size_t>> Driver::Record(pg::Connection& source) {
+  std::vector<size_t> ended;
+  for (size_t t = 0; t < snaps_.size(); ++t) {
+    Snap& sn = snaps_[t];
+    const TableSpec& spec = (*specs_)[t];
+    for (int i = 0; i < sn.chunks_done && !sn.inflight.empty(); ++i) {
+      const auto& done = sn.inflight.front();
+      DT_RETURN_IF_ERROR(
+          capture::RecordSnapshotChunk(source, spec, sn.run, done.next, done.rows, false));
+      sn.inflight.pop_front();
+    }
+    if (sn.marker_done) {
+      DT_RETURN_IF_ERROR(
+          capture::RecordSnapshotChunk(source, spec, sn.run, sn.cursor, 0, true, sn.marker_tick));
+      sn.active = false;
+      ended.push_back(t);
+      spdlog::info("snapshot of {}: all rows published", spec.source.ToString());
+    }
+    sn.chunks_done = 0;
+    sn.marker_done = false;
+  }
+  return ended;
+}
+
+}  // namespace datatunnel::snapshot

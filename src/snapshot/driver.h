@@ -1,0 +1,102 @@
+// Snapshot, driving the copies of one producer session.
+//
+// A Driver keeps, per captured table, the snapshot this session runs: its
+// Chunker, the cursor of the next chunk to read, the chunks sent whose rows
+// are not all delivered yet, and whether the last chunk and the
+// end-of-snapshot marker were sent. The producer loop (tunnel/) asks it:
+//   - Poll(), about every second: start the snapshots requested (or resume
+//     those running) in the bookkeeping (capture/snapshot_state.h);
+//   - Read(), inside a tick's transaction: the next chunk of one running
+//     snapshot, the snapshots taking turns; Committed() once the tick is;
+//   - ChunkSent() and MarkerSent(), once the loop sent them;
+//   - Delivered() and Record(): records the chunks whose rows are all
+//     delivered, in the order they were read, and the end of the snapshot
+//     once its marker is delivered. Call Record() right after the tables'
+//     progress is recorded (capture/progress_book.h), never before: a
+//     chunk is only recorded once the changes before it are.
+//
+// Thread-safety: one thread (the producer's loop).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "capture/snapshot_state.h"
+#include "core/status.h"
+#include "core/table.h"
+#include "pg/connection.h"
+#include "snapshot/chunker.h"
+
+namespace datatunnel::snapshot {
+
+class Driver {
+ public:
+  // `specs` must outlive the driver. Chunks hold at most `chunk_rows` rows
+  // and about `chunk_bytes` bytes.
+  Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chunk_bytes);
+
+  // Starts the snapshots requested or running in the bookkeeping that this
+  // driver is not running (and did not finish in this run); `started` is
+  // called for each before its chunker is set up.
+  Status Poll(pg::Connection& source, const std::function<void(size_t, const Progress&)>& started);
+  // MonotonicMicros() of the last Poll().
+  int64_t last_poll_us() const { return last_poll_us_; }
+
+  // Some snapshot is running (its end not yet recorded).
+  bool running() const;
+  // Some snapshot has chunks left to read.
+  bool reading() const;
+
+  // Reads the next chunk of the next snapshot with chunks left into *chunk,
+  // at tick `tick`; packed as COPY text when `sink_takes_packed` and no
+  // chunk of the table can hold a key twice. Returns the table, or -1 when
+  // no snapshot has chunks left. REQUIRES: `source` is inside the tick's
+  // transaction.
+  Result<int> Read(pg::Connection& source, int64_t epoch, int64_t tick, bool sink_takes_packed,
+                   Chunk* chunk);
+  // The tick of a chunk Read() for `table` committed: the next chunk follows `next`.
+  void Committed(size_t table, const Cursor& next);
+  // The `rows` rows of the chunk Read() for `table` are sent (call before
+  // its end is registered with the delivery tracker); the next chunk
+  // follows `next`.
+  void ChunkSent(size_t table, const Cursor& next, int64_t rows);
+  // The end-of-snapshot marker of `table` is sent, at tick `tick`.
+  void MarkerSent(size_t table, int64_t tick);
+
+  // Delivery reports: `chunks` more chunks of `table` have all their rows
+  // delivered; `marker` its end-of-snapshot marker is.
+  void Delivered(size_t table, int chunks, bool marker);
+  // Records what Delivered() reported since the last call. Returns the
+  // tables whose snapshot ended (all rows published).
+  Result<std::vector<size_t>> Record(pg::Connection& source);
+
+ private:
+  struct Snap {
+    bool active = false;
+    bool all_read = false;    // last chunk and marker sent
+    int64_t marker_tick = 0;  // the end marker's tick, once sent
+    int64_t run = 0;
+    std::optional<Chunker> chunker;
+    Cursor cursor;  // where the next chunk starts
+    struct Inflight {
+      Cursor next;
+      int64_t rows;
+    };
+    std::deque<Inflight> inflight;
+    // Delivered since the last Record().
+    int chunks_done = 0;
+    bool marker_done = false;
+  };
+
+  const std::vector<TableSpec>* specs_;
+  int chunk_rows_;
+  int64_t chunk_bytes_;
+  std::vector<Snap> snaps_;
+  size_t next_ = 0;  // the table whose turn it is to read
+  int64_t last_poll_us_ = 0;
+};
+
+}  // namespace datatunnel::snapshot
