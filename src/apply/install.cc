@@ -827,6 +827,29 @@ Result<TargetTableState> LoadTargetState(pg::Connection& target, const Qualified
   return out;
 }
 
+SnapshotMarker NewestSnapshotMarker(const TargetTableState& target) {
+  SnapshotMarker m;
+  int applied = 0, published_on = 0;
+  for (const auto& p : target.partitions) {
+    if (p.snapshot_tick == 0 || p.snapshot_tick < m.tick) continue;
+    if (p.snapshot_tick > m.tick) {
+      m.tick = p.snapshot_tick;
+      applied = 0;
+      published_on = 0;
+    }
+    ++applied;
+    published_on = std::max(published_on, p.snapshot_partitions);
+  }
+  m.complete = m.tick > 0 && applied >= published_on;
+  return m;
+}
+
+int64_t AppliedCount(const TargetTableState& target) {
+  int64_t n = 0;
+  for (const auto& p : target.partitions) n += p.applied_count;
+  return n;
+}
+
 CopyJudgement JudgeCopy(const TargetTableState& target, int64_t epoch, int64_t marker_tick) {
   CopyJudgement j;
   if (!target.exists) {

@@ -181,6 +181,16 @@ struct TargetTableState {
 };
 Result<TargetTableState> LoadTargetState(pg::Connection& target, const QualifiedName& table);
 
+// The newest end-of-snapshot marker applied to a table (tick 0: none), and
+// whether every partition it was published on has applied it.
+struct SnapshotMarker {
+  int64_t tick = 0;
+  bool complete = false;
+};
+SnapshotMarker NewestSnapshotMarker(const TargetTableState& target);
+// Changes applied to the table by the stream, over all partitions.
+int64_t AppliedCount(const TargetTableState& target);
+
 // Whether the target holds the copy of the snapshot whose end marker the
 // source published at (epoch, marker_tick) (marker_tick 0: recorded by an
 // earlier version, any marker counts).
