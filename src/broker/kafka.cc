@@ -850,7 +850,7 @@ Status Consumer::Close(int timeout_ms) {
   closed_ = true;
   // rd_kafka_consumer_close() waits for the group coordinator without a
   // limit: with the broker unreachable a graceful stop would never end. The
-  // asynchronous close is served here (rebalance callbacks included) until it
+  // asynchronous close is served here (rebalance events included) until it
   // finishes or the deadline passes; positions live in the target, so an
   // unfinished close loses nothing (the group notices at its session timeout).
   rd_kafka_queue_t* queue = rd_kafka_queue_new(rk_);
@@ -862,7 +862,15 @@ Status Consumer::Close(int timeout_ms) {
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!rd_kafka_consumer_closed(rk_) && std::chrono::steady_clock::now() < deadline) {
-    rd_kafka_queue_poll_callback(queue, 50);
+    // The queue delivers events, not callbacks: a revocation is served here
+    // as the rebalance callback would (other events, such as offset commit
+    // results, need nothing).
+    rd_kafka_event_t* ev = rd_kafka_queue_poll(queue, 50);
+    if (!ev) continue;
+    if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+      RebalanceCb(rk_, rd_kafka_event_error(ev), rd_kafka_event_topic_partition_list(ev), this);
+    }
+    rd_kafka_event_destroy(ev);
   }
   rd_kafka_queue_destroy(queue);
   if (!rd_kafka_consumer_closed(rk_)) {
