@@ -111,27 +111,46 @@ std::string DescribeDsn(const std::string& dsn) {
   return out;
 }
 
+namespace {
+
+// SQLSTATE → what to do next. A rule is a whole code (5 characters) or a
+// class (its first 2); the first rule that matches wins, so codes come before
+// their class. Anything not listed is kFatal.
+struct SqlStateRule {
+  std::string_view prefix;
+  StatusCode kind;
+};
+
+constexpr SqlStateRule kSqlStateRules[] = {
+    // Codes that heal by waiting, in classes that otherwise do not.
+    {"57P01", StatusCode::kRetryable},  // admin_shutdown: the server restarts
+    {"57P02", StatusCode::kRetryable},  // crash_shutdown
+    {"57P03", StatusCode::kRetryable},  // cannot_connect_now: starting up or in recovery
+    {"57P04", StatusCode::kRetryable},  // database_dropped: fails again on reconnect
+    {"57P05", StatusCode::kRetryable},  // idle_session_timeout
+    {"57014", StatusCode::kRetryable},  // query_canceled: statement_timeout, pg_cancel_backend
+    {"55P03", StatusCode::kRetryable},  // lock_not_available: lock_timeout, NOWAIT
+    {"55006", StatusCode::kRetryable},  // object_in_use
+    {"3D000", StatusCode::kBadConfig},  // invalid_catalog_name: the DSN's database is missing
+    // Whole classes.
+    {"08", StatusCode::kRetryable},  // connection exception
+    {"40", StatusCode::kRetryable},  // transaction rollback: serialization failure, deadlock
+    {"53", StatusCode::kRetryable},  // insufficient resources: disk, memory, connections
+    {"58", StatusCode::kRetryable},  // system error: I/O
+    {"28", StatusCode::kBadConfig},  // invalid authorization specification
+    {"22", StatusCode::kBadData},    // data exception: this row's values
+    // 42 (syntax, permission, undefined object), 23 (constraint), 25, XX and
+    // every class not listed cannot heal by retrying: kFatal.
+};
+
+}  // namespace
+
 StatusCode ClassifySqlState(std::string_view s) {
-  if (s.size() != 5)
-    return StatusCode::kRetryable;  // no SQLSTATE: a client-side/connection failure
-  std::string_view cls = s.substr(0, 2);
-  if (cls == "08") return StatusCode::kRetryable;  // connection exception
-  if (cls == "53")
-    return StatusCode::kRetryable;  // insufficient resources (disk, memory, connections)
-  if (cls == "40") return StatusCode::kRetryable;  // serialization failure, deadlock
-  if (cls == "58") return StatusCode::kRetryable;  // system error (I/O)
-  if (s == "57P01" || s == "57P02" || s == "57P03" || s == "57P04" || s == "57P05") {
-    return StatusCode::kRetryable;  // admin/crash shutdown, cannot connect now, idle session
-                                    // timeout
+  // No SQLSTATE: a client-side or connection failure.
+  if (s.size() != 5) return StatusCode::kRetryable;
+  for (const SqlStateRule& rule : kSqlStateRules) {
+    if (s.substr(0, rule.prefix.size()) == rule.prefix) return rule.kind;
   }
-  if (s == "57014") return StatusCode::kRetryable;  // query_canceled (statement_timeout)
-  if (s == "55P03") return StatusCode::kRetryable;  // lock_not_available
-  if (s == "55006") return StatusCode::kRetryable;  // object_in_use
-  if (cls == "28") return StatusCode::kBadConfig;   // invalid authorization
-  if (s == "3D000") return StatusCode::kBadConfig;  // database does not exist
-  if (cls == "22") return StatusCode::kBadData;     // data exception
-  // 42 (syntax/permission/undefined object), 23 (constraint), 25, XX, and any
-  // class not listed: cannot heal by retrying.
   return StatusCode::kFatal;
 }
 

@@ -42,8 +42,10 @@ struct ConnectOptions {
 // "127.0.0.1:5433/db1 as postgres": the DSN without its password, for messages.
 std::string DescribeDsn(const std::string& dsn);
 
-// Decides what a SQLSTATE means for us (exhaustive over the classes we meet;
-// unknown states are kFatal: stopping loudly beats retrying blindly).
+// Decides what a SQLSTATE means for us, from a table of whole codes and of
+// classes (first two characters); a code not in it is kFatal: stopping loudly
+// beats retrying blindly. "" (no SQLSTATE: libpq failed before the server
+// answered) is kRetryable. Pinned, code by code, by tests/unit/classify_test.
 StatusCode ClassifySqlState(std::string_view sqlstate);
 
 class QueryResult {
