@@ -4,7 +4,9 @@
 #include <libpq-fe.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
+#include <atomic>
 #include <charconv>
 #include <thread>
 #include <vector>
@@ -35,6 +37,8 @@ std::string OneLine(std::string_view msg) {
   }
   return out;
 }
+
+std::atomic<FaultHook*> g_fault_hook{nullptr};
 
 bool Contains(std::string_view hay, std::string_view needle) {
   return hay.find(needle) != std::string_view::npos;
@@ -154,6 +158,8 @@ StatusCode ClassifySqlState(std::string_view s) {
   return StatusCode::kFatal;
 }
 
+void SetFaultHook(FaultHook* hook) { g_fault_hook.store(hook, std::memory_order_release); }
+
 QueryResult::QueryResult(pg_result* res) : res_(res) {}
 void QueryResult::Deleter::operator()(pg_result* r) const { PQclear(r); }
 int QueryResult::rows() const { return res_ ? PQntuples(res_.get()) : 0; }
@@ -184,8 +190,12 @@ int64_t QueryResult::AffectedRows() const {
   return (n && *n) ? std::strtoll(n, nullptr, 10) : 0;
 }
 
-Connection::Connection(pg_conn* conn, std::string description, std::string role)
-    : conn_(conn), description_(std::move(description)), role_(std::move(role)) {}
+Connection::Connection(pg_conn* conn, std::string description, std::string role,
+                       std::string application_name)
+    : conn_(conn),
+      description_(std::move(description)),
+      role_(std::move(role)),
+      application_name_(std::move(application_name)) {}
 
 Connection::~Connection() {
   if (conn_) PQfinish(conn_);
@@ -217,11 +227,40 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& optio
     PQfinish(conn);
     return st;
   }
-  std::unique_ptr<Connection> c(
-      new Connection(conn, options.role + " database " + where, options.role));
+  std::unique_ptr<Connection> c(new Connection(conn, options.role + " database " + where,
+                                               options.role, options.application_name));
   PQsetNoticeProcessor(conn, NoticeToLog, const_cast<char*>(c->role_.c_str()));
   DT_RETURN_IF_ERROR(c->Exec(kSessionSetup));
   return c;
+}
+
+Fault Connection::InjectedFault(std::string_view sql) const {
+  FaultHook* hook = g_fault_hook.load(std::memory_order_acquire);
+  if (hook == nullptr) return Fault::kNone;
+  return hook->OnStatement({role_, application_name_, sql});
+}
+
+void Connection::Cut() {
+  if (const int fd = PQsocket(conn_); fd >= 0) shutdown(fd, SHUT_RDWR);
+  // Reading finds the end of the stream: libpq marks the connection bad.
+  PQconsumeInput(conn_);
+}
+
+Status Connection::InjectedError(Fault fault, std::string_view what, bool commit) {
+  last_sqlstate_.clear();
+  if (fault == Fault::kFail) {
+    return Status::Retryable(
+        fmt::format("{} failed on the {}: injected fault", what, description_));
+  }
+  Cut();
+  if (commit) {
+    return Status::InDoubt(fmt::format(
+        "COMMIT on the {}: the connection was lost before the outcome was known (injected "
+        "fault)",
+        description_));
+  }
+  return Status::Retryable(
+      fmt::format("{} failed: lost the connection to the {} (injected fault)", what, description_));
 }
 
 Status Connection::ConnectionError(std::string_view what) const {
@@ -265,6 +304,10 @@ Status Connection::ResultError(const pg_result* res, std::string_view what) cons
 }
 
 Status Connection::Exec(std::string_view sql) {
+  const Fault fault = InjectedFault(sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a statement", sql == "COMMIT");
+  }
   std::string q(sql);
   PGresult* res = PQexec(conn_, q.c_str());
   Status st;
@@ -281,10 +324,15 @@ Status Connection::Exec(std::string_view sql) {
     // PQexec returns the last result; nothing more to read.
     break;
   }
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "a statement", sql == "COMMIT");
   return st;
 }
 
 Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Param> params) {
+  const Fault fault = InjectedFault(sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a query", false);
+  }
   std::string q(sql);
   std::vector<const char*> values(params.size());
   std::vector<int> lengths(params.size());
@@ -303,6 +351,7 @@ Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Para
   PGresult* res = PQexecParams(conn_, q.c_str(), static_cast<int>(params.size()), nullptr,
                                values.data(), lengths.data(), formats.data(), 0);
   QueryResult out(res);
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "a query", false);
   if (!res) return ConnectionError("a query");
   ExecStatusType s = PQresultStatus(res);
   if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
@@ -316,6 +365,14 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
                                 std::vector<QueryResult>* results) {
   last_sqlstate_.clear();
   if (results) results->clear();
+  const bool ends_in_commit = !statements.empty() && statements.back().sql == "COMMIT";
+  Fault fault = Fault::kNone;
+  for (size_t i = 0; i < statements.size() && fault == Fault::kNone; ++i) {
+    fault = InjectedFault(statements[i].sql);
+  }
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a pipeline", ends_in_commit);
+  }
   if (PQenterPipelineMode(conn_) != 1) return ConnectionError("entering pipeline mode");
   std::vector<const char*> values;
   std::vector<int> lengths;
@@ -342,7 +399,6 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
     PQexitPipelineMode(conn_);
     return err;
   }
-  const bool ends_in_commit = !statements.empty() && statements.back().sql == "COMMIT";
   Status first;
   bool lost = false;
   for (size_t i = 0; i < statements.size(); ++i) {
@@ -383,6 +439,10 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
     }
   }
   PQexitPipelineMode(conn_);
+  if (fault == Fault::kLoseAfter && !lost) {
+    if (results) results->clear();
+    return InjectedError(fault, "a pipeline", ends_in_commit && first.ok());
+  }
   if (lost) {
     if (ends_in_commit && first.ok()) {
       return Status::InDoubt(
@@ -395,8 +455,13 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
 }
 
 Status Connection::Commit() {
+  const Fault fault = InjectedFault("COMMIT");
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "COMMIT", true);
+  }
   PGresult* res = PQexec(conn_, "COMMIT");
   QueryResult holder(res);
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "COMMIT", true);
   if (!res || PQstatus(conn_) == CONNECTION_BAD) {
     return Status::InDoubt(
         fmt::format("COMMIT on the {}: the connection was lost before the outcome was known ({})",
@@ -418,6 +483,10 @@ void Connection::RollbackQuietly() {
 }
 
 Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
+  const Fault fault = InjectedFault(copy_sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "COPY", false);
+  }
   std::string q(copy_sql);
   PGresult* res = PQexec(conn_, q.c_str());
   if (!res) return ConnectionError("COPY");
@@ -441,6 +510,7 @@ Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
     PQclear(res);
   }
   if (st.ok() && PQstatus(conn_) == CONNECTION_BAD) st = ConnectionError("COPY");
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "COPY", false);
   return st;
 }
 
