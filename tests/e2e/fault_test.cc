@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <ostream>
 #include <string>
 #include <thread>
 
@@ -99,6 +100,19 @@ struct Producer {
   Status result;
   std::atomic<bool> done{false};
 };
+
+}  // namespace
+
+namespace pg {
+// For gtest's messages: the parameter by name.
+void PrintTo(Fault fault, std::ostream* os) {
+  *os << (fault == Fault::kLoseAfter    ? "kLoseAfter"
+          : fault == Fault::kLoseBefore ? "kLoseBefore"
+                                        : "other");
+}
+}  // namespace pg
+
+namespace {
 
 // (a) The COMMIT of a batch on the target is lost in flight, once after it
 // committed (kLoseAfter) and once before the server saw it (kLoseBefore):
