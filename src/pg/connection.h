@@ -84,9 +84,11 @@ struct StatementInfo {
 
 // The fault seam, as leveldb's Env is for files: tests install one to make a
 // chosen statement fail deterministically. Exec, Query, ExecPipeline, Commit
-// and CopyIn consult it (session setup in Open does not). In a pipeline it is
-// asked about each statement in order and the first answer other than kNone
-// applies to the whole pipeline (kLoseAfter: after all of it ran).
+// and CopyIn consult it (and so Listen and Open's session setup, which use
+// Exec); CopyOut and WaitForNotifications do not. In a pipeline it is asked
+// about each statement in order and the first answer other than kNone
+// applies to the whole pipeline (kLoseAfter: after all of it ran). Match
+// statements by role and text (a tag in a comment of the SQL works too).
 //
 // Thread-safety: OnStatement is called on whatever thread uses a Connection,
 // so concurrently from several; it must be thread-safe and must not use a
