@@ -226,37 +226,189 @@ rd_kafka_topic_partition_list_t* ToList(const std::vector<TopicPartition>& parts
 }  // namespace
 
 bool IsRetryableKafkaError(int e) {
+  // Every code of librdkafka 2.0.2's rd_kafka_resp_err_t is listed on one
+  // side or the other and there is no `default:`, so -Wswitch names any code
+  // a newer librdkafka header adds (a warning, not an error: the build still
+  // works). A value the compiled header does not know (a newer librdkafka.so
+  // at run time, or a code that fell between the lists) is retryable below
+  // the switch: waiting can only cost a duplicate, which consumers drop by
+  // position, while a wrong "fatal" stops the tunnel.
+  if (e < RD_KAFKA_RESP_ERR__BEGIN || e >= RD_KAFKA_RESP_ERR_END_ALL) return true;
   switch (static_cast<rd_kafka_resp_err_t>(e)) {
     // Cannot heal by waiting: configuration, authorization, data that will
     // never fit, or data the broker no longer has.
-    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR__FATAL:  // the producer instance is unusable; FatalError() refines
+    case RD_KAFKA_RESP_ERR__SSL:
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:   // a partition the topic does not have
+    case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:   // auto.offset.reset=error hit: data is gone
+    case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:  // removed by retention before we read it
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:  // invalid topic name
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:  // the acks property
     case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
     case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
     case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
-    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
-    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
-    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
-    case RD_KAFKA_RESP_ERR__SSL:
-    case RD_KAFKA_RESP_ERR_INVALID_CONFIG:
-    case RD_KAFKA_RESP_ERR__INVALID_ARG:
-    case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
-    case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
-    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_SASL_MECHANISM:  // sasl.mechanisms vs the broker's
     case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION:
+    case RD_KAFKA_RESP_ERR_INVALID_CONFIG:
     case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
-    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
-    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
-    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
     case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+    case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_DELEGATION_TOKEN_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_COMPRESSION_TYPE:  // compression.type vs the broker
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:                // the broker rejects the record itself
+    case RD_KAFKA_RESP_ERR_UNACCEPTABLE_CREDENTIAL:
       return false;
-    // Everything else (transport, leader changes, timeouts, coordinator
-    // moves, unknown topic while it is being created, throttling, purges we
-    // asked for, and any code not listed): wait and retry. A retry can only
-    // cost a duplicate, which consumers drop by position.
-    default:
+
+    // Wait and retry: transport, leader and coordinator changes, timeouts,
+    // an unknown topic while it is being created, throttling, purges we asked
+    // for, group membership churn, producer fencing (a new producer id heals
+    // it), and codes this client never meets (admin, delegation tokens,
+    // quorum, serializers): for those, retrying is the harmless choice.
+    case RD_KAFKA_RESP_ERR__BEGIN:  // sentinels, never returned
+    case RD_KAFKA_RESP_ERR__END:
+    case RD_KAFKA_RESP_ERR_END_ALL:
+    case RD_KAFKA_RESP_ERR_NO_ERROR:  // callers pass it as "no answer yet"
+    case RD_KAFKA_RESP_ERR_UNKNOWN:
+    case RD_KAFKA_RESP_ERR__BAD_MSG:
+    case RD_KAFKA_RESP_ERR__BAD_COMPRESSION:
+    case RD_KAFKA_RESP_ERR__DESTROY:
+    case RD_KAFKA_RESP_ERR__FAIL:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__CRIT_SYS_RESOURCE:  // memory or file handles may free up
+    case RD_KAFKA_RESP_ERR__RESOLVE:            // DNS may heal
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:      // message.timeout.ms passed; sending again heals
+    case RD_KAFKA_RESP_ERR__PARTITION_EOF:      // not a failure
+    case RD_KAFKA_RESP_ERR__FS:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:     // auto-creation or an operator may create it
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:  // the brokers may come back
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+    case RD_KAFKA_RESP_ERR__ISR_INSUFF:
+    case RD_KAFKA_RESP_ERR__NODE_UPDATE:
+    case RD_KAFKA_RESP_ERR__WAIT_COORD:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_GROUP:
+    case RD_KAFKA_RESP_ERR__IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR__PREV_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR__EXISTING_SUBSCRIPTION:
+    case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+    case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+    case RD_KAFKA_RESP_ERR__CONFLICT:
+    case RD_KAFKA_RESP_ERR__STATE:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PROTOCOL:
+    case RD_KAFKA_RESP_ERR__NOT_IMPLEMENTED:
+    case RD_KAFKA_RESP_ERR__NO_OFFSET:
+    case RD_KAFKA_RESP_ERR__OUTDATED:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:
+    case RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE:
+    case RD_KAFKA_RESP_ERR__WAIT_CACHE:
+    case RD_KAFKA_RESP_ERR__INTR:
+    case RD_KAFKA_RESP_ERR__KEY_SERIALIZATION:
+    case RD_KAFKA_RESP_ERR__VALUE_SERIALIZATION:
+    case RD_KAFKA_RESP_ERR__KEY_DESERIALIZATION:
+    case RD_KAFKA_RESP_ERR__VALUE_DESERIALIZATION:
+    case RD_KAFKA_RESP_ERR__PARTIAL:
+    case RD_KAFKA_RESP_ERR__READ_ONLY:
+    case RD_KAFKA_RESP_ERR__NOENT:
+    case RD_KAFKA_RESP_ERR__UNDERFLOW:
+    case RD_KAFKA_RESP_ERR__INVALID_TYPE:
+    case RD_KAFKA_RESP_ERR__RETRY:
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:     // our own Purge() before a new session
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:  // same
+    case RD_KAFKA_RESP_ERR__INCONSISTENT:
+    case RD_KAFKA_RESP_ERR__GAPLESS_GUARANTEE:
+    case RD_KAFKA_RESP_ERR__MAX_POLL_EXCEEDED:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_BROKER:
+    case RD_KAFKA_RESP_ERR__NOT_CONFIGURED:
+    case RD_KAFKA_RESP_ERR__FENCED:  // a newer producer instance; a new session re-sends
+    case RD_KAFKA_RESP_ERR__APPLICATION:
+    case RD_KAFKA_RESP_ERR__ASSIGNMENT_LOST:
+    case RD_KAFKA_RESP_ERR__NOOP:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:  // same, seen by the broker
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_BROKER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_REPLICA_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_STALE_CTRL_EPOCH:
+    case RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+    case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
+    case RD_KAFKA_RESP_ERR_INCONSISTENT_GROUP_PROTOCOL:
+    case RD_KAFKA_RESP_ERR_INVALID_GROUP_ID:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+    case RD_KAFKA_RESP_ERR_INVALID_SESSION_TIMEOUT:
+    case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE:
+    case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+    case RD_KAFKA_RESP_ERR_ILLEGAL_SASL_STATE:
+    case RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS:
+    case RD_KAFKA_RESP_ERR_INVALID_PARTITIONS:
+    case RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR:
+    case RD_KAFKA_RESP_ERR_INVALID_REPLICA_ASSIGNMENT:
+    case RD_KAFKA_RESP_ERR_NOT_CONTROLLER:
+    case RD_KAFKA_RESP_ERR_INVALID_REQUEST:
+    case RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER:  // idempotence resets the sequence
+    case RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER:
+    case RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH:
+    case RD_KAFKA_RESP_ERR_INVALID_TXN_STATE:
+    case RD_KAFKA_RESP_ERR_INVALID_PRODUCER_ID_MAPPING:
+    case RD_KAFKA_RESP_ERR_INVALID_TRANSACTION_TIMEOUT:
+    case RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS:
+    case RD_KAFKA_RESP_ERR_TRANSACTION_COORDINATOR_FENCED:
+    case RD_KAFKA_RESP_ERR_SECURITY_DISABLED:
+    case RD_KAFKA_RESP_ERR_OPERATION_NOT_ATTEMPTED:
+    case RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR:  // a broker disk; the leader moves
+    case RD_KAFKA_RESP_ERR_LOG_DIR_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID:
+    case RD_KAFKA_RESP_ERR_REASSIGNMENT_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR_DELEGATION_TOKEN_AUTH_DISABLED:
+    case RD_KAFKA_RESP_ERR_DELEGATION_TOKEN_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR_DELEGATION_TOKEN_OWNER_MISMATCH:
+    case RD_KAFKA_RESP_ERR_DELEGATION_TOKEN_REQUEST_NOT_ALLOWED:
+    case RD_KAFKA_RESP_ERR_DELEGATION_TOKEN_EXPIRED:
+    case RD_KAFKA_RESP_ERR_INVALID_PRINCIPAL_TYPE:
+    case RD_KAFKA_RESP_ERR_NON_EMPTY_GROUP:
+    case RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR_FETCH_SESSION_ID_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR_INVALID_FETCH_SESSION_EPOCH:
+    case RD_KAFKA_RESP_ERR_LISTENER_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR_TOPIC_DELETION_DISABLED:
+    case RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_LEADER_EPOCH:
+    case RD_KAFKA_RESP_ERR_STALE_BROKER_EPOCH:
+    case RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_MEMBER_ID_REQUIRED:
+    case RD_KAFKA_RESP_ERR_PREFERRED_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_GROUP_MAX_SIZE_REACHED:
+    case RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID:
+    case RD_KAFKA_RESP_ERR_ELIGIBLE_LEADERS_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_ELECTION_NOT_NEEDED:
+    case RD_KAFKA_RESP_ERR_NO_REASSIGNMENT_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR_GROUP_SUBSCRIBED_TO_TOPIC:
+    case RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT:
+    case RD_KAFKA_RESP_ERR_THROTTLING_QUOTA_EXCEEDED:
+    case RD_KAFKA_RESP_ERR_PRODUCER_FENCED:  // same
+    case RD_KAFKA_RESP_ERR_RESOURCE_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR_DUPLICATE_RESOURCE:
+    case RD_KAFKA_RESP_ERR_INCONSISTENT_VOTER_SET:
+    case RD_KAFKA_RESP_ERR_INVALID_UPDATE_VERSION:
+    case RD_KAFKA_RESP_ERR_FEATURE_UPDATE_FAILED:
+    case RD_KAFKA_RESP_ERR_PRINCIPAL_DESERIALIZATION_FAILURE:
       return true;
   }
+  return true;  // a value inside the range that names no code
 }
 
 std::string KafkaErrorText(int err) {

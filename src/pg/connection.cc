@@ -4,7 +4,9 @@
 #include <libpq-fe.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
+#include <atomic>
 #include <charconv>
 #include <thread>
 #include <vector>
@@ -35,6 +37,8 @@ std::string OneLine(std::string_view msg) {
   }
   return out;
 }
+
+std::atomic<FaultHook*> g_fault_hook{nullptr};
 
 bool Contains(std::string_view hay, std::string_view needle) {
   return hay.find(needle) != std::string_view::npos;
@@ -111,29 +115,50 @@ std::string DescribeDsn(const std::string& dsn) {
   return out;
 }
 
+namespace {
+
+// SQLSTATE → what to do next. A rule is a whole code (5 characters) or a
+// class (its first 2); the first rule that matches wins, so codes come before
+// their class. Anything not listed is kFatal.
+struct SqlStateRule {
+  std::string_view prefix;
+  StatusCode kind;
+};
+
+constexpr SqlStateRule kSqlStateRules[] = {
+    // Codes that heal by waiting, in classes that otherwise do not.
+    {"57P01", StatusCode::kRetryable},  // admin_shutdown: the server restarts
+    {"57P02", StatusCode::kRetryable},  // crash_shutdown
+    {"57P03", StatusCode::kRetryable},  // cannot_connect_now: starting up or in recovery
+    {"57P04", StatusCode::kRetryable},  // database_dropped: fails again on reconnect
+    {"57P05", StatusCode::kRetryable},  // idle_session_timeout
+    {"57014", StatusCode::kRetryable},  // query_canceled: statement_timeout, pg_cancel_backend
+    {"55P03", StatusCode::kRetryable},  // lock_not_available: lock_timeout, NOWAIT
+    {"55006", StatusCode::kRetryable},  // object_in_use
+    {"3D000", StatusCode::kBadConfig},  // invalid_catalog_name: the DSN's database is missing
+    // Whole classes.
+    {"08", StatusCode::kRetryable},  // connection exception
+    {"40", StatusCode::kRetryable},  // transaction rollback: serialization failure, deadlock
+    {"53", StatusCode::kRetryable},  // insufficient resources: disk, memory, connections
+    {"58", StatusCode::kRetryable},  // system error: I/O
+    {"28", StatusCode::kBadConfig},  // invalid authorization specification
+    {"22", StatusCode::kBadData},    // data exception: this row's values
+    // 42 (syntax, permission, undefined object), 23 (constraint), 25, XX and
+    // every class not listed cannot heal by retrying: kFatal.
+};
+
+}  // namespace
+
 StatusCode ClassifySqlState(std::string_view s) {
-  if (s.size() != 5)
-    return StatusCode::kRetryable;  // no SQLSTATE: a client-side/connection failure
-  std::string_view cls = s.substr(0, 2);
-  if (cls == "08") return StatusCode::kRetryable;  // connection exception
-  if (cls == "53")
-    return StatusCode::kRetryable;  // insufficient resources (disk, memory, connections)
-  if (cls == "40") return StatusCode::kRetryable;  // serialization failure, deadlock
-  if (cls == "58") return StatusCode::kRetryable;  // system error (I/O)
-  if (s == "57P01" || s == "57P02" || s == "57P03" || s == "57P04" || s == "57P05") {
-    return StatusCode::kRetryable;  // admin/crash shutdown, cannot connect now, idle session
-                                    // timeout
+  // No SQLSTATE: a client-side or connection failure.
+  if (s.size() != 5) return StatusCode::kRetryable;
+  for (const SqlStateRule& rule : kSqlStateRules) {
+    if (s.substr(0, rule.prefix.size()) == rule.prefix) return rule.kind;
   }
-  if (s == "57014") return StatusCode::kRetryable;  // query_canceled (statement_timeout)
-  if (s == "55P03") return StatusCode::kRetryable;  // lock_not_available
-  if (s == "55006") return StatusCode::kRetryable;  // object_in_use
-  if (cls == "28") return StatusCode::kBadConfig;   // invalid authorization
-  if (s == "3D000") return StatusCode::kBadConfig;  // database does not exist
-  if (cls == "22") return StatusCode::kBadData;     // data exception
-  // 42 (syntax/permission/undefined object), 23 (constraint), 25, XX, and any
-  // class not listed: cannot heal by retrying.
   return StatusCode::kFatal;
 }
+
+void SetFaultHook(FaultHook* hook) { g_fault_hook.store(hook, std::memory_order_release); }
 
 QueryResult::QueryResult(pg_result* res) : res_(res) {}
 void QueryResult::Deleter::operator()(pg_result* r) const { PQclear(r); }
@@ -165,8 +190,12 @@ int64_t QueryResult::AffectedRows() const {
   return (n && *n) ? std::strtoll(n, nullptr, 10) : 0;
 }
 
-Connection::Connection(pg_conn* conn, std::string description, std::string role)
-    : conn_(conn), description_(std::move(description)), role_(std::move(role)) {}
+Connection::Connection(pg_conn* conn, std::string description, std::string role,
+                       std::string application_name)
+    : conn_(conn),
+      description_(std::move(description)),
+      role_(std::move(role)),
+      application_name_(std::move(application_name)) {}
 
 Connection::~Connection() {
   if (conn_) PQfinish(conn_);
@@ -198,11 +227,40 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& optio
     PQfinish(conn);
     return st;
   }
-  std::unique_ptr<Connection> c(
-      new Connection(conn, options.role + " database " + where, options.role));
+  std::unique_ptr<Connection> c(new Connection(conn, options.role + " database " + where,
+                                               options.role, options.application_name));
   PQsetNoticeProcessor(conn, NoticeToLog, const_cast<char*>(c->role_.c_str()));
   DT_RETURN_IF_ERROR(c->Exec(kSessionSetup));
   return c;
+}
+
+Fault Connection::InjectedFault(std::string_view sql) const {
+  FaultHook* hook = g_fault_hook.load(std::memory_order_acquire);
+  if (hook == nullptr) return Fault::kNone;
+  return hook->OnStatement({role_, application_name_, sql});
+}
+
+void Connection::Cut() {
+  if (const int fd = PQsocket(conn_); fd >= 0) shutdown(fd, SHUT_RDWR);
+  // Reading finds the end of the stream: libpq marks the connection bad.
+  PQconsumeInput(conn_);
+}
+
+Status Connection::InjectedError(Fault fault, std::string_view what, bool commit) {
+  last_sqlstate_.clear();
+  if (fault == Fault::kFail) {
+    return Status::Retryable(
+        fmt::format("{} failed on the {}: injected fault", what, description_));
+  }
+  Cut();
+  if (commit) {
+    return Status::InDoubt(fmt::format(
+        "COMMIT on the {}: the connection was lost before the outcome was known (injected "
+        "fault)",
+        description_));
+  }
+  return Status::Retryable(
+      fmt::format("{} failed: lost the connection to the {} (injected fault)", what, description_));
 }
 
 Status Connection::ConnectionError(std::string_view what) const {
@@ -246,6 +304,10 @@ Status Connection::ResultError(const pg_result* res, std::string_view what) cons
 }
 
 Status Connection::Exec(std::string_view sql) {
+  const Fault fault = InjectedFault(sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a statement", sql == "COMMIT");
+  }
   std::string q(sql);
   PGresult* res = PQexec(conn_, q.c_str());
   Status st;
@@ -262,10 +324,15 @@ Status Connection::Exec(std::string_view sql) {
     // PQexec returns the last result; nothing more to read.
     break;
   }
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "a statement", sql == "COMMIT");
   return st;
 }
 
 Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Param> params) {
+  const Fault fault = InjectedFault(sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a query", false);
+  }
   std::string q(sql);
   std::vector<const char*> values(params.size());
   std::vector<int> lengths(params.size());
@@ -284,6 +351,7 @@ Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Para
   PGresult* res = PQexecParams(conn_, q.c_str(), static_cast<int>(params.size()), nullptr,
                                values.data(), lengths.data(), formats.data(), 0);
   QueryResult out(res);
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "a query", false);
   if (!res) return ConnectionError("a query");
   ExecStatusType s = PQresultStatus(res);
   if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
@@ -297,6 +365,14 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
                                 std::vector<QueryResult>* results) {
   last_sqlstate_.clear();
   if (results) results->clear();
+  const bool ends_in_commit = !statements.empty() && statements.back().sql == "COMMIT";
+  Fault fault = Fault::kNone;
+  for (size_t i = 0; i < statements.size() && fault == Fault::kNone; ++i) {
+    fault = InjectedFault(statements[i].sql);
+  }
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a pipeline", ends_in_commit);
+  }
   if (PQenterPipelineMode(conn_) != 1) return ConnectionError("entering pipeline mode");
   std::vector<const char*> values;
   std::vector<int> lengths;
@@ -323,7 +399,6 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
     PQexitPipelineMode(conn_);
     return err;
   }
-  const bool ends_in_commit = !statements.empty() && statements.back().sql == "COMMIT";
   Status first;
   bool lost = false;
   for (size_t i = 0; i < statements.size(); ++i) {
@@ -364,6 +439,10 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
     }
   }
   PQexitPipelineMode(conn_);
+  if (fault == Fault::kLoseAfter && !lost) {
+    if (results) results->clear();
+    return InjectedError(fault, "a pipeline", ends_in_commit && first.ok());
+  }
   if (lost) {
     if (ends_in_commit && first.ok()) {
       return Status::InDoubt(
@@ -376,8 +455,13 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
 }
 
 Status Connection::Commit() {
+  const Fault fault = InjectedFault("COMMIT");
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "COMMIT", true);
+  }
   PGresult* res = PQexec(conn_, "COMMIT");
   QueryResult holder(res);
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "COMMIT", true);
   if (!res || PQstatus(conn_) == CONNECTION_BAD) {
     return Status::InDoubt(
         fmt::format("COMMIT on the {}: the connection was lost before the outcome was known ({})",
@@ -399,6 +483,10 @@ void Connection::RollbackQuietly() {
 }
 
 Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
+  const Fault fault = InjectedFault(copy_sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "COPY", false);
+  }
   std::string q(copy_sql);
   PGresult* res = PQexec(conn_, q.c_str());
   if (!res) return ConnectionError("COPY");
@@ -422,6 +510,7 @@ Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
     PQclear(res);
   }
   if (st.ok() && PQstatus(conn_) == CONNECTION_BAD) st = ConnectionError("COPY");
+  if (fault == Fault::kLoseAfter) return InjectedError(fault, "COPY", false);
   return st;
 }
 

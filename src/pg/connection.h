@@ -11,6 +11,16 @@
 // bad credentials or database names are kBadConfig. Messages are one line and
 // never contain a password.
 //
+// Fault seam (tests): a FaultHook installed with SetFaultHook() is asked
+// about every statement before it is sent, on every Connection of the
+// process, and can make it fail before it reaches the server, or cut the
+// connection before or after the server ran it (a COMMIT that committed, or
+// not, while the caller learns only "in doubt"). The faults are real: the
+// socket is shut, the server sees the client go, libpq reports the
+// connection lost, and the caller's recovery runs as it would in production.
+// With no hook installed (the default) the cost is one atomic load per
+// statement. See FaultHook below for the contract.
+//
 // Thread-safety: a Connection is used by one thread at a time.
 #pragma once
 
@@ -42,9 +52,57 @@ struct ConnectOptions {
 // "127.0.0.1:5433/db1 as postgres": the DSN without its password, for messages.
 std::string DescribeDsn(const std::string& dsn);
 
-// Decides what a SQLSTATE means for us (exhaustive over the classes we meet;
-// unknown states are kFatal: stopping loudly beats retrying blindly).
+// Decides what a SQLSTATE means for us, from a table of whole codes and of
+// classes (first two characters); a code not in it is kFatal: stopping loudly
+// beats retrying blindly. "" (no SQLSTATE: libpq failed before the server
+// answered) is kRetryable. Pinned, code by code, by tests/unit/classify_test.
 StatusCode ClassifySqlState(std::string_view sqlstate);
+
+// What an installed FaultHook does to a statement.
+enum class Fault {
+  kNone,
+  // The statement is not sent; the call returns kRetryable ("injected
+  // fault"). The connection stays usable (and any open transaction open).
+  kFail,
+  // The connection is cut before the statement is sent: the server never
+  // sees it and rolls back any open transaction. COMMIT (alone, or as the
+  // last statement of a pipeline) returns kInDoubt, anything else
+  // kRetryable with the connection broken (IsBroken()).
+  kLoseBefore,
+  // The statement runs on the server to completion (a COMMIT commits), then
+  // the connection is cut before the caller sees the result: COMMIT returns
+  // kInDoubt, anything else kRetryable with the connection broken.
+  kLoseAfter,
+};
+
+// What a FaultHook is told about a statement.
+struct StatementInfo {
+  std::string_view role;              // ConnectOptions::role: "source", "target", ...
+  std::string_view application_name;  // ConnectOptions::application_name
+  std::string_view sql;               // the statement's text
+};
+
+// The fault seam, as leveldb's Env is for files: tests install one to make a
+// chosen statement fail deterministically. Exec, Query, ExecPipeline, Commit
+// and CopyIn consult it (and so Listen and Open's session setup, which use
+// Exec); CopyOut and WaitForNotifications do not. In a pipeline it is asked
+// about each statement in order and the first answer other than kNone
+// applies to the whole pipeline (kLoseAfter: after all of it ran). Match
+// statements by role and text (a tag in a comment of the SQL works too).
+//
+// Thread-safety: OnStatement is called on whatever thread uses a Connection,
+// so concurrently from several; it must be thread-safe and must not use a
+// pg::Connection itself.
+class FaultHook {
+ public:
+  virtual ~FaultHook() = default;
+  virtual Fault OnStatement(const StatementInfo& statement) = 0;
+};
+
+// Installs `hook` for every Connection of the process; nullptr removes it.
+// Not owned: it must outlive every statement run while it is installed.
+// For tests only.
+void SetFaultHook(FaultHook* hook);
 
 class QueryResult {
  public:
@@ -147,10 +205,17 @@ class Connection {
   Status ResultError(const pg_result* res, std::string_view what) const;
 
  private:
-  Connection(pg_conn* conn, std::string description, std::string role);
+  Connection(pg_conn* conn, std::string description, std::string role,
+             std::string application_name);
+  // The installed FaultHook's answer for `sql` (kNone without a hook).
+  Fault InjectedFault(std::string_view sql) const;
+  // Cuts the connection (shuts the socket); libpq then reports it lost.
+  void Cut();
+  Status InjectedError(Fault fault, std::string_view what, bool commit);
   pg_conn* conn_;
   std::string description_;
   std::string role_;
+  std::string application_name_;
   mutable std::string last_sqlstate_;
 };
 

@@ -1,0 +1,258 @@
+// Faults injected through pg::FaultHook (pg/connection.h) at the two moments
+// the exactly-once argument rests on, with real PostgreSQL and Kafka: a
+// target COMMIT whose outcome is unknown, and a producer that dies after
+// recording a tick but before sending any of it. The worker under test runs
+// in this process (the hook is process-wide); the other side runs as the
+// datatunnel binary.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <ostream>
+#include <string>
+#include <thread>
+
+#include "config/config.h"
+#include "metrics/metrics.h"
+#include "support/pg_fault.h"
+#include "support/test_util.h"
+#include "support/tunnel_fixture.h"
+#include "tunnel/kafka_sink.h"
+#include "tunnel/source_worker.h"
+#include "tunnel/target_worker.h"
+
+namespace datatunnel {
+namespace {
+
+using testing::ScopedFaultHook;
+using testing::SourceCluster;
+using testing::StatementFault;
+using testing::TargetCluster;
+using testing::WaitUntil;
+
+class FaultTest : public testing::TunnelFixture {
+ protected:
+  void SetUp() override {
+    TunnelFixture::SetUp();
+    SourceCluster().Exec(src_, testing::kEmployeesDdl);
+    TargetCluster().Exec(tgt_, testing::kEmployeesDdl);
+    UseKafka();
+    ASSERT_EQ(Dt({"init"}).code, 0);
+    auto config = LoadConfig(config_, {}, {});
+    ASSERT_TRUE(config.ok()) << config.status().message();
+    config_loaded_ = std::move(*config);
+  }
+
+  std::string Rows(testing::PgCluster& c, const std::string& db) {
+    return TableText(c, db, "employees", "emp_id");
+  }
+  // Changes the target recorded as applied (each counted once, when its
+  // batch committed), over all partitions.
+  int64_t AppliedCount() {
+    return TargetCluster().Count(tgt_,
+                                 "SELECT COALESCE(sum(applied_count), 0) FROM "
+                                 "datatunnel.applied");
+  }
+  int64_t SkippedCount() {
+    return TargetCluster().Count(tgt_,
+                                 "SELECT COALESCE(sum(skipped_count), 0) FROM "
+                                 "datatunnel.applied");
+  }
+  metrics::Metrics NewMetrics() {
+    return metrics::Metrics(
+        std::vector<std::pair<std::string, std::string>>{{"public.employees", "public.employees"}});
+  }
+
+  Config config_loaded_;
+};
+
+// A source worker and its Kafka sink, run on a thread: the producer process.
+struct Producer {
+  Producer(const Config& config, const std::string& src_db, tunnel::SourceOptions options)
+      : metrics(std::vector<std::pair<std::string, std::string>>{
+            {"public.employees", "public.employees"}}),
+        worker(std::move(options), &metrics, &stop) {
+    auto s = tunnel::KafkaSink::Create(
+        config.kafka,
+        {src_db, config.tunnel.name,
+         SourceCluster().Scalar(src_db, "SELECT install_id FROM datatunnel.meta").value_or("")},
+        [this](uint64_t token, const Status& st) { worker.OnDelivery(token, st); });
+    EXPECT_TRUE(s.ok()) << s.status().message();
+    if (!s.ok()) return;
+    sink = std::move(*s);
+    worker.SetSink(sink.get());
+    thread = std::thread([this] {
+      result = worker.Run();
+      done = true;
+    });
+  }
+  ~Producer() { Stop(); }
+  void Stop() {
+    stop.RequestStop();
+    if (thread.joinable()) thread.join();
+  }
+
+  metrics::Metrics metrics;
+  StopSource stop;
+  tunnel::SourceWorker worker;
+  std::unique_ptr<tunnel::KafkaSink> sink;
+  std::thread thread;
+  Status result;
+  std::atomic<bool> done{false};
+};
+
+}  // namespace
+
+namespace pg {
+// For gtest's messages: the parameter by name.
+void PrintTo(Fault fault, std::ostream* os) {
+  *os << (fault == Fault::kLoseAfter    ? "kLoseAfter"
+          : fault == Fault::kLoseBefore ? "kLoseBefore"
+                                        : "other");
+}
+}  // namespace pg
+
+namespace {
+
+// (a) The COMMIT of a batch on the target is lost in flight, once after it
+// committed (kLoseAfter) and once before the server saw it (kLoseBefore):
+// the consumer gets kInDoubt either way. It must find out from the target's
+// stored positions whether the batch landed and then apply it exactly once:
+// nothing lost (the rows match), nothing applied twice (each change counted
+// once in datatunnel.applied).
+class InDoubtCommitTest : public FaultTest, public ::testing::WithParamInterface<pg::Fault> {};
+
+TEST_P(InDoubtCommitTest, TheConsumerLearnsTheOutcomeFromTheTarget) {
+  auto produce = Start({"produce"});
+  tunnel::TargetOptions options;
+  options.connect.dsn = config_loaded_.target.dsn;
+  options.connect.role = "target";
+  options.tunnel = config_loaded_.tunnel.name;
+  options.tables = config_loaded_.tables;
+  options.pipeline = config_loaded_.pipeline;
+  options.kafka = config_loaded_.kafka;
+  metrics::Metrics metrics = NewMetrics();
+  StopSource stop;
+  tunnel::KafkaTargetWorker worker(options, &metrics, &stop);
+  Status result;
+  std::thread thread([&] { result = worker.Run(); });
+
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'a' || i FROM "
+                       "generate_series(1, 100) i");
+  ExpectInSync();
+  ASSERT_EQ(AppliedCount(), 100);
+
+  // The next COMMIT of the consumer's target connection: a batch.
+  StatementFault fault(
+      "target", [](std::string_view sql) { return sql == "COMMIT"; }, GetParam());
+  {
+    ScopedFaultHook installed(&fault);
+    SourceCluster().Exec(src_,
+                         "INSERT INTO employees(first_name) SELECT 'b' || i FROM "
+                         "generate_series(1, 50) i;"
+                         "UPDATE employees SET city = 'after' WHERE emp_id <= 20");
+    EXPECT_TRUE(WaitUntil([&] { return fault.fired() == 1; }, 60)) << RunningLogs();
+    ExpectInSync();
+  }
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(AppliedCount(), 170) << "a change was applied twice, or lost";
+  if (GetParam() == pg::Fault::kLoseAfter) {
+    // The batch had landed: the retry found its changes applied already.
+    EXPECT_GT(SkippedCount(), 0);
+  }
+  EXPECT_GE(metrics.retries.load(), 1);
+
+  stop.RequestStop();
+  thread.join();
+  EXPECT_TRUE(result.ok() || result.IsCancelled()) << result.message();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+}
+
+INSTANTIATE_TEST_SUITE_P(Fault, InDoubtCommitTest,
+                         ::testing::Values(pg::Fault::kLoseAfter, pg::Fault::kLoseBefore),
+                         [](const ::testing::TestParamInfo<pg::Fault>& info) {
+                           return info.param == pg::Fault::kLoseAfter ? "CommitLanded"
+                                                                      : "CommitNeverArrived";
+                         });
+
+// (b) The producer records a tick (its COMMIT lands on the source) and dies
+// before sending anything of it: the connection is cut as the tick commits
+// and the worker is stopped there. A restarted producer must publish that
+// tick's changes (recomputed from the recorded snapshot): nothing lost, and
+// each change applied once.
+TEST_F(FaultTest, AProducerThatDiesAfterRecordingATickLosesNothing) {
+  auto consume = Start({"consume"});
+  tunnel::SourceOptions options;
+  options.connect.dsn = config_loaded_.source.dsn;
+  options.connect.role = "source";
+  options.tunnel = config_loaded_.tunnel.name;
+  options.tables = config_loaded_.tables;
+  options.pipeline = config_loaded_.pipeline;
+  // Ticks only when there are changes: the first tick after the fault is
+  // armed is the one that holds the rows inserted then.
+  options.pipeline.poll_interval_ms = 600'000;
+
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'a' || i FROM "
+                       "generate_series(1, 100) i");
+  {
+    Producer first(config_loaded_, src_, options);
+    ExpectInSync();
+    ASSERT_EQ(AppliedCount(), 100);
+
+    // The tick's pipeline (BEGIN, INSERT INTO datatunnel.ticks, the first
+    // reads, COMMIT) runs and commits; then the connection is cut and the
+    // process "dies": the worker is stopped before it can send a thing.
+    int64_t bytes_at_fault = -1;
+    StatementFault fault(
+        "source",
+        [](std::string_view sql) { return sql.starts_with("INSERT INTO datatunnel.ticks"); },
+        pg::Fault::kLoseAfter, 1,
+        [&] {
+          bytes_at_fault = first.sink->bytes_sent();
+          first.stop.RequestStop();
+        });
+    ScopedFaultHook installed(&fault);
+    SourceCluster().Exec(src_,
+                         "INSERT INTO employees(first_name) SELECT 'b' || i FROM "
+                         "generate_series(1, 50) i;"
+                         "UPDATE employees SET city = 'after' WHERE emp_id <= 20");
+    ASSERT_TRUE(WaitUntil([&] { return first.done.load(); }, 60)) << RunningLogs();
+    first.Stop();
+    EXPECT_EQ(fault.fired(), 1);
+    EXPECT_EQ(first.sink->bytes_sent(), bytes_at_fault) << "the dead producer sent something";
+  }
+  // The tick is recorded with the new changes in its snapshot, and none of
+  // them is published.
+  const auto cdc = SourceCluster()
+                       .Scalar(src_,
+                               "SELECT format('%I.%I', schema_name, change_table) FROM "
+                               "datatunnel.tables")
+                       .value_or("");
+  EXPECT_EQ(SourceCluster().Count(
+                src_, fmt::format(
+                          "SELECT count(*) FROM {} c WHERE txid_visible_in_snapshot(c.\"dt$txid\", "
+                          "(SELECT snapshot FROM datatunnel.ticks ORDER BY tick DESC "
+                          "LIMIT 1)) AND NOT txid_visible_in_snapshot(c.\"dt$txid\", "
+                          "(SELECT snapshot FROM datatunnel.ticks ORDER BY tick DESC "
+                          "OFFSET 1 LIMIT 1))",
+                          cdc)),
+            70)
+      << "the tick recorded before the fault does not hold exactly the new changes";
+  EXPECT_LT(SourceCluster().Count(src_, "SELECT max(published_tick) FROM datatunnel.tables"),
+            SourceCluster().Count(src_, "SELECT max(tick) FROM datatunnel.ticks"));
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM employees"), 100);
+
+  // The restarted producer.
+  Producer second(config_loaded_, src_, options);
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_EQ(AppliedCount(), 170) << "a change was applied twice, or lost";
+  second.Stop();
+  EXPECT_TRUE(second.result.ok()) << second.result.message();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
+}  // namespace
+}  // namespace datatunnel
