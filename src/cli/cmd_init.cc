@@ -6,9 +6,9 @@
 
 #include "apply/install.h"
 #include "capture/install.h"
+#include "capture/snapshot_state.h"
 #include "cli/common.h"
 #include "pg/catalog.h"
-#include "snapshot/chunker.h"
 
 namespace datatunnel::cli {
 namespace {
@@ -17,6 +17,113 @@ struct InitOptions {
   std::string runtime_role;
   bool print_sql = false;
 };
+
+// The DDL init runs, for review: init itself also records the tables and
+// the tunnel in the state tables, and skips what exists already.
+void PrintSql(const pg::Connection& source, const pg::Connection& target,
+              const std::vector<TableSpec>& specs) {
+  fmt::print("-- source ({})\n{}\n", source.description(), capture::StateSchemaDdl());
+  for (const auto& s : specs) {
+    std::string key;
+    for (size_t k : s.key) key += (key.empty() ? "" : ",") + s.columns[k].name;
+    fmt::print("SELECT datatunnel.install_capture('{}', '{{{}}}');\n", s.source.Quoted(), key);
+  }
+  fmt::print("-- event triggers (need a superuser; init goes on without them)\n{};\n{};\n",
+             capture::kDropGuardDdl, capture::kDdlTriggerDdl);
+  fmt::print("-- target ({})\n{}\n", target.description(), apply::TargetStateDdl());
+  for (const auto& s : specs) {
+    fmt::print("-- target table {} (each statement only where it is missing)\n",
+               s.target.ToString());
+    fmt::print("CREATE SCHEMA IF NOT EXISTS {};\n{};\n{};\n{};\n", QuoteIdent(s.target.schema),
+               apply::TargetTableDdl(s), apply::KeyIndexDdl(s), apply::TruncateTriggerDdl(s));
+  }
+}
+
+// Everything that can be checked before changing anything, so a refused
+// init leaves both databases as they were. Earlier errors of the target's
+// check are printed; the last one is returned.
+Status CheckBeforeChanging(pg::Connection& source, pg::Connection& target, const Config& config,
+                           const std::vector<TableSpec>& specs) {
+  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(source, ""));  // every tunnel's
+  DT_RETURN_IF_ERROR(capture::CheckKeysUnchanged(captured, specs));
+  DT_RETURN_IF_ERROR(
+      capture::CheckOwnership(captured, config.tunnel.name, specs, source.description()));
+  for (const auto& t :
+       capture::NotConfigured(capture::OfTunnel(captured, config.tunnel.name), config.tables)) {
+    Warn(fmt::format(
+        "table {} is captured but no longer in the configuration: its change table keeps "
+        "growing; remove its capture with `datatunnel uninstall --yes --table {}` (or add it "
+        "back to [[tables]])",
+        t.ToString(), t.ToString()));
+  }
+  auto check = apply::CheckTarget(target, specs);
+  if (!check.ok()) return check.status().WithContext("checking the target");
+  for (const auto& w : check->warnings) Warn(w);
+  if (check->errors.empty()) return Status::OK();
+  for (size_t i = 0; i + 1 < check->errors.size(); ++i) Fail(Status::BadConfig(check->errors[i]));
+  return Status::BadConfig(check->errors.back() +
+                           " (init changed nothing on the source or the target)");
+}
+
+// Sets up the target, then the source, then binds the target to this
+// source installation; prints what it did. `*changed`: anything at all.
+Status Install(pg::Connection& source, pg::Connection& target, const Config& config,
+               const std::vector<TableSpec>& specs, bool* source_changed, bool* changed) {
+  auto types_read = capture::UserTypes(source, specs);
+  if (!types_read.ok()) return types_read.status().WithContext("reading the source's types");
+  const auto& types = *types_read;
+  std::vector<apply::TypeToCreate> create;
+  for (const auto& t : types) create.push_back({t.name, t.schema, t.ddl});
+  // The target first: until the source's triggers exist nothing is captured,
+  // so a failure on the source leaves only harmless objects on the target.
+  auto tgt_actions = apply::Install(target, specs, create);
+  if (!tgt_actions.ok()) {
+    return tgt_actions.status().WithContext(
+        "init on the target (nothing was changed on the source; fix this and run init again)");
+  }
+  for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
+  const std::string after_target =
+      tgt_actions->empty()
+          ? std::string("nothing was changed on either side")
+          : std::string(
+                "after the target was set up (the \"target:\" lines above; they "
+                "capture nothing and are kept): nothing was changed on the source; fix "
+                "this and run `datatunnel init` again to finish, or `datatunnel "
+                "uninstall --yes` to remove the target's state");
+  auto src_report = capture::Install(source, config.tunnel.name, specs);
+  if (!src_report.ok()) {
+    return src_report.status().WithContext("init on the source, " + after_target);
+  }
+  for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
+  // The target accepts messages of this tunnel from this source installation only.
+  DT_ASSIGN_OR_RETURN(auto install, capture::LoadInstallId(source));
+  auto bound = apply::BindTunnel(target, config.tunnel.name, install);
+  if (!bound.ok()) return bound.status().WithContext("init on the target");
+  if (!bound->empty()) fmt::print("target: {}\n", *bound);
+  fmt::print("tunnel \"{}\": topics {}.<schema>.<table>, consumer group {}\n", config.tunnel.name,
+             config.kafka.topic_prefix, config.kafka.group_id);
+  for (const auto& w : src_report->warnings) Warn(w);
+  // Columns captured only now: rows changed since they were added lack
+  // their values, so copy those tables again (consistently with the stream).
+  for (size_t t : src_report->needs_snapshot) {
+    DT_RETURN_IF_ERROR(capture::RequestSnapshot(source, specs[t], /*restart=*/true));
+    fmt::print("source: requested a snapshot of {} to fill its new columns on the target\n",
+               specs[t].source.ToString());
+  }
+  *source_changed = !src_report->actions.empty();
+  *changed = *source_changed || !tgt_actions->empty() || !bound->empty();
+  return Status::OK();
+}
+
+void PrintGrants(const std::vector<TableSpec>& specs, const std::string& role,
+                 const pg::Connection& target) {
+  fmt::print("\n-- On the source, for runtime role {} (produce):\n", role);
+  for (const auto& line : capture::RuntimeGrants(specs, role)) fmt::print("{}\n", line);
+  fmt::print("\n-- On the target, for runtime role {} (consume):\n", role);
+  for (const auto& line : apply::RuntimeGrants(specs, role, target.database())) {
+    fmt::print("{}\n", line);
+  }
+}
 
 int RunInit(const Globals& g, const InitOptions& o) {
   auto setup = LoadSetup(g);
@@ -31,106 +138,20 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (!specs.ok()) return Fail(specs.status());
   for (const auto& w : warnings) Warn(w);
   if (o.print_sql) {
-    // The DDL init runs, for review: init itself also records the tables and
-    // the tunnel in the state tables, and skips what exists already.
-    fmt::print("-- source ({})\n{}\n", source.description(), capture::StateSchemaDdl());
-    for (const auto& s : *specs) {
-      std::string key;
-      for (size_t k : s.key) key += (key.empty() ? "" : ",") + s.columns[k].name;
-      fmt::print("SELECT datatunnel.install_capture('{}', '{{{}}}');\n", s.source.Quoted(), key);
-    }
-    fmt::print("-- event triggers (need a superuser; init goes on without them)\n{};\n{};\n",
-               capture::kDropGuardDdl, capture::kDdlTriggerDdl);
-    fmt::print("-- target ({})\n{}\n", target.description(), apply::TargetStateDdl());
-    for (const auto& s : *specs) {
-      fmt::print("-- target table {} (each statement only where it is missing)\n",
-                 s.target.ToString());
-      fmt::print("CREATE SCHEMA IF NOT EXISTS {};\n{};\n{};\n{};\n", QuoteIdent(s.target.schema),
-                 apply::TargetTableDdl(s), apply::KeyIndexDdl(s), apply::TruncateTriggerDdl(s));
-    }
+    PrintSql(source, target, *specs);
     return kExitOk;
   }
-  // Check everything that can be checked before changing anything, so a
-  // refused init leaves both databases as they were.
-  auto captured = capture::CapturedTables(source, "");  // every tunnel's
-  if (!captured.ok()) return Fail(captured.status());
-  if (Status st = capture::CheckKeysUnchanged(*captured, *specs); !st.ok()) return Fail(st);
-  if (Status st =
-          capture::CheckOwnership(*captured, config.tunnel.name, *specs, source.description());
-      !st.ok()) {
+  if (Status st = CheckBeforeChanging(source, target, config, *specs); !st.ok()) return Fail(st);
+  bool source_changed = false, changed = false;
+  if (Status st = Install(source, target, config, *specs, &source_changed, &changed); !st.ok()) {
     return Fail(st);
   }
-  for (const auto& t :
-       capture::NotConfigured(capture::OfTunnel(*captured, config.tunnel.name), config.tables)) {
-    Warn(fmt::format(
-        "table {} is captured but no longer in the configuration: its change table keeps "
-        "growing; remove its capture with `datatunnel uninstall --yes --table {}` (or add it "
-        "back to [[tables]])",
-        t.ToString(), t.ToString()));
-  }
-  auto check = apply::CheckTarget(target, *specs);
-  if (!check.ok()) return Fail(check.status().WithContext("checking the target"));
-  for (const auto& w : check->warnings) Warn(w);
-  if (!check->errors.empty()) {
-    for (size_t i = 0; i + 1 < check->errors.size(); ++i) Fail(Status::BadConfig(check->errors[i]));
-    return Fail(Status::BadConfig(check->errors.back() +
-                                  " (init changed nothing on the source or the target)"));
-  }
-  auto types = capture::UserTypes(source, *specs);
-  if (!types.ok()) return Fail(types.status().WithContext("reading the source's types"));
-  std::vector<apply::TypeToCreate> create;
-  for (const auto& t : *types) create.push_back({t.name, t.schema, t.ddl});
-  // The target first: until the source's triggers exist nothing is captured,
-  // so a failure on the source leaves only harmless objects on the target.
-  auto tgt_actions = apply::Install(target, *specs, create);
-  if (!tgt_actions.ok()) {
-    return Fail(tgt_actions.status().WithContext(
-        "init on the target (nothing was changed on the source; fix this and run init again)"));
-  }
-  for (const auto& a : *tgt_actions) fmt::print("target: {}\n", a);
-  const std::string after_target =
-      tgt_actions->empty()
-          ? std::string("nothing was changed on either side")
-          : std::string(
-                "after the target was set up (the \"target:\" lines above; they "
-                "capture nothing and are kept): nothing was changed on the source; fix "
-                "this and run `datatunnel init` again to finish, or `datatunnel "
-                "uninstall --yes` to remove the target's state");
-  auto src_report = capture::Install(source, config.tunnel.name, *specs);
-  if (!src_report.ok()) {
-    return Fail(src_report.status().WithContext("init on the source, " + after_target));
-  }
-  for (const auto& a : src_report->actions) fmt::print("source: {}\n", a);
-  // The target accepts messages of this tunnel from this source installation only.
-  auto install = capture::LoadInstallId(source);
-  if (!install.ok()) return Fail(install.status());
-  auto bound = apply::BindTunnel(target, config.tunnel.name, *install);
-  if (!bound.ok()) return Fail(bound.status().WithContext("init on the target"));
-  if (!bound->empty()) fmt::print("target: {}\n", *bound);
-  fmt::print("tunnel \"{}\": topics {}.<schema>.<table>, consumer group {}\n", config.tunnel.name,
-             config.kafka.topic_prefix, config.kafka.group_id);
-  for (const auto& w : src_report->warnings) Warn(w);
-  // Columns captured only now: rows changed since they were added lack
-  // their values, so copy those tables again (consistently with the stream).
-  for (size_t t : src_report->needs_snapshot) {
-    const TableSpec& spec = (*specs)[t];
-    if (Status st = snapshot::Request(source, spec, /*restart=*/true); !st.ok()) return Fail(st);
-    fmt::print("source: requested a snapshot of {} to fill its new columns on the target\n",
-               spec.source.ToString());
-  }
-  const auto& src_actions = src_report->actions;
-  if (src_actions.empty() && tgt_actions->empty() && bound->empty()) {
+  if (!changed) {
     fmt::print("nothing to do: capture and target are up to date for {} table(s)\n", specs->size());
   }
   if (!o.runtime_role.empty()) {
-    fmt::print("\n-- On the source, for runtime role {} (produce):\n", o.runtime_role);
-    for (const auto& line : capture::RuntimeGrants(*specs, o.runtime_role))
-      fmt::print("{}\n", line);
-    fmt::print("\n-- On the target, for runtime role {} (consume):\n", o.runtime_role);
-    for (const auto& line : apply::RuntimeGrants(*specs, o.runtime_role, target.database())) {
-      fmt::print("{}\n", line);
-    }
-  } else if (!src_actions.empty()) {
+    PrintGrants(*specs, o.runtime_role, target);
+  } else if (source_changed) {
     fmt::print(
         "(run `datatunnel init --runtime-role NAME` to print the GRANTs for a "
         "low-privilege role to run the tunnel)\n");

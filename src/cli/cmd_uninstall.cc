@@ -20,10 +20,134 @@ struct UninstallOptions {
   std::vector<std::string> tables;  // only these (configured or captured)
 };
 
+// The tables to remove: source specs (for the capture) and the target
+// specs of those in the configuration (for the apply positions).
+struct Removal {
+  std::vector<TableSpec> sources, targets;
+  std::vector<QualifiedName> not_configured;  // captured, not in the configuration
+  bool IsNotConfigured(const QualifiedName& n) const {
+    return std::find(not_configured.begin(), not_configured.end(), n) != not_configured.end();
+  }
+};
+
+Result<Removal> ChooseTables(const Config& config, const UninstallOptions& o,
+                             const std::vector<capture::CapturedTable>& captured,
+                             const pg::Connection& source) {
+  Removal r;
+  r.not_configured = capture::NotConfigured(captured, config.tables);
+  auto add_configured = [&](const TableConfig& t) {
+    TableSpec s;
+    s.source = t.source;
+    s.target = t.target;
+    s.change_table = {t.source.schema, t.source.name + "_cdc"};
+    for (const auto& c : captured) {
+      if (c.source == t.source) s.change_table = c.change_table;
+    }
+    r.sources.push_back(s);
+    r.targets.push_back(s);
+  };
+  auto add_captured = [&](const capture::CapturedTable& c) {
+    TableSpec s;
+    s.source = c.source;
+    s.change_table = c.change_table;
+    r.sources.push_back(s);
+  };
+  if (o.tables.empty()) {
+    for (const auto& t : config.tables) add_configured(t);
+    for (const auto& c : captured) {
+      if (o.all && r.IsNotConfigured(c.source)) add_captured(c);
+    }
+    return r;
+  }
+  for (const auto& text : o.tables) {
+    auto name = QualifiedName::Parse(text);
+    if (!name) {
+      return Status::BadConfig(
+          fmt::format("--table {}: not a table name; give schema.table", text));
+    }
+    auto conf = std::find_if(config.tables.begin(), config.tables.end(),
+                             [&](const TableConfig& t) { return t.source == *name; });
+    auto cap = std::find_if(captured.begin(), captured.end(),
+                            [&](const capture::CapturedTable& c) { return c.source == *name; });
+    if (conf != config.tables.end()) {
+      add_configured(*conf);
+    } else if (cap != captured.end()) {
+      add_captured(*cap);
+    } else {
+      return Status::BadConfig(fmt::format(
+          "--table {}: no such table is configured or captured on the {}; `datatunnel status` "
+          "lists the captured tables",
+          name->ToString(), source.description()));
+    }
+  }
+  return r;
+}
+
+// Never pull the state from under a running tunnel: its processes would
+// stop with raw SQL errors, or recreate what was just removed.
+Status RefuseWhileRunning(pg::Connection& source, pg::Connection& target, const Config& config) {
+  DT_ASSIGN_OR_RETURN(const int producer, capture::ProducerBackend(source, config.tunnel.name));
+  DT_ASSIGN_OR_RETURN(auto consumers, pg::OtherSessions(target, ApplicationName(config)));
+  if (producer == 0 && consumers.empty()) return Status::OK();
+  std::string who;
+  if (producer != 0) who = fmt::format("its producer holds the lock (source backend {})", producer);
+  if (!consumers.empty()) {
+    who += fmt::format("{}sessions of it are connected to the target (backends {})",
+                       who.empty() ? "" : "; ", fmt::join(consumers, ", "));
+  }
+  return Status::BadConfig(fmt::format(
+      "tunnel \"{}\" is running: {}; stop its run/produce/consume processes first, then "
+      "uninstall (nothing was changed)",
+      config.tunnel.name, who));
+}
+
+// Never claim "nothing installed" while something is.
+Status ReportLeft(pg::Connection& source, const Config& config, const UninstallOptions& o,
+                  bool removed_any) {
+  DT_ASSIGN_OR_RETURN(auto left_captured, capture::CapturedTables(source, config.tunnel.name));
+  DT_ASSIGN_OR_RETURN(auto leftovers, capture::Leftovers(source));
+  std::vector<std::string> still;
+  for (const auto& c : left_captured) still.push_back(c.source.ToString());
+  if (!still.empty()) {
+    fmt::print(
+        "source: still captured: {} (not removed: {}); `datatunnel uninstall --yes --table "
+        "NAME` removes one, `--all` every one\n",
+        fmt::join(still, ", "), o.tables.empty() ? "not in the configuration" : "not named");
+  } else if (!leftovers.empty()) {
+    fmt::print("source: still installed: {}\n", fmt::join(leftovers, ", "));
+  } else if (!removed_any) {
+    fmt::print("nothing to do: nothing of datatunnel is installed\n");
+  }
+  return Status::OK();
+}
+
+Status Uninstall(const Setup& setup, const UninstallOptions& o) {
+  const Config& config = setup.config;
+  DT_ASSIGN_OR_RETURN(Databases db, OpenDatabases(setup));
+  pg::Connection &source = *db.source, &target = *db.target;
+  DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(source, config.tunnel.name));
+  DT_ASSIGN_OR_RETURN(Removal removal, ChooseTables(config, o, captured, source));
+  DT_RETURN_IF_ERROR(RefuseWhileRunning(source, target, config));
+  auto src = capture::Uninstall(source, removal.sources);
+  if (!src.ok()) return src.status().WithContext("uninstall on the source");
+  for (const auto& a : *src) fmt::print("source: {}\n", a);
+  for (const auto& s : removal.sources) {
+    if (removal.IsNotConfigured(s.source)) {
+      fmt::print(
+          "target: kept the apply positions of {}'s target table, which the configuration no "
+          "longer names (they go with the target's datatunnel schema)\n",
+          s.source.ToString());
+    }
+  }
+  auto tgt = apply::Uninstall(target, removal.targets);
+  if (!tgt.ok()) return tgt.status().WithContext("uninstall on the target");
+  for (const auto& a : *tgt) fmt::print("target: {}\n", a);
+  return ReportLeft(source, config, o, !src->empty() || !tgt->empty());
+}
+
 int RunUninstall(const Globals& g, const UninstallOptions& o) {
   auto setup = LoadSetup(g);
   if (!setup.ok()) return Fail(setup.status());
-  const Config& config = setup->config;
   if (!o.yes) {
     return Fail(Status::BadConfig(
         "uninstall drops the change tables (and any changes not yet published) and the tunnel's "
@@ -32,118 +156,7 @@ int RunUninstall(const Globals& g, const UninstallOptions& o) {
   if (o.all && !o.tables.empty()) {
     return Fail(Status::BadConfig("--all and --table exclude each other; give one of them"));
   }
-  auto db = OpenDatabases(*setup);
-  if (!db.ok()) return Fail(db.status());
-  pg::Connection &source = *db->source, &target = *db->target;
-  auto captured = capture::CapturedTables(source, config.tunnel.name);
-  if (!captured.ok()) return Fail(captured.status());
-
-  // The tables to remove: source specs (for the capture) and the target
-  // specs of those in the configuration (for the apply positions).
-  std::vector<TableSpec> sources, targets;
-  auto add_configured = [&](const TableConfig& t) {
-    TableSpec s;
-    s.source = t.source;
-    s.target = t.target;
-    s.change_table = {t.source.schema, t.source.name + "_cdc"};
-    for (const auto& c : *captured) {
-      if (c.source == t.source) s.change_table = c.change_table;
-    }
-    sources.push_back(s);
-    targets.push_back(s);
-  };
-  auto add_captured = [&](const capture::CapturedTable& c) {
-    TableSpec s;
-    s.source = c.source;
-    s.change_table = c.change_table;
-    sources.push_back(s);
-  };
-  const auto not_configured = capture::NotConfigured(*captured, config.tables);
-  auto is_not_configured = [&](const QualifiedName& n) {
-    return std::find(not_configured.begin(), not_configured.end(), n) != not_configured.end();
-  };
-  if (!o.tables.empty()) {
-    for (const auto& text : o.tables) {
-      auto name = QualifiedName::Parse(text);
-      if (!name) {
-        return Fail(Status::BadConfig(
-            fmt::format("--table {}: not a table name; give schema.table", text)));
-      }
-      auto conf = std::find_if(config.tables.begin(), config.tables.end(),
-                               [&](const TableConfig& t) { return t.source == *name; });
-      auto cap = std::find_if(captured->begin(), captured->end(),
-                              [&](const capture::CapturedTable& c) { return c.source == *name; });
-      if (conf != config.tables.end()) {
-        add_configured(*conf);
-      } else if (cap != captured->end()) {
-        add_captured(*cap);
-      } else {
-        return Fail(Status::BadConfig(fmt::format(
-            "--table {}: no such table is configured or captured on the {}; `datatunnel status` "
-            "lists the captured tables",
-            name->ToString(), source.description())));
-      }
-    }
-  } else {
-    for (const auto& t : config.tables) add_configured(t);
-    if (o.all) {
-      for (const auto& c : *captured) {
-        if (is_not_configured(c.source)) add_captured(c);
-      }
-    }
-  }
-
-  // Never pull the state from under a running tunnel: its processes would
-  // stop with raw SQL errors, or recreate what was just removed.
-  auto producer = capture::ProducerBackend(source, config.tunnel.name);
-  if (!producer.ok()) return Fail(producer.status());
-  auto consumers = pg::OtherSessions(target, ApplicationName(config));
-  if (!consumers.ok()) return Fail(consumers.status());
-  if (*producer != 0 || !consumers->empty()) {
-    std::string who;
-    if (*producer != 0)
-      who = fmt::format("its producer holds the lock (source backend {})", *producer);
-    if (!consumers->empty()) {
-      who += fmt::format("{}sessions of it are connected to the target (backends {})",
-                         who.empty() ? "" : "; ", fmt::join(*consumers, ", "));
-    }
-    return Fail(Status::BadConfig(fmt::format(
-        "tunnel \"{}\" is running: {}; stop its run/produce/consume processes first, then "
-        "uninstall (nothing was changed)",
-        config.tunnel.name, who)));
-  }
-  auto src = capture::Uninstall(source, sources);
-  if (!src.ok()) return Fail(src.status().WithContext("uninstall on the source"));
-  for (const auto& a : *src) fmt::print("source: {}\n", a);
-  for (const auto& s : sources) {
-    if (is_not_configured(s.source)) {
-      fmt::print(
-          "target: kept the apply positions of {}'s target table, which the configuration no "
-          "longer names (they go with the target's datatunnel schema)\n",
-          s.source.ToString());
-    }
-  }
-  auto tgt = apply::Uninstall(target, targets);
-  if (!tgt.ok()) return Fail(tgt.status().WithContext("uninstall on the target"));
-  for (const auto& a : *tgt) fmt::print("target: {}\n", a);
-
-  // Never claim "nothing installed" while something is.
-  auto left_captured = capture::CapturedTables(source, config.tunnel.name);
-  if (!left_captured.ok()) return Fail(left_captured.status());
-  auto leftovers = capture::Leftovers(source);
-  if (!leftovers.ok()) return Fail(leftovers.status());
-  std::vector<std::string> still;
-  for (const auto& c : *left_captured) still.push_back(c.source.ToString());
-  if (!still.empty()) {
-    fmt::print(
-        "source: still captured: {} (not removed: {}); `datatunnel uninstall --yes --table "
-        "NAME` removes one, `--all` every one\n",
-        fmt::join(still, ", "), o.tables.empty() ? "not in the configuration" : "not named");
-  } else if (!leftovers->empty()) {
-    fmt::print("source: still installed: {}\n", fmt::join(*leftovers, ", "));
-  } else if (src->empty() && tgt->empty()) {
-    fmt::print("nothing to do: nothing of datatunnel is installed\n");
-  }
+  if (Status st = Uninstall(*setup, o); !st.ok()) return Fail(st);
   return kExitOk;
 }
 
