@@ -112,6 +112,34 @@ TEST_F(SchemaTest, AddedColumnStopsWithTheFixThenInitResumes) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// The same fix with producer and consumer apart: only the stopped producer
+// is restarted; the consumer that kept running reads the column `init`
+// added to the target instead of asking for init once more (on the schema
+// marker the restarted producer sends first, and again before refusing a
+// message with a column it does not know; without both, this test fails).
+TEST_F(SchemaTest, AddedColumnThenInitReachesARunningConsumer) {
+  UseTables("stop");
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto consume = Start({"consume"});
+  auto produce = Start({"produce"});
+  ASSERT_EQ(Dt({"snapshot"}, 120).code, 0);
+  SourceCluster().Exec(src_, "ALTER TABLE employees ADD COLUMN salary integer");
+  SourceCluster().Exec(src_, "INSERT INTO employees(first_name, salary) VALUES ('paid', 42)");
+  auto rc = produce->Wait(30);
+  ASSERT_TRUE(rc.has_value()) << "the producer did not stop";
+  EXPECT_EQ(*rc, 3) << produce->Stderr();
+  auto init = Dt({"init"});
+  ASSERT_EQ(init.code, 0) << init.err;
+  produce = Start({"produce"});
+  SourceCluster().Exec(src_, "UPDATE employees SET salary = emp_id WHERE emp_id <= 10");
+  ExpectInSync();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+  EXPECT_TRUE(consume->Running()) << consume->Stderr();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
 TEST_F(SchemaTest, DroppedColumnNeverBreaksWritesAndStops) {
   UseTables("evolve");
   ASSERT_EQ(Dt({"init"}).code, 0);
