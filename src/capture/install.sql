@@ -286,15 +286,19 @@ BEGIN
       -- "dt$old<n>" (published as the delete of the old key, then the insert
       -- of the new row). With a unique key both sides have as many; an unpaired
       -- one (duplicates of a configured key that is not unique) is a DELETE of
-      -- the old row or an INSERT of the new one.
+      -- the old row or an INSERT of the new one. (v_rows = 0 is tested on
+      -- its own: PL/pgSQL evaluates it without a query, which an expression
+      -- with EXISTS needs, and most UPDATEs stop there.)
       v_update := pg_catalog.format(
         E'    %1$s      SELECT pg_catalog.txid_current(), ''UPDATE'', %3$s FROM "dt$new" n\n'
         || E'      WHERE (SELECT pg_catalog.array_agg(%2$s) FROM "dt$old")\n'
         || E'        IS NOT DISTINCT FROM (SELECT pg_catalog.array_agg(%2$s) FROM "dt$new");\n'
         || E'    GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
-        || E'    IF v_rows = 0 AND EXISTS (SELECT FROM "dt$old") THEN\n'
-        || E'      EXECUTE %4$L;\n'
-        || E'      EXECUTE %5$L;\n'
+        || E'    IF v_rows = 0 THEN\n'
+        || E'      IF EXISTS (SELECT FROM "dt$old") THEN\n'
+        || E'        EXECUTE %4$L;\n'
+        || E'        EXECUTE %5$L;\n'
+        || E'      END IF;\n'
         || E'    END IF;\n',
         v_head, v_keyexpr, v_new,
         v_head || E'  SELECT pg_catalog.txid_current(), ''UPDATE'', ' || v_new
