@@ -79,7 +79,7 @@ if [[ $QUICK == 1 ]]; then
   BURST=10000; BURST_PRELOAD=100000
   BACKLOG=100000; BACKLOG_PRELOAD=100000
   SNAP_ROWS=100000
-  SRC_SECONDS=3; SRC_PAIRS=1
+  SRC_SECONDS=3; SRC_PAIRS=1; SRC_BULK=100000
   NAME=${NAME:-$(date +%F)-quick}
 else
   RUNS=${RUNS:-3}
@@ -87,7 +87,7 @@ else
   BURST=200000; BURST_PRELOAD=100000
   BACKLOG=1000000; BACKLOG_PRELOAD=1000000
   SNAP_ROWS=1000000
-  SRC_SECONDS=10; SRC_PAIRS=3
+  SRC_SECONDS=10; SRC_PAIRS=3; SRC_BULK=${BENCH_SRC_BULK:-1000000}
   NAME=${NAME:-$(date +%F)}
 fi
 BURST_WRITERS=8; BURST_TXN=10
@@ -660,7 +660,7 @@ scenario_source() {
       for state in $order; do
         local cap=DISABLE
         [[ $state == on ]] && cap=ENABLE
-        q1 b1 "ALTER TABLE employees $cap TRIGGER datatunnel_capture, $cap TRIGGER datatunnel_truncate"
+        q1 b1 "ALTER TABLE employees $cap TRIGGER USER"
         q1 b1 "VACUUM employees" ; q1 postgres "CHECKPOINT"
         emit source "$op" "trigger-$state" "$pair" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
         local out tps
@@ -671,7 +671,36 @@ scenario_source() {
         log "  $op, trigger $state: $tps tps"
       done
     done
+    # Bulk statements: one INSERT, UPDATE and DELETE of $SRC_BULK rows each
+    # (rows beyond the $SRC_ROWS the single-row runs use), seconds per statement.
+    q1 b1 "ALTER TABLE employees DISABLE TRIGGER USER"
+    q1 b1 "DELETE FROM employees WHERE emp_id > $SRC_ROWS"  # the single-row INSERTs' rows
+    q1 b1 "TRUNCATE employees_cdc"
+    for state in $order; do
+      local cap=DISABLE
+      [[ $state == on ]] && cap=ENABLE
+      q1 b1 "ALTER TABLE employees $cap TRIGGER USER"
+      for op in insert update delete; do
+        local sql
+        case "$op" in
+          insert) sql="INSERT INTO employees (first_name, last_name, dob, city) SELECT 'Bulk', 'b' || g, '2000-01-01', 'Oslo' FROM generate_series(1, $SRC_BULK) g" ;;
+          update) sql="UPDATE employees SET city = 'Bergen', last_name = last_name || 'u' WHERE emp_id > $SRC_ROWS" ;;
+          delete) sql="DELETE FROM employees WHERE emp_id > $SRC_ROWS" ;;
+        esac
+        q1 b1 "VACUUM employees" ; q1 postgres "CHECKPOINT"
+        emit source "bulk-$op" "trigger-$state" "$pair" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+        local t0 t1
+        t0=$(date +%s%6N)
+        q1 b1 "$sql"
+        t1=$(date +%s%6N)
+        emit source "bulk-$op" "trigger-$state" "$pair" seconds "$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d/1e6}')"
+        log "  bulk $op of $SRC_BULK rows, trigger $state: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d/1e6}') s"
+      done
+      # The next state starts from the same change table: empty.
+      q1 b1 "TRUNCATE employees_cdc"
+    done
   done
+  q1 b1 "ALTER TABLE employees ENABLE TRIGGER USER"
   q1 b1 "SELECT count(*) FROM employees_cdc" >"$OUT/source-cdc-rows"
 }
 
@@ -743,6 +772,7 @@ src_seconds=$SRC_SECONDS
 src_pairs=$SRC_PAIRS
 src_clients=$SRC_CLIENTS
 src_rows=$SRC_ROWS
+src_bulk=$SRC_BULK
 duration_s=$((BENCH_END - BENCH_START))
 git=${BENCH_GIT_REV:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 version=$("$DT" --version 2>/dev/null | head -1)

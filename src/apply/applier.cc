@@ -176,6 +176,81 @@ void AddArrivals(std::span<const TruncateArrival> arrivals, const std::vector<Ta
   }
 }
 
+// A table without a key (full-row identity, as REPLICA IDENTITY FULL): its
+// changes in order, none collapsed. A TRUNCATE discards what came before it;
+// an insert or snapshot row inserts (consecutive ones with the same columns
+// in one statement); a delete removes one row equal to the old row, columns
+// compared as text with NULLs equal (every type has a text form, not every
+// type an equality). The target so holds the same multiset of rows.
+Status AddKeyless(const TableSpec& spec, std::span<const Change* const> changes,
+                  std::vector<pg::Statement>* out) {
+  size_t begin = 0;
+  for (size_t i = 0; i < changes.size(); ++i) {
+    if (changes[i]->op == Op::kTruncate) begin = i + 1;
+  }
+  if (begin > 0) {
+    out->push_back({"SELECT pg_catalog.set_config('datatunnel.tunnel_truncate', 'on', true)", {}});
+    out->push_back({"TRUNCATE " + spec.target.Quoted(), {}});
+  }
+  const std::string table = spec.target.Quoted();
+  for (size_t i = begin; i < changes.size();) {
+    const Change* c = changes[i];
+    switch (c->op) {
+      case Op::kMarker:
+      case Op::kTruncate:
+        ++i;
+        break;
+      case Op::kUpdate:
+        return Status::Fatal(fmt::format(
+            "target table {} has no key (no primary key, unique index or configured key), but "
+            "change {} of {} updates a row by its key: the source table has a key; run "
+            "`datatunnel init` (it creates the unique index on the target) or set key = [...]",
+            spec.target.ToString(), c->pos.ToString(), spec.source.ToString()));
+      case Op::kDelete: {
+        pg::Statement st;
+        std::string match;
+        for (size_t col = 0; col < spec.columns.size(); ++col) {
+          if (spec.columns[col].generated || c->row.IsAbsent(col)) continue;
+          st.params.push_back(ValueParam(c->row, col));
+          match += fmt::format("{}{}::text IS NOT DISTINCT FROM ${}::{}::text",
+                               match.empty() ? "" : " AND ", QuoteIdent(spec.columns[col].name),
+                               st.params.size(), spec.columns[col].type_sql);
+        }
+        st.sql = fmt::format(
+            "WITH x AS MATERIALIZED (SELECT tableoid AS o, ctid AS c FROM {0} WHERE {1} LIMIT 1) "
+            "DELETE FROM {0} WHERE ctid = (SELECT c FROM x) AND tableoid = (SELECT o FROM x)",
+            table, match.empty() ? "true" : match);
+        out->push_back(std::move(st));
+        ++i;
+        break;
+      }
+      case Op::kInsert:
+      case Op::kRead: {
+        const std::vector<size_t> cols = WrittenColumns(spec, c->row);
+        const size_t per_stmt = std::max<size_t>(1, kMaxParams / std::max<size_t>(1, cols.size()));
+        pg::Statement st;
+        std::string values;
+        size_t n = 0;
+        for (; i < changes.size() && n < per_stmt; ++i, ++n) {
+          const Change* r = changes[i];
+          if ((r->op != Op::kInsert && r->op != Op::kRead) || !SameColumns(r->row, c->row)) break;
+          values += n == 0 ? "(" : ", (";
+          for (size_t k = 0; k < cols.size(); ++k) {
+            st.params.push_back(ValueParam(r->row, cols[k]));
+            values += fmt::format("{}${}", k ? ", " : "", st.params.size());
+          }
+          values += ")";
+        }
+        st.sql =
+            fmt::format("INSERT INTO {} ({}) VALUES {}", table, ColumnList(spec, cols), values);
+        out->push_back(std::move(st));
+        break;
+      }
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Result<bool> Applier::BarrierDone(const std::string& stream, const Position& pos) {
@@ -264,6 +339,10 @@ Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by
   for (uint32_t t = 0; t < by_table.size(); ++t) {
     if (by_table[t].empty()) continue;
     const TableSpec& spec = (*targets_)[t];
+    if (spec.key.empty()) {
+      DT_RETURN_IF_ERROR(AddKeyless(spec, by_table[t], &stmts));
+      continue;
+    }
     TableEffect eff = Collapse(spec, by_table[t]);
     if (eff.truncate) {
       // The tunnel's own TRUNCATE: not one outside it (datatunnel_target_truncate).
@@ -395,6 +474,12 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
   for (uint32_t t = 0; t < by_table.size(); ++t) {
     if (by_table[t].empty()) continue;
     const TableSpec& spec = (*targets_)[t];
+    if (spec.key.empty()) {
+      std::vector<pg::Statement> keyless;
+      DT_RETURN_IF_ERROR(AddKeyless(spec, by_table[t], &keyless));
+      if (!keyless.empty()) DT_RETURN_IF_ERROR(conn_->ExecPipeline(keyless));
+      continue;
+    }
     TableEffect eff = Collapse(spec, by_table[t]);
     if (eff.truncate) {
       DT_RETURN_IF_ERROR(conn_->Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " +

@@ -4,7 +4,9 @@
 // (stream, partition) it covers, guarded by the offset we last saw there
 // (datatunnel.advance() fails with DT001 if another consumer moved it), and
 // (2) writes the net effect of its changes: TRUNCATE, then deletes by key,
-// then upserts (INSERT ... ON CONFLICT (key) DO UPDATE). Because positions
+// then upserts (INSERT ... ON CONFLICT (key) DO UPDATE); a table without a
+// key gets its changes in order instead (inserts, and deletes of one row
+// equal to the old row). Because positions
 // commit with the rows, a crash at any point leaves the target and its
 // positions consistent, and re-reading from the stored offsets applies
 // nothing twice.

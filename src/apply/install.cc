@@ -338,10 +338,12 @@ Result<TargetCheck> CheckTarget(pg::Connection& target, const std::vector<TableS
     }
     if (!key_ok) continue;
     const std::set<std::string> want(key.begin(), key.end());
-    bool unique = std::any_of(info->unique_keys.begin(), info->unique_keys.end(),
-                              [&](const std::vector<std::string>& u) {
-                                return std::set<std::string>(u.begin(), u.end()) == want;
-                              });
+    // A source without a key (full-row identity) needs no unique index.
+    bool unique =
+        key.empty() || std::any_of(info->unique_keys.begin(), info->unique_keys.end(),
+                                   [&](const std::vector<std::string>& u) {
+                                     return std::set<std::string>(u.begin(), u.end()) == want;
+                                   });
     if (unique) continue;
     const QualifiedName index{src.target.schema, KeyIndexName(src)};
     // An index of that name on this table is ours, on an earlier key: init
@@ -462,7 +464,8 @@ Result<std::string> BindTunnel(pg::Connection& target, const std::string& tunnel
 
 Result<bool> IsCapturedSource(pg::Connection& target, const QualifiedName& name) {
   DT_ASSIGN_OR_RETURN(auto r, target.Query("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid "
-                                           "= to_regclass($1) AND tgname = 'datatunnel_capture')",
+                                           "= to_regclass($1) AND tgname IN ('datatunnel_capture', "
+                                           "'datatunnel_capture_insert'))",
                                            {name.Quoted()}));
   return r.GetBool(0, 0);
 }
@@ -534,10 +537,11 @@ Result<std::vector<std::string>> Install(pg::Connection& target,
       }
     }
     const std::set<std::string> want(key.begin(), key.end());
-    bool unique = std::any_of((*info)->unique_keys.begin(), (*info)->unique_keys.end(),
-                              [&](const std::vector<std::string>& u) {
-                                return std::set<std::string>(u.begin(), u.end()) == want;
-                              });
+    bool unique =
+        key.empty() || std::any_of((*info)->unique_keys.begin(), (*info)->unique_keys.end(),
+                                   [&](const std::vector<std::string>& u) {
+                                     return std::set<std::string>(u.begin(), u.end()) == want;
+                                   });
     if (!unique) {
       std::string cols;
       for (const auto& k : key) cols += (cols.empty() ? "" : ", ") + QuoteIdent(k);
@@ -598,13 +602,11 @@ Result<std::vector<TableSpec>> DescribeTargetTables(pg::Connection& target,
     std::vector<std::string> key = tc.key;
     if (key.empty()) key = info->primary_key;
     if (key.empty() && !info->unique_keys.empty()) key = info->unique_keys.front();
-    if (key.empty()) {
-      return Status::BadConfig(fmt::format(
-          "target table {} has no primary key or unique index and no key is configured; run "
-          "`datatunnel init` (it creates the unique index) or set key = [...]",
-          tc.target.ToString()));
+    // No key: full-row identity (a keyless source table; `init` gives the
+    // target of a keyed one a unique index on its key).
+    if (!key.empty()) {
+      DT_ASSIGN_OR_RETURN(spec.key, pg::ResolveKey(*info, tc.target, key, "target"));
     }
-    DT_ASSIGN_OR_RETURN(spec.key, pg::ResolveKey(*info, tc.target, key, "target"));
     out.push_back(std::move(spec));
   }
   return out;

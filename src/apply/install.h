@@ -115,7 +115,8 @@ Result<std::vector<std::string>> AddColumns(pg::Connection& target, const TableS
 
 // Builds the target-side spec of each configured table from the target
 // catalog. The key is the configured one, else the target's primary key, else
-// its first unique index.
+// its first unique index, else none: full-row identity (the applier's
+// keyless path, for a source table without a key).
 Result<std::vector<TableSpec>> DescribeTargetTables(pg::Connection& target,
                                                     const std::vector<TableConfig>& tables);
 

@@ -69,18 +69,31 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
     spec.topic = tc.topic;
     spec.columns = pg::ToColumns(info->columns);
     std::vector<std::string> key = tc.key.empty() ? info->primary_key : tc.key;
-    if (key.empty()) {
+    if (key.empty() && !info->unique_keys.empty()) key = info->unique_keys.front();
+    if (key.empty() && info->relkind == 'p') {
       return Status::BadConfig(fmt::format(
-          "source table {} has no primary key and no key is configured; add key = [\"column\", "
-          "...] to its [[tables]] entry (columns that identify a row), or add a primary key",
+          "source table {} is partitioned and has no primary key, no unique index and no "
+          "configured key; a partitioned table is copied in key order: add key = [\"column\", "
+          "...] to its [[tables]] entry, or a primary key",
           tc.source.ToString()));
     }
-    DT_ASSIGN_OR_RETURN(spec.key, pg::ResolveKey(*info, tc.source, key, "source"));
-    bool unique = std::any_of(info->unique_keys.begin(), info->unique_keys.end(),
-                              [&](const std::vector<std::string>& k) {
-                                return std::set<std::string>(k.begin(), k.end()) ==
-                                       std::set<std::string>(key.begin(), key.end());
-                              });
+    if (key.empty()) {
+      // Full-row identity, as REPLICA IDENTITY FULL: carried, with a warning.
+      if (warnings) {
+        warnings->push_back(fmt::format(
+            "source table {} has no primary key, no unique index and no configured key: it is "
+            "carried with full-row identity (the target holds the same rows, duplicates "
+            "included; a delete or update on the target scans the table for an equal row)",
+            tc.source.ToString()));
+      }
+    } else {
+      DT_ASSIGN_OR_RETURN(spec.key, pg::ResolveKey(*info, tc.source, key, "source"));
+    }
+    bool unique = key.empty() || std::any_of(info->unique_keys.begin(), info->unique_keys.end(),
+                                             [&](const std::vector<std::string>& k) {
+                                               return std::set<std::string>(k.begin(), k.end()) ==
+                                                      std::set<std::string>(key.begin(), key.end());
+                                             });
     if (!unique && warnings) {
       std::string cols;
       for (const auto& k : key) cols += (cols.empty() ? "" : ", ") + k;
@@ -263,6 +276,8 @@ Result<std::vector<std::string>> Leftovers(pg::Connection& source) {
           "  WHERE evtname IN ('datatunnel_ddl', 'datatunnel_drop') "
           "UNION ALL SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass) "
           "  FROM pg_catalog.pg_trigger t WHERE t.tgname IN ('datatunnel_capture', "
+          "  'datatunnel_capture_insert', 'datatunnel_capture_update', "
+          "'datatunnel_capture_delete', "
           "  'datatunnel_truncate', 'datatunnel_notify')"));
   std::vector<std::string> out;
   for (int i = 0; i < r.rows(); ++i) out.emplace_back(r.Get(i, 0));
@@ -620,7 +635,9 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
     }
     if (function.empty() && *info) function = FunctionName((**info).oid);
     if (*info) {
-      for (const char* trig : {"datatunnel_capture", "datatunnel_truncate", "datatunnel_notify"}) {
+      for (const char* trig :
+           {"datatunnel_capture", "datatunnel_capture_insert", "datatunnel_capture_update",
+            "datatunnel_capture_delete", "datatunnel_truncate", "datatunnel_notify"}) {
         auto q = source.Query(
             "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1::oid AND tgname = $2",
             {std::to_string((**info).oid), trig});

@@ -5,14 +5,27 @@
 //                               "dt$txid", "dt$action", "dt$captured_at",
 //                               "dt$old1".."dt$old<n>" (the n key columns'
 //                               values before an UPDATE that changed the
-//                               key), then the table's own columns with the
+//                               key; written by versions before the
+//                               statement triggers only, still read), then
+//                               the table's own columns with the
 //                               same names and types. Every column of ours
 //                               starts with dt$, so the table's columns can
 //                               have any name (but one starting with dt$).
 //   datatunnel.capture_<oid>()  the trigger function (SECURITY DEFINER, so
 //                               writers need no rights on the change table).
-//   datatunnel_capture          AFTER INSERT/UPDATE/DELETE FOR EACH ROW.
+//   datatunnel_capture_insert   AFTER INSERT FOR EACH STATEMENT, with the
+//   datatunnel_capture_update   transition tables "dt$new" / "dt$old": one
+//   datatunnel_capture_delete   set-based INSERT per statement. An UPDATE
+//                               pairs old and new rows by key (install.sql).
+//                               `init` replaces the row-level trigger
+//                               datatunnel_capture of earlier versions,
+//                               which partitioned tables, partitions and
+//                               tables in an inheritance tree keep.
 //   datatunnel_truncate         AFTER TRUNCATE FOR EACH STATEMENT.
+// A table with no key (no primary key, no unique index, none configured) is
+// captured with full-row identity: its TableSpec key is empty, the change
+// rows hold whole rows, and an UPDATE is a DELETE of the old row plus an
+// INSERT of the new one.
 // (No NOTIFY trigger: NOTIFY serialises committing writers; the producer
 // polls with two index probes instead. `init` drops one left by an earlier
 // version.)
@@ -49,9 +62,11 @@ std::string OldKeyColumn(size_t n);
 inline constexpr const char* kNotifyChannel = "datatunnel";
 
 // Builds the source-side spec of each configured table from the catalog:
-// checks it exists, resolves the key (configured, else the primary key) and
-// names its change table. Errors are kBadConfig with the fix.
-// Warnings (a key with no unique index on the source) go to `warnings`.
+// checks it exists, resolves the key (configured, else the primary key, else
+// the first unique index, else none: full-row identity) and names its change
+// table. Errors are kBadConfig with the fix. Warnings (a key with no unique
+// index on the source; a table without a key, one line naming it) go to
+// `warnings`.
 Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
                                                     const std::vector<TableConfig>& tables,
                                                     std::vector<std::string>* warnings);

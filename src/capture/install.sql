@@ -130,10 +130,15 @@ DECLARE
   v_cols text;
   v_new text;
   v_old text;
-  v_changed text;
+  v_keyexpr text;
+  v_match text;
+  v_keys text;
   v_old_cols text;
-  v_old_vals text;
+  v_either text;
+  v_head text;
+  v_update text;
   v_body text;
+  v_stmt boolean;
   v_current text;
   r record;
 BEGIN
@@ -221,48 +226,166 @@ BEGIN
     END LOOP;
   END IF;
 
-  -- The trigger function, generated from the catalog. Names are fully
+  -- The trigger function, generated from the catalog, run by three
+  -- statement-level triggers with transition tables ("dt$new", "dt$old") and
+  -- by the TRUNCATE trigger: each statement adds its change rows with one
+  -- set-based INSERT ... SELECT, whatever its number of rows. Names are fully
   -- qualified: it is SECURITY DEFINER and runs with the writer's search_path
-  -- (a SET clause would cost every write). NEW and OLD fields are always
-  -- double-quoted: quote_ident() leaves PL/pgSQL's own keywords bare (by,
-  -- loop, strict, ...), and NEW.by is "record new has no field by".
-  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
-         pg_catalog.string_agg('NEW."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
-           ORDER BY a.attnum),
-         pg_catalog.string_agg('OLD."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
-           ORDER BY a.attnum)
-    INTO v_cols, v_new, v_old
-    FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
-  SELECT pg_catalog.string_agg(pg_catalog.format('NEW."%1$s" IS DISTINCT FROM OLD."%1$s"',
-           pg_catalog.replace(u.k, '"', '""')), ' OR ' ORDER BY u.ord),
-         pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || u.ord), '' ORDER BY u.ord),
-         pg_catalog.string_agg(pg_catalog.format(', OLD."%s"', pg_catalog.replace(u.k, '"', '""')),
-           '' ORDER BY u.ord)
-    INTO v_changed, v_old_cols, v_old_vals
-    FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord);
-  v_body := pg_catalog.format(
-  E'\nBEGIN\n'
-  || E'  IF TG_OP = ''INSERT'' THEN\n'
-  || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
-  || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
-  || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
-  || E'    IF %5$s THEN\n'
-  || E'      INSERT INTO %1$s ("dt$txid", "dt$action"%6$s, %2$s)\n'
-  || E'        VALUES (pg_catalog.txid_current(), ''UPDATE''%7$s, %3$s);\n'
-  || E'    ELSE\n'
-  || E'      INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
-  || E'        VALUES (pg_catalog.txid_current(), ''UPDATE'', %3$s);\n'
-  || E'    END IF;\n'
-  || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
-  || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
-  || E'      VALUES (pg_catalog.txid_current(), ''DELETE'', %4$s);\n'
-  || E'  ELSE\n'
-  || E'    INSERT INTO %1$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
-  || E'  END IF;\n'
-  || E'  RETURN NULL;\n'
-  || E'END ',
-    v_cdc, v_cols, v_new, v_old, v_changed, v_old_cols, v_old_vals);
+  -- (a SET clause would cost every write). Column names are always
+  -- double-quoted (quote_ident() leaves PL/pgSQL's own keywords bare).
+  --
+  -- An UPDATE pairs old and new rows by key: a key in both is an UPDATE
+  -- (the new row), a key only in the old rows the DELETE half of a key change,
+  -- a key only in the new rows its INSERT half. Most UPDATEs
+  -- change no key: when the old and new keys are the same, in the order the
+  -- statement wrote them (one comparison of two arrays, a one-time filter of
+  -- the INSERT), every new row is an UPDATE and no join is needed; otherwise
+  -- the pairing joins the two transition tables (planned for their actual
+  -- sizes, by EXECUTE). Within a statement a key is at most once among the
+  -- old and once among the new rows, so no key has two change rows.
+  -- A table without a key (full-row identity) has no pairing: an UPDATE is
+  -- the DELETE of every old row, then the INSERT of every new row.
+  SELECT c.relkind = 'r' AND NOT c.relispartition AND NOT EXISTS (
+           SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = p_table OR i.inhparent = p_table)
+    INTO v_stmt FROM pg_catalog.pg_class c WHERE c.oid = p_table;
+  IF v_stmt THEN
+    SELECT pg_catalog.string_agg('"' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+             ORDER BY a.attnum),
+           pg_catalog.string_agg('n."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+             ORDER BY a.attnum),
+           pg_catalog.string_agg('o."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+             ORDER BY a.attnum)
+      INTO v_cols, v_new, v_old
+      FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT CASE WHEN pg_catalog.count(*) = 1 THEN pg_catalog.min(x.q)
+                ELSE 'ROW(' || pg_catalog.string_agg(x.q, ', ' ORDER BY x.ord) || ')' END,
+           pg_catalog.string_agg(pg_catalog.format('n.%1$s = o.%1$s', x.q), ' AND ' ORDER BY x.ord),
+           pg_catalog.string_agg(', d.' || x.q, '' ORDER BY x.ord),
+           pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || x.ord), '' ORDER BY x.ord)
+      INTO v_keyexpr, v_match, v_keys, v_old_cols
+      FROM (SELECT '"' || pg_catalog.replace(u.k, '"', '""') || '"' AS q, u.ord
+              FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)) x;
+    SELECT pg_catalog.string_agg(pg_catalog.format(
+             'CASE WHEN n."dt$rn" IS NULL THEN d.%1$s ELSE n.%1$s END',
+             '"' || pg_catalog.replace(a.attname, '"', '""') || '"'), ', ' ORDER BY a.attnum)
+      INTO v_either
+      FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    v_head := pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action", %s)\n', v_cdc, v_cols);
+    IF v_keyexpr IS NULL THEN
+      v_update := pg_catalog.format(
+        E'    %1$s      SELECT pg_catalog.txid_current(), ''DELETE'', %3$s FROM "dt$old" o;\n'
+        || E'    %1$s      SELECT pg_catalog.txid_current(), ''INSERT'', %2$s FROM "dt$new" n;\n',
+        v_head, v_new, v_old);
+    ELSE
+      -- The slow path: first the keys in both (UPDATE rows), then each key
+      -- change as one row, as the row trigger wrote it: a key only among the
+      -- old rows and one only among the new rows, paired in the order the
+      -- statement wrote them, make an UPDATE row with the old key in
+      -- "dt$old<n>" (published as the delete of the old key, then the insert
+      -- of the new row). With a unique key both sides have as many; an unpaired
+      -- one (duplicates of a configured key that is not unique) is a DELETE of
+      -- the old row or an INSERT of the new one. (v_rows = 0 is tested on
+      -- its own: PL/pgSQL evaluates it without a query, which an expression
+      -- with EXISTS needs, and most UPDATEs stop there.)
+      v_update := pg_catalog.format(
+        E'    %1$s      SELECT pg_catalog.txid_current(), ''UPDATE'', %3$s FROM "dt$new" n\n'
+        || E'      WHERE (SELECT pg_catalog.array_agg(%2$s) FROM "dt$old")\n'
+        || E'        IS NOT DISTINCT FROM (SELECT pg_catalog.array_agg(%2$s) FROM "dt$new");\n'
+        || E'    GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
+        || E'    IF v_rows = 0 THEN\n'
+        || E'      IF EXISTS (SELECT FROM "dt$old") THEN\n'
+        || E'        EXECUTE %4$L;\n'
+        || E'        EXECUTE %5$L;\n'
+        || E'      END IF;\n'
+        || E'    END IF;\n',
+        v_head, v_keyexpr, v_new,
+        v_head || E'  SELECT pg_catalog.txid_current(), ''UPDATE'', ' || v_new
+          || E' FROM "dt$new" n\n  WHERE EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')',
+        pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action"%s, %s)\n', v_cdc, v_old_cols, v_cols)
+          || E'  SELECT pg_catalog.txid_current(), CASE WHEN n."dt$rn" IS NULL THEN ''DELETE'' '
+          || E'WHEN d."dt$rn" IS NULL THEN ''INSERT'' ELSE ''UPDATE'' END' || v_keys || ', ' || v_either
+          || E'\n  FROM (SELECT n.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$new" n'
+          || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')) n'
+          || E'\n  FULL JOIN (SELECT o.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$old" o'
+          || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$new" n WHERE ' || v_match || ')) d'
+          || E'\n  ON n."dt$rn" = d."dt$rn"');
+    END IF;
+    v_body := pg_catalog.format(
+    E'\nDECLARE\n  v_rows bigint;\nBEGIN\n'
+    || E'  IF TG_OP = ''INSERT'' THEN\n'
+    || E'    %1$s      SELECT pg_catalog.txid_current(), ''INSERT'', %2$s FROM "dt$new" n;\n'
+    || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
+    || '%4$s'
+    || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
+    || E'    %1$s      SELECT pg_catalog.txid_current(), ''DELETE'', %3$s FROM "dt$old" o;\n'
+    || E'  ELSE\n'
+    || E'    INSERT INTO %5$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
+    || E'  END IF;\n'
+    || E'  RETURN NULL;\n'
+    || E'END ',
+      v_head, v_new, v_old, v_update, v_cdc);
+  ELSE
+    -- A partitioned table, a partition or a table in an inheritance tree
+    -- keeps the row-level trigger: statement triggers of a partition or an
+    -- inheritance child do not fire for statements on its parent (its row
+    -- triggers do, and a partitioned table's are cloned to new partitions),
+    -- and a parent's transition tables hold its children's rows too. NEW and
+    -- OLD fields are always double-quoted: quote_ident() leaves PL/pgSQL's
+    -- own keywords bare (by, loop, strict, ...), and NEW.by is "record new
+    -- has no field by".
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           pg_catalog.string_agg('NEW."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+             ORDER BY a.attnum),
+           pg_catalog.string_agg('OLD."' || pg_catalog.replace(a.attname, '"', '""') || '"', ', '
+             ORDER BY a.attnum)
+      INTO v_cols, v_new, v_old
+      FROM pg_catalog.pg_attribute a
+      WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT pg_catalog.string_agg(pg_catalog.format('NEW."%1$s" IS DISTINCT FROM OLD."%1$s"',
+             pg_catalog.replace(u.k, '"', '""')), ' OR ' ORDER BY u.ord),
+           pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || u.ord), '' ORDER BY u.ord),
+           pg_catalog.string_agg(pg_catalog.format(', OLD."%s"', pg_catalog.replace(u.k, '"', '""')),
+             '' ORDER BY u.ord)
+      INTO v_match, v_old_cols, v_keys
+      FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord);
+    IF v_match IS NULL THEN
+      -- No key (full-row identity): the old row goes, the new one comes.
+      v_update := pg_catalog.format(
+        E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
+        || E'      VALUES (pg_catalog.txid_current(), ''DELETE'', %4$s);\n'
+        || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
+        || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n',
+        v_cdc, v_cols, v_new, v_old);
+    ELSE
+      v_update := pg_catalog.format(
+        E'    IF %5$s THEN\n'
+        || E'      INSERT INTO %1$s ("dt$txid", "dt$action"%6$s, %2$s)\n'
+        || E'        VALUES (pg_catalog.txid_current(), ''UPDATE''%7$s, %3$s);\n'
+        || E'    ELSE\n'
+        || E'      INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
+        || E'        VALUES (pg_catalog.txid_current(), ''UPDATE'', %3$s);\n'
+        || E'    END IF;\n',
+        v_cdc, v_cols, v_new, v_old, v_match, v_old_cols, v_keys);
+    END IF;
+    v_body := pg_catalog.format(
+    E'\nBEGIN\n'
+    || E'  IF TG_OP = ''INSERT'' THEN\n'
+    || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
+    || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
+    || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
+    || '%5$s'
+    || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
+    || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
+    || E'      VALUES (pg_catalog.txid_current(), ''DELETE'', %4$s);\n'
+    || E'  ELSE\n'
+    || E'    INSERT INTO %1$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
+    || E'  END IF;\n'
+    || E'  RETURN NULL;\n'
+    || E'END ',
+      v_cdc, v_cols, v_new, v_old, v_update);
+  END IF;
   SELECT p.prosrc INTO v_current FROM pg_catalog.pg_proc p
     WHERE p.pronamespace = 'datatunnel'::regnamespace AND p.proname = v_fn;
   IF v_current IS DISTINCT FROM v_body THEN
@@ -275,7 +398,29 @@ BEGIN
       || ' trigger function datatunnel.' || v_fn || '() for ' || v_schema || '.' || v_name);
   END IF;
 
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_capture') THEN
+  -- Versions before the statement-level capture had one row-level trigger,
+  -- datatunnel_capture: replaced in place, in this transaction (the change
+  -- table and its pending changes are kept, and no write falls between).
+  IF v_stmt AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_capture') THEN
+    EXECUTE pg_catalog.format('DROP TRIGGER datatunnel_capture ON %s', p_table);
+    v_actions := v_actions || ('replaced row trigger datatunnel_capture on ' || v_schema || '.' || v_name
+      || ' with statement triggers datatunnel_capture_insert, _update and _delete (pending changes kept)');
+  END IF;
+  FOR r IN SELECT * FROM (VALUES
+             ('datatunnel_capture_insert', 'INSERT', 'NEW TABLE AS "dt$new"'),
+             ('datatunnel_capture_update', 'UPDATE', 'OLD TABLE AS "dt$old" NEW TABLE AS "dt$new"'),
+             ('datatunnel_capture_delete', 'DELETE', 'OLD TABLE AS "dt$old"')) v(name, event, ref) LOOP
+    IF v_stmt AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = r.name) THEN
+      EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION datatunnel.%I()', r.name, r.event, p_table, r.ref, v_fn);
+      v_actions := v_actions || ('created trigger ' || r.name || ' on ' || v_schema || '.' || v_name);
+    ELSIF NOT v_stmt AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = r.name) THEN
+      EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', r.name, p_table);
+      v_actions := v_actions || ('dropped trigger ' || r.name || ' on ' || v_schema || '.' || v_name
+        || ' (it joined a partition or inheritance tree: the row trigger captures it)');
+    END IF;
+  END LOOP;
+  IF NOT v_stmt AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'datatunnel_capture') THEN
     EXECUTE pg_catalog.format('CREATE TRIGGER datatunnel_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
       'FOR EACH ROW EXECUTE FUNCTION datatunnel.%I()', p_table, v_fn);
     v_actions := v_actions || ('created trigger datatunnel_capture on ' || v_schema || '.' || v_name);

@@ -85,7 +85,8 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
 void EnvelopeEncoder::EncodeKey(const Change& c, std::string* key) {
   const TableSpec& spec = (*tables_)[c.table];
   key->clear();
-  if (c.op != Op::kTruncate && c.op != Op::kMarker) {
+  // A table without a key (full-row identity) has a null key, as broadcasts.
+  if (c.op != Op::kTruncate && c.op != Op::kMarker && !spec.key.empty()) {
     key_buf_.Clear();
     Writer kw(key_buf_);
     kw.StartObject();

@@ -54,8 +54,9 @@ class EnvelopeEncoder {
   // `tables`: source-side specs indexed by Change::table.
   EnvelopeEncoder(const std::vector<TableSpec>* tables, Origin origin);
 
-  // The Kafka key of `c`, the JSON object of its key columns; empty for
-  // truncate and marker messages, which are sent to every partition.
+  // The Kafka key of `c`, the JSON object of its key columns; empty (a null
+  // key) for truncate and marker messages, which are sent to every
+  // partition, and for a table without a key (full-row identity).
   void EncodeKey(const Change& c, std::string* key);
   // The value of `c`. `partitions`: how many partitions a truncate or marker
   // is sent to (0: not written). `prev`: the position of the message sent to

@@ -59,7 +59,10 @@ Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token, 
   DT_ASSIGN_OR_RETURN(int n, PartitionCount(change.table));
   const bool broadcast = change.op == Op::kTruncate || change.op == Op::kMarker;
   encoder_->EncodeKey(change, &key_);
-  if (partition < 0) partition = broadcast ? 0 : broker::KeyPartition(key_, n);
+  // A table without a key (full-row identity) has a null Kafka key and all
+  // its changes in partition 0: a delete must follow the insert of its row.
+  const bool keyless = (*tables_)[change.table].key.empty();
+  if (partition < 0) partition = broadcast || keyless ? 0 : broker::KeyPartition(key_, n);
   if (partition >= n) {
     return Status::Fatal(fmt::format("internal: partition {} of topic {} which has {}", partition,
                                      (*tables_)[change.table].topic, n));

@@ -6,7 +6,9 @@
 // checksum: the sum of a 60-bit prefix of md5(row text) over the compared
 // columns. Only ranges that differ are compared key by key, and the
 // differing keys are listed: missing on the target, extra on the target, or
-// with different values. Both connections use the same session settings
+// with different values. A table without a key (full-row identity) is one
+// range compared as a multiset: on a difference, each distinct row's count
+// on both sides. Both connections use the same session settings
 // (pg/connection.h), so equal values print the same text.
 #pragma once
 
@@ -21,7 +23,9 @@
 namespace datatunnel::verify {
 
 struct KeyDiff {
-  std::string key;   // ROW(key columns)::text, e.g. (42) or (7,abc)
+  // ROW(key columns)::text, e.g. (42) or (7,abc); for a table without a key
+  // the whole row, "×n" appended for n copies.
+  std::string key;
   std::string kind;  // "missing on target", "extra on target", "values differ"
 };
 

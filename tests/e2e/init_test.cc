@@ -267,7 +267,7 @@ TEST_F(InitTest, RemovedTableIsListedAndUninstalled) {
   r = Dt({"uninstall", "--yes"});
   EXPECT_TRUE(Contains(r.out, "source: still captured: public.extra")) << r.out;
   EXPECT_FALSE(Contains(r.out, "nothing of datatunnel is installed")) << r.out;
-  EXPECT_EQ(Src("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'extra'::regclass"), 2);
+  EXPECT_EQ(Src("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'extra'::regclass"), 4);
   r = Dt({"uninstall", "--yes", "--table", "public.extra"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(Contains(r.out, "dropped change table public.extra_cdc")) << r.out;

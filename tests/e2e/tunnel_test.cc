@@ -301,9 +301,6 @@ TEST_F(TunnelTest, BadInputGetsOneClearLine) {
   SourceCluster().Exec(src_, "CREATE TABLE nokey(a int)");
   WriteConfig("none", "[[tables]]\nsource = \"public.missing\"\n");
   ExpectOneLineError(Dt({"init"}), 2, "source table public.missing does not exist");
-  // A table with no primary key and no configured key.
-  WriteConfig("none", "[[tables]]\nsource = \"public.nokey\"\n");
-  ExpectOneLineError(Dt({"init"}), 2, "no primary key and no key is configured");
   EXPECT_EQ(
       SourceCluster().Count(src_, "SELECT count(*) FROM pg_namespace WHERE nspname = 'datatunnel'"),
       0)
