@@ -314,12 +314,14 @@ TEST_F(ConsistencyTest, ANonDeferrableCycleStopsAtStart) {
   const std::string& line = lines.back();
   EXPECT_TRUE(Contains(line, "foreign key a_b_fk of target table public.a is part of a cycle"))
       << line;
-  EXPECT_TRUE(Contains(line, "ALTER TABLE \"public\".\"a\" ALTER CONSTRAINT \"a_b_fk\" "
-                             "DEFERRABLE"))
+  EXPECT_TRUE(Contains(line,
+                       "ALTER TABLE \"public\".\"a\" ALTER CONSTRAINT \"a_b_fk\" "
+                       "DEFERRABLE"))
       << line;
   // Nothing was applied, and the target's keys are as they were.
-  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
-                                        "AND condeferrable"),
+  EXPECT_EQ(TargetCluster().Count(tgt_,
+                                  "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                                  "AND condeferrable"),
             0);
 }
 
