@@ -305,8 +305,9 @@ void Applier::Reset(pg::Connection* conn) {
 }
 
 Status Applier::Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
-                      std::span<const TruncateArrival> arrivals) {
+                      std::span<const TruncateArrival> arrivals, const TickMark* tick) {
   position_moved_ = false;
+  failed_table_ = -1;
   std::vector<std::vector<const Change*>> by_table(targets_->size());
   size_t rows = 0, packed = 0;
   for (const Change* c : changes) {
@@ -317,9 +318,29 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
   if (packed > 0 && (packed != rows || !arrivals.empty())) {
     return Status::Fatal("internal: a packed snapshot chunk was batched with other changes");
   }
-  Status st = packed > 0                  ? ApplyPacked(by_table, advances)
-              : rows <= kPipelinedMaxRows ? ApplyPipelined(by_table, advances, arrivals)
-                                          : ApplyStaged(by_table, advances, arrivals);
+  Status st;
+  if (packed > 0) {
+    st = ApplyPacked(by_table, advances, tick);
+  } else {
+    std::vector<TableEffect> eff(by_table.size());
+    for (uint32_t t = 0; t < by_table.size(); ++t) {
+      if (by_table[t].empty()) continue;
+      if (transactional_) {
+        // Whole ticks from every partition: a table's changes in source
+        // order, whatever partition carried them (a key change's delete
+        // and insert halves included).
+        std::stable_sort(by_table[t].begin(), by_table[t].end(),
+                         [](const Change* a, const Change* b) { return a->pos < b->pos; });
+      }
+      if ((*targets_)[t].key.empty()) {
+        eff[t].in_order = by_table[t];  // no key: every change, one by one
+      } else {
+        eff[t] = Collapse((*targets_)[t], by_table[t]);
+      }
+    }
+    st = rows <= kPipelinedMaxRows ? ApplyPipelined(eff, advances, arrivals, tick)
+                                   : ApplyStaged(by_table, eff, advances, arrivals, tick);
+  }
   if (!st.ok()) {
     if (conn_->last_sqlstate() == kPositionMovedSqlState) position_moved_ = true;
     const bool data_error = conn_->last_sqlstate().rfind("22", 0) == 0;
@@ -329,39 +350,100 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
   return st;
 }
 
-Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,
+std::vector<Applier::Step> Applier::Steps(const std::vector<TableEffect>& eff) const {
+  std::vector<Step> steps;
+  const auto n = static_cast<uint32_t>(eff.size());
+  if (!transactional_) {
+    // Per table: its TRUNCATE, deletes, then upserts.
+    for (uint32_t t = 0; t < n; ++t) {
+      if (!eff[t].in_order.empty()) steps.push_back({Step::Kind::kInOrder, {t}});
+      if (eff[t].truncate) steps.push_back({Step::Kind::kTruncate, {t}});
+      if (!eff[t].deletes.empty()) steps.push_back({Step::Kind::kDelete, {t}});
+      if (!eff[t].upserts.empty()) steps.push_back({Step::Kind::kUpsert, {t}});
+    }
+    return steps;
+  }
+  // Every TRUNCATE first, in one statement (a table referenced by a foreign
+  // key can only be emptied together with the tables that reference it).
+  Step truncate{Step::Kind::kTruncate, {}};
+  for (uint32_t t = 0; t < n; ++t) {
+    if (eff[t].truncate) truncate.tables.push_back(t);
+  }
+  if (!truncate.tables.empty()) steps.push_back(std::move(truncate));
+  // Tables without foreign keys between them: deletes, then upserts.
+  for (uint32_t t = 0; t < n; ++t) {
+    if (t < order_.linked.size() && order_.linked[t]) continue;
+    if (!eff[t].in_order.empty()) steps.push_back({Step::Kind::kInOrder, {t}});
+    if (!eff[t].deletes.empty()) steps.push_back({Step::Kind::kDelete, {t}});
+    if (!eff[t].upserts.empty()) steps.push_back({Step::Kind::kUpsert, {t}});
+  }
+  // Linked tables: every upsert, referenced tables first, then every
+  // delete, referencing tables first (docs/architecture.md, "Foreign keys").
+  // A table without a key is never referenced (a foreign key needs a unique
+  // key): all of its changes go with the upserts, after its parents' and
+  // before any delete.
+  for (uint32_t t : order_.parent_first) {
+    if (t < n && !eff[t].in_order.empty()) steps.push_back({Step::Kind::kInOrder, {t}});
+    if (t < n && !eff[t].upserts.empty()) steps.push_back({Step::Kind::kUpsert, {t}});
+  }
+  for (auto it = order_.parent_first.rbegin(); it != order_.parent_first.rend(); ++it) {
+    if (*it < n && !eff[*it].deletes.empty()) steps.push_back({Step::Kind::kDelete, {*it}});
+  }
+  return steps;
+}
+
+void Applier::Head(std::span<const Advance> advances, const TickMark* tick, Arena* arena,
+                   std::vector<pg::Statement>* out) const {
+  out->push_back({"BEGIN", {}});
+  if (transactional_ && !order_.deferred.empty()) {
+    std::string names;
+    for (const auto& d : order_.deferred) names += (names.empty() ? "" : ", ") + d;
+    out->push_back({"SET CONSTRAINTS " + names + " DEFERRED", {}});
+  }
+  AddAdvances(advances, arena, out);
+  if (tick) {
+    pg::Statement st;
+    st.sql = StoreConsistencySql();
+    st.params = {
+        arena->Keep(tunnel_), arena->Keep(tick->stream), arena->Keep(std::to_string(tick->offset)),
+        arena->Keep(std::to_string(tick->end.epoch)), arena->Keep(std::to_string(tick->end.tick))};
+    out->push_back(std::move(st));
+  }
+}
+
+Status Applier::ApplyPipelined(const std::vector<TableEffect>& eff,
                                std::span<const Advance> advances,
-                               std::span<const TruncateArrival> arrivals) {
+                               std::span<const TruncateArrival> arrivals, const TickMark* tick) {
   Arena arena;
   std::vector<pg::Statement> stmts;
-  stmts.push_back({"BEGIN", {}});
-  AddAdvances(advances, &arena, &stmts);
-  for (uint32_t t = 0; t < by_table.size(); ++t) {
-    if (by_table[t].empty()) continue;
+  Head(advances, tick, &arena, &stmts);
+  std::vector<int> table_of(stmts.size(), -1);  // the table each statement writes
+  for (const Step& step : Steps(eff)) {
+    const uint32_t t = step.tables[0];
     const TableSpec& spec = (*targets_)[t];
-    if (spec.key.empty()) {
-      DT_RETURN_IF_ERROR(AddKeyless(spec, by_table[t], &stmts));
-      continue;
-    }
-    TableEffect eff = Collapse(spec, by_table[t]);
-    if (eff.truncate) {
+    if (step.kind == Step::Kind::kInOrder) {
+      DT_RETURN_IF_ERROR(AddKeyless(spec, eff[t].in_order, &stmts));
+    } else if (step.kind == Step::Kind::kTruncate) {
       // The tunnel's own TRUNCATE: not one outside it (datatunnel_target_truncate).
       stmts.push_back(
           {"SELECT pg_catalog.set_config('datatunnel.tunnel_truncate', 'on', true)", {}});
-      stmts.push_back({"TRUNCATE " + spec.target.Quoted(), {}});
-    }
-    if (!eff.deletes.empty()) {
+      std::string list;
+      for (uint32_t tt : step.tables)
+        list += (list.empty() ? "" : ", ") + (*targets_)[tt].target.Quoted();
+      stmts.push_back({"TRUNCATE " + list, {}});
+    } else if (step.kind == Step::Kind::kDelete) {
+      const std::vector<const Change*>& deletes = eff[t].deletes;
       const size_t nk = spec.key.size();
       const size_t per_stmt = std::max<size_t>(1, kMaxParams / nk);
-      for (size_t start = 0; start < eff.deletes.size(); start += per_stmt) {
-        size_t end = std::min(eff.deletes.size(), start + per_stmt);
+      for (size_t start = 0; start < deletes.size(); start += per_stmt) {
+        size_t end = std::min(deletes.size(), start + per_stmt);
         pg::Statement st;
         std::string values;
         for (size_t r = start; r < end; ++r) {
           values += r == start ? "(" : ", (";
           for (size_t k = 0; k < nk; ++k) {
             const Column& col = spec.columns[spec.key[k]];
-            st.params.push_back(ValueParam(eff.deletes[r]->row, spec.key[k]));
+            st.params.push_back(ValueParam(deletes[r]->row, spec.key[k]));
             values += fmt::format("{}${}::{}", k ? ", " : "", st.params.size(), col.type_sql);
           }
           values += ")";
@@ -370,30 +452,36 @@ Status Applier::ApplyPipelined(const std::vector<std::vector<const Change*>>& by
                              KeyList(spec), values);
         stmts.push_back(std::move(st));
       }
-    }
-    for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
-      const size_t per_stmt = std::max<size_t>(1, kMaxParams / std::max<size_t>(1, cols.size()));
-      for (size_t start = 0; start < rows.size(); start += per_stmt) {
-        size_t end = std::min(rows.size(), start + per_stmt);
-        pg::Statement st;
-        std::string values;
-        for (size_t r = start; r < end; ++r) {
-          values += r == start ? "(" : ", (";
-          for (size_t i = 0; i < cols.size(); ++i) {
-            st.params.push_back(ValueParam(rows[r]->row, cols[i]));
-            values += fmt::format("{}${}", i ? ", " : "", st.params.size());
+    } else {
+      for (const auto& [cols, rows] : GroupByColumns(spec, eff[t].upserts)) {
+        const size_t per_stmt = std::max<size_t>(1, kMaxParams / std::max<size_t>(1, cols.size()));
+        for (size_t start = 0; start < rows.size(); start += per_stmt) {
+          size_t end = std::min(rows.size(), start + per_stmt);
+          pg::Statement st;
+          std::string values;
+          for (size_t r = start; r < end; ++r) {
+            values += r == start ? "(" : ", (";
+            for (size_t i = 0; i < cols.size(); ++i) {
+              st.params.push_back(ValueParam(rows[r]->row, cols[i]));
+              values += fmt::format("{}${}", i ? ", " : "", st.params.size());
+            }
+            values += ")";
           }
-          values += ")";
+          st.sql = fmt::format("INSERT INTO {} ({}) VALUES {}{}", spec.target.Quoted(),
+                               ColumnList(spec, cols), values, ConflictClause(spec, cols));
+          stmts.push_back(std::move(st));
         }
-        st.sql = fmt::format("INSERT INTO {} ({}) VALUES {}{}", spec.target.Quoted(),
-                             ColumnList(spec, cols), values, ConflictClause(spec, cols));
-        stmts.push_back(std::move(st));
       }
     }
+    table_of.resize(stmts.size(), static_cast<int>(t));
   }
   AddArrivals(arrivals, *targets_, &arena, &stmts);  // after the writes they follow
   stmts.push_back({"COMMIT", {}});
-  return conn_->ExecPipeline(stmts);
+  Status st = conn_->ExecPipeline(stmts);
+  if (!st.ok() && conn_->last_failed_statement() < table_of.size()) {
+    failed_table_ = table_of[conn_->last_failed_statement()];
+  }
+  return st;
 }
 
 Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::string_view data,
@@ -423,71 +511,58 @@ Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::stri
 }
 
 Status Applier::BeginStaged(const std::vector<std::vector<const Change*>>& by_table,
-                            std::span<const Advance> advances) {
+                            std::span<const Advance> advances, const TickMark* tick) {
   for (uint32_t t = 0; t < by_table.size(); ++t) {
     if (!by_table[t].empty()) DT_RETURN_IF_ERROR(EnsureStaging(t));
   }
   Arena arena;
   std::vector<pg::Statement> head;
-  head.push_back({"BEGIN", {}});
-  AddAdvances(advances, &arena, &head);
+  Head(advances, tick, &arena, &head);
   return conn_->ExecPipeline(head);
 }
 
 Status Applier::ApplyPacked(const std::vector<std::vector<const Change*>>& by_table,
-                            std::span<const Advance> advances) {
-  DT_RETURN_IF_ERROR(BeginStaged(by_table, advances));
+                            std::span<const Advance> advances, const TickMark* tick) {
+  DT_RETURN_IF_ERROR(BeginStaged(by_table, advances, tick));
   for (uint32_t t = 0; t < by_table.size(); ++t) {
     if (by_table[t].empty()) continue;
     std::vector<size_t> cols((*targets_)[t].columns.size());
     for (size_t i = 0; i < cols.size(); ++i) cols[i] = i;
     bool stage_used = false;
+    failed_table_ = static_cast<int>(t);
     // A chunk of a table with a unique key holds each key once: it goes in
     // as the source server sent it.
     for (const Change* c : by_table[t]) {
       DT_RETURN_IF_ERROR(WriteRows(t, cols, c->row.Get(0), &stage_used));
     }
   }
+  failed_table_ = -1;
   return conn_->Commit();
 }
 
-Status Applier::EnsureStaging(uint32_t table) {
-  if (staged_[table]) return Status::OK();
-  const TableSpec& spec = (*targets_)[table];
-  // Created without constraints (CREATE TABLE AS), so a row may omit columns.
-  DT_RETURN_IF_ERROR(conn_->Exec(
-      fmt::format("DROP TABLE IF EXISTS pg_temp.dt_stage_{0}, pg_temp.dt_keys_{0}; "
-                  "CREATE TEMP TABLE IF NOT EXISTS dt_stage_{0} ON COMMIT DELETE ROWS AS "
-                  "SELECT * FROM {1} WITH NO DATA; "
-                  "CREATE TEMP TABLE IF NOT EXISTS dt_keys_{0} ON COMMIT DELETE ROWS AS "
-                  "SELECT {2} FROM {1} WITH NO DATA",
-                  table, spec.target.Quoted(), KeyList(spec))));
-  staged_[table] = true;
-  return Status::OK();
-}
-
 Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
-                            std::span<const Advance> advances,
-                            std::span<const TruncateArrival> arrivals) {
-  DT_RETURN_IF_ERROR(BeginStaged(by_table, advances));
+                            const std::vector<TableEffect>& eff, std::span<const Advance> advances,
+                            std::span<const TruncateArrival> arrivals, const TickMark* tick) {
+  DT_RETURN_IF_ERROR(BeginStaged(by_table, advances, tick));
   std::string data;
-  for (uint32_t t = 0; t < by_table.size(); ++t) {
-    if (by_table[t].empty()) continue;
+  std::vector<bool> stage_used(by_table.size(), false);
+  for (const Step& step : Steps(eff)) {
+    const uint32_t t = step.tables[0];
     const TableSpec& spec = (*targets_)[t];
-    if (spec.key.empty()) {
+    failed_table_ = static_cast<int>(t);
+    if (step.kind == Step::Kind::kInOrder) {
       std::vector<pg::Statement> keyless;
-      DT_RETURN_IF_ERROR(AddKeyless(spec, by_table[t], &keyless));
+      DT_RETURN_IF_ERROR(AddKeyless(spec, eff[t].in_order, &keyless));
       if (!keyless.empty()) DT_RETURN_IF_ERROR(conn_->ExecPipeline(keyless));
-      continue;
-    }
-    TableEffect eff = Collapse(spec, by_table[t]);
-    if (eff.truncate) {
-      DT_RETURN_IF_ERROR(conn_->Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " +
-                                     spec.target.Quoted()));
-    }
-    if (!eff.deletes.empty()) {
+    } else if (step.kind == Step::Kind::kTruncate) {
+      std::string list;
+      for (uint32_t tt : step.tables)
+        list += (list.empty() ? "" : ", ") + (*targets_)[tt].target.Quoted();
+      DT_RETURN_IF_ERROR(
+          conn_->Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " + list));
+    } else if (step.kind == Step::Kind::kDelete) {
       data.clear();
-      for (const Change* c : eff.deletes) {
+      for (const Change* c : eff[t].deletes) {
         for (size_t k = 0; k < spec.key.size(); ++k) {
           if (k) data.push_back('\t');
           if (c->row.HasValue(spec.key[k])) {
@@ -511,24 +586,27 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
       }
       DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
           "DELETE FROM {} AS t USING dt_keys_{} AS k WHERE {}", spec.target.Quoted(), t, match)));
-    }
-    bool stage_used = false;
-    for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
-      data.clear();
-      for (const Change* c : rows) {
-        for (size_t i = 0; i < cols.size(); ++i) {
-          if (i) data.push_back('\t');
-          if (c->row.HasValue(cols[i])) {
-            pg::AppendCopyEscaped(c->row.Get(cols[i]), &data);
-          } else {
-            data.append("\\N");
+    } else {
+      for (const auto& [cols, rows] : GroupByColumns(spec, eff[t].upserts)) {
+        data.clear();
+        for (const Change* c : rows) {
+          for (size_t i = 0; i < cols.size(); ++i) {
+            if (i) data.push_back('\t');
+            if (c->row.HasValue(cols[i])) {
+              pg::AppendCopyEscaped(c->row.Get(cols[i]), &data);
+            } else {
+              data.append("\\N");
+            }
           }
+          data.push_back('\n');
         }
-        data.push_back('\n');
+        bool used = stage_used[t];
+        DT_RETURN_IF_ERROR(WriteRows(t, cols, data, &used));
+        stage_used[t] = used;
       }
-      DT_RETURN_IF_ERROR(WriteRows(t, cols, data, &stage_used));
     }
   }
+  failed_table_ = -1;
   if (!arrivals.empty()) {
     Arena arena;
     std::vector<pg::Statement> tail;
@@ -536,6 +614,21 @@ Status Applier::ApplyStaged(const std::vector<std::vector<const Change*>>& by_ta
     DT_RETURN_IF_ERROR(conn_->ExecPipeline(tail));
   }
   return conn_->Commit();
+}
+
+Status Applier::EnsureStaging(uint32_t table) {
+  if (staged_[table]) return Status::OK();
+  const TableSpec& spec = (*targets_)[table];
+  // Created without constraints (CREATE TABLE AS), so a row may omit columns.
+  DT_RETURN_IF_ERROR(conn_->Exec(
+      fmt::format("DROP TABLE IF EXISTS pg_temp.dt_stage_{0}, pg_temp.dt_keys_{0}; "
+                  "CREATE TEMP TABLE IF NOT EXISTS dt_stage_{0} ON COMMIT DELETE ROWS AS "
+                  "SELECT * FROM {1} WITH NO DATA; "
+                  "CREATE TEMP TABLE IF NOT EXISTS dt_keys_{0} ON COMMIT DELETE ROWS AS "
+                  "SELECT {2} FROM {1} WITH NO DATA",
+                  table, spec.target.Quoted(), KeyList(spec))));
+  staged_[table] = true;
+  return Status::OK();
 }
 
 }  // namespace datatunnel::apply

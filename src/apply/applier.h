@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "apply/batch.h"
+#include "apply/consistency.h"
 #include "core/change.h"
 #include "core/status.h"
 #include "core/table.h"
@@ -77,6 +79,15 @@ struct TruncateArrival {
   uint32_t table = 0;
 };
 
+// Whole ticks (apply_consistency = "transaction"): the end of the newest
+// tick a batch completes, and the control record it came from
+// (apply/consistency.h), stored with the batch.
+struct TickMark {
+  std::string stream;
+  int64_t offset = -1;
+  Position end;
+};
+
 class Applier {
  public:
   Applier(pg::Connection* conn, const std::vector<TableSpec>* targets)
@@ -90,8 +101,23 @@ class Applier {
   // a guard failed, position_moved() is true and the caller must reload.
   // Packed snapshot chunks (Change::packed_rows, COPY text laid out like the
   // target table, no generated column) come in batches of their own.
+  // `tick`: the batch holds whole ticks up to it (stored with the batch in
+  // datatunnel.consistency for tunnel `tunnel`, see SetTransactional()).
   Status Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
-               std::span<const TruncateArrival> arrivals = {});
+               std::span<const TruncateArrival> arrivals = {}, const TickMark* tick = nullptr);
+  // apply_consistency = "transaction" for tunnel `tunnel`: each table's
+  // changes are applied in position order (across partitions), every
+  // TRUNCATE of a batch runs first as one statement, and tables linked by
+  // foreign keys are written in `order` (apply/consistency.h): upserts of
+  // referenced tables before referencing ones, then deletes the other way
+  // round, with the DEFERRABLE keys of cycles deferred.
+  void SetTransactional(std::string tunnel, TableOrder order) {
+    transactional_ = true;
+    tunnel_ = std::move(tunnel);
+    order_ = std::move(order);
+  }
+  // After a failed Apply: the table the failing statement wrote, or -1.
+  int failed_table() const { return failed_table_; }
   // Whether the TRUNCATE barrier at `pos` of `stream` has run.
   Result<bool> BarrierDone(const std::string& stream, const Position& pos);
   // If `partition` of `stream` stopped at a TRUNCATE that has not run yet
@@ -105,17 +131,29 @@ class Applier {
   void Invalidate(uint32_t table) { staged_[table] = false; }
 
  private:
-  Status ApplyPipelined(const std::vector<std::vector<const Change*>>& by_table,
-                        std::span<const Advance> advances,
-                        std::span<const TruncateArrival> arrivals);
+  // One write of a batch: a TRUNCATE of `tables`, or the deletes or the
+  // upserts of table tables[0], or every change of a table without a key,
+  // one by one.
+  struct Step {
+    enum class Kind { kTruncate, kDelete, kUpsert, kInOrder } kind;
+    std::vector<uint32_t> tables;
+  };
+  // The order of the writes of a batch whose net effect per table is `eff`.
+  std::vector<Step> Steps(const std::vector<TableEffect>& eff) const;
+  // BEGIN, the deferred constraints, the advances and the tick mark.
+  void Head(std::span<const Advance> advances, const TickMark* tick, pg::Arena* arena,
+            std::vector<pg::Statement>* out) const;
+  Status ApplyPipelined(const std::vector<TableEffect>& eff, std::span<const Advance> advances,
+                        std::span<const TruncateArrival> arrivals, const TickMark* tick);
   Status ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
-                     std::span<const Advance> advances, std::span<const TruncateArrival> arrivals);
+                     const std::vector<TableEffect>& eff, std::span<const Advance> advances,
+                     std::span<const TruncateArrival> arrivals, const TickMark* tick);
   Status ApplyPacked(const std::vector<std::vector<const Change*>>& by_table,
-                     std::span<const Advance> advances);
+                     std::span<const Advance> advances, const TickMark* tick);
   Status EnsureStaging(uint32_t table);
   // Staging tables for the tables with changes, then BEGIN and the advances.
   Status BeginStaged(const std::vector<std::vector<const Change*>>& by_table,
-                     std::span<const Advance> advances);
+                     std::span<const Advance> advances, const TickMark* tick);
   // Writes rows of table `table` (COPY text of columns `cols`): with one
   // COPY straight into the table while none of them is there yet, else
   // staged and upserted. *stage_used: the staging table holds rows already.
@@ -129,6 +167,10 @@ class Applier {
   // again, after one met a row already there.
   std::vector<int> direct_backoff_;
   bool position_moved_ = false;
+  bool transactional_ = false;
+  std::string tunnel_;
+  TableOrder order_;
+  int failed_table_ = -1;
 };
 
 // Rows per batch up to which the pipelined (parameter) path is used.

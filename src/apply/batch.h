@@ -20,6 +20,9 @@ struct TableEffect {
   bool truncate = false;               // TRUNCATE the table before the rest
   std::vector<const Change*> deletes;  // keys to delete
   std::vector<const Change*> upserts;  // full rows to insert or update
+  // A table without a key (full-row identity) is not collapsed: every
+  // change, in order, applied one by one (the applier's AddKeyless).
+  std::vector<const Change*> in_order;
 };
 
 // REQUIRES: every change belongs to `spec`'s table, in commit order per key.

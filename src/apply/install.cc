@@ -138,6 +138,15 @@ BEGIN
     WHERE stream = p_stream AND epoch = p_epoch AND tick = p_tick AND seq = p_seq AND sub = p_sub;
   RETURN b.done;
 END $fn$;
+-- Transaction-consistent apply (apply/consistency.h): per tunnel, the end of
+-- the newest tick committed whole, and the control-topic record it came from.
+CREATE TABLE IF NOT EXISTS datatunnel.consistency (
+  tunnel text PRIMARY KEY,
+  stream text NOT NULL,
+  kafka_offset bigint NOT NULL DEFAULT -1,
+  epoch bigint NOT NULL,
+  tick bigint NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now());
 -- The version before the chain check had no tail.
 DROP FUNCTION IF EXISTS datatunnel.advance(text, integer, bigint, bigint, bigint, bigint, bigint,
   integer, bigint, bigint, bigint, bigint);
@@ -673,6 +682,7 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& targets,
       fmt::format("GRANT USAGE ON SCHEMA datatunnel TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.applied TO {};", r),
       fmt::format("GRANT SELECT ON datatunnel.tunnels TO {};  -- the tunnel's source", r),
+      fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.consistency TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON datatunnel.barriers TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.resyncs TO {};  -- snapshot", r),
       fmt::format("GRANT EXECUTE ON FUNCTION datatunnel.truncate_arrive(text, bigint, bigint, "

@@ -41,7 +41,10 @@ struct Item {
   std::string_view stream;
   int32_t partition = 0;
   int64_t offset = -1;  // -1: next in sequence (in-memory streams)
-  enum class Kind { kChange, kDeadLetter, kIgnored } kind = Kind::kChange;
+  // kTickEnd: the end of a tick (apply_consistency = "transaction"); its
+  // change.pos is the tick's end position, stream and offset those of the
+  // control record (in memory: no offset).
+  enum class Kind { kChange, kDeadLetter, kIgnored, kTickEnd } kind = Kind::kChange;
   int broadcast_partitions = 0;
   // The message takes part in its partition's chain (apply/chain.h):
   // change.pos is its "source.pos", `prev` its "source.prev" (nullopt: none,
@@ -67,6 +70,9 @@ struct BatchPlan {
   std::vector<uint32_t> advance_table;  // each advance's table
   std::vector<Position> resync_of;      // each advance's resync (PartitionState)
   std::vector<TruncateArrival> arrivals;
+  // Whole ticks: the newest end of tick of the batch, stored with it.
+  std::optional<TickMark> tick;
+  std::vector<PartitionState> before;  // each advance's stored state before the batch
 
   void Clear();
   // Advance `i`'s stored state once the batch committed.
@@ -79,6 +85,13 @@ struct BatchPlan {
 // Plans `items` into *plan (cleared first). Calls `state` once per (stream,
 // partition) of the batch. Returns its error when one fails (*plan is then
 // incomplete), else OK. REQUIRES: `items` outlive the plan's use.
-Status PlanBatch(std::span<const Item> items, const StateFn& state, BatchPlan* plan);
+// `whole_ticks` (apply_consistency = "transaction"): the items are whole
+// ticks, every partition of the tunnel included, so a TRUNCATE sent to
+// every partition is one change (its partition 0 copy), ordered by position
+// with the table's other changes, instead of a barrier; and a gap makes the
+// batch apply nothing, only record the gap (a part of a tick is never
+// committed).
+Status PlanBatch(std::span<const Item> items, const StateFn& state, BatchPlan* plan,
+                 bool whole_ticks = false);
 
 }  // namespace datatunnel::apply

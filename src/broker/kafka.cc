@@ -731,7 +731,8 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
 Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
                                                    const std::vector<std::string>& topics,
                                                    Listener* listener,
-                                                   const std::function<bool()>& cancelled) {
+                                                   const std::function<bool()>& cancelled,
+                                                   bool assign_all) {
   Props props = Merge(
       {
           {"bootstrap.servers", config.brokers},
@@ -794,6 +795,25 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
   if (!c->rk_) return Status::BadConfig(fmt::format("cannot create the Kafka consumer: {}", err));
   rd_kafka_poll_set_consumer(c->rk_);
   DT_RETURN_IF_ERROR(c->AwaitTopics(topics, cancelled));
+  if (assign_all) {
+    // Every partition of every topic, without the group's assignment: the
+    // listener says where each one starts.
+    std::vector<TopicPartition> parts;
+    for (const auto& t : topics) {
+      for (int32_t p = 0; p < c->partition_counts_[t]; ++p) parts.push_back({t, p, kOffsetStored});
+    }
+    listener->OnAssigned(&parts);
+    auto* all = ToList(parts);
+    rd_kafka_resp_err_t e = rd_kafka_assign(c->rk_, all);
+    rd_kafka_topic_partition_list_destroy(all);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return Status::Retryable(
+          fmt::format("cannot assign the topics' partitions: {}", rd_kafka_err2str(e)));
+    }
+    c->assigned_ = true;
+    for (const auto& p : parts) c->unpositioned_.emplace(p.topic, p.partition);
+    return c;
+  }
   auto* list = rd_kafka_topic_partition_list_new(static_cast<int>(topics.size()));
   for (const auto& t : topics)
     rd_kafka_topic_partition_list_add(list, t.c_str(), RD_KAFKA_PARTITION_UA);
@@ -825,6 +845,7 @@ Status Consumer::AwaitTopics(const std::vector<std::string>& topics,
         const rd_kafka_metadata_topic_t& t = md->topics[0];
         e = t.err;
         exists = t.err == RD_KAFKA_RESP_ERR_NO_ERROR && t.partition_cnt > 0;
+        if (exists) partition_counts_[topic] = t.partition_cnt;
       }
       if (md) rd_kafka_metadata_destroy(md);
       rd_kafka_topic_destroy(rkt);

@@ -32,6 +32,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -172,9 +173,12 @@ class Consumer {
   // Returns kCancelled once `cancelled` returns true while waiting, kFatal
   // when the consumer may not read a topic, kBadConfig for bad properties or
   // a security failure.
+  // With `assign_all`, it reads every partition of every topic without
+  // joining the group (manual assignment: no rebalance ever moves one);
+  // the listener's OnAssigned() is called once, from Create().
   static Result<std::unique_ptr<Consumer>> Create(
       const KafkaConfig& config, const std::vector<std::string>& topics, Listener* listener,
-      const std::function<bool()>& cancelled = [] { return false; });
+      const std::function<bool()>& cancelled = [] { return false; }, bool assign_all = false);
   ~Consumer();
 
   // Appends up to `max` messages or about `max_bytes` of them: waits up to
@@ -220,6 +224,7 @@ class Consumer {
   // the assigned partitions that have not answered a fetch yet.
   bool assigned_ = false;
   std::set<std::pair<std::string, int32_t>> unpositioned_;
+  std::map<std::string, int32_t> partition_counts_;  // found by AwaitTopics
 };
 
 }  // namespace datatunnel::broker

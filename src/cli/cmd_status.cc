@@ -7,6 +7,7 @@
 #include <cmath>
 #include <thread>
 
+#include "apply/consistency.h"
 #include "apply/install.h"
 #include "capture/change_log.h"
 #include "capture/install.h"
@@ -123,6 +124,40 @@ Result<std::vector<Row>> Collect(pg::Connection& src, pg::Connection& tgt, const
   return rows;
 }
 
+// Whether the target shows a state the source had (apply_consistency =
+// "transaction"): it committed whole ticks, up to `tick`, and no table is
+// being copied (a snapshot in progress is not a state of the source yet).
+struct Consistency {
+  bool transactional = false;
+  bool consistent = false;
+  apply::ConsistencyState state;
+  std::string why;  // when not consistent
+};
+
+Result<Consistency> CollectConsistency(pg::Connection& tgt, const Config& c,
+                                       const std::vector<Row>& rows) {
+  Consistency out;
+  out.transactional = c.pipeline.transactional();
+  DT_ASSIGN_OR_RETURN(out.state, apply::LoadConsistency(tgt, c.tunnel.name));
+  if (!out.transactional) {
+    out.why = "apply_consistency is \"key\"";
+    return out;
+  }
+  if (!out.state.found) {
+    out.why = "no whole tick applied yet";
+    return out;
+  }
+  for (const Row& r : rows) {
+    if (r.snapshot_state == "requested" || r.snapshot_state == "running" ||
+        r.snapshot_state == "published" || r.snapshot_state == "incomplete") {
+      out.why = fmt::format("the copy of {} is {}", r.source, r.snapshot_state);
+      return out;
+    }
+  }
+  out.consistent = true;
+  return out;
+}
+
 // A table captured on the source that the configuration no longer names:
 // its change table grows until `uninstall --table` removes it.
 struct NotConfigured {
@@ -203,11 +238,43 @@ void WriteRowJson(JsonWriter& w, const Row& r) {
 }
 
 // The document docs/operations.md describes ("status --json").
-std::string RenderJson(const std::vector<Row>& rows, const std::vector<NotConfigured>& removed) {
+std::string RenderJson(const std::vector<Row>& rows, const std::vector<NotConfigured>& removed,
+                       const Consistency& cons) {
   rapidjson::StringBuffer buf;
   JsonWriter w(buf);
   w.SetMaxDecimalPlaces(3);
   w.StartObject();
+  w.Key("consistency");
+  w.StartObject();
+  w.Key("mode");
+  w.String(cons.transactional ? "transaction" : "key");
+  w.Key("consistent");
+  w.Bool(cons.consistent);
+  w.Key("tick");
+  if (cons.state.found) {
+    w.Int64(cons.state.end.tick);
+  } else {
+    w.Null();
+  }
+  w.Key("applied_at");
+  if (cons.state.found) {
+    w.String(cons.state.applied_at);
+  } else {
+    w.Null();
+  }
+  w.Key("age_seconds");
+  if (cons.state.found) {
+    w.Double(cons.state.age_seconds);
+  } else {
+    w.Null();
+  }
+  w.Key("why_not");
+  if (cons.consistent) {
+    w.Null();
+  } else {
+    w.String(cons.why);
+  }
+  w.EndObject();
   w.Key("tables");
   w.StartArray();
   for (const Row& r : rows) WriteRowJson(w, r);
@@ -227,7 +294,8 @@ std::string RenderJson(const std::vector<Row>& rows, const std::vector<NotConfig
   return JsonText(buf) + "\n";
 }
 
-std::string RenderText(const std::vector<Row>& rows, const std::vector<NotConfigured>& removed) {
+std::string RenderText(const std::vector<Row>& rows, const std::vector<NotConfigured>& removed,
+                       const Consistency& cons) {
   std::string out =
       fmt::format("{:<28} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}  {}\n", "TABLE", "CAPTURED",
                   "PUBLISHED", "APPLIED", "LAG", "LAG(s)", "PENDING", "SNAPSHOT");
@@ -249,6 +317,15 @@ std::string RenderText(const std::vector<Row>& rows, const std::vector<NotConfig
       out += fmt::format("SNAPSHOT: {}: {}\n", r.source, r.snapshot_detail);
     }
     for (const auto& g : r.gaps) out += "GAP: " + g.Describe(r.source, r.target) + "\n";
+  }
+  if (cons.transactional && cons.consistent) {
+    out += fmt::format(
+        "CONSISTENT: the target shows the source's state at tick {} (committed {:.1f} s ago)\n",
+        cons.state.end.tick, cons.state.age_seconds);
+  } else if (cons.transactional) {
+    out += fmt::format("NOT CONSISTENT: {}{}\n", cons.why,
+                       cons.state.found ? fmt::format(" (last whole tick {})", cons.state.end.tick)
+                                        : std::string());
   }
   for (const NotConfigured& t : removed) {
     out += fmt::format(
@@ -274,7 +351,10 @@ int RunStatus(const Globals& g, const StatusOptions& o) {
     if (!rows.ok()) return Fail(rows.status());
     auto removed = CollectNotConfigured(*db->source, config);
     if (!removed.ok()) return Fail(removed.status());
-    const std::string text = o.json ? RenderJson(*rows, *removed) : RenderText(*rows, *removed);
+    auto cons = CollectConsistency(*db->target, config, *rows);
+    if (!cons.ok()) return Fail(cons.status());
+    const std::string text =
+        o.json ? RenderJson(*rows, *removed, *cons) : RenderText(*rows, *removed, *cons);
     if (o.watch && tty && !o.json) fmt::print("\033[H\033[2J");
     fmt::print("{}", text);
     std::fflush(stdout);

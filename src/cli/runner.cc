@@ -83,7 +83,8 @@ Status Wire(const Setup& setup, const RunPlan& plan, const SourceIdentity& id,
       w->OnDelivery(token, st);
     };
     if (memory) {
-      p->sink = std::make_unique<tunnel::MemorySink>(&*p->channel, deliver);
+      p->sink = std::make_unique<tunnel::MemorySink>(&*p->channel, deliver,
+                                                     config.pipeline.transactional());
     } else {
       DT_ASSIGN_OR_RETURN(
           p->sink, tunnel::KafkaSink::Create(

@@ -203,6 +203,18 @@ std::vector<Setting> Settings() {
                  return Status::OK();
                }});
   s.push_back(
+      {"pipeline", "apply_consistency", [](Config& c, const std::string& v) {
+         if (v == "key") {
+           c.pipeline.apply_consistency = ApplyConsistency::kKey;
+         } else if (v == "transaction") {
+           c.pipeline.apply_consistency = ApplyConsistency::kTransaction;
+         } else {
+           return Status::BadConfig(fmt::format(
+               "pipeline.apply_consistency: expected \"key\" or \"transaction\", got \"{}\"", v));
+         }
+         return Status::OK();
+       }});
+  s.push_back(
       {"pipeline", "ready_max_lag_seconds", [](Config& c, const std::string& v) {
          char* end = nullptr;
          double d = std::strtod(v.c_str(), &end);

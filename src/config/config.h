@@ -42,10 +42,19 @@ struct KafkaConfig {
   std::map<std::string, std::string> consumer_properties;
 
   bool none() const { return brokers.empty() || brokers == "none"; }
+  // The tunnel's control topic (one partition is used): an end-of-tick
+  // record per tick with changes when pipeline.apply_consistency is
+  // "transaction". "<topic_prefix>.dt_ticks".
+  std::string ticks_topic() const { return topic_prefix + ".dt_ticks"; }
 };
 
 enum class SchemaChangePolicy { kStop, kEvolve };
 enum class BadMessagePolicy { kDeadLetter, kStop };
+// What a target commit holds (pipeline.apply_consistency): "key", changes of
+// any keys in batches (per key in commit order); "transaction", only whole
+// ticks, so every target commit is a state the source had
+// (docs/architecture.md, "Transaction-consistent apply").
+enum class ApplyConsistency { kKey, kTransaction };
 
 struct TableConfig {
   QualifiedName source;
@@ -69,6 +78,8 @@ struct PipelineConfig {
   bool truncate_target = false;             // let `snapshot` empty a non-empty target
   BadMessagePolicy on_bad_message = BadMessagePolicy::kDeadLetter;
   double ready_max_lag_seconds = 10;  // /readyz fails above this lag
+  ApplyConsistency apply_consistency = ApplyConsistency::kKey;
+  bool transactional() const { return apply_consistency == ApplyConsistency::kTransaction; }
 };
 
 struct MetricsConfig {

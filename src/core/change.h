@@ -31,6 +31,10 @@ enum class Marker : uint8_t {
   kNone,
   kSnapshotDone,  // every row of a snapshot precedes this, on every partition
   kSchema,        // the source table's columns (sent when a producer starts)
+  // Every change of a tick was sent (apply_consistency = "transaction"): in
+  // memory a change of its own; through Kafka a record on the control topic
+  // (TickEnd, core/message.h).
+  kTickEnd,
 };
 
 // Where a change stands in the source's commit order. Positions are totally

@@ -40,6 +40,12 @@ inline constexpr std::string_view kPrev = "prev";
 inline constexpr std::string_view kMarkerSchema = "schema";
 inline constexpr std::string_view kMarkerSnapshotDone = "snapshot_done";
 
+// The end-of-tick record on the control topic (core/message.h, TickEnd):
+// {"tick_end": [epoch, tick, seq, sub], "parts": [[topic, partition,
+// [epoch, tick, seq, sub]], ...], "ts_ms", "source": {"name", "install"}}.
+inline constexpr std::string_view kTickEnd = "tick_end";
+inline constexpr std::string_view kParts = "parts";
+
 // "source.connector", and "source.name" of a tunnel without a name.
 inline constexpr std::string_view kConnectorName = "datatunnel";
 

@@ -195,6 +195,15 @@ std::string Metrics::RenderPrometheus() const {
          target_connected.load());
   scalar("datatunnel_leader", "gauge", "1 when this process holds the producer lock.",
          leader.load());
+  scalar("datatunnel_applier", "gauge",
+         "1 when this process applies a transaction-consistent tunnel (holds its apply lock).",
+         applier.load());
+  scalar("datatunnel_target_consistent", "gauge",
+         "1 when apply_consistency is transaction and the target shows a state the source had.",
+         target_consistent.load());
+  scalar("datatunnel_target_consistent_tick", "gauge",
+         "The source tick whose state the target shows (transaction consistency).",
+         consistent_tick.load());
   ProcessMetrics(&out);
   return out;
 }

@@ -82,6 +82,12 @@ class Metrics {
   // consumer: the group gave it its partitions and each answered a fetch.
   std::atomic<int> producer_ready{0};
   std::atomic<int> consumer_ready{0};
+  // apply_consistency = "transaction": this process applies (holds the
+  // tunnel's apply lock on the target); the target shows a state the source
+  // had (every commit ended at a tick), at the end of tick consistent_tick.
+  std::atomic<int> applier{0};
+  std::atomic<int> target_consistent{0};
+  std::atomic<int64_t> consistent_tick{0};
 
   // Prometheus text exposition format (version 0.0.4).
   std::string RenderPrometheus() const;

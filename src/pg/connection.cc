@@ -364,6 +364,7 @@ Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Para
 Status Connection::ExecPipeline(std::span<const Statement> statements,
                                 std::vector<QueryResult>* results) {
   last_sqlstate_.clear();
+  last_failed_statement_ = SIZE_MAX;
   if (results) results->clear();
   const bool ends_in_commit = !statements.empty() && statements.back().sql == "COMMIT";
   Fault fault = Fault::kNone;
@@ -413,6 +414,7 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
     }
     ExecStatusType s = PQresultStatus(res);
     if (s == PGRES_FATAL_ERROR && first.ok()) {
+      last_failed_statement_ = i;
       std::string q = statements[i].sql.substr(0, 60);
       first =
           ResultError(res, "statement \"" + q + (statements[i].sql.size() > 60 ? "...\"" : "\""));

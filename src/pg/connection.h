@@ -172,6 +172,9 @@ class Connection {
                       std::vector<QueryResult>* results = nullptr);
   // SQLSTATE of the last failed statement ("" when none or unknown).
   const std::string& last_sqlstate() const { return last_sqlstate_; }
+  // After ExecPipeline failed: the index of the first statement that failed
+  // (SIZE_MAX when none did, e.g. a lost connection).
+  size_t last_failed_statement() const { return last_failed_statement_; }
   // COMMIT, mapping a lost connection to kInDoubt.
   Status Commit();
   // Rolls back if a transaction is open; never fails (a broken connection has
@@ -217,6 +220,7 @@ class Connection {
   std::string role_;
   std::string application_name_;
   mutable std::string last_sqlstate_;
+  size_t last_failed_statement_ = SIZE_MAX;
 };
 
 // Opens a connection, retrying retryable failures until `deadline_ms` passes

@@ -216,4 +216,49 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   value->assign(value_buf_.GetString(), value_buf_.GetSize());
 }
 
+namespace {
+
+template <typename W>
+void WritePosition(W& w, const Position& p) {
+  w.StartArray();
+  w.Int64(p.epoch);
+  w.Int64(p.tick);
+  w.Int64(p.seq);
+  w.Int(p.sub);
+  w.EndArray();
+}
+
+}  // namespace
+
+void EncodeTickEnd(const Origin& origin, const TickEnd& end, std::string* value) {
+  rapidjson::StringBuffer buf;
+  Writer w(buf);
+  w.StartObject();
+  JsonKey(w, wire::kTickEnd);
+  WritePosition(w, end.end);
+  JsonKey(w, wire::kParts);
+  w.StartArray();
+  for (const auto& p : end.parts) {
+    w.StartArray();
+    JsonString(w, p.topic);
+    w.Int(p.partition);
+    WritePosition(w, p.pos);
+    w.EndArray();
+  }
+  w.EndArray();
+  JsonKey(w, wire::kTsMs);
+  w.Int64(NowMicros() / 1000);
+  JsonKey(w, wire::kSource);
+  w.StartObject();
+  JsonKey(w, wire::kName);
+  JsonString(w, origin.tunnel.empty() ? wire::kConnectorName : std::string_view(origin.tunnel));
+  if (!origin.install.empty()) {
+    JsonKey(w, wire::kInstall);
+    JsonString(w, origin.install);
+  }
+  w.EndObject();
+  w.EndObject();
+  value->assign(buf.GetString(), buf.GetSize());
+}
+
 }  // namespace datatunnel::publish

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "core/change.h"
+#include "core/message.h"
 #include "core/table.h"
 
 namespace datatunnel::publish {
@@ -76,6 +77,10 @@ class EnvelopeEncoder {
   // most of the producer's encoding time).
   rapidjson::StringBuffer key_buf_, value_buf_;
 };
+
+// The end-of-tick record `end` (core/message.h; its tunnel and install come
+// from `origin`) as the control topic's message value.
+void EncodeTickEnd(const Origin& origin, const TickEnd& end, std::string* value);
 
 // One value as JSON for its kind (exposed for tests).
 std::string JsonValue(ValueKind kind, std::string_view text);

@@ -33,6 +33,7 @@ void KafkaSink::SetTables(const std::vector<TableSpec>* tables) {
   encoder_ = std::make_unique<publish::EnvelopeEncoder>(tables, origin_);
   partitions_.clear();
   heads_.assign(tables->size(), {});
+  touched_.clear();
 }
 
 void KafkaSink::SetChainHeads(uint32_t table, std::vector<Position> heads) {
@@ -72,8 +73,25 @@ Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token, 
   Status st = producer_->Send((*tables_)[change.table].topic, partition, key_, value_, token);
   if (!st.ok()) return st;
   head = change.pos;
+  touched_.emplace(change.table, partition);
   *sent_to = partition;
   bytes_sent_ += static_cast<int64_t>(value_.size() + key_.size());
+  return st;
+}
+
+Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {
+  TickEnd record;
+  record.end = end;
+  record.parts.reserve(touched_.size());
+  for (const auto& [table, partition] : touched_) {
+    record.parts.push_back(
+        {(*tables_)[table].topic, partition, heads_[table][static_cast<size_t>(partition)]});
+  }
+  publish::EncodeTickEnd(origin_, record, &value_);
+  Status st = producer_->Send(config_.ticks_topic(), 0, {}, value_, token);
+  if (!st.ok()) return st;
+  touched_.clear();
+  bytes_sent_ += static_cast<int64_t>(value_.size());
   return st;
 }
 

@@ -13,7 +13,9 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "broker/kafka.h"
@@ -30,6 +32,8 @@ class KafkaSink : public ChangeSink {
                                                    publish::Origin origin, DeliveryFn on_delivery);
   void SetTables(const std::vector<TableSpec>* tables) override;
   Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
+  // To partition 0 of config.ticks_topic().
+  Status SendTickEnd(const Position& end, uint64_t token) override;
   void Poll(int timeout_ms) override { producer_->Poll(timeout_ms); }
   int Flush(int timeout_ms) override { return producer_->Flush(timeout_ms); }
   Result<int> PartitionCount(uint32_t table) override;
@@ -59,6 +63,9 @@ class KafkaSink : public ChangeSink {
   std::vector<std::vector<Position>> heads_;
   std::string key_, value_;
   int64_t bytes_sent_ = 0;
+  // (table, partition) sent to since the last end-of-tick record (or since
+  // the session started: its schema markers go to every partition).
+  std::set<std::pair<uint32_t, int32_t>> touched_;
 };
 
 }  // namespace datatunnel::tunnel

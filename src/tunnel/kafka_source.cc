@@ -15,11 +15,27 @@ Status KafkaSource::Open(TargetCore* core) {
   core_ = core;
   std::vector<std::string> topics;
   for (const auto& t : options_.tables) topics.push_back(t.topic);
+  if (whole_ticks()) {
+    DT_RETURN_IF_ERROR(TakeApplyLock());
+    // The control topic from the record stored with the last whole ticks.
+    Result<apply::ConsistencyState> c = Status::Retryable("not loaded");
+    while (!stop_->stop_requested()) {
+      c = core_->Consistency();
+      if (c.ok() || !c.status().IsRetryable()) break;
+      stop_->SleepFor(500);
+    }
+    if (stop_->stop_requested()) return Status::Cancelled();
+    if (!c.ok()) return c.status();
+    const std::string ticks = options_.kafka.ticks_topic();
+    ticks_offset_ = c->found && c->stream == ticks && c->offset >= 0 ? c->offset + 1 : 0;
+    topics.push_back(ticks);
+    if (c->found) metrics_->consistent_tick = c->end.tick;
+  }
   // Create waits until the brokers know every topic, so the first group
   // join assigns all their partitions.
-  DT_ASSIGN_OR_RETURN(consumer_, broker::Consumer::Create(options_.kafka, topics, this, [this] {
-                        return stop_->stop_requested();
-                      }));
+  DT_ASSIGN_OR_RETURN(consumer_, broker::Consumer::Create(
+                                     options_.kafka, topics, this,
+                                     [this] { return stop_->stop_requested(); }, whole_ticks()));
   decoder_ = std::make_unique<apply::EnvelopeDecoder>(&core_->targets());
   decoder_->ExpectOrigin(options_.tunnel, core_->source_install());
   spdlog::info("consumer: applying {} topic(s) to the target as group \"{}\"", topics.size(),
@@ -30,12 +46,115 @@ Status KafkaSource::Open(TargetCore* core) {
 void KafkaSource::Close() {
   CommitOffsets(true);  // Close() waits for it
   metrics_->consumer_ready = 0;
-  Status closed = consumer_->Close();
-  if (!closed.ok()) spdlog::warn("consumer: {}", closed.message());
+  if (consumer_) {
+    Status closed = consumer_->Close();
+    if (!closed.ok()) spdlog::warn("consumer: {}", closed.message());
+  }
+  lock_conn_.reset();  // releases the apply lock
+  metrics_->applier = 0;
+}
+
+Status KafkaSource::TakeApplyLock() {
+  bool announced = false;
+  for (;;) {
+    if (!lock_conn_ || lock_conn_->IsBroken()) {
+      auto c =
+          pg::OpenWithRetry(options_.connect, 1 << 30, [this] { return stop_->stop_requested(); });
+      if (stop_->stop_requested()) return Status::Cancelled();
+      if (!c.ok()) return c.status();
+      lock_conn_ = std::move(*c);
+    }
+    auto got = apply::TryApplyLock(*lock_conn_, options_.tunnel);
+    if (got.ok() && *got) break;
+    if (!got.ok() && !got.status().IsRetryable()) return got.status();
+    if (!announced && got.ok()) {
+      spdlog::info(
+          "consumer: another consumer applies tunnel \"{}\" to the {} (apply_consistency = "
+          "\"transaction\" needs every partition); standing by",
+          options_.tunnel, lock_conn_->description());
+      announced = true;
+      metrics_->consumer_ready = 1;  // a standby is ready: it takes over when needed
+    }
+    if (stop_->SleepFor(1000)) return Status::Cancelled();
+  }
+  metrics_->consumer_ready = 0;
+  metrics_->applier = 1;
+  last_lock_check_us_ = MonotonicMicros();
+  if (announced) spdlog::info("consumer: took over applying");
+  return Status::OK();
+}
+
+Status KafkaSource::CheckApplyLock() {
+  const int64_t now = MonotonicMicros();
+  if (now - last_lock_check_us_ < 2'000'000) return Status::OK();
+  last_lock_check_us_ = now;
+  if (lock_conn_ && lock_conn_->Exec("SELECT 1").ok()) return Status::OK();
+  // The session that held the lock is gone: take it again on a new one,
+  // unless another consumer took it meanwhile (then this one stands down;
+  // its batches could only fail on the position guard anyway).
+  auto c = pg::Connection::Open(options_.connect);
+  if (!c.ok()) return Status::OK();  // the target is down: the apply waits too
+  lock_conn_ = std::move(*c);
+  auto got = apply::TryApplyLock(*lock_conn_, options_.tunnel);
+  if (!got.ok()) return Status::OK();
+  if (*got) {
+    spdlog::warn("consumer: took the apply lock again on a new session");
+    return Status::OK();
+  }
+  metrics_->applier = 0;
+  return Status::Retryable(
+      "the session holding the apply lock ended and another consumer took over applying; "
+      "stopping (start this one again to stand by)");
+}
+
+std::string_view KafkaSource::StreamName(std::string_view topic) {
+  auto name = topic_names_.find(topic);
+  if (name == topic_names_.end()) name = topic_names_.emplace(topic).first;
+  return *name;
+}
+
+Status KafkaSource::AddTickEnd(const broker::Message& m) {
+  const InboundMessage v = m.view();
+  if (v.partition != 0 || v.null_value) return Status::OK();  // only partition 0 is written
+  TickEnd end;
+  Status st = apply::DecodeTickEnd(v.value, &end);
+  if (!st.ok()) {
+    return Status::Fatal(fmt::format(
+        "{} [{}] offset {}: {}; this topic carries only datatunnel's end-of-tick records", v.topic,
+        v.partition, v.offset, st.message()));
+  }
+  if (!options_.tunnel.empty() && end.tunnel != options_.tunnel) {
+    return Status::BadConfig(fmt::format(
+        "{} [{}] offset {}: an end-of-tick record of tunnel \"{}\", not \"{}\"; nothing was "
+        "applied. Each tunnel needs its own topics: give the two tunnels different "
+        "kafka.topic_prefix settings",
+        v.topic, v.partition, v.offset, end.tunnel, options_.tunnel));
+  }
+  // Partitions of topics this consumer does not apply (a table no longer
+  // configured) cannot hold it back.
+  std::erase_if(end.parts,
+                [this](const TickEnd::Part& p) { return core_->TableForTopic(p.topic) < 0; });
+  apply::Item item;
+  item.stream = StreamName(v.topic);
+  item.partition = v.partition;
+  item.offset = v.offset;
+  item.kind = apply::Item::Kind::kTickEnd;
+  item.change.op = Op::kMarker;
+  item.change.marker = Marker::kTickEnd;
+  item.change.pos = end.end;
+  gate_.AddEnd(std::move(item), std::move(end));
+  warned_no_ends_ = false;
+  return Status::OK();
 }
 
 void KafkaSource::OnAssigned(std::vector<TopicPartition>* partitions) {
   for (auto& p : *partitions) {
+    if (whole_ticks() && p.topic == options_.kafka.ticks_topic()) {
+      // The control topic: from the record after the one stored with the
+      // last whole ticks (only partition 0 is written).
+      p.offset = p.partition == 0 ? ticks_offset_ : kOffsetBeginning;
+      continue;
+    }
     const int t = core_->TableForTopic(p.topic);
     if (t < 0) continue;
     // Start right after what the target has applied. If the target cannot be
@@ -49,11 +168,14 @@ void KafkaSource::OnAssigned(std::vector<TopicPartition>* partitions) {
       stop_->SleepFor(500);
     }
     if (st.ok()) {
+      if (whole_ticks()) gate_.Start(p.topic, p.partition, st->tail);
       // Never applied: from offset 0, not from the oldest offset the broker
       // still has. If retention already removed offset 0, the consumer stops
       // with "no longer on the broker" instead of silently skipping changes.
       p.offset = st->offset >= 0 ? st->offset + 1 : 0;
-      auto open = core_->OpenBarrier(p.topic, p.partition);
+      // Whole ticks need no barrier (every copy of a TRUNCATE is in one batch).
+      auto open = whole_ticks() ? Result<std::optional<Position>>(std::optional<Position>())
+                                : core_->OpenBarrier(p.topic, p.partition);
       if (open.ok() && *open) waiting_[{p.topic, p.partition}] = Waiting{**open, false};
     } else {
       spdlog::warn(
@@ -62,12 +184,14 @@ void KafkaSource::OnAssigned(std::vector<TopicPartition>* partitions) {
           p.topic, p.partition, st.status().message());
       p.offset = kOffsetBeginning;
     }
+    if (whole_ticks() && !st.ok()) gate_.Start(p.topic, p.partition, Position{});
     spdlog::debug("consumer: assigned {} [{}] from offset {}", p.topic, p.partition, p.offset);
   }
 }
 
 void KafkaSource::OnRevoked(const std::vector<TopicPartition>& partitions) {
   for (const auto& p : partitions) {
+    if (whole_ticks()) gate_.Forget(p.topic, p.partition);
     core_->Forget(p.topic, p.partition);
     waiting_.erase({p.topic, p.partition});
     // Its next owner starts from the target's stored position, and commits.
@@ -86,6 +210,45 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
                                        100, options_.pipeline.batch_max_wait_ms, &msgs_));
     metrics_->consumer_ready = consumer_->Ready() ? 1 : 0;
   }
+  if (whole_ticks()) {
+    DT_RETURN_IF_ERROR(CheckApplyLock());
+    const std::string ticks = options_.kafka.ticks_topic();
+    for (const auto& m : msgs_) {
+      const InboundMessage v = m.view();
+      if (v.topic == ticks) {
+        DT_RETURN_IF_ERROR(AddTickEnd(m));
+        continue;
+      }
+      apply::Item item;
+      DT_RETURN_IF_ERROR(ToItem(m, core_->TableForTopic(v.topic), &item));
+      gate_.Add(std::move(item));
+    }
+    msgs_.clear();
+    gate_.Release(items);
+    // Messages held with no end-of-tick record to complete them: a producer
+    // running by key sends none.
+    const int64_t now = MonotonicMicros();
+    if (gate_.held() == 0 || gate_.pending_ends() > 0) {
+      held_since_us_ = 0;
+    } else if (held_since_us_ == 0) {
+      held_since_us_ = now;
+    } else if (!warned_no_ends_ && now - held_since_us_ > 30'000'000) {
+      warned_no_ends_ = true;
+      spdlog::warn(
+          "consumer: holding {} message(s) for 30 s without an end-of-tick record on {}; the "
+          "producer must run with pipeline.apply_consistency = \"transaction\" too",
+          gate_.held(), ticks);
+    }
+  } else {
+    DT_RETURN_IF_ERROR(NextByKey(items));
+  }
+  // Dead letters must be stored before the offsets that skip them commit.
+  while (dlq_ && dlq_pending_ > 0 && !stop_->stop_requested()) dlq_->Poll(50);
+  if (!dlq_error_.ok()) return dlq_error_.WithContext("writing to the dead-letter topic");
+  return Status::OK();
+}
+
+Status KafkaSource::NextByKey(std::vector<apply::Item>* items) {
   DT_RETURN_IF_ERROR(CheckBarriers());
   items->reserve(msgs_.size());
   cut_.clear();
@@ -107,17 +270,12 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
                     static_cast<char>(it.change.op));
     }
   }
-  // Dead letters must be stored before the offsets that skip them commit.
-  while (dlq_ && dlq_pending_ > 0 && !stop_->stop_requested()) dlq_->Poll(50);
-  if (!dlq_error_.ok()) return dlq_error_.WithContext("writing to the dead-letter topic");
   return Status::OK();
 }
 
 Status KafkaSource::ToItem(const broker::Message& m, int table, apply::Item* item) {
   const InboundMessage v = m.view();
-  auto name = topic_names_.find(v.topic);
-  if (name == topic_names_.end()) name = topic_names_.emplace(v.topic).first;
-  item->stream = *name;
+  item->stream = StreamName(v.topic);
   item->partition = v.partition;
   item->offset = v.offset;
   if (table < 0 || v.null_value) {
@@ -140,7 +298,7 @@ Status KafkaSource::ToItem(const broker::Message& m, int table, apply::Item* ite
     item->chained = decoder_->ReadChain(v.value, &item->change.pos, &item->prev);
   } else if (!dst.ok()) {
     return dst.WithContext(fmt::format("{} [{}] offset {}", v.topic, v.partition, v.offset));
-  } else if (item->change.op == Op::kTruncate && item->broadcast_partitions > 1) {
+  } else if (item->change.op == Op::kTruncate && item->broadcast_partitions > 1 && !whole_ticks()) {
     cut_[{std::string(v.topic), v.partition}] = item->change.pos;
   } else if (item->change.op == Op::kMarker && item->change.marker == Marker::kSchema) {
     // Processed whatever its position: adding a column is idempotent.

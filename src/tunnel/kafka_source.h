@@ -14,6 +14,16 @@
 // The group's committed offsets are only a hint for Kafka's lag tools
 // (positions live in the target).
 //
+// With apply_consistency = "transaction" it applies whole ticks
+// (apply/tick_gate.h): it also reads partition 0 of the tunnel's control
+// topic, holds every item until the end-of-tick records say its ticks are
+// complete, and hands out batches of whole ticks. It needs every partition,
+// so only one consumer of a tunnel applies: Open() waits (a hot standby)
+// until it holds the tunnel's apply lock on the target
+// (apply/consistency.h), then reads every partition without joining the
+// group's assignment (broker::Consumer, assign_all). TRUNCATE needs no
+// barrier then: every copy is in the same batch.
+//
 // Thread-safety: one thread, as ChangeSource; the rebalance callbacks run
 // inside the consumer's Poll() on that thread.
 #pragma once
@@ -26,6 +36,7 @@
 #include <vector>
 
 #include "apply/decoder.h"
+#include "apply/tick_gate.h"
 #include "broker/kafka.h"
 #include "core/stop.h"
 #include "metrics/metrics.h"
@@ -56,6 +67,16 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   Status Decode(const InboundMessage& v, uint32_t table, apply::Item* item);
   Status DeadLetter(const broker::Message& m, const Status& why);
   Status CheckBarriers();
+  // Next() by key: every message polled, cut at TRUNCATE barriers.
+  Status NextByKey(std::vector<apply::Item>* items);
+  bool whole_ticks() const { return options_.pipeline.transactional(); }
+  // Waits as a hot standby until this consumer holds the apply lock.
+  Status TakeApplyLock();
+  // Every few seconds: the session holding the lock is still there.
+  Status CheckApplyLock();
+  // A control-topic message as an end-of-tick item for the gate.
+  Status AddTickEnd(const broker::Message& m);
+  std::string_view StreamName(std::string_view topic);
   void ResumeAll();
   void CommitOffsets(bool force);
 
@@ -92,6 +113,13 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   static constexpr int64_t kCommitIntervalUs = 1'000'000;
   std::map<std::pair<std::string, int32_t>, int64_t> uncommitted_;  // next offset to read
   int64_t last_commit_us_ = 0;
+  // Whole ticks (apply_consistency = "transaction").
+  apply::TickGate gate_;
+  std::unique_ptr<pg::Connection> lock_conn_;  // holds the apply lock
+  int64_t last_lock_check_us_ = 0;
+  int64_t ticks_offset_ = 0;   // where the control topic is read from
+  int64_t held_since_us_ = 0;  // items held and no end-of-tick record since
+  bool warned_no_ends_ = false;
 };
 
 }  // namespace datatunnel::tunnel

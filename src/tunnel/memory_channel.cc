@@ -106,6 +106,14 @@ Status MemorySink::SendOwned(Change&& change, int32_t, uint64_t token, int32_t* 
   return Hand(std::move(change), token);
 }
 
+Status MemorySink::SendTickEnd(const Position& end, uint64_t token) {
+  Change c;
+  c.op = Op::kMarker;
+  c.marker = Marker::kTickEnd;
+  c.pos = end;
+  return Hand(std::move(c), token);
+}
+
 void MemorySink::Poll(int timeout_ms) {
   acks_.clear();
   channel_->TakeAcks(timeout_ms, &acks_);

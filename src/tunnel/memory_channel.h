@@ -69,9 +69,13 @@ class MemoryChannel {
 
 class MemorySink : public ChangeSink {
  public:
-  MemorySink(MemoryChannel* channel, DeliveryFn on_delivery)
-      : channel_(channel), on_delivery_(std::move(on_delivery)) {}
+  // `whole_ticks` (apply_consistency = "transaction"): snapshot chunks go
+  // row by row, so that a chunk is applied with the rest of its tick.
+  MemorySink(MemoryChannel* channel, DeliveryFn on_delivery, bool whole_ticks = false)
+      : channel_(channel), on_delivery_(std::move(on_delivery)), whole_ticks_(whole_ticks) {}
   Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
+  // A change of its own (op kMarker, Marker::kTickEnd, pos `end`).
+  Status SendTickEnd(const Position& end, uint64_t token) override;
   Status SendOwned(Change&& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   void Poll(int timeout_ms) override;
   int Flush(int timeout_ms) override;
@@ -80,7 +84,7 @@ class MemorySink : public ChangeSink {
     specs_ = std::make_shared<const std::vector<TableSpec>>(*tables);
   }
   Status Health() const override { return Status::OK(); }
-  bool TakesPackedChunks() const override { return true; }
+  bool TakesPackedChunks() const override { return !whole_ticks_; }
   const char* receiver() const override { return "the target worker"; }
 
  private:
@@ -93,6 +97,7 @@ class MemorySink : public ChangeSink {
   std::vector<uint64_t> acks_;
   int64_t outstanding_ = 0;
   SourceSpecs specs_;
+  bool whole_ticks_ = false;
 };
 
 }  // namespace datatunnel::tunnel

@@ -31,6 +31,10 @@ void MemorySource::Add(Change&& c) {
   apply::Item item;
   item.stream = streams_[c.table];
   item.partition = 0;
+  if (c.op == Op::kMarker && c.marker == Marker::kTickEnd) {
+    item.kind = apply::Item::Kind::kTickEnd;
+    item.stream = tick_stream_;
+  }
   item.broadcast_partitions = 1;
   if (c.op == Op::kMarker && c.marker == Marker::kSchema) item.kind = apply::Item::Kind::kIgnored;
   item.change = std::move(c);
@@ -78,8 +82,44 @@ Status MemorySource::Fill(bool* ended) {
   return Status::OK();
 }
 
+Status MemorySource::NextWholeTicks(std::vector<apply::Item>* items, bool* ended) {
+  for (;;) {
+    size_t cut = 0;  // just past the last end of a tick held
+    for (size_t i = held_.size(); i > 0; --i) {
+      if (held_[i - 1].kind == apply::Item::Kind::kTickEnd) {
+        cut = i;
+        break;
+      }
+    }
+    if (cut > 0) {
+      batch_tokens_.clear();
+      for (size_t i = 0; i < cut; ++i) {
+        items->push_back(std::move(held_.front()));
+        held_.pop_front();
+        if (held_tokens_.front() != kNoToken) batch_tokens_.push_back(held_tokens_.front());
+        held_tokens_.pop_front();
+      }
+      return Status::OK();
+    }
+    DT_RETURN_IF_ERROR(Fill(ended));
+    if (*ended) return Status::OK();
+    // Each token is acknowledged with the last item made of its change.
+    size_t begin = 0;
+    for (size_t i = 0; i < tokens_.size(); ++i) {
+      for (size_t j = begin; j < token_end_[i]; ++j) {
+        held_.push_back(std::move(pending_[j]));
+        held_tokens_.push_back(j + 1 == token_end_[i] ? tokens_[i] : kNoToken);
+      }
+      begin = token_end_[i];
+    }
+    pending_.clear();
+    pending_size_ = next_ = 0;
+  }
+}
+
 Status MemorySource::Next(std::vector<apply::Item>* items, bool* ended) {
   *ended = false;
+  if (whole_ticks_) return NextWholeTicks(items, ended);
   if (next_ >= pending_size_) {
     DT_RETURN_IF_ERROR(Fill(ended));
     if (*ended || pending_size_ == 0) return Status::OK();  // (empty: acknowledged as is)
@@ -100,6 +140,11 @@ Status MemorySource::Next(std::vector<apply::Item>* items, bool* ended) {
 }
 
 Status MemorySource::Committed(const std::vector<apply::Item>&) {
+  if (whole_ticks_) {
+    channel_->Ack(batch_tokens_);
+    batch_tokens_.clear();
+    return Status::OK();
+  }
   done_.clear();
   while (acked_ < tokens_.size() && token_end_[acked_] <= next_) done_.push_back(tokens_[acked_++]);
   channel_->Ack(done_);

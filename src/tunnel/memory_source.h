@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -25,8 +26,15 @@ namespace datatunnel::tunnel {
 
 class MemorySource : public ChangeSource {
  public:
-  MemorySource(MemoryChannel* channel, size_t batch_max_changes, const StopSource* stop)
-      : channel_(channel), batch_max_changes_(batch_max_changes), stop_(stop) {}
+  // `whole_ticks` (apply_consistency = "transaction"): each batch ends at
+  // the end of a tick (a Marker::kTickEnd change), holding one or several
+  // whole ticks; what follows the last end waits for the next batch.
+  MemorySource(MemoryChannel* channel, size_t batch_max_changes, const StopSource* stop,
+               bool whole_ticks = false)
+      : channel_(channel),
+        batch_max_changes_(batch_max_changes),
+        stop_(stop),
+        whole_ticks_(whole_ticks) {}
   Status Open(TargetCore* core) override;
   Status Next(std::vector<apply::Item>* items, bool* ended) override;
   Status Committed(const std::vector<apply::Item>& items) override;
@@ -39,6 +47,7 @@ class MemorySource : public ChangeSource {
   // once per specs.
   Status MapFor(const SourceSpecs& specs);
   void Add(Change&& c);
+  Status NextWholeTicks(std::vector<apply::Item>* items, bool* ended);
 
   MemoryChannel* channel_;
   size_t batch_max_changes_;
@@ -54,6 +63,14 @@ class MemorySource : public ChangeSource {
   std::vector<uint64_t> tokens_, done_;
   std::vector<size_t> token_end_;
   size_t acked_ = 0;
+  // Whole ticks: items (and each one's token) waiting for the end of their
+  // tick; the tokens of the batch handed out, acknowledged in Committed().
+  bool whole_ticks_ = false;
+  std::deque<apply::Item> held_;
+  std::deque<uint64_t> held_tokens_;
+  std::vector<uint64_t> batch_tokens_;
+  static constexpr uint64_t kNoToken = UINT64_MAX;
+  const std::string tick_stream_ = "memory";
   SourceSpecs mapped_;     // the specs `remap_` was built for
   apply::Remapper remap_;  // rows of `mapped_` laid out by the target's columns
 };

@@ -50,6 +50,13 @@ class ChangeSink {
     (void)table;
     (void)heads;
   }
+  // apply_consistency = "transaction": every message of the tick ending at
+  // `end` ({epoch, tick, Position::kEndOfTick, 0}) was sent. Through Kafka an
+  // end-of-tick record on the tunnel's control topic listing, per partition
+  // sent to since the previous one, the position of the last message sent
+  // there (core/message.h, TickEnd); in memory a marker in the stream.
+  // Delivered like a message (its token). kRetryable when the sink is full.
+  virtual Status SendTickEnd(const Position& end, uint64_t token) = 0;
   virtual void Poll(int timeout_ms) = 0;
   // Waits up to timeout_ms for everything sent to be delivered; returns how
   // many are still outstanding.

@@ -34,6 +34,7 @@ struct SourceWorker::Work {
   std::optional<capture::BatchReader> batch;
   int chunk_table = -1;
   snapshot::Chunk chunk;
+  bool replay = false;  // a tick recorded before a restart
 };
 
 // What one session of the loop holds; the stages' own state lives in their
@@ -223,7 +224,10 @@ Status SourceWorker::Step(Session& s, bool* finished) {
     *finished = true;
     return RecordProgress(s);
   }
-  if (tracker_.in_flight() >= static_cast<size_t>(options_.pipeline.max_in_flight)) {
+  // In memory with whole ticks, the target commits (and so confirms) only
+  // at the end of a tick: a tick larger than max_in_flight is read whole.
+  const bool whole_tick = options_.pipeline.transactional() && !sink_->Chained() && s.work;
+  if (!whole_tick && tracker_.in_flight() >= static_cast<size_t>(options_.pipeline.max_in_flight)) {
     // Backpressure: wait for deliveries instead of reading further ahead.
     return ServeDeliveries(s, 10, false);
   }
@@ -273,6 +277,7 @@ Status SourceWorker::StartTick(Session& s) {
   if (const capture::Tick* recorded = s.book.recorded_upper()) {
     // A tick recorded before a restart: its batch is recomputed exactly.
     w.hi = *recorded;
+    w.replay = true;
   } else {
     DT_RETURN_IF_ERROR(RecordTick(s, w));
   }
@@ -387,6 +392,18 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
 Status SourceWorker::FinishTick(Session& s) {
   Work& w = *s.work;
   if (w.chunk_table >= 0) DT_RETURN_IF_ERROR(SendChunk(s));
+  if (options_.pipeline.transactional() &&
+      (w.batch->had_changes() || w.chunk_table >= 0 || w.replay)) {
+    // Consumers commit whole ticks: tell them this one is all sent. The
+    // tick counts as delivered only with its record (a part before the
+    // tick's end); a tick replayed after a restart always sends one, since
+    // its record may be what was not delivered.
+    const Position end{s.epoch, w.hi.number, Position::kEndOfTick, 0};
+    DT_RETURN_IF_ERROR(SendVia(s, 0, end, 0, 1, Kind::kPart, [&](uint64_t token, int32_t* sent_to) {
+      *sent_to = -1;
+      return sink_->SendTickEnd(end, token);
+    }));
+  }
   for (size_t t = 0; t < s.specs.size(); ++t) {
     tracker_.Add(static_cast<uint32_t>(t), Position{s.epoch, w.hi.number, Position::kEndOfTick, 0},
                  Kind::kTickEnd, /*delivered=*/true);

@@ -63,6 +63,23 @@ Status TargetCore::Connect() {
     DT_ASSIGN_OR_RETURN(source_install_, apply::BoundSource(*conn_, options_.tunnel));
   }
   applier_ = std::make_unique<apply::Applier>(conn_.get(), &targets_);
+  if (transactional()) {
+    // The order of statements from the target's foreign keys; a cycle that
+    // cannot be deferred stops here, before anything is applied.
+    DT_ASSIGN_OR_RETURN(auto order, apply::LoadTableOrder(*conn_, targets_));
+    if (!order.deferred.empty()) {
+      spdlog::info("consumer: deferring foreign key(s) {} to the end of each transaction",
+                   fmt::join(order.deferred, ", "));
+    }
+    auto has = conn_->Query("SELECT to_regclass('datatunnel.consistency') IS NOT NULL");
+    if (has.ok() && !has->GetBool(0, 0)) {
+      return Status::Fatal(fmt::format(
+          "the datatunnel state on the {} is from an older version (no datatunnel.consistency): "
+          "run `datatunnel init` to upgrade it, then start again",
+          conn_->description()));
+    }
+    applier_->SetTransactional(options_.tunnel, std::move(order));
+  }
   connected_once_ = true;
   metrics_->target_connected = 1;
   return Status::OK();
@@ -196,6 +213,11 @@ Result<std::optional<Position>> TargetCore::OpenBarrier(const std::string& strea
   return applier_->OpenBarrier(stream, partition);
 }
 
+Result<apply::ConsistencyState> TargetCore::Consistency() {
+  if (!conn_ || conn_->IsBroken()) DT_RETURN_IF_ERROR(Reconnect(false));
+  return apply::LoadConsistency(*conn_, options_.tunnel);
+}
+
 Status TargetCore::ApplyBatch(std::vector<apply::Item>& items,
                               const std::function<void()>& keepalive) {
   HeldSince held(metrics_, targets_.size());
@@ -207,10 +229,11 @@ Status TargetCore::ApplyBatch(std::vector<apply::Item>& items,
     plan_.Clear();
     Status st;
     if (!conn_ || conn_->IsBroken()) st = Reconnect(true);
-    if (st.ok()) st = apply::PlanBatch(items, state, &plan_);
+    if (st.ok()) st = apply::PlanBatch(items, state, &plan_, transactional());
     if (st.ok()) {
       held.Hold(plan_.changes);
-      st = applier_->Apply(plan_.changes, plan_.advances, plan_.arrivals);
+      st = applier_->Apply(plan_.changes, plan_.advances, plan_.arrivals,
+                           plan_.tick ? &*plan_.tick : nullptr);
     }
     if (st.ok()) {
       Committed();
@@ -243,6 +266,10 @@ void TargetCore::Committed() {
     const apply::Advance& a = plan_.advances[i];
     states_[{a.stream, a.partition}] = plan_.StateAfter(i);
   }
+  if (plan_.tick) {
+    metrics_->target_consistent = 1;
+    metrics_->consistent_tick = std::max(metrics_->consistent_tick.load(), plan_.tick->end.tick);
+  }
   const int64_t now = NowMicros();
   std::vector<bool> batched(targets_.size(), false);
   for (const Change* c : plan_.changes) {
@@ -266,6 +293,13 @@ void TargetCore::Committed() {
 }
 
 Status TargetCore::Failed(const Status& st) const {
+  if (applier_ && applier_->failed_table() >= 0 &&
+      static_cast<size_t>(applier_->failed_table()) < targets_.size()) {
+    // The table the failing statement wrote.
+    return st.WithContext(fmt::format("applying a batch of {} change(s) to {}",
+                                      plan_.changes.size(),
+                                      targets_[applier_->failed_table()].target.ToString()));
+  }
   // Name every table of the batch, not just the first change's.
   std::vector<std::string> names;
   for (const Change* c : plan_.changes) {

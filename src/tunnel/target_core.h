@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "apply/applier.h"
+#include "apply/consistency.h"
 #include "apply/plan.h"
 #include "config/config.h"
 #include "core/stop.h"
@@ -68,6 +69,11 @@ class TargetCore {
   // if anywhere, is `partition` waiting.
   Result<bool> BarrierDone(const std::string& stream, const Position& pos);
   Result<std::optional<Position>> OpenBarrier(const std::string& stream, int32_t partition);
+  // apply_consistency = "transaction": what the target stored for the
+  // tunnel (apply/consistency.h); kRetryable while the target is down.
+  Result<apply::ConsistencyState> Consistency();
+  bool transactional() const { return options_.pipeline.transactional(); }
+  const TargetOptions& options() const { return options_; }
   // Applies the items in one transaction, retrying until it commits.
   // Returns OK once applied, Cancelled when a stop was requested first, or a
   // failure that cannot heal. While waiting to retry it calls `keepalive`

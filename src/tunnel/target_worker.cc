@@ -45,6 +45,7 @@ MemoryTargetWorker::MemoryTargetWorker(TargetOptions options, MemoryChannel* cha
                                        metrics::Metrics* metrics, const StopSource* stop)
     : TargetWorker(options, metrics, stop,
                    std::make_unique<MemorySource>(
-                       channel, static_cast<size_t>(options.pipeline.batch_max_changes), stop)) {}
+                       channel, static_cast<size_t>(options.pipeline.batch_max_changes), stop,
+                       options.pipeline.transactional())) {}
 
 }  // namespace datatunnel::tunnel

@@ -11,6 +11,8 @@
 
 #include "apply/plan.h"
 #include "apply/remap.h"
+#include "apply/tick_gate.h"
+#include "publish/envelope.h"
 
 namespace datatunnel {
 namespace {
@@ -254,6 +256,136 @@ TEST(Remap, ChunksPassThroughOnlyWhenTheColumnsLineUp) {
   packed.row.Set(0, "1\ta\textra\n");
   rows.clear();
   EXPECT_EQ(remap.Unpack(packed, &rows).code(), StatusCode::kFatal);
+}
+
+// Whole ticks (apply_consistency = "transaction"): the gate.
+
+Item TickEndItem(int64_t offset, int64_t tick) {
+  Item it;
+  it.stream = "ticks";
+  it.offset = offset;
+  it.kind = Item::Kind::kTickEnd;
+  it.change.op = Op::kMarker;
+  it.change.marker = Marker::kTickEnd;
+  it.change.pos = Position{5, tick, Position::kEndOfTick, 0};
+  return it;
+}
+
+TickEnd EndOf(int64_t tick, std::vector<TickEnd::Part> parts) {
+  TickEnd e;
+  e.end = Position{5, tick, Position::kEndOfTick, 0};
+  e.parts = std::move(parts);
+  return e;
+}
+
+std::vector<int64_t> Offsets(const std::vector<Item>& items, std::string_view stream) {
+  std::vector<int64_t> out;
+  for (const auto& it : items) {
+    if (it.stream == stream) out.push_back(it.offset);
+  }
+  return out;
+}
+
+TEST(TickGate, ReleasesATickOnlyOnceEveryListedPartitionHasIt) {
+  apply::TickGate gate;
+  gate.Start("a", 0, {});
+  gate.Start("a", 1, {});
+  gate.Add(Change1("a", 0, 10, P(7, 1)));
+  gate.Add(Change1("a", 0, 11, P(7, 3)));
+  gate.Add(Change1("a", 0, 12, P(8, 1)));  // the next tick
+  gate.AddEnd(TickEndItem(100, 7), EndOf(7, {{"a", 0, P(7, 3)}, {"a", 1, P(7, 2)}}));
+  std::vector<Item> out;
+  EXPECT_EQ(gate.Release(&out), 0u);  // partition 1 has not got there
+  EXPECT_TRUE(out.empty());
+  gate.Add(Change1("a", 1, 20, P(7, 2)));
+  EXPECT_EQ(gate.Release(&out), 1u);
+  EXPECT_EQ(Offsets(out, "a"), (std::vector<int64_t>{10, 11, 20}));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.back().kind, Item::Kind::kTickEnd);  // last, with the batch
+  EXPECT_EQ(gate.held(), 1u);                        // tick 8 waits for its record
+}
+
+TEST(TickGate, AStoredTailCountsAndAnAppliedTickCompletesAtOnce) {
+  apply::TickGate gate;
+  gate.Start("a", 0, P(9, 5));  // the target stored this: ticks up to 9 applied
+  gate.Start("a", 1, {});
+  // A restarted producer's record for tick 9 again, and its copies.
+  gate.Add(Change1("a", 1, 30, P(9, 2)));
+  gate.AddEnd(TickEndItem(101, 9), EndOf(9, {{"a", 0, P(9, 5)}, {"a", 1, P(9, 2)}}));
+  std::vector<Item> out;
+  EXPECT_EQ(gate.Release(&out), 1u);
+  EXPECT_EQ(Offsets(out, "a"), (std::vector<int64_t>{30}));
+}
+
+TEST(TickGate, APartitionIsReleasedAsAPrefixNeverPastALaterTick) {
+  apply::TickGate gate;
+  gate.Start("a", 0, {});
+  // An earlier session sent tick 4 and part of tick 5, then the producer
+  // restarted and sent tick 5 again (same positions).
+  gate.Add(Change1("a", 0, 1, P(4, 1)));
+  gate.Add(Change1("a", 0, 2, P(5, 1)));
+  gate.Add(Change1("a", 0, 3, P(4, 1)));  // out of order after a restart (a copy)
+  gate.AddEnd(TickEndItem(7, 4), EndOf(4, {{"a", 0, P(4, 1)}}));
+  std::vector<Item> out;
+  EXPECT_EQ(gate.Release(&out), 1u);
+  EXPECT_EQ(Offsets(out, "a"), (std::vector<int64_t>{1}));  // offset 3 waits behind 2
+  out.clear();
+  gate.AddEnd(TickEndItem(8, 5), EndOf(5, {{"a", 0, P(5, 1)}}));
+  EXPECT_EQ(gate.Release(&out), 1u);
+  EXPECT_EQ(Offsets(out, "a"), (std::vector<int64_t>{2, 3}));
+}
+
+TEST(TickGate, TheRecordRoundTrips) {
+  TickEnd e = EndOf(12, {{"t.x", 3, P(12, 77, 1)}, {"t.y", 0, P(11, 2, 2)}});
+  std::string value;
+  publish::EncodeTickEnd(publish::Origin("db1", "tun", "inst"), e, &value);
+  TickEnd back;
+  ASSERT_TRUE(apply::DecodeTickEnd(value, &back).ok()) << value;
+  EXPECT_EQ(back.end, e.end);
+  ASSERT_EQ(back.parts.size(), 2u);
+  EXPECT_EQ(back.parts[0].topic, "t.x");
+  EXPECT_EQ(back.parts[0].partition, 3);
+  EXPECT_EQ(back.parts[0].pos, P(12, 77, 1));
+  EXPECT_EQ(back.parts[1].pos, P(11, 2, 2));
+  EXPECT_EQ(back.tunnel, "tun");
+  EXPECT_EQ(back.install, "inst");
+  EXPECT_EQ(apply::DecodeTickEnd("{\"tick_end\": 3}", &back).code(), StatusCode::kBadData);
+  EXPECT_EQ(apply::DecodeTickEnd("not json", &back).code(), StatusCode::kBadData);
+}
+
+TEST(Plan, WholeTicksTruncateOnceAndStoreTheTick) {
+  States s;
+  Item t0 = Change1("a", 0, 5, P(3, 9), Op::kTruncate);
+  t0.broadcast_partitions = 2;
+  Item t1 = Change1("a", 1, 6, P(3, 9), Op::kTruncate);
+  t1.broadcast_partitions = 2;
+  std::vector<Item> items = {Change1("a", 0, 4, P(3, 8)), t0, t1, Change1("a", 1, 7, P(3, 10)),
+                             TickEndItem(50, 3)};
+  apply::BatchPlan plan;
+  ASSERT_TRUE(apply::PlanBatch(items, s.Fn(), &plan, /*whole_ticks=*/true).ok());
+  EXPECT_TRUE(plan.arrivals.empty());  // no barrier: every copy is here
+  ASSERT_EQ(plan.changes.size(), 3u);
+  EXPECT_EQ(plan.changes[1], &items[1].change);  // partition 0's copy
+  ASSERT_TRUE(plan.tick.has_value());
+  EXPECT_EQ(plan.tick->offset, 50);
+  EXPECT_EQ(plan.tick->end.tick, 3);
+  EXPECT_EQ(plan.advances.size(), 2u);  // the record is no partition of a table
+}
+
+TEST(Plan, WholeTicksAGapAppliesNothing) {
+  States s;
+  Item a = Change1("a", 0, 4, P(3, 8));
+  Item b = Change1("a", 1, 9, P(3, 9));
+  b.chained = true;
+  b.prev = P(2, 1);  // never read: a gap
+  std::vector<Item> items = {a, b, TickEndItem(50, 3)};
+  apply::BatchPlan plan;
+  ASSERT_TRUE(apply::PlanBatch(items, s.Fn(), &plan, /*whole_ticks=*/true).ok());
+  EXPECT_TRUE(plan.changes.empty());
+  EXPECT_FALSE(plan.tick.has_value());
+  ASSERT_EQ(plan.advances.size(), 1u);
+  EXPECT_TRUE(plan.advances[0].gap);
+  EXPECT_EQ(plan.advances[0].offset, plan.advances[0].expected_offset);
 }
 
 }  // namespace
