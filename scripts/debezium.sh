@@ -32,12 +32,14 @@
 # io.debezium.connector.postgresql.PostgresConnector (needs wal_level =
 # logical on the source). What is fetched: org.apache.kafka:connect-runtime and
 # connect-json $CONNECT_VERSION (the Kafka version Debezium $DEBEZIUM_VERSION is
-# built against; it talks to our 4.1 brokers), and, as Connect plugins,
-# io.debezium:debezium-connector-postgres $DEBEZIUM_VERSION and Debezium's JDBC
-# sink connector, io.debezium:debezium-connector-jdbc $DEBEZIUM_JDBC_VERSION
-# (3.6.1.Final of it is not served by Maven Central here: 3.6.0.Final, the
-# closest release that is, is used), each as a Connect plugin in its own
-# folder (class loader).
+# built against; it talks to our 4.1 brokers), and
+# io.debezium:debezium-connector-postgres $DEBEZIUM_VERSION as a Connect plugin
+# (its own folder and class loader). Debezium's JDBC sink connector is not
+# fetched: io.debezium:debezium-connector-jdbc 3.6.1.Final is not served by the
+# Maven Central reached here, and 3.6.0.Final, which is, cannot start without
+# org.hibernate.orm:hibernate-agroal 7.2.6.Final (NoClassDefFoundError
+# AgroalConnectionProvider when the connector is created, whatever its
+# connection.provider), which is not served either.
 #
 # Everything is cached in $DATATUNNEL_CACHE/debezium-$DEBEZIUM_VERSION (default
 # ~/.cache/datatunnel); after the first fetch nothing is downloaded. Needs java
@@ -45,7 +47,6 @@
 set -euo pipefail
 
 DEBEZIUM_VERSION=${DEBEZIUM_VERSION:-3.6.1.Final}
-DEBEZIUM_JDBC_VERSION=${DEBEZIUM_JDBC_VERSION:-3.6.0.Final}
 CONNECT_VERSION=${CONNECT_VERSION:-4.3.0}
 LOG4J_VERSION=2.24.3
 cache=${DATATUNNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datatunnel}/debezium-$DEBEZIUM_VERSION
@@ -100,13 +101,6 @@ $(dep org.apache.logging.log4j log4j-slf4j-impl "$LOG4J_VERSION")" "$cache/libs.
   copy_deps "$(dep io.debezium debezium-connector-postgres "$DEBEZIUM_VERSION")" \
     "$cache/plugins.tmp/debezium-connector-postgres" "org.apache.kafka,org.slf4j" ||
     die "could not fetch io.debezium:debezium-connector-postgres:$DEBEZIUM_VERSION with Maven (see above)"
-  # Without Hibernate's Agroal pool (hibernate-agroal 7.2.6.Final is not served here):
-  # give the sink Hibernate's built-in pool instead (connection.provider=
-  # org.hibernate.engine.jdbc.connections.internal.DriverManagerConnectionProviderImpl).
-  copy_deps "    <dependency><groupId>io.debezium</groupId><artifactId>debezium-connector-jdbc</artifactId><version>$DEBEZIUM_JDBC_VERSION</version>
-      <exclusions><exclusion><groupId>org.hibernate</groupId><artifactId>hibernate-agroal</artifactId></exclusion></exclusions></dependency>" \
-    "$cache/plugins.tmp/debezium-connector-jdbc" "org.apache.kafka,org.slf4j" ||
-    die "could not fetch io.debezium:debezium-connector-jdbc:$DEBEZIUM_JDBC_VERSION with Maven (see above)"
   rm -rf "$cache/libs" "$cache/plugins"
   mv "$cache/libs.tmp" "$cache/libs"
   mv "$cache/plugins.tmp" "$cache/plugins"
@@ -136,7 +130,7 @@ free_port() {
 worker_pid() {
   local p
   p=$(cat "$1/pid" 2>/dev/null) || return 0
-  [[ -n "$p" ]] && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF "$1/worker.properties" &&
+  [[ -n "$p" ]] && { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -qF "$1/worker.properties" &&
     echo "$p"
   return 0
 }
@@ -289,7 +283,7 @@ done
 case "$cmd" in
   fetch) fetch ;;
   cached) [[ -f "$cache/complete" ]] ;;
-  version) echo "debezium $DEBEZIUM_VERSION, debezium-connector-jdbc $DEBEZIUM_JDBC_VERSION, kafka-connect $CONNECT_VERSION" ;;
+  version) echo "debezium $DEBEZIUM_VERSION, kafka-connect $CONNECT_VERSION" ;;
   start) [[ -n "$dir" ]] || usage; cmd_start "$dir" "${rest[@]}" ;;
   status)
     [[ -n "$dir" && -f "$dir/url" ]] || die "no worker in ${dir:-?}"
