@@ -115,6 +115,38 @@ Status Install(pg::Connection& source, pg::Connection& target, const Config& con
   return Status::OK();
 }
 
+// kafka.format = "debezium": Debezium's connector is the source side, so
+// nothing is installed on the source. The target is set up from the source
+// tables' definitions (only read) and the tunnel is bound to Debezium's
+// topics rather than to a source installation.
+Status InstallForDebezium(pg::Connection& source, pg::Connection& target, const Config& config,
+                          const std::vector<TableSpec>& specs, bool* changed) {
+  auto types_read = capture::UserTypes(source, specs);
+  if (!types_read.ok()) return types_read.status().WithContext("reading the source's types");
+  std::vector<apply::TypeToCreate> create;
+  for (const auto& t : *types_read) create.push_back({t.name, t.schema, t.ddl});
+  auto check = apply::CheckTarget(target, specs);
+  if (!check.ok()) return check.status().WithContext("checking the target");
+  for (const auto& w : check->warnings) Warn(w);
+  if (!check->errors.empty()) {
+    for (size_t i = 0; i + 1 < check->errors.size(); ++i) Fail(Status::BadConfig(check->errors[i]));
+    return Status::BadConfig(check->errors.back() + " (init changed nothing)");
+  }
+  auto actions = apply::Install(target, specs, create);
+  if (!actions.ok()) return actions.status().WithContext("init on the target");
+  for (const auto& a : *actions) fmt::print("target: {}\n", a);
+  auto bound = apply::BindTunnel(target, config.tunnel.name, "debezium");
+  if (!bound.ok()) return bound.status().WithContext("init on the target");
+  if (!bound->empty()) fmt::print("target: {}\n", *bound);
+  fmt::print(
+      "tunnel \"{}\": `datatunnel consume` applies Debezium's topics {}.<schema>.<table> as "
+      "consumer group {}; nothing was installed on the source (Debezium's connector captures "
+      "it)\n",
+      config.tunnel.name, config.kafka.topic_prefix, config.kafka.group_id);
+  *changed = !actions->empty() || !bound->empty();
+  return Status::OK();
+}
+
 void PrintGrants(const std::vector<TableSpec>& specs, const std::string& role,
                  const pg::Connection& target) {
   fmt::print("\n-- On the source, for runtime role {} (produce):\n", role);
@@ -137,6 +169,15 @@ int RunInit(const Globals& g, const InitOptions& o) {
   auto specs = capture::DescribeSourceTables(source, config.tables, &warnings);
   if (!specs.ok()) return Fail(specs.status());
   for (const auto& w : warnings) Warn(w);
+  if (config.kafka.debezium()) {
+    bool changed = false;
+    if (Status st = InstallForDebezium(source, target, config, *specs, &changed); !st.ok()) {
+      return Fail(st);
+    }
+    if (!changed)
+      fmt::print("nothing to do: the target is up to date for {} table(s)\n", specs->size());
+    return kExitOk;
+  }
   if (o.print_sql) {
     PrintSql(source, target, *specs);
     return kExitOk;

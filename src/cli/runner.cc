@@ -234,6 +234,12 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
         "produce and consume need a Kafka broker: set kafka.brokers (or --brokers); without a "
         "broker, use `datatunnel run`, which then hands changes over in memory"));
   }
+  if (config.kafka.debezium() && (plan.source || memory)) {
+    return Fail(Status::BadConfig(
+        "kafka.format = \"debezium\": Debezium's connector is the source side, so only "
+        "`datatunnel consume` runs, with kafka.brokers set (`datatunnel init` sets up the "
+        "target)"));
+  }
   if (Status st = CheckOnlyTables(config, plan); !st.ok()) return Fail(st);
   if (!memory) {
     if (Status st = broker::CheckReachable(config.kafka, 10000); !st.ok()) return Fail(st);

@@ -164,6 +164,17 @@ std::vector<Setting> Settings() {
                  c.kafka.topic_prefix = v;
                  return Status::OK();
                }});
+  s.push_back({"kafka", "format", [](Config& c, const std::string& v) {
+                 if (v == "datatunnel") {
+                   c.kafka.format = KafkaConfig::Format::kDatatunnel;
+                 } else if (v == "debezium") {
+                   c.kafka.format = KafkaConfig::Format::kDebezium;
+                 } else {
+                   return Status::BadConfig(fmt::format(
+                       "kafka.format: expected \"datatunnel\" or \"debezium\", got \"{}\"", v));
+                 }
+                 return Status::OK();
+               }});
   s.push_back({"metrics", "listen", [](Config& c, const std::string& v) {
                  c.metrics.listen = v;
                  return Status::OK();
@@ -478,6 +489,17 @@ Status Validate(Config* c) {
       return Status::BadConfig(
           "cannot derive a tunnel name: source.dsn names no database; set [tunnel] name = "
           "\"...\" (1 to 63 of a-z A-Z 0-9 _ -)");
+    }
+  }
+  if (c->kafka.debezium() && c->kafka.topic_prefix.empty()) {
+    for (const auto& t : c->tables) {
+      if (t.topic.empty()) {
+        return Status::BadConfig(fmt::format(
+            "kafka.format = \"debezium\" needs kafka.topic_prefix: set it to the Debezium "
+            "connector's topic.prefix (its topics are <topic.prefix>.<schema>.<table>), or give "
+            "table {} its topic (line {})",
+            t.source.ToString(), t.line));
+      }
     }
   }
   // A tunnel's topics and group are its own unless set explicitly, so several

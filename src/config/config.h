@@ -40,7 +40,13 @@ struct KafkaConfig {
   std::map<std::string, std::string> properties;
   std::map<std::string, std::string> producer_properties;
   std::map<std::string, std::string> consumer_properties;
+  // What the topics hold. kDatatunnel: our envelope, written by `produce`.
+  // kDebezium: change events of Debezium's PostgreSQL connector (JSON, with
+  // or without schemas); only `consume` runs, topic_prefix is the
+  // connector's topic.prefix (docs/debezium.md).
+  enum class Format { kDatatunnel, kDebezium } format = Format::kDatatunnel;
 
+  bool debezium() const { return format == Format::kDebezium; }
   bool none() const { return brokers.empty() || brokers == "none"; }
   // The tunnel's control topic (one partition is used): an end-of-tick
   // record per tick with changes when pipeline.apply_consistency is

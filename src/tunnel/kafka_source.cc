@@ -38,6 +38,9 @@ Status KafkaSource::Open(TargetCore* core) {
                                      [this] { return stop_->stop_requested(); }, whole_ticks()));
   decoder_ = std::make_unique<apply::EnvelopeDecoder>(&core_->targets());
   decoder_->ExpectOrigin(options_.tunnel, core_->source_install());
+  if (options_.kafka.debezium()) {
+    debezium_ = std::make_unique<apply::DebeziumDecoder>(&core_->targets());
+  }
   spdlog::info("consumer: applying {} topic(s) to the target as group \"{}\"", topics.size(),
                options_.kafka.group_id);
   return Status::OK();
@@ -284,6 +287,7 @@ Status KafkaSource::ToItem(const broker::Message& m, int table, apply::Item* ite
     return Status::OK();
   }
   const auto t = static_cast<uint32_t>(table);
+  if (debezium_) return DebeziumItem(m, t, item);
   Status dst = Decode(v, t, item);
   if (dst.code() == StatusCode::kBadConfig) return dst;  // nothing of this batch is applied
   item->broadcast_partitions = decoder_->broadcast_partitions();

@@ -11,6 +11,10 @@
 //   - a TRUNCATE sent to every partition cuts its partition's input: what
 //     follows waits, its partition paused, until every partition got there
 //     (the barrier, apply/install.h), then is fetched again.
+// With kafka.format = "debezium" the topics hold Debezium's change events
+// (apply::DebeziumDecoder, kafka_source_debezium.cc): no chain, tunnel or
+// installation to check; each message's position is its offset, and an
+// event of another source table than the topic's stops the worker.
 // The group's committed offsets are only a hint for Kafka's lag tools
 // (positions live in the target).
 //
@@ -35,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "apply/debezium_decoder.h"
 #include "apply/decoder.h"
 #include "apply/tick_gate.h"
 #include "broker/kafka.h"
@@ -65,6 +70,8 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   // Decodes `m` for table `table` into *item, looking again at the target's
   // columns and the tunnel's binding before refusing it.
   Status Decode(const InboundMessage& v, uint32_t table, apply::Item* item);
+  // ToItem for a topic of Debezium's (kafka.format = "debezium").
+  Status DebeziumItem(const broker::Message& m, uint32_t table, apply::Item* item);
   Status DeadLetter(const broker::Message& m, const Status& why);
   Status CheckBarriers();
   // Next() by key: every message polled, cut at TRUNCATE barriers.
@@ -86,6 +93,7 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   TargetCore* core_ = nullptr;
   std::unique_ptr<broker::Consumer> consumer_;
   std::unique_ptr<apply::EnvelopeDecoder> decoder_;
+  std::unique_ptr<apply::DebeziumDecoder> debezium_;  // kafka.format = "debezium" only
   std::vector<broker::Message> msgs_;
   std::unique_ptr<broker::Producer> dlq_;
   std::vector<broker::Message> carry_;              // polled during a keepalive, applied next

@@ -162,6 +162,24 @@ TEST(Config, TopicPrefixNamesDefaultTopics) {
   std::remove(f.c_str());
 }
 
+// kafka.format = "debezium": the topics are the connector's,
+// <topic.prefix>.<schema>.<table>, so the prefix must be given.
+TEST(Config, DebeziumFormatNeedsTheConnectorsPrefix) {
+  auto c = LoadConfig("", {}, {"kafka.format=debezium", "kafka.topic_prefix=dbserver1"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->kafka.debezium());
+  EXPECT_EQ(c->tables[0].topic, "dbserver1.public.employees");
+  c = LoadConfig("", {}, {"kafka.format=debezium"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("topic.prefix"), std::string::npos) << c.status().message();
+  c = LoadConfig("", {}, {"kafka.format=avro"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("\"debezium\""), std::string::npos) << c.status().message();
+  c = LoadConfig("", {}, {});
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->kafka.debezium());
+}
+
 TEST(Config, MisspeltNamesGetAHint) {
   EXPECT_EQ(DidYouMean("stauts", {"status", "snapshot", "run"}), " (did you mean \"status\"?)");
   EXPECT_EQ(DidYouMean("xyz", {"status", "snapshot", "run"}), "");
