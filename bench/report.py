@@ -529,11 +529,12 @@ def main():
             one, many = cases[0], cases[-1]
             for metric, what in (("idle_ticks_per_10s", "idle source CPU"),
                                  ("p50_ms", "latency p50 at 1,000/s")):
-                a = r.median("many", one, "none", metric)
-                b = r.median("many", many, "none", metric)
-                if a is not None and b is not None and a > 0:
+                base = r.median("many", one, "none", metric)
+                big = r.median("many", many, "none", metric)
+                if base is not None and big is not None and base > 0:
                     targets.append((f"many tables: {what}, {many} tables ≤ 1.5× {one} table",
-                                    f"{b:.1f} vs {a:.1f} = {b / a:.2f}×", b <= 1.5 * a))
+                                    f"{big:.1f} vs {base:.1f} = {big / base:.2f}×",
+                                    big <= 1.5 * base))
         add("")
 
     # ---- memory
