@@ -317,7 +317,8 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
       std::string("INSERT INTO datatunnel.ticks (tunnel, tick, snapshot, change_seq) "
                   "VALUES ($2, $1, pg_catalog.txid_current_snapshot(), ") +
           kChangeSeq +
-          ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq",
+          ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, "
+          "pg_catalog.txid_current()",
       {std::to_string(number), tunnel_});
   if (!r.ok()) {
     conn_->RollbackQuietly();
@@ -327,7 +328,7 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
     conn_->RollbackQuietly();
     return TickTaken(number);
   }
-  Tick tick{number, std::string(r->Get(0, 0)), r->GetInt64(0, 1)};
+  Tick tick{number, std::string(r->Get(0, 0)), r->GetInt64(0, 1), r->GetInt64(0, 2)};
   Remember(tick);
   return tick;
 }
@@ -348,7 +349,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
                    "VALUES ($2, $1, pg_catalog.txid_current_snapshot(), ") +
            kChangeSeq +
            ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, (" +
-           check_sql + ")",
+           check_sql + "), pg_catalog.txid_current()",
        {arena.Keep(std::to_string(number)), tunnel_}});
   if (!reads.empty()) stmts.push_back({kChangeIdOrder, {}});
   const size_t first_read = stmts.size();
@@ -371,7 +372,8 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   }
   if (results.size() != stmts.size() || results[1].rows() != 1) return TickTaken(number);
   *check = std::string(results[1].Get(0, 2));
-  Tick tick{number, std::string(results[1].Get(0, 0)), results[1].GetInt64(0, 1)};
+  Tick tick{number, std::string(results[1].Get(0, 0)), results[1].GetInt64(0, 1),
+            results[1].GetInt64(0, 3)};
   Remember(tick);
   if (probing) {
     DT_RETURN_IF_ERROR(ReadProbed(results[first_read + 1].Get(0, 0), lo, tick, epoch, reads));
@@ -385,15 +387,27 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
 }
 
 Result<bool> ChangeLog::ChangedSince(const Tick& last) {
+  // Transactions that began after `last` and committed: xids from its xmax
+  // up to the current xmax (at most 10,000 of them: more, and a tick is due
+  // anyway), other than `last`'s own.
   DT_ASSIGN_OR_RETURN(
-      auto r, conn_->Query(std::string("SELECT EXISTS (SELECT 1 FROM "
-                                       "pg_catalog.txid_snapshot_xip($1::txid_snapshot) x WHERE "
-                                       "pg_catalog.txid_visible_in_snapshot(x, "
-                                       "pg_catalog.txid_current_snapshot())), ") +
-                               kChangeSeq,
-                           {last.snapshot}));
-  const int64_t newest = r.GetInt64(0, 1);
-  const bool changed = r.GetBool(0, 0) || newest != newest_seq_;
+      auto r,
+      conn_->Query(
+          std::string(
+              "SELECT EXISTS (SELECT 1 FROM pg_catalog.txid_snapshot_xip($1::txid_snapshot) "
+              "x WHERE pg_catalog.txid_visible_in_snapshot(x, "
+              "pg_catalog.txid_current_snapshot())), "
+              "EXISTS (SELECT 1 FROM pg_catalog.generate_series("
+              "pg_catalog.txid_snapshot_xmax($1::txid_snapshot), LEAST("
+              "pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) - 1, "
+              "pg_catalog.txid_snapshot_xmax($1::txid_snapshot) + 10000)) x "
+              "WHERE x <> $2::bigint AND pg_catalog.txid_visible_in_snapshot(x, "
+              "pg_catalog.txid_current_snapshot())), ") +
+              kChangeSeq,
+          {last.snapshot, std::to_string(last.xid)}));
+  const int64_t newest = r.GetInt64(0, 2);
+  const int64_t since = last.change_seq >= 0 ? last.change_seq : newest_seq_;
+  const bool changed = r.GetBool(0, 0) || (newest != since && r.GetBool(0, 1));
   newest_seq_ = newest;
   return changed;
 }

@@ -46,6 +46,8 @@ struct Tick {
   // datatunnel.change_id_seq as the tick read it, after taking its snapshot
   // and before taking its xid; -1 when unknown (a tick of an earlier version).
   int64_t change_seq = -1;
+  // The xid of the transaction that recorded it; 0 when unknown.
+  int64_t xid = 0;
 };
 
 struct TableProgress {
@@ -129,12 +131,14 @@ class ChangeLog {
   Status ReadFirst(const Tick& lo, const Tick& hi, int64_t epoch, std::vector<TickRead>* reads);
   static constexpr size_t kProbeAbove = 4;
 
-  // Whether a tick now could find changes that tick `last` did not: the
-  // shared change_id sequence (every change table draws from it) moved
-  // since the previous call, or a transaction in progress at `last` has
-  // ended. One read of the sequence, whatever the number of tables, and no
-  // write: cheap enough to run every few milliseconds, unlike NOTIFY,
-  // which serialises every committing writer.
+  // Whether a tick now could find changes that tick `last` did not: a
+  // transaction in progress at `last` has ended, or the shared change_id
+  // sequence (every change table draws from it) moved since `last` and a
+  // transaction that began after `last` (not `last`'s own) has committed
+  // since: a writer's ids are taken before it commits, and a tick before
+  // the commit would not see them. One read of the sequence, whatever the
+  // number of tables, and no write: cheap enough to run every few
+  // milliseconds, unlike NOTIFY, which serialises every committing writer.
   Result<bool> ChangedSince(const Tick& last);
 
   // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]

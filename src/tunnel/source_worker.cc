@@ -468,7 +468,9 @@ Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record)
 
 Status SourceWorker::RecordProgress(Session& s, bool all) {
   s.last_record_us = MonotonicMicros();
-  DT_ASSIGN_OR_RETURN(bool recorded, s.book.Record(*s.log, all));
+  // While a snapshot runs, every table's progress is recorded at once: its
+  // chunks are recorded only with the progress before them.
+  DT_ASSIGN_OR_RETURN(bool recorded, s.book.Record(*s.log, all || s.snaps->running()));
   if (!recorded) return Status::OK();
   // Chunks only after the changes before them are recorded.
   DT_ASSIGN_OR_RETURN(auto ended, s.snaps->Record(*s.conn));
