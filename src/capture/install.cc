@@ -158,11 +158,13 @@ Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
                              "(SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = "
                              "pg_catalog.to_regclass(format('%I.%I', schema_name, change_table)) "
                              "AND attname = 'dt$change_id'), EXISTS (SELECT 1 FROM "
-                             "pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON "
-                             "a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = "
-                             "pg_catalog.to_regclass(format('%I.%I', schema_name, change_table)) "
-                             "AND a.attname = 'dt$change_id' AND pg_catalog.pg_get_expr(d.adbin, "
-                             "d.adrelid) LIKE '%datatunnel.change_id_seq%') "
+                             // The default's dependency on the shared sequence
+                             // (pg_get_expr would lock every table it reads).
+                             "pg_catalog.pg_attrdef d JOIN pg_catalog.pg_depend p ON p.classid = "
+                             "'pg_catalog.pg_attrdef'::regclass AND p.objid = d.oid AND "
+                             "p.refclassid = 'pg_catalog.pg_class'::regclass AND p.refobjid = "
+                             "pg_catalog.to_regclass('datatunnel.change_id_seq') WHERE d.adrelid = "
+                             "pg_catalog.to_regclass(format('%I.%I', schema_name, change_table))) "
                              "FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
                              {t.source.schema, t.source.name}));
     if (r.rows() == 0) {
