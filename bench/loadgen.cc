@@ -10,6 +10,9 @@
 //       written row carries a unique version in last_name ('v<seq>'); the
 //       client clock (CLOCK_REALTIME) is read right after each COMMIT returns.
 //       Writes one line per change: emp_id,version,op,commit_us.
+//       With --tables N, the changes are spread over tables emp_1 .. emp_N
+//       (bench/run.sh's "many" scenario; emp_id unique across them): row i
+//       of the preload lives in emp_<1 + i % N>, a new row in a random one.
 //   loadgen burst   --dsn DB1 --changes N [--writers W] [--txn K] --preload P --out COMMITS
 //       N changes as fast as the source takes them, K per transaction, on
 //       distinct rows (updates and deletes each take a preloaded row never
@@ -155,21 +158,30 @@ int Steady(const Args& a) {
   const std::string out = a.Get("out");
   const uint64_t seed = static_cast<uint64_t>(a.Int("seed", 42));
   const int64_t total = static_cast<int64_t>(rate * seconds);
+  const int tables = static_cast<int>(a.Int("tables", 0));  // 0: table employees
+  auto table_name = [&](int k) {
+    return tables == 0 ? std::string("employees") : "emp_" + std::to_string(k + 1);
+  };
+  auto stmt = [](const char* op, int k) { return std::string(op) + std::to_string(k); };
 
   std::vector<PGconn*> conns;
   for (int w = 0; w < writers; ++w) {
     PGconn* c = Connect(dsn);
-    const char* prep[][2] = {
-        {"ins",
-         "INSERT INTO employees (first_name, last_name, dob, city) VALUES ($1, $2, $3, $4) "
-         "RETURNING emp_id"},
-        {"upd", "UPDATE employees SET last_name = $1, city = $2 WHERE emp_id = $3"},
-        {"del", "DELETE FROM employees WHERE emp_id = $1"},
-    };
-    for (auto& p : prep) {
-      PGresult* r = PQprepare(c, p[0], p[1], 0, nullptr);
-      if (PQresultStatus(r) != PGRES_COMMAND_OK) Die(std::string("prepare: ") + PQerrorMessage(c));
-      PQclear(r);
+    for (int k = 0; k < std::max(tables, 1); ++k) {
+      const std::string t = table_name(k);
+      const std::string prep[][2] = {
+          {stmt("ins", k), "INSERT INTO " + t +
+                               " (first_name, last_name, dob, city) VALUES ($1, $2, $3, $4) "
+                               "RETURNING emp_id"},
+          {stmt("upd", k), "UPDATE " + t + " SET last_name = $1, city = $2 WHERE emp_id = $3"},
+          {stmt("del", k), "DELETE FROM " + t + " WHERE emp_id = $1"},
+      };
+      for (auto& p : prep) {
+        PGresult* r = PQprepare(c, p[0].c_str(), p[1].c_str(), 0, nullptr);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+          Die(std::string("prepare: ") + PQerrorMessage(c));
+        PQclear(r);
+      }
     }
     conns.push_back(c);
   }
@@ -194,6 +206,13 @@ int Steady(const Args& a) {
     std::shuffle(deletable.begin(), deletable.end(), rng);
     alive = deletable;
     std::unordered_set<int64_t> deleted;
+    // The table of each row this writer inserted (the preload's: id % tables).
+    std::unordered_map<int64_t, int> table_of;
+    auto table_index = [&](int64_t id) {
+      if (tables <= 1) return 0;
+      auto it = table_of.find(id);
+      return it != table_of.end() ? it->second : static_cast<int>(id % tables);
+    };
     auto& out = recs[w];
     out.reserve(static_cast<size_t>(total / writers + 16));
     char v1[32], v2[64], v3[32];
@@ -230,23 +249,25 @@ int Steady(const Args& a) {
                       static_cast<int>(rng() % 12 + 1), static_cast<int>(rng() % 28 + 1));
         const char* p[4] = {kFirst[rng() % std::size(kFirst)], v1, v3,
                             kCity[rng() % std::size(kCity)]};
-        r = PQexecPrepared(c, "ins", 4, p, nullptr, nullptr, 0);
+        const int k = tables <= 1 ? 0 : static_cast<int>(rng() % tables);
+        r = PQexecPrepared(c, stmt("ins", k).c_str(), 4, p, nullptr, nullptr, 0);
         if (PQresultStatus(r) == PGRES_TUPLES_OK) {
           id = std::strtoll(PQgetvalue(r, 0, 0), nullptr, 10);
           alive.push_back(id);
+          if (tables > 1) table_of[id] = k;
         }
       } else if (op == 'U') {
         std::snprintf(v2, sizeof v2, "%s", kCity[rng() % std::size(kCity)]);
         std::snprintf(v3, sizeof v3, "%lld", static_cast<long long>(id));
         const char* p[3] = {v1, v2, v3};
-        r = PQexecPrepared(c, "upd", 3, p, nullptr, nullptr, 0);
+        r = PQexecPrepared(c, stmt("upd", table_index(id)).c_str(), 3, p, nullptr, nullptr, 0);
       } else {
         id = deletable.back();
         deletable.pop_back();
         deleted.insert(id);
         std::snprintf(v3, sizeof v3, "%lld", static_cast<long long>(id));
         const char* p[1] = {v3};
-        r = PQexecPrepared(c, "del", 1, p, nullptr, nullptr, 0);
+        r = PQexecPrepared(c, stmt("del", table_index(id)).c_str(), 1, p, nullptr, nullptr, 0);
       }
       const int64_t committed = NowUs();
       const auto st = PQresultStatus(r);

@@ -521,6 +521,40 @@ def main():
                                     "without capture", f"{off / on:.2f}×", off >= 0.7 * on))
             add("")
 
+    # ---- many tables
+    if r.cases("many"):
+        add("## 6. Many tables")
+        add("")
+        add(f"One tunnel (`run --broker none`) over 1 table and over {meta.get('many_tables')} "
+            "tables, all chosen by one `[[tables]]` pattern (`public.emp_*`), "
+            f"{meta.get('many_preload')} rows spread over them. Idle: the CPU of the tunnel's "
+            "source backends (utime + stime from /proc, in ticks of 10 ms) over "
+            f"{meta.get('many_idle_seconds')} s with nothing written, per 10 s. Then "
+            f"{meta.get('many_rate')} changes/s for {meta.get('many_lat_seconds')} s spread "
+            "over the tables (`loadgen steady --tables N`): latency as in section 1, and the "
+            "source backends' CPU meanwhile.")
+        add("")
+        add("| tables | idle source CPU, ticks per 10 s | latency p50 ms | p90 ms | p99 ms | "
+            "not arrived | source CPU under load, % of a core |")
+        add("|---|---|---|---|---|---|---|")
+        cases = sorted(r.cases("many"), key=lambda c: int(c))
+        for case in cases:
+            add(f"| {case} | {cell(r, 'many', case, 'none', 'idle_ticks_per_10s')} | "
+                f"{cell(r, 'many', case, 'none', 'p50_ms')} | {cell(r, 'many', case, 'none', 'p90_ms')} | "
+                f"{cell(r, 'many', case, 'none', 'p99_ms')} | {cell(r, 'many', case, 'none', 'missing')} | "
+                f"{cell(r, 'many', case, 'none', 'load_cpu_pct')} |")
+        if len(cases) >= 2:
+            one, many = cases[0], cases[-1]
+            for metric, what in (("idle_ticks_per_10s", "idle source CPU"),
+                                 ("p50_ms", "latency p50 at 1,000/s")):
+                base = r.median("many", one, "none", metric)
+                big = r.median("many", many, "none", metric)
+                if base is not None and big is not None and base > 0:
+                    targets.append((f"many tables: {what}, {many} tables ≤ 1.5× {one} table",
+                                    f"{big:.1f} vs {base:.1f} = {big / base:.2f}×",
+                                    big <= 1.5 * base))
+        add("")
+
     # ---- memory
     mem_rows = []
     for (s, c, v, m), vals in sorted(r.values.items()):

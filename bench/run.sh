@@ -7,7 +7,7 @@
 #   bench/run.sh [--quick] [--only S,...] [--variants V,...] [--runs N] [--name NAME]
 #
 #   --quick        small sizes, one run each: everything in a few minutes
-#   --only         scenarios: source,latency,burst,backlog,snapshot (default: all)
+#   --only         scenarios: source,latency,burst,backlog,snapshot,many (default: all)
 #   --variants     kafka (run through the Kafka broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
 #                  ref (logical replication; for the snapshot also the COPY pipe),
@@ -37,7 +37,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 QUICK=0
-ONLY="source,latency,burst,backlog,snapshot"
+ONLY="source,latency,burst,backlog,snapshot,many"
 VARIANTS="kafka,none,ref"
 RUNS=""
 NAME=""
@@ -91,6 +91,10 @@ else
   NAME=${NAME:-$(date +%F)}
 fi
 BURST_WRITERS=8; BURST_TXN=10
+# many: one tunnel over 1 and over MANY_TABLES tables (BENCH_MANY_TABLES, 500).
+MANY_TABLES=${BENCH_MANY_TABLES:-500}
+if [[ $QUICK == 1 ]]; then MANY_IDLE=5; MANY_LAT=5; else MANY_IDLE=10; MANY_LAT=20; fi
+MANY_RATE=1000; MANY_PRELOAD=50000
 SRC_CLIENTS=8; SRC_ROWS=100000
 
 has() { [[ ",$1," == *",$2,"* ]]; }
@@ -704,6 +708,83 @@ scenario_source() {
   q1 b1 "SELECT count(*) FROM employees_cdc" >"$OUT/source-cdc-rows"
 }
 
+# many: whole schemas. Templates tpl_m_<n>: tables emp_1 .. emp_<n> (the
+# brief's columns, emp_id a primary key drawn from one sequence, so ids are
+# unique across tables), MANY_PRELOAD rows spread over them (row i in
+# emp_<1 + i % n>); one [[tables]] pattern selects them all.
+ensure_many_template() {
+  local n=$1 db="tpl_m_$1"
+  [[ $(q1 postgres "SELECT count(*) FROM pg_database WHERE datname = '$db'") == 1 ]] && return 0
+  log "building template $db on server 1"
+  q1 postgres "CREATE DATABASE $db"
+  q1 "$db" "CREATE SEQUENCE emp_ids"
+  q1 "$db" "DO \$\$ BEGIN FOR k IN 1..$n LOOP EXECUTE format('CREATE TABLE emp_%s (emp_id int PRIMARY KEY DEFAULT nextval(''emp_ids''), first_name varchar(100), last_name varchar(100), dob date, city varchar(100))', k); END LOOP; END \$\$"
+  q1 "$db" "DO \$\$ BEGIN FOR k IN 1..$n LOOP EXECUTE format('INSERT INTO emp_%s SELECT i, ''Ada'', ''v0'', DATE ''1960-01-01'' + mod(i, 15000), ''Oslo'' FROM generate_series(%s, $MANY_PRELOAD, $n) i WHERE i >= 1', k, k - 1); END LOOP; END \$\$"
+  q1 "$db" "SELECT setval('emp_ids', $MANY_PRELOAD)" >/dev/null
+  q1 "$db" "VACUUM ANALYZE"
+  q1 postgres "CHECKPOINT"
+}
+
+# The CPU ticks (utime + stime, 1/CLK_TCK s) used so far by the source
+# backends of the tunnel's sessions (application_name datatunnel:b1).
+source_backend_ticks() {
+  local pids total=0 p
+  pids=$(q1 b1 "SELECT pid FROM pg_stat_activity WHERE application_name = 'datatunnel:b1'")
+  for p in $pids; do
+    [[ -r /proc/$p/stat ]] || continue
+    total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+# One tunnel (run --broker none) over 1, then over MANY_TABLES tables, all
+# chosen by one pattern: the source's CPU for the tunnel's sessions while
+# nothing is written, then the latency of MANY_RATE changes/s spread over the
+# tables (and the source's CPU meanwhile).
+scenario_many() {
+  local run n
+  for run in $(seq 1 "$RUNS"); do
+    for n in 1 "$MANY_TABLES"; do
+      log "many: $n table(s), run $run"
+      rm -f "$RUN"/*
+      fresh_dbs "tpl_m_$n" tpl_t_0
+      printf '[source]\ndsn = "%s"\n[target]\ndsn = "%s"\n[kafka]\nbrokers = "none"\n[[tables]]\nsource = "public.emp_*"\n' \
+        "$DSN1" "$DSN2" >"$RUN/datatunnel.toml"
+      dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(tail -3 "$RUN/init.log")"
+      dt snapshot --broker none >"$RUN/snapshot.log" 2>&1 || die "datatunnel snapshot: $(tail -3 "$RUN/snapshot.log")"
+      # The latency probe on every target table.
+      fs 2 b2 -f bench/sql/target_log.sql
+      q2 b2 "DO \$\$ BEGIN FOR k IN 1..$n LOOP EXECUTE format('CREATE CONSTRAINT TRIGGER bench_log AFTER INSERT OR UPDATE OR DELETE ON emp_%s DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bench_log_fn(); ALTER TABLE emp_%s ENABLE ALWAYS TRIGGER bench_log', k, k); END LOOP; END \$\$"
+      start_tunnel none
+      local id
+      id=$(q1 b1 "INSERT INTO emp_1 (first_name, last_name) VALUES ('probe', 'probe') RETURNING emp_id")
+      for _ in $(seq 1 1200); do
+        [[ $(q2 b2 "SELECT count(*) FROM emp_1 WHERE emp_id = $id") == 1 ]] && break
+        sleep 0.05
+      done
+      sleep 2
+      emit many "$n" none "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+      local t0 t1 idle out h
+      t0=$(source_backend_ticks); sleep "$MANY_IDLE"; t1=$(source_backend_ticks)
+      idle=$(awk -v a="$t0" -v b="$t1" -v s="$MANY_IDLE" 'BEGIN{printf "%.1f", (b - a) * 10 / s}')
+      emit many "$n" none "$run" idle_ticks_per_10s "$idle"
+      q2 b2 "TRUNCATE bench_log"
+      t0=$(source_backend_ticks)
+      out=$("$LOADGEN" steady --dsn "$DSN1" --rate "$MANY_RATE" --seconds "$MANY_LAT" --preload "$MANY_PRELOAD" \
+        --tables "$n" --seed "$run" --out "$RUN/changes.csv")
+      t1=$(source_backend_ticks)
+      emit many "$n" none "$run" load_cpu_pct "$(awk -v a="$t0" -v b="$t1" -v s="$MANY_LAT" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b - a) * 100 / hz / s}')"
+      emit many "$n" none "$run" achieved_rate "$(kv achieved_rate "$out")"
+      h=$("$LOADGEN" harvest --dsn "$DSN2" --changes "$RUN/changes.csv" --timeout 120 \
+        --out "$OUT/many-$n-$run.txt") || log "many $n: not every change arrived: $h"
+      for m in p50_ms p90_ms p99_ms max_ms missing; do emit many "$n" none "$run" "$m" "$(kv "$m" "$h")"; done
+      log "  $n table(s): idle source CPU $idle ticks/10 s; $(kv achieved_rate "$out")/s: $h"
+      stop_tunnel many "$n" none "$run"
+      save_logs "many-$n-$run"
+    done
+  done
+}
+
 # ---- main ---------------------------------------------------------------------
 
 STREAM_VARIANTS=""
@@ -731,16 +812,18 @@ has "$ONLY" latency && need_rows+=("t:$LAT_PRELOAD" "r:$LAT_PRELOAD")
 has "$ONLY" burst && need_rows+=("t:$BURST_PRELOAD" "r:$BURST_PRELOAD")
 has "$ONLY" backlog && need_rows+=("t:$BACKLOG_PRELOAD" "r:$BACKLOG_PRELOAD")
 has "$ONLY" snapshot && need_rows+=("t:$SNAP_ROWS" "r:$SNAP_ROWS" "t2:0" "r2:0")
+has "$ONLY" many && need_rows+=("t2:0" "m:1" "m:$MANY_TABLES")
 for spec in $(printf '%s\n' "${need_rows[@]}" | sort -u); do
   flavor=${spec%%:*} rows=${spec#*:}
   case "$flavor" in
     t|r) ensure_template 1 "$flavor" "$rows"; ensure_template 2 "$flavor" "$rows" ;;
     t2) ensure_template 2 t "$rows" ;;
     r2) ensure_template 2 r "$rows" ;;
+    m) ensure_many_template "$rows" ;;
   esac
 done
 
-for sc in source latency burst backlog snapshot; do
+for sc in source latency burst backlog snapshot many; do
   if has "$ONLY" "$sc"; then
     t=$(date +%s)
     "scenario_$sc"
@@ -773,6 +856,11 @@ src_pairs=$SRC_PAIRS
 src_clients=$SRC_CLIENTS
 src_rows=$SRC_ROWS
 src_bulk=$SRC_BULK
+many_tables=$MANY_TABLES
+many_idle_seconds=$MANY_IDLE
+many_lat_seconds=$MANY_LAT
+many_rate=$MANY_RATE
+many_preload=$MANY_PRELOAD
 duration_s=$((BENCH_END - BENCH_START))
 git=${BENCH_GIT_REV:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 version=$("$DT" --version 2>/dev/null | head -1)

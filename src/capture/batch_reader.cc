@@ -14,6 +14,9 @@ BatchReader::BatchReader(const Tick& lo, const Tick& hi, std::vector<ChangeLog::
   for (size_t t = 0; t < n; ++t) {
     bool done = false;
     after_[t] = book.ResumeAfter(t, hi_.number, &done);
+    // The probe found nothing of the table in the batch: nothing after any
+    // point either.
+    if (!reads_.empty() && reads_[t].empty) done = true;
     done_[t] = done;
     if (done || after_[t] != 0) prefetched_[t] = false;  // read from 0: not what's wanted
   }

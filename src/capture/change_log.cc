@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 
 #include "capture/install.h"
 
@@ -52,12 +54,15 @@ Result<std::vector<TableProgress>> ChangeLog::LoadProgress() {
 }
 
 Result<std::vector<Tick>> ChangeLog::LoadTicks(int64_t from, int limit) {
-  DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT tick, snapshot::text FROM datatunnel.ticks "
-                                           "WHERE tunnel = $3 AND tick >= $1 ORDER BY tick "
-                                           "LIMIT $2",
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query("SELECT tick, snapshot::text, COALESCE(change_seq, -1) "
+                                           "FROM datatunnel.ticks WHERE tunnel = $3 AND tick >= $1 "
+                                           "ORDER BY tick LIMIT $2",
                                            {std::to_string(from), std::to_string(limit), tunnel_}));
   std::vector<Tick> out;
-  for (int i = 0; i < r.rows(); ++i) out.push_back({r.GetInt64(i, 0), std::string(r.Get(i, 1))});
+  for (int i = 0; i < r.rows(); ++i) {
+    out.push_back({r.GetInt64(i, 0), std::string(r.Get(i, 1)), r.GetInt64(i, 2)});
+    Remember(out.back());
+  }
   return out;
 }
 
@@ -163,7 +168,140 @@ constexpr const char* kChangeIdOrder =
     "SELECT pg_catalog.set_config('enable_seqscan', 'off', true), "
     "pg_catalog.set_config('enable_bitmapscan', 'off', true)";
 
+// The shared sequence's last id given out (0: none yet). Read in the tick's
+// INSERT, before the transaction takes its xid (at the row's insertion).
+constexpr const char* kChangeSeq =
+    "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM datatunnel.change_id_seq)";
+
+// The name of the probe statement prepared on the producer's connection.
+constexpr const char* kProbeStatement = "datatunnel_probe";
+
+// The xmin (or, with `xmax`, the xmax) of a txid_snapshot's text.
+int64_t SnapshotBound(std::string_view snapshot, bool xmax) {
+  size_t start = 0;
+  if (xmax) {
+    start = snapshot.find(':');
+    if (start == std::string_view::npos) return 0;
+    ++start;
+  }
+  return std::strtoll(std::string(snapshot.substr(start)).c_str(), nullptr, 10);
+}
+
 }  // namespace
+
+void ChangeLog::Remember(const Tick& tick) {
+  history_[tick.number] = {SnapshotBound(tick.snapshot, true), tick.change_seq};
+  while (history_.size() > 512) history_.erase(history_.begin());
+}
+
+int64_t ChangeLog::ProbeBound(const Tick& lo) const {
+  const int64_t xmin = SnapshotBound(lo.snapshot, false);
+  for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    if (it->first > lo.number || it->second.first > xmin) continue;
+    // Tick m + 1 = it->first qualifies: its predecessor's change_seq bounds.
+    auto m = history_.find(it->first - 1);
+    if (m == history_.end()) return 0;
+    if (m->second.second >= 0) return m->second.second;
+  }
+  return 0;
+}
+
+Status ChangeLog::PrepareProbe() {
+  if (probe_prepared_) return Status::OK();
+  // One scalar subquery per table, each an index range scan from the bound
+  // that stops at its first row in the batch: the table's number, or NULL.
+  // $1: the bound (ProbeBound), $2: lo, $3: hi (NULL: the snapshot of the
+  // transaction it runs in, the tick's).
+  std::string sql = fmt::format(
+      "PREPARE {} (bigint, txid_snapshot, txid_snapshot) AS SELECT "
+      "pg_catalog.array_remove(ARRAY[",
+      kProbeStatement);
+  for (size_t t = 0; t < tables_->size(); ++t) {
+    sql += fmt::format(
+        "{0}(SELECT {1} FROM {2} WHERE {3} > $1 AND {4} >= pg_catalog.txid_snapshot_xmin($2) "
+        "AND pg_catalog.txid_visible_in_snapshot({4}, COALESCE($3, "
+        "pg_catalog.txid_current_snapshot())) AND NOT pg_catalog.txid_visible_in_snapshot({4}, "
+        "$2) LIMIT 1)",
+        t == 0 ? "" : ", ", t, (*tables_)[t].change_table.Quoted(), kChangeIdColumn, kTxidColumn);
+  }
+  sql += "]::int[], NULL)::text";
+  DT_RETURN_IF_ERROR(conn_->Exec(sql));
+  probe_prepared_ = true;
+  return Status::OK();
+}
+
+std::string ChangeLog::ProbeCall(const Tick& lo, const Tick* hi) {
+  // Values of our own (numbers and snapshot text, "digits:digits:digits,..."):
+  // EXECUTE takes no bound parameters.
+  return fmt::format("EXECUTE {}({}, {}, {})", kProbeStatement, ProbeBound(lo),
+                     QuoteLiteral(lo.snapshot), hi ? QuoteLiteral(hi->snapshot) : "NULL");
+}
+
+Status ChangeLog::ReadProbed(std::string_view probed, const Tick& lo, const Tick& hi, int64_t epoch,
+                             std::span<TickRead> reads) {
+  std::vector<size_t> tables;
+  for (size_t i = 0; i < probed.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(probed[i]))) continue;
+    size_t t = 0;
+    while (i < probed.size() && std::isdigit(static_cast<unsigned char>(probed[i]))) {
+      t = t * 10 + static_cast<size_t>(probed[i] - '0');
+      ++i;
+    }
+    if (t < tables_->size()) tables.push_back(t);
+  }
+  for (auto& r : reads) r.empty = true;
+  if (tables.empty()) return Status::OK();
+  pg::Arena arena;
+  std::vector<pg::Statement> stmts;
+  stmts.push_back({"BEGIN", {}});
+  stmts.push_back({kChangeIdOrder, {}});
+  std::vector<size_t> which;  // index into reads, per read statement
+  for (size_t t : tables) {
+    for (size_t i = 0; i < reads.size(); ++i) {
+      if (reads[i].table != t) continue;
+      reads[i].empty = false;
+      which.push_back(i);
+      stmts.push_back(
+          {batch_queries_[t],
+           {"0", lo.snapshot, hi.snapshot, arena.Keep(std::to_string(reads[i].limit))}});
+    }
+  }
+  stmts.push_back({"COMMIT", {}});
+  std::vector<pg::QueryResult> results;
+  Status st = conn_->ExecPipeline(stmts, &results);
+  if (!st.ok()) {
+    conn_->RollbackQuietly();
+    return st;
+  }
+  for (size_t k = 0; k < which.size(); ++k) {
+    TickRead& r = reads[which[k]];
+    DT_ASSIGN_OR_RETURN(r.last,
+                        ParseBatch(r.table, results[2 + k], hi.number, 0, epoch, &r.changes));
+  }
+  return Status::OK();
+}
+
+Status ChangeLog::ReadFirst(const Tick& lo, const Tick& hi, int64_t epoch,
+                            std::vector<TickRead>* reads) {
+  if (!Probing()) reads->clear();
+  if (reads->empty()) return Status::OK();
+  PrepareQueries();
+  DT_RETURN_IF_ERROR(PrepareProbe());
+  const pg::Statement stmts[] = {
+      {"BEGIN", {}},
+      {kChangeIdOrder, {}},
+      {"SET LOCAL plan_cache_mode = force_generic_plan", {}},
+      {ProbeCall(lo, &hi), {}},
+      {"COMMIT", {}},
+  };
+  std::vector<pg::QueryResult> results;
+  Status st = conn_->ExecPipeline(stmts, &results);
+  if (!st.ok()) {
+    conn_->RollbackQuietly();
+    return st;
+  }
+  return ReadProbed(results[3].Get(0, 0), lo, hi, epoch, *reads);
+}
 
 Status ChangeLog::TickTaken(int64_t number) const {
   return Status::Fatal(fmt::format(
@@ -176,9 +314,11 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
   DT_RETURN_IF_ERROR(conn_->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ"));
   // The first statement fixes the transaction's snapshot; record exactly it.
   auto r = conn_->Query(
-      "INSERT INTO datatunnel.ticks (tunnel, tick, snapshot) "
-      "VALUES ($2, $1, pg_catalog.txid_current_snapshot()) "
-      "ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text",
+      std::string("INSERT INTO datatunnel.ticks (tunnel, tick, snapshot, change_seq) "
+                  "VALUES ($2, $1, pg_catalog.txid_current_snapshot(), ") +
+          kChangeSeq +
+          ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, "
+          "pg_catalog.txid_current()",
       {std::to_string(number), tunnel_});
   if (!r.ok()) {
     conn_->RollbackQuietly();
@@ -188,7 +328,9 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
     conn_->RollbackQuietly();
     return TickTaken(number);
   }
-  return Tick{number, std::string(r->Get(0, 0))};
+  Tick tick{number, std::string(r->Get(0, 0)), r->GetInt64(0, 1), r->GetInt64(0, 2)};
+  Remember(tick);
+  return tick;
 }
 
 Status ChangeLog::CommitTick() { return conn_->Commit(); }
@@ -200,17 +342,26 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   pg::Arena arena;
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN ISOLATION LEVEL REPEATABLE READ", {}});
+  const bool probing = Probing() && !reads.empty();
+  if (probing) DT_RETURN_IF_ERROR(PrepareProbe());
   stmts.push_back(
-      {"INSERT INTO datatunnel.ticks (tunnel, tick, snapshot) "
-       "VALUES ($2, $1, pg_catalog.txid_current_snapshot()) "
-       "ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, (" +
-           check_sql + ")",
+      {std::string("INSERT INTO datatunnel.ticks (tunnel, tick, snapshot, change_seq) "
+                   "VALUES ($2, $1, pg_catalog.txid_current_snapshot(), ") +
+           kChangeSeq +
+           ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, (" +
+           check_sql + "), pg_catalog.txid_current()",
        {arena.Keep(std::to_string(number)), tunnel_}});
   if (!reads.empty()) stmts.push_back({kChangeIdOrder, {}});
   const size_t first_read = stmts.size();
-  for (size_t i = 0; i < reads.size(); ++i) {
-    stmts.push_back({tick_queries_[reads[i].table],
-                     {"0", lo.snapshot, arena.Keep(std::to_string(reads[i].limit))}});
+  if (probing) {
+    // The probe's generic plan is made once, with the settings above.
+    stmts.push_back({"SET LOCAL plan_cache_mode = force_generic_plan", {}});
+    stmts.push_back({ProbeCall(lo, nullptr), {}});
+  } else {
+    for (size_t i = 0; i < reads.size(); ++i) {
+      stmts.push_back({tick_queries_[reads[i].table],
+                       {"0", lo.snapshot, arena.Keep(std::to_string(reads[i].limit))}});
+    }
   }
   stmts.push_back({"COMMIT", {}});
   std::vector<pg::QueryResult> results;
@@ -220,33 +371,44 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
     return st;
   }
   if (results.size() != stmts.size() || results[1].rows() != 1) return TickTaken(number);
-  *check = std::string(results[1].Get(0, 1));
+  *check = std::string(results[1].Get(0, 2));
+  Tick tick{number, std::string(results[1].Get(0, 0)), results[1].GetInt64(0, 1),
+            results[1].GetInt64(0, 3)};
+  Remember(tick);
+  if (probing) {
+    DT_RETURN_IF_ERROR(ReadProbed(results[first_read + 1].Get(0, 0), lo, tick, epoch, reads));
+    return tick;
+  }
   for (size_t i = 0; i < reads.size(); ++i) {
     DT_ASSIGN_OR_RETURN(reads[i].last, ParseBatch(reads[i].table, results[first_read + i], number,
                                                   0, epoch, &reads[i].changes));
   }
-  return Tick{number, std::string(results[1].Get(0, 0))};
+  return tick;
 }
 
 Result<bool> ChangeLog::ChangedSince(const Tick& last) {
-  if (newest_.size() != tables_->size()) {
-    changed_query_ =
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.txid_snapshot_xip($1::txid_snapshot) x "
-        "WHERE pg_catalog.txid_visible_in_snapshot(x, pg_catalog.txid_current_snapshot()))";
-    for (const auto& spec : *tables_) {
-      changed_query_ +=
-          fmt::format(", COALESCE((SELECT {0} FROM {1} ORDER BY {0} DESC LIMIT 1), 0)",
-                      kChangeIdColumn, spec.change_table.Quoted());
-    }
-    newest_.assign(tables_->size(), -1);
-  }
-  DT_ASSIGN_OR_RETURN(auto r, conn_->Query(changed_query_, {last.snapshot}));
-  bool changed = r.GetBool(0, 0);
-  for (size_t t = 0; t < newest_.size(); ++t) {
-    const int64_t newest = r.GetInt64(0, static_cast<int>(t) + 1);
-    changed = changed || newest != newest_[t];
-    newest_[t] = newest;
-  }
+  // Transactions that began after `last` and committed: xids from its xmax
+  // up to the current xmax (at most 10,000 of them: more, and a tick is due
+  // anyway), other than `last`'s own.
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      conn_->Query(
+          std::string(
+              "SELECT EXISTS (SELECT 1 FROM pg_catalog.txid_snapshot_xip($1::txid_snapshot) "
+              "x WHERE pg_catalog.txid_visible_in_snapshot(x, "
+              "pg_catalog.txid_current_snapshot())), "
+              "EXISTS (SELECT 1 FROM pg_catalog.generate_series("
+              "pg_catalog.txid_snapshot_xmax($1::txid_snapshot), LEAST("
+              "pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) - 1, "
+              "pg_catalog.txid_snapshot_xmax($1::txid_snapshot) + 10000)) x "
+              "WHERE x <> $2::bigint AND pg_catalog.txid_visible_in_snapshot(x, "
+              "pg_catalog.txid_current_snapshot())), ") +
+              kChangeSeq,
+          {last.snapshot, std::to_string(last.xid)}));
+  const int64_t newest = r.GetInt64(0, 2);
+  const int64_t since = last.change_seq >= 0 ? last.change_seq : newest_seq_;
+  const bool changed = r.GetBool(0, 0) || (newest != since && r.GetBool(0, 1));
+  newest_seq_ = newest;
   return changed;
 }
 
@@ -366,13 +528,6 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
                                    spec.change_table.Quoted(), kChangeIdColumn, kTxidColumn),
                        {arena.Keep(std::to_string(u.prune_upto)), u.prune_snapshot}});
     }
-    stmts.push_back(
-        {"UPDATE datatunnel.tables SET published_tick = $3, published_seq = $4, "
-         "  published_count = published_count + $5, published_at = now() "
-         "WHERE schema_name = $1 AND table_name = $2 "
-         "  AND (published_tick, published_seq) < ($3::bigint, $4::bigint)",
-         {spec.source.schema, spec.source.name, arena.Keep(std::to_string(u.tick)),
-          arena.Keep(std::to_string(u.seq)), arena.Keep(std::to_string(u.delivered))}});
     if (!u.heads.empty()) {
       // Every head of the table in one statement, as parallel arrays.
       std::string parts, epochs, ticks, seqs, subs;
@@ -411,6 +566,27 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
             arena.Keep(subs + "}"), tunnel_}});
     }
   }
+  // Every table's progress in one statement, as parallel arrays: hundreds
+  // of tables cost one statement, not one each.
+  std::vector<std::optional<std::string>> schemas, names, ticks, seqs, counts;
+  for (const auto& u : updates) {
+    const TableSpec& spec = (*tables_)[u.table];
+    schemas.emplace_back(spec.source.schema);
+    names.emplace_back(spec.source.name);
+    ticks.emplace_back(std::to_string(u.tick));
+    seqs.emplace_back(std::to_string(u.seq));
+    counts.emplace_back(std::to_string(u.delivered));
+  }
+  stmts.push_back(
+      {"UPDATE datatunnel.tables t SET published_tick = u.tick, published_seq = u.seq, "
+       "  published_count = t.published_count + u.n, published_at = now() "
+       "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) "
+       "  AS u(sch, tbl, tick, seq, n) "
+       "WHERE t.schema_name = u.sch AND t.table_name = u.tbl "
+       "  AND (t.published_tick, t.published_seq) < (u.tick, u.seq)",
+       {arena.Keep(pg::TextArrayLiteral(schemas)), arena.Keep(pg::TextArrayLiteral(names)),
+        arena.Keep(pg::TextArrayLiteral(ticks)), arena.Keep(pg::TextArrayLiteral(seqs)),
+        arena.Keep(pg::TextArrayLiteral(counts))}});
   // Keep the ticks some table may still need as its batch's lower bound.
   stmts.push_back(
       {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <utility>
@@ -42,6 +43,11 @@ namespace datatunnel::capture {
 struct Tick {
   int64_t number = 0;
   std::string snapshot;  // txid_snapshot text: "xmin:xmax:xip,..."
+  // datatunnel.change_id_seq as the tick read it, after taking its snapshot
+  // and before taking its xid; -1 when unknown (a tick of an earlier version).
+  int64_t change_seq = -1;
+  // The xid of the transaction that recorded it; 0 when unknown.
+  int64_t xid = 0;
 };
 
 struct TableProgress {
@@ -99,20 +105,40 @@ class ChangeLog {
     // Filled in: what ReadBatch(table, lo, tick, 0, limit, ...) would give.
     std::vector<Change> changes;
     int64_t last = 0;
+    // The table has nothing in the batch (the probe found nothing): no read
+    // was done and none is needed.
+    bool empty = false;
   };
   // Records tick lo.number + 1 and reads the first rows of its batch for
-  // each of `reads`, in one round trip (BEGIN, INSERT, the reads and COMMIT
-  // sent as one pipeline), when no snapshot chunk needs reading at the
-  // tick's snapshot. `check_sql` is a query of one value evaluated at the
-  // tick's snapshot (the schema signature); its value is stored in *check.
+  // each of `reads` (one per table, in table order), when no snapshot chunk
+  // needs reading at the tick's snapshot. `check_sql` is a query of one
+  // value evaluated at the tick's snapshot (the schema signature); its value
+  // is stored in *check.
+  //
+  // With at most kProbeAbove tables, one round trip: BEGIN, the tick's
+  // INSERT, every table's read and COMMIT sent as one pipeline. With more,
+  // the reads of all tables would cost as much as the tables are many, so
+  // the tick's transaction asks instead which tables have anything in the
+  // batch (ProbeQuery: one prepared statement, an index probe per table
+  // bounded by ProbeBound()), and a second round trip reads only those; the
+  // others are marked `empty`.
   Result<Tick> RecordTick(const Tick& lo, const std::string& check_sql, std::string* check,
                           int64_t epoch, std::span<TickRead> reads);
+  // The same first reads for a tick `hi` recorded earlier (a batch replayed
+  // after a restart): with more than kProbeAbove tables, probes and reads
+  // the tables that have changes (two round trips) and marks the others
+  // `empty`; with fewer, clears *reads (the reader reads every table).
+  Status ReadFirst(const Tick& lo, const Tick& hi, int64_t epoch, std::vector<TickRead>* reads);
+  static constexpr size_t kProbeAbove = 4;
 
   // Whether a tick now could find changes that tick `last` did not: a
-  // change table's newest committed change_id grew since the previous call,
-  // or a transaction in progress at `last` has ended. Two index probes and
-  // no write: cheap enough to run every few milliseconds, unlike NOTIFY,
-  // which serialises every committing writer.
+  // transaction in progress at `last` has ended, or the shared change_id
+  // sequence (every change table draws from it) moved since `last` and a
+  // transaction that began after `last` (not `last`'s own) has committed
+  // since: a writer's ids are taken before it commits, and a tick before
+  // the commit would not see them. One read of the sequence, whatever the
+  // number of tables, and no write: cheap enough to run every few
+  // milliseconds, unlike NOTIFY, which serialises every committing writer.
   Result<bool> ChangedSince(const Tick& last);
 
   // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]
@@ -139,6 +165,26 @@ class ChangeLog {
   Status TickTaken(int64_t number) const;
   std::string BatchQuery(const TableSpec& spec, bool in_tick) const;
   void PrepareQueries();
+  // Whether RecordTick() and ReadFirst() probe (more than kProbeAbove tables).
+  bool Probing() const { return tables_->size() > kProbeAbove; }
+  // Prepares the probe statement (once per connection).
+  Status PrepareProbe();
+  // The statement that runs the probe of batch (lo, hi]; with `in_tick`, hi
+  // is the snapshot of the transaction it runs in.
+  std::string ProbeCall(const Tick& lo, const Tick* hi);
+  // A change_id below every change of a transaction not visible in `lo`:
+  // the change_seq of the newest known tick m whose successor's snapshot
+  // has xmax <= xmin(lo). Tick m read the sequence before taking its xid X,
+  // X committed before tick m+1 began (X < xmax(m+1) <= xmin(lo)), and a
+  // transaction T not visible in lo has T >= xmin(lo) > X, so T took its
+  // ids (from a trigger, after T's own write took T) after m's read. 0 when
+  // no such tick is known.
+  int64_t ProbeBound(const Tick& lo) const;
+  void Remember(const Tick& tick);
+  // Reads the first rows of the tables probe result `probed` names (a text
+  // int[]), marks the others empty. One round trip.
+  Status ReadProbed(std::string_view probed, const Tick& lo, const Tick& hi, int64_t epoch,
+                    std::span<TickRead> reads);
   Result<int64_t> ParseBatch(size_t t, const pg::QueryResult& r, int64_t tick, int64_t after,
                              int64_t epoch, std::vector<Change>* out);
   pg::Connection* conn_;
@@ -146,8 +192,10 @@ class ChangeLog {
   std::string tunnel_;
   std::vector<std::string> batch_queries_;
   std::vector<std::string> tick_queries_;  // the same, inside the tick
-  std::string changed_query_;
-  std::vector<int64_t> newest_;  // per table, as the last ChangedSince() saw it
+  int64_t newest_seq_ = -1;                // the shared sequence, as the last ChangedSince() saw it
+  bool probe_prepared_ = false;
+  // Recent ticks: number -> (xmax of its snapshot, change_seq), for ProbeBound().
+  std::map<int64_t, std::pair<int64_t, int64_t>> history_;
 };
 
 // How many change-table rows to read at once, per table: at most

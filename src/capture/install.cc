@@ -123,6 +123,28 @@ Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
   return specs;
 }
 
+Result<std::vector<QualifiedName>> CatalogTables(pg::Connection& source,
+                                                 const NamePattern& pattern) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, source.Query("SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+                           "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                           "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+                           "AND c.relpersistence <> 't' "
+                           "AND n.nspname NOT IN ('datatunnel', 'information_schema') "
+                           "AND n.nspname NOT LIKE 'pg\\_%' "
+                           "AND n.nspname LIKE $1 AND c.relname LIKE $2 "
+                           "AND NOT (c.relname LIKE '%\\_cdc' AND EXISTS (SELECT 1 FROM "
+                           "pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = "
+                           "'dt$change_id' AND NOT a.attisdropped)) "
+                           "ORDER BY 1, 2",
+                           {pattern.schema, pattern.name}));
+  std::vector<QualifiedName> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    out.push_back({std::string(r.Get(i, 0)), std::string(r.Get(i, 1))});
+  }
+  return out;
+}
+
 Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
                       const std::vector<TableConfig>& tables) {
   DT_ASSIGN_OR_RETURN(auto state,
@@ -148,8 +170,15 @@ Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
         auto r, source.Query("SELECT tunnel, format('%I.%I', schema_name, change_table), EXISTS "
                              "(SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = "
                              "pg_catalog.to_regclass(format('%I.%I', schema_name, change_table)) "
-                             "AND attname = 'dt$change_id') FROM datatunnel.tables WHERE "
-                             "schema_name = $1 AND table_name = $2",
+                             "AND attname = 'dt$change_id'), EXISTS (SELECT 1 FROM "
+                             // The default's dependency on the shared sequence
+                             // (pg_get_expr would lock every table it reads).
+                             "pg_catalog.pg_attrdef d JOIN pg_catalog.pg_depend p ON p.classid = "
+                             "'pg_catalog.pg_attrdef'::regclass AND p.objid = d.oid AND "
+                             "p.refclassid = 'pg_catalog.pg_class'::regclass AND p.refobjid = "
+                             "pg_catalog.to_regclass('datatunnel.change_id_seq') WHERE d.adrelid = "
+                             "pg_catalog.to_regclass(format('%I.%I', schema_name, change_table))) "
+                             "FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
                              {t.source.schema, t.source.name}));
     if (r.rows() == 0) {
       return Status::BadConfig(
@@ -170,6 +199,13 @@ Status CheckInstalled(pg::Connection& source, const std::string& tunnel,
       return Status::BadConfig(fmt::format(
           "change table {} of {} has the column names of an earlier version (or is missing): run "
           "`datatunnel init` (it renames them in place and keeps the pending changes)",
+          r.Get(0, 1), t.source.ToString()));
+    }
+    if (!r.GetBool(0, 3)) {
+      return Status::BadConfig(fmt::format(
+          "change table {} of {} draws its change ids from a sequence of its own (an earlier "
+          "version): run `datatunnel init` (it moves it onto the shared sequence and keeps the "
+          "pending changes)",
           r.Get(0, 1), t.source.ToString()));
     }
   }
@@ -451,6 +487,11 @@ Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
     auto done = source.Query("SELECT unnest(datatunnel.install_capture($1::regclass, $2::text[]))",
                              {spec.source.Quoted(), key_array});
     if (!done.ok()) return fail(done.status().WithContext("setting up capture of " + name));
+    // Change tables of earlier versions move onto the shared sequence.
+    auto shared = source.Query("SELECT datatunnel.share_change_id($1::regclass)",
+                               {spec.change_table.Quoted()});
+    if (!shared.ok()) return fail(shared.status().WithContext("moving " + name + "'s change ids"));
+    if (!shared->IsNull(0, 0)) report.actions.emplace_back(shared->Get(0, 0));
     bool added_columns = false;
     for (int i = 0; i < done->rows(); ++i) {
       std::string a(done->Get(i, 0));
@@ -710,6 +751,7 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& tables,
       fmt::format("GRANT SELECT, INSERT, DELETE ON datatunnel.ticks TO {};", r),
       fmt::format("GRANT SELECT, UPDATE ON datatunnel.tables TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.chain_heads TO {};", r),
+      fmt::format("GRANT SELECT ON SEQUENCE datatunnel.change_id_seq TO {};", r),
   };
   std::set<std::string> schemas;
   for (const auto& t : tables) {

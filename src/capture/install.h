@@ -1,7 +1,8 @@
 // Capture, control plane: the objects that record every change on the source.
 //
 // For each tunnelled table <schema>.<table>, `init` creates, beside it:
-//   <schema>.<table>_cdc        the change table: "dt$change_id" bigserial,
+//   <schema>.<table>_cdc        the change table: "dt$change_id" (from the
+//                               shared sequence datatunnel.change_id_seq),
 //                               "dt$txid", "dt$action", "dt$captured_at",
 //                               "dt$old1".."dt$old<n>" (the n key columns'
 //                               values before an UPDATE that changed the
@@ -27,7 +28,7 @@
 // rows hold whole rows, and an UPDATE is a DELETE of the old row plus an
 // INSERT of the new one.
 // (No NOTIFY trigger: NOTIFY serialises committing writers; the producer
-// polls with two index probes instead. `init` drops one left by an earlier
+// polls with one read of the shared sequence instead. `init` drops one left by an earlier
 // version.)
 // and, once per database, the schema `datatunnel` with the state tables and
 // the event trigger datatunnel_ddl, which keeps the capture of a table up to
@@ -70,6 +71,14 @@ inline constexpr const char* kNotifyChannel = "datatunnel";
 Result<std::vector<TableSpec>> DescribeSourceTables(pg::Connection& source,
                                                     const std::vector<TableConfig>& tables,
                                                     std::vector<std::string>* warnings);
+
+// The tables of the source's catalog a pattern entry may select: ordinary
+// and partitioned tables (not partitions, which their parent's capture
+// covers), outside the system schemas and schema datatunnel, that are not
+// change tables (named *_cdc with a "dt$change_id" column), whose schema
+// and name match `pattern`. In name order.
+Result<std::vector<QualifiedName>> CatalogTables(pg::Connection& source,
+                                                 const NamePattern& pattern);
 
 // Checks that `init` has set up every table of `tables` on the source for
 // tunnel `tunnel` (its state schema, in this version's form, and each

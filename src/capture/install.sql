@@ -113,6 +113,15 @@ ALTER TABLE datatunnel.chain_heads
   ADD COLUMN IF NOT EXISTS since_sub integer NOT NULL DEFAULT 0,
   ADD COLUMN IF NOT EXISTS since_at timestamptz NOT NULL DEFAULT now();
 
+-- Every change table draws "dt$change_id" from this one sequence (see
+-- share_change_id below), so one read of it says whether anything was
+-- captured anywhere, whatever the number of tables (ChangeLog::ChangedSince),
+-- and a tick records where it stood (ticks.change_seq, read before the
+-- tick's transaction takes its xid): a change with a larger id was written
+-- after the tick.
+CREATE SEQUENCE IF NOT EXISTS datatunnel.change_id_seq AS bigint;
+ALTER TABLE datatunnel.ticks ADD COLUMN IF NOT EXISTS change_seq bigint;
+
 -- Creates or updates the capture of one table: the change table (adding
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),
 -- the trigger function and the triggers. Returns one line per action taken.
@@ -188,7 +197,7 @@ BEGIN
     -- Rows are inserted once and deleted once delivered: vacuum it eagerly so
     -- its size follows the backlog, not the history.
     EXECUTE pg_catalog.format(
-      E'CREATE TABLE %s (\n  "dt$change_id" bigserial PRIMARY KEY,\n  "dt$txid" bigint NOT NULL,\n'
+      E'CREATE TABLE %s (\n  "dt$change_id" bigint PRIMARY KEY DEFAULT pg_catalog.nextval(\'datatunnel.change_id_seq\'::regclass),\n  "dt$txid" bigint NOT NULL,\n'
       || E'  "dt$action" text NOT NULL,\n  "dt$captured_at" timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()%s\n)'
       || ' WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,'
       || ' autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000)',
@@ -487,4 +496,40 @@ BEGIN
       pg_catalog.quote_ident(r.schema_name), pg_catalog.quote_ident(r.table_name)
       USING HINT = 'To stop capturing the table, remove it with `datatunnel uninstall` (it drops the change table and the triggers together).';
   END LOOP;
+END $fn$;
+
+-- Change tables of earlier versions drew "dt$change_id" from a sequence of
+-- their own (bigserial). Moves one onto the shared sequence, keeping its
+-- pending changes: the shared sequence is first moved past every id the
+-- table's own sequence gave out (ids of a table keep growing, so change_id
+-- order stays commit order for each row), then the column's default
+-- changes and the old sequence is dropped. Returns the action taken, or
+-- NULL when the table already uses the shared sequence.
+CREATE OR REPLACE FUNCTION datatunnel.share_change_id(p_cdc regclass)
+RETURNS text LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_seq text;
+  v_old bigint;
+  v_max bigint;
+  v_cur bigint;
+BEGIN
+  v_seq := pg_catalog.pg_get_serial_sequence(p_cdc::text, 'dt$change_id');
+  IF v_seq IS NULL OR v_seq = 'datatunnel.change_id_seq' THEN
+    RETURN NULL;
+  END IF;
+  -- Waits for the table's writers; none can take an old id after this.
+  EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN "dt$change_id" SET DEFAULT '
+    'pg_catalog.nextval(''datatunnel.change_id_seq''::regclass)', p_cdc);
+  -- Blocks nextval() on the shared sequence until commit, so moving it
+  -- forward cannot race with writers of tables already moved.
+  ALTER SEQUENCE datatunnel.change_id_seq NO CYCLE;
+  EXECUTE pg_catalog.format('SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s', v_seq)
+    INTO v_old;
+  EXECUTE pg_catalog.format('SELECT max("dt$change_id") FROM %s', p_cdc) INTO v_max;
+  SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO v_cur FROM datatunnel.change_id_seq;
+  IF GREATEST(v_old, v_max, 0) > v_cur THEN
+    PERFORM pg_catalog.setval('datatunnel.change_id_seq', GREATEST(v_old, v_max));
+  END IF;
+  EXECUTE pg_catalog.format('DROP SEQUENCE %s', v_seq);
+  RETURN 'moved change table ' || p_cdc::text || ' onto the shared change_id sequence (pending changes kept)';
 END $fn$;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/clock.h"
+
 namespace datatunnel::capture {
 
 namespace {
@@ -23,6 +25,7 @@ Status ProgressBook::Load(ChangeLog& log, const std::string& where) {
   pending_.assign(n, {});
   max_cid_delivered_.assign(n, 0);
   pruned_tick_.assign(n, 0);
+  delivered_tick_.assign(n, 0);
   // Start at the oldest batch some table has not fully delivered.
   first_batch_ = INT64_MAX;
   for (const auto& p : progress_)
@@ -73,16 +76,25 @@ void ProgressBook::Delivered(size_t t, const Position& pos, int64_t count, int64
     p.any = true;
     p.pos = pos;
   }
+  if (count > 0) delivered_tick_[t] = std::max(delivered_tick_[t], pos.tick);
   p.delivered += count;
   for (const auto& [partition, head] : heads) p.heads[partition] = head;
   max_cid_delivered_[t] = std::max(max_cid_delivered_[t], max_change_id);
 }
 
-Result<bool> ProgressBook::Record(ChangeLog& log) {
+Result<bool> ProgressBook::Record(ChangeLog& log, bool all) {
+  // A table that only passed ends of ticks (no change delivered) records
+  // that at most every kIdleRecordUs: with hundreds of tables, recording
+  // every table's new tick every progress_interval_ms would cost the source
+  // a row update per table and tick. Recorded progress may lag: a restart
+  // reads those batches again and finds nothing in them.
+  const int64_t now = MonotonicMicros();
+  const bool idle_due = all || now - last_idle_record_us_ >= kIdleRecordUs;
   std::vector<ProgressUpdate> updates;
   for (size_t t = 0; t < pending_.size(); ++t) {
     const Pending& p = pending_[t];
     if (!p.any) continue;
+    if (!idle_due && p.delivered == 0 && p.heads.empty()) continue;
     ProgressUpdate u;
     u.table = t;
     u.tick = p.pos.tick;
@@ -95,8 +107,10 @@ Result<bool> ProgressBook::Record(ChangeLog& log) {
     // delivered when the tick completed) and would scan the whole change
     // table below that id again (half the producer's time in a 1,000,000
     // change backlog, whose single batch completes only at its end).
+    // Only where a change was delivered since the last prune: a table that
+    // only passed ends of ticks has nothing to prune.
     const int64_t complete = CompleteTick(p.pos.tick, p.pos.seq);
-    if (complete > pruned_tick_[t]) {
+    if (complete > pruned_tick_[t] && delivered_tick_[t] > pruned_tick_[t]) {
       for (const auto& tick : ticks_) {
         if (tick.number == complete) u.prune_snapshot = tick.snapshot;
       }
@@ -112,7 +126,8 @@ Result<bool> ProgressBook::Record(ChangeLog& log) {
     progress_[u.table].seq = u.seq;
     if (!u.prune_snapshot.empty()) pruned_tick_[u.table] = u.prune_tick;
   }
-  for (Pending& p : pending_) p = Pending{};
+  for (const auto& u : updates) pending_[u.table] = Pending{};
+  if (idle_due) last_idle_record_us_ = now;
   ForgetTicks();
   return true;
 }

@@ -85,9 +85,12 @@ class ProgressBook {
                  const std::map<int32_t, Position>& heads);
 
   // Records what was delivered since the last call, with pruning, and
-  // forgets ticks no table needs. Returns false when there was nothing to
+  // forgets ticks no table needs. A table that delivered no change since
+  // the last call (it only passed ends of ticks) is recorded at most every
+  // kIdleRecordUs, or with `all`. Returns false when there was nothing to
   // record (nothing is written then).
-  Result<bool> Record(ChangeLog& log);
+  Result<bool> Record(ChangeLog& log, bool all = false);
+  static constexpr int64_t kIdleRecordUs = 1'000'000;
 
  private:
   struct Pending {
@@ -105,7 +108,9 @@ class ProgressBook {
   int64_t first_batch_ = 0;
   std::vector<Pending> pending_;
   std::vector<int64_t> max_cid_delivered_;
-  std::vector<int64_t> pruned_tick_;  // per table: the tick the last prune was at
+  std::vector<int64_t> pruned_tick_;     // per table: the tick the last prune was at
+  std::vector<int64_t> delivered_tick_;  // per table: the tick of its last delivered change
+  int64_t last_idle_record_us_ = 0;
 };
 
 }  // namespace datatunnel::capture

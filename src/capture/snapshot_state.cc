@@ -31,6 +31,26 @@ SnapshotState ParseState(std::string_view s) {
 
 }  // namespace
 
+Result<std::vector<bool>> SnapshotsWanted(pg::Connection& source,
+                                          const std::vector<TableSpec>& specs) {
+  std::vector<std::optional<std::string>> schemas, names;
+  for (const auto& spec : specs) {
+    schemas.emplace_back(spec.source.schema);
+    names.emplace_back(spec.source.name);
+  }
+  DT_ASSIGN_OR_RETURN(
+      auto r, source.Query("SELECT u.n - 1 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY "
+                           "AS u(s, t, n) JOIN datatunnel.tables x ON x.schema_name = u.s AND "
+                           "x.table_name = u.t WHERE x.snapshot_state IN ('requested', 'running')",
+                           {pg::TextArrayLiteral(schemas), pg::TextArrayLiteral(names)}));
+  std::vector<bool> wanted(specs.size(), false);
+  for (int i = 0; i < r.rows(); ++i) {
+    const auto t = static_cast<size_t>(r.GetInt64(i, 0));
+    if (t < wanted.size()) wanted[t] = true;
+  }
+  return wanted;
+}
+
 Result<SnapshotProgress> LoadSnapshotProgress(pg::Connection& source, const TableSpec& spec) {
   DT_ASSIGN_OR_RETURN(
       auto r,

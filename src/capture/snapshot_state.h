@@ -54,6 +54,11 @@ struct SnapshotProgress {
 // table is not captured.
 Result<SnapshotProgress> LoadSnapshotProgress(pg::Connection& source, const TableSpec& spec);
 
+// For each of `specs`, whether its snapshot is requested or running: one
+// query, however many tables (the producer asks every second).
+Result<std::vector<bool>> SnapshotsWanted(pg::Connection& source,
+                                          const std::vector<TableSpec>& specs);
+
 // Marks the table for a (new) snapshot, estimating its size (from statistics,
 // else by counting a small table or sampling a large one). Restarts a
 // snapshot in progress when `restart`; otherwise leaves one requested or

@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <set>
 
 #include "apply/install.h"
+#include "apply/tunnel_tables.h"
 #include "capture/install.h"
 #include "capture/snapshot_state.h"
 #include "cli/common.h"
@@ -155,6 +157,8 @@ void PrintGrants(const std::vector<TableSpec>& specs, const std::string& role,
   for (const auto& line : apply::RuntimeGrants(specs, role, target.database())) {
     fmt::print("{}\n", line);
   }
+  fmt::print("GRANT SELECT ON datatunnel.tunnel_tables TO {};  -- the tunnel's tables\n",
+             QuoteIdent(role));
 }
 
 int RunInit(const Globals& g, const InitOptions& o) {
@@ -162,8 +166,19 @@ int RunInit(const Globals& g, const InitOptions& o) {
   if (!setup.ok()) return Fail(setup.status());
   auto db = OpenDatabases(*setup);
   if (!db.ok()) return Fail(db.status());
-  const Config& config = setup->config;
+  Config& config = setup->config;
   pg::Connection &source = *db->source, &target = *db->target;
+  // Pattern entries select from the catalog; the tables captured before
+  // this init tell which of them are new.
+  std::set<std::string> before;
+  if (HasPatterns(config)) {
+    auto captured = capture::CapturedTables(source, config.tunnel.name);
+    if (!captured.ok()) return Fail(captured.status());
+    for (const auto& c : *captured) before.insert(c.source.ToString());
+  }
+  if (Status st = ResolveTables(&config, &source, &target, Selection::kCatalog); !st.ok()) {
+    return Fail(st);
+  }
   if (Status st = CheckDistinctTables(source, target, config); !st.ok()) return Fail(st);
   std::vector<std::string> warnings;
   auto specs = capture::DescribeSourceTables(source, config.tables, &warnings);
@@ -186,6 +201,22 @@ int RunInit(const Globals& g, const InitOptions& o) {
   bool source_changed = false, changed = false;
   if (Status st = Install(source, target, config, *specs, &source_changed, &changed); !st.ok()) {
     return Fail(st);
+  }
+  for (const auto& t : config.tables) {
+    if (t.from_pattern && before.count(t.source.ToString()) == 0) {
+      fmt::print("new table {}: matches source = \"{}\" (line {}); captured from now on\n",
+                 t.source.ToString(), t.pattern_text, t.line);
+    }
+  }
+  // For consumers without access to the source (apply/tunnel_tables.h).
+  std::vector<QualifiedName> sources;
+  for (const auto& t : config.tables) sources.push_back(t.source);
+  auto recorded = apply::RecordTunnelTables(target, config.tunnel.name, sources);
+  if (!recorded.ok()) return Fail(recorded.status().WithContext("init on the target"));
+  if (*recorded) {
+    fmt::print("target: recorded the {} table(s) of tunnel \"{}\"\n", sources.size(),
+               config.tunnel.name);
+    changed = true;
   }
   if (!changed) {
     fmt::print("nothing to do: capture and target are up to date for {} table(s)\n", specs->size());

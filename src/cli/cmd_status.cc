@@ -342,6 +342,11 @@ int RunStatus(const Globals& g, const StatusOptions& o) {
   if (!setup.ok()) return Fail(setup.status());
   auto db = OpenDatabases(*setup);
   if (!db.ok()) return Fail(db.status());
+  if (Status st =
+          ResolveTables(&setup->config, db->source.get(), db->target.get(), Selection::kCaptured);
+      !st.ok()) {
+    return Fail(st);
+  }
   const Config& config = setup->config;
   StopSource stop;
   if (o.watch) InstallSignalHandlers(&stop);

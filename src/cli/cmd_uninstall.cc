@@ -122,9 +122,11 @@ Status ReportLeft(pg::Connection& source, const Config& config, const UninstallO
 }
 
 Status Uninstall(const Setup& setup, const UninstallOptions& o) {
-  const Config& config = setup.config;
   DT_ASSIGN_OR_RETURN(Databases db, OpenDatabases(setup));
   pg::Connection &source = *db.source, &target = *db.target;
+  Config resolved = setup.config;
+  DT_RETURN_IF_ERROR(ResolveTables(&resolved, &source, &target, Selection::kCapturedIfAny));
+  const Config& config = resolved;
   DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(source, config.tunnel.name));
   DT_ASSIGN_OR_RETURN(Removal removal, ChooseTables(config, o, captured, source));
   DT_RETURN_IF_ERROR(RefuseWhileRunning(source, target, config));

@@ -25,6 +25,11 @@ int RunVerify(const Globals& g, const VerifyOptions& o) {
   if (!setup.ok()) return Fail(setup.status());
   auto db = OpenDatabases(*setup);
   if (!db.ok()) return Fail(db.status());
+  if (Status st =
+          ResolveTables(&setup->config, db->source.get(), db->target.get(), Selection::kCaptured);
+      !st.ok()) {
+    return Fail(st);
+  }
   const Config& config = setup->config;
   pg::Connection &source = *db->source, &target = *db->target;
   verify::Options vo;

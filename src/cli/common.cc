@@ -6,9 +6,13 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <tuple>
 
+#include "apply/tunnel_tables.h"
+#include "capture/install.h"
 #include "cli/json_log.h"
 #include "pg/catalog.h"
 
@@ -122,6 +126,43 @@ Result<Databases> OpenDatabases(const Setup& setup, Sides sides) {
     DT_ASSIGN_OR_RETURN(db.target, pg::Connection::Open(setup.target));
   }
   return db;
+}
+
+Status ResolveTables(Config* config, pg::Connection* source, pg::Connection* target,
+                     Selection how) {
+  if (!HasPatterns(*config)) return Status::OK();
+  std::vector<QualifiedName> candidates;
+  std::string from;
+  if (how == Selection::kCatalog) {
+    for (const auto& t : config->tables) {
+      if (!t.is_pattern) continue;
+      DT_ASSIGN_OR_RETURN(auto found, capture::CatalogTables(*source, t.pattern));
+      candidates.insert(candidates.end(), found.begin(), found.end());
+    }
+    from = fmt::format(
+        "in the {} (ordinary and partitioned tables; change tables, schema datatunnel and the "
+        "system schemas are skipped)",
+        source->description());
+  } else if (source != nullptr) {
+    DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(*source, config->tunnel.name));
+    for (const auto& c : captured) candidates.push_back(c.source);
+    from = fmt::format(
+        "captured by tunnel \"{}\" on the {}: run `datatunnel init` to capture "
+        "the tables it matches",
+        config->tunnel.name, source->description());
+  } else {
+    DT_ASSIGN_OR_RETURN(candidates, apply::LoadTunnelTables(*target, config->tunnel.name));
+    from = fmt::format(
+        "of tunnel \"{}\" as init recorded them on the {}: run `datatunnel "
+        "init` to capture the tables it matches",
+        config->tunnel.name, target->description());
+  }
+  std::sort(candidates.begin(), candidates.end(),
+            [](const QualifiedName& a, const QualifiedName& b) {
+              return std::tie(a.schema, a.name) < std::tie(b.schema, b.name);
+            });
+  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  return ExpandPatterns(config, candidates, from, how != Selection::kCapturedIfAny);
 }
 
 Status CheckDistinctTables(pg::Connection& source, pg::Connection& target, const Config& config) {

@@ -66,6 +66,22 @@ struct Databases {
 };
 Result<Databases> OpenDatabases(const Setup& setup, Sides sides = Sides::kBoth);
 
+// How the tables of [[tables]] pattern entries are found (ResolveTables).
+enum class Selection {
+  kCatalog,        // `init`: every matching table of the source's catalog
+  kCaptured,       // the others: the matching tables init captured
+  kCapturedIfAny,  // the same, a pattern matching nothing is no error (`uninstall`)
+};
+// The one place pattern entries (`source = "public.*"`) become tables:
+// replaces them in config->tables by the tables they select (config's
+// ExpandPatterns). kCatalog matches the source's catalog; the others match
+// the tables init captured for the tunnel, so every command sees the same
+// tables until init runs again: on the source (datatunnel.tables) when
+// `source` is given, else (a consumer without the source at hand) in the
+// list init recorded on the target (apply::LoadTunnelTables). Nothing to do
+// without pattern entries.
+Status ResolveTables(Config* config, pg::Connection* source, pg::Connection* target, Selection how);
+
 // Refuses a configuration whose source and target resolve to the same table
 // in the same database (the tunnel would apply changes to the table it
 // captures): kBadConfig naming the table and the fix.

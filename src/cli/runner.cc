@@ -227,6 +227,17 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   InstallSignalHandlers(&main_stop);
   auto setup = LoadSetup(g);
   if (!setup.ok()) return Fail(setup.status());
+  if (HasPatterns(setup->config)) {
+    // Pattern entries: the tables init captured (from the source when this
+    // process uses it, else as init recorded them on the target).
+    auto db = OpenDatabases(*setup, plan.source ? Sides::kSource : Sides::kTarget);
+    if (!db.ok()) return Fail(db.status());
+    if (Status st =
+            ResolveTables(&setup->config, db->source.get(), db->target.get(), Selection::kCaptured);
+        !st.ok()) {
+      return Fail(st);
+    }
+  }
   const Config& config = setup->config;
   const bool memory = config.kafka.none();
   if (memory && plan.source != plan.target) {

@@ -13,7 +13,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <set>
+#include <tuple>
 
 #include "core/suggest.h"
 
@@ -21,6 +23,9 @@ extern char** environ;
 
 namespace datatunnel {
 namespace {
+
+// No two entries share a source, a target or a topic (pattern entries aside).
+Status CheckDistinct(const Config& config);
 
 // One settable scalar: its section, key and how to assign a string to it.
 struct Setting {
@@ -276,9 +281,78 @@ std::string Suggest(const std::string& key, const std::vector<std::string>& know
   return DidYouMean(key, known);
 }
 
+// Whether `text` has a '*' or '?' outside double quotes: a pattern.
+bool IsPatternText(std::string_view text) {
+  bool quoted = false;
+  for (char c : text) {
+    if (c == '"') quoted = !quoted;
+    if (!quoted && (c == '*' || c == '?')) return true;
+  }
+  return false;
+}
+
+// One part of a dotted name as a LIKE pattern: quoted, literal; bare,
+// folded to lower case with '*' and '?' as wildcards. Reads up to the next
+// bare '.'; false on malformed input.
+bool ReadPatternPart(std::string_view text, size_t& pos, std::string* like) {
+  auto literal = [&](char c) {
+    if (c == '%' || c == '_' || c == '\\') like->push_back('\\');
+    like->push_back(c);
+  };
+  if (pos < text.size() && text[pos] == '"') {
+    ++pos;
+    for (;;) {
+      if (pos >= text.size()) return false;
+      char c = text[pos++];
+      if (c == '"') {
+        if (pos < text.size() && text[pos] == '"') {
+          literal('"');
+          ++pos;
+        } else {
+          break;
+        }
+      } else {
+        literal(c);
+      }
+    }
+  } else {
+    while (pos < text.size() && text[pos] != '.') {
+      char c = text[pos++];
+      if (c == '"') return false;
+      if (c == '*') {
+        like->push_back('%');
+      } else if (c == '?') {
+        like->push_back('_');
+      } else {
+        literal(static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c));
+      }
+    }
+  }
+  return !like->empty();
+}
+
+// "schema.table" (either part may be a pattern) or "table", whose schema is
+// `default_schema` (a LIKE pattern).
+std::optional<NamePattern> ParsePattern(std::string_view text, const std::string& default_schema) {
+  NamePattern p;
+  size_t pos = 0;
+  std::string first;
+  if (!ReadPatternPart(text, pos, &first)) return std::nullopt;
+  if (pos == text.size()) {
+    p.schema = default_schema;
+    p.name = first;
+    return p;
+  }
+  if (text[pos] != '.') return std::nullopt;
+  ++pos;
+  if (!ReadPatternPart(text, pos, &p.name) || pos != text.size()) return std::nullopt;
+  p.schema = first;
+  return p;
+}
+
 Status ReadTable(const std::string& file, const toml::table& t, int index, TableConfig* out) {
-  static const std::vector<std::string> kKeys = {"source", "target", "key", "topic",
-                                                 "schema_changes"};
+  static const std::vector<std::string> kKeys = {
+      "source", "target", "key", "topic", "exclude", "target_schema", "schema_changes"};
   std::string where = Where(file, t.source());
   out->line = static_cast<int>(t.source().begin.line);
   for (auto&& [k, v] : t) {
@@ -286,7 +360,7 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
     if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end()) {
       return Status::BadConfig(
           fmt::format("{}: unknown key \"{}\" in [[tables]] #{}{}; known keys: "
-                      "source, target, key, topic, schema_changes",
+                      "source, target, target_schema, key, topic, exclude, schema_changes",
                       Where(file, v.source()), key, index + 1, Suggest(key, kKeys)));
     }
   }
@@ -295,15 +369,80 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
     return Status::BadConfig(fmt::format(
         "{}: [[tables]] #{} needs source = \"schema.table\" (a string)", where, index + 1));
   }
-  auto parsed = QualifiedName::Parse(*source);
-  if (!parsed) {
-    return Status::BadConfig(fmt::format(
-        "{}: [[tables]] #{}: source \"{}\" is not a table name; write schema.table, quoting "
-        "parts with double quotes if needed",
-        where, index + 1, *source));
+  if (IsPatternText(*source)) {
+    auto pattern = ParsePattern(*source, "public");
+    if (!pattern) {
+      return Status::BadConfig(
+          fmt::format("{}: [[tables]] #{}: source \"{}\" is not a table name or pattern; write "
+                      "schema.table or a pattern such as \"public.*\" or \"sales.order_*\"",
+                      where, index + 1, *source));
+    }
+    out->is_pattern = true;
+    out->pattern_text = *source;
+    out->pattern = *pattern;
+  } else {
+    auto parsed = QualifiedName::Parse(*source);
+    if (!parsed) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: source \"{}\" is not a table name; write schema.table, quoting "
+          "parts with double quotes if needed",
+          where, index + 1, *source));
+    }
+    out->source = *parsed;
+    out->target = out->source;
   }
-  out->source = *parsed;
-  out->target = out->source;
+  if (out->is_pattern) {
+    for (const char* refused : {"target", "key"}) {
+      if (auto node = t.get(refused)) {
+        return Status::BadConfig(fmt::format(
+            "{}: [[tables]] #{}: {} cannot be set with a pattern (source = \"{}\"): {}",
+            Where(file, node->source()), index + 1, refused, *source,
+            std::string_view(refused) == "key"
+                ? "each table it selects uses its primary key; give a table that needs another "
+                  "key an entry of its own (an entry naming a table takes precedence over a "
+                  "pattern)"
+                : "the target tables take the source tables' names; set target_schema = "
+                  "\"...\" to place them in another schema"));
+      }
+    }
+  }
+  if (auto node = t.get("exclude")) {
+    const toml::array* arr = node->as_array();
+    if (!out->is_pattern) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: exclude only goes with a pattern (source = \"public.*\")",
+          Where(file, node->source()), index + 1));
+    }
+    if (!arr) {
+      return Status::BadConfig(
+          fmt::format("{}: [[tables]] #{}: exclude must be a list of table names or patterns, e.g. "
+                      "exclude = [\"audit_*\", \"public.tmp\"]",
+                      Where(file, node->source()), index + 1));
+    }
+    for (auto&& el : *arr) {
+      auto text = el.value<std::string>();
+      // A name without a schema excludes that table from every schema.
+      auto p = text ? ParsePattern(*text, "%") : std::nullopt;
+      if (!p) {
+        return Status::BadConfig(fmt::format(
+            "{}: [[tables]] #{}: every exclude entry must be a table name or pattern such as "
+            "\"audit_*\" or \"sales.tmp_?\"",
+            Where(file, el.source()), index + 1));
+      }
+      out->exclude.push_back(*p);
+    }
+  }
+  if (auto node = t.get("target_schema")) {
+    auto schema = node->value<std::string>();
+    if (!schema || schema->empty() || t.get("target")) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: target_schema must be a schema name (a non-empty string), and "
+          "not given together with target",
+          Where(file, node->source()), index + 1));
+    }
+    out->target_schema = *schema;
+    if (!out->is_pattern) out->target = {*schema, out->source.name};
+  }
   if (auto node = t.get("target")) {
     auto target = node->value<std::string>();
     auto tp = target ? QualifiedName::Parse(*target) : std::nullopt;
@@ -336,6 +475,13 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
     if (!topic || topic->empty()) {
       return Status::BadConfig(fmt::format("{}: [[tables]] #{}: topic must be a non-empty string",
                                            Where(file, node->source()), index + 1));
+    }
+    if (out->is_pattern && (topic->size() > 200 || !ValidTopicName(*topic))) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: topic \"{}\" cannot start a Kafka topic name: with a pattern it "
+          "is the prefix of each table's topic (<topic>.<schema>.<table>); use 1 to 200 of the "
+          "characters a-z A-Z 0-9 . _ -",
+          Where(file, node->source()), index + 1, *topic));
     }
     if (topic->size() > 249 || !ValidTopicName(*topic)) {
       return Status::BadConfig(fmt::format(
@@ -507,10 +653,109 @@ Status Validate(Config* c) {
   if (c->kafka.topic_prefix.empty()) c->kafka.topic_prefix = "datatunnel." + c->tunnel.name;
   if (c->kafka.group_id.empty()) c->kafka.group_id = "datatunnel." + c->tunnel.name;
   for (auto& t : c->tables) {
-    if (t.topic.empty()) t.topic = DefaultTopic(c->kafka.topic_prefix, t.source);
+    if (t.topic.empty() && !t.is_pattern) t.topic = DefaultTopic(c->kafka.topic_prefix, t.source);
   }
+  return CheckDistinct(*c);
+}
+
+}  // namespace
+
+bool NamePattern::Matches(const QualifiedName& table) const {
+  return LikeMatch(schema, table.schema) && LikeMatch(name, table.name);
+}
+
+bool LikeMatch(std::string_view like, std::string_view text) {
+  // Iterative wildcard matching with backtracking to the last '%'.
+  size_t p = 0, t = 0, star = std::string_view::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < like.size() && like[p] == '%') {
+      star = p++;
+      mark = t;
+      continue;
+    }
+    if (p < like.size()) {
+      char want = like[p];
+      size_t step = 1;
+      bool any = want == '_';
+      if (want == '\\' && p + 1 < like.size()) {
+        want = like[p + 1];
+        step = 2;
+        any = false;
+      }
+      if (any || want == text[t]) {
+        p += step;
+        ++t;
+        continue;
+      }
+    }
+    if (star == std::string_view::npos) return false;
+    p = star + 1;
+    t = ++mark;
+  }
+  while (p < like.size() && like[p] == '%') ++p;
+  return p == like.size();
+}
+
+bool HasPatterns(const Config& config) {
+  return std::any_of(config.tables.begin(), config.tables.end(),
+                     [](const TableConfig& t) { return t.is_pattern; });
+}
+
+Status ExpandPatterns(Config* config, const std::vector<QualifiedName>& candidates,
+                      const std::string& from, bool require_match) {
+  if (!HasPatterns(*config)) return Status::OK();
+  std::vector<QualifiedName> sorted = candidates;
+  std::sort(sorted.begin(), sorted.end(), [](const QualifiedName& a, const QualifiedName& b) {
+    return std::tie(a.schema, a.name) < std::tie(b.schema, b.name);
+  });
+  std::vector<TableConfig> out;
+  std::set<std::string> taken;
+  for (const auto& t : config->tables) {
+    if (t.is_pattern) continue;
+    taken.insert(t.source.ToString());
+    out.push_back(t);
+  }
+  for (const auto& p : config->tables) {
+    if (!p.is_pattern) continue;
+    int matched = 0, excluded = 0;
+    for (const auto& c : sorted) {
+      if (!p.pattern.Matches(c)) continue;
+      if (std::any_of(p.exclude.begin(), p.exclude.end(),
+                      [&](const NamePattern& x) { return x.Matches(c); })) {
+        ++excluded;
+        continue;
+      }
+      ++matched;
+      if (!taken.insert(c.ToString()).second) continue;
+      TableConfig t;
+      t.source = c;
+      t.target = {p.target_schema.empty() ? c.schema : p.target_schema, c.name};
+      t.topic = DefaultTopic(p.topic.empty() ? config->kafka.topic_prefix : p.topic, c);
+      t.schema_changes = p.schema_changes;
+      t.line = p.line;
+      t.from_pattern = true;
+      t.pattern_text = p.pattern_text;
+      out.push_back(std::move(t));
+    }
+    if (matched == 0 && require_match) {
+      return Status::BadConfig(fmt::format(
+          "{}{}[[tables]] source = \"{}\" (line {}) matches no table {}{}; fix the pattern, or "
+          "create the tables first",
+          config->file, config->file.empty() ? "" : ": ", p.pattern_text, p.line, from,
+          excluded > 0 ? fmt::format(" once exclude is applied ({} excluded)", excluded) : ""));
+    }
+  }
+  config->tables = std::move(out);
+  return CheckDistinct(*config);
+}
+
+namespace {
+
+Status CheckDistinct(const Config& config) {
+  const Config* c = &config;
   std::set<std::string> sources, targets, topics;
   for (const auto& t : c->tables) {
+    if (t.is_pattern) continue;
     if (!sources.insert(t.source.ToString()).second) {
       return Status::BadConfig(fmt::format("table {} is listed twice in [[tables]] (line {})",
                                            t.source.ToString(), t.line));

@@ -62,13 +62,40 @@ enum class BadMessagePolicy { kDeadLetter, kStop };
 // (docs/architecture.md, "Transaction-consistent apply").
 enum class ApplyConsistency { kKey, kTransaction };
 
+// A pattern over table names: `source = "public.*"`, `"sales.order_*"`.
+// Each part is an SQL LIKE pattern ('%', '_', '\' escapes): a bare part's
+// '*' and '?' became '%' and '_' (and it was folded to lower case, as SQL
+// folds bare names); a double-quoted part is literal.
+struct NamePattern {
+  std::string schema;  // "%": any schema
+  std::string name;
+  bool Matches(const QualifiedName& table) const;
+};
+
+// Whether `text` matches the SQL LIKE pattern `like` (backslash escapes).
+bool LikeMatch(std::string_view like, std::string_view text);
+
 struct TableConfig {
   QualifiedName source;
   QualifiedName target;
   std::vector<std::string> key;  // empty: the source's primary key
-  std::string topic;             // default "<kafka.topic_prefix>.<schema>.<table>"
+  // Default "<kafka.topic_prefix>.<schema>.<table>". On a pattern entry: the
+  // prefix of its tables' topics ("<topic>.<schema>.<table>"), or empty.
+  std::string topic;
   SchemaChangePolicy schema_changes = SchemaChangePolicy::kStop;
   int line = 0;  // where it was defined, for messages
+
+  // A pattern entry: selects every table `pattern` matches and no
+  // `exclude` matches. ExpandPatterns() replaces it by one entry per table
+  // (with `from_pattern` set); `source` and `target` are unused until then.
+  bool is_pattern = false;
+  std::string pattern_text;  // `source` as written
+  NamePattern pattern;
+  std::vector<NamePattern> exclude;
+  // The target's schema for the selected tables ("": the source's). Also
+  // allowed on a single table's entry instead of `target`.
+  std::string target_schema;
+  bool from_pattern = false;
 };
 
 struct PipelineConfig {
@@ -122,6 +149,22 @@ struct Config {
 // ("section.key=value"), then validates.
 Result<Config> LoadConfig(const std::string& path, const std::map<std::string, std::string>& env,
                           const std::vector<std::string>& overrides);
+
+// Whether the configuration has pattern entries (tables chosen from a
+// catalog: ExpandPatterns).
+bool HasPatterns(const Config& config);
+
+// Replaces every pattern entry of config->tables by one entry per table of
+// `candidates` it matches (and no `exclude` of it matches), in name order,
+// after the entries that name their table: a table an entry names, or an
+// earlier pattern matched, keeps that entry. `candidates`: the tables the
+// patterns choose from (ResolveTables in cli/common.cc: the source's
+// catalog for `init`, the tables init captured for the other commands);
+// `from` says what they are, for messages. A pattern matching none of them
+// is kBadConfig naming its line (unless !require_match: `uninstall`). Then
+// checks again that no two entries share a target or a topic.
+Status ExpandPatterns(Config* config, const std::vector<QualifiedName>& candidates,
+                      const std::string& from, bool require_match = true);
 
 // Whether `name` is a valid tunnel name ([A-Za-z0-9_-], 1 to 63 characters,
 // starting with a letter or digit).

@@ -14,9 +14,10 @@ Driver::Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chun
 Status Driver::Poll(pg::Connection& source,
                     const std::function<void(size_t, const Progress&)>& started) {
   last_poll_us_ = MonotonicMicros();
+  DT_ASSIGN_OR_RETURN(auto wanted, capture::SnapshotsWanted(source, *specs_));
   for (size_t t = 0; t < snaps_.size(); ++t) {
     Snap& sn = snaps_[t];
-    if (sn.active) continue;
+    if (sn.active || !wanted[t]) continue;
     const TableSpec& spec = (*specs_)[t];
     DT_ASSIGN_OR_RETURN(auto p, capture::LoadSnapshotProgress(source, spec));
     if (p.state != State::kRequested && p.state != State::kRunning) continue;

@@ -222,7 +222,7 @@ Status SourceWorker::Step(Session& s, bool* finished) {
   DT_RETURN_IF_ERROR(ServeDeliveries(s, 0, false));
   if (options_.exit_after_snapshot && tracker_.in_flight() == 0 && !s.snaps->running() && !s.work) {
     *finished = true;
-    return RecordProgress(s);
+    return RecordProgress(s, true);
   }
   // In memory with whole ticks, the target commits (and so confirms) only
   // at the end of a tick: a tick larger than max_in_flight is read whole.
@@ -278,6 +278,8 @@ Status SourceWorker::StartTick(Session& s) {
     // A tick recorded before a restart: its batch is recomputed exactly.
     w.hi = *recorded;
     w.replay = true;
+    SizeReads(s, w);
+    DT_RETURN_IF_ERROR(s.log->ReadFirst(w.lo, w.hi, s.epoch, &w.reads));
   } else {
     DT_RETURN_IF_ERROR(RecordTick(s, w));
   }
@@ -286,6 +288,14 @@ Status SourceWorker::StartTick(Session& s) {
   w.batch.emplace(w.lo, w.hi, std::move(w.reads), s.book);
   s.work = std::move(w);
   return Status::OK();
+}
+
+void SourceWorker::SizeReads(Session& s, Work& w) {
+  w.reads.resize(s.specs.size());
+  for (size_t t = 0; t < s.specs.size(); ++t) {
+    w.reads[t].table = t;
+    w.reads[t].limit = s.read_sizer.Limit(t);
+  }
 }
 
 Status SourceWorker::RecordTick(Session& s, Work& w) {
@@ -297,11 +307,7 @@ Status SourceWorker::RecordTick(Session& s, Work& w) {
     // publishes it, as it does any tick recorded before a restart.
     // The first read of every table's batch rides along.
     std::string signature;
-    w.reads.resize(s.specs.size());
-    for (size_t t = 0; t < s.specs.size(); ++t) {
-      w.reads[t].table = t;
-      w.reads[t].limit = s.read_sizer.Limit(t);
-    }
+    SizeReads(s, w);
     DT_ASSIGN_OR_RETURN(
         w.hi, s.log->RecordTick(w.lo, s.schema->signature_query(), &signature, s.epoch, w.reads));
     return s.schema->Verify(signature);
@@ -317,7 +323,9 @@ Status SourceWorker::RecordTick(Session& s, Work& w) {
   w.chunk_table = *table;
   DT_RETURN_IF_ERROR(s.log->CommitTick());
   if (w.chunk_table >= 0) s.snaps->Committed(static_cast<size_t>(w.chunk_table), w.chunk.next);
-  return Status::OK();
+  // With many tables, the tick's changes are read only where there are any.
+  SizeReads(s, w);
+  return s.log->ReadFirst(w.lo, w.hi, s.epoch, &w.reads);
 }
 
 template <typename SendFn>
@@ -470,14 +478,16 @@ Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record)
   }
   if (force_record ||
       now - s.last_record_us >= int64_t{options_.pipeline.progress_interval_ms} * 1000) {
-    DT_RETURN_IF_ERROR(RecordProgress(s));
+    DT_RETURN_IF_ERROR(RecordProgress(s, force_record));
   }
   return Status::OK();
 }
 
-Status SourceWorker::RecordProgress(Session& s) {
+Status SourceWorker::RecordProgress(Session& s, bool all) {
   s.last_record_us = MonotonicMicros();
-  DT_ASSIGN_OR_RETURN(bool recorded, s.book.Record(*s.log));
+  // While a snapshot runs, every table's progress is recorded at once: its
+  // chunks are recorded only with the progress before them.
+  DT_ASSIGN_OR_RETURN(bool recorded, s.book.Record(*s.log, all || s.snaps->running()));
   if (!recorded) return Status::OK();
   // Chunks only after the changes before them are recorded.
   DT_ASSIGN_OR_RETURN(auto ended, s.snaps->Record(*s.conn));

@@ -90,10 +90,13 @@ class SourceWorker {
   // Graceful stop: deliver what is in flight, record it.
   Status Drain(Session& s);
   Status ServeDeliveries(Session& s, int wait_ms, bool force_record);
-  Status RecordProgress(Session& s);
+  // `all`: also the tables that only passed ends of ticks (ProgressBook::Record).
+  Status RecordProgress(Session& s, bool all = false);
   Status StartTick(Session& s);
   // The new tick of StartTick, with the first reads or a snapshot chunk.
   Status RecordTick(Session& s, Work& w);
+  // One first read per table, each as large as the read sizer says.
+  void SizeReads(Session& s, Work& w);
   Status StepTick(Session& s, bool* progressed);
   Status FinishTick(Session& s);
   // Sends the batch's snapshot chunk, and the end marker after the last.

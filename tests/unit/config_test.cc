@@ -149,7 +149,111 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"[kafka]\nbrokerz = \"k\"\n[[tables]]\nsource = \"a\"",
                 "unknown key \"brokerz\" in [kafka] (did you mean \"brokers\"?)"},
         BadCase{"[kafka]\nbrokers = \"k\"", "no [[tables]] entry: add one per table to sync"},
-        BadCase{"[kafka]\ntopic_prefix = \"a b\"", "kafka.topic_prefix \"a b\" cannot start"}));
+        BadCase{"[kafka]\ntopic_prefix = \"a b\"", "kafka.topic_prefix \"a b\" cannot start"},
+        // Patterns: no key, no target, exclude and target_schema as documented.
+        BadCase{"[[tables]]\nsource = \"public.*\"\nkey = [\"id\"]",
+                "key cannot be set with a pattern (source = \"public.*\")"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\ntarget = \"x.y\"",
+                "target cannot be set with a pattern"},
+        BadCase{"[[tables]]\nsource = \"public.t\"\nexclude = [\"u\"]",
+                "exclude only goes with a pattern"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\nexclude = \"u\"",
+                "exclude must be a list of table names or patterns"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\nexclude = [\"a.b.c\"]",
+                "every exclude entry must be a table name or pattern"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\ntarget_schema = \"\"",
+                "target_schema must be a schema name"},
+        BadCase{"[[tables]]\nsource = \"a\"\ntarget = \"b.a\"\ntarget_schema = \"b\"",
+                "not given together with target"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\ntopic = \"a b\"",
+                "with a pattern it is the prefix of each table's topic"},
+        BadCase{"[[tables]]\nsource = \"pub*lic.\"", "is not a table name or pattern"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\nexclue = []",
+                "unknown key \"exclue\" in [[tables]] #1 (did you mean \"exclude\"?)"}));
+
+// A pattern entry keeps its pattern until the tables are known; then it
+// becomes one entry per matching table, explicit entries first and
+// winning, with target_schema, the topic prefix and the policy applied.
+TEST(Config, PatternsExpandToTables) {
+  std::string f = WriteFile(
+      "[[tables]]\n"
+      "source = \"public.order_*\"\n"
+      "exclude = [\"*_old\", \"public.order_tmp?\"]\n"
+      "target_schema = \"copy\"\n"
+      "topic = \"shop\"\n"
+      "schema_changes = \"evolve\"\n"
+      "[[tables]]\n"
+      "source = \"public.order_lines\"\n"
+      "key = [\"id\", \"line\"]\n"
+      "[[tables]]\n"
+      "source = '\"Sales\".*'\n");
+  auto c = LoadConfig(f, {}, {});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_TRUE(HasPatterns(*c));
+  ASSERT_EQ(c->tables.size(), 3u);
+  EXPECT_TRUE(c->tables[0].is_pattern);
+  EXPECT_EQ(c->tables[0].pattern.schema, "public");
+  EXPECT_EQ(c->tables[0].pattern.name, "order\\_%");
+  EXPECT_EQ(c->tables[2].pattern.schema, "Sales");  // quoted: literal, case kept
+
+  const std::vector<QualifiedName> catalog = {
+      {"public", "orders"},      {"public", "order_items"}, {"public", "order_lines"},
+      {"public", "order_old"},   {"public", "order_tmp1"},  {"public", "order_tmp12"},
+      {"public", "orderxnotes"}, {"Sales", "Q1"},           {"sales", "q2"}};
+  ASSERT_TRUE(ExpandPatterns(&*c, catalog, "in the test").ok());
+  EXPECT_FALSE(HasPatterns(*c));
+  std::vector<std::string> names;
+  for (const auto& t : c->tables) names.push_back(t.source.ToString());
+  EXPECT_EQ(names, (std::vector<std::string>{"public.order_lines", "public.order_items",
+                                             "public.order_tmp12", "Sales.Q1"}));
+  // The explicit entry keeps its key and default topic; the pattern's
+  // tables take its target schema, topic prefix and policy.
+  EXPECT_EQ(c->tables[0].key, (std::vector<std::string>{"id", "line"}));
+  EXPECT_FALSE(c->tables[0].from_pattern);
+  EXPECT_EQ(c->tables[1].target, (QualifiedName{"copy", "order_items"}));
+  EXPECT_EQ(c->tables[1].topic, "shop.public.order_items");
+  EXPECT_EQ(c->tables[1].schema_changes, SchemaChangePolicy::kEvolve);
+  EXPECT_TRUE(c->tables[1].from_pattern);
+  EXPECT_EQ(c->tables[3].target, (QualifiedName{"Sales", "Q1"}));
+  EXPECT_EQ(c->tables[3].topic, "datatunnel." + c->tunnel.name + ".Sales.Q1");
+
+  // A pattern matching nothing is one clear line naming it.
+  c = LoadConfig(f, {}, {});
+  ASSERT_TRUE(c.ok());
+  Status st = ExpandPatterns(&*c, {{"public", "order_old"}, {"Sales", "Q1"}}, "in the test");
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), StatusCode::kBadConfig);
+  EXPECT_NE(st.message().find("source = \"public.order_*\" (line "), std::string::npos)
+      << st.message();
+  EXPECT_NE(st.message().find("matches no table in the test once exclude is applied (1 excluded)"),
+            std::string::npos)
+      << st.message();
+  // ... unless matching nothing is fine (uninstall).
+  EXPECT_TRUE(ExpandPatterns(&*c, {{"Sales", "Q1"}}, "in the test", false).ok());
+  std::remove(f.c_str());
+
+  // Two patterns sending two tables to one target are refused once expanded.
+  f = WriteFile(
+      "[[tables]]\nsource = \"a.*\"\ntarget_schema = \"t\"\n"
+      "[[tables]]\nsource = \"b.*\"\ntarget_schema = \"t\"\n");
+  c = LoadConfig(f, {}, {});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  st = ExpandPatterns(&*c, {{"a", "x"}, {"b", "x"}}, "in the test");
+  EXPECT_NE(st.message().find("write to the same target t.x"), std::string::npos) << st.message();
+  std::remove(f.c_str());
+}
+
+TEST(Config, LikeMatch) {
+  EXPECT_TRUE(LikeMatch("%", ""));
+  EXPECT_TRUE(LikeMatch("a%c", "abbbc"));
+  EXPECT_TRUE(LikeMatch("a_c", "abc"));
+  EXPECT_FALSE(LikeMatch("a_c", "abbc"));
+  EXPECT_TRUE(LikeMatch("a\\_c", "a_c"));
+  EXPECT_FALSE(LikeMatch("a\\_c", "abc"));
+  EXPECT_TRUE(LikeMatch("%\\%", "50%"));
+  EXPECT_FALSE(LikeMatch("abc", "abcd"));
+  EXPECT_TRUE(LikeMatch("%b%b%", "abcb"));
+}
 
 TEST(Config, TopicPrefixNamesDefaultTopics) {
   std::string f = WriteFile(

@@ -1,0 +1,196 @@
+// Whole schemas (issue 20, items 1 and 2): tables chosen by pattern with
+// exclusions, a table added later picked up by `init` and carried after a
+// restart, a pattern matching nothing refused; 500 tables in one tunnel
+// (changes on all of them arrive); change tables of an earlier version moved
+// onto the shared change_id sequence with their pending changes.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "support/tunnel_fixture.h"
+
+namespace datatunnel {
+namespace {
+
+using testing::Contains;
+using testing::Lines;
+using testing::SourceCluster;
+using testing::TargetCluster;
+
+class SchemasTest : public testing::TunnelFixture {
+ protected:
+  int64_t Src(const std::string& sql) { return SourceCluster().Count(src_, sql); }
+  int64_t Tgt(const std::string& sql) { return TargetCluster().Count(tgt_, sql); }
+  // How many lines of `text` contain `needle`.
+  static int CountLines(const std::string& text, const std::string& needle) {
+    int n = 0;
+    for (const auto& l : Lines(text)) n += Contains(l, needle) ? 1 : 0;
+    return n;
+  }
+};
+
+constexpr const char* kShopTables = R"([[tables]]
+source = "shop.*"
+exclude = ["*_old", "shop.audit_?"]
+target_schema = "copy"
+)";
+
+TEST_F(SchemasTest, PatternSelectsTablesAndInitPicksUpNewOnes) {
+  SourceCluster().Exec(src_,
+                       "CREATE SCHEMA shop;"
+                       "CREATE TABLE shop.orders (id int PRIMARY KEY, total numeric);"
+                       "CREATE TABLE shop.order_items (id int PRIMARY KEY, order_id int);"
+                       "CREATE TABLE shop.orders_old (id int PRIMARY KEY);"
+                       "CREATE TABLE shop.audit_1 (id int PRIMARY KEY);"
+                       "CREATE VIEW shop.big_orders AS SELECT * FROM shop.orders;"
+                       "INSERT INTO shop.orders SELECT i, i * 1.5 FROM generate_series(1, 20) i;");
+  // A pattern matching nothing is one clear line.
+  WriteConfig("[[tables]]\nsource = \"nowhere.*\"\n");
+  auto none = Dt({"init"});
+  EXPECT_EQ(none.code, 2) << none.out << none.err;
+  EXPECT_TRUE(Contains(none.err, "datatunnel: error: ")) << none.err;
+  EXPECT_TRUE(Contains(none.err, "source = \"nowhere.*\"")) << none.err;
+  EXPECT_TRUE(Contains(none.err, "matches no table in the")) << none.err;
+
+  WriteConfig(kShopTables);
+  auto init = Dt({"init"});
+  ASSERT_EQ(init.code, 0) << init.out << init.err;
+  EXPECT_EQ(CountLines(init.out, "new table shop.orders: matches source = \"shop.*\""), 1)
+      << init.out;
+  EXPECT_EQ(CountLines(init.out, "new table shop.order_items:"), 1) << init.out;
+  EXPECT_EQ(CountLines(init.out, "new table "), 2) << init.out;  // not _old, audit_1, the view
+  EXPECT_EQ(Src("SELECT count(*) FROM datatunnel.tables"), 2);
+  // Neither its own change tables nor the excluded tables are captured.
+  EXPECT_EQ(Src("SELECT count(*) FROM pg_trigger WHERE tgname = 'datatunnel_capture'"), 2);
+
+  auto run = Start({"run", "--broker", "none"});
+  ExpectInSync();
+  EXPECT_EQ(Tgt("SELECT count(*) FROM copy.orders"), 20);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO shop.order_items SELECT i, i FROM generate_series(1, 5) i;"
+                       "UPDATE shop.orders SET total = 0 WHERE id <= 3;");
+  ExpectInSync();
+  EXPECT_EQ(Tgt("SELECT count(*) FROM copy.order_items"), 5);
+
+  // A table created later: the running tunnel does not carry it yet, and
+  // every command still sees the two tables init captured.
+  SourceCluster().Exec(src_,
+                       "CREATE TABLE shop.returns (id int PRIMARY KEY, reason text);"
+                       "INSERT INTO shop.returns VALUES (1, 'broken'), (2, 'late');");
+  auto status = Dt({"status"});
+  EXPECT_EQ(status.code, 0) << status.out << status.err;
+  EXPECT_FALSE(Contains(status.out, "shop.returns")) << status.out;
+  // init again picks it up and says so, once.
+  init = Dt({"init"});
+  ASSERT_EQ(init.code, 0) << init.out << init.err;
+  EXPECT_EQ(CountLines(init.out, "new table "), 1) << init.out;
+  EXPECT_EQ(CountLines(init.out, "new table shop.returns: matches source = \"shop.*\""), 1)
+      << init.out;
+  // Recorded on the target for consumers without access to the source.
+  EXPECT_EQ(Tgt("SELECT count(*) FROM datatunnel.tunnel_tables"), 3);
+  // After a restart the tunnel copies it, then streams it.
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+  run = Start({"run", "--broker", "none"});
+  SourceCluster().Exec(src_, "INSERT INTO shop.returns VALUES (3, 'wrong size')");
+  ExpectInSync();
+  EXPECT_EQ(Tgt("SELECT count(*) FROM copy.returns"), 3);
+  EXPECT_EQ(Tgt("SELECT count(*) FROM pg_class WHERE relname IN ('orders_old', 'audit_1')"), 0);
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// 500 tables in one tunnel: every change arrives. The idle check and a
+// tick's reads no longer grow with the tables (bench/run.sh --only many
+// measures the cost).
+TEST_F(SchemasTest, FiveHundredTables) {
+  SourceCluster().Exec(src_,
+                       "CREATE SCHEMA many; DO $$ BEGIN FOR i IN 1..500 LOOP "
+                       "EXECUTE format('CREATE TABLE many.t%s (id int PRIMARY KEY, v text)', i); "
+                       "END LOOP; END $$;");
+  WriteConfig("[[tables]]\nsource = \"many.*\"\n");
+  auto init = Dt({"init"}, 300);
+  ASSERT_EQ(init.code, 0) << init.err;
+  EXPECT_EQ(CountLines(init.out, "new table many.t"), 500);
+  EXPECT_EQ(Src("SELECT count(*) FROM datatunnel.tables"), 500);
+  // Empty tables: nothing to copy.
+  auto run = Start({"run", "--broker", "none", "--no-snapshot"});
+  // Transactions touching a third of the tables each (each applied as one
+  // batch of fewer than 200 rows: a larger batch over hundreds of tables
+  // takes the target's staging path, whose temporary tables per table slow
+  // every later commit, a limit of the apply side), then single-row
+  // transactions spread over all of them, and a few updates and deletes.
+  for (int part = 0; part < 3; ++part) {
+    SourceCluster().Exec(src_,
+                         fmt::format("DO $$ BEGIN FOR i IN {}..{} LOOP EXECUTE format('INSERT INTO "
+                                     "many.t%s VALUES (2, ''all'')', i); END LOOP; END $$;",
+                                     1 + part * 167, std::min(500, (part + 1) * 167)));
+    const std::string last = fmt::format("many.t{}", std::min(500, (part + 1) * 167));
+    ASSERT_TRUE(testing::WaitUntil(
+        [&] { return Tgt(fmt::format("SELECT count(*) FROM {} WHERE id = 2", last)) == 1; }, 30))
+        << run->Stderr();
+  }
+  for (int k = 0; k < 100; ++k) {
+    SourceCluster().Exec(
+        src_, fmt::format("INSERT INTO many.t{} VALUES ({}, 'one')", 1 + (k * 37) % 500, 100 + k));
+  }
+  SourceCluster().Exec(src_,
+                       "UPDATE many.t7 SET v = 'changed' WHERE id = 2; DELETE FROM many.t9 "
+                       "WHERE id = 2");
+  const std::string total =
+      "SELECT (SELECT count(*) FROM many.t1) + (SELECT count(*) FROM many.t500) + "
+      "(SELECT count(*) FROM many.t9) + (SELECT count(*) FROM many.t7 WHERE v = 'changed')";
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        return Tgt("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                   "c.relnamespace WHERE n.nspname = 'many' AND c.relkind = 'r'") == 500 &&
+               Tgt(total) == Src(total);
+      },
+      60))
+      << run->Stderr();
+  ExpectInSync(120);
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// A change table of an earlier version draws its ids from a sequence of its
+// own: every command asks for init, which moves it onto the shared sequence
+// past every id it gave out, keeping the changes waiting in it.
+TEST_F(SchemasTest, InitMovesOldChangeTablesOntoTheSharedSequence) {
+  SourceCluster().Exec(src_,
+                       "CREATE TABLE a (id int PRIMARY KEY, v text);"
+                       "CREATE TABLE b (id int PRIMARY KEY, v text);"
+                       "INSERT INTO a VALUES (1, 'x')");
+  WriteConfig("[[tables]]\nsource = \"public.a\"\n[[tables]]\nsource = \"public.b\"\n");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  ASSERT_EQ(Dt({"snapshot"}).code, 0);
+  // Table a as an earlier version made it: its own sequence, well ahead of
+  // the shared one, with changes waiting.
+  SourceCluster().Exec(src_,
+                       "CREATE SEQUENCE \"a_cdc_dt$change_id_seq\" OWNED BY "
+                       "a_cdc.\"dt$change_id\";"
+                       "SELECT setval('\"a_cdc_dt$change_id_seq\"', 1000000);"
+                       "ALTER TABLE a_cdc ALTER COLUMN \"dt$change_id\" SET DEFAULT "
+                       "nextval('\"a_cdc_dt$change_id_seq\"');"
+                       "INSERT INTO a VALUES (2, 'y'); UPDATE a SET v = 'z' WHERE id = 1;"
+                       "INSERT INTO b VALUES (1, 'b')");
+  EXPECT_EQ(Src("SELECT max(\"dt$change_id\") FROM a_cdc"), 1000002);
+  auto early = Dt({"run", "--broker", "none"}, 30);
+  EXPECT_EQ(early.code, 2) << early.err;
+  EXPECT_TRUE(Contains(early.err, "draws its change ids from a sequence of its own")) << early.err;
+  auto init = Dt({"init"});
+  ASSERT_EQ(init.code, 0) << init.err;
+  EXPECT_TRUE(Contains(init.out, "a_cdc onto the shared change_id sequence")) << init.out;
+  EXPECT_EQ(Src("SELECT count(*) FROM pg_class WHERE relname = 'a_cdc_dt$change_id_seq'"), 0);
+  EXPECT_EQ(Src("SELECT count(*) FROM a_cdc"), 2);  // kept
+  // New ids of a (and of b: one sequence) come after every old one.
+  SourceCluster().Exec(src_, "UPDATE a SET v = 'w' WHERE id = 1; INSERT INTO b VALUES (2, 'c')");
+  EXPECT_GT(Src("SELECT max(\"dt$change_id\") FROM a_cdc"), 1000002);
+  EXPECT_GT(Src("SELECT max(\"dt$change_id\") FROM b_cdc"), 1000002);
+  auto run = Start({"run", "--broker", "none"});
+  ExpectInSync();
+  EXPECT_EQ(Tgt("SELECT count(*) FROM a WHERE v = 'w'"), 1);
+  EXPECT_EQ(Tgt("SELECT count(*) FROM b"), 2);
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+}  // namespace
+}  // namespace datatunnel
