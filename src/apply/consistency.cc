@@ -8,6 +8,17 @@
 
 namespace datatunnel::apply {
 
+Status CheckConsistencyState(pg::Connection& target) {
+  auto has = target.Query("SELECT to_regclass('datatunnel.consistency') IS NOT NULL");
+  if (has.ok() && !has->GetBool(0, 0)) {
+    return Status::Fatal(fmt::format(
+        "the datatunnel state on the {} is from an older version (no datatunnel.consistency): "
+        "run `datatunnel init` to upgrade it, then start again",
+        target.description()));
+  }
+  return Status::OK();
+}
+
 Result<ConsistencyState> LoadConsistency(pg::Connection& target, const std::string& tunnel) {
   ConsistencyState s;
   DT_ASSIGN_OR_RETURN(auto has,

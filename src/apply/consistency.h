@@ -32,6 +32,11 @@ struct ConsistencyState {
   std::string applied_at;  // when (text, UTC)
   double age_seconds = 0;  // how long ago
 };
+
+// kFatal asking for `init` when the target's state predates transaction
+// mode (no datatunnel.consistency).
+Status CheckConsistencyState(pg::Connection& target);
+
 Result<ConsistencyState> LoadConsistency(pg::Connection& target, const std::string& tunnel);
 
 // The SQL that stores `end` (from `stream` at `offset`) for `tunnel`, in the

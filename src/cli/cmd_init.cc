@@ -157,8 +157,6 @@ void PrintGrants(const std::vector<TableSpec>& specs, const std::string& role,
   for (const auto& line : apply::RuntimeGrants(specs, role, target.database())) {
     fmt::print("{}\n", line);
   }
-  fmt::print("GRANT SELECT ON datatunnel.tunnel_tables TO {};  -- the tunnel's tables\n",
-             QuoteIdent(role));
 }
 
 int RunInit(const Globals& g, const InitOptions& o) {

@@ -71,13 +71,7 @@ Status TargetCore::Connect() {
       spdlog::info("consumer: deferring foreign key(s) {} to the end of each transaction",
                    fmt::join(order.deferred, ", "));
     }
-    auto has = conn_->Query("SELECT to_regclass('datatunnel.consistency') IS NOT NULL");
-    if (has.ok() && !has->GetBool(0, 0)) {
-      return Status::Fatal(fmt::format(
-          "the datatunnel state on the {} is from an older version (no datatunnel.consistency): "
-          "run `datatunnel init` to upgrade it, then start again",
-          conn_->description()));
-    }
+    DT_RETURN_IF_ERROR(apply::CheckConsistencyState(*conn_));
     applier_->SetTransactional(options_.tunnel, std::move(order));
   }
   connected_once_ = true;
