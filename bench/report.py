@@ -564,8 +564,10 @@ def main():
             name = proc
             if proc == "broker":
                 name = "Kafka broker (JVM, peak since it started; not a tunnel process)"
+            elif v == "debezium":
+                name = "Kafka Connect worker (Debezium's two connectors; not a tunnel process)"
             add(f"| {s} | {c} | {v} | {name} | {fmt(mb)} | {fmt(cpu)} |")
-            if proc != "broker" and (worst is None or mb > worst[0]):
+            if proc != "broker" and v != "debezium" and (worst is None or mb > worst[0]):
                 worst = (mb, f"{s} {c}, {v}, `{proc}`")
         add("")
         add("The broker's CPU is what it used during that measurement; its RSS is the JVM's "

@@ -446,8 +446,7 @@ topics=$BROKER_PREFIX.public.employees
 connection.url=jdbc:postgresql://127.0.0.1:$P2/b2
 connection.username=postgres
 connection.password=unused
-# hibernate-agroal is not served here (scripts/debezium.sh): Hibernate's own pool.
-connection.provider=org.hibernate.engine.jdbc.connections.internal.DriverManagerConnectionProviderImpl
+# Debezium's default pool: Hibernate's C3P0 provider (the 3.5 sink; see scripts/debezium.sh).
 # Upserts (INSERT ... ON CONFLICT DO UPDATE), deletes applied, the key from the record key.
 insert.mode=upsert
 delete.enabled=true
@@ -539,7 +538,7 @@ setup_stream() {
     start_debezium
     warmup
     # A stopped worker keeps its slot (on the source) and offsets (DIR/offsets).
-    [[ $start == 0 ]] && stop_debezium
+    if [[ $start == 0 ]]; then stop_debezium; fi
   else
     write_config none
     dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
