@@ -90,12 +90,26 @@ dep() { echo "    <dependency><groupId>$1</groupId><artifactId>$2</artifactId><v
 
 # Debezium's JDBC sink connector as its own plugin folder (added to a cache
 # fetched before it was).
+jackson_version() {
+  local j
+  j=$(cd "$cache/libs" && ls jackson-databind-*.jar) || die "no jackson-databind in $cache/libs"
+  j=${j#jackson-databind-}
+  echo "${j%.jar}"
+}
+
 fetch_jdbc_sink() {
   local dir=$cache/plugins/debezium-connector-jdbc
   [[ -f "$dir/.complete-$DEBEZIUM_JDBC_VERSION" ]] && return 0
   echo "debezium.sh: fetching Debezium's JDBC sink $DEBEZIUM_JDBC_VERSION from Maven Central into $dir (once)" >&2
   rm -rf "$dir" "$dir.tmp"
-  copy_deps "$(dep io.debezium debezium-connector-jdbc "$DEBEZIUM_JDBC_VERSION")" "$dir.tmp" "org.apache.kafka,org.slf4j" ||
+  # Jackson's core comes from the worker (2.21, which Hibernate's JSON support
+  # then finds with its modules): a plugin's own jackson-databind cannot load
+  # the worker's jackson-module-blackbird, which Jackson's module lookup finds
+  # through the parent class loader ("BlackbirdModule not a subtype" when the
+  # sink task starts). The JSR-310 module is taken at the worker's version.
+  copy_deps "$(dep io.debezium debezium-connector-jdbc "$DEBEZIUM_JDBC_VERSION")
+$(dep com.fasterxml.jackson.datatype jackson-datatype-jsr310 "$(jackson_version)")" "$dir.tmp" \
+    "org.apache.kafka,org.slf4j,com.fasterxml.jackson.core" ||
     die "could not fetch io.debezium:debezium-connector-jdbc:$DEBEZIUM_JDBC_VERSION with Maven (see above)"
   touch "$dir.tmp/.complete-$DEBEZIUM_JDBC_VERSION"
   mv "$dir.tmp" "$dir"
