@@ -19,12 +19,32 @@ VARIANT_NAMES = {
     "split": "tunnel, through the broker (produce + consume)",
     "none": "tunnel, --broker none",
     "ref": "logical replication",
+    "debezium": "Debezium (PostgreSQL connector → broker → JDBC sink)",
     "copy": "COPY pipe (psql \\copy | psql \\copy)",
     "sub": "logical replication initial copy",
     "trigger-off": "capture triggers disabled",
     "trigger-on": "capture triggers enabled",
 }
-STREAM_ORDER = ["kafka", "split", "none", "ref"]
+STREAM_ORDER = ["kafka", "split", "none", "debezium", "ref"]
+
+
+def debezium_targets(r, sc, case, targets, metric, better, factor, what):
+    """Issue 21: datatunnel through the broker against Debezium, measured in the same run."""
+    dbz = r.median(sc, case, "debezium", metric)
+    if dbz is None or dbz == 0:
+        return
+    for v in BROKER_VARIANTS:
+        got = r.median(sc, case, v, metric)
+        if got is None:
+            continue
+        if better == "higher":
+            targets.append((f"{what} through the broker ({v}): ≥ {factor:g}× Debezium's",
+                            f"datatunnel ÷ Debezium = {got / dbz:.2f}× ({got:,.0f} vs {dbz:,.0f})",
+                            got >= factor * dbz))
+        else:
+            targets.append((f"{what} through the broker ({v}): ≤ 1/{1 / factor:g} of Debezium's",
+                            f"datatunnel ÷ Debezium = {got / dbz:.2f}× ({got:.1f} vs {dbz:.1f} ms)",
+                            got <= factor * dbz))
 
 
 def load_meta(path):
@@ -382,6 +402,9 @@ def main():
                     targets.append((f"latency {int(rate):,}/s through the broker ({v}): "
                                     f"{pct} ≤ {limit} ms", f"{got:.1f} ms{vs}{short(v)}",
                                     got <= limit))
+            if rate == "1000":
+                debezium_targets(r, "latency", case, targets, "p99_ms", "lower", 0.25,
+                                 "latency 1,000/s p99")
             if p99n is not None and ref99:
                 targets.append((f"latency {int(rate):,}/s with --broker none: p99 ≤ 3× the reference's",
                                 f"{p99n:.1f} ms = {p99n / ref99:.2f}× ({ref99:.1f} ms){short('none')}",
@@ -412,6 +435,7 @@ def main():
             if v == "none" and med is not None and ref:
                 targets.append((f"burst ({v}): ≥ 1.5× the reference's changes/s",
                                 f"{med:,.0f}/s = {med / ref:.2f}×", med >= 1.5 * ref))
+        debezium_targets(r, "burst", case, targets, "changes_per_s", "higher", 2, "burst changes/s")
         add("")
         png = plot_burst(a.out, a.results, r, a.name, case, r.variants("burst"))
         if png:
@@ -448,6 +472,8 @@ def main():
                     targets.append((f"backlog ({v}): ≥ 1.5× the reference's changes/s",
                                     f"{med:,.0f}/s = {med / ref:.2f}×", med >= 1.5 * ref))
                 targets.append((f"backlog ({v}): ≥ 50,000 changes/s", f"{med:,.0f}/s", med >= 50000))
+        debezium_targets(r, "backlog", case, targets, "changes_per_s", "higher", 2,
+                         "backlog changes/s")
         add("")
         png = plot_backlog(a.out, a.results, r, a.name, case, r.variants("backlog"))
         if png:
@@ -572,8 +598,10 @@ def main():
             name = proc
             if proc == "broker":
                 name = "Kafka broker (JVM, peak since it started; not a tunnel process)"
+            elif v == "debezium":
+                name = "Kafka Connect worker (Debezium's two connectors; not a tunnel process)"
             add(f"| {s} | {c} | {v} | {name} | {fmt(mb)} | {fmt(cpu)} |")
-            if proc != "broker" and (worst is None or mb > worst[0]):
+            if proc != "broker" and v != "debezium" and (worst is None or mb > worst[0]):
                 worst = (mb, f"{s} {c}, {v}, `{proc}`")
         add("")
         add("The broker's CPU is what it used during that measurement; its RSS is the JVM's "

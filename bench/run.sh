@@ -11,7 +11,10 @@
 #   --variants     kafka (run through the Kafka broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
 #                  ref (logical replication; for the snapshot also the COPY pipe),
-#                  copy (the snapshot's COPY pipe alone, for focused snapshot runs)
+#                  copy (the snapshot's COPY pipe alone, for focused snapshot runs),
+#                  debezium (Debezium's PostgreSQL connector -> the same broker -> Debezium's
+#                  JDBC sink connector in one Kafka Connect worker; latency, burst and backlog;
+#                  scripts/debezium.sh; every setting is in debezium_connectors below)
 #                  default: kafka,none,ref
 #   --runs N       repetitions (default 3; 1 with --quick)
 #   --name NAME    results file name (default: the date, "-quick" appended with --quick)
@@ -31,6 +34,7 @@
 # BENCH_WORK/kafka) for the whole invocation, started when a variant first
 # needs it; each measured case gets its own topic and consumer group.
 # Everything it starts is stopped on exit, also on failure or Ctrl-C.
+# DEBEZIUM_HEAP (512m): the Kafka Connect worker's heap (the debezium variant).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -121,6 +125,7 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null
   done
+  scripts/debezium.sh stop --dir "$WORK/connect" >/dev/null 2>&1
   drop_subscription
   [[ $KAFKA_OWNED == 1 ]] && scripts/kafka.sh stop --dir "$KAFKA_DIR" >/dev/null 2>&1
   scripts/pg.sh stop "$WORK/pg1" >/dev/null 2>&1
@@ -327,6 +332,7 @@ start_broker() {
   scripts/kafka.sh create-topic --dir "$KAFKA_DIR" "$prefix.public.employees" "$partitions" \
     >"$RUN/create-topic.log" 2>&1 || die "creating topic $prefix.public.employees: $(tail -3 "$RUN/create-topic.log")"
   write_config "$BROKERS" "$prefix"
+  BROKER_PREFIX=$prefix
   BROKER_CPU0=$(broker_cpu)
   IN_BROKER_CASE=1
 }
@@ -399,6 +405,99 @@ report_rusage() {
   emit "$sc" "$case" "$v" "$run" "cpu_s_$name" "$cpu"
 }
 
+# ---- Debezium (the debezium variant) ------------------------------------------
+
+# The variant's two connectors for the case's topic ($BROKER_PREFIX.public.employees,
+# created by start_broker), tuned for throughput as Debezium's documentation
+# advises; each setting with its reason.
+debezium_connectors() {
+  cat >"$RUN/dbz-source.properties" <<EOF
+name=bench-source
+connector.class=io.debezium.connector.postgresql.PostgresConnector
+# One task: the PostgreSQL connector reads its one slot with one task.
+tasks.max=1
+database.hostname=127.0.0.1
+database.port=$P1
+database.user=postgres
+database.password=unused
+database.dbname=b1
+topic.prefix=$BROKER_PREFIX
+table.include.list=public.employees
+# pgoutput: PostgreSQL's built-in decoding plugin (no extension).
+plugin.name=pgoutput
+slot.name=bench_dbz
+publication.name=bench_dbz
+publication.autocreate.mode=filtered
+# Both sides start with the same rows (as logical replication's copy_data = false).
+snapshot.mode=no_data
+# Larger batches and queue than the defaults (2048 and 8192), Debezium's advice
+# for throughput; the queue is polled every 50 ms instead of 500 ms, so that a
+# quiet stream is not held back (the latency scenario).
+max.batch.size=8192
+max.queue.size=32768
+poll.interval.ms=50
+# The producer batches and compresses like datatunnel's (lz4), with a short linger.
+producer.override.linger.ms=5
+producer.override.batch.size=1048576
+producer.override.compression.type=lz4
+EOF
+  cat >"$RUN/dbz-sink.properties" <<EOF
+name=bench-sink
+connector.class=io.debezium.connector.jdbc.JdbcSinkConnector
+# One task, as datatunnel runs one consumer.
+tasks.max=1
+topics=$BROKER_PREFIX.public.employees
+connection.url=jdbc:postgresql://127.0.0.1:$P2/b2
+connection.username=postgres
+connection.password=unused
+# Debezium's default pool: Hibernate's C3P0 provider (the 3.5 sink; see scripts/debezium.sh).
+# Upserts (INSERT ... ON CONFLICT DO UPDATE), deletes applied, the key from the record key.
+insert.mode=upsert
+delete.enabled=true
+primary.key.mode=record_key
+primary.key.fields=emp_id
+# The table exists on the target and is named like the source table.
+schema.evolution=none
+collection.name.format=\${source.table}
+# Batching: up to 4096 records per batch (default 500), polled as many at a
+# time, and the reduction buffer (one write per key per batch, as datatunnel's
+# batches collapse per key).
+batch.size=4096
+use.reduction.buffer=true
+consumer.override.max.poll.records=4096
+consumer.override.fetch.max.bytes=52428800
+EOF
+}
+
+CONNECT_PID=""
+CONNECT_CPU0=0
+jvm_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+start_debezium() {
+  scripts/debezium.sh start --dir "$WORK/connect" --bootstrap "$BROKERS" --owner $$ \
+    --set connector.client.config.override.policy=All \
+    "$RUN/dbz-source.properties" "$RUN/dbz-sink.properties" >/dev/null 2>"$RUN/debezium-start.log" ||
+    die "Debezium did not start: $(tail -5 "$RUN/debezium-start.log"; tail -5 "$WORK/connect/connect.log")"
+  CONNECT_PID=$(cat "$WORK/connect/pid")
+  CONNECT_CPU0=$(jvm_cpu "$CONNECT_PID")
+  TUNNEL_PIDS=("$CONNECT_PID"); TUNNEL_NAMES=(connect)
+}
+
+# stop_debezium [SCENARIO CASE VARIANT RUN]: stops the worker; with a case,
+# emits its peak RSS (rss_mb_connect) and CPU seconds since start_debezium.
+stop_debezium() {
+  if [[ $# -ge 4 && -n "$CONNECT_PID" ]] && kill -0 "$CONNECT_PID" 2>/dev/null; then
+    local kb
+    kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$CONNECT_PID/status")
+    emit "$1" "$2" "$3" "$4" rss_mb_connect "$(awk -v k="$kb" 'BEGIN{printf "%.1f", k/1024}')"
+    emit "$1" "$2" "$3" "$4" cpu_s_connect \
+      "$(awk -v a="$CONNECT_CPU0" -v b="$(jvm_cpu "$CONNECT_PID")" 'BEGIN{printf "%.2f", b-a}')"
+  fi
+  cp "$WORK/connect/connect.log" "$RUN/connect.log" 2>/dev/null || true
+  scripts/debezium.sh stop --dir "$WORK/connect" >/dev/null 2>&1 || true
+  CONNECT_PID=""
+  TUNNEL_PIDS=(); TUNNEL_NAMES=()
+}
+
 # ---- one variant's stream: set up, warm up, tear down --------------------------
 
 # Waits until a probe row written on the source is visible on the target.
@@ -418,7 +517,7 @@ warmup() {
 setup_stream() {
   local v=$1 rows=$2 probe=$3 start=${4:-1}
   rm -f "$RUN"/*
-  if [[ $v == ref ]]; then
+  if [[ $v == ref || $v == debezium ]]; then
     fresh_dbs "tpl_r_$rows" "tpl_r_$rows"
   else
     fresh_dbs "tpl_t_$rows" "tpl_t_$rows"
@@ -435,6 +534,15 @@ setup_stream() {
         sleep 0.05
       done
     fi
+  elif [[ $v == debezium ]]; then
+    scripts/debezium.sh stop --dir "$WORK/connect" >/dev/null 2>&1 || true
+    rm -rf "$WORK/connect"  # no offsets of an earlier case
+    start_broker
+    debezium_connectors
+    start_debezium
+    warmup
+    # A stopped worker keeps its slot (on the source) and offsets (DIR/offsets).
+    if [[ $start == 0 ]]; then stop_debezium; fi
   else
     write_config none
     dt init >"$RUN/init.log" 2>&1 || die "datatunnel init: $(cat "$RUN/init.log")"
@@ -450,6 +558,10 @@ teardown_stream() {
   local sc=$1 case=$2 v=$3 run=$4
   if [[ $v == ref ]]; then
     drop_subscription
+  elif [[ $v == debezium ]]; then
+    stop_debezium "$sc" "$case" "$v" "$run"
+    stop_broker "$sc" "$case" "$v" "$run"
+    drop_subscription  # drops the connector's slot
   else
     stop_tunnel "$sc" "$case" "$v" "$run"
     stop_broker "$sc" "$case" "$v" "$run"
@@ -551,7 +663,7 @@ scenario_backlog() {
       fs 1 b1 -v changes="$BACKLOG" -f bench/sql/backlog_fill.sql >/dev/null
       t1=$(date +%s.%N)
       emit backlog "$BACKLOG" "$v" "$run" fill_s "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')"
-      if [[ $v != ref ]]; then
+      if [[ $v != ref && $v != debezium ]]; then
         local waiting; waiting=$(q1 b1 "SELECT count(*) FROM employees_cdc")
         [[ $waiting == "$BACKLOG" ]] || log "backlog: $waiting changes in the change table, expected $BACKLOG"
       fi
@@ -565,6 +677,8 @@ scenario_backlog() {
       start=$(date +%s%6N)
       if [[ $v == ref ]]; then
         q2 b2 "ALTER SUBSCRIPTION bench_sub ENABLE"
+      elif [[ $v == debezium ]]; then
+        start_debezium
       else
         start_tunnel "$v"
       fi
@@ -788,7 +902,7 @@ scenario_many() {
 # ---- main ---------------------------------------------------------------------
 
 STREAM_VARIANTS=""
-for v in kafka split none ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
+for v in kafka split none debezium ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
 
 # Machine noise: load average and concurrent compiler/test processes, every 2 s.
 noise_monitor() {

@@ -34,12 +34,16 @@
 # connect-json $CONNECT_VERSION (the Kafka version Debezium $DEBEZIUM_VERSION is
 # built against; it talks to our 4.1 brokers), and
 # io.debezium:debezium-connector-postgres $DEBEZIUM_VERSION as a Connect plugin
-# (its own folder and class loader). Debezium's JDBC sink connector is not
-# fetched: io.debezium:debezium-connector-jdbc 3.6.1.Final is not served by the
-# Maven Central reached here, and 3.6.0.Final, which is, cannot start without
-# org.hibernate.orm:hibernate-agroal 7.2.6.Final (NoClassDefFoundError
-# AgroalConnectionProvider when the connector is created, whatever its
-# connection.provider), which is not served either.
+# (its own folder and class loader), and Debezium's JDBC sink connector,
+# io.debezium:debezium-connector-jdbc $DEBEZIUM_JDBC_VERSION, as a second plugin
+# (io.debezium.connector.jdbc.JdbcSinkConnector; it brings Hibernate 7.1 with
+# its C3P0 pool and the PostgreSQL JDBC driver). The sink is older than the
+# source connector because newer ones do not run from the Maven Central reached
+# here: 3.6.1.Final and 3.5.2.Final, 3.4.3.Final, 3.3.2.Final and older are not
+# served (or their debezium-sink is not), and 3.6.0.Final cannot create its
+# connector without org.hibernate.orm:hibernate-agroal 7.2.6.Final, which is not
+# served (docs/debezium.md). Each plugin has its own class loader, so the two
+# Debezium versions do not mix.
 #
 # Everything is cached in $DATATUNNEL_CACHE/debezium-$DEBEZIUM_VERSION (default
 # ~/.cache/datatunnel); after the first fetch nothing is downloaded. Needs java
@@ -48,6 +52,7 @@ set -euo pipefail
 
 DEBEZIUM_VERSION=${DEBEZIUM_VERSION:-3.6.1.Final}
 CONNECT_VERSION=${CONNECT_VERSION:-4.3.0}
+DEBEZIUM_JDBC_VERSION=${DEBEZIUM_JDBC_VERSION:-3.5.0.Final}
 LOG4J_VERSION=2.24.3
 cache=${DATATUNNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/datatunnel}/debezium-$DEBEZIUM_VERSION
 heap=${DEBEZIUM_HEAP:-512m}
@@ -83,8 +88,35 @@ EOF
 
 dep() { echo "    <dependency><groupId>$1</groupId><artifactId>$2</artifactId><version>$3</version></dependency>"; }
 
+# Debezium's JDBC sink connector as its own plugin folder (added to a cache
+# fetched before it was).
+jackson_version() {
+  local j
+  j=$(cd "$cache/libs" && ls jackson-databind-*.jar) || die "no jackson-databind in $cache/libs"
+  j=${j#jackson-databind-}
+  echo "${j%.jar}"
+}
+
+fetch_jdbc_sink() {
+  local dir=$cache/plugins/debezium-connector-jdbc
+  [[ -f "$dir/.complete-$DEBEZIUM_JDBC_VERSION" ]] && return 0
+  echo "debezium.sh: fetching Debezium's JDBC sink $DEBEZIUM_JDBC_VERSION from Maven Central into $dir (once)" >&2
+  rm -rf "$dir" "$dir.tmp"
+  # Jackson's core comes from the worker (2.21, which Hibernate's JSON support
+  # then finds with its modules): a plugin's own jackson-databind cannot load
+  # the worker's jackson-module-blackbird, which Jackson's module lookup finds
+  # through the parent class loader ("BlackbirdModule not a subtype" when the
+  # sink task starts). The JSR-310 module is taken at the worker's version.
+  copy_deps "$(dep io.debezium debezium-connector-jdbc "$DEBEZIUM_JDBC_VERSION")
+$(dep com.fasterxml.jackson.datatype jackson-datatype-jsr310 "$(jackson_version)")" "$dir.tmp" \
+    "org.apache.kafka,org.slf4j,com.fasterxml.jackson.core" ||
+    die "could not fetch io.debezium:debezium-connector-jdbc:$DEBEZIUM_JDBC_VERSION with Maven (see above)"
+  touch "$dir.tmp/.complete-$DEBEZIUM_JDBC_VERSION"
+  mv "$dir.tmp" "$dir"
+}
+
 fetch() {
-  [[ -f "$cache/complete" ]] && return 0
+  [[ -f "$cache/complete" ]] && { fetch_jdbc_sink; return 0; }
   command -v mvn >/dev/null || die "mvn not found; run scripts/install-deps.sh"
   command -v java >/dev/null || die "java not found; run scripts/install-deps.sh"
   echo "debezium.sh: fetching Kafka Connect $CONNECT_VERSION and Debezium $DEBEZIUM_VERSION from Maven Central into $cache (once)" >&2
@@ -119,6 +151,7 @@ logger.kafka.name = org.apache.kafka.clients
 logger.kafka.level = WARN
 EOF
   touch "$cache/complete"
+  fetch_jdbc_sink
 }
 
 free_port() {
@@ -282,8 +315,8 @@ done
 
 case "$cmd" in
   fetch) fetch ;;
-  cached) [[ -f "$cache/complete" ]] ;;
-  version) echo "debezium $DEBEZIUM_VERSION, kafka-connect $CONNECT_VERSION" ;;
+  cached) [[ -f "$cache/complete" && -f "$cache/plugins/debezium-connector-jdbc/.complete-$DEBEZIUM_JDBC_VERSION" ]] ;;
+  version) echo "debezium $DEBEZIUM_VERSION, debezium-connector-jdbc $DEBEZIUM_JDBC_VERSION, kafka-connect $CONNECT_VERSION" ;;
   start) [[ -n "$dir" ]] || usage; cmd_start "$dir" "${rest[@]}" ;;
   status)
     [[ -n "$dir" && -f "$dir/url" ]] || die "no worker in ${dir:-?}"
