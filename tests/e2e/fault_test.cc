@@ -142,11 +142,12 @@ TEST_P(InDoubtCommitTest, TheConsumerLearnsTheOutcomeFromTheTarget) {
   StatementFault fault(
       "target", [](std::string_view sql) { return sql == "COMMIT"; }, GetParam());
   {
-    ScopedFaultHook installed(&fault);
     SourceCluster().Exec(src_,
                          "INSERT INTO employees(first_name) SELECT 'b' || i FROM "
                          "generate_series(1, 50) i;"
                          "UPDATE employees SET city = 'after' WHERE emp_id <= 20");
+    ScopedFaultHook installed(&fault);
+    SourceCluster().Exec(src_, "NOTIFY datatunnel");
     EXPECT_TRUE(WaitUntil([&] { return fault.fired() == 1; }, 60)) << RunningLogs();
     ExpectInSync();
   }
@@ -183,9 +184,13 @@ TEST_F(FaultTest, AProducerThatDiesAfterRecordingATickLosesNothing) {
   options.tunnel = config_loaded_.tunnel.name;
   options.tables = config_loaded_.tables;
   options.pipeline = config_loaded_.pipeline;
-  // Ticks only when there are changes: the first tick after the fault is
-  // armed is the one that holds the rows inserted then.
+  // Once idle, ticks only when woken by a NOTIFY: the changes below are
+  // committed before the fault is armed, and the tick the NOTIFY wakes holds
+  // exactly them. (The idle check cannot be the trigger: it may see the
+  // shared change_id sequence move while the writer is still running, and
+  // take an empty tick before its commit.)
   options.pipeline.poll_interval_ms = 600'000;
+  options.pipeline.check_interval_ms = 600'000;
 
   SourceCluster().Exec(src_,
                        "INSERT INTO employees(first_name) SELECT 'a' || i FROM "
@@ -207,11 +212,12 @@ TEST_F(FaultTest, AProducerThatDiesAfterRecordingATickLosesNothing) {
           bytes_at_fault = first.sink->bytes_sent();
           first.stop.RequestStop();
         });
-    ScopedFaultHook installed(&fault);
     SourceCluster().Exec(src_,
                          "INSERT INTO employees(first_name) SELECT 'b' || i FROM "
                          "generate_series(1, 50) i;"
                          "UPDATE employees SET city = 'after' WHERE emp_id <= 20");
+    ScopedFaultHook installed(&fault);
+    SourceCluster().Exec(src_, "NOTIFY datatunnel");
     ASSERT_TRUE(WaitUntil([&] { return first.done.load(); }, 60)) << RunningLogs();
     first.Stop();
     EXPECT_EQ(fault.fired(), 1);
