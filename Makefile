@@ -20,8 +20,11 @@ build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
 # Every test: unit, PostgreSQL, broker, end-to-end and the short chaos run.
+# TEST_JOBS suites at a time (each starts its own servers on free ports; the
+# chaos run, the longest, is scheduled first).
+TEST_JOBS  ?= 2
 test: build
-	cd $(BUILD) && ctest --output-on-failure --timeout 600 $(ARGS)
+	cd $(BUILD) && ctest --output-on-failure --timeout 600 -j $(TEST_JOBS) $(ARGS)
 
 demo: build
 	scripts/demo.sh $(ARGS)
