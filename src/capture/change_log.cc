@@ -268,11 +268,7 @@ Status ChangeLog::ReadProbed(std::string_view probed, const Tick& lo, const Tick
   }
   stmts.push_back({"COMMIT", {}});
   std::vector<pg::QueryResult> results;
-  Status st = conn_->ExecPipeline(stmts, &results);
-  if (!st.ok()) {
-    conn_->RollbackQuietly();
-    return st;
-  }
+  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
   for (size_t k = 0; k < which.size(); ++k) {
     TickRead& r = reads[which[k]];
     DT_ASSIGN_OR_RETURN(r.last,
@@ -295,12 +291,15 @@ Status ChangeLog::ReadFirst(const Tick& lo, const Tick& hi, int64_t epoch,
       {"COMMIT", {}},
   };
   std::vector<pg::QueryResult> results;
-  Status st = conn_->ExecPipeline(stmts, &results);
-  if (!st.ok()) {
-    conn_->RollbackQuietly();
-    return st;
-  }
+  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
   return ReadProbed(results[3].Get(0, 0), lo, hi, epoch, *reads);
+}
+
+Status ChangeLog::RunTransaction(std::span<const pg::Statement> stmts,
+                                 std::vector<pg::QueryResult>* results) {
+  Status st = conn_->ExecPipeline(stmts, results);
+  if (!st.ok()) conn_->RollbackQuietly();
+  return st;
 }
 
 Status ChangeLog::TickTaken(int64_t number) const {
@@ -365,11 +364,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   }
   stmts.push_back({"COMMIT", {}});
   std::vector<pg::QueryResult> results;
-  Status st = conn_->ExecPipeline(stmts, &results);
-  if (!st.ok()) {
-    conn_->RollbackQuietly();
-    return st;
-  }
+  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
   if (results.size() != stmts.size() || results[1].rows() != 1) return TickTaken(number);
   *check = std::string(results[1].Get(0, 2));
   Tick tick{number, std::string(results[1].Get(0, 0)), results[1].GetInt64(0, 1),
@@ -455,11 +450,7 @@ Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, i
       {"COMMIT", {}},
   };
   std::vector<pg::QueryResult> results;
-  Status st = conn_->ExecPipeline(stmts, &results);
-  if (!st.ok()) {
-    conn_->RollbackQuietly();
-    return st;
-  }
+  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
   return ParseBatch(t, results[2], hi.number, after, epoch, out);
 }
 
@@ -594,9 +585,7 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
        "datatunnel.tables WHERE tunnel = $2)",
        {arena.Keep(std::to_string(Position::kEndOfTick)), tunnel_}});
   stmts.push_back({"COMMIT", {}});
-  Status st = conn_->ExecPipeline(stmts);
-  if (!st.ok()) conn_->RollbackQuietly();
-  return st;
+  return RunTransaction(stmts);
 }
 
 Result<int64_t> ChangeLog::CountPending(size_t t) {

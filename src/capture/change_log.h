@@ -162,6 +162,9 @@ class ChangeLog {
   double EstimatedRowBytes(size_t t);
 
  private:
+  // `stmts` (BEGIN … COMMIT) as one pipeline; rolled back when one fails.
+  Status RunTransaction(std::span<const pg::Statement> stmts,
+                        std::vector<pg::QueryResult>* results = nullptr);
   Status TickTaken(int64_t number) const;
   std::string BatchQuery(const TableSpec& spec, bool in_tick) const;
   void PrepareQueries();
