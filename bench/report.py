@@ -535,13 +535,15 @@ def main():
             add(f"One statement of {meta.get('src_bulk')} rows, seconds (median), triggers "
                 "enabled vs disabled, same server; speed on / off = seconds off / seconds on.")
             add("")
-            add("| statement | triggers off, s | triggers on, s | speed on / off |")
-            add("|---|---|---|---|")
+            add("| statement | triggers off, s | triggers on, s | speed on / off | WAL off, MB | WAL on, MB |")
+            add("|---|---|---|---|---|---|")
             for case in sorted(bulk):
                 off = r.median("source", case, "trigger-off", "seconds")
                 on = r.median("source", case, "trigger-on", "seconds")
                 add(f"| {case[len('bulk-'):].upper()} | {cell(r, 'source', case, 'trigger-off', 'seconds')} | "
-                    f"{cell(r, 'source', case, 'trigger-on', 'seconds')} | {rfmt(ratio(off, on))} |")
+                    f"{cell(r, 'source', case, 'trigger-on', 'seconds')} | {rfmt(ratio(off, on))} | "
+                    f"{cell(r, 'source', case, 'trigger-off', 'wal_mb')} | "
+                    f"{cell(r, 'source', case, 'trigger-on', 'wal_mb')} |")
                 if on and off is not None:
                     targets.append((f"source cost, bulk {case[len('bulk-'):].upper()}: ≥ 0.7× the speed "
                                     "without capture", f"{off / on:.2f}×", off >= 0.7 * on))

@@ -807,12 +807,16 @@ scenario_source() {
         esac
         q1 b1 "VACUUM employees" ; q1 postgres "CHECKPOINT"
         emit source "bulk-$op" "trigger-$state" "$pair" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
-        local t0 t1
+        local t0 t1 l0 wal
+        l0=$(q1 b1 "SELECT pg_current_wal_insert_lsn()")
         t0=$(date +%s%6N)
         q1 b1 "$sql"
         t1=$(date +%s%6N)
+        # WAL the statement wrote (MB): unlike its seconds, not noise.
+        wal=$(q1 b1 "SELECT round(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$l0') / 1e6, 1)")
         emit source "bulk-$op" "trigger-$state" "$pair" seconds "$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d/1e6}')"
-        log "  bulk $op of $SRC_BULK rows, trigger $state: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d/1e6}') s"
+        emit source "bulk-$op" "trigger-$state" "$pair" wal_mb "$wal"
+        log "  bulk $op of $SRC_BULK rows, trigger $state: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d/1e6}') s, $wal MB of WAL"
       done
       # The next state starts from the same change table: empty.
       q1 b1 "TRUNCATE employees_cdc"
