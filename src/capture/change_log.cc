@@ -173,8 +173,9 @@ constexpr const char* kChangeIdOrder =
 constexpr const char* kChangeSeq =
     "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM datatunnel.change_id_seq)";
 
-// The name of the probe statement prepared on the producer's connection.
+// The names of the statements prepared on the producer's connection.
 constexpr const char* kProbeStatement = "datatunnel_probe";
+constexpr const char* kCountsStatement = "datatunnel_counts";
 
 // The xmin (or, with `xmax`, the xmax) of a txid_snapshot's text.
 int64_t SnapshotBound(std::string_view snapshot, bool xmax) {
@@ -645,13 +646,19 @@ Result<std::optional<std::vector<int64_t>>> ChangeLog::CountAllPending() {
     return std::optional<std::vector<int64_t>>();
   }
   const int64_t seq = newest_seq_;
-  std::string sql = "SELECT ARRAY[";
-  for (size_t t = 0; t < tables_->size(); ++t) {
-    sql += fmt::format("{}(SELECT count(*) FROM {})", t == 0 ? "" : ", ",
-                       (*tables_)[t].change_table.Quoted());
+  if (!counts_prepared_) {
+    // Prepared once: planning a subquery per table costs far more than
+    // running them (120 ms against 5-15 ms at 500 tables).
+    std::string sql = fmt::format("PREPARE {} AS SELECT ARRAY[", kCountsStatement);
+    for (size_t t = 0; t < tables_->size(); ++t) {
+      sql += fmt::format("{}(SELECT count(*) FROM {})", t == 0 ? "" : ", ",
+                         (*tables_)[t].change_table.Quoted());
+    }
+    sql += "]::bigint[]::text";
+    DT_RETURN_IF_ERROR(conn_->Exec(sql));
+    counts_prepared_ = true;
   }
-  sql += "]::bigint[]::text";
-  DT_ASSIGN_OR_RETURN(auto r, conn_->Query(sql));
+  DT_ASSIGN_OR_RETURN(auto r, conn_->Query(fmt::format("EXECUTE {}", kCountsStatement)));
   std::vector<int64_t> counts;
   const std::string_view text = r.Get(0, 0);  // {n,n,...}
   bool any = false;

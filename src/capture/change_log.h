@@ -154,9 +154,9 @@ class ChangeLog {
   Result<bool> ChangedSince(const Tick& last);
 
   // Every table's change-table row count (exact), in table order, with one
-  // statement; nullopt when nothing can have changed since the last call
-  // that returned counts (they were all 0 and the shared sequence, as last
-  // seen by ChangedSince() or a tick, has not moved).
+  // statement (prepared once per connection); nullopt when nothing can have changed since the last
+  // call that returned counts (they were all 0 and the shared sequence, as last seen by
+  // ChangedSince() or a tick, has not moved).
   Result<std::optional<std::vector<int64_t>>> CountAllPending();
 
   // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]
@@ -227,7 +227,8 @@ class ChangeLog {
   // found rows (or none was made).
   int64_t counted_seq_ = -1;
   bool probe_prepared_ = false;
-  std::string probe_check_;  // the check_sql the probe was prepared with
+  bool counts_prepared_ = false;  // CountAllPending()'s statement
+  std::string probe_check_;       // the check_sql the probe was prepared with
   // Recent ticks: number -> (xmax of its snapshot, change_seq), for ProbeBound().
   std::map<int64_t, std::pair<int64_t, int64_t>> history_;
 };
