@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -113,7 +114,10 @@ class ChangeLog {
   // each of `reads` (one per table, in table order), when no snapshot chunk
   // needs reading at the tick's snapshot. `check_sql` is a query of one
   // value evaluated at the tick's snapshot (the schema signature); its value
-  // is stored in *check.
+  // is stored in *check, which is left empty when the batch has no change
+  // (with more than kProbeAbove tables the check is evaluated only then:
+  // over hundreds of tables it costs more than the rest of an idle tick, and
+  // only a change of the batch needs the columns it vouches for).
   //
   // With at most kProbeAbove tables, one round trip: BEGIN, the tick's
   // INSERT, every table's read and COMMIT sent as one pipeline. With more,
@@ -121,7 +125,11 @@ class ChangeLog {
   // the tick's transaction asks instead which tables have anything in the
   // batch (ProbeQuery: one prepared statement, an index probe per table
   // bounded by ProbeBound()), and a second round trip reads only those; the
-  // others are marked `empty`.
+  // others are marked `empty`. When the shared sequence, as last seen, had
+  // not passed that bound (an idle source), the tick's INSERT goes first and
+  // the probe runs only if the tick's change_seq passed it: a batch whose
+  // ids would all lie in (bound, change_seq] is empty when that range is,
+  // so an idle tick costs the same whatever the number of tables.
   Result<Tick> RecordTick(const Tick& lo, const std::string& check_sql, std::string* check,
                           int64_t epoch, std::span<TickRead> reads);
   // The same first reads for a tick `hi` recorded earlier (a batch replayed
@@ -134,12 +142,22 @@ class ChangeLog {
   // Whether a tick now could find changes that tick `last` did not: a
   // transaction in progress at `last` has ended, or the shared change_id
   // sequence (every change table draws from it) moved since `last` and a
-  // transaction that began after `last` (not `last`'s own) has committed
-  // since: a writer's ids are taken before it commits, and a tick before
-  // the commit would not see them. One read of the sequence, whatever the
-  // number of tables, and no write: cheap enough to run every few
-  // milliseconds, unlike NOTIFY, which serialises every committing writer.
+  // transaction that began after `last` has committed since: a writer's ids
+  // are taken before it commits, and a tick before the commit would not see
+  // them. Transactions of this ChangeLog's own (`last`'s, and the progress
+  // records since it) do not count: they write no change, and counting them
+  // would take an empty tick each time progress is recorded while a writer
+  // holds ids. One read of the sequence, whatever the number of tables, and
+  // no write: cheap enough to run every few milliseconds, unlike NOTIFY,
+  // which serialises every committing writer.
+  // REQUIRES: `last` is the newest tick this ChangeLog recorded or loaded.
   Result<bool> ChangedSince(const Tick& last);
+
+  // Every table's change-table row count (exact), in table order, with one
+  // statement (prepared once per connection); nullopt when nothing can have changed since the last
+  // call that returned counts (they were all 0 and the shared sequence, as last seen by
+  // ChangedSince() or a tick, has not moved).
+  Result<std::optional<std::vector<int64_t>>> CountAllPending();
 
   // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]
   // with change_id > after, in change_id order, appending Changes to `out`
@@ -170,11 +188,17 @@ class ChangeLog {
   void PrepareQueries();
   // Whether RecordTick() and ReadFirst() probe (more than kProbeAbove tables).
   bool Probing() const { return tables_->size() > kProbeAbove; }
-  // Prepares the probe statement (once per connection).
-  Status PrepareProbe();
+  // Prepares the probe statement (once per connection and `check_sql`;
+  // empty: none). It returns the tables with changes (a text int[]) and,
+  // when asked and there are any, the value of `check_sql`.
+  Status PrepareProbe(const std::string& check_sql);
   // The statement that runs the probe of batch (lo, hi]; with `in_tick`, hi
-  // is the snapshot of the transaction it runs in.
-  std::string ProbeCall(const Tick& lo, const Tick* hi);
+  // is the snapshot of the transaction it runs in; `check`: evaluate the
+  // check when a table has changes.
+  std::string ProbeCall(const Tick& lo, const Tick* hi, bool check);
+  // A tick was recorded: the sequence has been seen at its change_seq, and
+  // no own transaction committed after it.
+  void Recorded(const Tick& tick);
   // A change_id below every change of a transaction not visible in `lo`:
   // the change_seq of the newest known tick m whose successor's snapshot
   // has xmax <= xmin(lo). Tick m read the sequence before taking its xid X,
@@ -195,8 +219,16 @@ class ChangeLog {
   std::string tunnel_;
   std::vector<std::string> batch_queries_;
   std::vector<std::string> tick_queries_;  // the same, inside the tick
-  int64_t newest_seq_ = -1;                // the shared sequence, as the last ChangedSince() saw it
+  int64_t newest_seq_ = -1;  // the shared sequence, as the last ChangedSince() or tick saw it
+  // Xids of this ChangeLog's transactions committed since the newest tick
+  // (progress records), which ChangedSince() ignores.
+  std::vector<int64_t> own_xids_;
+  // CountAllPending(): the sequence at its last count, -1 when that count
+  // found rows (or none was made).
+  int64_t counted_seq_ = -1;
   bool probe_prepared_ = false;
+  bool counts_prepared_ = false;  // CountAllPending()'s statement
+  std::string probe_check_;       // the check_sql the probe was prepared with
   // Recent ticks: number -> (xmax of its snapshot, change_seq), for ProbeBound().
   std::map<int64_t, std::pair<int64_t, int64_t>> history_;
 };

@@ -196,11 +196,11 @@ Status SourceWorker::Step(Session& s, bool* finished) {
   const int64_t now = MonotonicMicros();
   if (now - s.snaps->last_poll_us() > 1'000'000) DT_RETURN_IF_ERROR(PollSnapshots(s));
   if (now - s.last_pending_us > 10'000'000) {
-    // Sampled: a count of the change tables, for the change_table_rows gauge.
+    // Sampled: a count of the change tables, for the change_table_rows gauge
+    // (one statement; none while nothing was captured since they were empty).
     s.last_pending_us = now;
-    for (size_t t = 0; t < s.specs.size(); ++t) {
-      DT_ASSIGN_OR_RETURN(metrics_->table(t).pending, s.log->CountPending(t));
-    }
+    DT_ASSIGN_OR_RETURN(auto counts, s.log->CountAllPending());
+    for (size_t t = 0; counts && t < s.specs.size(); ++t) metrics_->table(t).pending = (*counts)[t];
   }
   DT_ASSIGN_OR_RETURN(auto next, s.ticker->Decide(*s.log, s.book.newest(), s.snaps->reading(),
                                                   s.book.recorded_upper() != nullptr, now));

@@ -2,6 +2,7 @@
 // a late-committing transaction, key changes, truncate, pruning.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 
 #include "capture/change_log.h"
@@ -384,6 +385,105 @@ TEST_F(CaptureTest, InitReplacesTheRowTriggerKeepingPendingChanges) {
   ASSERT_EQ(b.size(), 2u);
   EXPECT_EQ(b[0].row.Get(1), "pending");
   EXPECT_EQ(b[1].row.Get(1), "new");
+}
+
+// Issue 20 item 2: the idle check ignores the producer's own progress
+// records. A writer that took change ids after the tick and is still open
+// gives no new change; before, the progress record's commit (a transaction
+// after the tick) with the moved sequence called for an empty tick.
+TEST_F(CaptureTest, IdleCheckIgnoresOwnProgressRecords) {
+  ASSERT_TRUE(NextBatch().empty());
+  auto writer = SourceCluster().Connect(db_);
+  ASSERT_TRUE(writer->Exec("BEGIN; INSERT INTO employees(first_name) VALUES ('open')").ok());
+  EXPECT_FALSE(*log_->ChangedSince(last_));
+  capture::ProgressUpdate u;
+  u.table = 0;
+  u.tick = last_.number;
+  u.seq = Position::kEndOfTick;
+  ASSERT_TRUE(log_->RecordProgress({&u, 1}).ok());
+  ASSERT_TRUE(log_->RecordProgress({&u, 1}).ok());
+  EXPECT_FALSE(*log_->ChangedSince(last_)) << "the producer's own commit counted as a change";
+  ASSERT_TRUE(writer->Exec("COMMIT").ok());
+  EXPECT_TRUE(*log_->ChangedSince(last_));
+  auto b = NextBatch();
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b[0].row.Get(1), "open");
+}
+
+// Issue 20 item 2: with more tables than kProbeAbove, an idle tick neither
+// probes nor evaluates the schema check, and one whose batch has changes
+// (also a late commit) still finds them all and evaluates the check.
+TEST(CaptureManyTables, IdleTickSkipsProbeAndCheckButNeverAChange) {
+  const std::string db = SourceCluster().CreateDatabase("capture_many");
+  constexpr int kTables = 6;
+  std::vector<TableConfig> configs;
+  for (int k = 0; k < kTables; ++k) {
+    const std::string name = "m" + std::to_string(k);
+    SourceCluster().Exec(db, "CREATE TABLE " + name + " (id serial PRIMARY KEY, v text)");
+    TableConfig tc;
+    tc.source = {"public", name};
+    tc.target = tc.source;
+    tc.topic = "t";
+    configs.push_back(tc);
+  }
+  auto conn = SourceCluster().Connect(db);
+  std::vector<std::string> warnings;
+  auto specs = capture::DescribeSourceTables(*conn, configs, &warnings);
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  ASSERT_TRUE(capture::Install(*conn, "t", *specs).ok());
+  capture::ChangeLog log(conn.get(), &*specs, "t");
+  ASSERT_GT(specs->size(), capture::ChangeLog::kProbeAbove);
+  const int64_t epoch = *log.LoadEpoch();
+  capture::Tick last = log.LoadTicks(0, 10)->back();
+  // Records the next tick with every table's first read: the rows by table.
+  auto next = [&](std::string* check) {
+    std::vector<capture::ChangeLog::TickRead> reads(kTables);
+    for (int k = 0; k < kTables; ++k) {
+      reads[k].table = static_cast<size_t>(k);
+      reads[k].limit = 100;
+    }
+    auto t = log.RecordTick(last, "SELECT 'sig'", check, epoch, reads);
+    EXPECT_TRUE(t.ok()) << t.status().message();
+    if (t.ok()) last = *t;
+    std::map<int, std::vector<std::string>> got;
+    for (const auto& r : reads) {
+      for (const auto& c : r.changes) got[static_cast<int>(r.table)].emplace_back(c.row.Get(1));
+      if (r.empty) {
+        EXPECT_TRUE(r.changes.empty());
+      }
+    }
+    return got;
+  };
+  std::string check;
+  EXPECT_TRUE(next(&check).empty());
+  EXPECT_FALSE(*log.ChangedSince(last));
+  EXPECT_TRUE(next(&check).empty());
+  EXPECT_EQ(check, "") << "an idle tick evaluated the schema check";
+  SourceCluster().Exec(db, "INSERT INTO m4 (v) VALUES ('a')");
+  auto got = next(&check);
+  EXPECT_EQ(check, "sig");
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[4], std::vector<std::string>{"a"});
+  // A writer open across ticks lands in the batch of its commit.
+  auto writer = SourceCluster().Connect(db);
+  ASSERT_TRUE(writer->Exec("BEGIN; INSERT INTO m2 (v) VALUES ('late')").ok());
+  EXPECT_FALSE(*log.ChangedSince(last));
+  EXPECT_TRUE(next(&check).empty());
+  EXPECT_TRUE(next(&check).empty());
+  ASSERT_TRUE(writer->Exec("COMMIT").ok());
+  EXPECT_TRUE(*log.ChangedSince(last));
+  got = next(&check);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[2], std::vector<std::string>{"late"});
+  // Nothing since: idle again. The change tables' counts, in one statement.
+  EXPECT_FALSE(*log.ChangedSince(last));
+  EXPECT_TRUE(next(&check).empty());
+  auto counts = log.CountAllPending();
+  ASSERT_TRUE(counts.ok()) << counts.status().message();
+  ASSERT_TRUE(counts->has_value());
+  EXPECT_EQ((**counts)[2], 1);
+  EXPECT_EQ((**counts)[4], 1);
+  EXPECT_EQ((**counts)[0], 0);
 }
 
 class PartitionedCaptureTest : public CaptureTest {
