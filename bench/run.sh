@@ -768,6 +768,15 @@ scenario_snapshot() {
           PIDS=("${PIDS[@]/$sampler}")
           t1=$(kv reached_us "$(cat "$RUN/sample.out")")
           [[ -n $t1 && $t1 -gt 0 ]] || t1=$(date +%s%6N)
+          # Start-up (the JVM, the connectors, the first batch through the
+          # sink) apart from the copying itself, as the backlog scenario does.
+          local first
+          first=$(awk -F, '$2 > 0 {print $1; exit}' "$OUT/snapshot-progress-$v-$run.csv")
+          if [[ -n $first ]]; then
+            emit snapshot "$SNAP_ROWS" "$v" "$run" startup_s "$(awk -v d=$((first - t0)) 'BEGIN{printf "%.3f", d/1e6}')"
+            emit snapshot "$SNAP_ROWS" "$v" "$run" applying_rows_per_s \
+              "$(awk -v d=$((t1 - first)) -v n="$SNAP_ROWS" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
+          fi
           stop_debezium snapshot "$SNAP_ROWS" "$v" "$run"
           stop_broker snapshot "$SNAP_ROWS" "$v" "$run"
           drop_subscription  # drops the connector's slot
