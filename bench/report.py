@@ -486,13 +486,14 @@ def main():
         add("")
         add(f"{int(float(case)):,} rows into an empty target table with a unique index on the key; "
             "wall time of the whole command (the tunnel's `datatunnel snapshot`, the COPY pipe, or "
-            "CREATE SUBSCRIPTION until every table is ready).")
+            "CREATE SUBSCRIPTION until every table is ready; Debezium: from starting the Kafka "
+            "Connect worker until the target holds every row of its initial snapshot).")
         add("")
         add("| variant | rows/s | × COPY pipe | × subscription copy | seconds | peak RSS MB |")
         add("|---|---|---|---|---|---|")
         copy = r.median("snapshot", case, "copy", "rows_per_s")
         sub = r.median("snapshot", case, "sub", "rows_per_s")
-        for v in r.variants("snapshot", ["kafka", "none", "copy", "sub"]):
+        for v in r.variants("snapshot", ["kafka", "none", "debezium", "copy", "sub"]):
             med = r.median("snapshot", case, v, "rows_per_s")
             add(f"| {VARIANT_NAMES.get(v, v)} | {cell(r, 'snapshot', case, v, 'rows_per_s')} | "
                 f"{rfmt(ratio(med, copy))} | {rfmt(ratio(med, sub))} | "
@@ -506,6 +507,8 @@ def main():
                 if v == "none":
                     targets.append(("snapshot with --broker none: ≥ 0.9× the COPY pipe",
                                     f"{med:,.0f} rows/s = {med / copy:.2f}×", med >= 0.9 * copy))
+        debezium_targets(r, "snapshot", case, targets, "rows_per_s", "higher", 2,
+                         "snapshot rows/s (Debezium: its initial snapshot)")
         add("")
 
     # ---- source cost

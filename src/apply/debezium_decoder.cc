@@ -358,6 +358,13 @@ Status Convert(dom::element v, std::string_view typname, std::string_view type_s
 
 }  // namespace
 
+Status DebeziumValueText(dom::element v, const Column& c, const dom::element* field_schema,
+                         std::string* out, bool* absent) {
+  DebeziumDecoder::FieldSchema fs;
+  if (field_schema != nullptr) ParseFieldSchema(*field_schema, &fs);
+  return Convert(v, c.typname, c.type_sql, fs.present ? &fs : nullptr, out, absent);
+}
+
 DebeziumDecoder::DebeziumDecoder(const std::vector<TableSpec>* targets) : targets_(targets) {
   Refresh();
 }

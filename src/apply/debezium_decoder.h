@@ -83,4 +83,13 @@ class DebeziumDecoder {
   std::vector<FieldSchema> fields_;
 };
 
+// One value `v` (not null) as Debezium or Kafka Connect writes it, as
+// PostgreSQL text for column `c` (appended to *out), undoing the encodings
+// above; `field_schema`: the value's field in the message's schema, or
+// nullptr. *absent for Debezium's placeholder of a value it could not read.
+// Shared with the reader of kafka.format = "connect-json" (apply/connect.h).
+Status DebeziumValueText(simdjson::dom::element v, const Column& c,
+                         const simdjson::dom::element* field_schema, std::string* out,
+                         bool* absent);
+
 }  // namespace datatunnel::apply

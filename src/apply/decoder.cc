@@ -149,6 +149,10 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   schema_columns_.clear();
   tunnel_.clear();
   install_.clear();
+  if (IsConnectJson(value)) {
+    DT_RETURN_IF_ERROR(connect_.ToEnvelope(value, spec, true, &unwrapped_));
+    value = unwrapped_;
+  }
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
@@ -335,6 +339,12 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
 bool EnvelopeDecoder::ReadChain(std::string_view value, Position* pos,
                                 std::optional<Position>* prev) {
   prev->reset();
+  if (IsConnectJson(value)) {
+    if (targets_->empty() || !connect_.ToEnvelope(value, (*targets_)[0], false, &unwrapped_).ok()) {
+      return false;
+    }
+    value = unwrapped_;
+  }
   padded_.assign(value);
   padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;

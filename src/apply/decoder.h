@@ -6,6 +6,8 @@
 // dropping it would lose data). Values become PostgreSQL text again: JSON
 // numbers keep their exact digits, base64 strings become hex bytea for bytea
 // columns, true/false stay booleans, nested JSON stays JSON text.
+// A message of kafka.format = "connect-json" ({"schema", "payload"}) is
+// unwrapped first (apply/connect.h); each message is read in its own form.
 //
 // Thread-safety: one decoder per thread (it owns its parser and buffers).
 #pragma once
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "apply/columns.h"
+#include "apply/connect.h"
 #include "core/change.h"
 #include "core/status.h"
 #include "core/table.h"
@@ -73,6 +76,8 @@ class EnvelopeDecoder {
   simdjson::ondemand::parser parser_;
   std::string padded_;
   std::string scratch_;
+  ConnectUnwrapper connect_;
+  std::string unwrapped_;
   int broadcast_partitions_ = 0;
   std::optional<Position> prev_;
   std::string expect_tunnel_, expect_install_;

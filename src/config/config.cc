@@ -174,9 +174,13 @@ std::vector<Setting> Settings() {
                    c.kafka.format = KafkaConfig::Format::kDatatunnel;
                  } else if (v == "debezium") {
                    c.kafka.format = KafkaConfig::Format::kDebezium;
+                 } else if (v == "connect-json") {
+                   c.kafka.format = KafkaConfig::Format::kConnectJson;
                  } else {
                    return Status::BadConfig(fmt::format(
-                       "kafka.format: expected \"datatunnel\" or \"debezium\", got \"{}\"", v));
+                       "kafka.format: expected \"datatunnel\", \"connect-json\" or \"debezium\", "
+                       "got \"{}\"",
+                       v));
                  }
                  return Status::OK();
                }});

@@ -43,10 +43,15 @@ struct KafkaConfig {
   // What the topics hold. kDatatunnel: our envelope, written by `produce`.
   // kDebezium: change events of Debezium's PostgreSQL connector (JSON, with
   // or without schemas); only `consume` runs, topic_prefix is the
-  // connector's topic.prefix (docs/debezium.md).
-  enum class Format { kDatatunnel, kDebezium } format = Format::kDatatunnel;
+  // connector's topic.prefix (docs/debezium.md). kConnectJson: our changes
+  // as Kafka Connect's JsonConverter with schemas writes them, the value a
+  // Debezium envelope with Connect/Debezium logical types, so a stock Connect
+  // sink reads them; written by `produce`, read by `consume` like kDatatunnel
+  // (publish/connect_envelope.h).
+  enum class Format { kDatatunnel, kDebezium, kConnectJson } format = Format::kDatatunnel;
 
   bool debezium() const { return format == Format::kDebezium; }
+  bool connect_json() const { return format == Format::kConnectJson; }
   bool none() const { return brokers.empty() || brokers == "none"; }
   // The tunnel's control topic (one partition is used): an end-of-tick
   // record per tick with changes when pipeline.apply_consistency is

@@ -35,6 +35,9 @@ inline constexpr std::string_view kChangeId = "change_id";
 inline constexpr std::string_view kSnapshot = "snapshot";
 inline constexpr std::string_view kPos = "pos";
 inline constexpr std::string_view kPrev = "prev";
+// kafka.format = "connect-json" only: {"<column>": text} of the values the
+// column's Connect type cannot hold (publish/connect_envelope.h).
+inline constexpr std::string_view kRaw = "raw";
 
 // The values of "marker".
 inline constexpr std::string_view kMarkerSchema = "schema";

@@ -31,6 +31,7 @@ Status KafkaSink::Recover() {
 void KafkaSink::SetTables(const std::vector<TableSpec>* tables) {
   tables_ = tables;
   encoder_ = std::make_unique<publish::EnvelopeEncoder>(tables, origin_);
+  if (config_.connect_json()) connect_ = std::make_unique<publish::ConnectEncoder>(tables, origin_);
   partitions_.clear();
   heads_.assign(tables->size(), {});
   touched_.clear();
@@ -69,6 +70,7 @@ Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token, 
                                      (*tables_)[change.table].topic, n));
   }
   Position& head = heads_[change.table][static_cast<size_t>(partition)];
+  if (connect_) return SendConnect(change, partition, n, token, sent_to);
   encoder_->EncodeValue(change, &value_, broadcast ? n : 0, &head);
   Status st = producer_->Send((*tables_)[change.table].topic, partition, key_, value_, token);
   if (!st.ok()) return st;
@@ -76,6 +78,31 @@ Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token, 
   touched_.emplace(change.table, partition);
   *sent_to = partition;
   bytes_sent_ += static_cast<int64_t>(value_.size() + key_.size());
+  return st;
+}
+
+Status KafkaSink::SendConnect(const Change& change, int32_t partition, int n, uint64_t token,
+                              int32_t* sent_to) {
+  const bool broadcast = change.op == Op::kTruncate || change.op == Op::kMarker;
+  Position& head = heads_[change.table][static_cast<size_t>(partition)];
+  connect_->EncodeKey(change, &connect_key_);
+  connect_->EncodeValue(change, &value_, broadcast ? n : 0, &head);
+  // Control messages carry the header a Connect sink filters on; the copy
+  // of a TRUNCATE on partition 0 is Debezium's own truncate event.
+  std::vector<broker::Header> headers;
+  if (change.op == Op::kMarker) {
+    headers.emplace_back(publish::kControlHeader,
+                         change.marker == Marker::kSchema ? "schema" : "snapshot_done");
+  } else if (change.op == Op::kTruncate && partition != 0) {
+    headers.emplace_back(publish::kControlHeader, "truncate");
+  }
+  Status st = producer_->Send((*tables_)[change.table].topic, partition, connect_key_, value_,
+                              token, headers.empty() ? nullptr : &headers);
+  if (!st.ok()) return st;
+  head = change.pos;
+  touched_.emplace(change.table, partition);
+  *sent_to = partition;
+  bytes_sent_ += static_cast<int64_t>(value_.size() + connect_key_.size());
   return st;
 }
 

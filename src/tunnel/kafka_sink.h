@@ -8,6 +8,12 @@
 // (apply/chain.h). The first message of a session to a partition links to the
 // head an earlier session recorded (SetChainHeads).
 //
+// With kafka.format = "connect-json" the messages are written as Kafka
+// Connect's JsonConverter writes them (publish/connect_envelope.h), control
+// messages with the publish::kControlHeader header. The partition is still
+// chosen from our own key encoding, so a tunnel switching formats keeps
+// every row on its partition (per-key order holds across the switch).
+//
 // Thread-safety: one thread (the source worker's), as ChangeSink.
 #pragma once
 
@@ -19,6 +25,7 @@
 #include <vector>
 
 #include "broker/kafka.h"
+#include "publish/connect_envelope.h"
 #include "publish/envelope.h"
 #include "tunnel/sink.h"
 
@@ -51,17 +58,21 @@ class KafkaSink : public ChangeSink {
  private:
   KafkaSink(const KafkaConfig& config, publish::Origin origin, DeliveryFn on_delivery)
       : config_(config), origin_(std::move(origin)), on_delivery_(std::move(on_delivery)) {}
+  // Send() of an encoded change with kafka.format = "connect-json".
+  Status SendConnect(const Change& change, int32_t partition, int n, uint64_t token,
+                     int32_t* sent_to);
   const std::vector<TableSpec>* tables_ = nullptr;
   KafkaConfig config_;
   publish::Origin origin_;
   DeliveryFn on_delivery_;
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
+  std::unique_ptr<publish::ConnectEncoder> connect_;  // kafka.format = "connect-json"
   std::unique_ptr<broker::Producer> producer_;
   std::map<uint32_t, int> partitions_;
   // Per table, per partition: the position of the last message sent there
   // (this session), or the recorded head; the zero Position before the first.
   std::vector<std::vector<Position>> heads_;
-  std::string key_, value_;
+  std::string key_, value_, connect_key_;
   int64_t bytes_sent_ = 0;
   // (table, partition) sent to since the last end-of-tick record (or since
   // the session started: its schema markers go to every partition).

@@ -279,8 +279,16 @@ TEST(Config, DebeziumFormatNeedsTheConnectorsPrefix) {
   c = LoadConfig("", {}, {"kafka.format=avro"});
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("\"debezium\""), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("\"connect-json\""), std::string::npos)
+      << c.status().message();
   c = LoadConfig("", {}, {});
   ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->kafka.debezium());
+  EXPECT_FALSE(c->kafka.connect_json());
+  // connect-json: our own topics in Kafka Connect's form, the default prefix.
+  c = LoadConfig("", {}, {"kafka.format=connect-json"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->kafka.connect_json());
   EXPECT_FALSE(c->kafka.debezium());
 }
 
