@@ -118,18 +118,44 @@ std::map<std::vector<size_t>, std::vector<const Change*>> GroupByColumns(
 }
 
 void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg::Statement>* out) {
-  for (const auto& a : advances) {
+  if (advances.size() > 1) {
+    // One statement for every partition of the batch (in memory a stream
+    // per table, so a batch over 500 tables has 500): each statement of a
+    // pipeline is parsed and planned on its own.
+    std::vector<std::vector<std::optional<std::string>>> cols(16);
+    for (const auto& a : advances) {
+      cols[0].emplace_back(a.stream);
+      size_t i = 1;
+      for (int64_t v : {int64_t{a.partition}, a.expected_offset, a.offset, a.pos.epoch, a.pos.tick,
+                        a.pos.seq, int64_t{a.pos.sub}, a.applied, a.skipped, a.dead, a.captured_us,
+                        a.tail.epoch, a.tail.tick, a.tail.seq, int64_t{a.tail.sub}}) {
+        cols[i++].emplace_back(std::to_string(v));
+      }
+    }
     pg::Statement st;
     st.sql =
-        "SELECT datatunnel.advance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-        "NULLIF($12::bigint, 0), $13, $14, $15, $16)";
-    for (int64_t v : {int64_t{a.partition}, a.expected_offset, a.offset, a.pos.epoch, a.pos.tick,
-                      a.pos.seq, int64_t{a.pos.sub}, a.applied, a.skipped, a.dead, a.captured_us,
-                      a.tail.epoch, a.tail.tick, a.tail.seq, int64_t{a.tail.sub}}) {
-      st.params.emplace_back(arena->Keep(std::to_string(v)));
-    }
-    st.params.insert(st.params.begin(), arena->Keep(a.stream));
+        "SELECT datatunnel.advance(s, p, e, o, ep, t, sq, sb, ap, sk, d, NULLIF(c, 0), te, tt, "
+        "ts, tsb) FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::bigint[], "
+        "$5::bigint[], $6::bigint[], $7::bigint[], $8::integer[], $9::bigint[], $10::bigint[], "
+        "$11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], "
+        "$16::integer[]) AS u(s, p, e, o, ep, t, sq, sb, ap, sk, d, c, te, tt, ts, tsb)";
+    for (const auto& c : cols) st.params.emplace_back(arena->Keep(pg::TextArrayLiteral(c)));
     out->push_back(std::move(st));
+  }
+  for (const auto& a : advances) {
+    if (advances.size() == 1) {
+      pg::Statement st;
+      st.sql =
+          "SELECT datatunnel.advance($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+          "NULLIF($12::bigint, 0), $13, $14, $15, $16)";
+      for (int64_t v : {int64_t{a.partition}, a.expected_offset, a.offset, a.pos.epoch, a.pos.tick,
+                        a.pos.seq, int64_t{a.pos.sub}, a.applied, a.skipped, a.dead, a.captured_us,
+                        a.tail.epoch, a.tail.tick, a.tail.seq, int64_t{a.tail.sub}}) {
+        st.params.emplace_back(arena->Keep(std::to_string(v)));
+      }
+      st.params.insert(st.params.begin(), arena->Keep(a.stream));
+      out->push_back(std::move(st));
+    }
     if (a.gap) {
       pg::Statement g;
       g.sql =
