@@ -97,6 +97,39 @@ TEST_F(ApplyTest, GuardFencesAConsumerThatLostItsPartition) {
   EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT name FROM t WHERE id = 1"), "a");
 }
 
+// The advances of a batch over several partitions go in one statement: the
+// guard still holds for each, and one that moved applies nothing.
+TEST_F(ApplyTest, GuardHoldsForEveryPartitionOfABatch) {
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  ASSERT_TRUE(applier_->Load("topic", 1, 0).ok());
+  auto apply = [&](const char* name, int64_t expected1) {
+    Change a = Row3(Op::kInsert, 1, "1", name);
+    Change b = Row3(Op::kInsert, 2, "2", name);
+    std::vector<const Change*> ptrs = {&a, &b};
+    std::vector<apply::Advance> adv(2);
+    for (int p = 0; p < 2; ++p) {
+      adv[p].stream = "topic";
+      adv[p].partition = p;
+      adv[p].offset = 0;
+      adv[p].applied = 1;
+    }
+    adv[0].expected_offset = -1;
+    adv[0].pos = a.pos;
+    adv[1].expected_offset = expected1;
+    adv[1].pos = b.pos;
+    return applier_->Apply(ptrs, adv);
+  };
+  Status st = apply("a", -1);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(applier_->Load("topic", 1, 0)->offset, 0);
+  // Partition 1 moved past what this consumer read: nothing of the batch.
+  TargetCluster().Exec(db_, "UPDATE datatunnel.applied SET kafka_offset = -1 WHERE partition = 0");
+  st = apply("b", -1);
+  EXPECT_FALSE(st.ok());
+  EXPECT_TRUE(applier_->position_moved());
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT string_agg(name, ',' ORDER BY id) FROM t"), "a,a");
+}
+
 TEST_F(ApplyTest, LargeBatchesAreStagedWithCopy) {
   ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
   std::vector<Change> cs;
