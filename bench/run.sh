@@ -7,7 +7,7 @@
 #   bench/run.sh [--quick] [--only S,...] [--variants V,...] [--runs N] [--name NAME]
 #
 #   --quick        small sizes, one run each: everything in a few minutes
-#   --only         scenarios: source,latency,burst,backlog,snapshot,many (default: all)
+#   --only         scenarios: source,latency,burst,backlog,snapshot,many,bigtx (default: all)
 #   --variants     kafka (run through the Kafka broker), none (run --broker none),
 #                  split (separate produce and consume processes through the broker),
 #                  ref (logical replication; for the snapshot also the COPY pipe),
@@ -41,7 +41,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 QUICK=0
-ONLY="source,latency,burst,backlog,snapshot,many"
+ONLY="source,latency,burst,backlog,snapshot,many,bigtx"
 VARIANTS="kafka,none,ref"
 RUNS=""
 NAME=""
@@ -99,6 +99,10 @@ BURST_WRITERS=8; BURST_TXN=10
 MANY_TABLES=${BENCH_MANY_TABLES:-500}
 if [[ $QUICK == 1 ]]; then MANY_IDLE=5; MANY_LAT=5; else MANY_IDLE=10; MANY_LAT=20; fi
 MANY_RATE=1000; MANY_PRELOAD=50000
+# bigtx: one transaction of BIGTX rows (BENCH_BIGTX_ROWS) on a caught-up tunnel.
+if [[ $QUICK == 1 ]]; then BIGTX=${BENCH_BIGTX_ROWS:-100000}; else BIGTX=${BENCH_BIGTX_ROWS:-1000000}; fi
+BIGTX_PRELOAD=100000
+METRICS_PORT=${BENCH_METRICS_PORT:-25435}
 SRC_CLIENTS=8; SRC_ROWS=100000
 
 has() { [[ ",$1," == *",$2,"* ]]; }
@@ -363,7 +367,7 @@ TUNNEL_NAMES=()
 start_tunnel() {
   local v=$1
   TUNNEL_PIDS=(); TUNNEL_NAMES=()
-  local cmds=() extra="${BENCH_TUNNEL_ARGS:-}"
+  local cmds=() extra="${BENCH_TUNNEL_ARGS:-} ${TUNNEL_EXTRA:-}"
   case "$v" in
     kafka) cmds=("run:run --no-snapshot") ;;
     none) cmds=("run:run --no-snapshot --broker none") ;;
@@ -519,7 +523,7 @@ warmup() {
   die "warm-up: probe row $id never reached the target ($(tail -3 "$RUN"/tunnel-*.log 2>/dev/null))"
 }
 
-# setup_stream VARIANT ROWS PROBE(log|progress) START(1|0): fresh databases with
+# setup_stream VARIANT ROWS PROBE(log|progress|none) START(1|0): fresh databases with
 # ROWS identical rows on both sides, the target probe, and the tunnel or the
 # subscription (started when START is 1).
 setup_stream() {
@@ -530,7 +534,7 @@ setup_stream() {
   else
     fresh_dbs "tpl_t_$rows" "tpl_t_$rows"
   fi
-  fs 2 b2 -f "bench/sql/target_$probe.sql"
+  [[ $probe == none ]] || fs 2 b2 -f "bench/sql/target_$probe.sql"
   if [[ $v == ref ]]; then
     q1 b1 "CREATE PUBLICATION bench_pub FOR TABLE employees"
     q2 b2 "CREATE SUBSCRIPTION bench_sub CONNECTION '$SUB_CONN' PUBLICATION bench_pub WITH (copy_data = false)"
@@ -946,6 +950,66 @@ scenario_many() {
   done
 }
 
+# The tunnel's own count of changes applied to the target (its /metrics,
+# summed over tables); 0 while the endpoint does not answer.
+applied_total() {
+  curl -s --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
+    awk '/^datatunnel_changes_applied_total/ {s += $NF} END {printf "%d", s}'
+}
+
+# bigtx: on a running tunnel that is caught up, one INSERT of BIGTX rows,
+# then an UPDATE of them, then a DELETE, each one source transaction: the
+# seconds from each commit until the tunnel has applied all of it (its
+# applied counter, polled every 50 ms from /metrics: no probe on the target
+# table, whose per-row cost would be measured too), rows/s, and each tunnel
+# process's peak RSS over the three.
+scenario_bigtx() {
+  local run v op
+  for run in $(seq 1 "$RUNS"); do
+    for v in ${STREAM_VARIANTS}; do
+      [[ $v == kafka || $v == none || $v == split ]] || continue
+      log "bigtx: $v, run $run"
+      TUNNEL_EXTRA="--set metrics.listen=127.0.0.1:$METRICS_PORT"
+      setup_stream "$v" "$BIGTX_PRELOAD" none 1
+      TUNNEL_EXTRA=""
+      local base
+      base=$(q1 b1 "SELECT coalesce(max(emp_id), 0) + 1000 FROM employees")
+      emit bigtx "$BIGTX" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
+      for op in insert update delete; do
+        local sql
+        case "$op" in
+          insert) sql="INSERT INTO employees (emp_id, first_name, last_name, dob, city) SELECT g, 'Bulk', 'b' || g, DATE '2000-01-01' + g % 9000, 'Oslo' FROM generate_series($base + 1, $base + $BIGTX) g" ;;
+          update) sql="UPDATE employees SET city = 'Bergen', last_name = last_name || 'u' WHERE emp_id > $base" ;;
+          delete) sql="DELETE FROM employees WHERE emp_id > $base" ;;
+        esac
+        q1 postgres "CHECKPOINT"; q2 postgres "CHECKPOINT"
+        local a0 t0 t1 t2="" a
+        a0=$(applied_total)
+        t0=$(date +%s%6N)
+        q1 b1 "$sql"
+        t1=$(date +%s%6N)
+        for _ in $(seq 1 12000); do
+          a=$(applied_total)
+          if [[ $a -ge $((a0 + BIGTX)) ]]; then t2=$(date +%s%6N); break; fi
+          sleep 0.05
+        done
+        emit bigtx "$BIGTX" "$v" "$run" "source_s_$op" "$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d/1e6}')"
+        if [[ -z $t2 ]]; then
+          log "  $op: not applied within 600 s ($((a - a0)) of $BIGTX)"
+          continue
+        fi
+        emit bigtx "$BIGTX" "$v" "$run" "apply_s_$op" "$(awk -v d=$((t2 - t1)) 'BEGIN{printf "%.3f", d/1e6}')"
+        emit bigtx "$BIGTX" "$v" "$run" "rows_per_s_$op" "$(awk -v d=$((t2 - t1)) -v n="$BIGTX" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
+        log "  $op of $BIGTX rows: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d/1e6}') s on the source, applied $(awk -v d=$((t2 - t1)) 'BEGIN{printf "%.2f", d/1e6}') s after its commit ($(awk -v d=$((t2 - t1)) -v n="$BIGTX" 'BEGIN{printf "%.0f", n/(d/1e6)}') rows/s)"
+      done
+      local n; n=$(q2 b2 "SELECT count(*) FROM employees WHERE emp_id > $base")
+      [[ $n == 0 ]] || log "bigtx $v: the target still holds $n of the deleted rows"
+      teardown_stream bigtx "$BIGTX" "$v" "$run"
+      save_logs "bigtx-$v-$run"
+    done
+  done
+}
+
 # ---- main ---------------------------------------------------------------------
 
 STREAM_VARIANTS=""
@@ -974,6 +1038,7 @@ has "$ONLY" burst && need_rows+=("t:$BURST_PRELOAD" "r:$BURST_PRELOAD")
 has "$ONLY" backlog && need_rows+=("t:$BACKLOG_PRELOAD" "r:$BACKLOG_PRELOAD")
 has "$ONLY" snapshot && need_rows+=("t:$SNAP_ROWS" "r:$SNAP_ROWS" "t2:0" "r2:0")
 has "$ONLY" many && need_rows+=("t2:0" "m:1" "m:$MANY_TABLES")
+has "$ONLY" bigtx && need_rows+=("t:$BIGTX_PRELOAD")
 for spec in $(printf '%s\n' "${need_rows[@]}" | sort -u); do
   flavor=${spec%%:*} rows=${spec#*:}
   case "$flavor" in
@@ -984,7 +1049,7 @@ for spec in $(printf '%s\n' "${need_rows[@]}" | sort -u); do
   esac
 done
 
-for sc in source latency burst backlog snapshot many; do
+for sc in source latency burst backlog snapshot many bigtx; do
   if has "$ONLY" "$sc"; then
     t=$(date +%s)
     "scenario_$sc"
@@ -1022,6 +1087,8 @@ many_idle_seconds=$MANY_IDLE
 many_lat_seconds=$MANY_LAT
 many_rate=$MANY_RATE
 many_preload=$MANY_PRELOAD
+bigtx_rows=$BIGTX
+bigtx_preload=$BIGTX_PRELOAD
 duration_s=$((BENCH_END - BENCH_START))
 git=${BENCH_GIT_REV:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 version=$("$DT" --version 2>/dev/null | head -1)

@@ -11,8 +11,10 @@
 // positions consistent, and re-reading from the stored offsets applies
 // nothing twice.
 //
-// Small batches go as one pipelined round trip with bound parameters; large
-// ones are staged with COPY into temporary tables and merged set-wise.
+// Each table's deletes and upserts of a batch go as parameter statements
+// when they are few (kPipelinedMaxRows), all pipelined (a batch of such is
+// one round trip); more are staged with COPY into the table's temporary
+// tables and merged set-wise.
 //
 // Thread-safety: one thread; owns the use of its connection.
 #pragma once
@@ -143,17 +145,26 @@ class Applier {
   // BEGIN, the deferred constraints, the advances and the tick mark.
   void Head(std::span<const Advance> advances, const TickMark* tick, pg::Arena* arena,
             std::vector<pg::Statement>* out) const;
-  Status ApplyPipelined(const std::vector<TableEffect>& eff, std::span<const Advance> advances,
-                        std::span<const TruncateArrival> arrivals, const TickMark* tick);
-  Status ApplyStaged(const std::vector<std::vector<const Change*>>& by_table,
-                     const std::vector<TableEffect>& eff, std::span<const Advance> advances,
-                     std::span<const TruncateArrival> arrivals, const TickMark* tick);
+  // The parameter statements of `step` (a TRUNCATE, keyless changes, or at
+  // most kPipelinedMaxRows deletes or upserts).
+  Status AddStatements(const Step& step, const std::vector<TableEffect>& eff,
+                       std::vector<pg::Statement>* out) const;
+  static size_t StepRows(const Step& step, const std::vector<TableEffect>& eff);
+  // Writes the steps of `eff` in one transaction: steps of up to
+  // kPipelinedMaxRows rows as parameter statements, pipelined together,
+  // larger ones with COPY into the table's staging tables and one set-based
+  // statement.
+  Status ApplyEffects(const std::vector<TableEffect>& eff, std::span<const Advance> advances,
+                      std::span<const TruncateArrival> arrivals, const TickMark* tick);
   Status ApplyPacked(const std::vector<std::vector<const Change*>>& by_table,
                      std::span<const Advance> advances, const TickMark* tick);
+  // Creates table `table`'s staging tables (dt_stage_N: its columns, dt_keys_N:
+  // its key) once per session, outside any transaction.
   Status EnsureStaging(uint32_t table);
-  // Staging tables for the tables with changes, then BEGIN and the advances.
-  Status BeginStaged(const std::vector<std::vector<const Change*>>& by_table,
-                     std::span<const Advance> advances, const TickMark* tick);
+  // Table `table`'s staging tables hold rows of this batch; AddEmptyStaging
+  // adds the TRUNCATE of those used so far (before the COMMIT).
+  void Used(uint32_t table);
+  void AddEmptyStaging(std::vector<pg::Statement>* out);
   // Writes rows of table `table` (COPY text of columns `cols`): with one
   // COPY straight into the table while none of them is there yet, else
   // staged and upserted. *stage_used: the staging table holds rows already.
@@ -163,6 +174,7 @@ class Applier {
   pg::Connection* conn_;
   const std::vector<TableSpec>* targets_;
   std::vector<bool> staged_;
+  std::vector<uint32_t> used_;  // tables whose staging tables this batch filled
   // Per table: batches left before a COPY straight into the table is tried
   // again, after one met a row already there.
   std::vector<int> direct_backoff_;
@@ -173,7 +185,8 @@ class Applier {
   int failed_table_ = -1;
 };
 
-// Rows per batch up to which the pipelined (parameter) path is used.
+// Rows per table and kind (deletes, upserts) of a batch up to which they are
+// written with parameter statements rather than staged with COPY.
 inline constexpr size_t kPipelinedMaxRows = 200;
 
 }  // namespace datatunnel::apply
