@@ -73,7 +73,8 @@ Status CheckCopyText(std::string_view text, int64_t rows, size_t columns) {
         return Bad(fmt::format("row {} of a snapshot chunk ends in a lone backslash", line + 1));
       }
       if (i == line_start && text[i + 1] == '.' && text[i + 2] == '\n') {
-        return Bad(fmt::format("row {} of a snapshot chunk is COPY's end-of-data marker", line + 1));
+        return Bad(
+            fmt::format("row {} of a snapshot chunk is COPY's end-of-data marker", line + 1));
       }
       ++i;
     } else if (ch == '\t') {
@@ -81,8 +82,8 @@ Status CheckCopyText(std::string_view text, int64_t rows, size_t columns) {
     } else if (ch == '\n') {
       ++line;
       if (fields != columns) {
-        return Bad(fmt::format("row {} of a snapshot chunk has {} fields, not {}", line, fields,
-                               columns));
+        return Bad(
+            fmt::format("row {} of a snapshot chunk has {} fields, not {}", line, fields, columns));
       }
       fields = 1;
       line_start = i + 1;

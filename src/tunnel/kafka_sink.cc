@@ -10,8 +10,7 @@
 namespace datatunnel::tunnel {
 
 Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
-                                                     publish::Origin origin,
-                                                     DeliveryFn on_delivery,
+                                                     publish::Origin origin, DeliveryFn on_delivery,
                                                      bool packed_chunks) {
   std::unique_ptr<KafkaSink> sink(new KafkaSink(config, std::move(origin), std::move(on_delivery)));
   sink->packed_chunks_ = packed_chunks && !config.debezium();
@@ -142,8 +141,8 @@ Status KafkaSink::SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Cha
       } else {
         // Escapes (or NULL, \N): unescape the line.
         if (!pg::SplitCopyLine(line, &fields_) || fields_.size() < key_fields) {
-          return Status::Fatal(fmt::format("snapshot of {}: cannot read a row of a chunk",
-                                           spec.source.ToString()));
+          return Status::Fatal(
+              fmt::format("snapshot of {}: cannot read a row of a chunk", spec.source.ToString()));
         }
         for (size_t k : spec.key) {
           if (fields_[k]) key_row_.row.Set(k, *fields_[k]);

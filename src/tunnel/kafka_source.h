@@ -76,8 +76,7 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   // Appends message `m`'s items: one, or one per row for a packed snapshot
   // chunk whose columns do not line up with the target's (and with
   // `unpack`, for every chunk).
-  Status AddItems(const broker::Message& m, int table, bool unpack,
-                  std::vector<apply::Item>* out);
+  Status AddItems(const broker::Message& m, int table, bool unpack, std::vector<apply::Item>* out);
   // Keeps msgs_[from..] for the next batch (ahead of carry_).
   void Carry(size_t from);
   // Decodes `m` for table `table` into *item, looking again at the target's

@@ -188,11 +188,10 @@ Status SourceWorker::SendChunk(Session& s) {
     for (auto& [partition, part] : parts) {
       const Position pos = part.pos;
       const auto rows = static_cast<uint32_t>(part.packed_rows);
-      DT_RETURN_IF_ERROR(SendVia(s, t, pos, 0, rows, Kind::kSnapshotRow,
-                                 [&](uint64_t token, int32_t* sent_to) {
-                                   return sink_->SendOwned(std::move(part), partition, token,
-                                                           sent_to);
-                                 }));
+      DT_RETURN_IF_ERROR(
+          SendVia(s, t, pos, 0, rows, Kind::kSnapshotRow, [&](uint64_t token, int32_t* sent_to) {
+            return sink_->SendOwned(std::move(part), partition, token, sent_to);
+          }));
     }
   }
   for (Change& row : w.chunk.rows) {

@@ -436,7 +436,9 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
 
 INSTANTIATE_TEST_SUITE_P(Snapshot, KilledSnapshotTest,
                          ::testing::Values(Variant{Order::kKey, Mode::kMemory, true},
-                                           Variant{Order::kPhysical, Mode::kBroker, false}),
+                                           Variant{Order::kPhysical, Mode::kBroker, false},
+                                           // Chunks as COPY text per partition (issue 16).
+                                           Variant{Order::kKey, Mode::kBroker, false}),
                          VariantName);
 
 // ---- Edge tables ------------------------------------------------------------
@@ -652,6 +654,17 @@ TEST_P(LayoutTest, IntoATargetLaidOutDifferently) {
   EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM employees"), 3000);
   ExpectSameRows("(SELECT emp_id, first_name, last_name, dob, city FROM employees)", "emp_id");
   EXPECT_EQ(TargetCluster().Scalar(tgt_, "SELECT initial FROM employees WHERE emp_id = 7"), "f");
+  if (GetParam() == Mode::kBroker) {
+    // The rows went as chunks, not one message each.
+    auto topic = testing::RunCommand(
+        {"/usr/bin/kcat", "-C", "-b", bootstrap_, "-t", Topic("public.employees"), "-o",
+         "beginning", "-e", "-q", "-f", "%s\n"},
+        {}, 30);
+    ASSERT_EQ(topic.code, 0) << topic.err;
+    EXPECT_TRUE(Contains(topic.out, "{\"chunk\":1,\"op\":\"r\",\"rows\":"))
+        << topic.out.substr(0, 500);
+    EXPECT_FALSE(Contains(topic.out, "\"op\":\"r\",\"ts_ms\"")) << "a snapshot row as an envelope";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Snapshot, LayoutTest, ::testing::Values(Mode::kMemory, Mode::kBroker),

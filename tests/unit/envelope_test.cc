@@ -312,7 +312,6 @@ TEST(Decoder, RefusesMalformedInput) {
   EXPECT_NE(unknown.message().find("newcol"), std::string::npos);
 }
 
-
 // Snapshot chunks (issue 16 item 8): the rows of a chunk as COPY text under a
 // one-line header, passed through without encoding or decoding any value.
 
@@ -439,7 +438,7 @@ TEST(Chunk, MapsColumnsByNameIntoATargetLaidOutDifferently) {
   ASSERT_TRUE(dec.UnpackChunk(back, &unpacked).ok());
   ASSERT_EQ(unpacked.size(), 3u);
   EXPECT_EQ(unpacked[0].row.size(), 10u);
-  EXPECT_EQ(unpacked[0].row.Get(8), "1");         // id
+  EXPECT_EQ(unpacked[0].row.Get(8), "1");          // id
   EXPECT_EQ(unpacked[0].row.Get(7), *rows[0][1]);  // name
   EXPECT_TRUE(unpacked[1].row.IsNull(6));          // price
   EXPECT_EQ(unpacked[1].row.Get(7), "");           // name: empty, not NULL
@@ -474,7 +473,8 @@ TEST(Chunk, RefusesMalformedChunks) {
   const std::string row9 = "9\ta\t1\t1\tt\t\\\\x\t\\N\tnull\t{}\n";
   refused(header + good_text + "9\ta\n", "has 2 fields, not 9");
   refused(header + good_text.substr(0, good_text.size() - 1) + "\tx\n", "has 10 fields");
-  refused(header + good_text.substr(0, good_text.find('\n') + 1), "holds 1 rows, its header says 3");
+  refused(header + good_text.substr(0, good_text.find('\n') + 1),
+          "holds 1 rows, its header says 3");
   refused(header + good_text.substr(0, good_text.size() - 1), "must end with a newline");
   refused(header + good_text + "9\ta\\\n", "lone backslash");
   refused(header + good_text + "\\.\n", "end-of-data marker");
