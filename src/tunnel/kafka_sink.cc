@@ -13,7 +13,8 @@ Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
                                                      publish::Origin origin, DeliveryFn on_delivery,
                                                      bool packed_chunks) {
   std::unique_ptr<KafkaSink> sink(new KafkaSink(config, std::move(origin), std::move(on_delivery)));
-  sink->packed_chunks_ = packed_chunks && !config.debezium();
+  // Only our own format has chunks (other formats are read by other sinks).
+  sink->packed_chunks_ = packed_chunks && config.format == KafkaConfig::Format::kDatatunnel;
   DT_ASSIGN_OR_RETURN(sink->producer_,
                       broker::Producer::Create(config, sink->on_delivery_, "datatunnel-producer"));
   return sink;
