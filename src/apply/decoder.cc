@@ -2,12 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
 #include "apply/chain.h"
 #include "core/codec.h"
 #include "core/wire.h"
+#include "pg/connection.h"
 
 namespace datatunnel::apply {
 
@@ -47,6 +49,49 @@ Status ParsePrev(od::value v, std::optional<Position>* out) {
   Position p;
   DT_RETURN_IF_ERROR(ParsePosition(v, "source.prev", &p));
   *out = p;
+  return Status::OK();
+}
+
+bool IsChunk(std::string_view value) {
+  return value.substr(0, wire::kChunkPrefix.size()) == wire::kChunkPrefix;
+}
+
+// Checks that `text` is `rows` lines of COPY text with `columns` fields each.
+// Escapes are skipped, not decoded: a backslash takes the byte after it
+// (never the line's end), so an escaped tab is no separator. PostgreSQL
+// checks the values themselves when it reads them.
+Status CheckCopyText(std::string_view text, int64_t rows, size_t columns) {
+  if (text.empty() || text.back() != '\n') {
+    return Bad("a snapshot chunk's rows must end with a newline");
+  }
+  int64_t line = 0;
+  size_t fields = 1, line_start = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (ch == '\\') {
+      if (text[i + 1] == '\n') {
+        return Bad(fmt::format("row {} of a snapshot chunk ends in a lone backslash", line + 1));
+      }
+      if (i == line_start && text[i + 1] == '.' && text[i + 2] == '\n') {
+        return Bad(
+            fmt::format("row {} of a snapshot chunk is COPY's end-of-data marker", line + 1));
+      }
+      ++i;
+    } else if (ch == '\t') {
+      ++fields;
+    } else if (ch == '\n') {
+      ++line;
+      if (fields != columns) {
+        return Bad(
+            fmt::format("row {} of a snapshot chunk has {} fields, not {}", line, fields, columns));
+      }
+      fields = 1;
+      line_start = i + 1;
+    }
+  }
+  if (line != rows) {
+    return Bad(fmt::format("a snapshot chunk holds {} rows, its header says {}", line, rows));
+  }
   return Status::OK();
 }
 
@@ -149,6 +194,8 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   schema_columns_.clear();
   tunnel_.clear();
   install_.clear();
+  out->packed_rows = 0;
+  if (IsChunk(value)) return DecodeChunk(value, table, out);
   if (IsConnectJson(value)) {
     DT_RETURN_IF_ERROR(connect_.ToEnvelope(value, spec, true, &unwrapped_));
     value = unwrapped_;
@@ -336,10 +383,183 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
   return Status::OK();
 }
 
+Status EnvelopeDecoder::ParseChunkHeader(std::string_view header, Change* out, int64_t* version,
+                                         int64_t* rows, std::vector<std::string>* columns) {
+  padded_.assign(header);
+  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
+  od::document doc;
+  od::object root;
+  if (parser_.iterate(padded_.data(), header.size(), padded_.size()).get(doc) ||
+      doc.get_object().get(root)) {
+    return Bad("a snapshot chunk's header is not a JSON object");
+  }
+  bool have_pos = false;
+  for (auto field : root) {
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return Bad("malformed field name in a chunk's header");
+    od::value v;
+    if (field.value().get(v)) return Bad(fmt::format("chunk header: \"{}\" is malformed", key));
+    if (key == wire::kChunk) {
+      if (v.get_int64().get(*version)) return Bad("chunk header: \"chunk\" must be an integer");
+      if (*version != wire::kChunkVersion) {
+        return Bad(fmt::format(
+            "a snapshot chunk in format version {}, which this consumer does not read (it reads "
+            "version {}); run a datatunnel as new as the producer's on the consumer",
+            *version, wire::kChunkVersion));
+      }
+    } else if (key == wire::kOp) {
+      std::string_view op;
+      if (v.get_string().get(op) || op != "r") return Bad("chunk header: \"op\" must be \"r\"");
+    } else if (key == wire::kChunkRows) {
+      if (v.get_int64().get(*rows) || *rows < 1) {
+        return Bad("chunk header: \"rows\" must be a positive integer");
+      }
+    } else if (key == wire::kColumns) {
+      od::array arr;
+      if (v.get_array().get(arr)) return Bad("chunk header: \"columns\" must be an array");
+      for (auto el : arr) {
+        std::string_view name;
+        if (el.get_string().get(name)) return Bad("chunk header: \"columns\" must hold strings");
+        columns->emplace_back(name);
+      }
+    } else if (key == wire::kSource) {
+      od::object src;
+      if (v.get_object().get(src)) return Bad("chunk header: \"source\" must be an object");
+      for (auto sf : src) {
+        std::string_view sk;
+        od::value sv;
+        if (sf.unescaped_key().get(sk) || sf.value().get(sv)) {
+          return Bad("chunk header: malformed \"source\"");
+        }
+        if (sk == wire::kPos) {
+          DT_RETURN_IF_ERROR(ParsePosition(sv, "source.pos", &out->pos));
+          have_pos = true;
+        } else if (sk == wire::kPrev) {
+          DT_RETURN_IF_ERROR(ParsePrev(sv, &prev_));
+        } else if (sk == wire::kName || sk == wire::kInstall) {
+          std::string_view text;
+          if (sv.get_string().get(text)) {
+            return Bad(fmt::format("\"source.{}\" must be a string", sk));
+          }
+          (sk == wire::kName ? tunnel_ : install_).assign(text);
+        } else if (sk == wire::kTsMs) {
+          int64_t ms = 0;
+          constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
+          if (sv.get_int64().get(ms) || ms > kMaxMs || ms < -kMaxMs) {
+            return Bad("\"source.ts_ms\" must be an integer count of milliseconds");
+          }
+          out->captured_us = ms * 1000;
+        }
+      }
+    }
+  }
+  if (*version == 0) return Bad("a snapshot chunk's header lacks \"chunk\"");
+  if (!have_pos) return Bad("no \"source.pos\"");
+  return Status::OK();
+}
+
+Status EnvelopeDecoder::DecodeChunk(std::string_view value, uint32_t table, Change* out) {
+  const TableSpec& spec = (*targets_)[table];
+  chunk_to_target_.clear();
+  chunk_passthrough_ = false;
+  out->table = table;
+  out->op = Op::kRead;
+  out->key_only = false;
+  out->marker = Marker::kNone;
+  out->txid = 0;
+  out->captured_us = 0;
+  const size_t nl = value.find('\n');
+  int64_t version = 0, rows = 0;
+  std::vector<std::string> columns;
+  DT_RETURN_IF_ERROR(ParseChunkHeader(value.substr(0, nl), out, &version, &rows, &columns));
+  if (nl == std::string_view::npos) return Bad("a snapshot chunk without rows");
+  if (!install_.empty() && !expect_tunnel_.empty() &&
+      (tunnel_ != expect_tunnel_ || install_ != expect_install_)) {
+    return Status::BadConfig(fmt::format(
+        "a message of tunnel \"{}\" (source installation {}) reached the consumer of tunnel "
+        "\"{}\" (source installation {})",
+        tunnel_, install_, expect_tunnel_, expect_install_));
+  }
+  if (rows < 1) return Bad("chunk header: no \"rows\"");
+  if (columns.empty()) return Bad("chunk header: no \"columns\"");
+  if (prev_ && out->pos <= *prev_) {
+    return Bad(fmt::format("\"source.pos\" {} is not after \"source.prev\" {}",
+                           PositionText(out->pos), PositionText(*prev_)));
+  }
+  if (out->pos.seq - (rows - 1) < Position::kSnapshotSeqBase) {
+    return Bad("a snapshot chunk's \"source.pos\" is below its rows' positions");
+  }
+  const std::string_view text = value.substr(nl + 1);
+  DT_RETURN_IF_ERROR(CheckCopyText(text, rows, columns.size()));
+  std::vector<bool> mapped(spec.columns.size(), false);
+  bool identity = columns.size() == spec.columns.size();
+  for (size_t i = 0; i < columns.size(); ++i) {
+    const int found = columns_.Find(table, columns[i]);
+    if (found < 0) {
+      return Status::Fatal(fmt::format(
+          "a change for {} carries column \"{}\", which target table {} does not have; add the "
+          "column to the target (or set schema_changes = \"evolve\" for this table) and restart",
+          spec.source.ToString(), columns[i], spec.target.ToString()));
+    }
+    if (mapped[static_cast<size_t>(found)]) {
+      return Bad(fmt::format("a snapshot chunk names column \"{}\" twice", columns[i]));
+    }
+    mapped[static_cast<size_t>(found)] = true;
+    chunk_to_target_.push_back(found);
+    identity = identity && found == static_cast<int>(i);
+  }
+  for (size_t k : spec.key) {
+    if (!mapped[k]) {
+      return Bad(fmt::format("the snapshot chunk lacks key column \"{}\"", spec.columns[k].name));
+    }
+  }
+  chunk_passthrough_ = identity && std::none_of(spec.columns.begin(), spec.columns.end(),
+                                                [](const Column& c) { return c.generated; });
+  out->packed_rows = rows;
+  out->row.Assign(std::string(text));
+  return Status::OK();
+}
+
+Status EnvelopeDecoder::UnpackChunk(const Change& packed, std::vector<Change>* out) const {
+  const TableSpec& spec = (*targets_)[packed.table];
+  const std::string_view text = packed.row.Get(0);
+  std::vector<std::optional<std::string>> fields;
+  int64_t seq = packed.pos.seq - (packed.packed_rows - 1);
+  for (size_t at = 0; at < text.size();) {
+    size_t end = text.find('\n', at);
+    if (end == std::string_view::npos) end = text.size();
+    if (!pg::SplitCopyLine(text.substr(at, end - at), &fields) ||
+        fields.size() != chunk_to_target_.size()) {
+      return Bad("a snapshot chunk's row is malformed");
+    }
+    Change c;
+    c.op = Op::kRead;
+    c.table = packed.table;
+    c.pos = packed.pos;
+    c.pos.seq = seq++;
+    c.captured_us = packed.captured_us;
+    c.row.ResetAbsent(spec.columns.size());
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const auto t = static_cast<size_t>(chunk_to_target_[i]);
+      if (fields[i]) {
+        c.row.Set(t, *fields[i]);
+      } else {
+        c.row.SetNull(t);
+      }
+    }
+    out->push_back(std::move(c));
+    at = end + 1;
+  }
+  return Status::OK();
+}
+
 bool EnvelopeDecoder::ReadChain(std::string_view value, Position* pos,
                                 std::optional<Position>* prev) {
   prev->reset();
-  if (IsConnectJson(value)) {
+  // A packed chunk's position is in its header line.
+  if (IsChunk(value))
+    value = value.substr(0, value.find('\n'));
+  else if (IsConnectJson(value)) {
     if (targets_->empty() || !connect_.ToEnvelope(value, (*targets_)[0], false, &unwrapped_).ok()) {
       return false;
     }

@@ -9,6 +9,16 @@
 // A message of kafka.format = "connect-json" ({"schema", "payload"}) is
 // unwrapped first (apply/connect.h); each message is read in its own form.
 //
+// A packed snapshot chunk (publish/envelope.h: a JSON header line, then the
+// rows as COPY text) decodes into one Change with `packed_rows` set and the
+// COPY text in row slot 0, as the source wrote it; its header's "columns"
+// are matched to the target's by name like a row's fields. When they line
+// up with the target's columns exactly (same names, same order, no
+// generated column: chunk_passthrough()), the text goes into the target as
+// it is; otherwise UnpackChunk() makes one change per row, laid out by the
+// target's columns. The text is checked line by line (row count, fields per
+// line) without unescaping it: a malformed chunk is kBadData.
+//
 // Thread-safety: one decoder per thread (it owns its parser and buffers).
 #pragma once
 
@@ -54,6 +64,14 @@ class EnvelopeDecoder {
   // the zero Position for null, nullopt when the message has none.
   const std::optional<Position>& prev() const { return prev_; }
 
+  // After Decode() of a packed chunk: whether its COPY text is laid out like
+  // the target table (it can go into the target as it is).
+  bool chunk_passthrough() const { return chunk_passthrough_; }
+  // After Decode() of a packed chunk `packed`: appends its rows as one
+  // change each, laid out by the target's columns (a target column the chunk
+  // lacks is absent), positions counted up to the chunk's.
+  Status UnpackChunk(const Change& packed, std::vector<Change>* out) const;
+
   // Reads only "source.pos" and "source.prev" of a message Decode() refused
   // (so a dead letter still takes its place in the partition's chain).
   // Returns false when they are missing, malformed or out of order.
@@ -71,8 +89,16 @@ class EnvelopeDecoder {
   Status DecodeRow(simdjson::ondemand::object obj, uint32_t table, size_t value_size, Row* row,
                    bool* any_unknown);
 
+  Status DecodeChunk(std::string_view value, uint32_t table, Change* out);
+  // Parses a chunk's header line (`header`, without its newline).
+  Status ParseChunkHeader(std::string_view header, Change* out, int64_t* version, int64_t* rows,
+                          std::vector<std::string>* columns);
+
   const std::vector<TableSpec>* targets_;
   ColumnLookup columns_;
+  // The last packed chunk decoded: per chunk column its target column.
+  std::vector<int> chunk_to_target_;
+  bool chunk_passthrough_ = false;
   simdjson::ondemand::parser parser_;
   std::string padded_;
   std::string scratch_;

@@ -188,6 +188,14 @@ std::vector<Setting> Settings() {
                  c.metrics.listen = v;
                  return Status::OK();
                }});
+  s.push_back({"kafka", "snapshot_chunks", [](Config& c, const std::string& v) {
+                 if (v != "copy" && v != "rows") {
+                   return Status::BadConfig(fmt::format(
+                       "kafka.snapshot_chunks: expected \"copy\" or \"rows\", got \"{}\"", v));
+                 }
+                 c.kafka.copy_chunks = v == "copy";
+                 return Status::OK();
+               }});
   using P = PipelineConfig;
   s.push_back({"pipeline", "batch_max_changes",
                IntSetter(&P::batch_max_changes, 1, 1000000, "pipeline.batch_max_changes")});

@@ -36,6 +36,11 @@ struct KafkaConfig {
   // A table without its own `topic` goes to "<topic_prefix>.<schema>.<table>".
   // Default (when not set): "datatunnel.<tunnel name>".
   std::string topic_prefix;
+  // How snapshot rows of a table with a unique key go on the topic (when
+  // pipeline.apply_consistency is "key"): "copy" (true), a chunk's rows as
+  // COPY text per partition in one message (publish/envelope.h); "rows"
+  // (false), one envelope per row, for consumers other than datatunnel.
+  bool copy_chunks = true;
   // Passed to librdkafka as-is (both producer and consumer), after our defaults.
   std::map<std::string, std::string> properties;
   std::map<std::string, std::string> producer_properties;

@@ -49,6 +49,16 @@ inline constexpr std::string_view kMarkerSnapshotDone = "snapshot_done";
 inline constexpr std::string_view kTickEnd = "tick_end";
 inline constexpr std::string_view kParts = "parts";
 
+// A packed snapshot chunk (publish/envelope.h): a one-line JSON header
+// whose first field is "chunk" (the chunk format's version), then a newline,
+// then the chunk's rows as PostgreSQL COPY text. The header also holds "op"
+// ("r"), "rows", "columns" (the source's column names, the COPY text's
+// order), "ts_ms" and "source" ("pos" is the last row's position).
+inline constexpr std::string_view kChunk = "chunk";
+inline constexpr std::string_view kChunkRows = "rows";
+inline constexpr std::string_view kChunkPrefix = "{\"chunk\":";
+inline constexpr int kChunkVersion = 1;
+
 // "source.connector", and "source.name" of a tunnel without a name.
 inline constexpr std::string_view kConnectorName = "datatunnel";
 

@@ -85,8 +85,9 @@ void EnvelopeEncoder::Encode(const Change& c, std::string* key, std::string* val
 void EnvelopeEncoder::EncodeKey(const Change& c, std::string* key) {
   const TableSpec& spec = (*tables_)[c.table];
   key->clear();
-  // A table without a key (full-row identity) has a null key, as broadcasts.
-  if (c.op != Op::kTruncate && c.op != Op::kMarker && !spec.key.empty()) {
+  // A table without a key (full-row identity) has a null key, as broadcasts
+  // and packed snapshot chunks (their rows have many keys).
+  if (c.op != Op::kTruncate && c.op != Op::kMarker && !spec.key.empty() && c.packed_rows == 0) {
     key_buf_.Clear();
     Writer kw(key_buf_);
     kw.StartObject();
@@ -106,6 +107,10 @@ void EnvelopeEncoder::EncodeKey(const Change& c, std::string* key) {
 
 void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int partitions,
                                   const Position* prev) {
+  if (c.packed_rows > 0) {
+    EncodeChunk(c, value, prev);
+    return;
+  }
   const TableSpec& spec = (*tables_)[c.table];
   value->clear();
   value_buf_.Clear();
@@ -214,6 +219,76 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   w.EndObject();
   w.EndObject();
   value->assign(value_buf_.GetString(), value_buf_.GetSize());
+}
+
+void EnvelopeEncoder::EncodeChunk(const Change& c, std::string* value, const Position* prev) {
+  const TableSpec& spec = (*tables_)[c.table];
+  value_buf_.Clear();
+  Writer w(value_buf_);
+  w.StartObject();
+  JsonKey(w, wire::kChunk);  // first: a consumer tells a chunk by it
+  w.Int(wire::kChunkVersion);
+  JsonKey(w, wire::kOp);
+  w.String("r", 1);
+  JsonKey(w, wire::kChunkRows);
+  w.Int64(c.packed_rows);
+  JsonKey(w, wire::kColumns);
+  w.StartArray();
+  for (const auto& col : spec.columns) JsonString(w, col.name);
+  w.EndArray();
+  JsonKey(w, wire::kTsMs);
+  w.Int64(NowMicros() / 1000);
+  JsonKey(w, wire::kSource);
+  w.StartObject();
+  JsonKey(w, wire::kVersion);
+  w.String(DATATUNNEL_VERSION);
+  JsonKey(w, wire::kConnector);
+  JsonString(w, wire::kConnectorName);
+  JsonKey(w, wire::kName);
+  JsonString(w, origin_.tunnel.empty() ? wire::kConnectorName : std::string_view(origin_.tunnel));
+  if (!origin_.install.empty()) {
+    JsonKey(w, wire::kInstall);
+    JsonString(w, origin_.install);
+  }
+  JsonKey(w, wire::kDb);
+  JsonString(w, origin_.db);
+  JsonKey(w, wire::kSchema);
+  JsonString(w, spec.source.schema);
+  JsonKey(w, wire::kTable);
+  JsonString(w, spec.source.name);
+  JsonKey(w, wire::kTsMs);
+  w.Int64(c.captured_us / 1000);
+  JsonKey(w, wire::kSnapshot);
+  w.Bool(true);
+  JsonKey(w, wire::kPos);
+  w.StartArray();
+  w.Int64(c.pos.epoch);
+  w.Int64(c.pos.tick);
+  w.Int64(c.pos.seq);
+  w.Int(c.pos.sub);
+  w.EndArray();
+  if (prev) {
+    JsonKey(w, wire::kPrev);
+    if (*prev == Position{}) {
+      w.Null();
+    } else {
+      w.StartArray();
+      w.Int64(prev->epoch);
+      w.Int64(prev->tick);
+      w.Int64(prev->seq);
+      w.Int(prev->sub);
+      w.EndArray();
+    }
+  }
+  w.EndObject();
+  w.EndObject();
+  // The rows as the source server wrote them: no value is encoded here.
+  const std::string_view rows = c.row.Get(0);
+  value->clear();
+  value->reserve(value_buf_.GetSize() + 1 + rows.size());
+  value->append(value_buf_.GetString(), value_buf_.GetSize());
+  value->push_back('\n');
+  value->append(rows);
 }
 
 namespace {

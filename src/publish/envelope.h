@@ -23,6 +23,18 @@
 // ends a snapshot on every partition. Value encodings per type are listed in
 // README.md ("How values are encoded").
 //
+// A packed snapshot chunk (Change::packed_rows > 0: rows of one table read
+// with COPY ... TO STDOUT, all for the same partition) is not an envelope:
+//
+//   {"chunk": 1, "op": "r", "rows": N, "columns": ["<name>", ...], "ts_ms",
+//    "source": {"version", "connector", "name", "install", "db", "schema",
+//               "table", "ts_ms", "snapshot": true, "pos", "prev"}}\n
+//   <N lines of PostgreSQL COPY text, columns in "columns" order>
+//
+// "chunk" comes first and is the format's version (wire::kChunkVersion).
+// "pos" is the last row's position; the rows before it take the positions
+// just below it, one each. Its Kafka key is null.
+//
 // Thread-safety: an encoder owns its buffers; one per thread.
 #pragma once
 
@@ -63,12 +75,15 @@ class EnvelopeEncoder {
   // is sent to (0: not written). `prev`: the position of the message sent to
   // the same partition before this one, written as "source.prev" (the zero
   // Position as null: the partition's first message); nullptr leaves the
-  // field out.
+  // field out. A packed chunk (`c.packed_rows` > 0) is written in the chunk
+  // format above.
   void EncodeValue(const Change& c, std::string* value, int partitions, const Position* prev);
   // Both, without "source.prev".
   void Encode(const Change& c, std::string* key, std::string* value, int partitions = 0);
 
  private:
+  void EncodeChunk(const Change& c, std::string* value, const Position* prev);
+
   const std::vector<TableSpec>* tables_;
   Origin origin_;
   std::string scratch_;

@@ -3,12 +3,18 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
+#include "pg/connection.h"
+
 namespace datatunnel::tunnel {
 
 Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
-                                                     publish::Origin origin,
-                                                     DeliveryFn on_delivery) {
+                                                     publish::Origin origin, DeliveryFn on_delivery,
+                                                     bool packed_chunks) {
   std::unique_ptr<KafkaSink> sink(new KafkaSink(config, std::move(origin), std::move(on_delivery)));
+  // Only our own format has chunks (other formats are read by other sinks).
+  sink->packed_chunks_ = packed_chunks && config.format == KafkaConfig::Format::kDatatunnel;
   DT_ASSIGN_OR_RETURN(sink->producer_,
                       broker::Producer::Create(config, sink->on_delivery_, "datatunnel-producer"));
   return sink;
@@ -104,6 +110,85 @@ Status KafkaSink::SendConnect(const Change& change, int32_t partition, int n, ui
   *sent_to = partition;
   bytes_sent_ += static_cast<int64_t>(value_.size() + connect_key_.size());
   return st;
+}
+
+Status KafkaSink::SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Change>>* parts) {
+  DT_ASSIGN_OR_RETURN(int n, PartitionCount(packed.table));
+  const TableSpec& spec = (*tables_)[packed.table];
+  const std::string_view text = packed.row.Get(0);
+  const int64_t first_seq = packed.pos.seq - (packed.packed_rows - 1);
+  // Per partition: the rows gathered, how many, the last one's number.
+  struct Part {
+    std::string text;
+    int64_t rows = 0;
+    int64_t last = 0;
+  };
+  std::vector<Part> open(static_cast<size_t>(n));
+  auto flush = [&](int32_t p) {
+    Part& part = open[static_cast<size_t>(p)];
+    if (part.rows == 0) return;
+    Change c;
+    c.op = Op::kRead;
+    c.table = packed.table;
+    c.pos = packed.pos;
+    c.pos.seq = first_seq + part.last;
+    c.captured_us = packed.captured_us;
+    c.packed_rows = part.rows;
+    c.row.Assign(std::move(part.text));
+    parts->emplace_back(p, std::move(c));
+    part = Part{};
+  };
+  // Only the key's fields are looked at; the widest key column bounds the
+  // fields split off each line.
+  size_t key_fields = 0;
+  for (size_t k : spec.key) key_fields = std::max(key_fields, k + 1);
+  int64_t row = 0;
+  for (size_t at = 0; at < text.size(); ++row) {
+    size_t end = text.find('\n', at);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string_view line = text.substr(at, end - at);
+    int32_t p = 0;
+    if (n > 1 && !spec.key.empty()) {
+      // The key as a row's own message would carry it: its JSON, hashed.
+      key_row_.table = packed.table;
+      key_row_.op = Op::kRead;
+      key_row_.row.Reset(spec.columns.size());
+      if (line.find('\\') == std::string_view::npos) {
+        size_t f = 0, from = 0;
+        for (; f < key_fields; ++f) {
+          size_t tab = line.find('\t', from);
+          if (tab == std::string_view::npos) tab = line.size();
+          if (spec.IsKey(f)) key_row_.row.Set(f, line.substr(from, tab - from));
+          from = tab + 1;
+          if (from > line.size()) break;
+        }
+        if (f + 1 < key_fields) {
+          return Status::Fatal(fmt::format("snapshot of {}: a row of a chunk lacks its key",
+                                           spec.source.ToString()));
+        }
+      } else {
+        // Escapes (or NULL, \N): unescape the line.
+        if (!pg::SplitCopyLine(line, &fields_) || fields_.size() < key_fields) {
+          return Status::Fatal(
+              fmt::format("snapshot of {}: cannot read a row of a chunk", spec.source.ToString()));
+        }
+        for (size_t k : spec.key) {
+          if (fields_[k]) key_row_.row.Set(k, *fields_[k]);
+        }
+      }
+      encoder_->EncodeKey(key_row_, &key_);
+      p = broker::KeyPartition(key_, n);
+    }
+    Part& part = open[static_cast<size_t>(p)];
+    if (part.rows > 0 && part.text.size() + line.size() + 1 > kChunkMessageBytes) flush(p);
+    part.text.append(line);
+    part.text.push_back('\n');
+    ++part.rows;
+    part.last = row;
+    at = end + 1;
+  }
+  for (int32_t p = 0; p < n; ++p) flush(p);
+  return Status::OK();
 }
 
 Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {

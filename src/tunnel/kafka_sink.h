@@ -14,11 +14,18 @@
 // chosen from our own key encoding, so a tunnel switching formats keeps
 // every row on its partition (per-key order holds across the switch).
 //
+// Snapshot chunks of tables with a unique key come packed (`packed_chunks`,
+// off for apply_consistency = "transaction"): SplitChunk() cuts a chunk's
+// COPY text by the partition of each row's key (the same hash as a row's
+// own message would get), in messages of at most kChunkMessageBytes, each
+// written in the chunk format (publish/envelope.h).
+//
 // Thread-safety: one thread (the source worker's), as ChangeSink.
 #pragma once
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -36,7 +43,11 @@ class KafkaSink : public ChangeSink {
   // `origin`: the source database, tunnel name and installation id the
   // messages carry (publish/envelope.h).
   static Result<std::unique_ptr<KafkaSink>> Create(const KafkaConfig& config,
-                                                   publish::Origin origin, DeliveryFn on_delivery);
+                                                   publish::Origin origin, DeliveryFn on_delivery,
+                                                   bool packed_chunks = true);
+  // The COPY text of one chunk message stays below this (a row larger than
+  // it goes alone): under the brokers' default message.max.bytes (1 MB).
+  static constexpr size_t kChunkMessageBytes = 512 << 10;
   void SetTables(const std::vector<TableSpec>* tables) override;
   Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   // To partition 0 of config.ticks_topic().
@@ -52,6 +63,8 @@ class KafkaSink : public ChangeSink {
   bool Chained() const override { return true; }
   const char* receiver() const override { return "the broker"; }
   void SetChainHeads(uint32_t table, std::vector<Position> heads) override;
+  bool TakesPackedChunks() const override { return packed_chunks_; }
+  Status SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Change>>* parts) override;
   // For tests (fault injection).
   broker::Producer& producer() { return *producer_; }
 
@@ -63,6 +76,7 @@ class KafkaSink : public ChangeSink {
                      int32_t* sent_to);
   const std::vector<TableSpec>* tables_ = nullptr;
   KafkaConfig config_;
+  bool packed_chunks_ = true;
   publish::Origin origin_;
   DeliveryFn on_delivery_;
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
@@ -73,6 +87,9 @@ class KafkaSink : public ChangeSink {
   // (this session), or the recorded head; the zero Position before the first.
   std::vector<std::vector<Position>> heads_;
   std::string key_, value_, connect_key_;
+  // SplitChunk's: a row's key columns, each row's fields.
+  Change key_row_;
+  std::vector<std::optional<std::string>> fields_;
   int64_t bytes_sent_ = 0;
   // (table, partition) sent to since the last end-of-tick record (or since
   // the session started: its schema markers go to every partition).

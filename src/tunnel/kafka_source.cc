@@ -222,9 +222,9 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
         DT_RETURN_IF_ERROR(AddTickEnd(m));
         continue;
       }
-      apply::Item item;
-      DT_RETURN_IF_ERROR(ToItem(m, core_->TableForTopic(v.topic), &item));
-      gate_.Add(std::move(item));
+      items_.clear();
+      DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), /*unpack=*/true, &items_));
+      for (auto& item : items_) gate_.Add(std::move(item));
     }
     msgs_.clear();
     gate_.Release(items);
@@ -256,16 +256,37 @@ Status KafkaSource::NextByKey(std::vector<apply::Item>* items) {
   items->reserve(msgs_.size());
   cut_.clear();
   refetch_.clear();
-  for (const auto& m : msgs_) {
+  // Packed snapshot chunks go to the target in batches of their own: what
+  // a batch holds is known from its first change (-1: not yet).
+  int packed = -1;
+  const auto max_rows = static_cast<size_t>(options_.pipeline.batch_max_changes);
+  for (size_t i = 0; i < msgs_.size(); ++i) {
+    const broker::Message& m = msgs_[i];
     const InboundMessage v = m.view();
     const auto tp = std::make_pair(std::string(v.topic), v.partition);
     if (cut_.count(tp) || waiting_.count(tp)) {
       refetch_.try_emplace(tp, v.offset);
       continue;
     }
-    apply::Item item;
-    DT_RETURN_IF_ERROR(ToItem(m, core_->TableForTopic(v.topic), &item));
-    items->push_back(std::move(item));
+    const size_t before = items->size();
+    DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), /*unpack=*/false, items));
+    // Markers, dead letters and ignored items go with either kind.
+    const apply::Item* first = items->size() > before ? &(*items)[before] : nullptr;
+    if (first && first->kind == apply::Item::Kind::kChange && first->change.op != Op::kMarker) {
+      const int kind = first->change.packed_rows > 0 ? 1 : 0;
+      if (packed >= 0 && kind != packed) {
+        // It starts the next batch: keep it and what follows for then.
+        items->resize(before);
+        Carry(i);
+        break;
+      }
+      packed = kind;
+    }
+    if (packed == 0 && items->size() >= max_rows && i + 1 < msgs_.size()) {
+      // Chunks unpacked row by row: a batch of at most about max_rows rows.
+      Carry(i + 1);
+      break;
+    }
   }
   if (spdlog::should_log(spdlog::level::trace)) {
     for (const auto& it : *items) {
@@ -310,6 +331,48 @@ Status KafkaSource::ToItem(const broker::Message& m, int table, apply::Item* ite
     DT_RETURN_IF_ERROR(core_->EnsureColumns(t, decoder_->schema_columns(), &changed));
     if (changed) decoder_->Refresh();
     item->kind = apply::Item::Kind::kIgnored;
+  }
+  return Status::OK();
+}
+
+void KafkaSource::Carry(size_t from) {
+  // Before anything a keepalive polls (carry_ is empty here: Next() took it).
+  std::vector<broker::Message> rest;
+  rest.reserve(msgs_.size() - from + carry_.size());
+  for (size_t j = from; j < msgs_.size(); ++j) rest.emplace_back(std::move(msgs_[j]));
+  for (auto& m : carry_) rest.emplace_back(std::move(m));
+  carry_ = std::move(rest);
+}
+
+Status KafkaSource::AddItems(const broker::Message& m, int table, bool unpack,
+                             std::vector<apply::Item>* out) {
+  apply::Item item;
+  DT_RETURN_IF_ERROR(ToItem(m, table, &item));
+  if (item.kind != apply::Item::Kind::kChange || item.change.packed_rows == 0 ||
+      (!unpack && decoder_->chunk_passthrough())) {
+    out->push_back(std::move(item));
+    return Status::OK();
+  }
+  unpacked_.clear();
+  if (Status st = decoder_->UnpackChunk(item.change, &unpacked_); !st.ok()) {
+    DT_RETURN_IF_ERROR(DeadLetter(m, st));
+    item.kind = apply::Item::Kind::kDeadLetter;
+    out->push_back(std::move(item));
+    return Status::OK();
+  }
+  // Each row links to the one before it, the first to the chunk's "prev":
+  // the partition's chain reads on as if the rows came one by one.
+  std::optional<Position> prev = item.prev;
+  for (Change& c : unpacked_) {
+    apply::Item row;
+    row.stream = item.stream;
+    row.partition = item.partition;
+    row.offset = item.offset;
+    row.chained = item.chained;
+    row.prev = prev;
+    prev = c.pos;
+    row.change = std::move(c);
+    out->push_back(std::move(row));
   }
   return Status::OK();
 }

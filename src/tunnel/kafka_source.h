@@ -28,6 +28,12 @@
 // group's assignment (broker::Consumer, assign_all). TRUNCATE needs no
 // barrier then: every copy is in the same batch.
 //
+// A packed snapshot chunk (publish/envelope.h) is one item whose COPY text
+// goes into the target as it is, in batches of such chunks only (the
+// applier writes them with COPY); a message of any other kind starts the
+// next batch. A chunk laid out unlike the target, and any chunk with whole
+// ticks, becomes one item per row.
+//
 // Thread-safety: one thread, as ChangeSource; the rebalance callbacks run
 // inside the consumer's Poll() on that thread.
 #pragma once
@@ -67,6 +73,12 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
  private:
   // Message `m` (of table `table`, -1: a foreign topic) as an item.
   Status ToItem(const broker::Message& m, int table, apply::Item* item);
+  // Appends message `m`'s items: one, or one per row for a packed snapshot
+  // chunk whose columns do not line up with the target's (and with
+  // `unpack`, for every chunk).
+  Status AddItems(const broker::Message& m, int table, bool unpack, std::vector<apply::Item>* out);
+  // Keeps msgs_[from..] for the next batch (ahead of carry_).
+  void Carry(size_t from);
   // Decodes `m` for table `table` into *item, looking again at the target's
   // columns and the tunnel's binding before refusing it.
   Status Decode(const InboundMessage& v, uint32_t table, apply::Item* item);
@@ -95,6 +107,8 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   std::unique_ptr<apply::EnvelopeDecoder> decoder_;
   std::unique_ptr<apply::DebeziumDecoder> debezium_;  // kafka.format = "debezium" only
   std::vector<broker::Message> msgs_;
+  std::vector<apply::Item> items_;  // AddItems' scratch with whole ticks
+  std::vector<Change> unpacked_;
   std::unique_ptr<broker::Producer> dlq_;
   std::vector<broker::Message> carry_;              // polled during a keepalive, applied next
   std::set<std::string, std::less<>> topic_names_;  // what items' `stream` points to

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/change.h"
@@ -76,6 +77,15 @@ class ChangeSink {
   // Takes a snapshot chunk as one packed change (Change::packed_rows), the
   // rows passed through as COPY text, instead of one change per row.
   virtual bool TakesPackedChunks() const { return false; }
+  // Cuts a packed chunk (`packed`, position that of its last row) into the
+  // messages it is sent as, appended to *parts in sending order: each with
+  // the partition it goes to (-1: the sink's choice) and some of the rows,
+  // in the chunk's order, its position that of its last row. By default one
+  // message, the whole chunk.
+  virtual Status SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Change>>* parts) {
+    parts->emplace_back(-1, std::move(packed));
+    return Status::OK();
+  }
   // Who confirms a delivery, for messages ("the broker").
   virtual const char* receiver() const = 0;
 };

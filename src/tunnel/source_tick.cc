@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "core/clock.h"
 #include "tunnel/source_session.h"
@@ -179,9 +181,19 @@ Status SourceWorker::SendChunk(Session& s) {
   const auto t = static_cast<uint32_t>(w.chunk_table);
   const int64_t nrows = w.chunk.count;
   if (!w.chunk.copy_text.empty()) {
-    // One change carries the whole chunk, its rows as COPY text.
-    Change packed = snapshot::PackedChange(&w.chunk, t, s.epoch, w.hi.number);
-    DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(packed), Kind::kSnapshotRow));
+    // The chunk's rows as COPY text, in as many messages as the sink cuts
+    // it into (through Kafka: per partition of their keys).
+    std::vector<std::pair<int32_t, Change>> parts;
+    DT_RETURN_IF_ERROR(
+        sink_->SplitChunk(snapshot::PackedChange(&w.chunk, t, s.epoch, w.hi.number), &parts));
+    for (auto& [partition, part] : parts) {
+      const Position pos = part.pos;
+      const auto rows = static_cast<uint32_t>(part.packed_rows);
+      DT_RETURN_IF_ERROR(
+          SendVia(s, t, pos, 0, rows, Kind::kSnapshotRow, [&](uint64_t token, int32_t* sent_to) {
+            return sink_->SendOwned(std::move(part), partition, token, sent_to);
+          }));
+    }
   }
   for (Change& row : w.chunk.rows) {
     DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(row), Kind::kSnapshotRow));

@@ -723,6 +723,12 @@ const std::vector<std::pair<std::string, std::string>> kBadMessages = {
     {R"({"op":"x","after":{"id":1002},"source":{"pos":[1,1,1,0]}})", "unknown op \"x\""},
     {R"({"op":"c","after":{"note":"no key"},"source":{"pos":[1,1,1,0]}})",
      "lacks key column \"id\""},
+    // Snapshot chunks (issue 16 item 8): a newer format, a header without rows.
+    {R"({"chunk":9,"op":"r","rows":1,"columns":["id"],"source":{"pos":[1,1,4611686018427387904,0]}})",
+     "format version 9"},
+    {R"({"chunk":1,"op":"r","rows":1,"columns":["id","body","note"],)"
+     R"("source":{"pos":[1,1,4611686018427387904,0]}})",
+     "without rows"},
 };
 
 TEST_F(OpsTest, MalformedMessagesGoToTheDeadLetterTopic) {

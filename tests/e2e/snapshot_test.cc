@@ -436,7 +436,9 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
 
 INSTANTIATE_TEST_SUITE_P(Snapshot, KilledSnapshotTest,
                          ::testing::Values(Variant{Order::kKey, Mode::kMemory, true},
-                                           Variant{Order::kPhysical, Mode::kBroker, false}),
+                                           Variant{Order::kPhysical, Mode::kBroker, false},
+                                           // Chunks as COPY text per partition (issue 16).
+                                           Variant{Order::kKey, Mode::kBroker, false}),
                          VariantName);
 
 // ---- Edge tables ------------------------------------------------------------
@@ -630,10 +632,13 @@ TEST_F(SnapshotTest, PageCursorWithoutAFileStartsOver) {
   ExpectSameRows("employees", "emp_id");
 }
 
-// In memory, a chunk is handed over as the COPY text the source sent. A
-// target laid out differently (its own column order, a generated column)
-// takes it row by row instead; the rows arrive all the same.
-TEST_F(SnapshotTest, InMemoryIntoATargetLaidOutDifferently) {
+// A chunk is handed over as the COPY text the source sent (in memory whole,
+// through the broker one message per partition, issue 16 item 8). A target
+// laid out differently (its own column order, a generated column) takes it
+// row by row instead; the rows arrive all the same.
+class LayoutTest : public SnapshotTest, public ::testing::WithParamInterface<Mode> {};
+
+TEST_P(LayoutTest, IntoATargetLaidOutDifferently) {
   SourceCluster().Exec(src_, kEmployeesPkDdl);
   SourceCluster().Exec(src_,
                        "INSERT INTO employees(first_name, last_name, dob, city) SELECT 'f' || i, "
@@ -643,13 +648,29 @@ TEST_F(SnapshotTest, InMemoryIntoATargetLaidOutDifferently) {
                        "CREATE TABLE employees(city VARCHAR(100), emp_id integer PRIMARY KEY, "
                        "dob DATE, last_name VARCHAR(100), first_name VARCHAR(100), initial text "
                        "GENERATED ALWAYS AS (left(first_name, 1)) STORED)");
-  Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig());
+  Setup(GetParam(), testing::kEmployeesTable, ChunkConfig());
   auto r = Dt({"snapshot"}, 90);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM employees"), 3000);
   ExpectSameRows("(SELECT emp_id, first_name, last_name, dob, city FROM employees)", "emp_id");
   EXPECT_EQ(TargetCluster().Scalar(tgt_, "SELECT initial FROM employees WHERE emp_id = 7"), "f");
+  if (GetParam() == Mode::kBroker) {
+    // The rows went as chunks, not one message each.
+    auto topic = testing::RunCommand(
+        {"/usr/bin/kcat", "-C", "-b", bootstrap_, "-t", Topic("public.employees"), "-o",
+         "beginning", "-e", "-q", "-f", "%s\n"},
+        {}, 30);
+    ASSERT_EQ(topic.code, 0) << topic.err;
+    EXPECT_TRUE(Contains(topic.out, "{\"chunk\":1,\"op\":\"r\",\"rows\":"))
+        << topic.out.substr(0, 500);
+    EXPECT_FALSE(Contains(topic.out, "\"op\":\"r\",\"ts_ms\"")) << "a snapshot row as an envelope";
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Snapshot, LayoutTest, ::testing::Values(Mode::kMemory, Mode::kBroker),
+                         [](const ::testing::TestParamInfo<Mode>& info) {
+                           return info.param == Mode::kMemory ? "InMemory" : "ThroughBroker";
+                         });
 
 // A partitioned table has no pages of its own: without a unique index on the
 // key it is still read whole (in key order), across its partitions.

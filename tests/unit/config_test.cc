@@ -292,6 +292,21 @@ TEST(Config, DebeziumFormatNeedsTheConnectorsPrefix) {
   EXPECT_FALSE(c->kafka.debezium());
 }
 
+// kafka.snapshot_chunks: snapshot rows as COPY text chunks (default) or one
+// envelope per row (issue 16 item 8).
+TEST(Config, SnapshotChunksAreCopyOrRows) {
+  auto c = LoadConfig("", {}, {});
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->kafka.copy_chunks);
+  c = LoadConfig("", {}, {"kafka.snapshot_chunks=rows"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_FALSE(c->kafka.copy_chunks);
+  c = LoadConfig("", {}, {"kafka.snapshot_chunks=json"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("\"copy\" or \"rows\""), std::string::npos)
+      << c.status().message();
+}
+
 TEST(Config, MisspeltNamesGetAHint) {
   EXPECT_EQ(DidYouMean("stauts", {"status", "snapshot", "run"}), " (did you mean \"status\"?)");
   EXPECT_EQ(DidYouMean("xyz", {"status", "snapshot", "run"}), "");

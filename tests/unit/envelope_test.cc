@@ -4,7 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "apply/decoder.h"
+#include "pg/connection.h"
 
 namespace datatunnel {
 namespace {
@@ -304,6 +310,219 @@ TEST(Decoder, RefusesMalformedInput) {
       dec.Decode(R"({"after":{"id":1,"newcol":2},"op":"c","source":{"pos":[1,2,3,0]}})", 0, &c);
   EXPECT_EQ(unknown.code(), StatusCode::kFatal);
   EXPECT_NE(unknown.message().find("newcol"), std::string::npos);
+}
+
+// Snapshot chunks (issue 16 item 8): the rows of a chunk as COPY text under a
+// one-line header, passed through without encoding or decoding any value.
+
+// Rows of Spec()'s columns as COPY text, escaped as the applier's COPY does.
+std::string CopyText(const std::vector<std::vector<std::optional<std::string>>>& rows) {
+  std::string out;
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (i) out.push_back('\t');
+      if (r[i]) {
+        pg::AppendCopyEscaped(*r[i], &out);
+      } else {
+        out.append("\\N");
+      }
+    }
+    out.push_back('\n');
+  }
+  return out;
+}
+
+// Hard values: tabs, newlines, backslashes, a literal "\N", NULL against the
+// empty string, an array, bytea, JSON, a timestamp.
+std::vector<std::vector<std::optional<std::string>>> HardRows() {
+  return {
+      {"1", "tab\there\nnewline \\ backslash \\N not null \r\x01 \xc3\xa9", "1.50", "NaN", "t",
+       "\\x00ff5c09", "2024-02-29 23:59:59.999999+00", "{\"a\": \"\\t\\n\"}",
+       "{a,\"b c\",NULL,\"\\\\\"}"},
+      {"2", "", std::nullopt, "-Infinity", "f", "\\x", std::nullopt, "null", "{}"},
+      {"3", std::nullopt, "0", "1e-300", std::nullopt, std::nullopt, "infinity", "[]", "{\"\"}"},
+  };
+}
+
+Change PackedChunk(const std::string& text, int64_t rows, int64_t last) {
+  Change c;
+  c.op = Op::kRead;
+  c.pos = {7, 8, Position::kSnapshotSeqBase + last, 0};
+  c.captured_us = 1700000000123000;
+  c.packed_rows = rows;
+  c.row.Assign(text);
+  return c;
+}
+
+TEST(Chunk, PassesCopyTextThroughAndUnpacksEveryEscape) {
+  std::vector<TableSpec> specs = {Spec()};
+  publish::EnvelopeEncoder enc(&specs, {"db1", "tun", "inst"});
+  apply::EnvelopeDecoder dec(&specs);
+  dec.ExpectOrigin("tun", "inst");
+  const auto rows = HardRows();
+  const std::string text = CopyText(rows);
+  const Change c = PackedChunk(text, 3, 9);
+  const Position prev{7, 8, 5, 0};
+  std::string key, value;
+  enc.EncodeKey(c, &key);
+  enc.EncodeValue(c, &value, 0, &prev);
+  EXPECT_EQ(key, "");  // many keys: a null key, the partition chosen by the sink
+  ASSERT_EQ(value.rfind("{\"chunk\":1,\"op\":\"r\",\"rows\":3,\"columns\":[\"id\",\"name\",", 0),
+            0u)
+      << value;
+  const size_t nl = value.find('\n');
+  ASSERT_NE(nl, std::string::npos);
+  EXPECT_EQ(value.substr(nl + 1), text);  // the rows as they were, byte for byte
+  EXPECT_NE(value.find("\"snapshot\":true"), std::string::npos);
+
+  Change back;
+  Status st = dec.Decode(value, 0, &back);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(back.op, Op::kRead);
+  EXPECT_EQ(back.packed_rows, 3);
+  EXPECT_EQ(back.pos, c.pos);
+  EXPECT_EQ(back.captured_us, c.captured_us);
+  ASSERT_TRUE(dec.prev().has_value());
+  EXPECT_EQ(*dec.prev(), prev);
+  EXPECT_TRUE(dec.chunk_passthrough());
+  EXPECT_EQ(back.row.Get(0), text);
+
+  std::vector<Change> unpacked;
+  ASSERT_TRUE(dec.UnpackChunk(back, &unpacked).ok());
+  ASSERT_EQ(unpacked.size(), 3u);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    EXPECT_EQ(unpacked[r].op, Op::kRead);
+    EXPECT_EQ(unpacked[r].pos.seq, Position::kSnapshotSeqBase + 7 + static_cast<int64_t>(r));
+    for (size_t i = 0; i < rows[r].size(); ++i) {
+      if (rows[r][i]) {
+        ASSERT_TRUE(unpacked[r].row.HasValue(i)) << r << "," << i;
+        EXPECT_EQ(unpacked[r].row.Get(i), *rows[r][i]) << r << "," << i;
+      } else {
+        EXPECT_TRUE(unpacked[r].row.IsNull(i)) << r << "," << i;
+      }
+    }
+  }
+
+  // A dead letter's place in the chain comes from the header.
+  Position pos;
+  std::optional<Position> p;
+  ASSERT_TRUE(dec.ReadChain(value, &pos, &p));
+  EXPECT_EQ(pos, c.pos);
+  EXPECT_EQ(p, prev);
+
+  // Another tunnel's chunk is refused as such.
+  dec.ExpectOrigin("other", "inst");
+  EXPECT_EQ(dec.Decode(value, 0, &back).code(), StatusCode::kBadConfig);
+}
+
+TEST(Chunk, MapsColumnsByNameIntoATargetLaidOutDifferently) {
+  std::vector<TableSpec> sources = {Spec()};
+  std::vector<TableSpec> targets = {Spec()};
+  // The target: its own order, one column more (left alone), one generated.
+  auto& cols = targets[0].columns;
+  std::reverse(cols.begin(), cols.end());
+  Column extra;
+  extra.name = "extra";
+  extra.typname = extra.type_sql = "text";
+  cols.push_back(extra);
+  targets[0].key = {8};  // "id", now last of the source's nine
+  publish::EnvelopeEncoder enc(&sources, "db1");
+  apply::EnvelopeDecoder dec(&targets);
+  const auto rows = HardRows();
+  std::string key, value;
+  enc.Encode(PackedChunk(CopyText(rows), 3, 2), &key, &value);
+  Change back;
+  ASSERT_TRUE(dec.Decode(value, 0, &back).ok());
+  EXPECT_FALSE(dec.chunk_passthrough());
+  std::vector<Change> unpacked;
+  ASSERT_TRUE(dec.UnpackChunk(back, &unpacked).ok());
+  ASSERT_EQ(unpacked.size(), 3u);
+  EXPECT_EQ(unpacked[0].row.size(), 10u);
+  EXPECT_EQ(unpacked[0].row.Get(8), "1");          // id
+  EXPECT_EQ(unpacked[0].row.Get(7), *rows[0][1]);  // name
+  EXPECT_TRUE(unpacked[1].row.IsNull(6));          // price
+  EXPECT_EQ(unpacked[1].row.Get(7), "");           // name: empty, not NULL
+  EXPECT_TRUE(unpacked[2].row.IsAbsent(9));        // extra: not carried
+
+  // A column the target lacks stops the consumer (as a row's field does).
+  cols.erase(cols.begin() + 1);  // "doc"
+  dec.Refresh();
+  Status st = dec.Decode(value, 0, &back);
+  EXPECT_EQ(st.code(), StatusCode::kFatal) << st.message();
+  EXPECT_NE(st.message().find("\"doc\""), std::string::npos) << st.message();
+}
+
+TEST(Chunk, RefusesMalformedChunks) {
+  std::vector<TableSpec> specs = {Spec()};
+  publish::EnvelopeEncoder enc(&specs, "db1");
+  apply::EnvelopeDecoder dec(&specs);
+  const std::string good_text = CopyText(HardRows());
+  std::string key, value;
+  enc.Encode(PackedChunk(good_text, 3, 2), &key, &value);
+  const std::string header = value.substr(0, value.find('\n') + 1);
+  Change back;
+  ASSERT_TRUE(dec.Decode(header + good_text, 0, &back).ok());
+  auto refused = [&](const std::string& v, const std::string& says) {
+    Status st = dec.Decode(v, 0, &back);
+    EXPECT_EQ(st.code(), StatusCode::kBadData) << v.substr(0, 200);
+    EXPECT_NE(st.message().find(says), std::string::npos) << st.message();
+  };
+  // Rows: a field too few, a field too many, a row too few, no final
+  // newline, a lone backslash at a line's end, COPY's end marker, an escaped
+  // tab that is no separator.
+  const std::string row9 = "9\ta\t1\t1\tt\t\\\\x\t\\N\tnull\t{}\n";
+  refused(header + good_text + "9\ta\n", "has 2 fields, not 9");
+  refused(header + good_text.substr(0, good_text.size() - 1) + "\tx\n", "has 10 fields");
+  refused(header + good_text.substr(0, good_text.find('\n') + 1),
+          "holds 1 rows, its header says 3");
+  refused(header + good_text.substr(0, good_text.size() - 1), "must end with a newline");
+  refused(header + good_text + "9\ta\\\n", "lone backslash");
+  refused(header + good_text + "\\.\n", "end-of-data marker");
+  refused(header + good_text + "9\ta\\\tb\t1\t1\tt\t\\N\t\\N\tnull\n", "has 8 fields");
+  std::string four;
+  enc.Encode(PackedChunk(good_text + row9, 4, 3), &key, &four);
+  EXPECT_TRUE(dec.Decode(four, 0, &back).ok());
+  refused(header + good_text + row9, "holds 4 rows, its header says 3");
+  // Header: no newline, not JSON, a newer format version, no position, no
+  // rows, a position below its rows'.
+  refused(header.substr(0, header.size() - 1), "without rows");
+  refused("{\"chunk\":1,\"op\":\n" + good_text, "");
+  std::string v2 = header;
+  v2.replace(0, 10, "{\"chunk\":2");
+  refused(v2 + good_text, "format version 2");
+  std::string nopos = header;
+  nopos.replace(nopos.find("\"pos\""), 5, "\"p_s\"");
+  refused(nopos + good_text, "source.pos");
+  std::string low = header;
+  low.replace(low.find("4611686018427387906"), 19, "4611686018427387905");
+  refused(low + good_text, "below its rows");
+  // The chain of a refused chunk is still read from its header.
+  Position pos;
+  std::optional<Position> p;
+  EXPECT_TRUE(dec.ReadChain(header + "9\ta\n", &pos, &p));
+  EXPECT_EQ(pos.seq, Position::kSnapshotSeqBase + 2);
+}
+
+// Snapshot rows written one message each (every version before the chunk
+// format, and still for tables without a unique key) decode as before.
+TEST(Chunk, PerRowSnapshotMessagesStillDecode) {
+  std::vector<TableSpec> specs = {Spec()};
+  apply::EnvelopeDecoder dec(&specs);
+  const std::string old =
+      "{\"before\":null,\"after\":{\"id\":5,\"name\":\"a\\tb\",\"price\":null,\"ratio\":1.5,"
+      "\"ok\":true,\"blob\":\"AP8=\",\"at\":\"2024-01-01T00:00:00Z\",\"doc\":{\"a\":1},\"tags\":"
+      "\"{x}\"},\"op\":\"r\",\"ts_ms\":1,\"source\":{\"version\":\"0.9.0\",\"connector\":"
+      "\"datatunnel\",\"name\":\"datatunnel\",\"db\":\"db1\",\"schema\":\"public\",\"table\":"
+      "\"t\",\"txId\":null,\"change_id\":null,\"ts_ms\":1,\"snapshot\":true,\"pos\":[7,8,"
+      "4611686018427387904,0],\"prev\":null}}";
+  Change back;
+  Status st = dec.Decode(old, 0, &back);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(back.op, Op::kRead);
+  EXPECT_EQ(back.packed_rows, 0);
+  EXPECT_EQ(back.row.Get(0), "5");
+  EXPECT_EQ(back.row.Get(1), "a\tb");
+  EXPECT_EQ(back.row.Get(5), "\\x00ff");
 }
 
 }  // namespace
