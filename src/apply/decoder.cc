@@ -187,6 +187,33 @@ Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, size_t value_s
   return Status::OK();
 }
 
+Status EnvelopeDecoder::ReadSourceField(std::string_view key, od::value value, Change* out,
+                                        bool* have_pos, bool* known) {
+  *known = true;
+  if (key == wire::kPos) {
+    DT_RETURN_IF_ERROR(ParsePosition(value, "source.pos", &out->pos));
+    *have_pos = true;
+  } else if (key == wire::kPrev) {
+    DT_RETURN_IF_ERROR(ParsePrev(value, &prev_));
+  } else if (key == wire::kName || key == wire::kInstall) {
+    std::string_view text;
+    if (value.get_string().get(text)) {
+      return Bad(fmt::format("\"source.{}\" must be a string", key));
+    }
+    (key == wire::kName ? tunnel_ : install_).assign(text);
+  } else if (key == wire::kTsMs) {
+    int64_t ms = 0;
+    constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
+    if (value.get_int64().get(ms) || ms > kMaxMs || ms < -kMaxMs) {
+      return Bad("\"source.ts_ms\" must be an integer count of milliseconds");
+    }
+    out->captured_us = ms * 1000;
+  } else {
+    *known = false;
+  }
+  return Status::OK();
+}
+
 Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* out) {
   const TableSpec& spec = (*targets_)[table];
   broadcast_partitions_ = 0;
@@ -303,25 +330,9 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
         if (sf.unescaped_key().get(sk)) return Bad("malformed field name in \"source\"");
         od::value sv;
         if (sf.value().get(sv)) return Bad("malformed \"source\"");
-        if (sk == wire::kPos) {
-          DT_RETURN_IF_ERROR(ParsePosition(sv, "source.pos", &out->pos));
-          have_pos = true;
-        } else if (sk == wire::kPrev) {
-          DT_RETURN_IF_ERROR(ParsePrev(sv, &prev_));
-        } else if (sk == wire::kName || sk == wire::kInstall) {
-          std::string_view text;
-          if (sv.get_string().get(text)) {
-            return Bad(fmt::format("\"source.{}\" must be a string", sk));
-          }
-          (sk == wire::kName ? tunnel_ : install_).assign(text);
-        } else if (sk == wire::kTsMs) {
-          int64_t ms = 0;
-          constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
-          if (sv.get_int64().get(ms) || ms > kMaxMs || ms < -kMaxMs) {
-            return Bad("\"source.ts_ms\" must be an integer count of milliseconds");
-          }
-          out->captured_us = ms * 1000;
-        } else if (sk == wire::kTxId) {
+        bool known = false;
+        DT_RETURN_IF_ERROR(ReadSourceField(sk, sv, out, &have_pos, &known));
+        if (!known && sk == wire::kTxId) {
           int64_t tx = 0;
           bool is_null = false;
           if (sv.is_null().get(is_null)) return Bad("\"source.txId\" is malformed");
@@ -431,25 +442,8 @@ Status EnvelopeDecoder::ParseChunkHeader(std::string_view header, Change* out, i
         if (sf.unescaped_key().get(sk) || sf.value().get(sv)) {
           return Bad("chunk header: malformed \"source\"");
         }
-        if (sk == wire::kPos) {
-          DT_RETURN_IF_ERROR(ParsePosition(sv, "source.pos", &out->pos));
-          have_pos = true;
-        } else if (sk == wire::kPrev) {
-          DT_RETURN_IF_ERROR(ParsePrev(sv, &prev_));
-        } else if (sk == wire::kName || sk == wire::kInstall) {
-          std::string_view text;
-          if (sv.get_string().get(text)) {
-            return Bad(fmt::format("\"source.{}\" must be a string", sk));
-          }
-          (sk == wire::kName ? tunnel_ : install_).assign(text);
-        } else if (sk == wire::kTsMs) {
-          int64_t ms = 0;
-          constexpr int64_t kMaxMs = std::numeric_limits<int64_t>::max() / 1000;
-          if (sv.get_int64().get(ms) || ms > kMaxMs || ms < -kMaxMs) {
-            return Bad("\"source.ts_ms\" must be an integer count of milliseconds");
-          }
-          out->captured_us = ms * 1000;
-        }
+        bool known = false;
+        DT_RETURN_IF_ERROR(ReadSourceField(sk, sv, out, &have_pos, &known));
       }
     }
   }

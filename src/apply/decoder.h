@@ -86,6 +86,10 @@ class EnvelopeDecoder {
 
  private:
   // `value_size`: the message's size, a bound for the row's values.
+  // One field of "source" that rows and chunks both carry (pos, prev, name,
+  // install, ts_ms), into *out and this decoder; *known false for others.
+  Status ReadSourceField(std::string_view key, simdjson::ondemand::value value, Change* out,
+                         bool* have_pos, bool* known);
   Status DecodeRow(simdjson::ondemand::object obj, uint32_t table, size_t value_size, Row* row,
                    bool* any_unknown);
 

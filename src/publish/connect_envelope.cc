@@ -477,15 +477,6 @@ void PositionField(Writer& w, std::string_view field, bool optional) {
   w.EndObject();
 }
 
-void WritePosition(Writer& w, const Position& p) {
-  w.StartArray();
-  w.Int64(p.epoch);
-  w.Int64(p.tick);
-  w.Int64(p.seq);
-  w.Int(p.sub);
-  w.EndArray();
-}
-
 }  // namespace
 
 std::string ConnectFieldSchema(const Column& col) {
@@ -705,52 +696,15 @@ void ConnectEncoder::EncodeValue(const Change& c, std::string* value, int partit
   }
   JsonKey(w, wire::kSource);
   w.StartObject();
-  JsonKey(w, wire::kVersion);
-  w.String(DATATUNNEL_VERSION);
-  JsonKey(w, wire::kConnector);
-  JsonString(w, wire::kConnectorName);
-  JsonKey(w, wire::kName);
-  JsonString(w, origin_.tunnel.empty() ? wire::kConnectorName : std::string_view(origin_.tunnel));
-  if (!origin_.install.empty()) {
-    JsonKey(w, wire::kInstall);
-    JsonString(w, origin_.install);
-  }
-  JsonKey(w, wire::kDb);
-  JsonString(w, origin_.db);
-  JsonKey(w, wire::kSchema);
-  JsonString(w, spec.source.schema);
-  JsonKey(w, wire::kTable);
-  JsonString(w, spec.source.name);
+  WriteOriginFields(w, origin_, spec);
   const bool snapshot =
       c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
-  JsonKey(w, wire::kTxId);
-  if (snapshot) {
-    w.Null();
-  } else {
-    w.Int64(c.txid);
-  }
-  JsonKey(w, wire::kChangeId);
-  if (snapshot) {
-    w.Null();
-  } else if (c.op == Op::kMarker) {
-    w.Int64(0);
-  } else {
-    w.Int64(c.pos.seq);
-  }
+  WriteChangeIds(w, c, snapshot);
   JsonKey(w, wire::kTsMs);
   w.Int64(c.captured_us / 1000);
   JsonKey(w, wire::kSnapshot);
   JsonString(w, snapshot ? "true" : "false");
-  JsonKey(w, wire::kPos);
-  WritePosition(w, c.pos);
-  if (prev) {
-    JsonKey(w, wire::kPrev);
-    if (*prev == Position{}) {
-      w.Null();
-    } else {
-      WritePosition(w, *prev);
-    }
-  }
+  WritePosAndPrev(w, c.pos, prev);
   if (!raw_.empty()) {
     JsonKey(w, wire::kRaw);
     w.StartObject();
@@ -766,23 +720,7 @@ void ConnectEncoder::EncodeValue(const Change& c, std::string* value, int partit
   w.String(&op, 1);
   JsonKey(w, wire::kTsMs);
   w.Int64(NowMicros() / 1000);
-  if (c.op == Op::kMarker) {
-    JsonKey(w, wire::kMarker);
-    JsonString(w, c.marker == Marker::kSchema ? wire::kMarkerSchema : wire::kMarkerSnapshotDone);
-    if (c.marker == Marker::kSchema) {
-      JsonKey(w, wire::kColumns);
-      w.StartArray();
-      for (const auto& col : spec.columns) {
-        w.StartObject();
-        JsonKey(w, wire::kColumnName);
-        JsonString(w, col.name);
-        JsonKey(w, wire::kColumnType);
-        JsonString(w, col.type_sql);
-        w.EndObject();
-      }
-      w.EndArray();
-    }
-  }
+  WriteMarkerFields(w, c, spec);
   if (partitions > 0) {
     JsonKey(w, wire::kPartitions);
     w.Int(partitions);

@@ -131,23 +131,7 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   const char op = static_cast<char>(c.op);
   JsonKey(w, wire::kOp);
   w.String(&op, 1);
-  if (c.op == Op::kMarker) {
-    JsonKey(w, wire::kMarker);
-    JsonString(w, c.marker == Marker::kSchema ? wire::kMarkerSchema : wire::kMarkerSnapshotDone);
-    if (c.marker == Marker::kSchema) {
-      JsonKey(w, wire::kColumns);
-      w.StartArray();
-      for (const auto& col : spec.columns) {
-        w.StartObject();
-        JsonKey(w, wire::kColumnName);
-        JsonString(w, col.name);
-        JsonKey(w, wire::kColumnType);
-        JsonString(w, col.type_sql);
-        w.EndObject();
-      }
-      w.EndArray();
-    }
-  }
+  WriteMarkerFields(w, c, spec);
   if (partitions > 0) {
     JsonKey(w, wire::kPartitions);
     w.Int(partitions);
@@ -156,66 +140,15 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   w.Int64(NowMicros() / 1000);
   JsonKey(w, wire::kSource);
   w.StartObject();
-  JsonKey(w, wire::kVersion);
-  w.String(DATATUNNEL_VERSION);
-  JsonKey(w, wire::kConnector);
-  JsonString(w, wire::kConnectorName);
-  JsonKey(w, wire::kName);
-  if (origin_.tunnel.empty()) {
-    JsonString(w, wire::kConnectorName);
-  } else {
-    JsonString(w, origin_.tunnel);
-  }
-  if (!origin_.install.empty()) {
-    JsonKey(w, wire::kInstall);
-    JsonString(w, origin_.install);
-  }
-  JsonKey(w, wire::kDb);
-  JsonString(w, origin_.db);
-  JsonKey(w, wire::kSchema);
-  JsonString(w, spec.source.schema);
-  JsonKey(w, wire::kTable);
-  JsonString(w, spec.source.name);
+  WriteOriginFields(w, origin_, spec);
   const bool snapshot =
       c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
-  JsonKey(w, wire::kTxId);
-  if (snapshot) {
-    w.Null();
-  } else {
-    w.Int64(c.txid);
-  }
-  JsonKey(w, wire::kChangeId);
-  if (snapshot) {
-    w.Null();
-  } else if (c.op == Op::kMarker) {
-    w.Int64(0);  // a schema marker is no change (its seq is where it sits in the stream)
-  } else {
-    w.Int64(c.pos.seq);
-  }
+  WriteChangeIds(w, c, snapshot);
   JsonKey(w, wire::kTsMs);
   w.Int64(c.captured_us / 1000);
   JsonKey(w, wire::kSnapshot);
   w.Bool(snapshot);
-  JsonKey(w, wire::kPos);
-  w.StartArray();
-  w.Int64(c.pos.epoch);
-  w.Int64(c.pos.tick);
-  w.Int64(c.pos.seq);
-  w.Int(c.pos.sub);
-  w.EndArray();
-  if (prev) {
-    JsonKey(w, wire::kPrev);
-    if (*prev == Position{}) {
-      w.Null();
-    } else {
-      w.StartArray();
-      w.Int64(prev->epoch);
-      w.Int64(prev->tick);
-      w.Int64(prev->seq);
-      w.Int(prev->sub);
-      w.EndArray();
-    }
-  }
+  WritePosAndPrev(w, c.pos, prev);
   w.EndObject();
   w.EndObject();
   value->assign(value_buf_.GetString(), value_buf_.GetSize());
@@ -240,46 +173,12 @@ void EnvelopeEncoder::EncodeChunk(const Change& c, std::string* value, const Pos
   w.Int64(NowMicros() / 1000);
   JsonKey(w, wire::kSource);
   w.StartObject();
-  JsonKey(w, wire::kVersion);
-  w.String(DATATUNNEL_VERSION);
-  JsonKey(w, wire::kConnector);
-  JsonString(w, wire::kConnectorName);
-  JsonKey(w, wire::kName);
-  JsonString(w, origin_.tunnel.empty() ? wire::kConnectorName : std::string_view(origin_.tunnel));
-  if (!origin_.install.empty()) {
-    JsonKey(w, wire::kInstall);
-    JsonString(w, origin_.install);
-  }
-  JsonKey(w, wire::kDb);
-  JsonString(w, origin_.db);
-  JsonKey(w, wire::kSchema);
-  JsonString(w, spec.source.schema);
-  JsonKey(w, wire::kTable);
-  JsonString(w, spec.source.name);
+  WriteOriginFields(w, origin_, spec);
   JsonKey(w, wire::kTsMs);
   w.Int64(c.captured_us / 1000);
   JsonKey(w, wire::kSnapshot);
   w.Bool(true);
-  JsonKey(w, wire::kPos);
-  w.StartArray();
-  w.Int64(c.pos.epoch);
-  w.Int64(c.pos.tick);
-  w.Int64(c.pos.seq);
-  w.Int(c.pos.sub);
-  w.EndArray();
-  if (prev) {
-    JsonKey(w, wire::kPrev);
-    if (*prev == Position{}) {
-      w.Null();
-    } else {
-      w.StartArray();
-      w.Int64(prev->epoch);
-      w.Int64(prev->tick);
-      w.Int64(prev->seq);
-      w.Int(prev->sub);
-      w.EndArray();
-    }
-  }
+  WritePosAndPrev(w, c.pos, prev);
   w.EndObject();
   w.EndObject();
   // The rows as the source server wrote them: no value is encoded here.
@@ -291,10 +190,43 @@ void EnvelopeEncoder::EncodeChunk(const Change& c, std::string* value, const Pos
   value->append(rows);
 }
 
-namespace {
+void WriteOriginFields(JsonWriter& w, const Origin& origin, const TableSpec& spec) {
+  JsonKey(w, wire::kVersion);
+  w.String(DATATUNNEL_VERSION);
+  JsonKey(w, wire::kConnector);
+  JsonString(w, wire::kConnectorName);
+  JsonKey(w, wire::kName);
+  JsonString(w, origin.tunnel.empty() ? wire::kConnectorName : std::string_view(origin.tunnel));
+  if (!origin.install.empty()) {
+    JsonKey(w, wire::kInstall);
+    JsonString(w, origin.install);
+  }
+  JsonKey(w, wire::kDb);
+  JsonString(w, origin.db);
+  JsonKey(w, wire::kSchema);
+  JsonString(w, spec.source.schema);
+  JsonKey(w, wire::kTable);
+  JsonString(w, spec.source.name);
+}
 
-template <typename W>
-void WritePosition(W& w, const Position& p) {
+void WriteChangeIds(JsonWriter& w, const Change& c, bool snapshot) {
+  JsonKey(w, wire::kTxId);
+  if (snapshot) {
+    w.Null();
+  } else {
+    w.Int64(c.txid);
+  }
+  JsonKey(w, wire::kChangeId);
+  if (snapshot) {
+    w.Null();
+  } else if (c.op == Op::kMarker) {
+    w.Int64(0);  // a schema marker is no change (its seq is where it sits in the stream)
+  } else {
+    w.Int64(c.pos.seq);
+  }
+}
+
+void WritePosition(JsonWriter& w, const Position& p) {
   w.StartArray();
   w.Int64(p.epoch);
   w.Int64(p.tick);
@@ -303,7 +235,36 @@ void WritePosition(W& w, const Position& p) {
   w.EndArray();
 }
 
-}  // namespace
+void WritePosAndPrev(JsonWriter& w, const Position& pos, const Position* prev) {
+  JsonKey(w, wire::kPos);
+  WritePosition(w, pos);
+  if (prev) {
+    JsonKey(w, wire::kPrev);
+    if (*prev == Position{}) {
+      w.Null();
+    } else {
+      WritePosition(w, *prev);
+    }
+  }
+}
+
+void WriteMarkerFields(JsonWriter& w, const Change& c, const TableSpec& spec) {
+  if (c.op != Op::kMarker) return;
+  JsonKey(w, wire::kMarker);
+  JsonString(w, c.marker == Marker::kSchema ? wire::kMarkerSchema : wire::kMarkerSnapshotDone);
+  if (c.marker != Marker::kSchema) return;
+  JsonKey(w, wire::kColumns);
+  w.StartArray();
+  for (const auto& col : spec.columns) {
+    w.StartObject();
+    JsonKey(w, wire::kColumnName);
+    JsonString(w, col.name);
+    JsonKey(w, wire::kColumnType);
+    JsonString(w, col.type_sql);
+    w.EndObject();
+  }
+  w.EndArray();
+}
 
 void EncodeTickEnd(const Origin& origin, const TickEnd& end, std::string* value) {
   rapidjson::StringBuffer buf;

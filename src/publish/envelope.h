@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "core/change.h"
+#include "core/json.h"
 #include "core/message.h"
 #include "core/table.h"
 
@@ -96,6 +97,24 @@ class EnvelopeEncoder {
 // The end-of-tick record `end` (core/message.h; its tunnel and install come
 // from `origin`) as the control topic's message value.
 void EncodeTickEnd(const Origin& origin, const TickEnd& end, std::string* value);
+
+// Pieces of the envelope that every encoder of this folder writes the same
+// way (envelope.cc, connect_envelope.cc).
+//
+// Inside "source": version, connector, name (the tunnel), install, db,
+// schema, table.
+void WriteOriginFields(JsonWriter& w, const Origin& origin, const TableSpec& spec);
+// Inside "source": "txId" and "change_id" of `c` (null in a snapshot, 0 for
+// a marker).
+void WriteChangeIds(JsonWriter& w, const Change& c, bool snapshot);
+// A position as [epoch, tick, seq, sub].
+void WritePosition(JsonWriter& w, const Position& p);
+// Inside "source": "pos", and "prev" when `prev` is given (the zero
+// Position as null: a partition's first message).
+void WritePosAndPrev(JsonWriter& w, const Position& pos, const Position* prev);
+// The marker fields of a marker `c` ("marker", and a schema marker's
+// "columns"); nothing for other changes.
+void WriteMarkerFields(JsonWriter& w, const Change& c, const TableSpec& spec);
 
 // One value as JSON for its kind (exposed for tests).
 std::string JsonValue(ValueKind kind, std::string_view text);
