@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "support/interop_tables.h"
 #include "support/kafka_cluster.h"
 #include "support/pg_cluster.h"
 #include "support/subprocess.h"
@@ -63,47 +64,10 @@ PgCluster& LogicalSource() {
   return *env.cluster;
 }
 
-constexpr const char* kSourceDdl = R"sql(
-CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
-CREATE TABLE employees (emp_id integer PRIMARY KEY, first_name varchar(100), last_name text,
-                        dob date, city varchar(100), salary numeric(12,2));
-CREATE TABLE tr (id integer PRIMARY KEY, label text);
-CREATE TABLE alltypes (
-  id integer PRIMARY KEY,
-  i2 smallint, i8 bigint, n numeric(20,5), nv numeric, f4 real, f8 double precision,
-  bo boolean, tx text, vc varchar(20), ch char(4), by bytea,
-  d date, tm time, tm3 time(3), ts timestamp, ts3 timestamp(3), tstz timestamptz,
-  iv interval, u uuid, js json, jb jsonb, ip inet,
-  ai integer[], at text[], mo mood);
-)sql";
-
-// One row per theme, then an all-NULL row. Ids below 100 (the workload adds
-// the same rows again at id + 100 while streaming).
-constexpr const char* kAllTypesRows = R"sql(
-INSERT INTO alltypes VALUES
-({}, -32768, -9223372036854775808, '-123456789012345.12345',
- '-123456789012345678901234567890.123456789', '0.1', '-1.5e-10', false,
- E'it''s "quoted" \\ back\\slash\ttab\nnewline Zoë 日本語 🚀', '', 'ab', '\x0001ff00',
- '1900-02-28', '00:00:00', '23:59:59.999', '1969-12-31 23:59:59.5', '2024-02-29 23:59:59.999',
- '2024-06-01 12:34:56.789012+05:45', '02:03:04.5', '00000000-0000-0000-0000-000000000000',
- '{{"a": [1, 2.50, null],  "esc": "\u00e9 \" \\ "}}', '{{"nested": {{"deep": [1, {{"x": "q"}}]}}}}',
- '192.168.0.1/24', '{{1,NULL,3}}', '{{"",NULL,"NULL","a,b","q\"uote","back\\slash"," spaced "}}',
- 'happy'),
-({}, 32767, 9223372036854775807, '99999999999999.99999', '0', '3.4028235e+38',
- '1.7976931348623157e+308', true, '', 'abcdefghijklmnopqrst', 'abcd', '\x', '2024-02-29',
- '23:59:59.999999', '12:34:56.789', '2024-02-29 23:59:59.999999', '1970-01-01 00:00:00',
- '1999-12-31 23:59:59.999999-12', '-00:00:00.000001', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
- '[]', '{{}}', '::1', '{{}}', '{{}}', 'sad'),
-({}, 0, 0, '0.00001', '1e-20', '-0.25', '0.1', true, 'x', 'y', 'z', '\xdeadbeef', '1970-01-01',
- '12:00:00', '00:00:00.001', '1950-06-15 01:02:03.000004', '2038-01-19 03:14:08.123',
- '1970-01-01 00:00:00+00', '838:59:59', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
- '"just a string"', 'null', '2001:db8::1/64', '{{-2147483648,2147483647}}', '{{"\\N"}}', 'ok'),
-({}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
- NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-)sql";
-
-std::string AllTypesRows(int base) {
-  return fmt::format(kAllTypesRows, base + 1, base + 2, base + 3, base + 9);
+// Besides the shared tables, `tr` for TRUNCATE.
+std::string SourceDdl() {
+  return std::string(testing::kInteropDdl) +
+         "CREATE TABLE tr (id integer PRIMARY KEY, label text);";
 }
 
 class DebeziumTest : public ::testing::Test {
@@ -197,9 +161,9 @@ source = "public.tr"
 };
 
 TEST_F(DebeziumTest, ConsumeAppliesDebeziumTopicsExactlyOnce) {
-  LogicalSource().Exec(src_, kSourceDdl);
+  LogicalSource().Exec(src_, SourceDdl());
   // Before the connector starts: its snapshot (op r).
-  LogicalSource().Exec(src_, AllTypesRows(0));
+  LogicalSource().Exec(src_, testing::AllTypesRows(0));
   LogicalSource().Exec(src_,
                        "INSERT INTO employees SELECT g, 'first ' || g, 'last ' || g, "
                        "date '1980-01-01' + g, 'city ' || (g % 7), g * 1.25 "
@@ -294,7 +258,7 @@ TEST_F(DebeziumTest, ConsumeAppliesDebeziumTopicsExactlyOnce) {
       << consumer_with->Stderr();
   consumer_with->Signal(SIGKILL);
   consumer_with->Wait(10);
-  LogicalSource().Exec(src_, AllTypesRows(100));
+  LogicalSource().Exec(src_, testing::AllTypesRows(100));
   ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 300; }, 60));
   consumer_with = Consume(cfg_with);
   ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 450; }, 60));
