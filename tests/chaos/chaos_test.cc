@@ -238,15 +238,22 @@ class Chaos {
   // Starts `p` again if it exited on its own. A process that finds a
   // database or the brokers unreachable at start-up exits with one line, as
   // for a wrong address, and its supervisor (systemd, Kubernetes) starts it
-  // again; so does this test. Any other exit is a failure.
+  // again; so does this test. So does a database restarted while the process
+  // was starting (connected, but not yet publishing or applying: it has not
+  // logged its start line). Any other exit is a failure: once started, a
+  // process rides out a lost connection.
   void Respawn(std::unique_ptr<Subprocess>& p, const std::string& cmd) {
     if (p->Running()) return;
     const int code = p->Wait(1).value_or(-1);
     const std::string err = p->Stderr();
     Keep(cmd, *p);
     std::string why;
+    const bool started = err.find("producer: publishing") != std::string::npos ||
+                         err.find("consumer: applying") != std::string::npos;
     if (err.find("cannot connect to the") != std::string::npos) {
       why = "a database unreachable at start-up";
+    } else if (!started && err.find("lost the connection to the") != std::string::npos) {
+      why = "a database restarted during start-up";
     } else if (err.find("cannot reach the Kafka brokers") != std::string::npos) {
       why = "the brokers unreachable at start-up";
     } else {
