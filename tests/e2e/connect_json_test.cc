@@ -137,32 +137,7 @@ predicates.isControl.name=datatunnel.control
     std::mt19937 rng(7);
     int next_id = 1000;
     while (!stop) {
-      std::string sql = "BEGIN;";
-      for (int i = 0; i < 5; ++i) {
-        const int id = 1 + static_cast<int>(rng() % 300);
-        switch (rng() % 5) {
-          case 0:
-            sql += fmt::format(
-                "INSERT INTO employees VALUES ({0}, 'new {0}', 'n', '2001-01-01', 'x', 1.5);",
-                next_id++);
-            break;
-          case 1:
-          case 2:
-            sql += fmt::format(
-                "UPDATE employees SET city = 'moved ' || {1}, salary = salary + 1 WHERE emp_id "
-                "IN ({0}, {0} + 100000);",
-                id, rng() % 1000);
-            break;
-          case 3:
-            sql += fmt::format("DELETE FROM employees WHERE emp_id = {};", next_id - 1);
-            break;
-          case 4:  // a key change
-            sql +=
-                fmt::format("UPDATE employees SET emp_id = emp_id + 100000 WHERE emp_id = {};", id);
-            break;
-        }
-      }
-      sql += "COMMIT;";
+      const std::string sql = testing::EmployeesTransaction(rng, &next_id);
       Status st = conn->Exec(sql);
       if (!st.ok()) {
         ADD_FAILURE() << st.message();

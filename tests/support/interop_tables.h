@@ -1,10 +1,12 @@
 // The tables both interop tests (debezium_test, connect_json_test) carry
 // between datatunnel and Debezium's connectors: employees, and an all-types
-// table whose rows hold each type's edge values.
+// table whose rows hold each type's edge values; and the employees workload
+// both run while the tunnel applies.
 #pragma once
 
 #include <fmt/format.h>
 
+#include <random>
 #include <string>
 
 namespace datatunnel::testing {
@@ -48,6 +50,37 @@ INSERT INTO alltypes VALUES
  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 )sql";
   return fmt::format(kRows, base + 1, base + 2, base + 3, base + 9);
+}
+
+// One workload transaction on employees: five of inserts (at *next_id, then
+// incremented), updates of a random row and its moved twin, a delete of the
+// newest insert, and key changes (emp_id + 100000), drawn from `rng`.
+inline std::string EmployeesTransaction(std::mt19937& rng, int* next_id) {
+  std::string sql = "BEGIN;";
+  for (int i = 0; i < 5; ++i) {
+    const int id = 1 + static_cast<int>(rng() % 300);
+    switch (rng() % 5) {
+      case 0:
+        sql += fmt::format(
+            "INSERT INTO employees VALUES ({0}, 'new {0}', 'n', '2001-01-01', 'x', 1.5);",
+            (*next_id)++);
+        break;
+      case 1:
+      case 2:
+        sql += fmt::format(
+            "UPDATE employees SET city = 'moved ' || {1}, salary = salary + 1 WHERE emp_id "
+            "IN ({0}, {0} + 100000);",
+            id, rng() % 1000);
+        break;
+      case 3:
+        sql += fmt::format("DELETE FROM employees WHERE emp_id = {};", *next_id - 1);
+        break;
+      case 4:  // a key change: a delete of the old key and a create of the new on the topic
+        sql += fmt::format("UPDATE employees SET emp_id = emp_id + 100000 WHERE emp_id = {};", id);
+        break;
+    }
+  }
+  return sql + "COMMIT;";
 }
 
 }  // namespace datatunnel::testing
