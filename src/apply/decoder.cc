@@ -187,6 +187,13 @@ Status EnvelopeDecoder::DecodeRow(od::object obj, uint32_t table, size_t value_s
   return Status::OK();
 }
 
+bool EnvelopeDecoder::Iterate(std::string_view text, od::document* doc) {
+  padded_.assign(text);
+  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
+  return parser_.iterate(padded_.data(), text.size(), padded_.size()).get(*doc) !=
+         simdjson::SUCCESS;
+}
+
 Status EnvelopeDecoder::ReadSourceField(std::string_view key, od::value value, Change* out,
                                         bool* have_pos, bool* known) {
   *known = true;
@@ -227,12 +234,8 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
     DT_RETURN_IF_ERROR(connect_.ToEnvelope(value, spec, true, &unwrapped_));
     value = unwrapped_;
   }
-  padded_.assign(value);
-  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
-  if (parser_.iterate(padded_.data(), value.size(), padded_.size()).get(doc)) {
-    return Bad("not JSON");
-  }
+  if (Iterate(value, &doc)) return Bad("not JSON");
   od::object root;
   if (doc.get_object().get(root)) {
     // On-demand parsing is lazy: tell invalid JSON from other JSON values
@@ -396,12 +399,9 @@ Status EnvelopeDecoder::Decode(std::string_view value, uint32_t table, Change* o
 
 Status EnvelopeDecoder::ParseChunkHeader(std::string_view header, Change* out, int64_t* version,
                                          int64_t* rows, std::vector<std::string>* columns) {
-  padded_.assign(header);
-  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
   od::object root;
-  if (parser_.iterate(padded_.data(), header.size(), padded_.size()).get(doc) ||
-      doc.get_object().get(root)) {
+  if (Iterate(header, &doc) || doc.get_object().get(root)) {
     return Bad("a snapshot chunk's header is not a JSON object");
   }
   bool have_pos = false;
@@ -559,12 +559,9 @@ bool EnvelopeDecoder::ReadChain(std::string_view value, Position* pos,
     }
     value = unwrapped_;
   }
-  padded_.assign(value);
-  padded_.append(simdjson::SIMDJSON_PADDING, '\0');
   od::document doc;
   od::object root;
-  if (parser_.iterate(padded_.data(), value.size(), padded_.size()).get(doc) ||
-      doc.get_object().get(root)) {
+  if (Iterate(value, &doc) || doc.get_object().get(root)) {
     return false;
   }
   bool have_pos = false;

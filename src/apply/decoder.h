@@ -86,6 +86,9 @@ class EnvelopeDecoder {
 
  private:
   // `value_size`: the message's size, a bound for the row's values.
+  // Starts on-demand parsing of `text` (copied into padded_, which must
+  // outlive *doc's use); true when it is not JSON.
+  bool Iterate(std::string_view text, simdjson::ondemand::document* doc);
   // One field of "source" that rows and chunks both carry (pos, prev, name,
   // install, ts_ms), into *out and this decoder; *known false for others.
   Status ReadSourceField(std::string_view key, simdjson::ondemand::value value, Change* out,

@@ -448,6 +448,15 @@ void WriteStructFields(Writer& w, const TableSpec& spec, bool key_only) {
   w.EndArray();
 }
 
+// Opens a named struct's schema: {"type": "struct", "name": name, ...
+void StartStruct(Writer& w, std::string_view name) {
+  w.StartObject();
+  JsonKey(w, "type");
+  JsonString(w, "struct");
+  JsonKey(w, "name");
+  JsonString(w, name);
+}
+
 void SimpleField(Writer& w, std::string_view type, std::string_view field, bool optional) {
   w.StartObject();
   JsonKey(w, "type");
@@ -509,11 +518,7 @@ const std::string& ConnectEncoder::KeySchema(uint32_t table) {
     const TableSpec& spec = (*tables_)[table];
     rapidjson::StringBuffer out;
     Writer w(out);
-    w.StartObject();
-    JsonKey(w, "type");
-    JsonString(w, "struct");
-    JsonKey(w, "name");
-    JsonString(w, spec.topic + ".Key");
+    StartStruct(w, spec.topic + ".Key");
     JsonKey(w, "optional");
     w.Bool(false);
     WriteStructFields(w, spec, true);
@@ -529,11 +534,7 @@ const std::string& ConnectEncoder::ValueSchema(uint32_t table) {
   const TableSpec& spec = (*tables_)[table];
   rapidjson::StringBuffer out;
   Writer w(out);
-  w.StartObject();
-  JsonKey(w, "type");
-  JsonString(w, "struct");
-  JsonKey(w, "name");
-  JsonString(w, spec.topic + ".Envelope");
+  StartStruct(w, spec.topic + ".Envelope");
   JsonKey(w, "version");
   w.Int(1);
   JsonKey(w, "optional");
@@ -541,11 +542,7 @@ const std::string& ConnectEncoder::ValueSchema(uint32_t table) {
   JsonKey(w, "fields");
   w.StartArray();
   for (std::string_view row : {wire::kBefore, wire::kAfter}) {
-    w.StartObject();
-    JsonKey(w, "type");
-    JsonString(w, "struct");
-    JsonKey(w, "name");
-    JsonString(w, spec.topic + ".Value");
+    StartStruct(w, spec.topic + ".Value");
     JsonKey(w, "optional");
     w.Bool(true);
     JsonKey(w, "field");
@@ -554,11 +551,7 @@ const std::string& ConnectEncoder::ValueSchema(uint32_t table) {
     w.EndObject();
   }
   // "source": Debezium's fields, then ours.
-  w.StartObject();
-  JsonKey(w, "type");
-  JsonString(w, "struct");
-  JsonKey(w, "name");
-  JsonString(w, "io.datatunnel.connector.postgresql.Source");
+  StartStruct(w, "io.datatunnel.connector.postgresql.Source");
   JsonKey(w, "optional");
   w.Bool(false);
   JsonKey(w, "field");
@@ -697,8 +690,7 @@ void ConnectEncoder::EncodeValue(const Change& c, std::string* value, int partit
   JsonKey(w, wire::kSource);
   w.StartObject();
   WriteOriginFields(w, origin_, spec);
-  const bool snapshot =
-      c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
+  const bool snapshot = IsSnapshotMessage(c);
   WriteChangeIds(w, c, snapshot);
   JsonKey(w, wire::kTsMs);
   w.Int64(c.captured_us / 1000);

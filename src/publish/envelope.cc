@@ -141,8 +141,7 @@ void EnvelopeEncoder::EncodeValue(const Change& c, std::string* value, int parti
   JsonKey(w, wire::kSource);
   w.StartObject();
   WriteOriginFields(w, origin_, spec);
-  const bool snapshot =
-      c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
+  const bool snapshot = IsSnapshotMessage(c);
   WriteChangeIds(w, c, snapshot);
   JsonKey(w, wire::kTsMs);
   w.Int64(c.captured_us / 1000);
@@ -188,6 +187,10 @@ void EnvelopeEncoder::EncodeChunk(const Change& c, std::string* value, const Pos
   value->append(value_buf_.GetString(), value_buf_.GetSize());
   value->push_back('\n');
   value->append(rows);
+}
+
+bool IsSnapshotMessage(const Change& c) {
+  return c.op == Op::kRead || (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone);
 }
 
 void WriteOriginFields(JsonWriter& w, const Origin& origin, const TableSpec& spec) {

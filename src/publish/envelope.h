@@ -101,6 +101,9 @@ void EncodeTickEnd(const Origin& origin, const TickEnd& end, std::string* value)
 // Pieces of the envelope that every encoder of this folder writes the same
 // way (envelope.cc, connect_envelope.cc).
 //
+// Whether `c` belongs to a snapshot (a row read by it, or its end marker):
+// "source.snapshot", and no txId or change_id.
+bool IsSnapshotMessage(const Change& c);
 // Inside "source": version, connector, name (the tunnel), install, db,
 // schema, table.
 void WriteOriginFields(JsonWriter& w, const Origin& origin, const TableSpec& spec);
