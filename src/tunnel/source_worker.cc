@@ -75,13 +75,16 @@ Status SourceWorker::Connect(Session& s) {
                                   ? pg::Connection::Open(options_.connect)
                                   : pg::OpenWithRetry(options_.connect, 1 << 30,
                                                       [this] { return stop_->stop_requested(); }));
+  // The source answered, so its address and credentials are right: from now
+  // on a lost connection is waited out, even one lost before the tables are
+  // described (the server restarting as the producer starts).
+  started_ = true;
   metrics_->source_connected = 1;
   std::vector<std::string> warnings;
   DT_ASSIGN_OR_RETURN(s.specs, capture::DescribeSourceTables(*s.conn, options_.tables, &warnings));
   s.log = std::make_unique<capture::ChangeLog>(s.conn.get(), &s.specs, options_.tunnel);
   sink_->SetTables(&s.specs);
   DT_ASSIGN_OR_RETURN(s.epoch, s.log->LoadEpoch());
-  started_ = true;  // connected and configured once: from now on, failures are waited out
   return Status::OK();
 }
 

@@ -120,7 +120,7 @@ class SourceWorker {
   ChangeSink* sink_ = nullptr;
   publish::DeliveryTracker tracker_;
   std::unique_ptr<Session> session_;
-  bool started_ = false;  // connected once: later failures are retried, not fatal
+  bool started_ = false;  // the source answered once: later failures are retried
 };
 
 }  // namespace datatunnel::tunnel

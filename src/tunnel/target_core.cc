@@ -50,13 +50,30 @@ Status TargetCore::Open(bool wait) {
                 : pg::Connection::Open(options_.connect);
   if (!c.ok()) return c.status();
   conn_ = std::move(*c);
+  reached_ = true;
   if (applier_) applier_->Reset(conn_.get());
   states_.clear();
   return Status::OK();
 }
 
 Status TargetCore::Connect() {
-  DT_RETURN_IF_ERROR(Open(!options_.fail_fast_connect || connected_once_));
+  Backoff backoff(500, 10000);
+  for (;;) {
+    Status st = ConnectOnce();
+    // Once the target answered, its address and credentials are right: a
+    // connection lost while starting (the server restarting) is waited out
+    // like one lost later, instead of ending the process.
+    if (st.ok() || !st.IsRetryable() || !reached_) return st;
+    ++metrics_->reconnects;
+    const int delay = backoff.NextDelayMs();
+    spdlog::warn("consumer: {}; connecting again in {} ms", st.message(), delay);
+    if (stop_->SleepFor(delay)) return Status::Cancelled();
+  }
+}
+
+Status TargetCore::ConnectOnce() {
+  metrics_->target_connected = 0;
+  DT_RETURN_IF_ERROR(Open(!options_.fail_fast_connect || reached_));
   DT_ASSIGN_OR_RETURN(targets_, apply::DescribeTargetTables(*conn_, options_.tables));
   DT_RETURN_IF_ERROR(apply::CheckStateCurrent(*conn_));
   if (!options_.tunnel.empty()) {
@@ -74,7 +91,6 @@ Status TargetCore::Connect() {
     DT_RETURN_IF_ERROR(apply::CheckConsistencyState(*conn_));
     applier_->SetTransactional(options_.tunnel, std::move(order));
   }
-  connected_once_ = true;
   metrics_->target_connected = 1;
   return Status::OK();
 }

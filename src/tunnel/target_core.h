@@ -45,7 +45,9 @@ class TargetCore {
  public:
   TargetCore(TargetOptions options, metrics::Metrics* metrics, const StopSource* stop);
   // Connects, checks the target's state (apply::CheckStateCurrent) and reads
-  // the target tables' specs.
+  // the target tables' specs. With fail_fast_connect, a target that cannot
+  // be reached at all fails at once; once it answered, a connection lost
+  // while starting is retried (Cancelled when a stop is requested first).
   Status Connect();
   const std::vector<TableSpec>& targets() const { return targets_; }
   // The source installation the tunnel is bound to on the target (read at
@@ -88,6 +90,7 @@ class TargetCore {
   // The one place the target connection is opened: `wait` retries until it
   // opens or a stop is requested, else it tries once.
   Status Open(bool wait);
+  Status ConnectOnce();
   Status Reconnect(bool wait);
   // Target table `table` has `fresh`'s columns and key now.
   void Adopt(uint32_t table, const TableSpec& fresh);
@@ -104,7 +107,7 @@ class TargetCore {
   std::unique_ptr<apply::Applier> applier_;
   std::map<std::pair<std::string, int32_t>, apply::PartitionState> states_;
   apply::BatchPlan plan_;
-  bool connected_once_ = false;
+  bool reached_ = false;  // a connection to the target opened once
 };
 
 }  // namespace datatunnel::tunnel

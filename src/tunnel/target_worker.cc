@@ -13,7 +13,9 @@ TargetWorker::TargetWorker(TargetOptions options, metrics::Metrics* metrics, con
     : stop_(stop), core_(std::move(options), metrics, stop), source_(std::move(source)) {}
 
 Status TargetWorker::Run() {
-  DT_RETURN_IF_ERROR(core_.Connect());
+  Status connected = core_.Connect();
+  if (connected.IsCancelled()) return Status::OK();
+  DT_RETURN_IF_ERROR(connected);
   Status opened = source_->Open(&core_);
   if (opened.IsCancelled()) return Status::OK();
   DT_RETURN_IF_ERROR(opened);

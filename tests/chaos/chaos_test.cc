@@ -238,10 +238,11 @@ class Chaos {
   // Starts `p` again if it exited on its own. A process that finds a
   // database or the brokers unreachable at start-up exits with one line, as
   // for a wrong address, and its supervisor (systemd, Kubernetes) starts it
-  // again; so does this test. So does a database restarted while the process
-  // was starting (connected, but not yet publishing or applying: it has not
-  // logged its start line). Any other exit is a failure: once started, a
-  // process rides out a lost connection.
+  // again; so does this test. So does a database restarted in the instant a
+  // starting process opened its first connection (lost during the session's
+  // set-up, before its start line): once a database answered, a process waits
+  // out a lost connection, while starting too (fault_test). Any other exit is
+  // a failure.
   void Respawn(std::unique_ptr<Subprocess>& p, const std::string& cmd) {
     if (p->Running()) return;
     const int code = p->Wait(1).value_or(-1);

@@ -254,5 +254,65 @@ TEST_F(FaultTest, AProducerThatDiesAfterRecordingATickLosesNothing) {
   EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
 }
 
+// (c) The database restarts just as a process starts: the connection opens
+// and is lost before the tables are described (the chaos test met this on a
+// target restart). A server that answered once is one to wait for, so both
+// workers, started with fail_fast_connect (as `produce` and `consume` are),
+// carry on instead of ending with exit code 3.
+TEST_F(FaultTest, AConnectionLostWhileStartingIsWaitedOut) {
+  const auto describing = [](std::string_view sql) {
+    return sql.find("FROM pg_catalog.pg_class c") != std::string_view::npos;
+  };
+  StatementFault source_fault("source", describing, pg::Fault::kLoseBefore);
+  StatementFault target_fault("target", describing, pg::Fault::kLoseBefore);
+  struct Both : pg::FaultHook {
+    pg::FaultHook* a;
+    pg::FaultHook* b;
+    pg::Fault OnStatement(const pg::StatementInfo& s) override {
+      pg::Fault f = a->OnStatement(s);
+      return f != pg::Fault::kNone ? f : b->OnStatement(s);
+    }
+  } both;
+  both.a = &source_fault;
+  both.b = &target_fault;
+  ScopedFaultHook installed(&both);
+
+  tunnel::TargetOptions target;
+  target.connect.dsn = config_loaded_.target.dsn;
+  target.connect.role = "target";
+  target.tunnel = config_loaded_.tunnel.name;
+  target.tables = config_loaded_.tables;
+  target.pipeline = config_loaded_.pipeline;
+  target.kafka = config_loaded_.kafka;
+  metrics::Metrics metrics = NewMetrics();
+  StopSource stop;
+  tunnel::KafkaTargetWorker consumer(target, &metrics, &stop);
+  Status consumed;
+  std::thread thread([&] { consumed = consumer.Run(); });
+
+  tunnel::SourceOptions source;
+  source.connect.dsn = config_loaded_.source.dsn;
+  source.connect.role = "source";
+  source.tunnel = config_loaded_.tunnel.name;
+  source.tables = config_loaded_.tables;
+  source.pipeline = config_loaded_.pipeline;
+  Producer producer(config_loaded_, src_, source);
+
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'a' || i FROM "
+                       "generate_series(1, 100) i");
+  ExpectInSync();
+  EXPECT_EQ(source_fault.fired(), 1);
+  EXPECT_EQ(target_fault.fired(), 1);
+  EXPECT_FALSE(producer.done.load()) << producer.result.message();
+  EXPECT_EQ(AppliedCount(), 100);
+
+  producer.Stop();
+  EXPECT_TRUE(producer.result.ok()) << producer.result.message();
+  stop.RequestStop();
+  thread.join();
+  EXPECT_TRUE(consumed.ok()) << consumed.message();
+}
+
 }  // namespace
 }  // namespace datatunnel
