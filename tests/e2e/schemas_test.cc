@@ -116,6 +116,11 @@ TEST_F(SchemasTest, FiveHundredTables) {
   EXPECT_EQ(Src("SELECT count(*) FROM datatunnel.tables"), 500);
   // Empty tables: nothing to copy.
   auto run = Start({"run", "--broker", "none", "--no-snapshot"});
+  // Starting describes and prepares 500 tables: on a loaded host that alone
+  // took most of a 30 s deadline meant for the first changes.
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return testing::Contains(run->Stderr(), "producer: publishing"); }, 180))
+      << run->Stderr();
   // Transactions touching a third of the tables each (each applied as one
   // batch of fewer than 200 rows: a larger batch over hundreds of tables
   // takes the target's staging path, whose temporary tables per table slow
