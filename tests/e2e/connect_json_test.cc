@@ -129,29 +129,11 @@ predicates.isControl.name=datatunnel.control
 
   // The workload: inserts, updates, deletes and key changes in small
   // transactions, while both sides apply.
-  std::atomic<bool> stop{false};
-  std::atomic<int> transactions{0};
-  std::thread writer([&] {
-    auto conn = SourceCluster().Connect(src_);
-    if (!conn) return;
-    std::mt19937 rng(7);
-    int next_id = 1000;
-    while (!stop) {
-      const std::string sql = testing::EmployeesTransaction(rng, &next_id);
-      Status st = conn->Exec(sql);
-      if (!st.ok()) {
-        ADD_FAILURE() << st.message();
-        return;
-      }
-      ++transactions;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-  });
-  ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 100; }, 60));
+  testing::EmployeesWriter writer(SourceCluster(), src_, 7);
+  ASSERT_TRUE(testing::WaitUntil([&] { return writer.transactions() >= 100; }, 60));
   SourceCluster().Exec(src_, testing::AllTypesRows(100));
-  ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 200; }, 60));
-  stop = true;
-  writer.join();
+  ASSERT_TRUE(testing::WaitUntil([&] { return writer.transactions() >= 200; }, 60));
+  writer.Stop();
   SourceCluster().Exec(src_, "UPDATE alltypes SET tx = tx || ' updated', ai = ai || 7");
   SourceCluster().Exec(src_, "DELETE FROM alltypes WHERE id IN (3, 102)");
   SourceCluster().Exec(src_, "UPDATE alltypes SET id = id + 1000 WHERE id = 101");

@@ -206,39 +206,21 @@ TEST_F(DebeziumTest, ConsumeAppliesDebeziumTopicsExactlyOnce) {
 
   // The workload: inserts, updates, deletes and key changes, committed in
   // small transactions from another connection while the consumers apply.
-  std::atomic<bool> stop{false};
-  std::atomic<int> transactions{0};
-  std::thread writer([&] {
-    auto conn = LogicalSource().Connect(src_);
-    if (!conn) return;
-    std::mt19937 rng(42);
-    int next_id = 1000;
-    while (!stop) {
-      const std::string sql = testing::EmployeesTransaction(rng, &next_id);
-      Status st = conn->Exec(sql);
-      if (!st.ok()) {
-        ADD_FAILURE() << st.message();
-        return;
-      }
-      ++transactions;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-  });
+  testing::EmployeesWriter writer(LogicalSource(), src_, 42);
 
   // kill -9 of a consumer midway: what it applied is committed with its
   // offsets, so the restarted one neither skips nor repeats a message.
-  ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 150; }, 60));
+  ASSERT_TRUE(testing::WaitUntil([&] { return writer.transactions() >= 150; }, 60));
   ASSERT_TRUE(testing::WaitUntil(
       [&] { return TargetCluster().Count(tgt_with, "SELECT count(*) FROM employees") > 0; }, 60))
       << consumer_with->Stderr();
   consumer_with->Signal(SIGKILL);
   consumer_with->Wait(10);
   LogicalSource().Exec(src_, testing::AllTypesRows(100));
-  ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 300; }, 60));
+  ASSERT_TRUE(testing::WaitUntil([&] { return writer.transactions() >= 300; }, 60));
   consumer_with = Consume(cfg_with);
-  ASSERT_TRUE(testing::WaitUntil([&] { return transactions >= 450; }, 60));
-  stop = true;
-  writer.join();
+  ASSERT_TRUE(testing::WaitUntil([&] { return writer.transactions() >= 450; }, 60));
+  writer.Stop();
   LogicalSource().Exec(src_, "UPDATE alltypes SET tx = tx || ' updated', ai = ai || 7");
   LogicalSource().Exec(src_, "DELETE FROM alltypes WHERE id = 3");
   LogicalSource().Exec(src_,

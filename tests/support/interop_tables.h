@@ -5,9 +5,15 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <random>
 #include <string>
+#include <thread>
+
+#include "support/pg_cluster.h"
 
 namespace datatunnel::testing {
 
@@ -82,5 +88,42 @@ inline std::string EmployeesTransaction(std::mt19937& rng, int* next_id) {
   }
   return sql + "COMMIT;";
 }
+
+// Commits EmployeesTransaction in a loop, on its own connection to `db` of
+// `cluster`, 5 ms apart, until Stop() (or destruction); a failed
+// transaction fails the test and ends the loop.
+class EmployeesWriter {
+ public:
+  EmployeesWriter(const PgCluster& cluster, const std::string& db, unsigned seed)
+      : thread_([this, &cluster, db, seed] {
+          auto conn = cluster.Connect(db);
+          if (!conn) return;
+          std::mt19937 rng(seed);
+          int next_id = 1000;
+          while (!stop_) {
+            Status st = conn->Exec(EmployeesTransaction(rng, &next_id));
+            if (!st.ok()) {
+              ADD_FAILURE() << st.message();
+              return;
+            }
+            ++transactions_;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          }
+        }) {}
+  ~EmployeesWriter() { Stop(); }
+  EmployeesWriter(const EmployeesWriter&) = delete;
+  EmployeesWriter& operator=(const EmployeesWriter&) = delete;
+
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int transactions() const { return transactions_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> transactions_{0};
+  std::thread thread_;  // last: starts once the flags above exist
+};
 
 }  // namespace datatunnel::testing
