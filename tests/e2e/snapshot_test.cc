@@ -185,6 +185,24 @@ class SnapshotTest : public testing::TunnelFixture {
         60);
   }
 
+  // The state a killed process left, read once its sessions are gone: a
+  // statement it sent just before the kill still runs on the server (and an
+  // UPDATE recording a chunk's progress commits) after the process died, and
+  // a session waiting on a lock ends only once the lock is free. Read too
+  // early, the rows done seen here were fewer than the resumed snapshot's.
+  SnapState SnapAfterKill(const std::string& table = "employees") {
+    EXPECT_TRUE(WaitUntil(
+        [&] {
+          return SourceCluster().Count(src_,
+                                       "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                       "current_database() AND application_name LIKE "
+                                       "'datatunnel:%'") == 0;
+        },
+        30))
+        << "the killed process's sessions did not end";
+    return Snap(table);
+  }
+
   SnapState Snap(const std::string& table = "employees") {
     if (!poll_ || poll_->IsBroken()) poll_ = SourceCluster().Connect(src_);
     SnapState s;
@@ -359,7 +377,7 @@ TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
   first->Signal(SIGKILL);
   ASSERT_EQ(first->Wait(10), 128 + SIGKILL);
   lock.Release();
-  const SnapState killed = Snap();
+  const SnapState killed = SnapAfterKill();
   ASSERT_EQ(killed.state, "running");
   ASSERT_GT(killed.rows, 0);
 
@@ -558,7 +576,7 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
   first->Signal(SIGKILL);
   ASSERT_EQ(first->Wait(10), 128 + SIGKILL);
   lock.Release();
-  const SnapState killed = Snap("tags");
+  const SnapState killed = SnapAfterKill("tags");
   ASSERT_EQ(killed.state, "running");
   auto second = Start({"run"});
   ASSERT_TRUE(WaitUntil([&] { return Snap("tags").state == "done"; }, 90)) << second->Stderr();
