@@ -374,8 +374,8 @@ TEST_F(TypesTest, BulkStatementsOfEveryType) {
                               "FROM alltypes, generate_series(1, 500) g WHERE id < 100",
                               kTypesColumns));
   SourceCluster().Exec(src_, odd +
-                                 "UPDATE alltypes SET tx = tx || 'u', f8 = -f8, ts = ts + "
-                                 "interval '1 day', by = by || '\\x01'::bytea WHERE id >= 1000");
+                                 "UPDATE alltypes SET tx = tx || 'u', f8 = -f8, bo = NOT bo, "
+                                 "by = by || '\\x01'::bytea WHERE id >= 1000");
   EXPECT_EQ(Src("SELECT count(*) FROM alltypes_cdc WHERE \"dt$rows\" IS NOT NULL"), "2");
   EXPECT_EQ(Src("SELECT sum(cardinality(\"dt$rows\")) FROM alltypes_cdc"), "11000");
   SourceCluster().Exec(src_, odd +
