@@ -1,5 +1,7 @@
 #include "capture/batch_reader.h"
 
+#include <spdlog/spdlog.h>
+
 #include <utility>
 
 namespace datatunnel::capture {
@@ -67,6 +69,8 @@ Result<bool> BatchReader::Next(ChangeLog& log, ReadSizer& sizer, int64_t epoch, 
     }
     if (bulk.active() && bulk.change_id == after_[t] + 1 && resume_element_[t] > 0) {
       bulk.next = resume_element_[t];  // delivered before a restart up to here
+      spdlog::info("producer: resuming inside change {} of table {} at its row {}", bulk.change_id,
+                   t, bulk.next);
     }
     resume_element_[t] = 0;
     *rows = sizer.Observe(t, *changes);

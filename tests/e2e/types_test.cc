@@ -401,7 +401,7 @@ TEST_F(TypesTest, BulkStatementsOfEveryType) {
 }
 
 // Issue 20 item 4: a producer killed inside a change row of 5,000 rows,
-// read 5 at a time, resumes after its last delivered element: a table
+// read 10 at a time, resumes after its last delivered element: a table
 // without a key (where a duplicate would be an extra row) ends with exactly
 // the source's rows, each change counted once.
 TEST_F(TypesTest, ProducerKilledInsideABulkRowResumes) {
@@ -410,7 +410,7 @@ TEST_F(TypesTest, ProducerKilledInsideABulkRowResumes) {
   WriteConfig("[[tables]]\nsource = \"public.events\"\n");
   UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
-  const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "5"}};
+  const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "10"}};
   auto produce = std::make_shared<testing::Subprocess>(Args({"produce"}), env);
   started_.push_back(produce);
   auto consume = Start({"consume"});
@@ -421,7 +421,7 @@ TEST_F(TypesTest, ProducerKilledInsideABulkRowResumes) {
   // Progress recorded inside the change row: element e is sub (e + 1) << 16.
   const char* element =
       "SELECT published_sub >> 16 FROM datatunnel.tables WHERE table_name = 'events'";
-  ASSERT_TRUE(testing::WaitUntil([&] { return std::stoi("0" + Src(element)) >= 100; }, 60))
+  ASSERT_TRUE(testing::WaitUntil([&] { return std::stoi("0" + Src(element)) >= 50; }, 60))
       << produce->Stderr();
   produce->Signal(SIGKILL);
   produce->Wait(10);
@@ -431,6 +431,7 @@ TEST_F(TypesTest, ProducerKilledInsideABulkRowResumes) {
   produce = std::make_shared<testing::Subprocess>(Args({"produce"}), env);
   started_.push_back(produce);
   ExpectInSync();
+  EXPECT_TRUE(Contains(produce->Stderr(), fmt::format("at its row {}", at))) << produce->Stderr();
   EXPECT_EQ(Tgt("SELECT count(*) FROM events"), "5000");
   EXPECT_EQ(Tgt("SELECT count(DISTINCT (n, note)) FROM events"), "2500");
   EXPECT_EQ(Tgt("SELECT COALESCE(sum(applied_count), 0) FROM datatunnel.applied"), "5000");
