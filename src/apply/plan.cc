@@ -100,7 +100,7 @@ void PlanItem(const Item& item, const Position& resync, Advance* a, BatchPlan* p
   plan->changes.push_back(&c);
   if (c.packed_rows > 0) {
     a->applied += c.packed_rows;  // a snapshot chunk passed through whole
-  } else if (c.pos.sub == 0) {
+  } else if (c.pos.part() == 0) {
     ++a->applied;  // a key change is one change in two messages
   }
   if (c.op != Op::kRead) a->captured_us = std::max(a->captured_us, c.captured_us);

@@ -7,6 +7,9 @@
 // delivered before a restart goes on after its last delivered change, one
 // delivered whole is skipped), and first hands out the reads done with the
 // tick (ChangeLog::RecordTick) where they start at the table's beginning.
+// A change row in the bulk form (BulkRow) is read in pieces of at most the
+// ReadSizer's limit, one per Next(); a restart inside one resumes after its
+// last delivered element.
 //
 // Thread-safety: one thread (the producer's loop).
 #pragma once
@@ -43,6 +46,10 @@ class BatchReader {
   std::vector<int64_t> after_;    // per table: the last change_id read
   std::vector<bool> prefetched_;  // reads_[t] not yet taken
   std::vector<bool> done_;
+  std::vector<BulkRow> bulk_;  // per table: the change row in the bulk form being read
+  // Per table: the first element not delivered of the bulk change row the
+  // recorded progress lies in (0: none), applied when the row is read.
+  std::vector<int32_t> resume_element_;
   bool had_changes_ = false;
 };
 

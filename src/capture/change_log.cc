@@ -35,11 +35,21 @@ Result<int64_t> ChangeLog::LoadEpoch() {
 }
 
 Result<std::vector<TableProgress>> ChangeLog::LoadProgress() {
+  DT_ASSIGN_OR_RETURN(auto has,
+                      conn_->Query("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE "
+                                   "attrelid = 'datatunnel.tables'::regclass AND attname = "
+                                   "'published_sub' AND NOT attisdropped)"));
+  if (!has.GetBool(0, 0)) {
+    return Status::Fatal(fmt::format(
+        "the datatunnel state on the {} is from an older version (no "
+        "datatunnel.tables.published_sub): run `datatunnel init` to upgrade it, then start again",
+        conn_->description()));
+  }
   std::vector<TableProgress> out;
   for (const auto& spec : *tables_) {
     DT_ASSIGN_OR_RETURN(auto r,
-                        conn_->Query("SELECT published_tick, published_seq, published_count "
-                                     "FROM datatunnel.tables "
+                        conn_->Query("SELECT published_tick, published_seq, published_count, "
+                                     "published_sub FROM datatunnel.tables "
                                      "WHERE schema_name = $1 AND table_name = $2 AND tunnel = $3",
                                      {spec.source.schema, spec.source.name, tunnel_}));
     if (r.rows() != 1) {
@@ -48,7 +58,8 @@ Result<std::vector<TableProgress>> ChangeLog::LoadProgress() {
           "init` with this configuration",
           spec.source.ToString(), tunnel_, conn_->description()));
     }
-    out.push_back({r.GetInt64(0, 0), r.GetInt64(0, 1), r.GetInt64(0, 2)});
+    out.push_back({r.GetInt64(0, 0), r.GetInt64(0, 1), static_cast<int32_t>(r.GetInt64(0, 3)),
+                   r.GetInt64(0, 2)});
   }
   return out;
 }
@@ -286,8 +297,9 @@ Status ChangeLog::ReadProbed(std::string_view probed, const Tick& lo, const Tick
   DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
   for (size_t k = 0; k < which.size(); ++k) {
     TickRead& r = reads[which[k]];
-    DT_ASSIGN_OR_RETURN(r.last,
-                        ParseBatch(r.table, results[2 + k], hi.number, 0, epoch, &r.changes));
+    r.rows = results[2 + k].rows();
+    DT_ASSIGN_OR_RETURN(
+        r.last, ParseBatch(r.table, results[2 + k], hi.number, 0, epoch, &r.changes, &r.bulk));
   }
   return Status::OK();
 }
@@ -419,8 +431,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
     return tick;
   }
   for (size_t i = 0; i < reads.size(); ++i) {
+    reads[i].rows = results[at + 1 + i].rows();
     DT_ASSIGN_OR_RETURN(reads[i].last, ParseBatch(reads[i].table, results[at + 1 + i], number, 0,
-                                                  epoch, &reads[i].changes));
+                                                  epoch, &reads[i].changes, &reads[i].bulk));
   }
   return tick;
 }
@@ -464,7 +477,7 @@ std::string ChangeLog::BatchQuery(const TableSpec& spec, bool in_tick) const {
   // is visible in lo; at or above hi's xmax nothing is visible in hi.
   return fmt::format(
       "SELECT {4}, {5}, {6}, "
-      "(extract(epoch FROM {7}) * 1000000)::bigint{0} "
+      "(extract(epoch FROM {7}) * 1000000)::bigint, {8} IS NOT NULL{0} "
       "FROM {1} "
       "WHERE {4} > $1 "
       "  AND {5} >= pg_catalog.txid_snapshot_xmin($2::txid_snapshot) "
@@ -473,7 +486,7 @@ std::string ChangeLog::BatchQuery(const TableSpec& spec, bool in_tick) const {
       "  AND NOT pg_catalog.txid_visible_in_snapshot({5}, $2::txid_snapshot) "
       "ORDER BY {4} LIMIT ${3}",
       cols, spec.change_table.Quoted(), hi, in_tick ? 3 : 4, kChangeIdColumn, kTxidColumn,
-      kActionColumn, kCapturedAtColumn);
+      kActionColumn, kCapturedAtColumn, kRowsColumn);
 }
 
 void ChangeLog::PrepareQueries() {
@@ -487,7 +500,8 @@ void ChangeLog::PrepareQueries() {
 }
 
 Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after,
-                                     int limit, int64_t epoch, std::vector<Change>* out) {
+                                     int limit, int64_t epoch, std::vector<Change>* out,
+                                     BulkRow* bulk, int* rows) {
   PrepareQueries();
   const std::string a = std::to_string(after), l = std::to_string(limit);
   const pg::Statement stmts[] = {
@@ -498,24 +512,46 @@ Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, i
   };
   std::vector<pg::QueryResult> results;
   DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
-  return ParseBatch(t, results[2], hi.number, after, epoch, out);
+  if (rows) *rows = results[2].rows();
+  return ParseBatch(t, results[2], hi.number, after, epoch, out, bulk);
 }
 
 Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_t tick,
-                                      int64_t after, int64_t epoch, std::vector<Change>* out) {
+                                      int64_t after, int64_t epoch, std::vector<Change>* out,
+                                      BulkRow* bulk) {
   const TableSpec& spec = (*tables_)[t];
   const int nkey = static_cast<int>(spec.key.size());
-  const int first_col = 4 + nkey;
+  const int old_col = 5;
+  const int first_col = old_col + nkey;
   const size_t ncols = spec.columns.size();
   int64_t last = after;
+  *bulk = BulkRow{};
   for (int i = 0; i < r.rows(); ++i) {
     Change c;
     c.table = static_cast<uint32_t>(t);
     c.pos = Position{epoch, tick, r.GetInt64(i, 0), 0};
     c.txid = r.GetInt64(i, 1);
     c.captured_us = r.GetInt64(i, 3);
-    last = c.pos.seq;
     std::string_view action = r.Get(i, 2);
+    if (r.GetBool(i, 4)) {
+      // The bulk form: the caller reads its elements (ReadBulk), then the
+      // rows after it.
+      bulk->change_id = c.pos.seq;
+      bulk->txid = c.txid;
+      bulk->captured_us = c.captured_us;
+      if (action == "INSERT") {
+        bulk->op = Op::kInsert;
+      } else if (action == "UPDATE") {
+        bulk->op = Op::kUpdate;
+      } else if (action == "DELETE") {
+        bulk->op = Op::kDelete;
+      } else {
+        return Status::Fatal(fmt::format("change {} in {} has an unknown action \"{}\"", c.pos.seq,
+                                         spec.change_table.ToString(), action));
+      }
+      break;
+    }
+    last = c.pos.seq;
     if (action == "TRUNCATE") {
       c.op = Op::kTruncate;
       out->push_back(std::move(c));
@@ -524,14 +560,14 @@ Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_
     // An UPDATE that changed the key becomes a delete of the old key and an
     // insert of the new row, each keyed (and partitioned) by its own key, so
     // per-key order holds for both keys.
-    if (action == "UPDATE" && !r.IsNull(i, 4)) {
+    if (action == "UPDATE" && nkey > 0 && !r.IsNull(i, old_col)) {
       Change del = c;
       del.op = Op::kDelete;
       del.key_only = true;
       del.row.Reset(ncols);
       for (int k = 0; k < nkey; ++k) {
-        if (r.IsNull(i, 4 + k)) continue;
-        del.row.Set(spec.key[k], r.Get(i, 4 + k));
+        if (r.IsNull(i, old_col + k)) continue;
+        del.row.Set(spec.key[k], r.Get(i, old_col + k));
       }
       out->push_back(std::move(del));
       c.op = Op::kInsert;
@@ -550,6 +586,117 @@ Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_
     out->push_back(std::move(c));
   }
   return last;
+}
+
+namespace {
+
+// Splits a record literal as record_out writes it, "(f1,f2,...)", into its
+// fields: an empty field is NULL, a quoted one has "" and \x escapes. Returns
+// false when `text` is not one.
+bool SplitRecord(std::string_view text, std::vector<std::optional<std::string>>* fields) {
+  fields->clear();
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') return false;
+  size_t i = 1;
+  const size_t end = text.size() - 1;
+  for (;;) {
+    if (i == end || text[i] == ',') {
+      fields->emplace_back(std::nullopt);
+    } else {
+      std::string v;
+      bool quoted = false;
+      while (i < end && (quoted || text[i] != ',')) {
+        const char ch = text[i++];
+        if (ch == '\\' && i < end) {
+          v.push_back(text[i++]);
+        } else if (ch == '"') {
+          if (quoted && i < end && text[i] == '"') {
+            v.push_back('"');
+            ++i;
+          } else {
+            quoted = !quoted;
+          }
+        } else {
+          v.push_back(ch);
+        }
+      }
+      if (quoted) return false;
+      fields->emplace_back(std::move(v));
+    }
+    if (i == end) return true;
+    ++i;  // the comma
+  }
+}
+
+}  // namespace
+
+Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limit, BulkRow* bulk,
+                                 std::vector<Change>* out) {
+  const TableSpec& spec = (*tables_)[t];
+  const std::string id = std::to_string(bulk->change_id);
+  // One more element than asked for: whether the row goes on.
+  const std::string from = std::to_string(int64_t{bulk->next} + 1);
+  const std::string to = std::to_string(int64_t{bulk->next} + limit + 1);
+  std::vector<pg::Statement> stmts;
+  stmts.push_back({"BEGIN", {}});
+  const bool names = bulk->columns.empty();
+  if (names) {
+    stmts.push_back({fmt::format("SELECT c FROM {}, pg_catalog.unnest({}) WITH ORDINALITY AS "
+                                 "u(c, i) WHERE {} = $1 ORDER BY u.i",
+                                 spec.change_table.Quoted(), kColsColumn, kChangeIdColumn),
+                     {id}});
+  }
+  // The slice is cut from the array before it is expanded: memory follows
+  // the piece, not the row.
+  stmts.push_back({fmt::format("SELECT e.v FROM {0}, pg_catalog.unnest({1}[$2::int:$3::int]) WITH "
+                               "ORDINALITY AS e(v, i) WHERE {2} = $1 ORDER BY e.i",
+                               spec.change_table.Quoted(), kRowsColumn, kChangeIdColumn),
+                   {id, from, to}});
+  stmts.push_back({"COMMIT", {}});
+  std::vector<pg::QueryResult> results;
+  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
+  if (names) {
+    const pg::QueryResult& n = results[1];
+    for (int i = 0; i < n.rows(); ++i) {
+      int col = -1;
+      for (size_t c = 0; c < spec.columns.size(); ++c) {
+        if (spec.columns[c].name == n.Get(i, 0)) col = static_cast<int>(c);
+      }
+      bulk->columns.push_back(col);
+    }
+    if (bulk->columns.empty()) {
+      return Status::Fatal(fmt::format("change {} in {} has no column names", bulk->change_id,
+                                       spec.change_table.ToString()));
+    }
+  }
+  const pg::QueryResult& r = results[names ? 2 : 1];
+  const int n = std::min(r.rows(), limit);
+  std::vector<std::optional<std::string>> fields;
+  for (int i = 0; i < n; ++i) {
+    if (bulk->next + i + 1 > (std::numeric_limits<int32_t>::max() >> Position::kElementShift)) {
+      return Status::Fatal(fmt::format("change {} in {} has more elements than a position holds",
+                                       bulk->change_id, spec.change_table.ToString()));
+    }
+    if (r.IsNull(i, 0) || !SplitRecord(r.Get(i, 0), &fields) ||
+        fields.size() != bulk->columns.size()) {
+      return Status::Fatal(fmt::format(
+          "element {} of change {} in {} is not a row of its {} columns", bulk->next + i,
+          bulk->change_id, spec.change_table.ToString(), bulk->columns.size()));
+    }
+    Change c;
+    c.op = bulk->op;
+    c.table = static_cast<uint32_t>(t);
+    c.pos = Position{epoch, tick, bulk->change_id,
+                     static_cast<int32_t>((bulk->next + i + 1) << Position::kElementShift)};
+    c.txid = bulk->txid;
+    c.captured_us = bulk->captured_us;
+    c.row.Reset(spec.columns.size());
+    for (size_t f = 0; f < fields.size(); ++f) {
+      if (bulk->columns[f] >= 0 && fields[f]) c.row.Set(bulk->columns[f], *fields[f]);
+    }
+    out->push_back(std::move(c));
+  }
+  bulk->next += n;
+  return r.rows() <= limit;
 }
 
 Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
@@ -606,25 +753,27 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
   }
   // Every table's progress in one statement, as parallel arrays: hundreds
   // of tables cost one statement, not one each.
-  std::vector<std::optional<std::string>> schemas, names, ticks, seqs, counts;
+  std::vector<std::optional<std::string>> schemas, names, ticks, seqs, subs, counts;
   for (const auto& u : updates) {
     const TableSpec& spec = (*tables_)[u.table];
     schemas.emplace_back(spec.source.schema);
     names.emplace_back(spec.source.name);
     ticks.emplace_back(std::to_string(u.tick));
     seqs.emplace_back(std::to_string(u.seq));
+    subs.emplace_back(std::to_string(u.sub));
     counts.emplace_back(std::to_string(u.delivered));
   }
   stmts.push_back(
       {"UPDATE datatunnel.tables t SET published_tick = u.tick, published_seq = u.seq, "
-       "  published_count = t.published_count + u.n, published_at = now() "
-       "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) "
-       "  AS u(sch, tbl, tick, seq, n) "
+       "  published_sub = u.sub, published_count = t.published_count + u.n, "
+       "  published_at = now() "
+       "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], "
+       "  $6::int[]) AS u(sch, tbl, tick, seq, n, sub) "
        "WHERE t.schema_name = u.sch AND t.table_name = u.tbl "
-       "  AND (t.published_tick, t.published_seq) < (u.tick, u.seq)",
+       "  AND (t.published_tick, t.published_seq, t.published_sub) < (u.tick, u.seq, u.sub)",
        {arena.Keep(pg::TextArrayLiteral(schemas)), arena.Keep(pg::TextArrayLiteral(names)),
         arena.Keep(pg::TextArrayLiteral(ticks)), arena.Keep(pg::TextArrayLiteral(seqs)),
-        arena.Keep(pg::TextArrayLiteral(counts))}});
+        arena.Keep(pg::TextArrayLiteral(counts)), arena.Keep(pg::TextArrayLiteral(subs))}});
   // Keep the ticks some table may still need as its batch's lower bound.
   stmts.push_back(
       {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "
@@ -692,6 +841,9 @@ double ChangeLog::EstimatedRowBytes(size_t t) {
 }
 
 void ReadSizer::Start(ChangeLog& log, size_t tables) {
+  if (const char* rows = std::getenv(kMaxRowsEnv); rows && std::atoi(rows) > 0) {
+    max_rows_ = std::min(kMaxRows, std::atoi(rows));
+  }
   avg_change_bytes_.clear();
   for (size_t t = 0; t < tables; ++t) {
     avg_change_bytes_.push_back(std::max(256.0, log.EstimatedRowBytes(t)));
@@ -700,13 +852,13 @@ void ReadSizer::Start(ChangeLog& log, size_t tables) {
 
 int ReadSizer::Limit(size_t t) const {
   return static_cast<int>(
-      std::clamp<double>(static_cast<double>(kBudgetBytes) / avg_change_bytes_[t], 1, kMaxRows));
+      std::clamp<double>(static_cast<double>(kBudgetBytes) / avg_change_bytes_[t], 1, max_rows_));
 }
 
 int64_t ReadSizer::Observe(size_t t, const std::vector<Change>& changes) {
   int64_t rows = 0;
   for (size_t i = 0; i < changes.size(); ++i) {
-    if (i == 0 || changes[i].pos.seq != changes[i - 1].pos.seq) ++rows;
+    if (i == 0 || !changes[i].pos.SameChange(changes[i - 1].pos)) ++rows;
   }
   if (rows > 0) {
     int64_t bytes = 0;

@@ -15,10 +15,11 @@
 // content and the same positions, and consumers recognise what they already
 // applied.
 //
-// Progress per table, stored in datatunnel.tables, is (tick, seq): every change
-// of earlier ticks, and of `tick` up to change_id `seq` (kEndOfTick: all of
-// it), has been delivered. Delivered changes are then deleted from the change
-// table, which stays as small as the backlog. With progress go the chain
+// Progress per table, stored in datatunnel.tables, is (tick, seq, sub): every
+// change of earlier ticks, and of `tick` up to change_id `seq` (kEndOfTick:
+// all of it), has been delivered; when `seq` is a change row in the bulk form
+// (BulkRow), only its elements up to the element of `sub` (Position). Delivered changes are then
+// deleted from the change table, which stays as small as the backlog. With progress go the chain
 // heads (datatunnel.chain_heads): per partition of the table's topic, the
 // position of the last delivered message sent there that progress covers.
 //
@@ -54,6 +55,7 @@ struct Tick {
 struct TableProgress {
   int64_t tick = 0;
   int64_t seq = 0;
+  int32_t sub = 0;
   int64_t published = 0;  // changes published so far
 };
 
@@ -61,6 +63,7 @@ struct ProgressUpdate {
   size_t table = 0;
   int64_t tick = 0;
   int64_t seq = 0;
+  int32_t sub = 0;
   int64_t delivered = 0;  // changes delivered since the last update
   // Pruning: delete changes visible in `prune_snapshot` (the snapshot of the
   // newest tick whose batch is entirely delivered) with change_id <=
@@ -70,6 +73,24 @@ struct ProgressUpdate {
   int64_t prune_tick = 0;  // the tick of prune_snapshot (for the caller)
   // Chain heads of the table's topic that moved: (partition, position).
   std::vector<std::pair<int32_t, Position>> heads;
+};
+
+// A change row in the bulk form (install.sql): a statement of many rows
+// written as arrays of record literals ("dt$rows", the column names in
+// "dt$cols"), up to 10,000 rows per change row. Its element e (0-based) is
+// the change at sub-position (e + 1) << Position::kElementShift of the change
+// row's position. ChangeLog::ReadBatch() stops at such a row and describes it
+// here; ChangeLog::ReadBulk() reads its elements in pieces.
+struct BulkRow {
+  int64_t change_id = 0;  // 0: none
+  int64_t txid = 0;
+  int64_t captured_us = 0;
+  Op op = Op::kInsert;
+  int32_t next = 0;  // the next element to read (0-based)
+  // Per field of its record literals, the TableSpec column it is, or -1 (a
+  // column dropped since); read with the first piece.
+  std::vector<int> columns;
+  bool active() const { return change_id != 0; }
 };
 
 class ChangeLog {
@@ -106,6 +127,8 @@ class ChangeLog {
     // Filled in: what ReadBatch(table, lo, tick, 0, limit, ...) would give.
     std::vector<Change> changes;
     int64_t last = 0;
+    int rows = 0;
+    BulkRow bulk;
     // The table has nothing in the batch (the probe found nothing): no read
     // was done and none is needed.
     bool empty = false;
@@ -161,10 +184,20 @@ class ChangeLog {
 
   // Reads up to `limit` change-table rows of table `t` in the batch (lo, hi]
   // with change_id > after, in change_id order, appending Changes to `out`
-  // (an UPDATE that changed the key gives two). Returns the last change_id
+  // (an UPDATE that changed the key gives two), and their number to *rows
+  // (may be null). Stops before the first change row in the bulk form, which
+  // it describes in *bulk (else leaves it inactive); the caller reads it with
+  // ReadBulk(), then goes on after its change_id. Returns the last change_id
   // read, or `after` when there was none.
   Result<int64_t> ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after, int limit,
-                            int64_t epoch, std::vector<Change>* out);
+                            int64_t epoch, std::vector<Change>* out, BulkRow* bulk,
+                            int* rows = nullptr);
+  // Reads the next at most `limit` elements of bulk row *bulk of table t in
+  // the batch up to tick `tick`, appending their changes to `out` and moving
+  // bulk->next. Returns true when the row is read to its end. Memory is
+  // bounded by the piece: the server expands only the slice asked for.
+  Result<bool> ReadBulk(size_t t, int64_t tick, int64_t epoch, int limit, BulkRow* bulk,
+                        std::vector<Change>* out);
 
   // Writes progress and chain heads and prunes delivered changes and old
   // ticks, in one transaction (one round trip). Progress and heads only move
@@ -213,7 +246,7 @@ class ChangeLog {
   Status ReadProbed(std::string_view probed, const Tick& lo, const Tick& hi, int64_t epoch,
                     std::span<TickRead> reads);
   Result<int64_t> ParseBatch(size_t t, const pg::QueryResult& r, int64_t tick, int64_t after,
-                             int64_t epoch, std::vector<Change>* out);
+                             int64_t epoch, std::vector<Change>* out, BulkRow* bulk);
   pg::Connection* conn_;
   const std::vector<TableSpec>* tables_;
   std::string tunnel_;
@@ -243,15 +276,20 @@ class ReadSizer {
   static constexpr int kMaxRows = 5000;
   static constexpr int64_t kBudgetBytes = 16 << 20;
 
+  // Tests only: at most this many rows (changes, or elements of a change row
+  // in the bulk form) per read, to read a bulk row in many pieces.
+  static constexpr const char* kMaxRowsEnv = "DATATUNNEL_TEST_READ_ROWS";
+
   // Starts with the estimates of `log`'s tables (ChangeLog::EstimatedRowBytes).
   void Start(ChangeLog& log, size_t tables);
   int Limit(size_t t) const;
-  // Notes the changes of one read of table t; returns how many change-table
-  // rows they came from (an UPDATE that changed the key gives two changes).
+  // Notes the changes of one read of table t; returns how many changes they
+  // are (an UPDATE that changed the key gives two Changes, one change).
   int64_t Observe(size_t t, const std::vector<Change>& changes);
 
  private:
   std::vector<double> avg_change_bytes_;
+  int max_rows_ = kMaxRows;
 };
 
 // A position at or after every message any producer of tunnel `tunnel` has

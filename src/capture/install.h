@@ -4,6 +4,10 @@
 //   <schema>.<table>_cdc        the change table: "dt$change_id" (from the
 //                               shared sequence datatunnel.change_id_seq),
 //                               "dt$txid", "dt$action", "dt$captured_at",
+//                               "dt$cols", "dt$rows" (a statement of more
+//                               than 1,000 rows: its rows as an array of
+//                               record literals, up to 10,000 per change
+//                               row, and their column names; else NULL),
 //                               "dt$old1".."dt$old<n>" (the n key columns'
 //                               values before an UPDATE that changed the
 //                               key; written by versions before the
@@ -16,7 +20,8 @@
 //                               writers need no rights on the change table).
 //   datatunnel_capture_insert   AFTER INSERT FOR EACH STATEMENT, with the
 //   datatunnel_capture_update   transition tables "dt$new" / "dt$old": one
-//   datatunnel_capture_delete   set-based INSERT per statement. An UPDATE
+//   datatunnel_capture_delete   set-based INSERT per statement, or for more
+//                               than 1,000 rows the arrays. An UPDATE
 //                               pairs old and new rows by key (install.sql).
 //                               `init` replaces the row-level trigger
 //                               datatunnel_capture of earlier versions,
@@ -58,6 +63,10 @@ inline constexpr const char* kChangeIdColumn = "\"dt$change_id\"";
 inline constexpr const char* kTxidColumn = "\"dt$txid\"";
 inline constexpr const char* kActionColumn = "\"dt$action\"";
 inline constexpr const char* kCapturedAtColumn = "\"dt$captured_at\"";
+// The bulk form (capture/change_log.h, BulkRow): the column names of the
+// rows, and the rows as record literals; NULL in a change row of one row.
+inline constexpr const char* kColsColumn = "\"dt$cols\"";
+inline constexpr const char* kRowsColumn = "\"dt$rows\"";
 // The quoted old-key column of key column `n` (0-based): "dt$old<n+1>".
 std::string OldKeyColumn(size_t n);
 inline constexpr const char* kNotifyChannel = "datatunnel";

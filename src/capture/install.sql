@@ -122,6 +122,12 @@ ALTER TABLE datatunnel.chain_heads
 CREATE SEQUENCE IF NOT EXISTS datatunnel.change_id_seq AS bigint;
 ALTER TABLE datatunnel.ticks ADD COLUMN IF NOT EXISTS change_seq bigint;
 
+-- Progress inside a change row that holds a whole statement's rows (the
+-- bulk form, install_capture below): published_sub is the position's sub of
+-- the last delivered element (element e, 0-based, is sub (e + 1) << 16), 0
+-- for a change row of one row.
+ALTER TABLE datatunnel.tables ADD COLUMN IF NOT EXISTS published_sub integer NOT NULL DEFAULT 0;
+
 -- Creates or updates the capture of one table: the change table (adding
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),
 -- the trigger function and the triggers. Returns one line per action taken.
@@ -149,6 +155,10 @@ DECLARE
   v_body text;
   v_stmt boolean;
   v_current text;
+  v_bulk text;
+  v_tpl text;
+  v_same text;
+  v_comp text;
   r record;
 BEGIN
   SELECT n.nspname, c.relname INTO v_schema, v_name
@@ -198,7 +208,8 @@ BEGIN
     -- its size follows the backlog, not the history.
     EXECUTE pg_catalog.format(
       E'CREATE TABLE %s (\n  "dt$change_id" bigint PRIMARY KEY DEFAULT pg_catalog.nextval(\'datatunnel.change_id_seq\'::regclass),\n  "dt$txid" bigint NOT NULL,\n'
-      || E'  "dt$action" text NOT NULL,\n  "dt$captured_at" timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()%s\n)'
+      || E'  "dt$action" text NOT NULL,\n  "dt$captured_at" timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),\n'
+      || E'  "dt$cols" text[],\n  "dt$rows" text[]%s\n)'
       || ' WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,'
       || ' autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000)',
       v_cdc, v_defs);
@@ -233,6 +244,28 @@ BEGIN
       EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I %s', v_cdc, r.name, r.typ);
       v_actions := v_actions || ('added column ' || r.name || ' to ' || v_schema || '.' || v_name || '_cdc');
     END LOOP;
+  END IF;
+
+  -- The bulk form's columns (see the trigger function below), which change
+  -- tables of earlier versions lack; "dt$rows" compressed with lz4 where the
+  -- server has it (PostgreSQL 14 and later, built with lz4), else with
+  -- default_toast_compression (pglz unless set).
+  v_cdc_oid := pg_catalog.to_regclass(v_cdc);
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = v_cdc_oid
+                 AND b.attname = 'dt$rows' AND NOT b.attisdropped) THEN
+    EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS "dt$cols" text[], '
+      'ADD COLUMN IF NOT EXISTS "dt$rows" text[]', v_cdc);
+    v_actions := v_actions || ('added columns dt$cols and dt$rows to ' || v_schema || '.' || v_name
+      || '_cdc (statements of many rows are captured as arrays)');
+  END IF;
+  IF pg_catalog.current_setting('server_version_num')::integer >= 140000
+     AND EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression'
+                 AND 'lz4' = ANY (enumvals)) THEN
+    EXECUTE 'SELECT attcompression::text FROM pg_catalog.pg_attribute WHERE attrelid = $1 '
+      'AND attname = ''dt$rows''' INTO v_comp USING v_cdc_oid;
+    IF v_comp IS DISTINCT FROM 'l' THEN
+      EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN "dt$rows" SET COMPRESSION lz4', v_cdc);
+    END IF;
   END IF;
 
   -- The trigger function, generated from the catalog, run by three
@@ -282,11 +315,52 @@ BEGIN
       FROM pg_catalog.pg_attribute a
       WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
     v_head := pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action", %s)\n', v_cdc, v_cols);
+    -- The bulk form: a statement of more than 1,000 rows (or an UPDATE of as
+    -- many that changes no key) writes them as arrays, one change row per
+    -- 10,000 rows, each row in its text form (a record literal) in "dt$rows"
+    -- and the table's column names at the time in "dt$cols". One change row
+    -- per changed row costs a heap row, an index entry and their WAL, about
+    -- what a bare INSERT of the row costs (197 MB of WAL per 1,000,000 rows);
+    -- an array is one row, compressed by TOAST (lz4 where the server has it).
+    -- Not the table's row type: a column of that type would make PostgreSQL
+    -- refuse ALTER COLUMN ... TYPE and DROP TABLE on the captured table. The
+    -- producer reads an array in pieces (capture/change_log.h, BulkRow);
+    -- element e is published at sub-position (e + 1) << 16. Below the
+    -- threshold a statement writes one change row per row (one query, whose
+    -- check reads at most 1,001 rows: EXISTS ... OFFSET 1000, an initplan,
+    -- costs a single-row statement less than a count), as do UPDATEs that
+    -- change a key (paired below). The threshold and the rows per change row are bench/README.md's
+    -- measurements ("source cost"). The rows' text is written with the
+    -- settings the producer reads with (pg/connection.cc: DateStyle, TimeZone,
+    -- IntervalStyle, extra_float_digits, bytea_output), set for the statement
+    -- and then put back: a value's text form must not depend on the writer's
+    -- session.
+    v_bulk := pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action", "dt$cols", "dt$rows")\n', v_cdc);
+    v_tpl := E'    %1$s      SELECT pg_catalog.txid_current(), %2$L, %3$s FROM %4$I %5$s\n'
+      || E'      WHERE NOT EXISTS (SELECT FROM %4$I OFFSET 1000)%7$s;\n'
+      || E'    GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
+      || E'    IF v_rows = 0 THEN\n'
+      || E'      v_env := ARRAY[pg_catalog.current_setting(''DateStyle''), pg_catalog.current_setting(''TimeZone''), '
+      || E'pg_catalog.current_setting(''IntervalStyle''), pg_catalog.current_setting(''extra_float_digits''), '
+      || E'pg_catalog.current_setting(''bytea_output'')];\n'
+      || E'      PERFORM pg_catalog.set_config(''DateStyle'', ''ISO, YMD'', true), '
+      || E'pg_catalog.set_config(''TimeZone'', ''UTC'', true), pg_catalog.set_config(''IntervalStyle'', ''postgres'', true), '
+      || E'pg_catalog.set_config(''extra_float_digits'', ''3'', true), pg_catalog.set_config(''bytea_output'', ''hex'', true);\n'
+      || E'      %9$s        SELECT pg_catalog.txid_current(), %2$L, (SELECT pg_catalog.array_agg(a.attname::text '
+      || E'ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 '
+      || E'AND NOT a.attisdropped), pg_catalog.array_agg(x.r)\n'
+      || E'        FROM (SELECT "dt$r"::text AS r, (pg_catalog.row_number() OVER () - 1) / 10000 AS g '
+      || E'FROM %4$I "dt$r") x%6$s\n'
+      || E'        GROUP BY x.g ORDER BY x.g;\n'
+      || E'      GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
+      || E'      PERFORM pg_catalog.set_config(''DateStyle'', v_env[1], true), '
+      || E'pg_catalog.set_config(''TimeZone'', v_env[2], true), pg_catalog.set_config(''IntervalStyle'', v_env[3], true), '
+      || E'pg_catalog.set_config(''extra_float_digits'', v_env[4], true), pg_catalog.set_config(''bytea_output'', v_env[5], true);\n'
+      || E'%8$s'
+      || E'    END IF;\n';
     IF v_keyexpr IS NULL THEN
-      v_update := pg_catalog.format(
-        E'    %1$s      SELECT pg_catalog.txid_current(), ''DELETE'', %3$s FROM "dt$old" o;\n'
-        || E'    %1$s      SELECT pg_catalog.txid_current(), ''INSERT'', %2$s FROM "dt$new" n;\n',
-        v_head, v_new, v_old);
+      v_update := pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk)
+        || pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk);
     ELSE
       -- The slow path: first the keys in both (UPDATE rows), then each key
       -- change as one row, as the row trigger wrote it: a key only among the
@@ -297,44 +371,48 @@ BEGIN
       -- one (duplicates of a configured key that is not unique) is a DELETE of
       -- the old row or an INSERT of the new one. (v_rows = 0 is tested on
       -- its own: PL/pgSQL evaluates it without a query, which an expression
-      -- with EXISTS needs, and most UPDATEs stop there.)
-      v_update := pg_catalog.format(
-        E'    %1$s      SELECT pg_catalog.txid_current(), ''UPDATE'', %3$s FROM "dt$new" n\n'
-        || E'      WHERE (SELECT pg_catalog.array_agg(%2$s) FROM "dt$old")\n'
-        || E'        IS NOT DISTINCT FROM (SELECT pg_catalog.array_agg(%2$s) FROM "dt$new");\n'
-        || E'    GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
-        || E'    IF v_rows = 0 THEN\n'
-        || E'      IF EXISTS (SELECT FROM "dt$old") THEN\n'
-        || E'        EXECUTE %4$L;\n'
-        || E'        EXECUTE %5$L;\n'
-        || E'      END IF;\n'
-        || E'    END IF;\n',
-        v_head, v_keyexpr, v_new,
-        v_head || E'  SELECT pg_catalog.txid_current(), ''UPDATE'', ' || v_new
-          || E' FROM "dt$new" n\n  WHERE EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')',
-        pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action"%s, %s)\n', v_cdc, v_old_cols, v_cols)
-          || E'  SELECT pg_catalog.txid_current(), CASE WHEN n."dt$rn" IS NULL THEN ''DELETE'' '
-          || E'WHEN d."dt$rn" IS NULL THEN ''INSERT'' ELSE ''UPDATE'' END' || v_keys || ', ' || v_either
-          || E'\n  FROM (SELECT n.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$new" n'
-          || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')) n'
-          || E'\n  FULL JOIN (SELECT o.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$old" o'
-          || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$new" n WHERE ' || v_match || ')) d'
-          || E'\n  ON n."dt$rn" = d."dt$rn"');
+      -- with EXISTS needs, and most UPDATEs stop there.) A bulk UPDATE that
+      -- changes no key takes the bulk form (the second INSERT, whose
+      -- one-time filter is the same comparison); one that does takes the
+      -- slow path.
+      v_same := pg_catalog.format(E'(SELECT pg_catalog.array_agg(%1$s) FROM "dt$old")\n'
+        || E'        IS NOT DISTINCT FROM (SELECT pg_catalog.array_agg(%1$s) FROM "dt$new")', v_keyexpr);
+      v_update := pg_catalog.format(v_tpl, v_head, 'UPDATE', v_new, 'dt$new', 'n',
+        E'\n        WHERE ' || v_same, E'\n      AND ' || v_same,
+        pg_catalog.format(
+          E'      IF v_rows = 0 THEN\n'
+          || E'        IF EXISTS (SELECT FROM "dt$old") THEN\n'
+          || E'          EXECUTE %1$L;\n'
+          || E'          EXECUTE %2$L;\n'
+          || E'        END IF;\n'
+          || E'      END IF;\n',
+          v_head || E'  SELECT pg_catalog.txid_current(), ''UPDATE'', ' || v_new
+            || E' FROM "dt$new" n\n  WHERE EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')',
+          pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action"%s, %s)\n', v_cdc, v_old_cols, v_cols)
+            || E'  SELECT pg_catalog.txid_current(), CASE WHEN n."dt$rn" IS NULL THEN ''DELETE'' '
+            || E'WHEN d."dt$rn" IS NULL THEN ''INSERT'' ELSE ''UPDATE'' END' || v_keys || ', ' || v_either
+            || E'\n  FROM (SELECT n.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$new" n'
+            || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')) n'
+            || E'\n  FULL JOIN (SELECT o.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$old" o'
+            || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$new" n WHERE ' || v_match || ')) d'
+            || E'\n  ON n."dt$rn" = d."dt$rn"'), v_bulk);
     END IF;
     v_body := pg_catalog.format(
-    E'\nDECLARE\n  v_rows bigint;\nBEGIN\n'
+    E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\nBEGIN\n'
     || E'  IF TG_OP = ''INSERT'' THEN\n'
-    || E'    %1$s      SELECT pg_catalog.txid_current(), ''INSERT'', %2$s FROM "dt$new" n;\n'
+    || '%1$s'
     || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
-    || '%4$s'
+    || '%3$s'
     || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
-    || E'    %1$s      SELECT pg_catalog.txid_current(), ''DELETE'', %3$s FROM "dt$old" o;\n'
+    || '%2$s'
     || E'  ELSE\n'
-    || E'    INSERT INTO %5$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
+    || E'    INSERT INTO %4$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
     || E'  END IF;\n'
     || E'  RETURN NULL;\n'
     || E'END ',
-      v_head, v_new, v_old, v_update, v_cdc);
+      pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk),
+      pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk),
+      v_update, v_cdc);
   ELSE
     -- A partitioned table, a partition or a table in an inheritance tree
     -- keeps the row-level trigger: statement triggers of a partition or an

@@ -50,7 +50,8 @@ Status ProgressBook::LoadHeads(ChangeLog& log) {
 }
 
 Position ProgressBook::SchemaMarkerPosition(size_t t, int64_t epoch) const {
-  Position m{epoch, progress_[t].tick, progress_[t].seq, 2};
+  const int32_t element = progress_[t].sub & ~Position::kPartMask;
+  Position m{epoch, progress_[t].tick, progress_[t].seq, element | 2};
   for (const Position& h : heads_[t]) {
     if (h >= m) m = Position{h.epoch, h.tick, h.seq, h.sub + 1};
   }
@@ -62,11 +63,14 @@ void ProgressBook::StartBatch(const Tick& hi) {
   ++cursor_;
 }
 
-int64_t ProgressBook::ResumeAfter(size_t t, int64_t tick, bool* done) const {
+int64_t ProgressBook::ResumeAfter(size_t t, int64_t tick, bool* done, int32_t* element) const {
   const TableProgress& p = progress_[t];
   *done = p.tick > tick || (p.tick == tick && p.seq >= Position::kEndOfTick);
-  if (*done) return 0;
-  return p.tick == tick ? p.seq : 0;  // part of this batch was delivered before a restart
+  *element = 0;
+  if (*done || p.tick != tick) return 0;
+  // Part of this batch was delivered before a restart.
+  *element = Position{0, 0, 0, p.sub}.element();
+  return p.seq;
 }
 
 void ProgressBook::Delivered(size_t t, const Position& pos, int64_t count, int64_t max_change_id,
@@ -99,6 +103,7 @@ Result<bool> ProgressBook::Record(ChangeLog& log, bool all) {
     u.table = t;
     u.tick = p.pos.tick;
     u.seq = p.pos.seq;
+    u.sub = p.pos.sub;
     u.delivered = p.delivered;
     u.heads.assign(p.heads.begin(), p.heads.end());
     // Everything visible in the newest fully delivered tick can go, once:
@@ -124,6 +129,7 @@ Result<bool> ProgressBook::Record(ChangeLog& log, bool all) {
   for (const auto& u : updates) {
     progress_[u.table].tick = u.tick;
     progress_[u.table].seq = u.seq;
+    progress_[u.table].sub = u.sub;
     if (!u.prune_snapshot.empty()) pruned_tick_[u.table] = u.prune_tick;
   }
   for (const auto& u : updates) pending_[u.table] = Pending{};

@@ -54,9 +54,9 @@ class ProgressBook {
   // its recorded chain heads, so the markers link to them ("source.prev"
   // must be older than "pos"). Heads never pass the recorded progress (the
   // delivery tracker reports them only up to a progress point), so the
-  // heads at the progress itself are a previous session's markers: sub 2
-  // and up, one more per session that recorded no progress (changes use
-  // sub 0 and 1).
+  // heads at the progress itself are a previous session's markers: part 2
+  // and up of the progress's element, one more per session that recorded
+  // no progress (changes use parts 0 and 1; Position::sub).
   Position SchemaMarkerPosition(size_t t, int64_t epoch) const;
   // The first batch the session publishes (its upper tick).
   int64_t first_batch() const { return first_batch_; }
@@ -75,8 +75,11 @@ class ProgressBook {
 
   // Where table t's batch up to tick `tick` resumes: the change_id after
   // which to read (0: from its start); *done when the table already
-  // delivered all of it (before a restart).
-  int64_t ResumeAfter(size_t t, int64_t tick, bool* done) const;
+  // delivered all of it (before a restart). *element > 0 when the change
+  // row at that change_id is in the bulk form and was delivered only up to
+  // its element *element - 1 (0-based): the batch resumes inside it, at
+  // element *element.
+  int64_t ResumeAfter(size_t t, int64_t tick, bool* done, int32_t* element) const;
 
   // Adds a delivery report: `pos` the table's newest delivered progress
   // point (the zero Position: none), `count` changes, `max_change_id` the

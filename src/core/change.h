@@ -51,8 +51,20 @@ struct Position {
   // change_id inside the batch; snapshot rows read at this tick come after
   // every change of the batch, at kSnapshotSeqBase + their row number.
   int64_t seq = 0;
-  // 0, or 1 for the insert half of an update that changed the key.
+  // Bits 0-15, the part: 0, or 1 for the insert half of an update that
+  // changed the key (2 and up: schema markers, ProgressBook). Bits 16-30,
+  // the element: 0 for a change row of one row; e + 1 for element e of a
+  // change row that holds a statement's rows (capture/change_log.h, BulkRow).
   int32_t sub = 0;
+
+  static constexpr int kElementShift = 16;
+  static constexpr int32_t kPartMask = (1 << kElementShift) - 1;
+  int32_t part() const { return sub & kPartMask; }
+  int32_t element() const { return sub >> kElementShift; }
+  // The same change (both halves of a key change are).
+  bool SameChange(const Position& o) const {
+    return epoch == o.epoch && tick == o.tick && seq == o.seq && element() == o.element();
+  }
 
   static constexpr int64_t kSnapshotSeqBase = int64_t{1} << 62;
   // seq value meaning "every change of this tick".

@@ -139,7 +139,7 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
   metrics_->table(t).captured += rows;
   for (size_t i = 0; i < changes.size(); ++i) {
     const Change& c = changes[i];
-    const bool split_first = i + 1 < changes.size() && changes[i + 1].pos.seq == c.pos.seq;
+    const bool split_first = i + 1 < changes.size() && changes[i + 1].pos.SameChange(c.pos);
     if (c.op == Op::kTruncate) {
       // Every partition gets the truncate, so it is ordered against every key.
       DT_RETURN_IF_ERROR(SendToAll(s, c, Kind::kChange));

@@ -286,7 +286,7 @@ void TargetCore::Committed() {
     batched[c->table] = true;
     auto& tm = metrics_->table(c->table);
     if (c->op == Op::kRead) continue;  // snapshot rows are not changes
-    if (c->pos.sub == 0) ++tm.applied;
+    if (c->pos.part() == 0) ++tm.applied;
     if (c->captured_us > 0) {
       tm.latency.Observe(static_cast<double>(now - c->captured_us) / 1e6);
       tm.last_captured_us = c->captured_us;

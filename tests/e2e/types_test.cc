@@ -9,6 +9,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <csignal>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -340,6 +343,101 @@ class TypesTest : public testing::TunnelFixture {
 TEST_F(TypesTest, EveryTypeSurvivesInMemory) { TypesRoundTrip(Mode::kMemory); }
 
 TEST_F(TypesTest, EveryTypeSurvivesThroughTheBroker) { TypesRoundTrip(Mode::kBroker); }
+
+// Issue 20 item 4: statements of more than 1,000 rows are captured as
+// arrays of rows (one change row per 10,000), written by a session whose
+// settings change every value's text form, read back in pieces of 300:
+// every type arrives exactly, key changes inside a bulk UPDATE too. ALTER
+// COLUMN ... TYPE and DROP TABLE on the captured table still work.
+TEST_F(TypesTest, BulkStatementsOfEveryType) {
+  OddDatabaseDefaults();
+  SourceCluster().Exec(src_, kTypesDdl);
+  SourceCluster().Exec(src_, kTypesRows);
+  SourceCluster().Exec(src_, fmt::format(kOddSessionRow, 10));
+  WriteConfig("[[tables]]\nsource = \"public.alltypes\"\n");
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "300"}};
+  auto run = std::make_shared<testing::Subprocess>(Args({"run", "--broker", "none"}), env);
+  started_.push_back(run);
+  ExpectInSync();
+  ASSERT_EQ(run->Stop(), 0) << run->Stderr();
+
+  // 11 edge rows x 500 copies; then every copy changed (no key change), a
+  // third of them moved to a new key, half deleted. The writer's session
+  // settings are odd (kOddSessionRow's, and the database's defaults).
+  const std::string odd =
+      "SET TimeZone = 'Asia/Kathmandu'; SET DateStyle = 'SQL, DMY'; "
+      "SET IntervalStyle = 'sql_standard'; SET extra_float_digits = -15; "
+      "SET bytea_output = 'escape';";
+  SourceCluster().Exec(
+      src_, odd + fmt::format("INSERT INTO alltypes (id, {0}) SELECT 1000 + g * 100 + id, {0} "
+                              "FROM alltypes, generate_series(1, 500) g WHERE id < 100",
+                              kTypesColumns));
+  SourceCluster().Exec(src_, odd +
+                                 "UPDATE alltypes SET tx = tx || 'u', f8 = -f8, bo = NOT bo, "
+                                 "by = by || '\\x01'::bytea WHERE id >= 1000");
+  EXPECT_EQ(Src("SELECT count(*) FROM alltypes_cdc WHERE \"dt$rows\" IS NOT NULL"), "2");
+  EXPECT_EQ(Src("SELECT sum(cardinality(\"dt$rows\")) FROM alltypes_cdc"), "11000");
+  SourceCluster().Exec(src_, odd +
+                                 "UPDATE alltypes SET id = id + 1000000, f4 = -f4 WHERE id >= "
+                                 "1000 AND id % 3 = 0");
+  SourceCluster().Exec(src_, odd + "DELETE FROM alltypes WHERE id >= 1000 AND id % 2 = 0");
+  EXPECT_EQ(Src("SELECT count(*) FROM alltypes_cdc WHERE \"dt$rows\" IS NOT NULL"), "3");
+  run = std::make_shared<testing::Subprocess>(Args({"run", "--broker", "none"}), env);
+  started_.push_back(run);
+  ExpectInSync();
+  ExpectSameTypes("after bulk statements");
+  EXPECT_EQ(Tgt("SELECT count(*) FROM alltypes"), Src("SELECT count(*) FROM alltypes"));
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+
+  // The change table holds the rows as text, not as the table's row type,
+  // so PostgreSQL still lets the table change type and go.
+  auto conn = SourceCluster().Connect(src_);
+  ASSERT_TRUE(conn);
+  auto alter = conn->Exec("ALTER TABLE alltypes ALTER COLUMN i2 TYPE integer");
+  EXPECT_TRUE(alter.ok()) << alter.message();
+  auto drop = conn->Exec("DROP TABLE alltypes");
+  EXPECT_TRUE(drop.ok()) << drop.message();
+}
+
+// Issue 20 item 4: a producer killed inside a change row of 5,000 rows,
+// read 10 at a time, resumes after its last delivered element: a table
+// without a key (where a duplicate would be an extra row) ends with exactly
+// the source's rows, each change counted once.
+TEST_F(TypesTest, ProducerKilledInsideABulkRowResumes) {
+  UseKafka();
+  SourceCluster().Exec(src_, "CREATE TABLE events (n integer, note text)");
+  WriteConfig("[[tables]]\nsource = \"public.events\"\n");
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "10"}};
+  auto produce = std::make_shared<testing::Subprocess>(Args({"produce"}), env);
+  started_.push_back(produce);
+  auto consume = Start({"consume"});
+  ExpectInSync();
+  SourceCluster().Exec(src_,
+                       "INSERT INTO events SELECT g % 2500, 'note ' || (g % 2500) "
+                       "FROM generate_series(1, 5000) g");
+  // Progress recorded inside the change row: element e is sub (e + 1) << 16.
+  const char* element =
+      "SELECT published_sub >> 16 FROM datatunnel.tables WHERE table_name = 'events'";
+  ASSERT_TRUE(testing::WaitUntil([&] { return std::stoi("0" + Src(element)) >= 50; }, 60))
+      << produce->Stderr();
+  produce->Signal(SIGKILL);
+  produce->Wait(10);
+  const int at = std::stoi("0" + Src(element));
+  EXPECT_GT(at, 0);
+  EXPECT_LT(at, 5000);  // killed inside the row
+  produce = std::make_shared<testing::Subprocess>(Args({"produce"}), env);
+  started_.push_back(produce);
+  ExpectInSync();
+  EXPECT_TRUE(Contains(produce->Stderr(), fmt::format("at its row {}", at))) << produce->Stderr();
+  EXPECT_EQ(Tgt("SELECT count(*) FROM events"), "5000");
+  EXPECT_EQ(Tgt("SELECT count(DISTINCT (n, note)) FROM events"), "2500");
+  EXPECT_EQ(Tgt("SELECT COALESCE(sum(applied_count), 0) FROM datatunnel.applied"), "5000");
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
 
 // Quoted, mixed-case and reserved names (PL/pgSQL's keywords too: "loop" is
 // part of a key), differing source and target names, and values that look

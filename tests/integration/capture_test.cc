@@ -57,6 +57,7 @@ class CaptureTest : public ::testing::Test {
     std::vector<Change> out;
     int64_t after = 0;
     capture::Tick hi;
+    capture::BulkRow bulk;
     if (++steps_ % 2 == 1) {
       std::string check;
       capture::ChangeLog::TickRead first;
@@ -66,7 +67,8 @@ class CaptureTest : public ::testing::Test {
       EXPECT_EQ(check, "sig");
       hi = *t;
       out = std::move(first.changes);
-      if (out.empty()) {
+      bulk = first.bulk;
+      if (out.empty() && !bulk.active()) {
         last_ = hi;
         return out;
       }
@@ -78,17 +80,32 @@ class CaptureTest : public ::testing::Test {
       hi = *t;
     }
     for (;;) {
+      if (bulk.active()) {
+        // A change row in the bulk form, in pieces of piece_ elements.
+        auto finished = log_->ReadBulk(0, hi.number, epoch_, piece_, &bulk, &out);
+        EXPECT_TRUE(finished.ok()) << finished.status().message();
+        if (!finished.ok()) break;
+        ++pieces_;
+        if (*finished) {
+          after = bulk.change_id;
+          bulk = capture::BulkRow{};
+        }
+        continue;
+      }
       size_t before = out.size();
-      auto last = log_->ReadBatch(0, last_, hi, after, 1000, epoch_, &out);
+      auto last = log_->ReadBatch(0, last_, hi, after, 1000, epoch_, &out, &bulk);
       EXPECT_TRUE(last.ok()) << last.status().message();
-      if (out.size() == before) break;
+      if (!last.ok()) break;
       after = *last;
+      if (out.size() == before && !bulk.active()) break;
     }
     last_ = hi;
     return out;
   }
 
   int steps_ = 0;
+  int piece_ = 1000;  // elements per read of a change row in the bulk form
+  int pieces_ = 0;    // such reads so far
   std::vector<std::string> warnings_;
   std::string db_;
   std::unique_ptr<pg::Connection> conn_;
@@ -108,7 +125,8 @@ TEST_F(CaptureTest, InstallIsIdempotentAndNamesTheBriefsColumns) {
                              "information_schema.columns WHERE table_name = 'employees_cdc'");
   EXPECT_EQ(
       *cols,
-      "dt$change_id,dt$txid,dt$action,dt$captured_at,dt$old1,emp_id,first_name,last_name,dob,city");
+      "dt$change_id,dt$txid,dt$action,dt$captured_at,dt$cols,dt$rows,dt$old1,emp_id,first_name,"
+      "last_name,dob,city");
 }
 
 TEST_F(CaptureTest, EveryOperationInCommitOrder) {
@@ -350,6 +368,86 @@ TEST_F(CaptureTest, BulkUpdatePairsOldAndNewRowsByKey) {
   }
   // A statement that changes no row adds nothing.
   SourceCluster().Exec(db_, "UPDATE employees SET city = 'x' WHERE false");
+  EXPECT_TRUE(NextBatch().empty());
+}
+
+// Issue 20 item 4: a statement of more than 1,000 rows is one change row per
+// 10,000 rows (its rows as an array), read back in pieces as the changes it
+// holds, in order, each at its own sub-position; an UPDATE that changes a
+// key keeps one change row per row (paired by key); small statements too.
+TEST_F(CaptureTest, BulkStatementsAreArraysReadInPieces) {
+  piece_ = 700;
+  auto cdc_rows = [&] {
+    return SourceCluster().Scalar(db_, "SELECT count(*) FROM employees_cdc").value_or("?");
+  };
+  auto expect_ordered = [](const std::vector<Change>& b) {
+    for (size_t i = 1; i < b.size(); ++i) ASSERT_LT(b[i - 1].pos, b[i].pos) << i;
+  };
+  SourceCluster().Exec(db_,
+                       "INSERT INTO employees(emp_id, first_name, last_name, city) SELECT g, "
+                       "'e' || g, CASE WHEN g % 3 = 0 THEN NULL WHEN g % 3 = 1 THEN '' ELSE "
+                       "'a \"q\", b\\c (x)' END, 'Oslo' FROM generate_series(1, 5000) g");
+  EXPECT_EQ(cdc_rows(), "1");
+  auto b = NextBatch();
+  ASSERT_EQ(b.size(), 5000u);
+  EXPECT_GE(pieces_, 7);
+  expect_ordered(b);
+  std::set<int> ids;
+  for (size_t i = 0; i < b.size(); ++i) {
+    const Change& c = b[i];
+    EXPECT_EQ(c.op, Op::kInsert);
+    EXPECT_EQ(c.pos.part(), 0);
+    EXPECT_EQ(c.pos.element(), static_cast<int32_t>(i + 1));
+    const int id = std::stoi(std::string(c.row.Get(0)));
+    ids.insert(id);
+    EXPECT_EQ(c.row.Get(1), "e" + std::to_string(id));
+    if (id % 3 == 0) {
+      EXPECT_TRUE(c.row.IsNull(2));
+    } else {
+      EXPECT_EQ(c.row.Get(2), id % 3 == 1 ? "" : "a \"q\", b\\c (x)");
+    }
+    EXPECT_TRUE(c.row.IsNull(3));
+    EXPECT_EQ(c.row.Get(4), "Oslo");
+  }
+  EXPECT_EQ(ids.size(), 5000u);
+
+  // No key changed: one change row of updates. Then a key change of 2,000
+  // rows: one change row per row, each a delete of the old key and an
+  // insert. Then a small statement, one change row.
+  SourceCluster().Exec(db_,
+                       "UPDATE employees SET city = 'Rome';"
+                       "UPDATE employees SET emp_id = emp_id + 100000 WHERE emp_id <= 2000;"
+                       "UPDATE employees SET city = 'Bern' WHERE emp_id = 4000");
+  EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1));  // nothing pruned here
+  b = NextBatch();
+  ASSERT_EQ(b.size(), 5000u + 4000u + 1u);
+  expect_ordered(b);
+  for (size_t i = 0; i < 5000; ++i) {
+    EXPECT_EQ(b[i].op, Op::kUpdate);
+    EXPECT_EQ(b[i].row.Get(4), "Rome");
+  }
+  for (size_t i = 5000; i < 9000; i += 2) {
+    EXPECT_EQ(b[i].op, Op::kDelete);
+    EXPECT_TRUE(b[i].key_only);
+    EXPECT_EQ(b[i + 1].op, Op::kInsert);
+    EXPECT_EQ(b[i + 1].pos.part(), 1);
+    EXPECT_EQ(std::stoi(std::string(b[i + 1].row.Get(0))),
+              std::stoi(std::string(b[i].row.Get(0))) + 100000);
+  }
+  EXPECT_EQ(b[9000].op, Op::kUpdate);
+  EXPECT_EQ(b[9000].pos.sub, 0);
+
+  SourceCluster().Exec(db_, "DELETE FROM employees WHERE emp_id BETWEEN 2001 AND 5000");
+  EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1 + 1));
+  b = NextBatch();
+  ASSERT_EQ(b.size(), 3000u);
+  expect_ordered(b);
+  for (const Change& c : b) {
+    EXPECT_EQ(c.op, Op::kDelete);
+    EXPECT_FALSE(c.key_only);  // a delete carries the whole old row
+    EXPECT_EQ(c.row.Get(1), "e" + std::string(c.row.Get(0)));
+    EXPECT_EQ(c.row.Get(4), c.row.Get(0) == "4000" ? "Bern" : "Rome");
+  }
   EXPECT_TRUE(NextBatch().empty());
 }
 
