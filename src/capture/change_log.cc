@@ -91,6 +91,20 @@ Result<std::vector<Position>> ChangeLog::LoadHeads(size_t t) {
   return heads;
 }
 
+std::string TickWritesQuery(const TableSpec& spec) {
+  std::string cols;
+  for (const auto& c : spec.columns) cols += (cols.empty() ? "" : ", ") + QuoteIdent(c.name);
+  // The batch's predicate (BatchQuery), its hi the tick's own snapshot.
+  return fmt::format(
+      "SELECT {0} FROM {1} "
+      "WHERE {2} >= pg_catalog.txid_snapshot_xmin($1::txid_snapshot) "
+      "  AND {2} < pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) "
+      "  AND pg_catalog.txid_visible_in_snapshot({2}, pg_catalog.txid_current_snapshot()) "
+      "  AND NOT pg_catalog.txid_visible_in_snapshot({2}, $1::txid_snapshot) "
+      "  AND {3} IN ('INSERT', 'UPDATE')",
+      cols, spec.change_table.Quoted(), kTxidColumn, kActionColumn);
+}
+
 Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel) {
   DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT (SELECT epoch FROM datatunnel.meta), "
                                            "(SELECT COALESCE(max(tick), 0) FROM datatunnel.ticks "
