@@ -217,13 +217,13 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
           need, spec.source.Quoted(), refs, range, not_null, join, select_list_, lhs);
       const int64_t own = chunk.count;
       if (packed) {
-        DT_RETURN_IF_ERROR(source.CopyOut(fmt::format("COPY ({}) TO STDOUT", closure),
-                                          [&](std::string_view line) {
-                                            chunk.copy_text.append(line);
-                                            chunk.copy_text.push_back('\n');
-                                            ++chunk.count;
-                                            return Status::OK();
-                                          }));
+        DT_RETURN_IF_ERROR(
+            source.CopyOut(fmt::format("COPY ({}) TO STDOUT", closure), [&](std::string_view line) {
+              chunk.copy_text.append(line);
+              chunk.copy_text.push_back('\n');
+              ++chunk.count;
+              return Status::OK();
+            }));
         chunk.bytes = static_cast<int64_t>(chunk.copy_text.size());
       } else {
         DT_ASSIGN_OR_RETURN(auto rows, source.Query(closure, params));
@@ -335,9 +335,9 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
     values += ")";
   }
   // Rows copied already are on the target, and so is what they reference.
-  const std::string refs = fmt::format(
-      "CROSS JOIN LATERAL (VALUES {}) v({}) WHERE {} AND ({}) > ({})", values, need, not_null,
-      vneed, copied);
+  const std::string refs =
+      fmt::format("CROSS JOIN LATERAL (VALUES {}) v({}) WHERE {} AND ({}) > ({})", values, need,
+                  not_null, vneed, copied);
   const std::string sql = fmt::format(
       "WITH RECURSIVE dt_w AS ({0}), dt_need({1}) AS ("
       "SELECT v.* FROM dt_w s {2} "

@@ -90,9 +90,8 @@ Result<int> Driver::Read(pg::Connection& source, int64_t epoch, int64_t tick,
 
 bool Driver::Waits(size_t t) const {
   if (!fk_order_ || links_.after.size() != snaps_.size()) return false;
-  return std::any_of(links_.after[t].begin(), links_.after[t].end(), [&](size_t u) {
-    return snaps_[u].active && !snaps_[u].all_read;
-  });
+  return std::any_of(links_.after[t].begin(), links_.after[t].end(),
+                     [&](size_t u) { return snaps_[u].active && !snaps_[u].all_read; });
 }
 
 bool Driver::SendsAsDelete(size_t table, int64_t tick) const {

@@ -54,7 +54,8 @@ Result<Links> LoadLinks(pg::Connection& source, const std::vector<TableSpec>& sp
     links.referencing[child] = true;
     reach[child][parent] = true;
     auto& referrers = links.referrers[parent];
-    if (child != parent && std::find(referrers.begin(), referrers.end(), child) == referrers.end()) {
+    if (child != parent &&
+        std::find(referrers.begin(), referrers.end(), child) == referrers.end()) {
       referrers.push_back(child);
     }
     if (child == parent) {

@@ -140,7 +140,8 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
   metrics_->table(t).captured += rows;
   for (size_t i = 0; i < changes.size(); ++i) {
     Change& c = changes[i];
-    if ((c.op == Op::kInsert || c.op == Op::kUpdate) && s.snaps->SendsAsDelete(c.table, c.pos.tick)) {
+    if ((c.op == Op::kInsert || c.op == Op::kUpdate) &&
+        s.snaps->SendsAsDelete(c.table, c.pos.tick)) {
       // Before its copy, a referencing table's row goes as a delete of its
       // key (snapshot/driver.h): its copy brings it.
       c.op = Op::kDelete;

@@ -318,14 +318,14 @@ class ForeignKeySnapshotTest : public ConsistencyTest {
     auto run = Start(kafka ? std::vector<std::string>{"run"}
                            : std::vector<std::string>{"run", "--broker", "none"});
     // Writers run through the copies.
-    ASSERT_TRUE(WaitUntil(
+    const bool consistent = WaitUntil(
         [&] {
           return Contains(Dt({"status", "--json"}).out, "\"consistent\":true");
         },
-        60))
-        << RunningLogs();
+        60);
     stop = true;
     writer.join();
+    ASSERT_TRUE(consistent) << RunningLogs();
     EXPECT_EQ(failed, "");
     EXPECT_GT(done.load(), 20);
     ExpectInSync();
