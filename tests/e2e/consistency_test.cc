@@ -261,15 +261,19 @@ class ForeignKeySnapshotTest : public ConsistencyTest {
     SourceCluster().Exec(src_,
                          "INSERT INTO child SELECT i, 1 + (i * 7) % 1500, 'c' FROM "
                          "generate_series(1, 3000) i");
-    // Managers later in key order, so in later chunks; a few levels deep.
+    // Managers in later chunks (1..400 under 2001..2400) and in earlier ones
+    // (1001..2400 under 1..1400): chains across chunks, closing in cycles.
+    // 401..1000 and 1401..2000 are referenced by no row, so only their own
+    // chunks copy them, while the writers below add employees under them.
     SourceCluster().Exec(src_,
-                         "INSERT INTO employees SELECT i, CASE WHEN i <= 1800 THEN i + 600 END, "
-                         "'e' || i FROM generate_series(2400, 1, -1) i");
+                         "INSERT INTO employees SELECT i, CASE WHEN i <= 400 THEN i + 2000 "
+                         "WHEN i > 1000 THEN i - 1000 END, 'e' || i FROM "
+                         "generate_series(2400, 1, -1) i");
     // The child first: the order of [[tables]] must not matter.
     WriteConfig(
         "[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.employees\"\n"
         "key = [\"emp_id\"]\n[[tables]]\nsource = \"public.parent\"\n",
-        std::string(kTransaction) + "snapshot_chunk_rows = 200\n");
+        std::string(kTransaction) + "snapshot_chunk_rows = 100\n");
     if (kafka) UseKafka();
     ASSERT_EQ(Dt({"init"}).code, 0);
     std::atomic<bool> stop{false};
@@ -296,7 +300,7 @@ class ForeignKeySnapshotTest : public ConsistencyTest {
               "AND {2} <> {3} AND EXISTS (SELECT 1 FROM employees WHERE emp_id = {2}); "
               "DELETE FROM employees e WHERE emp_id = {4} AND NOT EXISTS (SELECT 1 FROM "
               "employees r WHERE r.manager_id = e.emp_id); COMMIT",
-              50000 + p, 1 + (p * 37) % 2400, 1200 + (p * 41) % 1200, 1 + (p * 43) % 1200,
+              50000 + p, 401 + (p * 37) % 600, 1200 + (p * 41) % 1200, 1 + (p * 43) % 1200,
               1 + (p * 47) % 1200));
         }
         if (st.ok() && p % 2 == 0) {
