@@ -102,6 +102,31 @@ Result<std::vector<Position>> ChangeLog::LoadHeads(size_t t) {
   return heads;
 }
 
+std::string TickWritesQuery(const TableSpec& spec) {
+  std::string cols, elems, names;
+  for (const auto& c : spec.columns) {
+    const std::string sep = cols.empty() ? "" : ", ";
+    cols += sep + QuoteIdent(c.name);
+    elems += fmt::format("{}(e.v::{}).{}", sep, spec.source.Quoted(), QuoteIdent(c.name));
+    names += sep + QuoteLiteral(c.name);
+  }
+  // The batch's predicate (BatchQuery), its hi the tick's own snapshot.
+  const std::string in_tick = fmt::format(
+      "{0} >= pg_catalog.txid_snapshot_xmin($1::txid_snapshot) "
+      "  AND {0} < pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) "
+      "  AND pg_catalog.txid_visible_in_snapshot({0}, pg_catalog.txid_current_snapshot()) "
+      "  AND NOT pg_catalog.txid_visible_in_snapshot({0}, $1::txid_snapshot) "
+      "  AND {1} IN ('INSERT', 'UPDATE')",
+      kTxidColumn, kActionColumn);
+  // A bulk change row's elements are record literals of the table as it was
+  // written: read as the table's row type when its columns are still those.
+  return fmt::format(
+      "SELECT {0} FROM {1} WHERE {2} AND {3} IS NULL "
+      "UNION ALL SELECT {4} FROM {1}, pg_catalog.unnest({3}) AS e(v) "
+      "WHERE {2} AND {3} IS NOT NULL AND {5} = ARRAY[{6}]::text[]",
+      cols, spec.change_table.Quoted(), in_tick, kRowsColumn, elems, kColsColumn, names);
+}
+
 Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel) {
   DT_ASSIGN_OR_RETURN(auto r, source.Query("SELECT (SELECT epoch FROM datatunnel.meta), "
                                            "(SELECT COALESCE(max(tick), 0) FROM datatunnel.ticks "

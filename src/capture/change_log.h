@@ -298,6 +298,13 @@ class ReadSizer {
 // (epoch, tick, kEndOfTick, INT32_MAX).
 Result<Position> NewestRecordedPosition(pg::Connection& source, const std::string& tunnel);
 
+// The SQL of one tick's inserts and updates of `spec` (their after-images,
+// as `spec`'s columns), run inside the transaction that records the tick
+// (its snapshot is the tick's), with $1 the previous tick's snapshot. The
+// elements of bulk change rows are included while the table's columns are
+// those they were written with (after an ALTER they are left out).
+std::string TickWritesQuery(const TableSpec& spec);
+
 // The backend pid of the session holding tunnel `tunnel`'s producer lock (a
 // running producer), or 0 when none does.
 Result<int> ProducerBackend(pg::Connection& source, const std::string& tunnel);

@@ -7,13 +7,15 @@
 #include <algorithm>
 #include <set>
 
+#include "capture/change_log.h"
 #include "core/clock.h"
 #include "pg/catalog.h"
 
 namespace datatunnel::snapshot {
 
 Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, uint32_t table,
-                                int max_rows, int64_t max_bytes) {
+                                int max_rows, int64_t max_bytes,
+                                std::vector<std::vector<size_t>> self_refs) {
   DT_ASSIGN_OR_RETURN(auto info, pg::LoadTable(source, spec.source));
   if (!info) {
     return Status::Fatal(fmt::format("source table {} no longer exists", spec.source.ToString()));
@@ -36,6 +38,14 @@ Result<Chunker> Chunker::Create(pg::Connection& source, const TableSpec& spec, u
         "snapshot of {}: partitioned table without a unique index on its key ({}): reading it "
         "in key order without an index is slow; add a primary key or unique index on the key",
         spec.source.ToString(), fmt::join(key, ", "));
+  }
+  if (c.key_ordered_) {
+    c.self_refs_ = std::move(self_refs);
+  } else if (!self_refs.empty()) {
+    spdlog::warn(
+        "snapshot of {}: it references itself but is read in physical order (no unique index "
+        "on its key): a chunk may reference rows not copied yet; add a primary key",
+        spec.source.ToString());
   }
   for (size_t i = 0; i < spec.columns.size(); ++i) {
     if (i) c.select_list_ += ", ";
@@ -167,6 +177,74 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
     } else {
       chunk.next = cursor;
     }
+    if (chunk.count > 0 && !self_refs_.empty()) {
+      // The rows the chunk's rows reference through a self-reference,
+      // directly or through others, that lie outside the chunk (UNION
+      // stops at a cycle).
+      params.clear();
+      auto tuple = [&](const Cursor& c) {
+        std::string out;
+        for (size_t i = 0; i < spec.key.size(); ++i) {
+          out += fmt::format("{}{}::{}", i ? ", " : "",
+                             arg(c[i + 1] ? pg::Param(*c[i + 1]) : pg::Param()),
+                             spec.columns[spec.key[i]].type_sql);
+        }
+        return out;
+      };
+      std::string range = fmt::format("({}) <= ({})", lhs, tuple(chunk.next));
+      if (!cursor.empty()) range = fmt::format("({}) > ({}) AND {}", lhs, tuple(cursor), range);
+      std::string need, values, not_null, join;
+      for (size_t i = 0; i < spec.key.size(); ++i) {
+        const std::string n = QuoteIdent(fmt::format("dt$n{}", i));
+        need += (i ? ", " : "") + n;
+        not_null += fmt::format("{}v.{} IS NOT NULL", i ? " AND " : "", n);
+        join += fmt::format("{}s.{} = d.{}", i ? " AND " : "",
+                            QuoteIdent(spec.columns[spec.key[i]].name), n);
+      }
+      for (size_t f = 0; f < self_refs_.size(); ++f) {
+        values += f ? ", (" : "(";
+        for (size_t i = 0; i < self_refs_[f].size(); ++i) {
+          values += (i ? ", s." : "s.") + QuoteIdent(spec.columns[self_refs_[f][i]].name);
+        }
+        values += ")";
+      }
+      const std::string refs = fmt::format("CROSS JOIN LATERAL (VALUES {}) v({})", values, need);
+      const std::string closure = fmt::format(
+          "WITH RECURSIVE dt_need({0}) AS ("
+          "SELECT v.* FROM {1} s {2} WHERE {3} AND {4} "
+          "UNION SELECT v.* FROM {1} s JOIN dt_need d ON {5} {2} WHERE {4}) "
+          "SELECT {6} FROM {1} WHERE ({7}) IN (SELECT {0} FROM dt_need) AND NOT ({3})",
+          need, spec.source.Quoted(), refs, range, not_null, join, select_list_, lhs);
+      const int64_t own = chunk.count;
+      if (packed) {
+        DT_RETURN_IF_ERROR(
+            source.CopyOut(fmt::format("COPY ({}) TO STDOUT", closure), [&](std::string_view line) {
+              chunk.copy_text.append(line);
+              chunk.copy_text.push_back('\n');
+              ++chunk.count;
+              return Status::OK();
+            }));
+        chunk.bytes = static_cast<int64_t>(chunk.copy_text.size());
+      } else {
+        DT_ASSIGN_OR_RETURN(auto rows, source.Query(closure, params));
+        const int64_t now = NowMicros();
+        for (int i = 0; i < rows.rows(); ++i) {
+          Change c;
+          c.op = Op::kRead;
+          c.table = table_;
+          c.pos = Position{epoch, tick, Position::kSnapshotSeqBase + chunk.count, 0};
+          c.captured_us = now;
+          rows.ReadRow(i, 0, spec.columns.size(), &c.row);
+          chunk.bytes += static_cast<int64_t>(c.row.ByteSize());
+          chunk.rows.push_back(std::move(c));
+          ++chunk.count;
+        }
+      }
+      if (chunk.count > own) {
+        spdlog::debug("snapshot of {}: {} referenced row(s) copied with a chunk of {}",
+                      spec.source.ToString(), chunk.count - own, own);
+      }
+    }
   } else {
     // {"page", n, file}: `file` is the relation file the pages were counted
     // in. VACUUM FULL, CLUSTER, TRUNCATE and rewriting ALTER TABLEs write the
@@ -227,6 +305,57 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
     avg_row_bytes_ = std::max(16.0, static_cast<double>(chunk.bytes) / chunk.count);
   }
   return chunk;
+}
+
+Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& cursor,
+                                     const std::string& lo_snapshot, int64_t epoch, int64_t tick,
+                                     std::vector<Change>* out) {
+  const TableSpec& spec = *spec_;
+  if (self_refs_.empty() || cursor.size() != spec.key.size() + 1 || cursor[0] != "key") {
+    return Status::OK();
+  }
+  std::vector<pg::Param> params = {lo_snapshot};
+  std::string copied, need, vneed, values, not_null, join, key;
+  for (size_t i = 0; i < spec.key.size(); ++i) {
+    const Column& col = spec.columns[spec.key[i]];
+    params.push_back(cursor[i + 1] ? pg::Param(*cursor[i + 1]) : pg::Param());
+    copied += fmt::format("{}${}::{}", i ? ", " : "", params.size(), col.type_sql);
+    const std::string n = QuoteIdent(fmt::format("dt$n{}", i));
+    need += (i ? ", " : "") + n;
+    vneed += (i ? ", v." : "v.") + n;
+    not_null += fmt::format("{}v.{} IS NOT NULL", i ? " AND " : "", n);
+    join += fmt::format("{}s.{} = d.{}", i ? " AND " : "", QuoteIdent(col.name), n);
+    key += (i ? ", " : "") + QuoteIdent(col.name);
+  }
+  for (size_t f = 0; f < self_refs_.size(); ++f) {
+    values += f ? ", (" : "(";
+    for (size_t i = 0; i < self_refs_[f].size(); ++i) {
+      values += (i ? ", s." : "s.") + QuoteIdent(spec.columns[self_refs_[f][i]].name);
+    }
+    values += ")";
+  }
+  // Rows copied already are on the target, and so is what they reference.
+  const std::string refs =
+      fmt::format("CROSS JOIN LATERAL (VALUES {}) v({}) WHERE {} AND ({}) > ({})", values, need,
+                  not_null, vneed, copied);
+  const std::string sql = fmt::format(
+      "WITH RECURSIVE dt_w AS ({0}), dt_need({1}) AS ("
+      "SELECT v.* FROM dt_w s {2} "
+      "UNION SELECT v.* FROM {3} s JOIN dt_need d ON {4} {2}) "
+      "SELECT {5} FROM {3} WHERE ({6}) IN (SELECT {1} FROM dt_need)",
+      capture::TickWritesQuery(spec), need, refs, spec.source.Quoted(), join, select_list_, key);
+  DT_ASSIGN_OR_RETURN(auto rows, source.Query(sql, params));
+  const int64_t now = NowMicros();
+  for (int i = 0; i < rows.rows(); ++i) {
+    Change c;
+    c.op = Op::kRead;
+    c.table = table_;
+    c.pos = Position{epoch, tick, kReferencedSeqBase + static_cast<int64_t>(out->size()), 0};
+    c.captured_us = now;
+    rows.ReadRow(i, 0, spec.columns.size(), &c.row);
+    out->push_back(std::move(c));
+  }
+  return Status::OK();
 }
 
 Change PackedChange(Chunk* chunk, uint32_t table, int64_t epoch, int64_t tick) {

@@ -51,15 +51,34 @@ struct Chunk {
 
 class Chunker {
  public:
-  // Inspects the source table: chooses key or page order.
+  // Inspects the source table: chooses key or page order. `self_refs`: the
+  // table's foreign keys to its own key (snapshot/links.h), each as the
+  // columns that match spec.key; with them, a chunk read in key order also
+  // brings the rows its rows reference, directly or through others, at the
+  // same snapshot, so that it holds no reference to a row not copied yet.
   static Result<Chunker> Create(pg::Connection& source, const TableSpec& spec, uint32_t table,
-                                int max_rows, int64_t max_bytes);
+                                int max_rows, int64_t max_bytes,
+                                std::vector<std::vector<size_t>> self_refs = {});
 
   // Reads the chunk after `cursor`; with `packed`, as COPY text (for a sink
-  // that passes it through) instead of one change per row.
+  // that passes it through) instead of one change per row. The rows a
+  // self-reference brings (see Create) follow the chunk's own, which
+  // alone decide `next` and `last`.
   // REQUIRES: `source` is inside the tick's REPEATABLE READ transaction.
   Result<Chunk> Read(pg::Connection& source, const Cursor& cursor, int64_t epoch, int64_t tick,
                      bool packed = false);
+
+  // While the copy runs, inside the tick's transaction: the rows not
+  // copied yet (after `cursor`, the end of the copied range) that the
+  // tick's inserts and updates reference through a self-reference, directly
+  // or through others (`lo_snapshot`: the previous tick's), appended to
+  // *out as snapshot rows of tick `tick`, placed after the tick's changes and
+  // before its chunk. Nothing without self-references or before the first
+  // chunk.
+  Status ReadReferencedByTick(pg::Connection& source, const Cursor& cursor,
+                              const std::string& lo_snapshot, int64_t epoch, int64_t tick,
+                              std::vector<Change>* out);
+  bool self_referencing() const { return !self_refs_.empty(); }
 
   bool key_ordered() const { return key_ordered_; }
   // A unique index covers the key: no chunk holds a key twice.
@@ -77,7 +96,12 @@ class Chunker {
   double avg_row_bytes_ = 100;  // refined after each chunk
   double rows_per_page_ = 50;
   std::string select_list_;
+  std::vector<std::vector<size_t>> self_refs_;
 };
+
+// The first seq of the rows ReadReferencedByTick() reads: after every
+// change_id, before the chunk's rows.
+inline constexpr int64_t kReferencedSeqBase = Position::kSnapshotSeqBase - (int64_t{1} << 60);
 
 // The change that carries a packed chunk (read at tick `tick`) whole: its
 // rows as COPY text, taken from chunk->copy_text.

@@ -8,13 +8,19 @@
 
 namespace datatunnel::snapshot {
 
-Driver::Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chunk_bytes)
-    : specs_(specs), chunk_rows_(chunk_rows), chunk_bytes_(chunk_bytes), snaps_(specs->size()) {}
+Driver::Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chunk_bytes,
+               bool fk_order)
+    : specs_(specs),
+      chunk_rows_(chunk_rows),
+      chunk_bytes_(chunk_bytes),
+      fk_order_(fk_order),
+      snaps_(specs->size()) {}
 
 Status Driver::Poll(pg::Connection& source,
                     const std::function<void(size_t, const Progress&)>& started) {
   last_poll_us_ = MonotonicMicros();
   DT_ASSIGN_OR_RETURN(auto wanted, capture::SnapshotsWanted(source, *specs_));
+  bool links_read = false;
   for (size_t t = 0; t < snaps_.size(); ++t) {
     Snap& sn = snaps_[t];
     if (sn.active || !wanted[t]) continue;
@@ -24,13 +30,22 @@ Status Driver::Poll(pg::Connection& source,
     if (p.run == sn.run && sn.run != 0) continue;  // this run already finished here
     // Running from here on, also while its first read waits for a lock.
     started(t, p);
-    DT_ASSIGN_OR_RETURN(auto chunker, Chunker::Create(source, spec, static_cast<uint32_t>(t),
-                                                      chunk_rows_, chunk_bytes_));
+    if (fk_order_ && !links_read) {
+      // Read again for each start: the keys may have changed since.
+      DT_ASSIGN_OR_RETURN(links_, LoadLinks(source, *specs_));
+      links_read = true;
+    }
+    DT_ASSIGN_OR_RETURN(
+        auto chunker,
+        Chunker::Create(source, spec, static_cast<uint32_t>(t), chunk_rows_, chunk_bytes_,
+                        fk_order_ ? links_.self[t] : std::vector<std::vector<size_t>>{}));
     sn = Snap{};
     sn.active = true;
     sn.run = p.run;
     sn.chunker = std::move(chunker);
     sn.cursor = p.cursor;
+    // Resumed after chunks recorded: the copy had started.
+    if (!p.cursor.empty()) sn.first_tick = 1;
     spdlog::info("snapshot of {}: {} ({} rows so far of about {}, {} order)",
                  spec.source.ToString(), p.rows ? "resuming" : "starting", p.rows, p.total,
                  sn.chunker->key_ordered() ? "key" : "physical");
@@ -48,19 +63,49 @@ bool Driver::reading() const {
 }
 
 Result<int> Driver::Read(pg::Connection& source, int64_t epoch, int64_t tick,
-                         bool sink_takes_packed, Chunk* chunk) {
+                         const std::string& lo_snapshot, bool sink_takes_packed, Chunk* chunk,
+                         std::vector<Change>* referenced) {
+  referenced->clear();
+  for (Snap& sn : snaps_) {
+    // Its changes up to the first chunk's tick went as deletes.
+    if (!sn.active || sn.all_read || sn.first_tick == 0 || tick <= sn.first_tick) continue;
+    if (!sn.chunker->self_referencing()) continue;
+    DT_RETURN_IF_ERROR(
+        sn.chunker->ReadReferencedByTick(source, sn.cursor, lo_snapshot, epoch, tick, referenced));
+  }
   for (size_t i = 0; i < snaps_.size(); ++i) {
     const size_t t = (next_ + i) % snaps_.size();
     Snap& sn = snaps_[t];
-    if (!sn.active || sn.all_read) continue;
+    if (!sn.active || sn.all_read || Waits(t)) continue;
     // Passed through as COPY text where the sink takes it and no chunk
     // can hold a key twice (the target applies such a chunk whole).
     DT_ASSIGN_OR_RETURN(*chunk, sn.chunker->Read(source, sn.cursor, epoch, tick,
                                                  sink_takes_packed && sn.chunker->unique_key()));
     next_ = t + 1;
+    if (sn.first_tick == 0) sn.first_tick = tick;
     return static_cast<int>(t);
   }
   return -1;
+}
+
+bool Driver::Waits(size_t t) const {
+  if (!fk_order_ || links_.after.size() != snaps_.size()) return false;
+  return std::any_of(links_.after[t].begin(), links_.after[t].end(),
+                     [&](size_t u) { return snaps_[u].active && !snaps_[u].all_read; });
+}
+
+bool Driver::SendsAsDelete(size_t table, int64_t tick) const {
+  if (!fk_order_ || table >= snaps_.size() || links_.referencing.size() != snaps_.size()) {
+    return false;
+  }
+  const Snap& sn = snaps_[table];
+  if (!links_.referencing[table] || !sn.active || (sn.first_tick != 0 && tick > sn.first_tick)) {
+    return false;
+  }
+  // A delete must not hit a row that a table outside the copies references
+  // on the target (a table copied alone, say): those changes go as they are.
+  return std::all_of(links_.referrers[table].begin(), links_.referrers[table].end(),
+                     [&](size_t u) { return snaps_[u].active; });
 }
 
 void Driver::Committed(size_t table, const Cursor& next) { snaps_[table].cursor = next; }

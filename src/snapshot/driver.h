@@ -15,6 +15,21 @@
 //     progress is recorded (capture/progress_book.h), never before: a
 //     chunk is only recorded once the changes before it are.
 //
+// With `fk_order` (apply_consistency = "transaction") the copies follow the
+// foreign keys between the tunnel's source tables (snapshot/links.h), so
+// that the target's foreign keys hold at every commit:
+//   - a table's chunks are read only once every table it references
+//     (directly or not, outside its own cycle) has read its last chunk;
+//   - SendsAsDelete(): until its first chunk, the changes of a table that
+//     references a tunnel table (and whose referencing tables are being
+//     copied too) go to the target as deletes of their keys. Its copy
+//     brings every row that still exists, at its image of the chunk's tick,
+//     so the target loses nothing; sent as they are, such a change could
+//     reference a row whose copy has not reached the target yet.
+//   - while a self-referencing table is copied, a chunk brings the rows its
+//     rows reference, and a tick the rows not copied yet that its changes
+//     reference (snapshot/chunker.h).
+//
 // Thread-safety: one thread (the producer's loop).
 #pragma once
 
@@ -22,6 +37,7 @@
 #include <deque>
 #include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "capture/snapshot_state.h"
@@ -29,6 +45,7 @@
 #include "core/table.h"
 #include "pg/connection.h"
 #include "snapshot/chunker.h"
+#include "snapshot/links.h"
 
 namespace datatunnel::snapshot {
 
@@ -36,7 +53,8 @@ class Driver {
  public:
   // `specs` must outlive the driver. Chunks hold at most `chunk_rows` rows
   // and about `chunk_bytes` bytes.
-  Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chunk_bytes);
+  Driver(const std::vector<TableSpec>* specs, int chunk_rows, int64_t chunk_bytes,
+         bool fk_order = false);
 
   // Starts the snapshots requested or running in the bookkeeping that this
   // driver is not running (and did not finish in this run); `started` is
@@ -53,10 +71,15 @@ class Driver {
   // Reads the next chunk of the next snapshot with chunks left into *chunk,
   // at tick `tick`; packed as COPY text when `sink_takes_packed` and no
   // chunk of the table can hold a key twice. Returns the table, or -1 when
-  // no snapshot has chunks left. REQUIRES: `source` is inside the tick's
-  // transaction.
-  Result<int> Read(pg::Connection& source, int64_t epoch, int64_t tick, bool sink_takes_packed,
-                   Chunk* chunk);
+  // no snapshot has chunks left. With fk_order, first appends to
+  // *referenced the rows not copied yet that the tick's changes of a
+  // self-referencing table being copied reference (Chunker::
+  // ReadReferencedByTick; `lo_snapshot` the previous tick's snapshot), to
+  // send after the tick's changes and before the chunk. REQUIRES: `source`
+  // is inside the tick's transaction.
+  Result<int> Read(pg::Connection& source, int64_t epoch, int64_t tick,
+                   const std::string& lo_snapshot, bool sink_takes_packed, Chunk* chunk,
+                   std::vector<Change>* referenced);
   // The tick of a chunk Read() for `table` committed: the next chunk follows `next`.
   void Committed(size_t table, const Cursor& next);
   // The `rows` rows of the chunk Read() for `table` are sent (call before
@@ -65,6 +88,11 @@ class Driver {
   void ChunkSent(size_t table, const Cursor& next, int64_t rows);
   // The end-of-snapshot marker of `table` is sent, at tick `tick`.
   void MarkerSent(size_t table, int64_t tick);
+
+  // A change of `table` at tick `tick` is sent as a delete of its key
+  // (fk_order, see above): the table's snapshot runs and its first chunk was
+  // read at a later tick, or is not read yet.
+  bool SendsAsDelete(size_t table, int64_t tick) const;
 
   // Delivery reports: `chunks` more chunks of `table` have all their rows
   // delivered; `marker` its end-of-snapshot marker is.
@@ -79,6 +107,9 @@ class Driver {
     bool all_read = false;    // last chunk and marker sent
     int64_t marker_tick = 0;  // the end marker's tick, once sent
     int64_t run = 0;
+    // The tick of the first chunk read in this run (0: none yet; 1 when
+    // resumed after a chunk recorded earlier).
+    int64_t first_tick = 0;
     std::optional<Chunker> chunker;
     Cursor cursor;  // where the next chunk starts
     struct Inflight {
@@ -91,9 +122,14 @@ class Driver {
     bool marker_done = false;
   };
 
+  // fk_order: table `t`'s chunks wait for a table it references.
+  bool Waits(size_t t) const;
+
   const std::vector<TableSpec>* specs_;
   int chunk_rows_;
   int64_t chunk_bytes_;
+  bool fk_order_;
+  Links links_;  // fk_order: read when a snapshot starts
   std::vector<Snap> snaps_;
   size_t next_ = 0;  // the table whose turn it is to read
   int64_t last_poll_us_ = 0;

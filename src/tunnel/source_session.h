@@ -26,6 +26,9 @@ struct SourceWorker::Work {
   std::optional<capture::BatchReader> batch;
   int chunk_table = -1;
   snapshot::Chunk chunk;
+  // Rows a self-referencing table's changes reference, not copied yet
+  // (snapshot::Driver::Read), sent before the chunk.
+  std::vector<Change> referenced;
   bool replay = false;  // a tick recorded before a restart
 };
 

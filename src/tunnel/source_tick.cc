@@ -70,7 +70,8 @@ Status SourceWorker::RecordTick(Session& s, Work& w) {
   DT_ASSIGN_OR_RETURN(w.hi, s.log->BeginTick(w.lo.number + 1));
   DT_RETURN_IF_ERROR(s.schema->VerifyInTick());
   // While a snapshot runs, read one chunk at exactly this tick's snapshot.
-  auto table = s.snaps->Read(*s.conn, s.epoch, w.hi.number, sink_->TakesPackedChunks(), &w.chunk);
+  auto table = s.snaps->Read(*s.conn, s.epoch, w.hi.number, w.lo.snapshot,
+                             sink_->TakesPackedChunks(), &w.chunk, &w.referenced);
   if (!table.ok()) {
     s.conn->RollbackQuietly();
     return table.status();
@@ -138,7 +139,13 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
   if (!*progressed) return Status::OK();
   metrics_->table(t).captured += rows;
   for (size_t i = 0; i < changes.size(); ++i) {
-    const Change& c = changes[i];
+    Change& c = changes[i];
+    if ((c.op == Op::kInsert || c.op == Op::kUpdate) &&
+        s.snaps->SendsAsDelete(c.table, c.pos.tick)) {
+      // Before its copy, a referencing table's row goes as a delete of its
+      // key (snapshot/driver.h): its copy brings it.
+      c.op = Op::kDelete;
+    }
     const bool split_first = i + 1 < changes.size() && changes[i + 1].pos.SameChange(c.pos);
     if (c.op == Op::kTruncate) {
       // Every partition gets the truncate, so it is ordered against every key.
@@ -154,9 +161,13 @@ Status SourceWorker::StepTick(Session& s, bool* progressed) {
 
 Status SourceWorker::FinishTick(Session& s) {
   Work& w = *s.work;
+  for (Change& row : w.referenced) {
+    // A snapshot row: not a progress point (its seq is no change_id).
+    DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(row), Kind::kSnapshotRow));
+  }
   if (w.chunk_table >= 0) DT_RETURN_IF_ERROR(SendChunk(s));
   if (options_.pipeline.transactional() &&
-      (w.batch->had_changes() || w.chunk_table >= 0 || w.replay)) {
+      (w.batch->had_changes() || w.chunk_table >= 0 || !w.referenced.empty() || w.replay)) {
     // Consumers commit whole ticks: tell them this one is all sent. The
     // tick counts as delivered only with its record (a part before the
     // tick's end); a tick replayed after a restart always sends one, since

@@ -134,7 +134,7 @@ Status SourceWorker::Prepare(Session& s) {
   s.read_sizer.Start(*s.log, s.specs.size());
   s.ticker.emplace(options_.pipeline);
   s.snaps.emplace(&s.specs, options_.pipeline.snapshot_chunk_rows,
-                  options_.pipeline.snapshot_chunk_bytes);
+                  options_.pipeline.snapshot_chunk_bytes, options_.pipeline.transactional());
   return PollSnapshots(s);
 }
 
