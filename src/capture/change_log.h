@@ -187,10 +187,13 @@ class ChangeLog {
   std::string BatchQuery(const TableSpec& spec, bool in_tick) const;
   void PrepareQueries();
   // Per-table statements are prepared once per connection (named
-  // statements, generic plans), as the probe is: with hundreds of tables a
-  // batch under load reads and prunes tens of them, and planning each such
-  // statement every time cost more than running it. Prepares, in one round
-  // trip, the reads (`prune`: the prunes) of `tables` not yet prepared.
+  // statements), as the probe is: with hundreds of tables a batch under load
+  // reads and prunes tens of them, and planning each read every time cost
+  // more than running it. The reads run their generic plan; the prunes are
+  // left to PostgreSQL's choice (custom plans while the generic one looks
+  // costlier: a backlog's prune must not become a scan of the whole table).
+  // Prepares, in one round trip, the reads (`prune`: the prunes) of `tables`
+  // not yet prepared.
   Status PrepareTables(std::span<const size_t> tables, bool prune);
   // EXECUTE of table t's prepared read of batch (lo, hi] after `after`.
   std::string ReadCall(size_t t, int64_t after, const Tick& lo, const Tick& hi, int limit) const;
