@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "capture/install.h"
+#include "core/clock.h"
 
 namespace datatunnel::capture {
 
@@ -204,6 +205,19 @@ constexpr const char* kChangeIdOrder =
     "SELECT pg_catalog.set_config('enable_seqscan', 'off', true), "
     "pg_catalog.set_config('enable_bitmapscan', 'off', true)";
 
+// kChangeIdOrder's settings for the prepared reads (ChangeLog::PrepareTables),
+// which also run their generic plan, made once with those settings, instead
+// of planning each read again.
+constexpr const char* kPreparedReads =
+    "SELECT pg_catalog.set_config('enable_seqscan', 'off', true), "
+    "pg_catalog.set_config('enable_bitmapscan', 'off', true), "
+    "pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true)";
+
+// Old ticks are deleted at most this often: the statement reads every
+// table's progress row, which with hundreds of tables costs more than the
+// rest of a progress record (ticks kept a little longer cost nothing).
+constexpr int64_t kTicksPruneUs = 1'000'000;
+
 // The shared sequence's last id given out (0: none yet). Read in the tick's
 // INSERT, before the transaction takes its xid (at the row's insertion).
 constexpr const char* kChangeSeq =
@@ -212,6 +226,11 @@ constexpr const char* kChangeSeq =
 // The names of the statements prepared on the producer's connection.
 constexpr const char* kProbeStatement = "datatunnel_probe";
 constexpr const char* kCountsStatement = "datatunnel_counts";
+constexpr const char* kProgressStatement = "datatunnel_progress";
+// Per table: "datatunnel_read_<t>", "datatunnel_prune_<t>".
+std::string TableStatement(bool prune, size_t t) {
+  return fmt::format("datatunnel_{}_{}", prune ? "prune" : "read", t);
+}
 
 // The xmin (or, with `xmax`, the xmax) of a txid_snapshot's text.
 int64_t SnapshotBound(std::string_view snapshot, bool xmax) {
@@ -302,19 +321,17 @@ Status ChangeLog::ReadProbed(std::string_view probed, const Tick& lo, const Tick
   }
   for (auto& r : reads) r.empty = true;
   if (tables.empty()) return Status::OK();
-  pg::Arena arena;
+  DT_RETURN_IF_ERROR(PrepareTables(tables, false));
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
-  stmts.push_back({kChangeIdOrder, {}});
+  stmts.push_back({kPreparedReads, {}});
   std::vector<size_t> which;  // index into reads, per read statement
   for (size_t t : tables) {
     for (size_t i = 0; i < reads.size(); ++i) {
       if (reads[i].table != t) continue;
       reads[i].empty = false;
       which.push_back(i);
-      stmts.push_back(
-          {batch_queries_[t],
-           {"0", lo.snapshot, hi.snapshot, arena.Keep(std::to_string(reads[i].limit))}});
+      stmts.push_back({ReadCall(t, 0, lo, hi, reads[i].limit), {}});
     }
   }
   stmts.push_back({"COMMIT", {}});
@@ -524,15 +541,52 @@ void ChangeLog::PrepareQueries() {
   }
 }
 
+Status ChangeLog::PrepareTables(std::span<const size_t> tables, bool prune) {
+  std::vector<bool>& done = prune ? prune_prepared_ : read_prepared_;
+  done.resize(tables_->size(), false);
+  std::vector<pg::Statement> stmts;
+  std::vector<size_t> which;
+  for (size_t t : tables) {
+    if (done[t] || std::find(which.begin(), which.end(), t) != which.end()) continue;
+    const TableSpec& spec = (*tables_)[t];
+    which.push_back(t);
+    if (prune) {
+      stmts.push_back(
+          {fmt::format("PREPARE {} (bigint, txid_snapshot) AS DELETE FROM {} WHERE {} <= $1 AND "
+                       "pg_catalog.txid_visible_in_snapshot({}, $2)",
+                       TableStatement(true, t), spec.change_table.Quoted(), kChangeIdColumn,
+                       kTxidColumn),
+           {}});
+    } else {
+      stmts.push_back(
+          {fmt::format("PREPARE {} (bigint, txid_snapshot, txid_snapshot, integer) AS {}",
+                       TableStatement(false, t), batch_queries_[t]),
+           {}});
+    }
+  }
+  if (stmts.empty()) return Status::OK();
+  DT_RETURN_IF_ERROR(conn_->ExecPipeline(stmts));
+  for (size_t t : which) done[t] = true;
+  return Status::OK();
+}
+
+std::string ChangeLog::ReadCall(size_t t, int64_t after, const Tick& lo, const Tick& hi,
+                                int limit) const {
+  // Values of our own (numbers and snapshot text): EXECUTE takes no bound
+  // parameters.
+  return fmt::format("EXECUTE {}({}, {}, {}, {})", TableStatement(false, t), after,
+                     QuoteLiteral(lo.snapshot), QuoteLiteral(hi.snapshot), limit);
+}
+
 Result<int64_t> ChangeLog::ReadBatch(size_t t, const Tick& lo, const Tick& hi, int64_t after,
                                      int limit, int64_t epoch, std::vector<Change>* out,
                                      BulkRow* bulk, int* rows) {
   PrepareQueries();
-  const std::string a = std::to_string(after), l = std::to_string(limit);
+  DT_RETURN_IF_ERROR(PrepareTables({&t, 1}, false));
   const pg::Statement stmts[] = {
       {"BEGIN", {}},
-      {kChangeIdOrder, {}},
-      {batch_queries_[t], {a, lo.snapshot, hi.snapshot, l}},
+      {kPreparedReads, {}},
+      {ReadCall(t, after, lo, hi, limit), {}},
       {"COMMIT", {}},
   };
   std::vector<pg::QueryResult> results;
@@ -726,17 +780,34 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
 
 Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
   if (updates.empty()) return Status::OK();
-  // One round trip: the producer's loop waits for it.
+  // One round trip: the producer's loop waits for it (and, the first time a
+  // table is pruned on this connection, one more to prepare its prune).
+  std::vector<size_t> pruned;
+  for (const auto& u : updates) {
+    if (u.prune_upto > 0 && !u.prune_snapshot.empty()) pruned.push_back(u.table);
+  }
+  DT_RETURN_IF_ERROR(PrepareTables(pruned, true));
+  if (!progress_prepared_) {
+    DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
+        "PREPARE {} (text[], text[], bigint[], bigint[], bigint[], int[]) AS "
+        "UPDATE datatunnel.tables t SET published_tick = u.tick, published_seq = u.seq, "
+        "  published_sub = u.sub, published_count = t.published_count + u.n, "
+        "  published_at = now() "
+        "FROM unnest($1, $2, $3, $4, $5, $6) AS u(sch, tbl, tick, seq, n, sub) "
+        "WHERE t.schema_name = u.sch AND t.table_name = u.tbl "
+        "  AND (t.published_tick, t.published_seq, t.published_sub) < (u.tick, u.seq, u.sub)",
+        kProgressStatement)));
+    progress_prepared_ = true;
+  }
   pg::Arena arena;
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
   for (const auto& u : updates) {
     const TableSpec& spec = (*tables_)[u.table];
     if (u.prune_upto > 0 && !u.prune_snapshot.empty()) {
-      stmts.push_back({fmt::format("DELETE FROM {} WHERE {} <= $1 AND "
-                                   "pg_catalog.txid_visible_in_snapshot({}, $2::txid_snapshot)",
-                                   spec.change_table.Quoted(), kChangeIdColumn, kTxidColumn),
-                       {arena.Keep(std::to_string(u.prune_upto)), u.prune_snapshot}});
+      stmts.push_back({fmt::format("EXECUTE {}({}, {})", TableStatement(true, u.table),
+                                   u.prune_upto, QuoteLiteral(u.prune_snapshot)),
+                       {}});
     }
     if (!u.heads.empty()) {
       // Every head of the table in one statement, as parallel arrays.
@@ -788,23 +859,24 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
     subs.emplace_back(std::to_string(u.sub));
     counts.emplace_back(std::to_string(u.delivered));
   }
-  stmts.push_back(
-      {"UPDATE datatunnel.tables t SET published_tick = u.tick, published_seq = u.seq, "
-       "  published_sub = u.sub, published_count = t.published_count + u.n, "
-       "  published_at = now() "
-       "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], "
-       "  $6::int[]) AS u(sch, tbl, tick, seq, n, sub) "
-       "WHERE t.schema_name = u.sch AND t.table_name = u.tbl "
-       "  AND (t.published_tick, t.published_seq, t.published_sub) < (u.tick, u.seq, u.sub)",
-       {arena.Keep(pg::TextArrayLiteral(schemas)), arena.Keep(pg::TextArrayLiteral(names)),
-        arena.Keep(pg::TextArrayLiteral(ticks)), arena.Keep(pg::TextArrayLiteral(seqs)),
-        arena.Keep(pg::TextArrayLiteral(counts)), arena.Keep(pg::TextArrayLiteral(subs))}});
+  stmts.push_back({fmt::format("EXECUTE {}({}, {}, {}, {}, {}, {})", kProgressStatement,
+                               QuoteLiteral(pg::TextArrayLiteral(schemas)),
+                               QuoteLiteral(pg::TextArrayLiteral(names)),
+                               QuoteLiteral(pg::TextArrayLiteral(ticks)),
+                               QuoteLiteral(pg::TextArrayLiteral(seqs)),
+                               QuoteLiteral(pg::TextArrayLiteral(counts)),
+                               QuoteLiteral(pg::TextArrayLiteral(subs))),
+                   {}});
   // Keep the ticks some table may still need as its batch's lower bound.
-  stmts.push_back(
-      {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "
-       "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
-       "datatunnel.tables WHERE tunnel = $2)",
-       {arena.Keep(std::to_string(Position::kEndOfTick)), tunnel_}});
+  const int64_t now = MonotonicMicros();
+  const bool prune_ticks = ticks_pruned_us_ == 0 || now - ticks_pruned_us_ >= kTicksPruneUs;
+  if (prune_ticks) {
+    stmts.push_back(
+        {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "
+         "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
+         "datatunnel.tables WHERE tunnel = $2)",
+         {arena.Keep(std::to_string(Position::kEndOfTick)), tunnel_}});
+  }
   // Its xid, which the idle check ignores (ChangedSince).
   stmts.push_back({"SELECT pg_catalog.txid_current_if_assigned()", {}});
   stmts.push_back({"COMMIT", {}});
@@ -812,6 +884,7 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
   DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
   const pg::QueryResult& xid = results[results.size() - 2];
   if (xid.rows() == 1 && !xid.IsNull(0, 0)) own_xids_.push_back(xid.GetInt64(0, 0));
+  if (prune_ticks) ticks_pruned_us_ = now;
   return Status::OK();
 }
 

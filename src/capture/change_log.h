@@ -219,6 +219,17 @@ class ChangeLog {
   Status TickTaken(int64_t number) const;
   std::string BatchQuery(const TableSpec& spec, bool in_tick) const;
   void PrepareQueries();
+  // Per-table statements are prepared once per connection (named
+  // statements), as the probe is: with hundreds of tables a batch under load
+  // reads and prunes tens of them, and planning each read every time cost
+  // more than running it. The reads run their generic plan; the prunes are
+  // left to PostgreSQL's choice (custom plans while the generic one looks
+  // costlier: a backlog's prune must not become a scan of the whole table).
+  // Prepares, in one round trip, the reads (`prune`: the prunes) of `tables`
+  // not yet prepared.
+  Status PrepareTables(std::span<const size_t> tables, bool prune);
+  // EXECUTE of table t's prepared read of batch (lo, hi] after `after`.
+  std::string ReadCall(size_t t, int64_t after, const Tick& lo, const Tick& hi, int limit) const;
   // Whether RecordTick() and ReadFirst() probe (more than kProbeAbove tables).
   bool Probing() const { return tables_->size() > kProbeAbove; }
   // Prepares the probe statement (once per connection and `check_sql`;
@@ -260,8 +271,12 @@ class ChangeLog {
   // found rows (or none was made).
   int64_t counted_seq_ = -1;
   bool probe_prepared_ = false;
-  bool counts_prepared_ = false;  // CountAllPending()'s statement
-  std::string probe_check_;       // the check_sql the probe was prepared with
+  bool counts_prepared_ = false;                      // CountAllPending()'s statement
+  std::vector<bool> read_prepared_, prune_prepared_;  // per table (PrepareTables)
+  bool progress_prepared_ = false;                    // RecordProgress()'s UPDATE
+  // When RecordProgress() last deleted old ticks (MonotonicMicros; 0: never).
+  int64_t ticks_pruned_us_ = 0;
+  std::string probe_check_;  // the check_sql the probe was prepared with
   // Recent ticks: number -> (xmax of its snapshot, change_seq), for ProbeBound().
   std::map<int64_t, std::pair<int64_t, int64_t>> history_;
 };

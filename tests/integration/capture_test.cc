@@ -2,6 +2,7 @@
 // a late-committing transaction, key changes, truncate, pruning.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <map>
 #include <set>
 
@@ -582,6 +583,95 @@ TEST(CaptureManyTables, IdleTickSkipsProbeAndCheckButNeverAChange) {
   EXPECT_EQ((**counts)[2], 1);
   EXPECT_EQ((**counts)[4], 1);
   EXPECT_EQ((**counts)[0], 0);
+}
+
+// Issue 20 item 2, latency: with many tables, a tick reads only the change
+// tables with changes, each table's read is planned once per connection (a
+// prepared statement run with its generic plan), not at every batch:
+// planning them cost more than running them; prunes are prepared statements
+// too, of the pruned tables only.
+TEST(CaptureManyTables, ReadsOnlyChangedTablesPlannedOnceAndPreparesPrunes) {
+  const std::string db = SourceCluster().CreateDatabase("capture_many_plans");
+  constexpr int kTables = 6;
+  std::vector<TableConfig> configs;
+  for (int k = 0; k < kTables; ++k) {
+    const std::string name = "m" + std::to_string(k);
+    SourceCluster().Exec(db, "CREATE TABLE " + name + " (id serial PRIMARY KEY, v text)");
+    TableConfig tc;
+    tc.source = {"public", name};
+    tc.target = tc.source;
+    tc.topic = "t";
+    configs.push_back(tc);
+  }
+  auto conn = SourceCluster().Connect(db);
+  std::vector<std::string> warnings;
+  auto specs = capture::DescribeSourceTables(*conn, configs, &warnings);
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  ASSERT_TRUE(capture::Install(*conn, "t", *specs).ok());
+  capture::ChangeLog log(conn.get(), &*specs, "t");
+  ASSERT_GT(specs->size(), capture::ChangeLog::kProbeAbove);
+  const int64_t epoch = *log.LoadEpoch();
+  capture::Tick last = log.LoadTicks(0, 10)->back();
+  auto next = [&] {
+    std::vector<capture::ChangeLog::TickRead> reads(kTables);
+    for (int k = 0; k < kTables; ++k) {
+      reads[k].table = static_cast<size_t>(k);
+      reads[k].limit = 100;
+    }
+    std::string check;
+    auto t = log.RecordTick(last, "SELECT 'sig'", &check, epoch, reads);
+    EXPECT_TRUE(t.ok()) << t.status().message();
+    if (t.ok()) last = *t;
+    std::map<int, size_t> got;
+    for (const auto& r : reads) {
+      if (!r.changes.empty()) got[static_cast<int>(r.table)] = r.changes.size();
+    }
+    return got;
+  };
+  // The producer's own prepared statements: name -> "generic/custom" plans.
+  auto prepared = [&] {
+    auto r = conn->Query(
+        "SELECT name, generic_plans || '/' || custom_plans FROM pg_catalog.pg_prepared_statements "
+        "WHERE name LIKE 'datatunnel\\_read\\_%' OR name LIKE 'datatunnel\\_prune\\_%' "
+        "ORDER BY name");
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    std::map<std::string, std::string> out;
+    for (int i = 0; r.ok() && i < r->rows(); ++i) out[std::string(r->Get(i, 0))] = r->Get(i, 1);
+    return out;
+  };
+  EXPECT_TRUE(next().empty());
+  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
+  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('b')");
+  SourceCluster().Exec(db, "INSERT INTO m3 (v) VALUES ('c')");
+  EXPECT_EQ(next(), (std::map<int, size_t>{{1, 2}, {3, 1}}));
+  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('d')");
+  EXPECT_EQ(next(), (std::map<int, size_t>{{1, 1}}));
+  // Reads only of the tables with changes, each planned once.
+  EXPECT_EQ(prepared(), (std::map<std::string, std::string>{{"datatunnel_read_1", "2/0"},
+                                                            {"datatunnel_read_3", "1/0"}}));
+  // Pruning m1's delivered changes: its prune statement only.
+  capture::ProgressUpdate u;
+  u.table = 1;
+  u.tick = last.number;
+  u.seq = Position::kEndOfTick;
+  u.delivered = 3;
+  u.prune_upto = std::numeric_limits<int64_t>::max();
+  u.prune_snapshot = last.snapshot;
+  u.prune_tick = last.number;
+  ASSERT_TRUE(log.RecordProgress({&u, 1}).ok());
+  u.delivered = 0;
+  ASSERT_TRUE(log.RecordProgress({&u, 1}).ok());
+  EXPECT_EQ(SourceCluster().Count(db, "SELECT count(*) FROM " + (*specs)[1].change_table.Quoted()),
+            0);
+  EXPECT_EQ(SourceCluster().Count(db, "SELECT count(*) FROM " + (*specs)[3].change_table.Quoted()),
+            1);
+  EXPECT_EQ(SourceCluster().Count(db,
+                                  "SELECT published_count FROM datatunnel.tables WHERE "
+                                  "table_name = 'm1'"),
+            3);
+  const auto after = prepared();
+  ASSERT_TRUE(after.contains("datatunnel_prune_1"));
+  EXPECT_FALSE(after.contains("datatunnel_prune_3"));
 }
 
 class PartitionedCaptureTest : public CaptureTest {
