@@ -625,11 +625,16 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
        {arena.Keep(pg::TextArrayLiteral(schemas)), arena.Keep(pg::TextArrayLiteral(names)),
         arena.Keep(pg::TextArrayLiteral(ticks)), arena.Keep(pg::TextArrayLiteral(seqs)),
         arena.Keep(pg::TextArrayLiteral(counts))}});
-  // Keep the ticks some table may still need as its batch's lower bound.
+  // Keep the ticks some table may still need as its batch's lower bound,
+  // and every tick while a transaction registering a new table (auto_add,
+  // install.sql) is open: it holds kAddLockClass shared, and the tick it
+  // starts the table at must be there when it commits.
   stmts.push_back(
-      {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "
-       "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
-       "datatunnel.tables WHERE tunnel = $2)",
+      {fmt::format("DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT "
+                   "min(CASE WHEN published_seq = $1 THEN published_tick ELSE published_tick - 1 "
+                   "END) FROM datatunnel.tables WHERE tunnel = $2) AND (SELECT "
+                   "pg_catalog.pg_try_advisory_xact_lock({}, pg_catalog.hashtext($2)))",
+                   kAddLockClass),
        {arena.Keep(std::to_string(Position::kEndOfTick)), tunnel_}});
   // Its xid, which the idle check ignores (ChangedSince).
   stmts.push_back({"SELECT pg_catalog.txid_current_if_assigned()", {}});
