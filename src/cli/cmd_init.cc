@@ -223,6 +223,11 @@ int RunInit(const Globals& g, const InitOptions& o) {
       !st.ok()) {
     return Fail(st);
   }
+  // A running tunnel with auto_add carries tables this init captured at
+  // once (cli/table_watch.h); others at their next start.
+  if (source_changed && !auto_add.empty()) {
+    if (Status st = source.Exec("NOTIFY datatunnel, 'tables'"); !st.ok()) return Fail(st);
+  }
   for (const auto& t : config.tables) {
     if (t.from_pattern && before.count(t.source.ToString()) == 0) {
       fmt::print("new table {}: matches source = \"{}\" (line {}); captured from now on\n",
