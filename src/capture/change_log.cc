@@ -867,14 +867,19 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
                                QuoteLiteral(pg::TextArrayLiteral(counts)),
                                QuoteLiteral(pg::TextArrayLiteral(subs))),
                    {}});
-  // Keep the ticks some table may still need as its batch's lower bound.
+  // Keep the ticks some table may still need as its batch's lower bound,
+  // and every tick while a transaction registering a new table (auto_add,
+  // install.sql) is open: it holds kAddLockClass shared, and the tick it
+  // starts the table at must be there when it commits.
   const int64_t now = MonotonicMicros();
   const bool prune_ticks = ticks_pruned_us_ == 0 || now - ticks_pruned_us_ >= kTicksPruneUs;
   if (prune_ticks) {
     stmts.push_back(
-        {"DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT min(CASE WHEN "
-         "published_seq = $1 THEN published_tick ELSE published_tick - 1 END) FROM "
-         "datatunnel.tables WHERE tunnel = $2)",
+        {fmt::format("DELETE FROM datatunnel.ticks WHERE tunnel = $2 AND tick < (SELECT "
+                     "min(CASE WHEN published_seq = $1 THEN published_tick ELSE published_tick - 1 "
+                     "END) FROM datatunnel.tables WHERE tunnel = $2) AND (SELECT "
+                     "pg_catalog.pg_try_advisory_xact_lock({}, pg_catalog.hashtext($2)))",
+                     kAddLockClass),
          {arena.Keep(std::to_string(Position::kEndOfTick)), tunnel_}});
   }
   // Its xid, which the idle check ignores (ChangedSince).

@@ -309,7 +309,7 @@ Result<std::vector<std::string>> Leftovers(pg::Connection& source) {
       source.Query(
           "SELECT 'schema datatunnel' FROM pg_catalog.pg_namespace WHERE nspname = 'datatunnel' "
           "UNION ALL SELECT 'event trigger ' || evtname FROM pg_catalog.pg_event_trigger "
-          "  WHERE evtname IN ('datatunnel_ddl', 'datatunnel_drop') "
+          "  WHERE evtname IN ('datatunnel_ddl', 'datatunnel_drop', 'datatunnel_add') "
           "UNION ALL SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass) "
           "  FROM pg_catalog.pg_trigger t WHERE t.tgname IN ('datatunnel_capture', "
           "  'datatunnel_capture_insert', 'datatunnel_capture_update', "
@@ -364,8 +364,76 @@ Result<Created> CreateEventTriggerIfMissing(pg::Connection& source, const std::s
 
 }  // namespace
 
+Result<bool> MayCreateEventTriggers(pg::Connection& source) {
+  DT_ASSIGN_OR_RETURN(
+      auto r, source.Query("SELECT rolsuper OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles g "
+                           "WHERE g.rolname = 'rds_superuser' AND pg_catalog.pg_has_role(r.oid, "
+                           "g.oid, 'MEMBER')) FROM pg_catalog.pg_roles r WHERE r.rolname = "
+                           "current_user"));
+  return r.rows() == 1 && r.GetBool(0, 0);
+}
+
+namespace {
+
+// Replaces tunnel `tunnel`'s auto_add patterns by `entries`' and creates
+// the event trigger datatunnel_add when there are any, in the open
+// transaction.
+Status StoreAutoAdd(pg::Connection& source, const std::string& tunnel,
+                    const std::vector<TableConfig>& entries, InstallReport* report) {
+  DT_ASSIGN_OR_RETURN(auto before,
+                      source.Query("SELECT pattern FROM datatunnel.auto_add WHERE tunnel = $1 "
+                                   "ORDER BY entry",
+                                   {tunnel}));
+  std::vector<std::string> old_patterns, new_patterns;
+  for (int i = 0; i < before.rows(); ++i) old_patterns.emplace_back(before.Get(i, 0));
+  for (const auto& e : entries) new_patterns.push_back(e.pattern_text);
+  DT_RETURN_IF_ERROR(
+      source.Query("DELETE FROM datatunnel.auto_add WHERE tunnel = $1", {tunnel}).status());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const TableConfig& e = entries[i];
+    std::vector<std::optional<std::string>> schemas, names;
+    for (const auto& x : e.exclude) {
+      schemas.emplace_back(x.schema);
+      names.emplace_back(x.name);
+    }
+    DT_RETURN_IF_ERROR(
+        source
+            .Query("INSERT INTO datatunnel.auto_add (tunnel, entry, pattern, "
+                   "schema_like, name_like, exclude_schemas, exclude_names) "
+                   "VALUES ($1, $2, $3, $4, $5, $6::text[], $7::text[])",
+                   {tunnel, std::to_string(i + 1), e.pattern_text, e.pattern.schema, e.pattern.name,
+                    pg::TextArrayLiteral(schemas), pg::TextArrayLiteral(names)})
+            .status());
+  }
+  if (old_patterns != new_patterns) {
+    report->actions.push_back(
+        entries.empty() ? std::string("removed the auto_add patterns of tunnel \"" + tunnel + "\"")
+                        : fmt::format("auto_add: a new table matching {} is captured when it is "
+                                      "created",
+                                      fmt::join(new_patterns, " or ")));
+  }
+  if (entries.empty()) return Status::OK();
+  DT_ASSIGN_OR_RETURN(auto has, source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE "
+                                             "evtname = 'datatunnel_add'"));
+  if (has.rows() > 0) return Status::OK();
+  DT_RETURN_IF_ERROR(source.Exec("SAVEPOINT event_trigger"));
+  if (Status st = source.Exec(kAddTriggerDdl); !st.ok()) {
+    return Status::BadConfig(fmt::format(
+        "auto_add = true needs an event trigger, which only a superuser may create ({}); run "
+        "`datatunnel init` once as a superuser, or remove auto_add and run `datatunnel init` "
+        "after creating tables",
+        st.message()));
+  }
+  report->actions.push_back(
+      "created event trigger datatunnel_add (captures new tables matching auto_add patterns)");
+  return Status::OK();
+}
+
+}  // namespace
+
 Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
-                              const std::vector<TableSpec>& tables) {
+                              const std::vector<TableSpec>& tables,
+                              const std::vector<TableConfig>* auto_add) {
   InstallReport report;
   DT_RETURN_IF_ERROR(source.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
   auto fail = [&](Status st) {
@@ -398,6 +466,10 @@ Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
         "could not create the event trigger datatunnel_ddl (it needs a superuser): after every "
         "ALTER TABLE of a captured table, run `datatunnel init`; until then a dropped column "
         "makes writes to that table fail");
+  }
+
+  if (auto_add) {
+    if (Status st = StoreAutoAdd(source, tunnel, *auto_add, &report); !st.ok()) return fail(st);
   }
 
   // Tunnels: a table belongs to one tunnel. State of an earlier version
@@ -731,6 +803,34 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
     }
   }
   if (has_state->rows()) {
+    // auto_add patterns of tunnels left without tables go, and the event
+    // trigger with the last of them.
+    auto patterns =
+        source.Query("SELECT pg_catalog.to_regclass('datatunnel.auto_add') IS NOT NULL");
+    if (!patterns.ok()) return fail(patterns.status());
+    if (patterns->GetBool(0, 0)) {
+      patterns = source.Query(
+          "WITH gone AS (DELETE FROM datatunnel.auto_add a WHERE NOT EXISTS (SELECT 1 FROM "
+          "datatunnel.tables t WHERE t.tunnel = a.tunnel) RETURNING 1) "
+          // The statement's snapshot: the rows the DELETE keeps are those
+          // of tunnels with tables. None left: the trigger goes too.
+          "SELECT NOT EXISTS (SELECT 1 FROM datatunnel.auto_add a WHERE EXISTS (SELECT 1 FROM "
+          "datatunnel.tables t WHERE t.tunnel = a.tunnel)) FROM (SELECT count(*) FROM gone) g");
+      if (!patterns.ok()) return fail(patterns.status());
+    }
+    if (patterns->GetBool(0, 0)) {
+      auto has = source.Query(
+          "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'datatunnel_add'");
+      if (!has.ok()) return fail(has.status());
+      if (has->rows() > 0) {
+        if (Status st = source.Exec("DROP EVENT TRIGGER datatunnel_add"); !st.ok()) {
+          return fail(
+              st.WithContext("dropping event trigger datatunnel_add (run uninstall as the "
+                             "superuser who ran init)"));
+        }
+        actions.push_back("dropped event trigger datatunnel_add (auto_add)");
+      }
+    }
     auto left = source.Query("SELECT count(*) FROM datatunnel.tables");
     if (!left.ok()) return fail(left.status());
     if (left->GetInt64(0, 0) == 0) {

@@ -154,6 +154,22 @@ inline constexpr const char* kDropGuardDdl =
 inline constexpr const char* kDdlTriggerDdl =
     "CREATE EVENT TRIGGER datatunnel_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
     "EXECUTE FUNCTION datatunnel.on_ddl()";
+// The event trigger of auto_add (a pattern entry with auto_add = true):
+// captures a new matching table in the transaction that creates it
+// (install.sql, datatunnel.on_create()). Created by Install() when asked;
+// it needs a superuser, and `init` refuses auto_add without one.
+inline constexpr const char* kAddTriggerDdl =
+    "CREATE EVENT TRIGGER datatunnel_add ON ddl_command_end WHEN TAG IN ('CREATE TABLE', "
+    "'CREATE TABLE AS', 'SELECT INTO') EXECUTE FUNCTION datatunnel.on_create()";
+// The advisory lock class of auto_add ("DTNA", with hashtext(tunnel)): a
+// transaction that registers a new table holds it shared until it ends, and
+// the producer prunes ticks only when it gets it (ChangeLog::RecordProgress),
+// so the tick the new table starts at is still there when it commits.
+inline constexpr int32_t kAddLockClass = 0x44544e41;
+
+// Whether the role connected to `source` may create event triggers (a
+// superuser, or rds_superuser on Amazon RDS), as auto_add needs.
+Result<bool> MayCreateEventTriggers(pg::Connection& source);
 
 struct InstallReport {
   std::vector<std::string> actions;   // one line per action taken
@@ -168,8 +184,15 @@ struct InstallReport {
 // a table registered by an earlier version (no tunnel) is claimed for
 // `tunnel`. kBadConfig, with nothing changed, when a table belongs to
 // another tunnel (a table is captured by one tunnel only).
+//
+// `auto_add` (from `init`; null elsewhere): the tunnel's pattern entries
+// with auto_add = true, stored in datatunnel.auto_add in place of the
+// tunnel's earlier ones; when there are any, the event trigger
+// datatunnel_add is created if missing (kBadConfig, nothing changed, when
+// the role may not).
 Result<InstallReport> Install(pg::Connection& source, const std::string& tunnel,
-                              const std::vector<TableSpec>& tables);
+                              const std::vector<TableSpec>& tables,
+                              const std::vector<TableConfig>* auto_add = nullptr);
 
 // How a table's live columns differ from the columns the tunnel accepted.
 struct SchemaDrift {

@@ -611,3 +611,128 @@ BEGIN
   EXECUTE pg_catalog.format('DROP SEQUENCE %s', v_seq);
   RETURN 'moved change table ' || p_cdc::text || ' onto the shared change_id sequence (pending changes kept)';
 END $fn$;
+
+-- auto_add (a [[tables]] pattern entry with auto_add = true): the patterns
+-- `init` stores for the event trigger datatunnel_add, one row per entry, in
+-- the configuration's order. Each part is an SQL LIKE pattern (config.h,
+-- NamePattern), as are the exclude lists (pairs of schema and name).
+CREATE TABLE IF NOT EXISTS datatunnel.auto_add (
+  tunnel text NOT NULL,
+  entry integer NOT NULL,
+  pattern text NOT NULL,
+  schema_like text NOT NULL,
+  name_like text NOT NULL,
+  exclude_schemas text[] NOT NULL DEFAULT '{}',
+  exclude_names text[] NOT NULL DEFAULT '{}',
+  PRIMARY KEY (tunnel, entry));
+
+-- After CREATE TABLE, CREATE TABLE AS or SELECT INTO: captures a new table
+-- that an auto_add pattern selects, in the transaction that creates it, as
+-- `init` would (same catalog rules as CatalogTables: ordinary and
+-- partitioned tables, not partitions, not temporary tables, not change
+-- tables), and registers it with its snapshot requested: a running tunnel
+-- notices (NOTIFY datatunnel, 'tables') and copies it, then streams it. Its
+-- key is the primary key, else the first unique index, as the table has them
+-- when the statement ends; without either it is carried with full-row
+-- identity (a partitioned table without one is not added). It never fails
+-- the user's statement: a table it cannot add gets a WARNING saying why.
+-- datatunnel.adding guards against firing again for the change table
+-- install_capture creates. The shared advisory lock ("DTNA", tunnel) keeps
+-- the producer from pruning the tick the new table starts at until this
+-- transaction ends (ChangeLog::RecordProgress).
+CREATE OR REPLACE FUNCTION datatunnel.on_create() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+  r record;
+  a record;
+  v_key text[];
+  v_why text;
+BEGIN
+  IF pg_catalog.current_setting('datatunnel.adding', true) = 'on'
+     OR pg_catalog.to_regclass('datatunnel.auto_add') IS NULL THEN
+    RETURN;
+  END IF;
+  FOR r IN SELECT DISTINCT c.objid, n.nspname::text AS nspname, k.relname::text AS relname,
+                  k.relkind
+             FROM pg_catalog.pg_event_trigger_ddl_commands() c
+             JOIN pg_catalog.pg_class k ON k.oid = c.objid
+             JOIN pg_catalog.pg_namespace n ON n.oid = k.relnamespace
+            WHERE c.classid = 'pg_catalog.pg_class'::regclass AND c.objsubid = 0
+              AND c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+              AND k.relkind IN ('r', 'p') AND NOT k.relispartition AND k.relpersistence <> 't'
+              AND n.nspname NOT IN ('datatunnel', 'information_schema')
+              AND n.nspname NOT LIKE 'pg\_%'
+              AND NOT (k.relname LIKE '%\_cdc' AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b
+                       WHERE b.attrelid = k.oid AND b.attname = 'dt$change_id' AND NOT b.attisdropped))
+              AND NOT EXISTS (SELECT 1 FROM datatunnel.tables t
+                              WHERE t.schema_name = n.nspname AND t.table_name = k.relname) LOOP
+    BEGIN  -- an error in the checks is a WARNING too (below)
+      SELECT x.* INTO a FROM datatunnel.auto_add x
+       WHERE r.nspname LIKE x.schema_like AND r.relname LIKE x.name_like
+         AND NOT EXISTS (SELECT 1 FROM unnest(x.exclude_schemas, x.exclude_names) e(s, t)
+                         WHERE r.nspname LIKE e.s AND r.relname LIKE e.t)
+       ORDER BY x.tunnel, x.entry LIMIT 1;
+      -- (The multi-argument unnest above is the FROM clause's own form,
+      -- which cannot be schema-qualified.)
+      CONTINUE WHEN NOT FOUND;
+      v_key := NULL;
+      SELECT pg_catalog.array_agg(a2.attname::text ORDER BY u.ord) INTO v_key
+        FROM (SELECT i.indexrelid, i.indkey FROM pg_catalog.pg_index i
+               WHERE i.indrelid = r.objid AND i.indisunique AND i.indisvalid
+                 AND i.indpred IS NULL AND i.indexprs IS NULL
+               ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1) i
+        CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS u(attnum, ord)
+        JOIN pg_catalog.pg_attribute a2 ON a2.attrelid = r.objid AND a2.attnum = u.attnum;
+      v_why := CASE
+        WHEN pg_catalog.octet_length(r.relname || '_cdc') > 63 THEN
+          'its change table name ' || r.relname || '_cdc would be too long'
+        WHEN pg_catalog.to_regclass(pg_catalog.format('%I.%I', r.nspname, r.relname || '_cdc')) IS NOT NULL THEN
+          'a table named ' || r.relname || '_cdc, the name of its change table, exists already'
+        WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute b WHERE b.attrelid = r.objid
+                     AND b.attnum > 0 AND NOT b.attisdropped AND b.attname LIKE 'dt$%') THEN
+          'it has a column whose name starts with dt$ (datatunnel''s)'
+        WHEN v_key IS NULL AND r.relkind = 'p' THEN
+          'it is partitioned and has no primary key or unique index'
+        END;
+      IF v_why IS NOT NULL THEN
+        RAISE WARNING 'datatunnel: new table %.% matches auto_add pattern "%" of tunnel "%" but is not captured: %; fix that and run `datatunnel init`',
+          pg_catalog.quote_ident(r.nspname), pg_catalog.quote_ident(r.relname), a.pattern, a.tunnel, v_why;
+        CONTINUE;
+      END IF;
+      BEGIN
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1146375745, pg_catalog.hashtext(a.tunnel));
+        PERFORM pg_catalog.set_config('datatunnel.adding', 'on', true);
+        PERFORM datatunnel.install_capture(r.objid::regclass, COALESCE(v_key, '{}'));
+        PERFORM pg_catalog.set_config('datatunnel.adding', 'off', true);
+        INSERT INTO datatunnel.tables (tunnel, schema_name, table_name, change_table,
+            capture_function, key_columns, column_names, column_types, published_tick,
+            published_seq, snapshot_state, snapshot_run, snapshot_started_at)
+          SELECT a.tunnel, r.nspname, r.relname, r.relname || '_cdc', 'capture_' || r.objid,
+                 COALESCE(v_key, '{}'),
+                 (SELECT pg_catalog.array_agg(b.attname::text ORDER BY b.attnum)
+                    FROM pg_catalog.pg_attribute b
+                   WHERE b.attrelid = r.objid AND b.attnum > 0 AND NOT b.attisdropped),
+                 (SELECT pg_catalog.array_agg(pg_catalog.format_type(b.atttypid, b.atttypmod) ORDER BY b.attnum)
+                    FROM pg_catalog.pg_attribute b
+                   WHERE b.attrelid = r.objid AND b.attnum > 0 AND NOT b.attisdropped),
+                 pg_catalog.max(t.tick), 9223372036854775807, 'requested', 1, pg_catalog.now()
+            FROM datatunnel.ticks t WHERE t.tunnel = a.tunnel
+          HAVING pg_catalog.max(t.tick) IS NOT NULL;
+        IF NOT FOUND THEN
+          RAISE EXCEPTION 'tunnel "%" has no tick: run `datatunnel init`', a.tunnel;
+        END IF;
+        PERFORM pg_catalog.pg_notify('datatunnel', 'tables');
+        RAISE NOTICE 'datatunnel: captured new table %.% for tunnel "%" (auto_add pattern "%"%); a running tunnel copies it, then streams it',
+          pg_catalog.quote_ident(r.nspname), pg_catalog.quote_ident(r.relname), a.tunnel, a.pattern,
+          CASE WHEN v_key IS NULL THEN ', no key: full-row identity'
+               ELSE ', key (' || pg_catalog.array_to_string(v_key, ', ') || ')' END;
+      EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'datatunnel: could not capture new table %.% (auto_add pattern "%" of tunnel "%"): %; run `datatunnel init`',
+          pg_catalog.quote_ident(r.nspname), pg_catalog.quote_ident(r.relname), a.pattern, a.tunnel, SQLERRM;
+      END;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'datatunnel: could not check new table %.% against the auto_add patterns: %; run `datatunnel init` if it should be captured',
+        pg_catalog.quote_ident(r.nspname), pg_catalog.quote_ident(r.relname), SQLERRM;
+    END;
+  END LOOP;
+END $fn$;

@@ -32,6 +32,7 @@ void PrintSql(const pg::Connection& source, const pg::Connection& target,
   }
   fmt::print("-- event triggers (need a superuser; init goes on without them)\n{};\n{};\n",
              capture::kDropGuardDdl, capture::kDdlTriggerDdl);
+  fmt::print("-- with auto_add = true (needs a superuser)\n{};\n", capture::kAddTriggerDdl);
   fmt::print("-- target ({})\n{}\n", target.description(), apply::TargetStateDdl());
   for (const auto& s : specs) {
     fmt::print("-- target table {} (each statement only where it is missing)\n",
@@ -45,7 +46,21 @@ void PrintSql(const pg::Connection& source, const pg::Connection& target,
 // init leaves both databases as they were. Earlier errors of the target's
 // check are printed; the last one is returned.
 Status CheckBeforeChanging(pg::Connection& source, pg::Connection& target, const Config& config,
-                           const std::vector<TableSpec>& specs) {
+                           const std::vector<TableSpec>& specs,
+                           const std::vector<TableConfig>& auto_add) {
+  if (!auto_add.empty()) {
+    DT_ASSIGN_OR_RETURN(auto has, source.Query("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE "
+                                               "evtname = 'datatunnel_add'"));
+    DT_ASSIGN_OR_RETURN(bool may, capture::MayCreateEventTriggers(source));
+    if (has.rows() == 0 && !may) {
+      return Status::BadConfig(fmt::format(
+          "[[tables]] source = \"{}\" (line {}) has auto_add = true, which needs an event "
+          "trigger on the source, and {} is not a superuser: run `datatunnel init` once as a "
+          "superuser (it creates the trigger; later runs need none), or remove auto_add and run "
+          "`datatunnel init` after creating tables (init changed nothing)",
+          auto_add.front().pattern_text, auto_add.front().line, source.description()));
+    }
+  }
   DT_ASSIGN_OR_RETURN(auto captured, capture::CapturedTables(source, ""));  // every tunnel's
   DT_RETURN_IF_ERROR(capture::CheckKeysUnchanged(captured, specs));
   DT_RETURN_IF_ERROR(
@@ -70,7 +85,8 @@ Status CheckBeforeChanging(pg::Connection& source, pg::Connection& target, const
 // Sets up the target, then the source, then binds the target to this
 // source installation; prints what it did. `*changed`: anything at all.
 Status Install(pg::Connection& source, pg::Connection& target, const Config& config,
-               const std::vector<TableSpec>& specs, bool* source_changed, bool* changed) {
+               const std::vector<TableSpec>& specs, const std::vector<TableConfig>& auto_add,
+               bool* source_changed, bool* changed) {
   auto types_read = capture::UserTypes(source, specs);
   if (!types_read.ok()) return types_read.status().WithContext("reading the source's types");
   const auto& types = *types_read;
@@ -92,7 +108,7 @@ Status Install(pg::Connection& source, pg::Connection& target, const Config& con
                 "capture nothing and are kept): nothing was changed on the source; fix "
                 "this and run `datatunnel init` again to finish, or `datatunnel "
                 "uninstall --yes` to remove the target's state");
-  auto src_report = capture::Install(source, config.tunnel.name, specs);
+  auto src_report = capture::Install(source, config.tunnel.name, specs, &auto_add);
   if (!src_report.ok()) {
     return src_report.status().WithContext("init on the source, " + after_target);
   }
@@ -169,6 +185,10 @@ int RunInit(const Globals& g, const InitOptions& o) {
   // Pattern entries select from the catalog; the tables captured before
   // this init tell which of them are new.
   std::set<std::string> before;
+  std::vector<TableConfig> auto_add;  // the pattern entries with auto_add = true
+  for (const auto& t : config.tables) {
+    if (t.is_pattern && t.auto_add) auto_add.push_back(t);
+  }
   if (HasPatterns(config)) {
     auto captured = capture::CapturedTables(source, config.tunnel.name);
     if (!captured.ok()) return Fail(captured.status());
@@ -195,10 +215,18 @@ int RunInit(const Globals& g, const InitOptions& o) {
     PrintSql(source, target, *specs);
     return kExitOk;
   }
-  if (Status st = CheckBeforeChanging(source, target, config, *specs); !st.ok()) return Fail(st);
-  bool source_changed = false, changed = false;
-  if (Status st = Install(source, target, config, *specs, &source_changed, &changed); !st.ok()) {
+  if (Status st = CheckBeforeChanging(source, target, config, *specs, auto_add); !st.ok()) {
     return Fail(st);
+  }
+  bool source_changed = false, changed = false;
+  if (Status st = Install(source, target, config, *specs, auto_add, &source_changed, &changed);
+      !st.ok()) {
+    return Fail(st);
+  }
+  // A running tunnel with auto_add carries tables this init captured at
+  // once (cli/table_watch.h); others at their next start.
+  if (source_changed && !auto_add.empty()) {
+    if (Status st = source.Exec("NOTIFY datatunnel, 'tables'"); !st.ok()) return Fail(st);
   }
   for (const auto& t : config.tables) {
     if (t.from_pattern && before.count(t.source.ToString()) == 0) {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "apply/install.h"
@@ -14,6 +15,7 @@
 #include "capture/install.h"
 #include "cli/run_status.h"
 #include "cli/snapshot_watch.h"
+#include "cli/table_watch.h"
 #include "core/clock.h"
 #include "metrics/http_server.h"
 #include "metrics/metrics.h"
@@ -192,14 +194,19 @@ Result<std::unique_ptr<metrics::HttpServer>> ServeMetrics(const Config& config, 
 // that, once a worker ends, a signal comes (`*signalled`) or the copy is done.
 bool Watch(const RunPlan& plan, bool memory, const metrics::Metrics& metrics,
            const Workers& workers, StopSource* main_stop, StatusReporter* reporter,
-           SnapshotWatch* snapshot, bool* signalled) {
+           SnapshotWatch* snapshot, TableWatch* tables, const std::vector<TableConfig>& current,
+           const StopSource& worker_ended, bool* signalled, bool* tables_changed) {
   int64_t last_snapshot_check = 0;
   while (true) {
-    pollfd p{main_stop->wake_fd(), POLLIN, 0};
-    poll(&p, 1, 250);
+    pollfd p[2] = {{main_stop->wake_fd(), POLLIN, 0}, {worker_ended.wake_fd(), POLLIN, 0}};
+    poll(p, 2, 250);
     if (workers.any_done()) return false;
     if (main_stop->stop_requested()) {
       *signalled = true;
+      return false;
+    }
+    if (tables && tables->Changed(current)) {
+      *tables_changed = true;
       return false;
     }
     const int64_t now = MonotonicMicros();
@@ -228,6 +235,22 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   InstallSignalHandlers(&main_stop);
   auto setup = LoadSetup(g);
   if (!setup.ok()) return Fail(setup.status());
+  // auto_add: watch the source for tables added while the tunnel runs
+  // (before the tables are resolved, so none slips in between).
+  std::unique_ptr<TableWatch> table_watch;
+  if (HasAutoAdd(setup->config) && !plan.snapshot_only && !setup->config.kafka.debezium()) {
+    auto w = TableWatch::Open(*setup);
+    if (!w.ok()) {
+      if (plan.source) return Fail(w.status());
+      Warn(fmt::format(
+          "auto_add: consume cannot reach the source ({}), which it needs to create the target "
+          "tables of new tables; it carries the tables captured now, and new ones once it is "
+          "restarted after `datatunnel init`",
+          w.status().message()));
+    } else {
+      table_watch = std::move(*w);
+    }
+  }
   if (HasPatterns(setup->config)) {
     // Pattern entries: the tables init captured (from the source when this
     // process uses it, else as init recorded them on the target).
@@ -239,7 +262,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
       return Fail(st);
     }
   }
-  const Config& config = setup->config;
+  Config& config = setup->config;
   const bool memory = config.kafka.none();
   if (memory && plan.source != plan.target) {
     return Fail(Status::BadConfig(
@@ -260,46 +283,86 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   if (Status st = CheckSetup(*setup, plan, &id); !st.ok()) return Fail(st);
   if (main_stop.stop_requested()) return kExitOk;
 
-  std::optional<SnapshotWatch> snapshot_watch;
-  SnapshotWatch* snapshot = nullptr;
-  if (plan.snapshot_first || plan.snapshot_only) {
-    auto w = SnapshotWatch::Prepare(config, plan, setup->source, setup->target);
-    if (!w.ok()) return Fail(w.status());
-    snapshot = &snapshot_watch.emplace(std::move(*w));
-    if (plan.snapshot_only && snapshot->empty()) {
-      spdlog::info("nothing to snapshot");
+  // One round per set of tables: a table added by auto_add ends the round
+  // (the workers stop in flow order, as for a restart), the target is made
+  // ready for it, and the next round carries it too.
+  std::string listen = config.metrics.listen;
+  for (int round = 0;; ++round) {
+    std::optional<SnapshotWatch> snapshot_watch;
+    SnapshotWatch* snapshot = nullptr;
+    if (plan.snapshot_first || plan.snapshot_only) {
+      auto w = SnapshotWatch::Prepare(config, plan, setup->source, setup->target);
+      if (!w.ok()) return Fail(w.status());
+      snapshot = &snapshot_watch.emplace(std::move(*w));
+      if (plan.snapshot_only && snapshot->empty()) {
+        spdlog::info("nothing to snapshot");
+        return kExitOk;
+      }
+    }
+
+    std::vector<std::pair<std::string, std::string>> names;
+    for (const auto& t : config.tables) {
+      names.emplace_back(t.source.ToString(), t.target.ToString());
+    }
+    metrics::Metrics metrics(names);
+    config.metrics.listen = listen;
+    auto http = ServeMetrics(config, plan, &metrics);  // after `metrics`: destroyed first
+    if (!http.ok()) return Fail(http.status());
+    if (*http && round == 0) {
+      // Later rounds serve on the same port (the one picked for port 0).
+      listen = listen.substr(0, listen.rfind(':') + 1) + std::to_string((*http)->port());
+    }
+    if (main_stop.stop_requested()) return kExitOk;
+    Pipeline pipeline;
+    if (Status st = Wire(*setup, plan, id, &metrics, &pipeline); !st.ok()) {
+      return Fail(st);
+    }
+
+    // A worker that ends wakes this round's watch (main_stop is the
+    // signals', which must stay unset across rounds).
+    StopSource worker_ended;
+    Workers workers(&pipeline, &worker_ended);
+    StatusReporter reporter(&metrics, plan, isatty(STDERR_FILENO) && g.log_format != "json");
+    bool signalled = false, tables_changed = false;
+    bool snapshot_complete = Watch(plan, memory, metrics, workers, &main_stop, &reporter, snapshot,
+                                   table_watch.get(), config.tables, worker_ended, &signalled,
+                                   &tables_changed);
+    reporter.Finish();
+    workers.Stop();
+
+    if (Status st = workers.Failure(); !st.ok()) return Fail(st);
+    if (tables_changed) {
+      std::vector<TableConfig> now;
+      Status st = table_watch->Resolve(&now);
+      if (st.ok() && plan.target) {
+        auto target = pg::Connection::Open(setup->target);
+        st = target.ok() ? table_watch->PrepareTarget(**target, config.tables, now)
+                         : target.status();
+      }
+      if (!st.ok()) return Fail(st.WithContext("auto_add: adding new tables"));
+      std::set<std::string> had;
+      for (const auto& t : config.tables) had.insert(t.source.ToString());
+      for (const auto& t : now) {
+        if (had.count(t.source.ToString()) == 0) {
+          spdlog::info(
+              "auto_add: new table {} (matches source = \"{}\", line {}): carrying it "
+              "from now on, after a copy of its rows",
+              t.source.ToString(), t.pattern_text, t.line);
+        }
+      }
+      config.tables = std::move(now);
+      continue;
+    }
+    if (!plan.snapshot_only) return kExitOk;
+    if (memory && workers.source_finished_ok() && !signalled) snapshot_complete = true;
+    if (snapshot_complete) {
+      spdlog::info("snapshot complete: {} table(s) copied to the target",
+                   snapshot->tables().size());
       return kExitOk;
     }
+    spdlog::warn("snapshot interrupted; run `datatunnel snapshot` again to resume it");
+    return signalled ? kExitOk : kExitFailure;
   }
-
-  std::vector<std::pair<std::string, std::string>> names;
-  for (const auto& t : config.tables) names.emplace_back(t.source.ToString(), t.target.ToString());
-  metrics::Metrics metrics(names);
-  auto http = ServeMetrics(config, plan, &metrics);  // after `metrics`: destroyed first
-  if (!http.ok()) return Fail(http.status());
-  if (main_stop.stop_requested()) return kExitOk;
-  Pipeline pipeline;
-  if (Status st = Wire(*setup, plan, id, &metrics, &pipeline); !st.ok()) {
-    return Fail(st);
-  }
-
-  Workers workers(&pipeline, &main_stop);
-  StatusReporter reporter(&metrics, plan, isatty(STDERR_FILENO) && g.log_format != "json");
-  bool signalled = false;
-  bool snapshot_complete =
-      Watch(plan, memory, metrics, workers, &main_stop, &reporter, snapshot, &signalled);
-  reporter.Finish();
-  workers.Stop();
-
-  if (Status st = workers.Failure(); !st.ok()) return Fail(st);
-  if (!plan.snapshot_only) return kExitOk;
-  if (memory && workers.source_finished_ok() && !signalled) snapshot_complete = true;
-  if (snapshot_complete) {
-    spdlog::info("snapshot complete: {} table(s) copied to the target", snapshot->tables().size());
-    return kExitOk;
-  }
-  spdlog::warn("snapshot interrupted; run `datatunnel snapshot` again to resume it");
-  return signalled ? kExitOk : kExitFailure;
 }
 
 }  // namespace datatunnel::cli

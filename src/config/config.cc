@@ -364,7 +364,7 @@ std::optional<NamePattern> ParsePattern(std::string_view text, const std::string
 
 Status ReadTable(const std::string& file, const toml::table& t, int index, TableConfig* out) {
   static const std::vector<std::string> kKeys = {
-      "source", "target", "key", "topic", "exclude", "target_schema", "schema_changes"};
+      "source", "target", "key", "topic", "exclude", "target_schema", "schema_changes", "auto_add"};
   std::string where = Where(file, t.source());
   out->line = static_cast<int>(t.source().begin.line);
   for (auto&& [k, v] : t) {
@@ -372,7 +372,8 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
     if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end()) {
       return Status::BadConfig(
           fmt::format("{}: unknown key \"{}\" in [[tables]] #{}{}; known keys: "
-                      "source, target, target_schema, key, topic, exclude, schema_changes",
+                      "source, target, target_schema, key, topic, exclude, schema_changes, "
+                      "auto_add",
                       Where(file, v.source()), key, index + 1, Suggest(key, kKeys)));
     }
   }
@@ -443,6 +444,16 @@ Status ReadTable(const std::string& file, const toml::table& t, int index, Table
       }
       out->exclude.push_back(*p);
     }
+  }
+  if (auto node = t.get("auto_add")) {
+    auto on = node->value<bool>();
+    if (!on || !out->is_pattern) {
+      return Status::BadConfig(fmt::format(
+          "{}: [[tables]] #{}: auto_add must be true or false, and only goes with a pattern "
+          "(source = \"public.*\")",
+          Where(file, node->source()), index + 1));
+    }
+    out->auto_add = *on;
   }
   if (auto node = t.get("target_schema")) {
     auto schema = node->value<std::string>();
@@ -711,6 +722,11 @@ bool LikeMatch(std::string_view like, std::string_view text) {
 bool HasPatterns(const Config& config) {
   return std::any_of(config.tables.begin(), config.tables.end(),
                      [](const TableConfig& t) { return t.is_pattern; });
+}
+
+bool HasAutoAdd(const Config& config) {
+  return std::any_of(config.tables.begin(), config.tables.end(),
+                     [](const TableConfig& t) { return t.is_pattern && t.auto_add; });
 }
 
 Status ExpandPatterns(Config* config, const std::vector<QualifiedName>& candidates,

@@ -105,6 +105,11 @@ struct TableConfig {
   // The target's schema for the selected tables ("": the source's). Also
   // allowed on a single table's entry instead of `target`.
   std::string target_schema;
+  // `auto_add = true` (pattern entries only): with a superuser at `init`, an
+  // event trigger on the source captures a new matching table in the
+  // transaction that creates it, and a running tunnel starts carrying it
+  // (capture/install.sql, datatunnel.on_create()).
+  bool auto_add = false;
   bool from_pattern = false;
 };
 
@@ -163,6 +168,8 @@ Result<Config> LoadConfig(const std::string& path, const std::map<std::string, s
 // Whether the configuration has pattern entries (tables chosen from a
 // catalog: ExpandPatterns).
 bool HasPatterns(const Config& config);
+// Whether a pattern entry has auto_add = true.
+bool HasAutoAdd(const Config& config);
 
 // Replaces every pattern entry of config->tables by one entry per table of
 // `candidates` it matches (and no `exclude` of it matches), in name order,

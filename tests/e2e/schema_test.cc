@@ -1,9 +1,11 @@
 // Schema changes on a source table while the tunnel runs: an added column
 // evolves the target (schema_changes = "evolve") or stops with the fix
-// ("stop"); a dropped column never breaks writes and stops with an explanation.
+// ("stop"); a dropped column never breaks writes and stops with an explanation;
+// a table created while split produce/consume run is added (auto_add).
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include "support/auto_add.h"
 #include "support/tunnel_fixture.h"
 
 namespace datatunnel {
@@ -161,6 +163,27 @@ TEST_F(SchemaTest, DroppedColumnNeverBreaksWritesAndStops) {
   ExpectInSync();
   EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// auto_add with split produce/consume through Kafka: tables created while
+// both run reach the target without a restart; consume creates the target
+// tables (it reaches the source for that).
+TEST_F(SchemaTest, AutoAddWithSplitProduceAndConsume) {
+  UseKafka();
+  SourceCluster().Exec(src_,
+                       "CREATE TABLE auto_base (id int PRIMARY KEY, v text);"
+                       "INSERT INTO auto_base VALUES (1, 'a');");
+  WriteConfig(testing::kAutoTables);
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  ASSERT_EQ(Dt({"snapshot"}).code, 0);
+  auto produce = Start({"produce"});
+  auto consume = Start({"consume"});
+  testing::CreateTablesWhileRunning(src_, tgt_, produce.get(), consume.get());
+  ExpectInSync();
+  EXPECT_TRUE(produce->Running());
+  EXPECT_TRUE(consume->Running());
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
 }
 
 }  // namespace

@@ -168,6 +168,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"[[tables]]\nsource = \"public.*\"\ntopic = \"a b\"",
                 "with a pattern it is the prefix of each table's topic"},
         BadCase{"[[tables]]\nsource = \"pub*lic.\"", "is not a table name or pattern"},
+        BadCase{"[[tables]]\nsource = \"public.t\"\nauto_add = true",
+                "auto_add must be true or false, and only goes with a pattern"},
+        BadCase{"[[tables]]\nsource = \"public.*\"\nauto_add = \"maybe\"",
+                "auto_add must be true or false"},
         BadCase{"[[tables]]\nsource = \"public.*\"\nexclue = []",
                 "unknown key \"exclue\" in [[tables]] #1 (did you mean \"exclude\"?)"}));
 
@@ -182,6 +186,7 @@ TEST(Config, PatternsExpandToTables) {
       "target_schema = \"copy\"\n"
       "topic = \"shop\"\n"
       "schema_changes = \"evolve\"\n"
+      "auto_add = true\n"
       "[[tables]]\n"
       "source = \"public.order_lines\"\n"
       "key = [\"id\", \"line\"]\n"
@@ -195,6 +200,9 @@ TEST(Config, PatternsExpandToTables) {
   EXPECT_EQ(c->tables[0].pattern.schema, "public");
   EXPECT_EQ(c->tables[0].pattern.name, "order\\_%");
   EXPECT_EQ(c->tables[2].pattern.schema, "Sales");  // quoted: literal, case kept
+  EXPECT_TRUE(c->tables[0].auto_add);
+  EXPECT_FALSE(c->tables[2].auto_add);
+  EXPECT_TRUE(HasAutoAdd(*c));
 
   const std::vector<QualifiedName> catalog = {
       {"public", "orders"},      {"public", "order_items"}, {"public", "order_lines"},
