@@ -460,6 +460,8 @@ TEST_P(HugeTickTest, InterruptedWhileStreamingLeavesNoPart) {
       60))
       << run->Stderr();
   // Killed while it streams again (the reader checks what the target shows).
+  run->Signal(SIGKILL);
+  run->Wait(10);
   run = Start(RunArgs());
   ExpectInSync();
   stop = true;
