@@ -122,6 +122,8 @@ class TargetCore {
   // and the changes staged per table (counted once it commits).
   std::map<std::pair<std::string, int32_t>, apply::PartitionState> stream_states_;
   std::vector<int64_t> stream_applied_;
+  int64_t stream_started_us_ = 0;
+  size_t stream_pieces_ = 0, stream_changes_ = 0;
 };
 
 }  // namespace datatunnel::tunnel
