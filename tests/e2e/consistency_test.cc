@@ -397,6 +397,9 @@ class HugeTickTest : public ConsistencyTest, public ::testing::WithParamInterfac
 };
 
 TEST_P(HugeTickTest, ArrivesWholeAsOneCommit) {
+  // Through Kafka: InterruptedWhileStreamingLeavesNoPart/Kafka streams the
+  // same tick whole after its interruptions (the test budget).
+  if (GetParam()) GTEST_SKIP() << "covered by InterruptedWhileStreamingLeavesNoPart/Kafka";
   SetUpFamily();
   auto run = Start(RunArgs());
   std::atomic<bool> stop{false};
@@ -467,6 +470,8 @@ TEST_P(HugeTickTest, InterruptedWhileStreamingLeavesNoPart) {
   stop = true;
   EXPECT_GT(reads, 10);
   EXPECT_EQ(wrong, 0) << "of " << reads << " reads; the first: " << first;
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM child WHERE note = 'updated'"),
+            kChildren / 10);
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
