@@ -328,6 +328,9 @@ Result<PartitionState> Applier::Load(const std::string& stream, int32_t partitio
 void Applier::Reset(pg::Connection* conn) {
   conn_ = conn;
   staged_.assign(targets_->size(), false);
+  tick_staging_.assign(targets_->size(), false);
+  staged_rows_.clear();
+  stream_open_ = false;
 }
 
 Status Applier::Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
@@ -376,16 +379,27 @@ Status Applier::Apply(std::span<const Change* const> changes, std::span<const Ad
   return st;
 }
 
-std::vector<Applier::Step> Applier::Steps(const std::vector<TableEffect>& eff) const {
+std::vector<Applier::Shape> Applier::Shapes(const std::vector<TableEffect>& eff) {
+  std::vector<Shape> out(eff.size());
+  for (size_t t = 0; t < eff.size(); ++t) {
+    out[t].truncate = eff[t].truncate;
+    out[t].deletes = !eff[t].deletes.empty();
+    out[t].upserts = !eff[t].upserts.empty();
+    out[t].in_order = !eff[t].in_order.empty();
+  }
+  return out;
+}
+
+std::vector<Applier::Step> Applier::Steps(const std::vector<Shape>& eff) const {
   std::vector<Step> steps;
   const auto n = static_cast<uint32_t>(eff.size());
   if (!transactional_) {
     // Per table: its TRUNCATE, deletes, then upserts.
     for (uint32_t t = 0; t < n; ++t) {
-      if (!eff[t].in_order.empty()) steps.push_back({Step::Kind::kInOrder, {t}});
+      if (eff[t].in_order) steps.push_back({Step::Kind::kInOrder, {t}});
       if (eff[t].truncate) steps.push_back({Step::Kind::kTruncate, {t}});
-      if (!eff[t].deletes.empty()) steps.push_back({Step::Kind::kDelete, {t}});
-      if (!eff[t].upserts.empty()) steps.push_back({Step::Kind::kUpsert, {t}});
+      if (eff[t].deletes) steps.push_back({Step::Kind::kDelete, {t}});
+      if (eff[t].upserts) steps.push_back({Step::Kind::kUpsert, {t}});
     }
     return steps;
   }
@@ -399,9 +413,9 @@ std::vector<Applier::Step> Applier::Steps(const std::vector<TableEffect>& eff) c
   // Tables without foreign keys between them: deletes, then upserts.
   for (uint32_t t = 0; t < n; ++t) {
     if (t < order_.linked.size() && order_.linked[t]) continue;
-    if (!eff[t].in_order.empty()) steps.push_back({Step::Kind::kInOrder, {t}});
-    if (!eff[t].deletes.empty()) steps.push_back({Step::Kind::kDelete, {t}});
-    if (!eff[t].upserts.empty()) steps.push_back({Step::Kind::kUpsert, {t}});
+    if (eff[t].in_order) steps.push_back({Step::Kind::kInOrder, {t}});
+    if (eff[t].deletes) steps.push_back({Step::Kind::kDelete, {t}});
+    if (eff[t].upserts) steps.push_back({Step::Kind::kUpsert, {t}});
   }
   // Linked tables: every upsert, referenced tables first, then every
   // delete, referencing tables first (docs/architecture.md, "Foreign keys").
@@ -409,11 +423,11 @@ std::vector<Applier::Step> Applier::Steps(const std::vector<TableEffect>& eff) c
   // key): all of its changes go with the upserts, after its parents' and
   // before any delete.
   for (uint32_t t : order_.parent_first) {
-    if (t < n && !eff[t].in_order.empty()) steps.push_back({Step::Kind::kInOrder, {t}});
-    if (t < n && !eff[t].upserts.empty()) steps.push_back({Step::Kind::kUpsert, {t}});
+    if (t < n && eff[t].in_order) steps.push_back({Step::Kind::kInOrder, {t}});
+    if (t < n && eff[t].upserts) steps.push_back({Step::Kind::kUpsert, {t}});
   }
   for (auto it = order_.parent_first.rbegin(); it != order_.parent_first.rend(); ++it) {
-    if (*it < n && !eff[*it].deletes.empty()) steps.push_back({Step::Kind::kDelete, {*it}});
+    if (*it < n && eff[*it].deletes) steps.push_back({Step::Kind::kDelete, {*it}});
   }
   return steps;
 }
@@ -575,7 +589,7 @@ size_t Applier::StepRows(const Step& step, const std::vector<TableEffect>& eff) 
 
 Status Applier::ApplyEffects(const std::vector<TableEffect>& eff, std::span<const Advance> advances,
                              std::span<const TruncateArrival> arrivals, const TickMark* tick) {
-  const std::vector<Step> steps = Steps(eff);
+  const std::vector<Step> steps = Steps(Shapes(eff));
   // The staging tables of the staged steps exist before the transaction
   // begins (created once per session, outside it).
   for (const Step& step : steps) {
@@ -683,6 +697,314 @@ Status Applier::EnsureStaging(uint32_t table) {
                               "SELECT {2} FROM {1} WITH NO DATA",
                               table, spec.target.Quoted(), KeyList(spec))));
   staged_[table] = true;
+  return Status::OK();
+}
+
+}  // namespace datatunnel::apply
+
+namespace datatunnel::apply {
+namespace {
+
+// The extra columns of a streamed tick's staging table dt_tick_N.
+constexpr const char* kTickColumns =
+    "\"_dt_op\", \"_dt_epoch\", \"_dt_tick\", \"_dt_seq\", \"_dt_sub\", \"_dt_absent\"";
+constexpr const char* kTickOrderDesc =
+    "\"_dt_epoch\" DESC, \"_dt_tick\" DESC, \"_dt_seq\" DESC, \"_dt_sub\" DESC";
+
+std::vector<size_t> Writable(const TableSpec& spec) {
+  std::vector<size_t> cols;
+  for (size_t i = 0; i < spec.columns.size(); ++i) {
+    if (!spec.columns[i].generated) cols.push_back(i);
+  }
+  return cols;
+}
+
+// Rows of a streamed tick after its last TRUNCATE (`truncated`, zero: none).
+std::string AfterTruncate(const Position& truncated) {
+  if (truncated == Position{}) return "";
+  return fmt::format(
+      " AND (\"_dt_epoch\", \"_dt_tick\", \"_dt_seq\", \"_dt_sub\") > ({}, {}, {}, {})",
+      truncated.epoch, truncated.tick, truncated.seq, truncated.sub);
+}
+
+}  // namespace
+
+Status Applier::EnsureTickStaging(uint32_t table) {
+  if (tick_staging_.size() != targets_->size()) tick_staging_.assign(targets_->size(), false);
+  if (tick_staging_[table]) return Status::OK();
+  const TableSpec& spec = (*targets_)[table];
+  if (stream_open_) {
+    // The target table got columns in the middle of a streamed tick: so
+    // does its staging table, keeping what it holds.
+    std::string add;
+    for (const Column& c : spec.columns) {
+      add += fmt::format("{}ADD COLUMN IF NOT EXISTS {} {}", add.empty() ? "" : ", ",
+                         QuoteIdent(c.name), c.type_sql);
+    }
+    DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("ALTER TABLE dt_tick_{} {}", table, add)));
+    tick_staging_[table] = true;
+    return Status::OK();
+  }
+  // Like dt_stage_N (no constraints, ON COMMIT PRESERVE ROWS, emptied by
+  // the transaction that fills it), created before the transaction begins.
+  DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
+      "DROP TABLE IF EXISTS pg_temp.dt_tick_{0}; "
+      "CREATE TEMP TABLE dt_tick_{0} AS SELECT * FROM {1} WITH NO DATA; "
+      "ALTER TABLE dt_tick_{0} ADD COLUMN \"_dt_op\" \"char\", ADD COLUMN \"_dt_epoch\" bigint, "
+      "ADD COLUMN \"_dt_tick\" bigint, ADD COLUMN \"_dt_seq\" bigint, "
+      "ADD COLUMN \"_dt_sub\" integer, ADD COLUMN \"_dt_absent\" text",
+      table, spec.target.Quoted())));
+  tick_staging_[table] = true;
+  return Status::OK();
+}
+
+Status Applier::StageRows(std::span<const Change* const> changes) {
+  std::vector<std::vector<const Change*>> by_table(targets_->size());
+  for (const Change* c : changes) {
+    if (c->op == Op::kMarker) continue;
+    by_table[c->table].push_back(c);
+  }
+  std::string data;
+  for (uint32_t t = 0; t < by_table.size(); ++t) {
+    if (by_table[t].empty()) continue;
+    const TableSpec& spec = (*targets_)[t];
+    const std::vector<size_t> cols = Writable(spec);
+    Staged& st = staged_rows_[t];
+    st.any = true;
+    data.clear();
+    for (const Change* c : by_table[t]) {
+      if (c->packed_rows > 0) {
+        return Status::Fatal("internal: a packed snapshot chunk in a streamed tick");
+      }
+      std::string absent;
+      for (size_t i : cols) {
+        if (c->op != Op::kTruncate && i < c->row.size() && c->row.HasValue(i)) {
+          pg::AppendCopyEscaped(c->row.Get(i), &data);
+        } else {
+          if (c->op != Op::kTruncate && (i >= c->row.size() || c->row.IsAbsent(i))) {
+            absent += fmt::format("{}{}", absent.empty() ? "" : ",", i);
+          }
+          data.append("\\N");
+        }
+        data.push_back('\t');
+      }
+      fmt::format_to(std::back_inserter(data), "{}\t{}\t{}\t{}\t{}\t{}\n", static_cast<char>(c->op),
+                     c->pos.epoch, c->pos.tick, c->pos.seq, c->pos.sub, absent);
+      switch (c->op) {
+        case Op::kTruncate:
+          st.shape.truncate = true;
+          st.truncated = std::max(st.truncated, c->pos);
+          break;
+        case Op::kDelete:
+          st.shape.deletes = true;
+          break;
+        case Op::kUpdate:
+          if (spec.key.empty()) {
+            return Status::Fatal(fmt::format(
+                "target table {} has no key (no primary key, unique index or configured key), "
+                "but change {} of {} updates a row by its key: the source table has a key; run "
+                "`datatunnel init` (it creates the unique index on the target) or set key = [...]",
+                spec.target.ToString(), c->pos.ToString(), spec.source.ToString()));
+          }
+          st.shape.upserts = true;
+          break;
+        default:
+          st.shape.upserts = true;
+          break;
+      }
+    }
+    if (spec.key.empty()) {
+      st.shape.in_order = true;
+      st.shape.upserts = st.shape.deletes = false;
+    }
+    failed_table_ = static_cast<int>(t);
+    DT_RETURN_IF_ERROR(conn_->CopyIn(
+        fmt::format("COPY dt_tick_{} ({}, {}) FROM STDIN", t, ColumnList(spec, cols), kTickColumns),
+        data));
+  }
+  failed_table_ = -1;
+  return Status::OK();
+}
+
+Status Applier::StreamFailed(Status st) {
+  if (conn_->last_sqlstate() == kPositionMovedSqlState) position_moved_ = true;
+  AbortStream();
+  return st;
+}
+
+void Applier::AbortStream() {
+  if (stream_open_) {
+    conn_->RollbackQuietly();
+    // Columns added to a staging table inside it are gone again.
+    tick_staging_.assign(targets_->size(), false);
+  }
+  stream_open_ = false;
+  staged_rows_.clear();
+}
+
+Status Applier::StagePiece(std::span<const Change* const> changes,
+                           std::span<const Advance> advances) {
+  position_moved_ = false;
+  failed_table_ = -1;
+  Arena arena;
+  std::vector<pg::Statement> head;
+  // Every staging table the tick may need: before the transaction begins,
+  // or (new columns) inside it.
+  for (uint32_t t = 0; t < targets_->size(); ++t) {
+    if (Status st = EnsureTickStaging(t); !st.ok()) return stream_open_ ? StreamFailed(st) : st;
+  }
+  if (!stream_open_) {
+    staged_rows_.assign(targets_->size(), Staged{});
+    Head({}, nullptr, &arena, &head);
+    stream_open_ = true;
+  }
+  AddAdvances(advances, &arena, &head);
+  if (!head.empty()) {
+    if (Status st = conn_->ExecPipeline(head); !st.ok()) return StreamFailed(st);
+  }
+  if (Status st = StageRows(changes); !st.ok()) return StreamFailed(st);
+  return Status::OK();
+}
+
+Status Applier::StreamStep(const Step& step) {
+  const uint32_t t = step.tables[0];
+  const TableSpec& spec = (*targets_)[t];
+  const Staged& st = staged_rows_[t];
+  const std::string after = AfterTruncate(st.truncated);
+  failed_table_ = static_cast<int>(t);
+  if (step.kind == Step::Kind::kTruncate) {
+    std::vector<pg::Statement> stmts;
+    stmts.push_back({"SELECT pg_catalog.set_config('datatunnel.tunnel_truncate', 'on', true)", {}});
+    std::string list;
+    for (uint32_t tt : step.tables)
+      list += (list.empty() ? "" : ", ") + (*targets_)[tt].target.Quoted();
+    stmts.push_back({"TRUNCATE " + list, {}});
+    failed_table_ = -1;
+    return conn_->ExecPipeline(stmts);
+  }
+  if (step.kind == Step::Kind::kInOrder) {
+    // No key (full-row identity): the target holds the source's multiset,
+    // so within the tick every insert can go first (a delete only ever
+    // removes a row the source had then), then each delete removes one
+    // equal row, compared as text with NULLs equal, absent columns skipped.
+    DT_ASSIGN_OR_RETURN(auto groups,
+                        conn_->Query(fmt::format("SELECT DISTINCT \"_dt_absent\" FROM dt_tick_{} "
+                                                 "WHERE \"_dt_op\" IN ('c', 'r'){}",
+                                                 t, after)));
+    for (int g = 0; g < groups.rows(); ++g) {
+      const std::string absent(groups.Get(g, 0));
+      std::vector<size_t> cols;
+      for (size_t i : Writable(spec)) {
+        if (("," + absent + ",").find("," + std::to_string(i) + ",") == std::string::npos) {
+          cols.push_back(i);
+        }
+      }
+      const std::string list = ColumnList(spec, cols);
+      DT_RETURN_IF_ERROR(conn_
+                             ->Query(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_tick_{} "
+                                                 "WHERE \"_dt_op\" IN ('c', 'r') AND "
+                                                 "\"_dt_absent\" = $1{}",
+                                                 spec.target.Quoted(), list, list, t, after),
+                                     {absent})
+                             .status());
+    }
+    if (!st.shape.deletes) return Status::OK();
+    std::string match;
+    for (size_t i : Writable(spec)) {
+      const std::string n = QuoteIdent(spec.columns[i].name);
+      match += fmt::format(
+          "{}(position(',{},' in ',' || r.\"_dt_absent\" || ',') > 0 OR "
+          "x.{}::text IS NOT DISTINCT FROM r.{}::text)",
+          match.empty() ? "" : " AND ", i, n, n);
+    }
+    // One statement per delete, as AddKeyless, run by the server.
+    return conn_->Exec(fmt::format(
+        "DO $dt$ DECLARE r record; BEGIN FOR r IN SELECT * FROM dt_tick_{0} WHERE "
+        "\"_dt_op\" = 'd'{1} LOOP "
+        "WITH m AS MATERIALIZED (SELECT x.tableoid AS o, x.ctid AS c FROM {2} x WHERE {3} "
+        "LIMIT 1) DELETE FROM {2} WHERE ctid = (SELECT c FROM m) AND tableoid = (SELECT o FROM m); "
+        "END LOOP; END $dt$",
+        t, after, spec.target.Quoted(), match.empty() ? "true" : match));
+  }
+  const std::string keys = KeyList(spec);
+  if (step.kind == Step::Kind::kDelete) {
+    std::string on;
+    for (size_t k : spec.key) {
+      const std::string n = QuoteIdent(spec.columns[k].name);
+      on += fmt::format("{}t.{} = k.{}", on.empty() ? "" : " AND ", n, n);
+    }
+    return conn_->Exec(
+        fmt::format("DELETE FROM {} AS t USING dt_net_{} AS k WHERE k.\"_dt_op\" = 'd' AND {}",
+                    spec.target.Quoted(), t, on));
+  }
+  DT_ASSIGN_OR_RETURN(auto groups,
+                      conn_->Query(fmt::format("SELECT DISTINCT \"_dt_absent\" FROM dt_net_{} "
+                                               "WHERE \"_dt_op\" <> 'd'",
+                                               t)));
+  for (int g = 0; g < groups.rows(); ++g) {
+    const std::string absent(groups.Get(g, 0));
+    std::vector<size_t> cols;
+    for (size_t i : Writable(spec)) {
+      if (("," + absent + ",").find("," + std::to_string(i) + ",") == std::string::npos) {
+        cols.push_back(i);
+      }
+    }
+    const std::string list = ColumnList(spec, cols);
+    DT_RETURN_IF_ERROR(
+        conn_
+            ->Query(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_net_{} "
+                                "WHERE \"_dt_op\" <> 'd' AND \"_dt_absent\" = "
+                                "$1{}",
+                                spec.target.Quoted(), list, list, t, ConflictClause(spec, cols)),
+                    {absent})
+            .status());
+  }
+  return Status::OK();
+}
+
+Status Applier::FinishStream(std::span<const Change* const> changes,
+                             std::span<const Advance> advances, const TickMark* tick) {
+  DT_RETURN_IF_ERROR(StagePiece(changes, advances));
+  position_moved_ = false;
+  std::vector<Shape> shapes(targets_->size());
+  for (uint32_t t = 0; t < targets_->size(); ++t) shapes[t] = staged_rows_[t].shape;
+  // Each keyed table's net effect: its newest change per key after its last
+  // TRUNCATE, as Collapse() does in memory (dt_net_N, dropped at COMMIT).
+  for (uint32_t t = 0; t < targets_->size(); ++t) {
+    const Staged& st = staged_rows_[t];
+    const TableSpec& spec = (*targets_)[t];
+    if (!st.any || spec.key.empty() || !(st.shape.deletes || st.shape.upserts)) continue;
+    const std::string keys = KeyList(spec);
+    failed_table_ = static_cast<int>(t);
+    Status s = conn_->Exec(fmt::format(
+        "CREATE TEMP TABLE dt_net_{0} ON COMMIT DROP AS SELECT DISTINCT ON ({1}) * FROM "
+        "dt_tick_{0} WHERE \"_dt_op\" <> 't'{2} ORDER BY {1}, {3}; ANALYZE dt_net_{0}",
+        t, keys, AfterTruncate(st.truncated), kTickOrderDesc));
+    if (!s.ok()) return StreamFailed(s);
+  }
+  for (const Step& step : Steps(shapes)) {
+    if (Status s = StreamStep(step); !s.ok()) return StreamFailed(s);
+  }
+  failed_table_ = -1;
+  Arena arena;
+  std::vector<pg::Statement> tail;
+  if (tick) {
+    pg::Statement st;
+    st.sql = StoreConsistencySql();
+    st.params = {
+        arena.Keep(tunnel_), arena.Keep(tick->stream), arena.Keep(std::to_string(tick->offset)),
+        arena.Keep(std::to_string(tick->end.epoch)), arena.Keep(std::to_string(tick->end.tick))};
+    tail.push_back(std::move(st));
+  }
+  std::string list;
+  for (uint32_t t = 0; t < targets_->size(); ++t) {
+    if (staged_rows_[t].any) list += fmt::format("{}dt_tick_{}", list.empty() ? "" : ", ", t);
+  }
+  if (!list.empty()) tail.push_back({"TRUNCATE " + list, {}});
+  tail.push_back({"COMMIT", {}});
+  if (Status s = conn_->ExecPipeline(tail); !s.ok()) return StreamFailed(s);
+  stream_open_ = false;
+  staged_rows_.clear();
   return Status::OK();
 }
 

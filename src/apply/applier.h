@@ -118,6 +118,25 @@ class Applier {
     tunnel_ = std::move(tunnel);
     order_ = std::move(order);
   }
+  // Streaming a tick too large to hold (apply_consistency = "transaction",
+  // pipeline.tick_stream_changes): the pieces of the tick go, as they
+  // arrive, into per-table staging tables (dt_tick_N: the target table's
+  // columns, the change's op, position and absent columns) inside ONE
+  // target transaction, opened by the first piece, so no target table is
+  // touched before the tick is whole and no foreign key can see part of it.
+  // FinishStream() stages the rest, reduces each keyed table's rows to the
+  // newest change per key in SQL, writes them in Apply()'s order of steps,
+  // then the advances and the tick mark, and commits. On any failure the
+  // transaction is rolled back (nothing of the tick stays) and the caller
+  // reads the tick again from the stored positions.
+  // StagePiece: `changes` (any order) and `advances` (applied in the open
+  // transaction, guarded as in Apply()).
+  Status StagePiece(std::span<const Change* const> changes, std::span<const Advance> advances);
+  Status FinishStream(std::span<const Change* const> changes, std::span<const Advance> advances,
+                      const TickMark* tick);
+  // Rolls the open stream transaction back (a failure elsewhere, a stop).
+  void AbortStream();
+  bool streaming() const { return stream_open_; }
   // After a failed Apply: the table the failing statement wrote, or -1.
   int failed_table() const { return failed_table_; }
   // Whether the TRUNCATE barrier at `pos` of `stream` has run.
@@ -130,7 +149,10 @@ class Applier {
   // The connection was replaced (after a reconnect): staging tables are gone.
   void Reset(pg::Connection* conn);
   // Table `table`'s columns changed: its staging tables are rebuilt on next use.
-  void Invalidate(uint32_t table) { staged_[table] = false; }
+  void Invalidate(uint32_t table) {
+    staged_[table] = false;
+    if (table < tick_staging_.size()) tick_staging_[table] = false;
+  }
 
  private:
   // One write of a batch: a TRUNCATE of `tables`, or the deletes or the
@@ -140,8 +162,13 @@ class Applier {
     enum class Kind { kTruncate, kDelete, kUpsert, kInOrder } kind;
     std::vector<uint32_t> tables;
   };
-  // The order of the writes of a batch whose net effect per table is `eff`.
-  std::vector<Step> Steps(const std::vector<TableEffect>& eff) const;
+  // What a batch does to each table (which kinds of writes it has).
+  struct Shape {
+    bool truncate = false, deletes = false, upserts = false, in_order = false;
+  };
+  static std::vector<Shape> Shapes(const std::vector<TableEffect>& eff);
+  // The order of the writes of a batch that does `eff` to each table.
+  std::vector<Step> Steps(const std::vector<Shape>& eff) const;
   // BEGIN, the deferred constraints, the advances and the tick mark.
   void Head(std::span<const Advance> advances, const TickMark* tick, pg::Arena* arena,
             std::vector<pg::Statement>* out) const;
@@ -170,6 +197,22 @@ class Applier {
   // staged and upserted. *stage_used: the staging table holds rows already.
   Status WriteRows(uint32_t table, const std::vector<size_t>& cols, std::string_view data,
                    bool* stage_used);
+
+  // The streamed tick: dt_tick_N created this session, and per table what
+  // the open transaction staged so far.
+  Status EnsureTickStaging(uint32_t table);
+  Status StageRows(std::span<const Change* const> changes);
+  // The set-based writes of one step of a streamed tick.
+  Status StreamStep(const Step& step);
+  Status StreamFailed(Status st);
+  struct Staged {
+    bool any = false;
+    Shape shape;
+    Position truncated;  // the newest TRUNCATE staged (zero: none)
+  };
+  std::vector<bool> tick_staging_;
+  std::vector<Staged> staged_rows_;
+  bool stream_open_ = false;
 
   pg::Connection* conn_;
   const std::vector<TableSpec>* targets_;

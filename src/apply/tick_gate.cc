@@ -98,6 +98,17 @@ size_t TickGate::Release(std::vector<Item>* out) {
   Position bound;
   size_t ticks = 0;
   std::vector<Item> end_items;
+  if (streaming()) {
+    // Pieces of a tick went out: release nothing until a tick at or past
+    // theirs is complete (the records of the ticks before it are complete
+    // then too, in control-topic order).
+    size_t n = 0;
+    while (n < ends_.size() && Complete(ends_[n].end) && ends_[n].item.change.pos < stream_bound_) {
+      ++n;
+    }
+    if (n == ends_.size() || !Complete(ends_[n].end)) return 0;
+    stream_bound_ = Position{};
+  }
   while (!ends_.empty() && Complete(ends_.front().end)) {
     bound = std::max(bound, ends_.front().item.change.pos);
     end_items.push_back(std::move(ends_.front().item));
@@ -118,6 +129,38 @@ size_t TickGate::Release(std::vector<Item>* out) {
   for (Item& e : end_items) out->push_back(std::move(e));
   released_ = std::max(released_, bound);
   return ticks;
+}
+
+size_t TickGate::ReleasePiece(size_t max, std::vector<Item>* out) {
+  // The oldest tick held: the lowest tick among the partitions' first items.
+  Position oldest;
+  bool any = false;
+  for (const auto& [key, p] : parts_) {
+    if (p.items.empty()) continue;
+    const Position& f = p.items.front().change.pos;
+    if (!any || f < oldest) oldest = f;
+    any = true;
+  }
+  if (!any) return 0;
+  const Position bound{oldest.epoch, oldest.tick, Position::kEndOfTick, 0};
+  stream_bound_ = std::max(stream_bound_, bound);
+  size_t n = 0;
+  for (auto& [key, p] : parts_) {
+    while (!p.items.empty() && p.items.front().change.pos <= stream_bound_ && n < max) {
+      out->push_back(std::move(p.items.front()));
+      p.items.pop_front();
+      --held_;
+      ++n;
+    }
+  }
+  return n;
+}
+
+void TickGate::Reset() {
+  parts_.clear();
+  ends_.clear();
+  held_ = 0;
+  stream_bound_ = Position{};
 }
 
 }  // namespace datatunnel::apply

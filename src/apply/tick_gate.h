@@ -63,6 +63,19 @@ class TickGate {
   // one partition, each in offset order), then their end-of-tick items.
   // Returns the number of ticks released.
   size_t Release(std::vector<Item>* out);
+  // A tick too large to hold whole (pipeline.tick_stream_changes): appends
+  // to *out about `max` held items (at least one partition's run) of the
+  // oldest tick held and of any before it, each partition's in offset order
+  // as a prefix, and returns how many. They are a piece of a tick not yet
+  // complete: from then on Release() waits until a tick at or past it is
+  // complete, so that the pieces and the rest go in one target transaction.
+  size_t ReleasePiece(size_t max, std::vector<Item>* out);
+  // Pieces were released and their tick is not yet (Release() ends it).
+  bool streaming() const { return stream_bound_ != Position{}; }
+  // Forgets every item and end-of-tick record held and the pieces released
+  // (the target rolled their transaction back): the caller reads again from
+  // what the target stored, and calls Start() for each partition.
+  void Reset();
 
   size_t held() const { return held_; }
   size_t pending_ends() const { return ends_.size(); }
@@ -84,6 +97,7 @@ class TickGate {
   std::deque<End> ends_;
   size_t held_ = 0;
   Position released_;
+  Position stream_bound_;  // the end of the tick pieces were released of
 };
 
 }  // namespace datatunnel::apply

@@ -216,6 +216,8 @@ std::vector<Setting> Settings() {
   s.push_back({"pipeline", "snapshot_chunk_bytes",
                IntSetter(&P::snapshot_chunk_bytes, 1 << 16, int64_t{1} << 34,
                          "pipeline.snapshot_chunk_bytes")});
+  s.push_back({"pipeline", "tick_stream_changes",
+               IntSetter(&P::tick_stream_changes, 1, 10000000, "pipeline.tick_stream_changes")});
   s.push_back({"pipeline", "truncate_target", [](Config& c, const std::string& v) {
                  return ParseBool("pipeline.truncate_target", v, &c.pipeline.truncate_target);
                }});

@@ -127,6 +127,10 @@ struct PipelineConfig {
   BadMessagePolicy on_bad_message = BadMessagePolicy::kDeadLetter;
   double ready_max_lag_seconds = 10;  // /readyz fails above this lag
   ApplyConsistency apply_consistency = ApplyConsistency::kKey;
+  // apply_consistency = "transaction": a tick of more changes than this is
+  // not held in memory whole but streamed into staging tables of one open
+  // target transaction, in pieces of about this many changes.
+  int tick_stream_changes = 50000;
   bool transactional() const { return apply_consistency == ApplyConsistency::kTransaction; }
 };
 

@@ -40,6 +40,19 @@ class ChangeSource {
   // sender. A non-OK result ends the worker.
   virtual Status Committed(const std::vector<apply::Item>& items) = 0;
   virtual void Close() {}
+
+  // Whole ticks (apply_consistency = "transaction"): true when the batch
+  // Next() returned last is a piece of a tick too large to hold
+  // (pipeline.tick_stream_changes), which the target stages in an open
+  // transaction (TargetCore::StreamPiece); the batches that follow, up to
+  // the one ending that tick, belong to the same target transaction. A
+  // piece is never passed to Committed(): the batch that ends its tick
+  // confirms it too.
+  virtual bool piece() const { return false; }
+  // The target rolled back a streamed tick: forget everything read and not
+  // committed, and hand out again from what the target stored. kRetryable
+  // while that cannot be read; the target worker tries again.
+  virtual Status Rewind() { return Status::Fatal("internal: this input cannot be read again"); }
 };
 
 }  // namespace datatunnel::tunnel

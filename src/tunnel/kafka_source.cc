@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "core/clock.h"
 
 namespace datatunnel::tunnel {
@@ -209,8 +211,12 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
     msgs_ = std::move(carry_);
     carry_.clear();
   } else {
-    DT_RETURN_IF_ERROR(consumer_->Poll(static_cast<size_t>(options_.pipeline.batch_max_changes),
-                                       100, options_.pipeline.batch_max_wait_ms, &msgs_));
+    // With whole ticks, at most tick_stream_changes at a time: the gate
+    // holds no more than that and a poll's worth before it streams a tick.
+    size_t max = static_cast<size_t>(options_.pipeline.batch_max_changes);
+    if (whole_ticks())
+      max = std::min(max, static_cast<size_t>(options_.pipeline.tick_stream_changes));
+    DT_RETURN_IF_ERROR(consumer_->Poll(max, 100, options_.pipeline.batch_max_wait_ms, &msgs_));
     metrics_->consumer_ready = consumer_->Ready() ? 1 : 0;
   }
   if (whole_ticks()) {
@@ -227,7 +233,16 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
       for (auto& item : items_) gate_.Add(std::move(item));
     }
     msgs_.clear();
+    piece_ = false;
     gate_.Release(items);
+    const auto stream_at = static_cast<size_t>(options_.pipeline.tick_stream_changes);
+    if (items->empty() && gate_.held() >= stream_at) {
+      // A tick too large to hold whole: hand out a piece of it.
+      gate_.ReleasePiece(stream_at, items);
+      piece_ = !items->empty();
+      for (const auto& it : *items)
+        streamed_[{std::string(it.stream), it.partition}] = it.offset + 1;
+    }
     // Messages held with no end-of-tick record to complete them: a producer
     // running by key sends none.
     const int64_t now = MonotonicMicros();
@@ -323,6 +338,8 @@ Status KafkaSource::Committed(const std::vector<apply::Item>& items) {
   }
   last_barrier_check_us_ = 0;
   DT_RETURN_IF_ERROR(CheckBarriers());
+  for (const auto& [tp, next] : streamed_) uncommitted_[tp] = next;
+  streamed_.clear();
   // The last offset of each partition: items come in runs of one partition,
   // so the map is touched once per run, not per message.
   for (size_t i = 0; i < items.size(); ++i) {
@@ -375,6 +392,31 @@ Status KafkaSource::CheckBarriers() {
       ++it;
     }
   }
+  return Status::OK();
+}
+
+Status KafkaSource::Rewind() {
+  if (paused_) {
+    ResumeAll();
+    paused_ = false;
+  }
+  msgs_.clear();
+  carry_.clear();
+  streamed_.clear();
+  piece_ = false;
+  gate_.Reset();
+  DT_ASSIGN_OR_RETURN(auto c, core_->Consistency());
+  const std::string ticks = options_.kafka.ticks_topic();
+  ticks_offset_ = c.found && c.stream == ticks && c.offset >= 0 ? c.offset + 1 : 0;
+  // Where each partition starts, as at its assignment (which also tells the
+  // gate each partition's stored tail).
+  std::vector<TopicPartition> parts = consumer_->Assignment();
+  OnAssigned(&parts);
+  for (const auto& tp : parts) {
+    DT_RETURN_IF_ERROR(consumer_->Seek(tp));
+  }
+  spdlog::info("consumer: reading {} partition(s) again from the positions stored on the target",
+               parts.size());
   return Status::OK();
 }
 

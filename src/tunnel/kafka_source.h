@@ -26,7 +26,10 @@
 // until it holds the tunnel's apply lock on the target
 // (apply/consistency.h), then reads every partition without joining the
 // group's assignment (broker::Consumer, assign_all). TRUNCATE needs no
-// barrier then: every copy is in the same batch.
+// barrier then: every copy is in the same batch. A tick of more than
+// pipeline.tick_stream_changes changes is not held whole: it goes out in
+// pieces (piece()), which the target stages in one open transaction; if that
+// transaction is rolled back, Rewind() seeks back to the stored offsets.
 //
 // A packed snapshot chunk (publish/envelope.h) is one item whose COPY text
 // goes into the target as it is, in batches of such chunks only (the
@@ -66,6 +69,10 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   void KeepAlive() override;
   Status Committed(const std::vector<apply::Item>& items) override;
   void Close() override;
+  bool piece() const override { return piece_; }
+  // Seeks every partition (and the control topic) back to what the target
+  // stored, forgetting what the gate held.
+  Status Rewind() override;
 
   void OnAssigned(std::vector<TopicPartition>* partitions) override;
   void OnRevoked(const std::vector<TopicPartition>& partitions) override;
@@ -142,6 +149,11 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   int64_t ticks_offset_ = 0;   // where the control topic is read from
   int64_t held_since_us_ = 0;  // items held and no end-of-tick record since
   bool warned_no_ends_ = false;
+  // A tick too large to hold goes out in pieces (TickGate::ReleasePiece):
+  // the last batch was one; the next offsets of the partitions pieces came
+  // from, committed (as a hint) with the batch that ends the tick.
+  bool piece_ = false;
+  std::map<std::pair<std::string, int32_t>, int64_t> streamed_;
 };
 
 }  // namespace datatunnel::tunnel

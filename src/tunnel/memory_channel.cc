@@ -9,6 +9,9 @@ namespace datatunnel::tunnel {
 template <typename C>
 bool MemoryChannel::Push(C&& c, uint64_t token, const SourceSpecs& specs) {
   std::lock_guard<std::mutex> lock(mu_);
+  // The target asked for a replay: the source worker's session ends at its
+  // next health check and publishes this again.
+  if (replay_) return true;
   const size_t size = c.row.ByteSize() + sizeof(Change);
   // Always accept one change into an empty queue, however large.
   if (!queue_.empty() && (queue_.size() >= max_changes_ || bytes_ + size > max_bytes_)) {
@@ -33,7 +36,8 @@ void MemoryChannel::Pop(size_t max, int timeout_ms, std::vector<Change>* out,
                         size_t max_bytes) {
   std::unique_lock<std::mutex> lock(mu_);
   changes_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                       [&] { return !queue_.empty() || closed_; });
+                       [&] { return (!queue_.empty() && !replay_) || closed_; });
+  if (replay_) return;  // what is queued belongs to the session that ends
   size_t n = 0, taken = 0;
   while (!queue_.empty() && n < max && (n == 0 || taken < max_bytes)) {
     Entry& e = queue_.front();
@@ -68,6 +72,21 @@ void MemoryChannel::Clear() {
   std::lock_guard<std::mutex> lock(mu_);
   queue_.clear();
   bytes_ = 0;
+  acks_.clear();
+  replay_ = false;
+}
+
+void MemoryChannel::RequestReplay() {
+  std::lock_guard<std::mutex> lock(mu_);
+  replay_ = true;
+  queue_.clear();
+  bytes_ = 0;
+  acks_cv_.notify_all();
+}
+
+bool MemoryChannel::replay_requested() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return replay_;
 }
 
 void MemoryChannel::Close() {
@@ -85,6 +104,23 @@ bool MemoryChannel::closed() const {
 size_t MemoryChannel::queued() const {
   std::lock_guard<std::mutex> lock(mu_);
   return queue_.size();
+}
+
+Status MemorySink::Health() const {
+  if (channel_->replay_requested()) {
+    return Status::Retryable(
+        "the target worker rolled back a streamed tick and reads it again; publishing again "
+        "from recorded progress");
+  }
+  return Status::OK();
+}
+
+Status MemorySink::Recover() {
+  if (channel_->replay_requested()) {
+    channel_->Clear();
+    outstanding_ = 0;
+  }
+  return Status::OK();
 }
 
 template <typename C>

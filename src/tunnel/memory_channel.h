@@ -42,8 +42,16 @@ class MemoryChannel {
   void Ack(const std::vector<uint64_t>& tokens);
   // Source side: waits up to timeout_ms for acknowledgements, then takes them.
   void TakeAcks(int timeout_ms, std::vector<uint64_t>* out);
-  // Drops everything queued (source side, before it restarts from progress).
+  // Drops everything queued and every acknowledgement not taken, and ends a
+  // replay request (source side, before it restarts from progress).
   void Clear();
+  // Target side: it rolled back what it had taken and not acknowledged (a
+  // streamed tick): drops the queue; until the source side calls Clear(),
+  // pushes are dropped and Pop() hands out nothing, and the source worker's
+  // session ends (MemorySink::Health) and starts again from its recorded
+  // progress, which only acknowledged changes moved.
+  void RequestReplay();
+  bool replay_requested() const;
   void Close();
   bool closed() const;
   size_t queued() const;
@@ -65,6 +73,7 @@ class MemoryChannel {
   size_t max_changes_;
   size_t max_bytes_;
   bool closed_ = false;
+  bool replay_ = false;
 };
 
 class MemorySink : public ChangeSink {
@@ -83,7 +92,9 @@ class MemorySink : public ChangeSink {
   void SetTables(const std::vector<TableSpec>* tables) override {
     specs_ = std::make_shared<const std::vector<TableSpec>>(*tables);
   }
-  Status Health() const override { return Status::OK(); }
+  // kRetryable while the target worker asks for a replay (RequestReplay).
+  Status Health() const override;
+  Status Recover() override;
   bool TakesPackedChunks() const override { return !whole_ticks_; }
   const char* receiver() const override { return "the target worker"; }
 

@@ -83,6 +83,8 @@ Status MemorySource::Fill(bool* ended) {
 }
 
 Status MemorySource::NextWholeTicks(std::vector<apply::Item>* items, bool* ended) {
+  piece_ = false;
+  if (!whole_ticks_streaming_) batch_tokens_.clear();
   for (;;) {
     size_t cut = 0;  // just past the last end of a tick held
     for (size_t i = held_.size(); i > 0; --i) {
@@ -91,8 +93,14 @@ Status MemorySource::NextWholeTicks(std::vector<apply::Item>* items, bool* ended
         break;
       }
     }
+    // A tick too large to hold whole: what is held goes out as a piece
+    // (its tokens are acknowledged with the batch that ends the tick).
+    if (cut == 0 && held_.size() >= stream_changes_) {
+      cut = held_.size();
+      piece_ = true;
+    }
     if (cut > 0) {
-      batch_tokens_.clear();
+      whole_ticks_streaming_ = piece_;
       for (size_t i = 0; i < cut; ++i) {
         items->push_back(std::move(held_.front()));
         held_.pop_front();
@@ -136,6 +144,17 @@ Status MemorySource::Next(std::vector<apply::Item>* items, bool* ended) {
                   std::make_move_iterator(pending_.begin() + static_cast<ptrdiff_t>(end)));
   }
   next_ = end;
+  return Status::OK();
+}
+
+Status MemorySource::Rewind() {
+  channel_->RequestReplay();
+  held_.clear();
+  held_tokens_.clear();
+  batch_tokens_.clear();
+  pending_.clear();
+  pending_size_ = next_ = 0;
+  whole_ticks_streaming_ = piece_ = false;
   return Status::OK();
 }
 

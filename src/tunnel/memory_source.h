@@ -29,15 +29,21 @@ class MemorySource : public ChangeSource {
   // `whole_ticks` (apply_consistency = "transaction"): each batch ends at
   // the end of a tick (a Marker::kTickEnd change), holding one or several
   // whole ticks; what follows the last end waits for the next batch.
+  // A tick of more than `stream_changes` changes goes out in pieces
+  // (piece()); a rollback of its target transaction asks the source worker
+  // to publish again from its recorded progress (Rewind()).
   MemorySource(MemoryChannel* channel, size_t batch_max_changes, const StopSource* stop,
-               bool whole_ticks = false)
+               bool whole_ticks = false, size_t stream_changes = 50000)
       : channel_(channel),
         batch_max_changes_(batch_max_changes),
         stop_(stop),
-        whole_ticks_(whole_ticks) {}
+        whole_ticks_(whole_ticks),
+        stream_changes_(stream_changes) {}
   Status Open(TargetCore* core) override;
   Status Next(std::vector<apply::Item>* items, bool* ended) override;
   Status Committed(const std::vector<apply::Item>& items) override;
+  bool piece() const override { return piece_; }
+  Status Rewind() override;
 
  private:
   // Waits for changes and turns them into pending_ items. Sets *ended when
@@ -69,6 +75,10 @@ class MemorySource : public ChangeSource {
   std::deque<apply::Item> held_;
   std::deque<uint64_t> held_tokens_;
   std::vector<uint64_t> batch_tokens_;
+  // A tick too large to hold: the last batch was a piece of it.
+  size_t stream_changes_;
+  bool piece_ = false;
+  bool whole_ticks_streaming_ = false;  // batch_tokens_ holds a piece's tokens
   static constexpr uint64_t kNoToken = UINT64_MAX;
   const std::string tick_stream_ = "memory";
   SourceSpecs mapped_;     // the specs `remap_` was built for

@@ -271,6 +271,106 @@ Status TargetCore::ApplyBatch(std::vector<apply::Item>& items,
   }
 }
 
+void TargetCore::AbortStream() {
+  if (applier_) applier_->AbortStream();
+  stream_states_.clear();
+  stream_applied_.clear();
+  // States read inside the rolled-back transaction may be gone with it.
+  states_.clear();
+}
+
+Status TargetCore::Stream(std::vector<apply::Item>& items, bool finish) {
+  if (stop_->stop_requested()) {
+    AbortStream();
+    return Status::Cancelled();
+  }
+  const apply::StateFn state = [this](const std::string& stream, int32_t partition,
+                                      uint32_t table) -> Result<apply::PartitionState> {
+    auto it = stream_states_.find({stream, partition});
+    if (it != stream_states_.end()) return it->second;
+    return State(stream, partition, table);
+  };
+  plan_.Clear();
+  Status st;
+  const bool first = !streaming();
+  if (first && (!conn_ || conn_->IsBroken())) st = Reconnect(false);
+  if (st.ok()) st = apply::PlanBatch(items, state, &plan_, /*whole_ticks=*/true);
+  if (first) {
+    stream_started_us_ = MonotonicMicros();
+    stream_pieces_ = stream_changes_ = 0;
+  }
+  const int64_t finish_from_us = MonotonicMicros();
+  if (st.ok()) {
+    for (const auto& a : plan_.advances) {
+      if (!a.gap) continue;
+      // A gap: nothing of the tick is applied; the gap is recorded (in a
+      // transaction of its own) and stops the worker.
+      AbortStream();
+      return ApplyBatch(items);
+    }
+    // A reconnect while reading states (State()) ended the transaction
+    // holding the earlier pieces: read the tick again.
+    if (!first && !streaming()) {
+      st = Status::Retryable("the target connection was lost while a tick streamed");
+    } else {
+      st = finish ? applier_->FinishStream(plan_.changes, plan_.advances,
+                                           plan_.tick ? &*plan_.tick : nullptr)
+                  : applier_->StagePiece(plan_.changes, plan_.advances);
+    }
+  }
+  if (!st.ok()) {
+    const bool moved = applier_ && applier_->position_moved();
+    AbortStream();
+    if (st.IsCancelled()) return st;
+    if (!st.IsRetryable() && !moved) return Failed(st);
+    ++metrics_->errors;
+    ++metrics_->retries;
+    if (conn_ && conn_->IsBroken()) metrics_->target_connected = 0;
+    return Status::Retryable(st.message());
+  }
+  if (stream_applied_.size() != targets_.size()) stream_applied_.assign(targets_.size(), 0);
+  for (size_t i = 0; i < plan_.advances.size(); ++i) {
+    const apply::Advance& a = plan_.advances[i];
+    stream_states_[{a.stream, a.partition}] = plan_.StateAfter(i);
+  }
+  if (first) {
+    spdlog::info(
+        "consumer: a tick of more than {} change(s) is streamed to the target in pieces, "
+        "within one transaction",
+        options_.pipeline.tick_stream_changes);
+  }
+  if (!finish) {
+    ++stream_pieces_;
+    stream_changes_ += plan_.changes.size();
+    for (const Change* c : plan_.changes) {
+      if (c->op != Op::kRead && c->pos.sub == 0) ++stream_applied_[c->table];
+    }
+    for (size_t i = 0; i < plan_.advances.size(); ++i) {
+      metrics_->table(plan_.advance_table[i]).skipped += plan_.advances[i].skipped;
+      metrics_->table(plan_.advance_table[i]).dead_letters += plan_.advances[i].dead;
+    }
+    return Status::OK();
+  }
+  const int64_t now = MonotonicMicros();
+  spdlog::info(
+      "consumer: a streamed tick committed: {} change(s) in {} piece(s); {:.1f} s from its first "
+      "piece, of which {:.1f} s for the last piece, the writes to the target tables and the "
+      "commit",
+      stream_changes_ + plan_.changes.size(), stream_pieces_ + 1,
+      static_cast<double>(now - stream_started_us_) / 1e6,
+      static_cast<double>(now - finish_from_us) / 1e6);
+  // Committed: the states reached, the metrics of the pieces, then the
+  // final batch's as for any batch.
+  for (auto& [key, s] : stream_states_) states_[key] = s;
+  for (size_t t = 0; t < stream_applied_.size(); ++t) {
+    metrics_->table(t).applied += stream_applied_[t];
+  }
+  stream_states_.clear();
+  stream_applied_.clear();
+  Committed();
+  return Status::OK();
+}
+
 void TargetCore::Committed() {
   for (size_t i = 0; i < plan_.advances.size(); ++i) {
     const apply::Advance& a = plan_.advances[i];

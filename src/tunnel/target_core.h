@@ -85,6 +85,18 @@ class TargetCore {
   // the gap is recorded with the batch, and once it committed the result is
   // kFatal with the one-line explanation and fix.
   Status ApplyBatch(std::vector<apply::Item>& items, const std::function<void()>& keepalive = {});
+  // A tick too large to hold (apply_consistency = "transaction",
+  // pipeline.tick_stream_changes), streamed (apply::Applier::StagePiece):
+  // StreamPiece stages `items`, a piece of a tick not yet complete, in the
+  // open target transaction (opening it); FinishStream stages the batch
+  // that completes it and commits the whole. One attempt each: on a failure
+  // that may heal the transaction is rolled back and the result is
+  // kRetryable — the caller reads the tick again from the stored positions
+  // (ChangeSource::Rewind). Cancelled when a stop was requested first.
+  Status StreamPiece(std::vector<apply::Item>& items) { return Stream(items, false); }
+  Status FinishStream(std::vector<apply::Item>& items) { return Stream(items, true); }
+  bool streaming() const { return applier_ && applier_->streaming(); }
+  void AbortStream();
 
  private:
   // The one place the target connection is opened: `wait` retries until it
@@ -96,6 +108,7 @@ class TargetCore {
   void Adopt(uint32_t table, const TableSpec& fresh);
   // After plan_ committed: the cached states and the metrics.
   void Committed();
+  Status Stream(std::vector<apply::Item>& items, bool finish);
   // A failure that cannot heal, naming the tables of the batch.
   Status Failed(const Status& st) const;
   TargetOptions options_;
@@ -108,6 +121,12 @@ class TargetCore {
   std::map<std::pair<std::string, int32_t>, apply::PartitionState> states_;
   apply::BatchPlan plan_;
   bool reached_ = false;  // a connection to the target opened once
+  // A streamed tick: each partition's state inside its open transaction,
+  // and the changes staged per table (counted once it commits).
+  std::map<std::pair<std::string, int32_t>, apply::PartitionState> stream_states_;
+  std::vector<int64_t> stream_applied_;
+  int64_t stream_started_us_ = 0;
+  size_t stream_pieces_ = 0, stream_changes_ = 0;
 };
 
 }  // namespace datatunnel::tunnel

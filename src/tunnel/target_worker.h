@@ -9,7 +9,9 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
+#include "core/clock.h"
 #include "core/stop.h"
 #include "metrics/metrics.h"
 #include "tunnel/change_source.h"
@@ -29,7 +31,11 @@ class TargetWorker {
 
  private:
   Status Loop();
+  // A batch of a streamed tick (TargetCore::StreamPiece); after a rollback,
+  // rewinds the source. Sets *stop when a stop was requested.
+  Status Stream(std::vector<apply::Item>& items, bool* stop);
   const StopSource* stop_;
+  Backoff stream_backoff_{500, 10000};
   TargetCore core_;
   std::unique_ptr<ChangeSource> source_;
 };

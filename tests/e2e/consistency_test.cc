@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/clock.h"
 #include "support/pg_cluster.h"
 #include "support/test_util.h"
 #include "support/tunnel_fixture.h"
@@ -435,6 +436,160 @@ TEST_F(ConsistencyTest, ANonDeferrableCycleStopsAtStart) {
                                   "AND condeferrable"),
             0);
 }
+
+// A tick larger than pipeline.tick_stream_changes (a 5,000-row source
+// transaction, parents and their children, with updates and deletes of
+// rows inside it) is streamed to the target in pieces and still arrives
+// whole, as one target commit: a reader never sees part of it. Through
+// Kafka its rows are spread over four partitions of two topics, so a
+// piece holds children whose parents come in a later one.
+// Joins its threads when it goes, an ASSERT's early return included.
+struct Joiner {
+  std::atomic<bool>* stop;
+  std::vector<std::thread> threads;
+  ~Joiner() {
+    *stop = true;
+    for (auto& t : threads) t.join();
+  }
+};
+
+class HugeTickTest : public ConsistencyTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  static constexpr int kParents = 2000;
+  static constexpr int kChildren = 3000;
+  void SetUpFamily() {
+    if (GetParam()) UseKafka();
+    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
+      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
+      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
+      c->Exec(db,
+              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
+              "REFERENCES parent(id), note text)");
+    }
+    WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
+                std::string(kTransaction) + "tick_stream_changes = 300\n");
+    ASSERT_EQ(Dt({"init"}).code, 0);
+  }
+  std::vector<std::string> RunArgs() const {
+    return GetParam() ? std::vector<std::string>{"run"}
+                      : std::vector<std::string>{"run", "--broker", "none"};
+  }
+  // Ten parents first, then one transaction: kParents parents, kChildren
+  // children, every tenth child updated, the first ten parents deleted.
+  void BigTransaction() {
+    SourceCluster().Exec(src_,
+                         "INSERT INTO parent SELECT i, 'first' FROM generate_series(1, 10) i");
+    ASSERT_TRUE(WaitUntil(
+        [&] { return TargetCluster().Count(tgt_, "SELECT count(*) FROM parent") == 10; }, 60))
+        << RunningLogs();
+    SourceCluster().Exec(
+        src_, fmt::format("BEGIN; INSERT INTO parent SELECT i, 'p' || i FROM generate_series(11, "
+                          "{0} + 10) i; INSERT INTO child SELECT i, 11 + i % {0}, 'c' FROM "
+                          "generate_series(1, {1}) i; UPDATE child SET note = 'updated' WHERE "
+                          "id % 10 = 0; DELETE FROM parent WHERE id <= 10; COMMIT",
+                          kParents, kChildren));
+  }
+  // A reader of the target: parents and children counted in one statement
+  // must be the state before the transaction or after it.
+  void Read(const std::atomic<bool>& stop, std::atomic<int64_t>* reads, std::atomic<int64_t>* wrong,
+            std::string* first) {
+    auto c = TargetCluster().Connect(tgt_);
+    while (!stop) {
+      auto r = c->Query("SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)");
+      if (!r.ok()) continue;
+      ++*reads;
+      const int64_t p = r->GetInt64(0, 0), k = r->GetInt64(0, 1);
+      const bool before = k == 0 && (p == 0 || p == 10);
+      const bool after = p == kParents && k == kChildren;
+      if (!before && !after && (*wrong)++ == 0)
+        *first = fmt::format("{} parents, {} children", p, k);
+    }
+  }
+};
+
+TEST_P(HugeTickTest, ArrivesWholeAsOneCommit) {
+  // Through Kafka: InterruptedWhileStreamingLeavesNoPart/Kafka streams the
+  // same tick whole after its interruptions (the test budget).
+  if (GetParam()) GTEST_SKIP() << "covered by InterruptedWhileStreamingLeavesNoPart/Kafka";
+  SetUpFamily();
+  auto run = Start(RunArgs());
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> reads{0}, wrong{0};
+  std::string first;
+  {
+    Joiner j{&stop, {}};
+    j.threads.emplace_back([&] { Read(stop, &reads, &wrong, &first); });
+    BigTransaction();
+    ExpectInSync();
+  }
+  EXPECT_GT(reads, 10);
+  EXPECT_EQ(wrong, 0) << "of " << reads << " reads; the first: " << first;
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM child WHERE note = 'updated'"),
+            kChildren / 10);
+  EXPECT_TRUE(Contains(run->Stderr(), "is streamed to the target in pieces")) << run->Stderr();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+// Interrupted while it streams: the target session ends (the tick is read
+// again from the stored positions), then the process is killed; no part of
+// the tick is ever visible, and a new process brings it whole.
+TEST_P(HugeTickTest, InterruptedWhileStreamingLeavesNoPart) {
+  SetUpFamily();
+  auto run = Start(RunArgs());
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> reads{0}, wrong{0};
+  std::string first;
+  Joiner j{&stop, {}};
+  j.threads.emplace_back([&] { Read(stop, &reads, &wrong, &first); });
+  // The target session a streamed tick is open in: ended once.
+  std::atomic<bool> terminated{false};
+  j.threads.emplace_back([&] {
+    auto c = TargetCluster().Connect(tgt_);
+    const int64_t deadline = MonotonicMicros() + 60'000'000;
+    while (!stop && MonotonicMicros() < deadline) {
+      auto r = c->Query(
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+          "current_database() AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL AND "
+          "query LIKE '%dt_tick_%'");
+      if (r.ok() && r->GetInt64(0, 0) > 0) {
+        terminated = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  BigTransaction();
+  ASSERT_TRUE(WaitUntil(
+      [&] { return Contains(run->Stderr(), "a streamed tick was rolled back; reading it again"); },
+      60))
+      << run->Stderr();
+  EXPECT_TRUE(terminated);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        const std::string err = run->Stderr();
+        const size_t rolled_back = err.find("a streamed tick was rolled back");
+        return rolled_back != std::string::npos &&
+               err.find("is streamed to the target", rolled_back) != std::string::npos;
+      },
+      60))
+      << run->Stderr();
+  // Killed while it streams again (the reader checks what the target shows).
+  run->Signal(SIGKILL);
+  run->Wait(10);
+  run = Start(RunArgs());
+  ExpectInSync();
+  stop = true;
+  EXPECT_GT(reads, 10);
+  EXPECT_EQ(wrong, 0) << "of " << reads << " reads; the first: " << first;
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM child WHERE note = 'updated'"),
+            kChildren / 10);
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
+INSTANTIATE_TEST_SUITE_P(Input, HugeTickTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? std::string("Kafka") : std::string("Memory");
+                         });
 
 }  // namespace
 }  // namespace datatunnel
