@@ -719,6 +719,18 @@ std::vector<size_t> Writable(const TableSpec& spec) {
   return cols;
 }
 
+// The writable columns a staged change carried: those not listed in its
+// "_dt_absent" text (comma-separated column indexes).
+std::vector<size_t> Carried(const TableSpec& spec, const std::string& absent) {
+  std::vector<size_t> cols;
+  for (size_t i : Writable(spec)) {
+    if (("," + absent + ",").find("," + std::to_string(i) + ",") == std::string::npos) {
+      cols.push_back(i);
+    }
+  }
+  return cols;
+}
+
 // Rows of a streamed tick after its last TRUNCATE (`truncated`, zero: none).
 std::string AfterTruncate(const Position& truncated) {
   if (truncated == Position{}) return "";
@@ -893,13 +905,7 @@ Status Applier::StreamStep(const Step& step) {
                                                  t, after)));
     for (int g = 0; g < groups.rows(); ++g) {
       const std::string absent(groups.Get(g, 0));
-      std::vector<size_t> cols;
-      for (size_t i : Writable(spec)) {
-        if (("," + absent + ",").find("," + std::to_string(i) + ",") == std::string::npos) {
-          cols.push_back(i);
-        }
-      }
-      const std::string list = ColumnList(spec, cols);
+      const std::string list = ColumnList(spec, Carried(spec, absent));
       DT_RETURN_IF_ERROR(conn_
                              ->Query(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_tick_{} "
                                                  "WHERE \"_dt_op\" IN ('c', 'r') AND "
@@ -943,12 +949,7 @@ Status Applier::StreamStep(const Step& step) {
                                                t)));
   for (int g = 0; g < groups.rows(); ++g) {
     const std::string absent(groups.Get(g, 0));
-    std::vector<size_t> cols;
-    for (size_t i : Writable(spec)) {
-      if (("," + absent + ",").find("," + std::to_string(i) + ",") == std::string::npos) {
-        cols.push_back(i);
-      }
-    }
+    const std::vector<size_t> cols = Carried(spec, absent);
     const std::string list = ColumnList(spec, cols);
     DT_RETURN_IF_ERROR(
         conn_

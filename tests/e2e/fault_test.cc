@@ -58,6 +58,27 @@ class FaultTest : public testing::TunnelFixture {
         std::vector<std::pair<std::string, std::string>>{{"public.employees", "public.employees"}});
   }
 
+  // The options `consume` and `produce` would run their workers with.
+  tunnel::TargetOptions TargetWorkerOptions() const {
+    tunnel::TargetOptions o;
+    o.connect.dsn = config_loaded_.target.dsn;
+    o.connect.role = "target";
+    o.tunnel = config_loaded_.tunnel.name;
+    o.tables = config_loaded_.tables;
+    o.pipeline = config_loaded_.pipeline;
+    o.kafka = config_loaded_.kafka;
+    return o;
+  }
+  tunnel::SourceOptions SourceWorkerOptions() const {
+    tunnel::SourceOptions o;
+    o.connect.dsn = config_loaded_.source.dsn;
+    o.connect.role = "source";
+    o.tunnel = config_loaded_.tunnel.name;
+    o.tables = config_loaded_.tables;
+    o.pipeline = config_loaded_.pipeline;
+    return o;
+  }
+
   Config config_loaded_;
 };
 
@@ -119,13 +140,7 @@ class InDoubtCommitTest : public FaultTest, public ::testing::WithParamInterface
 
 TEST_P(InDoubtCommitTest, TheConsumerLearnsTheOutcomeFromTheTarget) {
   auto produce = Start({"produce"});
-  tunnel::TargetOptions options;
-  options.connect.dsn = config_loaded_.target.dsn;
-  options.connect.role = "target";
-  options.tunnel = config_loaded_.tunnel.name;
-  options.tables = config_loaded_.tables;
-  options.pipeline = config_loaded_.pipeline;
-  options.kafka = config_loaded_.kafka;
+  const tunnel::TargetOptions options = TargetWorkerOptions();
   metrics::Metrics metrics = NewMetrics();
   StopSource stop;
   tunnel::KafkaTargetWorker worker(options, &metrics, &stop);
@@ -178,12 +193,7 @@ INSTANTIATE_TEST_SUITE_P(Fault, InDoubtCommitTest,
 // each change applied once.
 TEST_F(FaultTest, AProducerThatDiesAfterRecordingATickLosesNothing) {
   auto consume = Start({"consume"});
-  tunnel::SourceOptions options;
-  options.connect.dsn = config_loaded_.source.dsn;
-  options.connect.role = "source";
-  options.tunnel = config_loaded_.tunnel.name;
-  options.tables = config_loaded_.tables;
-  options.pipeline = config_loaded_.pipeline;
+  tunnel::SourceOptions options = SourceWorkerOptions();
   // Once idle, ticks only when woken by a NOTIFY: the changes below are
   // committed before the fault is armed, and the tick the NOTIFY wakes holds
   // exactly them. (The idle check cannot be the trigger: it may see the
@@ -277,26 +287,13 @@ TEST_F(FaultTest, AConnectionLostWhileStartingIsWaitedOut) {
   both.b = &target_fault;
   ScopedFaultHook installed(&both);
 
-  tunnel::TargetOptions target;
-  target.connect.dsn = config_loaded_.target.dsn;
-  target.connect.role = "target";
-  target.tunnel = config_loaded_.tunnel.name;
-  target.tables = config_loaded_.tables;
-  target.pipeline = config_loaded_.pipeline;
-  target.kafka = config_loaded_.kafka;
   metrics::Metrics metrics = NewMetrics();
   StopSource stop;
-  tunnel::KafkaTargetWorker consumer(target, &metrics, &stop);
+  tunnel::KafkaTargetWorker consumer(TargetWorkerOptions(), &metrics, &stop);
   Status consumed;
   std::thread thread([&] { consumed = consumer.Run(); });
 
-  tunnel::SourceOptions source;
-  source.connect.dsn = config_loaded_.source.dsn;
-  source.connect.role = "source";
-  source.tunnel = config_loaded_.tunnel.name;
-  source.tables = config_loaded_.tables;
-  source.pipeline = config_loaded_.pipeline;
-  Producer producer(config_loaded_, src_, source);
+  Producer producer(config_loaded_, src_, SourceWorkerOptions());
 
   SourceCluster().Exec(src_,
                        "INSERT INTO employees(first_name) SELECT 'a' || i FROM "
