@@ -859,14 +859,13 @@ Status ChangeLog::RecordProgress(std::span<const ProgressUpdate> updates) {
     subs.emplace_back(std::to_string(u.sub));
     counts.emplace_back(std::to_string(u.delivered));
   }
-  stmts.push_back({fmt::format("EXECUTE {}({}, {}, {}, {}, {}, {})", kProgressStatement,
-                               QuoteLiteral(pg::TextArrayLiteral(schemas)),
-                               QuoteLiteral(pg::TextArrayLiteral(names)),
-                               QuoteLiteral(pg::TextArrayLiteral(ticks)),
-                               QuoteLiteral(pg::TextArrayLiteral(seqs)),
-                               QuoteLiteral(pg::TextArrayLiteral(counts)),
-                               QuoteLiteral(pg::TextArrayLiteral(subs))),
-                   {}});
+  stmts.push_back(
+      {fmt::format(
+           "EXECUTE {}({}, {}, {}, {}, {}, {})", kProgressStatement,
+           QuoteLiteral(pg::TextArrayLiteral(schemas)), QuoteLiteral(pg::TextArrayLiteral(names)),
+           QuoteLiteral(pg::TextArrayLiteral(ticks)), QuoteLiteral(pg::TextArrayLiteral(seqs)),
+           QuoteLiteral(pg::TextArrayLiteral(counts)), QuoteLiteral(pg::TextArrayLiteral(subs))),
+       {}});
   // Keep the ticks some table may still need as its batch's lower bound,
   // and every tick while a transaction registering a new table (auto_add,
   // install.sql) is open: it holds kAddLockClass shared, and the tick it

@@ -324,9 +324,9 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
     Workers workers(&pipeline, &worker_ended);
     StatusReporter reporter(&metrics, plan, isatty(STDERR_FILENO) && g.log_format != "json");
     bool signalled = false, tables_changed = false;
-    bool snapshot_complete = Watch(plan, memory, metrics, workers, &main_stop, &reporter, snapshot,
-                                   table_watch.get(), config.tables, worker_ended, &signalled,
-                                   &tables_changed);
+    bool snapshot_complete =
+        Watch(plan, memory, metrics, workers, &main_stop, &reporter, snapshot, table_watch.get(),
+              config.tables, worker_ended, &signalled, &tables_changed);
     reporter.Finish();
     workers.Stop();
 
