@@ -226,6 +226,52 @@ bool Watch(const RunPlan& plan, bool memory, const metrics::Metrics& metrics,
   }
 }
 
+// auto_add: a watch on the source for tables added while the tunnel runs
+// (opened before the tables are resolved, so none slips in between). A
+// `consume` that cannot reach the source carries the tables it has.
+Status OpenTableWatch(const Setup& setup, const RunPlan& plan, std::unique_ptr<TableWatch>* watch) {
+  if (!HasAutoAdd(setup.config) || plan.snapshot_only || setup.config.kafka.debezium()) {
+    return Status::OK();
+  }
+  auto w = TableWatch::Open(setup);
+  if (w.ok()) {
+    *watch = std::move(*w);
+    return Status::OK();
+  }
+  if (plan.source) return w.status();
+  Warn(fmt::format(
+      "auto_add: consume cannot reach the source ({}), which it needs to create the target "
+      "tables of new tables; it carries the tables captured now, and new ones once it is "
+      "restarted after `datatunnel init`",
+      w.status().message()));
+  return Status::OK();
+}
+
+// The tunnel's tables after auto_add added some: resolved again, their
+// target tables made ready as `init` does, each new one logged.
+Status AdoptAddedTables(const Setup& setup, const RunPlan& plan, TableWatch* watch,
+                        std::vector<TableConfig>* tables) {
+  std::vector<TableConfig> now;
+  Status st = watch->Resolve(&now);
+  if (st.ok() && plan.target) {
+    auto target = pg::Connection::Open(setup.target);
+    st = target.ok() ? watch->PrepareTarget(**target, *tables, now) : target.status();
+  }
+  if (!st.ok()) return st.WithContext("auto_add: adding new tables");
+  std::set<std::string> had;
+  for (const auto& t : *tables) had.insert(t.source.ToString());
+  for (const auto& t : now) {
+    if (had.count(t.source.ToString()) == 0) {
+      spdlog::info(
+          "auto_add: new table {} (matches source = \"{}\", line {}): carrying it from now on, "
+          "after a copy of its rows",
+          t.source.ToString(), t.pattern_text, t.line);
+    }
+  }
+  *tables = std::move(now);
+  return Status::OK();
+}
+
 }  // namespace
 
 int RunTunnel(const Globals& g, const RunPlan& plan) {
@@ -238,19 +284,7 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   // auto_add: watch the source for tables added while the tunnel runs
   // (before the tables are resolved, so none slips in between).
   std::unique_ptr<TableWatch> table_watch;
-  if (HasAutoAdd(setup->config) && !plan.snapshot_only && !setup->config.kafka.debezium()) {
-    auto w = TableWatch::Open(*setup);
-    if (!w.ok()) {
-      if (plan.source) return Fail(w.status());
-      Warn(fmt::format(
-          "auto_add: consume cannot reach the source ({}), which it needs to create the target "
-          "tables of new tables; it carries the tables captured now, and new ones once it is "
-          "restarted after `datatunnel init`",
-          w.status().message()));
-    } else {
-      table_watch = std::move(*w);
-    }
-  }
+  if (Status st = OpenTableWatch(*setup, plan, &table_watch); !st.ok()) return Fail(st);
   if (HasPatterns(setup->config)) {
     // Pattern entries: the tables init captured (from the source when this
     // process uses it, else as init recorded them on the target).
@@ -332,25 +366,9 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
 
     if (Status st = workers.Failure(); !st.ok()) return Fail(st);
     if (tables_changed) {
-      std::vector<TableConfig> now;
-      Status st = table_watch->Resolve(&now);
-      if (st.ok() && plan.target) {
-        auto target = pg::Connection::Open(setup->target);
-        st = target.ok() ? table_watch->PrepareTarget(**target, config.tables, now)
-                         : target.status();
+      if (Status st = AdoptAddedTables(*setup, plan, table_watch.get(), &config.tables); !st.ok()) {
+        return Fail(st);
       }
-      if (!st.ok()) return Fail(st.WithContext("auto_add: adding new tables"));
-      std::set<std::string> had;
-      for (const auto& t : config.tables) had.insert(t.source.ToString());
-      for (const auto& t : now) {
-        if (had.count(t.source.ToString()) == 0) {
-          spdlog::info(
-              "auto_add: new table {} (matches source = \"{}\", line {}): carrying it "
-              "from now on, after a copy of its rows",
-              t.source.ToString(), t.pattern_text, t.line);
-        }
-      }
-      config.tables = std::move(now);
       continue;
     }
     if (!plan.snapshot_only) return kExitOk;
