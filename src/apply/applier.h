@@ -126,7 +126,10 @@ class Applier {
   // touched before the tick is whole and no foreign key can see part of it.
   // FinishStream() stages the rest, reduces each keyed table's rows to the
   // newest change per key in SQL, writes them in Apply()'s order of steps,
-  // then the advances and the tick mark, and commits. On any failure the
+  // then the advances and the tick mark, and commits. A table whose staged
+  // changes are all inserts is first written with a plain INSERT, without
+  // the reduction (rolled back to it when a key is there already); one of
+  // deletes only is joined with the staged rows as they are. On any failure the
   // transaction is rolled back (nothing of the tick stays) and the caller
   // reads the tick again from the stored positions.
   // StagePiece: `changes` (any order) and `advances` (applied in the open
@@ -208,8 +211,20 @@ class Applier {
   struct Staged {
     bool any = false;
     Shape shape;
-    Position truncated;  // the newest TRUNCATE staged (zero: none)
+    bool updates = false;  // an UPDATE is staged (not inserts only)
+    Position truncated;    // the newest TRUNCATE staged (zero: none)
+    bool reduced = false;  // dt_net_N holds the newest change per key
   };
+  // A keyed table's staged changes are all inserts (Op::kInsert, kRead),
+  // or all deletes: written without the reduction (see FinishStream()).
+  static bool InsertsOnly(const Staged& st);
+  static bool DeletesOnly(const Staged& st);
+  // Fills dt_net_N with table `table`'s newest change per key after its last
+  // TRUNCATE.
+  Status Reduce(uint32_t table);
+  // Inserts table `table`'s staged rows with plain INSERTs in a savepoint:
+  // false (rolled back) if a key was there already or staged twice.
+  Result<bool> InsertStaged(uint32_t table);
   std::vector<bool> tick_staging_;
   std::vector<Staged> staged_rows_;
   bool stream_open_ = false;

@@ -343,7 +343,7 @@ Status TargetCore::Stream(std::vector<apply::Item>& items, bool finish) {
     ++stream_pieces_;
     stream_changes_ += plan_.changes.size();
     for (const Change* c : plan_.changes) {
-      if (c->op != Op::kRead && c->pos.sub == 0) ++stream_applied_[c->table];
+      if (c->op != Op::kRead && c->pos.part() == 0) ++stream_applied_[c->table];
     }
     for (size_t i = 0; i < plan_.advances.size(); ++i) {
       metrics_->table(plan_.advance_table[i]).skipped += plan_.advances[i].skipped;

@@ -267,6 +267,38 @@ TEST_F(OpsTest, MetricsEndpointCountsWhatTheTestDid) {
 
 // While the broker is down, the producer holds the changes it cannot
 // deliver: the lag is their age, and grows until the broker is back.
+// A tick streamed in pieces (apply_consistency = "transaction") counts
+// every change it applied, a bulk statement's rows included (their
+// positions' sub carries the element: once only those with sub 0 counted).
+TEST_F(OpsTest, AStreamedTickCountsEveryChangeApplied) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  WriteConfig(testing::kEmployeesTable,
+              MetricsConfig("[pipeline]\napply_consistency = \"transaction\"\n"
+                            "tick_stream_changes = 300\n"));
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--broker", "none"});
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return SourceCluster().Scalar(src_,
+                                      "SELECT snapshot_state FROM datatunnel.tables WHERE "
+                                      "table_name = 'employees'") ==
+               std::optional<std::string>("done");
+      },
+      20))
+      << run->Stderr();
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 2000) i");  // the bulk form: > 1,000 rows
+  ExpectInSync();
+  const std::string t = "public.employees";
+  EXPECT_TRUE(
+      WaitUntil([&] { return Metric("datatunnel_changes_applied_total", t) == 2000.0; }, 20))
+      << HttpGet(port_, "/metrics").body;
+  EXPECT_TRUE(Contains(run->Stderr(), "is streamed to the target in pieces")) << run->Stderr();
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
 TEST_F(OpsTest, LagGrowsWhileTheBrokerIsDown) {
   SourceCluster().Exec(src_, kEmployeesPkDdl);
   TargetCluster().Exec(tgt_, kEmployeesPkDdl);
