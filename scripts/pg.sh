@@ -9,6 +9,8 @@
 # its socket and log inside DIR. initdb refuses to run as root, so as root the
 # server runs as the `postgres` user Debian's package creates.
 # PG_FSYNC=off makes it faster for tests (never for real data).
+# PG_OWNER=PID (tests): once process PID is gone, stop the cluster and delete
+# DIR, so a test binary killed mid-run (timeout, kill -9) leaves no server.
 set -euo pipefail
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -53,6 +55,12 @@ case "$cmd" in
           -c max_connections=200 -c shared_buffers=${PG_SHARED_BUFFERS:-128MB} \
           -c wal_level=${PG_WAL_LEVEL:-replica} -c max_wal_size=2GB -c log_min_messages=warning" \
       start >/dev/null
+    if [[ -n "${PG_OWNER:-}" ]]; then
+      # The watchdog: while the owner lives and the cluster is there, wait.
+      setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -f "$2/data/PG_VERSION" ]]; do sleep 1; done
+                      [[ -f "$2/data/PG_VERSION" ]] && "$3" stop "$2" && rm -rf "$2"' \
+        _ "$PG_OWNER" "$dir" "$(realpath "$0")" >/dev/null 2>&1 </dev/null &
+    fi
     for db in "$@"; do
       if ! "$bindir/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc \
            "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then

@@ -51,11 +51,14 @@ PgCluster::PgCluster(const std::string& name) {
   chmod(parent, 0755);  // the server runs as the postgres user when we are root
   dir_ = std::string(parent) + "/" + name;
   const std::string template_dir = std::string(DATATUNNEL_BUILD_DIR) + "/test-pg-template";
+  // PG_OWNER (here and in Start): the server goes with this process, however
+  // it ends (a timeout's kill -9 included).
   for (int attempt = 0; attempt < 5; ++attempt) {
     port_ = FreePort();
     int rc =
-        Shell(fmt::format("PG_FSYNC=off PG_TEMPLATE={} {}/scripts/pg.sh start {} {} >/dev/null",
-                          template_dir, SourceDir(), dir_, port_));
+        Shell(fmt::format("PG_FSYNC=off PG_TEMPLATE={} PG_OWNER={} {}/scripts/pg.sh start {} {} "
+                          ">/dev/null",
+                          template_dir, getpid(), SourceDir(), dir_, port_));
     if (rc == 0) return;
   }
   fmt::print(stderr, "test fixture: could not start PostgreSQL in {} (see {}/server.log)\n", dir_,
@@ -131,8 +134,8 @@ void PgCluster::Stop() {
 }
 
 void PgCluster::Start() {
-  Shell(fmt::format("PG_FSYNC=off {}/scripts/pg.sh start {} {} >/dev/null", SourceDir(), dir_,
-                    port_));
+  Shell(fmt::format("PG_FSYNC=off PG_OWNER={} {}/scripts/pg.sh start {} {} >/dev/null", getpid(),
+                    SourceDir(), dir_, port_));
 }
 
 void PgCluster::Restart() {
