@@ -10,7 +10,8 @@
 # server runs as the `postgres` user Debian's package creates.
 # PG_FSYNC=off makes it faster for tests (never for real data).
 # PG_OWNER=PID (tests): once process PID is gone, stop the cluster and delete
-# DIR, so a test binary killed mid-run (timeout, kill -9) leaves no server.
+# DIR (and its parent, if that is then empty), so a test binary killed mid-run
+# (timeout, kill -9) leaves no server.
 set -euo pipefail
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -58,7 +59,7 @@ case "$cmd" in
     if [[ -n "${PG_OWNER:-}" ]]; then
       # The watchdog: while the owner lives and the cluster is there, wait.
       setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -f "$2/data/PG_VERSION" ]]; do sleep 1; done
-                      [[ -f "$2/data/PG_VERSION" ]] && "$3" stop "$2" && rm -rf "$2"' \
+                      [[ -f "$2/data/PG_VERSION" ]] && "$3" stop "$2" && rm -rf "$2" && rmdir "${2%/*}"' \
         _ "$PG_OWNER" "$dir" "$(realpath "$0")" >/dev/null 2>&1 </dev/null &
     fi
     for db in "$@"; do
