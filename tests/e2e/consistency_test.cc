@@ -98,6 +98,16 @@ class Bank {
 
 class ConsistencyTest : public testing::TunnelFixture {
  protected:
+  // parent and child (a foreign key to parent), the same on both sides.
+  void CreateFamilyTables() {
+    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
+      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
+      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
+      c->Exec(db,
+              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
+              "REFERENCES parent(id), note text)");
+    }
+  }
   void SetUpBank() {
     SourceCluster().Exec(src_, kAccountsDdl);
     TargetCluster().Exec(tgt_, kAccountsDdl);
@@ -186,13 +196,7 @@ TEST_F(ConsistencyTest, BankThroughKafkaWithAStandbyConsumerAndAProducerKill) {
 // goes, and key changes of parents without children.
 TEST_F(ConsistencyTest, ForeignKeysStayOnThroughKafka) {
   UseKafka();
-  for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-    const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-    c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
-    c->Exec(db,
-            "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
-            "REFERENCES parent(id), note text)");
-  }
+  CreateFamilyTables();
   // The child first: the order of [[tables]] must not matter.
   WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
               kTransaction);
@@ -247,12 +251,9 @@ TEST_F(ConsistencyTest, ForeignKeysStayOnThroughKafka) {
 class ForeignKeySnapshotTest : public ConsistencyTest {
  protected:
   void Run(bool kafka) {
+    CreateFamilyTables();
     for (auto* c : {&SourceCluster(), &TargetCluster()}) {
       const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
-      c->Exec(db,
-              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
-              "REFERENCES parent(id), note text)");
       c->Exec(db,
               "CREATE TABLE employees(emp_id integer PRIMARY KEY, manager_id integer "
               "REFERENCES employees(emp_id) DEFERRABLE, name text)");
@@ -459,13 +460,7 @@ class HugeTickTest : public ConsistencyTest, public ::testing::WithParamInterfac
   static constexpr int kChildren = 3000;
   void SetUpFamily() {
     if (GetParam()) UseKafka();
-    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
-      c->Exec(db,
-              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
-              "REFERENCES parent(id), note text)");
-    }
+    CreateFamilyTables();
     WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
                 std::string(kTransaction) + "tick_stream_changes = 300\n");
     ASSERT_EQ(Dt({"init"}).code, 0);
