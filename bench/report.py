@@ -17,7 +17,9 @@ from collections import defaultdict
 VARIANT_NAMES = {
     "kafka": "tunnel, through the broker (run)",
     "split": "tunnel, through the broker (produce + consume)",
+    "kafka-tx": "tunnel, through the broker (run), transaction mode",
     "none": "tunnel, --broker none",
+    "none-tx": "tunnel, --broker none, transaction mode",
     "ref": "logical replication",
     "debezium": "Debezium (PostgreSQL connector → broker → JDBC sink)",
     "copy": "COPY pipe (psql \\copy | psql \\copy)",
@@ -25,7 +27,7 @@ VARIANT_NAMES = {
     "trigger-off": "capture triggers disabled",
     "trigger-on": "capture triggers enabled",
 }
-STREAM_ORDER = ["kafka", "split", "none", "debezium", "ref"]
+STREAM_ORDER = ["kafka", "kafka-tx", "split", "none", "none-tx", "debezium", "ref"]
 
 
 def debezium_targets(r, sc, case, targets, metric, better, factor, what):
@@ -599,7 +601,7 @@ def main():
         add("| rows | variant | kind | source s | applied after commit, s | rows/s |")
         add("|---|---|---|---|---|---|")
         for case in sorted(r.cases("bigtx")):
-            for v in ("kafka", "split", "none"):
+            for v in ("kafka", "kafka-tx", "split", "none", "none-tx"):
                 for op in ("insert", "update", "delete"):
                     if r.median("bigtx", case, v, f"source_s_{op}") is None:
                         continue
@@ -611,6 +613,50 @@ def main():
                         targets.append((f"{int(float(case)):,}-row {op.upper()} ({v}): ≥ 150,000 rows/s "
                                         "after its commit", f"{med:,.0f}/s", med >= 150000))
         add("")
+
+    # ---- key against transaction (issue 19 item 7)
+    pairs = [(k, t) for k, t in (("kafka", "kafka-tx"), ("none", "none-tx"))
+             if any(t in r.variants(sc) for sc in ("latency", "burst", "backlog"))]
+    if pairs:
+        add("## 8. Key against transaction mode")
+        add("")
+        add('`apply_consistency = "transaction"` (the `-tx` variants) against `"key"`, both '
+            "from the sections above (same run, interleaved). Issue 19 makes transaction mode "
+            "the default only if, through the broker, its backlog drain rate is at least 0.8× "
+            "key mode's and its p99 latency at 1,000 changes/s at most 2× key mode's.")
+        add("")
+        add("| measurement | key | transaction | transaction ÷ key |")
+        add("|---|---|---|---|")
+        rows = []
+        for k, t in pairs:
+            where = "through the broker" if k == "kafka" else "--broker none"
+            for case in r.cases("latency"):
+                for pct in ("p50", "p99"):
+                    rows.append((f"latency {case} {where}, {pct} ms", "latency", case, k, t,
+                                 f"{pct}_ms"))
+            for sc in ("burst", "backlog"):
+                for case in r.cases(sc):
+                    rows.append((f"{sc} of {int(float(case)):,} {where}, changes/s", sc, case, k, t,
+                                 "changes_per_s"))
+        for what, sc, case, k, t, metric in rows:
+            kv_, tv = r.median(sc, case, k, metric), r.median(sc, case, t, metric)
+            if kv_ is None and tv is None:
+                continue
+            add(f"| {what} | {cell(r, sc, case, k, metric)} | {cell(r, sc, case, t, metric)} | "
+                f"{rfmt(ratio(tv, kv_))} |")
+        add("")
+        for case in r.cases("backlog"):
+            kv_, tv = (r.median("backlog", case, v, "changes_per_s") for v in ("kafka", "kafka-tx"))
+            if kv_ and tv is not None:
+                targets.append(("transaction mode as the default: backlog drain through the broker "
+                                "≥ 0.8× key mode's", f"{tv:,.0f} vs {kv_:,.0f}/s = {tv / kv_:.2f}×",
+                                tv >= 0.8 * kv_))
+        for case in [c for c in r.cases("latency") if c.startswith("1000/")]:
+            kv_, tv = (r.median("latency", case, v, "p99_ms") for v in ("kafka", "kafka-tx"))
+            if kv_ and tv is not None:
+                targets.append(("transaction mode as the default: p99 at 1,000/s through the "
+                                "broker ≤ 2× key mode's", f"{tv:.1f} vs {kv_:.1f} ms = {tv / kv_:.2f}×",
+                                tv <= 2 * kv_))
 
     # ---- memory
     mem_rows = []

@@ -9,13 +9,15 @@
 #   --quick        small sizes, one run each: everything in a few minutes
 #   --only         scenarios: source,latency,burst,backlog,snapshot,many,bigtx (default: all)
 #   --variants     kafka (run through the Kafka broker), none (run --broker none),
+#                  kafka-tx, none-tx (the same with pipeline.apply_consistency =
+#                  "transaction"; latency, burst, backlog and bigtx),
 #                  split (separate produce and consume processes through the broker),
 #                  ref (logical replication; for the snapshot also the COPY pipe),
 #                  copy (the snapshot's COPY pipe alone, for focused snapshot runs),
 #                  debezium (Debezium's PostgreSQL connector -> the same broker -> Debezium's
 #                  JDBC sink connector in one Kafka Connect worker; latency, burst and backlog;
 #                  scripts/debezium.sh; every setting is in debezium_connectors below)
-#                  default: kafka,none,ref
+#                  default: kafka,kafka-tx,none,ref
 #   --runs N       repetitions (default 3; 1 with --quick)
 #   --name NAME    results file name (default: the date, "-quick" appended with --quick)
 #
@@ -42,7 +44,7 @@ cd "$ROOT"
 
 QUICK=0
 ONLY="source,latency,burst,backlog,snapshot,many,bigtx"
-VARIANTS="kafka,none,ref"
+VARIANTS="kafka,kafka-tx,none,ref"
 RUNS=""
 NAME=""
 while [[ $# -gt 0 ]]; do
@@ -369,10 +371,11 @@ start_tunnel() {
   TUNNEL_PIDS=(); TUNNEL_NAMES=()
   local cmds=() extra="${BENCH_TUNNEL_ARGS:-} ${TUNNEL_EXTRA:-}"
   case "$v" in
-    kafka) cmds=("run:run --no-snapshot") ;;
-    none) cmds=("run:run --no-snapshot --broker none") ;;
+    kafka | kafka-tx) cmds=("run:run --no-snapshot") ;;
+    none | none-tx) cmds=("run:run --no-snapshot --broker none") ;;
     split) cmds=("consume:consume" "produce:produce") ;;
   esac
+  [[ $v == *-tx ]] && extra+=" --set pipeline.apply_consistency=transaction"
   for c in "${cmds[@]}"; do
     local name=${c%%:*} args=${c#*:}
     rm -f "$RUN/rusage-$name"
@@ -682,7 +685,7 @@ scenario_backlog() {
       q2 b2 "SELECT setval('bench_progress', 1, false)" >/dev/null
       q1 postgres "CHECKPOINT"; q2 postgres "CHECKPOINT"
       emit backlog "$BACKLOG" "$v" "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
-      [[ $v == kafka || $v == split ]] && start_broker "$BACKLOG_PARTITIONS"
+      [[ $v == kafka* || $v == split ]] && start_broker "$BACKLOG_PARTITIONS"
       bg "$LOADGEN" sample --dsn "$DSN2" --query "$progress_query" --until "$BACKLOG" --interval-ms 50 \
         --timeout 1800 --out "$OUT/backlog-progress-$v-$run.csv" >"$RUN/sample.out"
       local sampler=$BG start
@@ -967,7 +970,7 @@ scenario_bigtx() {
   local run v op
   for run in $(seq 1 "$RUNS"); do
     for v in ${STREAM_VARIANTS}; do
-      [[ $v == kafka || $v == none || $v == split ]] || continue
+      [[ $v == kafka* || $v == none* || $v == split ]] || continue
       log "bigtx: $v, run $run"
       TUNNEL_EXTRA="--set metrics.listen=127.0.0.1:$METRICS_PORT"
       setup_stream "$v" "$BIGTX_PRELOAD" none 1
@@ -1013,7 +1016,7 @@ scenario_bigtx() {
 # ---- main ---------------------------------------------------------------------
 
 STREAM_VARIANTS=""
-for v in kafka split none debezium ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
+for v in kafka kafka-tx split none none-tx debezium ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
 
 # Machine noise: load average and concurrent compiler/test processes, every 2 s.
 noise_monitor() {
