@@ -174,18 +174,20 @@ class Workers {
 };
 
 // /metrics, /healthz and /readyz, when metrics.listen is set.
-Result<std::unique_ptr<metrics::HttpServer>> ServeMetrics(const Config& config, const RunPlan& plan,
+// `listen` is metrics.listen, or the address the first round was served on.
+Result<std::unique_ptr<metrics::HttpServer>> ServeMetrics(const Config& config,
+                                                          const std::string& listen,
+                                                          const RunPlan& plan,
                                                           const metrics::Metrics* metrics) {
-  if (config.metrics.listen.empty()) return std::unique_ptr<metrics::HttpServer>();
+  if (listen.empty()) return std::unique_ptr<metrics::HttpServer>();
   const double max_lag = config.pipeline.ready_max_lag_seconds;
   const bool memory = config.kafka.none();
-  DT_ASSIGN_OR_RETURN(
-      auto http,
-      metrics::HttpServer::Start(config.metrics.listen, metrics, [metrics, plan, memory, max_lag] {
-        return Readiness(*metrics, plan, memory, max_lag);
-      }));
+  DT_ASSIGN_OR_RETURN(auto http,
+                      metrics::HttpServer::Start(listen, metrics, [metrics, plan, memory, max_lag] {
+                        return Readiness(*metrics, plan, memory, max_lag);
+                      }));
   spdlog::info("metrics: serving /metrics, /healthz and /readyz on port {} ({})", http->port(),
-               config.metrics.listen);
+               listen);
   return http;
 }
 
@@ -272,6 +274,99 @@ Status AdoptAddedTables(const Setup& setup, const RunPlan& plan, TableWatch* wat
   return Status::OK();
 }
 
+// Everything a tunnel process checks before its first round: the tables
+// of pattern entries resolved, the plan fits the configuration, the broker
+// answers, `init` set up the sides it uses.
+Status PrepareRun(const RunPlan& plan, Setup* setup, SourceIdentity* id) {
+  if (HasPatterns(setup->config)) {
+    // Pattern entries: the tables init captured (from the source when this
+    // process uses it, else as init recorded them on the target).
+    DT_ASSIGN_OR_RETURN(auto db,
+                        OpenDatabases(*setup, plan.source ? Sides::kSource : Sides::kTarget));
+    DT_RETURN_IF_ERROR(
+        ResolveTables(&setup->config, db.source.get(), db.target.get(), Selection::kCaptured));
+  }
+  const Config& config = setup->config;
+  const bool memory = config.kafka.none();
+  if (memory && plan.source != plan.target) {
+    return Status::BadConfig(
+        "produce and consume need a Kafka broker: set kafka.brokers (or --brokers); without a "
+        "broker, use `datatunnel run`, which then hands changes over in memory");
+  }
+  if (config.kafka.debezium() && (plan.source || memory)) {
+    return Status::BadConfig(
+        "kafka.format = \"debezium\": Debezium's connector is the source side, so only "
+        "`datatunnel consume` runs, with kafka.brokers set (`datatunnel init` sets up the "
+        "target)");
+  }
+  DT_RETURN_IF_ERROR(CheckOnlyTables(config, plan));
+  if (!memory) DT_RETURN_IF_ERROR(broker::CheckReachable(config.kafka, 10000));
+  return CheckSetup(*setup, plan, id);
+}
+
+// How a round ended.
+enum class RoundEnd {
+  kDone,           // stopped, or the snapshot is complete: exit 0
+  kTablesChanged,  // auto_add added tables: adopt them, start the next round
+  kInterrupted,    // `snapshot` stopped before the copy was complete
+};
+
+// One round: the workers for the current set of tables, running until a
+// worker ends, a signal comes, the snapshot is complete or the tables
+// change. `*listen` is the metrics address, the port the first round got
+// kept for the later ones.
+Result<RoundEnd> RunRound(const Globals& g, const RunPlan& plan, const Setup& setup,
+                          const SourceIdentity& id, TableWatch* table_watch, StopSource* main_stop,
+                          std::string* listen, int round) {
+  const Config& config = setup.config;
+  const bool memory = config.kafka.none();
+  std::optional<SnapshotWatch> snapshot_watch;
+  SnapshotWatch* snapshot = nullptr;
+  if (plan.snapshot_first || plan.snapshot_only) {
+    DT_ASSIGN_OR_RETURN(auto w, SnapshotWatch::Prepare(config, plan, setup.source, setup.target));
+    snapshot = &snapshot_watch.emplace(std::move(w));
+    if (plan.snapshot_only && snapshot->empty()) {
+      spdlog::info("nothing to snapshot");
+      return RoundEnd::kDone;
+    }
+  }
+
+  std::vector<std::pair<std::string, std::string>> names;
+  for (const auto& t : config.tables) names.emplace_back(t.source.ToString(), t.target.ToString());
+  metrics::Metrics metrics(names);
+  DT_ASSIGN_OR_RETURN(auto http, ServeMetrics(config, *listen, plan, &metrics));  // destroyed first
+  if (http && round == 0) {
+    // Later rounds serve on the same port (the one picked for port 0).
+    *listen = listen->substr(0, listen->rfind(':') + 1) + std::to_string(http->port());
+  }
+  if (main_stop->stop_requested()) return RoundEnd::kDone;
+  Pipeline pipeline;
+  DT_RETURN_IF_ERROR(Wire(setup, plan, id, &metrics, &pipeline));
+
+  // A worker that ends wakes this round's watch (main_stop is the
+  // signals', which must stay unset across rounds).
+  StopSource worker_ended;
+  Workers workers(&pipeline, &worker_ended);
+  StatusReporter reporter(&metrics, plan, isatty(STDERR_FILENO) && g.log_format != "json");
+  bool signalled = false, tables_changed = false;
+  bool snapshot_complete =
+      Watch(plan, memory, metrics, workers, main_stop, &reporter, snapshot, table_watch,
+            config.tables, worker_ended, &signalled, &tables_changed);
+  reporter.Finish();
+  workers.Stop();
+
+  DT_RETURN_IF_ERROR(workers.Failure());
+  if (tables_changed) return RoundEnd::kTablesChanged;
+  if (!plan.snapshot_only) return RoundEnd::kDone;
+  if (memory && workers.source_finished_ok() && !signalled) snapshot_complete = true;
+  if (snapshot_complete) {
+    spdlog::info("snapshot complete: {} table(s) copied to the target", snapshot->tables().size());
+    return RoundEnd::kDone;
+  }
+  spdlog::warn("snapshot interrupted; run `datatunnel snapshot` again to resume it");
+  return signalled ? RoundEnd::kDone : RoundEnd::kInterrupted;
+}
+
 }  // namespace
 
 int RunTunnel(const Globals& g, const RunPlan& plan) {
@@ -285,101 +380,23 @@ int RunTunnel(const Globals& g, const RunPlan& plan) {
   // (before the tables are resolved, so none slips in between).
   std::unique_ptr<TableWatch> table_watch;
   if (Status st = OpenTableWatch(*setup, plan, &table_watch); !st.ok()) return Fail(st);
-  if (HasPatterns(setup->config)) {
-    // Pattern entries: the tables init captured (from the source when this
-    // process uses it, else as init recorded them on the target).
-    auto db = OpenDatabases(*setup, plan.source ? Sides::kSource : Sides::kTarget);
-    if (!db.ok()) return Fail(db.status());
-    if (Status st =
-            ResolveTables(&setup->config, db->source.get(), db->target.get(), Selection::kCaptured);
-        !st.ok()) {
-      return Fail(st);
-    }
-  }
-  Config& config = setup->config;
-  const bool memory = config.kafka.none();
-  if (memory && plan.source != plan.target) {
-    return Fail(Status::BadConfig(
-        "produce and consume need a Kafka broker: set kafka.brokers (or --brokers); without a "
-        "broker, use `datatunnel run`, which then hands changes over in memory"));
-  }
-  if (config.kafka.debezium() && (plan.source || memory)) {
-    return Fail(Status::BadConfig(
-        "kafka.format = \"debezium\": Debezium's connector is the source side, so only "
-        "`datatunnel consume` runs, with kafka.brokers set (`datatunnel init` sets up the "
-        "target)"));
-  }
-  if (Status st = CheckOnlyTables(config, plan); !st.ok()) return Fail(st);
-  if (!memory) {
-    if (Status st = broker::CheckReachable(config.kafka, 10000); !st.ok()) return Fail(st);
-  }
   SourceIdentity id;
-  if (Status st = CheckSetup(*setup, plan, &id); !st.ok()) return Fail(st);
+  if (Status st = PrepareRun(plan, &*setup, &id); !st.ok()) return Fail(st);
   if (main_stop.stop_requested()) return kExitOk;
 
   // One round per set of tables: a table added by auto_add ends the round
   // (the workers stop in flow order, as for a restart), the target is made
   // ready for it, and the next round carries it too.
-  std::string listen = config.metrics.listen;
+  std::string listen = setup->config.metrics.listen;
   for (int round = 0;; ++round) {
-    std::optional<SnapshotWatch> snapshot_watch;
-    SnapshotWatch* snapshot = nullptr;
-    if (plan.snapshot_first || plan.snapshot_only) {
-      auto w = SnapshotWatch::Prepare(config, plan, setup->source, setup->target);
-      if (!w.ok()) return Fail(w.status());
-      snapshot = &snapshot_watch.emplace(std::move(*w));
-      if (plan.snapshot_only && snapshot->empty()) {
-        spdlog::info("nothing to snapshot");
-        return kExitOk;
-      }
-    }
-
-    std::vector<std::pair<std::string, std::string>> names;
-    for (const auto& t : config.tables) {
-      names.emplace_back(t.source.ToString(), t.target.ToString());
-    }
-    metrics::Metrics metrics(names);
-    config.metrics.listen = listen;
-    auto http = ServeMetrics(config, plan, &metrics);  // after `metrics`: destroyed first
-    if (!http.ok()) return Fail(http.status());
-    if (*http && round == 0) {
-      // Later rounds serve on the same port (the one picked for port 0).
-      listen = listen.substr(0, listen.rfind(':') + 1) + std::to_string((*http)->port());
-    }
-    if (main_stop.stop_requested()) return kExitOk;
-    Pipeline pipeline;
-    if (Status st = Wire(*setup, plan, id, &metrics, &pipeline); !st.ok()) {
+    auto end = RunRound(g, plan, *setup, id, table_watch.get(), &main_stop, &listen, round);
+    if (!end.ok()) return Fail(end.status());
+    if (*end == RoundEnd::kDone) return kExitOk;
+    if (*end == RoundEnd::kInterrupted) return kExitFailure;
+    if (Status st = AdoptAddedTables(*setup, plan, table_watch.get(), &setup->config.tables);
+        !st.ok()) {
       return Fail(st);
     }
-
-    // A worker that ends wakes this round's watch (main_stop is the
-    // signals', which must stay unset across rounds).
-    StopSource worker_ended;
-    Workers workers(&pipeline, &worker_ended);
-    StatusReporter reporter(&metrics, plan, isatty(STDERR_FILENO) && g.log_format != "json");
-    bool signalled = false, tables_changed = false;
-    bool snapshot_complete =
-        Watch(plan, memory, metrics, workers, &main_stop, &reporter, snapshot, table_watch.get(),
-              config.tables, worker_ended, &signalled, &tables_changed);
-    reporter.Finish();
-    workers.Stop();
-
-    if (Status st = workers.Failure(); !st.ok()) return Fail(st);
-    if (tables_changed) {
-      if (Status st = AdoptAddedTables(*setup, plan, table_watch.get(), &config.tables); !st.ok()) {
-        return Fail(st);
-      }
-      continue;
-    }
-    if (!plan.snapshot_only) return kExitOk;
-    if (memory && workers.source_finished_ok() && !signalled) snapshot_complete = true;
-    if (snapshot_complete) {
-      spdlog::info("snapshot complete: {} table(s) copied to the target",
-                   snapshot->tables().size());
-      return kExitOk;
-    }
-    spdlog::warn("snapshot interrupted; run `datatunnel snapshot` again to resume it");
-    return signalled ? kExitOk : kExitFailure;
   }
 }
 
