@@ -709,17 +709,11 @@ Position ResyncPosition(int64_t epoch, int64_t tick) {
   return Position{epoch, tick, Position::kEndOfTick, std::numeric_limits<int32_t>::max()};
 }
 
-Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, const Position& upto) {
-  DT_RETURN_IF_ERROR(target.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
-  auto fail = [&](Status st) {
-    target.RollbackQuietly();
-    return st;
-  };
-  if (Status st = target.Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " +
-                              table.Quoted() + "; SET LOCAL datatunnel.tunnel_truncate = ''");
-      !st.ok()) {
-    return fail(st);
-  }
+namespace {
+
+// ResyncForSnapshot() of one table, inside its transaction (after the
+// TRUNCATE).
+Status RecordResync(pg::Connection& target, const QualifiedName& table, const Position& upto) {
   const std::string epoch = std::to_string(upto.epoch), tick = std::to_string(upto.tick);
   const pg::Param p[] = {table.schema, table.name, epoch, tick};
   auto q = target.Query(
@@ -728,19 +722,77 @@ Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, con
       "epoch = EXCLUDED.epoch, tick = EXCLUDED.tick, created_at = now() "
       "WHERE (r.epoch, r.tick) < (EXCLUDED.epoch, EXCLUDED.tick)",
       std::span<const pg::Param>(p));
-  if (!q.ok()) return fail(q.status());
+  if (!q.ok()) return q.status();
   // Partitions waiting at a TRUNCATE the snapshot supersedes go on.
   q = target.Query(
       "UPDATE datatunnel.barriers SET done = true WHERE target_schema = $1 AND target_table = $2 "
       "AND NOT done AND (epoch, tick) <= ($3::bigint, $4::bigint)",
       std::span<const pg::Param>(p));
-  if (!q.ok()) return fail(q.status());
+  if (!q.ok()) return q.status();
   q = target.Query(
       "UPDATE datatunnel.applied SET gap_offset = NULL, gap_expected = NULL, gap_found = NULL, "
       "gap_at = NULL, target_truncated_at = NULL WHERE target_schema = $1 AND target_table = $2 "
       "AND (gap_offset IS NOT NULL OR target_truncated_at IS NOT NULL)",
       {table.schema, table.name});
-  if (!q.ok()) return fail(q.status());
+  if (!q.ok()) return q.status();
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<std::vector<ForeignReference>> ReferencesFromOutside(pg::Connection& target,
+                                                            std::span<const QualifiedName> tables) {
+  std::vector<ForeignReference> out;
+  if (tables.empty()) return out;
+  std::vector<std::string> names;  // the parameters point into them
+  for (const QualifiedName& t : tables) names.push_back(t.Quoted());
+  std::vector<pg::Param> params;
+  std::string in;
+  for (const std::string& n : names) {
+    params.push_back(n);
+    in += fmt::format("{}${}::regclass", in.empty() ? "" : ", ", params.size());
+  }
+  DT_ASSIGN_OR_RETURN(
+      auto r,
+      target.Query(fmt::format("SELECT fn.nspname, fr.relname, pn.nspname, pr.relname, c.conname "
+                               "FROM pg_catalog.pg_constraint c "
+                               "JOIN pg_catalog.pg_class fr ON fr.oid = c.conrelid "
+                               "JOIN pg_catalog.pg_namespace fn ON fn.oid = fr.relnamespace "
+                               "JOIN pg_catalog.pg_class pr ON pr.oid = c.confrelid "
+                               "JOIN pg_catalog.pg_namespace pn ON pn.oid = pr.relnamespace "
+                               "WHERE c.contype = 'f' AND c.conparentid = 0 "
+                               "AND c.confrelid IN ({0}) AND c.conrelid NOT IN ({0}) "
+                               "ORDER BY 1, 2, 5",
+                               in),
+                   params));
+  for (int i = 0; i < r.rows(); ++i) {
+    ForeignReference f;
+    f.referencing = {std::string(r.Get(i, 0)), std::string(r.Get(i, 1))};
+    f.referenced = {std::string(r.Get(i, 2)), std::string(r.Get(i, 3))};
+    f.constraint = std::string(r.Get(i, 4));
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+Status ResyncForSnapshot(pg::Connection& target, std::span<const QualifiedName> tables,
+                         const Position& upto) {
+  if (tables.empty()) return Status::OK();
+  DT_RETURN_IF_ERROR(target.Exec("BEGIN; SET LOCAL lock_timeout = '30s'"));
+  auto fail = [&](Status st) {
+    target.RollbackQuietly();
+    return st;
+  };
+  std::string list;
+  for (const QualifiedName& t : tables) list += (list.empty() ? "" : ", ") + t.Quoted();
+  if (Status st = target.Exec("SET LOCAL datatunnel.tunnel_truncate = 'on'; TRUNCATE " + list +
+                              "; SET LOCAL datatunnel.tunnel_truncate = ''");
+      !st.ok()) {
+    return fail(st);
+  }
+  for (const QualifiedName& table : tables) {
+    if (Status st = RecordResync(target, table, upto); !st.ok()) return fail(st);
+  }
   return target.Commit();
 }
 

@@ -21,6 +21,7 @@
 //   unique index on the key when it has none (upserts need one).
 #pragma once
 
+#include <span>
 #include <string>
 #include <vector>
 
@@ -138,7 +139,25 @@ Position ResyncPosition(int64_t epoch, int64_t tick);
 // done, and clears the table's recorded gaps. Consumers then drop those
 // messages (a partition's stored state reloads it on assignment) and go past
 // a gap among them. Only moves the resync forward.
-Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table, const Position& upto);
+// Several tables are emptied with one TRUNCATE: a table another one
+// references by a foreign key can only be emptied together with it.
+Status ResyncForSnapshot(pg::Connection& target, std::span<const QualifiedName> tables,
+                         const Position& upto);
+inline Status ResyncForSnapshot(pg::Connection& target, const QualifiedName& table,
+                                const Position& upto) {
+  return ResyncForSnapshot(target, std::span<const QualifiedName>(&table, 1), upto);
+}
+
+// A foreign key on the target from `referencing` to `referenced`.
+struct ForeignReference {
+  QualifiedName referencing, referenced;
+  std::string constraint;
+};
+// The foreign keys (not those of partitions, inherited from their parent)
+// from a table outside `tables` to one of them: what keeps ResyncForSnapshot
+// from emptying them.
+Result<std::vector<ForeignReference>> ReferencesFromOutside(pg::Connection& target,
+                                                            std::span<const QualifiedName> tables);
 
 // A gap a consumer recorded (apply/chain.h): it stopped before `offset` of
 // (stream, partition), whose message links to `found` while the newest

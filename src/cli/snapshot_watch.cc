@@ -38,12 +38,11 @@ Status CheckCopyKept(pg::Connection& src, const Config& config, const RunPlan& p
   return Status::OK();
 }
 
-// Makes the target ready to receive a copy: empties it when allowed (and
-// marks everything published so far as superseded), or refuses rows that a
-// snapshot would mix with the source's.
-Status ReadyTarget(pg::Connection& src, pg::Connection& tgt, const Config& config,
-                   const RunPlan& plan, const TableSpec& spec, const apply::TargetTableState& state,
-                   bool lost) {
+// Whether the target must be emptied to receive a copy (allowed: the
+// caller empties every such table at once, EmptyTargets), or an error for
+// rows that a snapshot would mix with the source's.
+Result<bool> ReadyTarget(pg::Connection& tgt, const Config& config, const RunPlan& plan,
+                         const TableSpec& spec, const apply::TargetTableState& state, bool lost) {
   if (plan.truncate_target || config.pipeline.truncate_target || lost) {
     DT_ASSIGN_OR_RETURN(const bool captured, apply::IsCapturedSource(tgt, spec.target));
     if (captured) {
@@ -53,15 +52,7 @@ Status ReadyTarget(pg::Connection& src, pg::Connection& tgt, const Config& confi
           "empty it yourself if it really is to be overwritten",
           spec.target.ToString()));
     }
-    // Everything published so far is superseded by the copy: consumers drop
-    // it (and pass a gap in it, which is how a gap is repaired).
-    DT_ASSIGN_OR_RETURN(auto upto, capture::NewestRecordedPosition(src, config.tunnel.name));
-    DT_RETURN_IF_ERROR(apply::ResyncForSnapshot(tgt, spec.target, upto));
-    if (state.has_rows) {
-      spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
-                   spec.source.ToString(), spec.target.ToString());
-    }
-    return Status::OK();
+    return true;
   }
   const bool from_stream = apply::AppliedCount(state) > 0 && !plan.snapshot_only;
   if (state.has_rows && !from_stream) {
@@ -71,7 +62,65 @@ Status ReadyTarget(pg::Connection& src, pg::Connection& tgt, const Config& confi
         "to let datatunnel empty it",
         spec.target.ToString()));
   }
-  return Status::OK();
+  return false;
+}
+
+// The source table of the tunnel whose target is `target`, or nullptr.
+const TableConfig* TunnelTableOf(const Config& config, const QualifiedName& target) {
+  for (const auto& t : config.tables) {
+    if (t.target.schema == target.schema && t.target.name == target.name) return &t;
+  }
+  return nullptr;
+}
+
+// Empties `tables` (target tables, with `sources` their source tables) with
+// one TRUNCATE and marks everything published so far as superseded by their
+// copies. A table another target table references by a foreign key can only
+// be emptied with it (PostgreSQL refuses otherwise): when one of those is
+// not among them, one line names it and the command that copies them all.
+Status EmptyTargets(pg::Connection& src, pg::Connection& tgt, const Config& config,
+                    const std::vector<QualifiedName>& tables,
+                    const std::vector<std::string>& sources) {
+  if (tables.empty()) return Status::OK();
+  DT_ASSIGN_OR_RETURN(auto refs, apply::ReferencesFromOutside(tgt, tables));
+  if (!refs.empty()) {
+    const apply::ForeignReference& f = refs.front();
+    const TableConfig* other = TunnelTableOf(config, f.referencing);
+    if (!other) {
+      return Status::BadConfig(fmt::format(
+          "cannot empty target table {} for its snapshot: target table {}, not a table of this "
+          "tunnel, references it (foreign key {}); empty it or drop that foreign key on the "
+          "target first",
+          f.referenced.ToString(), f.referencing.ToString(), f.constraint));
+    }
+    // Every tunnel table that references them, directly or not: copied together.
+    std::vector<QualifiedName> all = tables;
+    std::vector<std::string> names = sources;
+    for (bool grew = true; grew;) {
+      grew = false;
+      DT_ASSIGN_OR_RETURN(auto more, apply::ReferencesFromOutside(tgt, all));
+      for (const auto& m : more) {
+        const TableConfig* t = TunnelTableOf(config, m.referencing);
+        if (!t || std::find(names.begin(), names.end(), t->source.ToString()) != names.end()) {
+          continue;
+        }
+        all.push_back(t->target);
+        names.push_back(t->source.ToString());
+        grew = true;
+      }
+    }
+    std::string args;
+    for (const auto& n : names) args += " --table " + n;
+    return Status::BadConfig(fmt::format(
+        "cannot empty target table {} for its snapshot alone: {} references it (foreign key "
+        "{}), and PostgreSQL empties a referenced table only together with the tables "
+        "referencing it; re-copy them together: `datatunnel snapshot{} --truncate-target`",
+        f.referenced.ToString(), f.referencing.ToString(), f.constraint, args));
+  }
+  // Everything published so far is superseded by the copies: consumers drop
+  // it (and pass a gap in it, which is how a gap is repaired).
+  DT_ASSIGN_OR_RETURN(auto upto, capture::NewestRecordedPosition(src, config.tunnel.name));
+  return apply::ResyncForSnapshot(tgt, tables, upto);
 }
 
 }  // namespace
@@ -106,6 +155,9 @@ Result<SnapshotWatch> SnapshotWatch::Prepare(const Config& config, const RunPlan
   DT_ASSIGN_OR_RETURN(auto tgt, pg::Connection::Open(to));
   std::vector<std::string> warnings;
   DT_ASSIGN_OR_RETURN(auto specs, capture::DescribeSourceTables(*src, config.tables, &warnings));
+  std::vector<QualifiedName> emptied;  // target tables to empty for their copies
+  std::vector<std::string> emptied_sources;
+  std::vector<size_t> had_rows, requested;  // indexes into w.specs_
   for (size_t t = 0; t < specs.size(); ++t) {
     if (!Wanted(plan, config.tables[t])) continue;
     const TableSpec& spec = specs[t];
@@ -124,15 +176,29 @@ Result<SnapshotWatch> SnapshotWatch::Prepare(const Config& config, const RunPlan
         DT_RETURN_IF_ERROR(CheckCopyKept(*src, config, plan, spec, state, prog.marker_tick, &lost));
         if (!lost) continue;  // already copied: stream only
       }
-      DT_RETURN_IF_ERROR(ReadyTarget(*src, *tgt, config, plan, spec, state, lost));
-      DT_RETURN_IF_ERROR(capture::RequestSnapshot(*src, spec, /*restart=*/true));
-      DT_RETURN_IF_ERROR(src->Exec("NOTIFY datatunnel"));
-      spdlog::info("snapshot of {}: requested", spec.source.ToString());
+      DT_ASSIGN_OR_RETURN(const bool empty, ReadyTarget(*tgt, config, plan, spec, state, lost));
+      if (empty) {
+        emptied.push_back(spec.target);
+        emptied_sources.push_back(spec.source.ToString());
+        if (state.has_rows) had_rows.push_back(w.specs_.size());
+      }
+      requested.push_back(w.specs_.size());
     }
     w.tables_.push_back(t);
     w.specs_.push_back(spec);
     w.baseline_.push_back(marker);
   }
+  // Emptied together (foreign keys between them), then requested.
+  DT_RETURN_IF_ERROR(EmptyTargets(*src, *tgt, config, emptied, emptied_sources));
+  for (size_t i : had_rows) {
+    spdlog::info("snapshot of {}: emptied target table {} (--truncate-target)",
+                 w.specs_[i].source.ToString(), w.specs_[i].target.ToString());
+  }
+  for (size_t i : requested) {
+    DT_RETURN_IF_ERROR(capture::RequestSnapshot(*src, w.specs_[i], /*restart=*/true));
+    spdlog::info("snapshot of {}: requested", w.specs_[i].source.ToString());
+  }
+  if (!requested.empty()) DT_RETURN_IF_ERROR(src->Exec("NOTIFY datatunnel"));
   return w;
 }
 

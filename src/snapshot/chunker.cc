@@ -311,15 +311,20 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
                                      const std::string& lo_snapshot, int64_t epoch, int64_t tick,
                                      std::vector<Change>* out) {
   const TableSpec& spec = *spec_;
-  if (self_refs_.empty() || cursor.size() != spec.key.size() + 1 || cursor[0] != "key") {
+  // An empty cursor: nothing copied yet (the session's catch-up ran first).
+  const bool after = !cursor.empty();
+  if (self_refs_.empty() ||
+      (after && (cursor.size() != spec.key.size() + 1 || cursor[0] != "key"))) {
     return Status::OK();
   }
   std::vector<pg::Param> params = {lo_snapshot};
   std::string copied, need, vneed, values, not_null, join, key;
   for (size_t i = 0; i < spec.key.size(); ++i) {
     const Column& col = spec.columns[spec.key[i]];
-    params.push_back(cursor[i + 1] ? pg::Param(*cursor[i + 1]) : pg::Param());
-    copied += fmt::format("{}${}::{}", i ? ", " : "", params.size(), col.type_sql);
+    if (after) {
+      params.push_back(cursor[i + 1] ? pg::Param(*cursor[i + 1]) : pg::Param());
+      copied += fmt::format("{}${}::{}", i ? ", " : "", params.size(), col.type_sql);
+    }
     const std::string n = QuoteIdent(fmt::format("dt$n{}", i));
     need += (i ? ", " : "") + n;
     vneed += (i ? ", v." : "v.") + n;
@@ -335,9 +340,9 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
     values += ")";
   }
   // Rows copied already are on the target, and so is what they reference.
-  const std::string refs =
-      fmt::format("CROSS JOIN LATERAL (VALUES {}) v({}) WHERE {} AND ({}) > ({})", values, need,
-                  not_null, vneed, copied);
+  std::string refs =
+      fmt::format("CROSS JOIN LATERAL (VALUES {}) v({}) WHERE {}", values, need, not_null);
+  if (after) refs += fmt::format(" AND ({}) > ({})", vneed, copied);
   const std::string sql = fmt::format(
       "WITH RECURSIVE dt_w AS ({0}), dt_need({1}) AS ("
       "SELECT v.* FROM dt_w s {2} "
@@ -354,6 +359,61 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
     c.captured_us = now;
     rows.ReadRow(i, 0, spec.columns.size(), &c.row);
     out->push_back(std::move(c));
+  }
+  return Status::OK();
+}
+
+Status Chunker::ReadAllReferenced(pg::Connection& source, const Cursor& cursor, int64_t epoch,
+                                  int64_t tick, std::vector<Change>* out) {
+  const TableSpec& spec = *spec_;
+  if (self_refs_.empty()) return Status::OK();
+  const bool after = !cursor.empty();
+  if (after && (cursor.size() != spec.key.size() + 1 || cursor[0] != "key")) return Status::OK();
+  std::vector<pg::Param> params;
+  std::string copied, need, values, not_null, key;
+  for (size_t i = 0; i < spec.key.size(); ++i) {
+    const Column& col = spec.columns[spec.key[i]];
+    if (after) {
+      params.push_back(cursor[i + 1] ? pg::Param(*cursor[i + 1]) : pg::Param());
+      copied += fmt::format("{}${}::{}", i ? ", " : "", params.size(), col.type_sql);
+    }
+    const std::string n = QuoteIdent(fmt::format("dt$n{}", i));
+    need += (i ? ", v." : "v.") + n;
+    not_null += fmt::format("{}v.{} IS NOT NULL", i ? " AND " : "", n);
+    key += (i ? ", " : "") + QuoteIdent(col.name);
+  }
+  std::string names;
+  for (size_t i = 0; i < spec.key.size(); ++i) {
+    names += (i ? ", " : "") + QuoteIdent(fmt::format("dt$n{}", i));
+  }
+  for (size_t f = 0; f < self_refs_.size(); ++f) {
+    values += f ? ", (" : "(";
+    for (size_t i = 0; i < self_refs_[f].size(); ++i) {
+      values += (i ? ", s." : "s.") + QuoteIdent(spec.columns[self_refs_[f][i]].name);
+    }
+    values += ")";
+  }
+  // Closed under references: a row it brings that references another row
+  // after the cursor brings that one too.
+  std::string sql = fmt::format(
+      "SELECT {0} FROM {1} WHERE ({2}) IN (SELECT {3} FROM {1} s CROSS JOIN LATERAL (VALUES "
+      "{4}) v({5}) WHERE {6})",
+      select_list_, spec.source.Quoted(), key, need, values, names, not_null);
+  if (after) sql += fmt::format(" AND ({}) > ({})", key, copied);
+  DT_ASSIGN_OR_RETURN(auto rows, source.Query(sql, params));
+  const int64_t now = NowMicros();
+  for (int i = 0; i < rows.rows(); ++i) {
+    Change c;
+    c.op = Op::kRead;
+    c.table = table_;
+    c.pos = Position{epoch, tick, kReferencedSeqBase + static_cast<int64_t>(out->size()), 0};
+    c.captured_us = now;
+    rows.ReadRow(i, 0, spec.columns.size(), &c.row);
+    out->push_back(std::move(c));
+  }
+  if (rows.rows() > 0) {
+    spdlog::info("snapshot of {}: {} row(s) not copied yet that others reference sent again",
+                 spec.source.ToString(), rows.rows());
   }
   return Status::OK();
 }

@@ -78,6 +78,17 @@ class Chunker {
   Status ReadReferencedByTick(pg::Connection& source, const Cursor& cursor,
                               const std::string& lo_snapshot, int64_t epoch, int64_t tick,
                               std::vector<Change>* out);
+  // The first tick a producer session copies the table at: every row
+  // after `cursor` (all rows when it is empty) that a row of the table
+  // references through a self-reference, appended to *out as snapshot rows
+  // of tick `tick` (as ReadReferencedByTick does). Whatever rows of the
+  // table an earlier session left on the target (chunks and referenced rows
+  // sent but not recorded, changes of ticks replayed without theirs), they
+  // are rows of the source at this tick once the tick is applied, and rows
+  // up to the cursor are all there: with these, every reference holds.
+  // REQUIRES: `source` is inside the tick's transaction.
+  Status ReadAllReferenced(pg::Connection& source, const Cursor& cursor, int64_t epoch,
+                           int64_t tick, std::vector<Change>* out);
   bool self_referencing() const { return !self_refs_.empty(); }
 
   bool key_ordered() const { return key_ordered_; }

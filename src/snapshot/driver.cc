@@ -44,6 +44,7 @@ Status Driver::Poll(pg::Connection& source,
     sn.run = p.run;
     sn.chunker = std::move(chunker);
     sn.cursor = p.cursor;
+    sn.catch_up = fk_order_ && sn.chunker->self_referencing();
     // Resumed after chunks recorded: the copy had started.
     if (!p.cursor.empty()) sn.first_tick = 1;
     spdlog::info("snapshot of {}: {} ({} rows so far of about {}, {} order)",
@@ -66,10 +67,20 @@ Result<int> Driver::Read(pg::Connection& source, int64_t epoch, int64_t tick,
                          const std::string& lo_snapshot, bool sink_takes_packed, Chunk* chunk,
                          std::vector<Change>* referenced) {
   referenced->clear();
-  for (Snap& sn : snaps_) {
+  for (size_t t = 0; t < snaps_.size(); ++t) {
+    Snap& sn = snaps_[t];
+    if (!sn.active || sn.all_read || !sn.chunker->self_referencing()) continue;
+    if (sn.catch_up && !Waits(t)) {
+      // The session's first read: whatever an earlier one left.
+      DT_RETURN_IF_ERROR(sn.chunker->ReadAllReferenced(source, sn.cursor, epoch, tick, referenced));
+      sn.catch_up = false;
+      // From here on the target holds what the table's rows reference; each
+      // tick brings what its changes reference, so they go as they are.
+      if (sn.first_tick == 0) sn.first_tick = tick;
+      continue;
+    }
     // Its changes up to the first chunk's tick went as deletes.
-    if (!sn.active || sn.all_read || sn.first_tick == 0 || tick <= sn.first_tick) continue;
-    if (!sn.chunker->self_referencing()) continue;
+    if (sn.first_tick == 0 || tick <= sn.first_tick) continue;
     DT_RETURN_IF_ERROR(
         sn.chunker->ReadReferencedByTick(source, sn.cursor, lo_snapshot, epoch, tick, referenced));
   }
@@ -92,6 +103,14 @@ bool Driver::Waits(size_t t) const {
   if (!fk_order_ || links_.after.size() != snaps_.size()) return false;
   return std::any_of(links_.after[t].begin(), links_.after[t].end(),
                      [&](size_t u) { return snaps_[u].active && !snaps_[u].all_read; });
+}
+
+bool Driver::CatchUpPending() const {
+  for (size_t t = 0; t < snaps_.size(); ++t) {
+    const Snap& sn = snaps_[t];
+    if (sn.active && !sn.all_read && sn.catch_up && !Waits(t)) return true;
+  }
+  return false;
 }
 
 bool Driver::SendsAsDelete(size_t table, int64_t tick) const {

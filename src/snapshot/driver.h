@@ -75,8 +75,10 @@ class Driver {
   // *referenced the rows not copied yet that the tick's changes of a
   // self-referencing table being copied reference (Chunker::
   // ReadReferencedByTick; `lo_snapshot` the previous tick's snapshot), to
-  // send after the tick's changes and before the chunk. REQUIRES: `source`
-  // is inside the tick's transaction.
+  // send after the tick's changes and before the chunk; at a table's first
+  // read of the session, every row not copied yet that its rows reference
+  // instead (CatchUpPending). REQUIRES: `source` is inside the tick's
+  // transaction.
   Result<int> Read(pg::Connection& source, int64_t epoch, int64_t tick,
                    const std::string& lo_snapshot, bool sink_takes_packed, Chunk* chunk,
                    std::vector<Change>* referenced);
@@ -88,6 +90,14 @@ class Driver {
   void ChunkSent(size_t table, const Cursor& next, int64_t rows);
   // The end-of-snapshot marker of `table` is sent, at tick `tick`.
   void MarkerSent(size_t table, int64_t tick);
+
+  // fk_order: a self-referencing snapshot not waiting for another table
+  // still has to send, at its first chunk of this session, every row not
+  // copied yet that its rows reference (Chunker::ReadAllReferenced): rows
+  // an earlier session sent but did not record may be on the target, with
+  // references to rows that are not. Until then, a tick replayed after a
+  // restart must not end a target transaction (tunnel/source_tick.cc).
+  bool CatchUpPending() const;
 
   // A change of `table` at tick `tick` is sent as a delete of its key
   // (fk_order, see above): the table's snapshot runs and its first chunk was
@@ -110,6 +120,8 @@ class Driver {
     // The tick of the first chunk read in this run (0: none yet; 1 when
     // resumed after a chunk recorded earlier).
     int64_t first_tick = 0;
+    // Self-referencing under fk_order, and ReadAllReferenced() not run yet.
+    bool catch_up = false;
     std::optional<Chunker> chunker;
     Cursor cursor;  // where the next chunk starts
     struct Inflight {

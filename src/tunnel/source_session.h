@@ -45,6 +45,9 @@ struct SourceWorker::Session {
   std::optional<capture::Ticker> ticker;
   int64_t epoch = 0;
   std::optional<Work> work;
+  // Ticks replayed without their end-of-tick record (FinishTick): the next
+  // tick sends one, whatever it holds.
+  bool tick_end_owed = false;
 
   int64_t last_record_us = 0;
   int64_t last_pending_us = 0;  // last count of the change tables

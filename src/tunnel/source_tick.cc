@@ -166,8 +166,18 @@ Status SourceWorker::FinishTick(Session& s) {
     DT_RETURN_IF_ERROR(SendOwnedChange(s, std::move(row), Kind::kSnapshotRow));
   }
   if (w.chunk_table >= 0) DT_RETURN_IF_ERROR(SendChunk(s));
-  if (options_.pipeline.transactional() &&
-      (w.batch->had_changes() || w.chunk_table >= 0 || !w.referenced.empty() || w.replay)) {
+  if (w.replay && s.snaps->CatchUpPending()) {
+    // A self-referencing table is being copied. The first attempt at this
+    // tick also sent the rows not copied yet that its changes reference,
+    // read at its snapshot, which is gone; and chunks it counted on may be
+    // lost too. So no record: the target must not commit here. The next new
+    // tick reads every such row at its own snapshot (snapshot::Driver::
+    // CatchUpPending) and its record ends this tick too, in one target
+    // transaction.
+    s.tick_end_owed = true;
+  } else if (options_.pipeline.transactional() &&
+             (w.batch->had_changes() || w.chunk_table >= 0 || !w.referenced.empty() || w.replay ||
+              s.tick_end_owed)) {
     // Consumers commit whole ticks: tell them this one is all sent. The
     // tick counts as delivered only with its record (a part before the
     // tick's end); a tick replayed after a restart always sends one, since
@@ -177,6 +187,7 @@ Status SourceWorker::FinishTick(Session& s) {
       *sent_to = -1;
       return sink_->SendTickEnd(end, token);
     }));
+    s.tick_end_owed = false;
   }
   for (size_t t = 0; t < s.specs.size(); ++t) {
     tracker_.Add(static_cast<uint32_t>(t), Position{s.epoch, w.hi.number, Position::kEndOfTick, 0},

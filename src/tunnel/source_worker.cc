@@ -186,7 +186,9 @@ Status SourceWorker::Step(Session& s, bool* finished) {
   }
   // In memory with whole ticks, the target commits (and so confirms) only
   // at the end of a tick: a tick larger than max_in_flight is read whole.
-  const bool whole_tick = options_.pipeline.transactional() && !sink_->Chained() && s.work;
+  // Ticks replayed without their record are confirmed with the next one.
+  const bool whole_tick =
+      options_.pipeline.transactional() && !sink_->Chained() && (s.work || s.tick_end_owed);
   if (!whole_tick && tracker_.in_flight() >= static_cast<size_t>(options_.pipeline.max_in_flight)) {
     // Backpressure: wait for deliveries instead of reading further ahead.
     return ServeDeliveries(s, 10, false);
@@ -205,8 +207,9 @@ Status SourceWorker::Step(Session& s, bool* finished) {
     DT_ASSIGN_OR_RETURN(auto counts, s.log->CountAllPending());
     for (size_t t = 0; counts && t < s.specs.size(); ++t) metrics_->table(t).pending = (*counts)[t];
   }
-  DT_ASSIGN_OR_RETURN(auto next, s.ticker->Decide(*s.log, s.book.newest(), s.snaps->reading(),
-                                                  s.book.recorded_upper() != nullptr, now));
+  DT_ASSIGN_OR_RETURN(auto next,
+                      s.ticker->Decide(*s.log, s.book.newest(), s.snaps->reading(),
+                                       s.book.recorded_upper() != nullptr || s.tick_end_owed, now));
   if (next.kind == capture::Ticker::Next::kTick) return StartTick(s);
   if (next.kind == capture::Ticker::Next::kWait) return ServeDeliveries(s, next.wait_ms, false);
   // Idle (a NOTIFY: `snapshot` wakes the producer), serving deliveries.

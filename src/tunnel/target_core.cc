@@ -275,6 +275,8 @@ void TargetCore::AbortStream() {
   if (applier_) applier_->AbortStream();
   stream_states_.clear();
   stream_applied_.clear();
+  stream_copy_rows_.clear();
+  stream_copy_ends_.clear();
   // States read inside the rolled-back transaction may be gone with it.
   states_.clear();
 }
@@ -339,6 +341,7 @@ Status TargetCore::Stream(std::vector<apply::Item>& items, bool finish) {
         "within one transaction",
         options_.pipeline.tick_stream_changes);
   }
+  NoteCopies(&stream_copy_rows_, &stream_copy_ends_);
   if (!finish) {
     ++stream_pieces_;
     stream_changes_ += plan_.changes.size();
@@ -365,8 +368,16 @@ Status TargetCore::Stream(std::vector<apply::Item>& items, bool finish) {
   for (size_t t = 0; t < stream_applied_.size(); ++t) {
     metrics_->table(t).applied += stream_applied_[t];
   }
+  for (size_t t = 0; t < stream_copy_rows_.size(); ++t) {
+    copy_rows_.resize(targets_.size(), 0);
+    copy_ends_.resize(targets_.size(), 0);
+    copy_rows_[t] = std::max(copy_rows_[t], stream_copy_rows_[t]);
+    copy_ends_[t] = std::max(copy_ends_[t], stream_copy_ends_[t]);
+  }
   stream_states_.clear();
   stream_applied_.clear();
+  stream_copy_rows_.clear();
+  stream_copy_ends_.clear();
   Committed();
   return Status::OK();
 }
@@ -377,7 +388,12 @@ void TargetCore::Committed() {
     states_[{a.stream, a.partition}] = plan_.StateAfter(i);
   }
   if (plan_.tick) {
-    metrics_->target_consistent = 1;
+    // A source state once no table is being copied (as `status` says): a
+    // table's snapshot rows applied and its end marker not yet.
+    NoteCopies(&copy_rows_, &copy_ends_);
+    bool copying = false;
+    for (size_t t = 0; t < copy_rows_.size(); ++t) copying |= copy_rows_[t] > copy_ends_[t];
+    metrics_->target_consistent = copying ? 0 : 1;
     metrics_->consistent_tick = std::max(metrics_->consistent_tick.load(), plan_.tick->end.tick);
   }
   const int64_t now = NowMicros();
@@ -399,6 +415,22 @@ void TargetCore::Committed() {
   }
   for (size_t t = 0; t < batched.size(); ++t) {
     if (batched[t]) ++metrics_->table(t).batches;
+  }
+}
+
+void TargetCore::NoteCopies(std::vector<int64_t>* rows, std::vector<int64_t>* ends) const {
+  rows->resize(targets_.size(), 0);
+  ends->resize(targets_.size(), 0);
+  for (const Change* c : plan_.changes) {
+    if (c->op == Op::kRead && c->table < rows->size()) {
+      (*rows)[c->table] = std::max((*rows)[c->table], c->pos.tick);
+    }
+  }
+  for (size_t i = 0; i < plan_.advances.size(); ++i) {
+    const uint32_t t = plan_.advance_table[i];
+    if (plan_.advances[i].snapshot_marker && t < ends->size()) {
+      (*ends)[t] = std::max((*ends)[t], plan_.advances[i].snapshot_pos.tick);
+    }
   }
 }
 

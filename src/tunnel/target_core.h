@@ -108,6 +108,9 @@ class TargetCore {
   void Adopt(uint32_t table, const TableSpec& fresh);
   // After plan_ committed: the cached states and the metrics.
   void Committed();
+  // Notes in *rows and *ends, per table, the newest tick of a snapshot row
+  // and of an end-of-snapshot marker plan_ applies.
+  void NoteCopies(std::vector<int64_t>* rows, std::vector<int64_t>* ends) const;
   Status Stream(std::vector<apply::Item>& items, bool finish);
   // A failure that cannot heal, naming the tables of the batch.
   Status Failed(const Status& st) const;
@@ -125,6 +128,11 @@ class TargetCore {
   // and the changes staged per table (counted once it commits).
   std::map<std::pair<std::string, int32_t>, apply::PartitionState> stream_states_;
   std::vector<int64_t> stream_applied_;
+  // Whole ticks: per table, the newest tick of a snapshot row and of an
+  // end-of-snapshot marker committed (copy_*), and staged in the streamed
+  // tick (stream_*). A table whose rows are newer than its marker is being
+  // copied: the target does not show a source state yet.
+  std::vector<int64_t> copy_rows_, copy_ends_, stream_copy_rows_, stream_copy_ends_;
   int64_t stream_started_us_ = 0;
   size_t stream_pieces_ = 0, stream_changes_ = 0;
 };

@@ -349,6 +349,44 @@ TEST_F(ForeignKeySnapshotTest, InMemory) { Run(false); }
 
 TEST_F(ForeignKeySnapshotTest, ThroughKafka) { Run(true); }
 
+// Copying a referenced table again alone would have to empty it on the
+// target, which PostgreSQL allows only together with the tables
+// referencing it: one clear line naming them and the command that copies
+// them together, nothing emptied; that command then copies both.
+TEST_F(ConsistencyTest, ACopyOfAReferencedTableAloneNamesTheTablesToCopyWithIt) {
+  CreateFamilyTables();
+  SourceCluster().Exec(src_, "INSERT INTO parent SELECT i, 'p' FROM generate_series(1, 20) i");
+  SourceCluster().Exec(src_,
+                       "INSERT INTO child SELECT i, 1 + i % 20, 'c' FROM generate_series(1, 40) i");
+  WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
+              kTransaction);
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  ASSERT_EQ(Dt({"snapshot", "--broker", "none"}).code, 0);
+  ExpectInSync();
+
+  auto alone =
+      Dt({"snapshot", "--broker", "none", "--table", "public.parent", "--truncate-target"});
+  EXPECT_EQ(alone.code, 2) << alone.err;
+  auto lines = testing::ErrorLines(alone.err);
+  ASSERT_EQ(lines.size(), 1u) << alone.err;
+  EXPECT_TRUE(Contains(lines[0], "public.child references it (foreign key child_parent_id_fkey)"))
+      << lines[0];
+  EXPECT_TRUE(Contains(lines[0],
+                       "`datatunnel snapshot --table public.parent --table "
+                       "public.child --truncate-target`"))
+      << lines[0];
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM parent"), 20);
+
+  SourceCluster().Exec(src_, "UPDATE parent SET name = 'again'");
+  auto both = Dt({"snapshot", "--broker", "none", "--table", "public.parent", "--table",
+                  "public.child", "--truncate-target"});
+  EXPECT_EQ(both.code, 0) << both.err;
+  ExpectInSync();
+  EXPECT_EQ(TableText(SourceCluster(), src_, "parent", "id"),
+            TableText(TargetCluster(), tgt_, "parent", "id"));
+  EXPECT_FALSE(Contains(both.err, "violates foreign key")) << both.err;
+}
+
 // By key (the default) the same schema fails at the first batch with the
 // child's rows first; the error names the table of the failing statement.
 TEST_F(ConsistencyTest, ByKeyAForeignKeyFailsNamingItsTable) {

@@ -8,10 +8,17 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <ostream>
 #include <string>
 #include <thread>
 
+#include "capture/install.h"
+#include "capture/snapshot_state.h"
 #include "config/config.h"
 #include "metrics/metrics.h"
 #include "support/pg_fault.h"
@@ -24,6 +31,7 @@
 namespace datatunnel {
 namespace {
 
+using testing::Contains;
 using testing::ScopedFaultHook;
 using testing::SourceCluster;
 using testing::StatementFault;
@@ -309,6 +317,159 @@ TEST_F(FaultTest, AConnectionLostWhileStartingIsWaitedOut) {
   stop.RequestStop();
   thread.join();
   EXPECT_TRUE(consumed.ok()) << consumed.message();
+}
+
+// (d) Transaction consistency, a self-referencing table being copied: a tick
+// sends, after its changes, the rows not copied yet that they reference.
+// The producer records such a tick and dies before sending any of it. The
+// restarted producer replays the tick's changes; the target's deferred
+// foreign key must still hold when it commits: no foreign-key error, and
+// the copy ends equal to the source.
+class SelfReferenceCopyFaultTest : public testing::TunnelFixture {
+ protected:
+  void SetUp() override {
+    TunnelFixture::SetUp();
+    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
+      c->Exec(c == &SourceCluster() ? src_ : tgt_,
+              "CREATE TABLE staff(id integer PRIMARY KEY, boss integer REFERENCES staff(id) "
+              "DEFERRABLE, name text)");
+    }
+    SourceCluster().Exec(
+        src_, "INSERT INTO staff SELECT i, NULL, 's' || i FROM generate_series(1, 1000) i");
+    WriteConfig("[[tables]]\nsource = \"public.staff\"\n",
+                "[pipeline]\napply_consistency = \"transaction\"\nsnapshot_chunk_rows = 100\n");
+    UseKafka();
+    ASSERT_EQ(Dt({"init"}).code, 0);
+    auto config = LoadConfig(config_, {}, {});
+    ASSERT_TRUE(config.ok()) << config.status().message();
+    config_loaded_ = std::move(*config);
+  }
+
+  tunnel::SourceOptions SourceWorkerOptions() const {
+    tunnel::SourceOptions o;
+    o.connect.dsn = config_loaded_.source.dsn;
+    o.connect.role = "source";
+    o.tunnel = config_loaded_.tunnel.name;
+    o.tables = config_loaded_.tables;
+    o.pipeline = config_loaded_.pipeline;
+    // One chunk every 200 ms: the consumer applies the replayed tick on its
+    // own, long before the copy reaches the row it references.
+    o.pipeline.min_tick_interval_ms = 200;
+    return o;
+  }
+
+  void RequestSnapshot() {
+    auto c = SourceCluster().Connect(src_);
+    std::vector<std::string> warnings;
+    auto specs = capture::DescribeSourceTables(*c, config_loaded_.tables, &warnings);
+    ASSERT_TRUE(specs.ok()) << specs.status().message();
+    ASSERT_TRUE(capture::RequestSnapshot(*c, (*specs)[0], /*restart=*/true).ok());
+  }
+
+  Config config_loaded_;
+};
+
+// Once the copy has begun (a tick ran its query of referenced rows), holds
+// each next tick before it takes its snapshot until the test lets it go on
+// (Pass) or wrote a row that references one not copied yet (Written); then
+// cuts the connection as that tick commits, and stops the producer there.
+class ReferencingTickFault : public pg::FaultHook {
+ public:
+  explicit ReferencingTickFault(std::function<void()> on_fire) : on_fire_(std::move(on_fire)) {}
+
+  pg::Fault OnStatement(const pg::StatementInfo& s) override {
+    if (s.role != "source") return pg::Fault::kNone;
+    std::unique_lock<std::mutex> lock(mu_);
+    if (s.sql.starts_with("WITH RECURSIVE dt_w")) copying_ = true;
+    if (copying_ && !written_ && s.sql.starts_with("INSERT INTO datatunnel.ticks")) {
+      held_ = true;
+      cv_.notify_all();
+      cv_.wait_for(lock, std::chrono::seconds(30), [&] { return !held_ || written_; });
+      held_ = false;
+      armed_ = written_;
+      return pg::Fault::kNone;
+    }
+    if (armed_ && !fired_ && s.sql == "COMMIT") {
+      fired_ = true;
+      on_fire_();
+      return pg::Fault::kLoseAfter;
+    }
+    return pg::Fault::kNone;
+  }
+  // Waits until a tick is held; false after `seconds`.
+  bool WaitHeld(double seconds) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)),
+                        [&] { return held_; });
+  }
+  // The held tick goes on; the next one is held.
+  void Pass() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
+  // The held tick goes on, holding the row written: it is the one to fail.
+  void Written() {
+    std::lock_guard<std::mutex> lock(mu_);
+    written_ = true;
+    cv_.notify_all();
+  }
+  bool fired() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fired_;
+  }
+
+ private:
+  std::function<void()> on_fire_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool copying_ = false, held_ = false, written_ = false, armed_ = false, fired_ = false;
+};
+
+TEST_F(SelfReferenceCopyFaultTest, AReplayedTickBringsTheRowsItReferences) {
+  auto consume = Start({"consume"});
+  RequestSnapshot();
+  {
+    std::unique_ptr<Producer> first;
+    ReferencingTickFault fault([&] { first->stop.RequestStop(); });
+    ScopedFaultHook installed(&fault);
+    first = std::make_unique<Producer>(config_loaded_, src_, SourceWorkerOptions());
+    // Until a chunk is recorded as delivered: a restart resumes after it.
+    for (;;) {
+      ASSERT_TRUE(fault.WaitHeld(60)) << RunningLogs();
+      if (SourceCluster().Count(src_, "SELECT snapshot_rows FROM datatunnel.tables") > 0) break;
+      fault.Pass();
+    }
+    // Row 1 is copied (the first chunk); row 950 is not, for seconds yet.
+    SourceCluster().Exec(src_, "UPDATE staff SET boss = 950 WHERE id = 1");
+    fault.Written();
+    ASSERT_TRUE(WaitUntil([&] { return first->done.load(); }, 60)) << RunningLogs();
+    first->Stop();
+    EXPECT_TRUE(fault.fired());
+  }
+  EXPECT_EQ(SourceCluster().Count(src_,
+                                  "SELECT count(*) FROM datatunnel.tables WHERE snapshot_state "
+                                  "= 'done'"),
+            0);
+
+  Producer second(config_loaded_, src_, SourceWorkerOptions());
+  const bool ended = WaitUntil(
+      [&] {
+        return !consume->Running() ||
+               SourceCluster().Count(src_,
+                                     "SELECT count(*) FROM datatunnel.tables WHERE "
+                                     "snapshot_state = 'done'") == 1;
+      },
+      60);
+  ASSERT_TRUE(ended) << RunningLogs();
+  ExpectInSync();
+  EXPECT_TRUE(consume->Running()) << consume->Stderr();
+  EXPECT_FALSE(Contains(consume->Stderr(), "violates foreign key")) << consume->Stderr();
+  EXPECT_EQ(TableText(SourceCluster(), src_, "staff", "id"),
+            TableText(TargetCluster(), tgt_, "staff", "id"));
+  second.Stop();
+  EXPECT_TRUE(second.result.ok()) << second.result.message();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
 }
 
 }  // namespace

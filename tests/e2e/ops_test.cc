@@ -407,6 +407,51 @@ TEST_F(OpsTest, MetricsOfASnapshot) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// Transaction consistency: while the initial copy runs, the target shows no
+// state the source had, and /metrics says so as `status` does; once it
+// ends, both say consistent, at the same tick.
+TEST_F(OpsTest, TargetConsistentOnlyOnceTheSnapshotEnded) {
+  SourceCluster().Exec(src_, kEmployeesPkDdl);
+  TargetCluster().Exec(tgt_, kEmployeesPkDdl);
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'n' || i FROM "
+                       "generate_series(1, 2000) i");
+  // A chunk of 100 rows every 100 ms: about 2 s of copying.
+  WriteConfig(testing::kEmployeesTable,
+              MetricsConfig("[pipeline]\napply_consistency = \"transaction\"\n"
+                            "snapshot_chunk_rows = 100\nmin_tick_interval_ms = 100\n"));
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto run = Start({"run", "--broker", "none"});
+  const std::string t = "public.employees";
+  // Scrapes taken while rows of the copy are on the target and its last
+  // chunks are not: each must say not consistent.
+  int copying = 0;
+  std::string wrong;
+  const bool done = WaitUntil(
+      [&] {
+        const std::string m = HttpGet(port_, "/metrics").body;
+        const auto rows = Sample(m, "datatunnel_snapshot_rows_total", t);
+        const auto running = Sample(m, "datatunnel_snapshot_running", t);
+        if (rows && *rows > 0 && *rows <= 1800) {
+          ++copying;
+          if (Sample(m, "datatunnel_target_consistent") != 0.0 && wrong.empty()) wrong = m;
+        }
+        return running == 0.0 && rows == 2000.0;
+      },
+      60);
+  ASSERT_TRUE(done) << run->Stderr();
+  EXPECT_GT(copying, 0);
+  EXPECT_EQ(wrong, "") << "consistent while the copy ran";
+  ExpectInSync();
+  // The end marker is applied with the last chunk's tick: consistent.
+  ASSERT_TRUE(WaitUntil([&] { return Contains(Status(), "\"consistent\":true"); }, 30)) << Status();
+  const std::string st = Status();
+  const std::string m = HttpGet(port_, "/metrics").body;
+  EXPECT_EQ(Sample(m, "datatunnel_target_consistent"), 1.0) << m;
+  EXPECT_EQ(Sample(m, "datatunnel_target_consistent_tick"), JsonNumber(st, "tick")) << m << st;
+  EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+}
+
 // Snapshot rows are not changes: after a snapshot, lag and readiness still
 // see changes that wait for a stalled target.
 TEST_F(OpsTest, LagAndReadinessAfterASnapshot) {
