@@ -440,24 +440,36 @@ TEST_F(CaptureTest, BulkStatementsAreArraysReadInPieces) {
   EXPECT_EQ(b[9000].op, Op::kUpdate);
   EXPECT_EQ(b[9000].pos.sub, 0);
 
-  // A bulk DELETE stores and carries only the key.
-  SourceCluster().Exec(db_, "DELETE FROM employees WHERE emp_id BETWEEN 2001 AND 5000");
-  EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1 + 1));
+  // A bulk DELETE stores and carries only the key (an integer key as
+  // "(<digits>)" by concatenation; a NULL one as "()").
+  SourceCluster().Exec(db_,
+                       "ALTER TABLE employees ALTER COLUMN emp_id DROP NOT NULL;"
+                       "INSERT INTO employees(emp_id, first_name) VALUES (NULL, 'no key')");
+  ASSERT_EQ(NextBatch().size(), 1u);
+  SourceCluster().Exec(
+      db_, "DELETE FROM employees WHERE emp_id BETWEEN 2001 AND 5000 OR emp_id IS NULL");
+  EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1 + 1 + 1));
   EXPECT_EQ(
       *SourceCluster().Scalar(db_,
                               "SELECT \"dt$cols\"::text || ' ' || cardinality(\"dt$rows\") FROM "
                               "employees_cdc WHERE \"dt$action\" = 'DELETE'"),
-      "{emp_id} 3000");
+      "{emp_id} 3001");
   b = NextBatch();
-  ASSERT_EQ(b.size(), 3000u);
+  ASSERT_EQ(b.size(), 3001u);
   expect_ordered(b);
   ids.clear();
+  int null_keys = 0;
   for (const Change& c : b) {
     EXPECT_EQ(c.op, Op::kDelete);
     EXPECT_TRUE(c.key_only);
-    ids.insert(std::stoi(std::string(c.row.Get(0))));
+    if (c.row.IsNull(0)) {
+      ++null_keys;
+    } else {
+      ids.insert(std::stoi(std::string(c.row.Get(0))));
+    }
     for (size_t col = 1; col < c.row.size(); ++col) EXPECT_TRUE(c.row.IsAbsent(col)) << col;
   }
+  EXPECT_EQ(null_keys, 1);
   EXPECT_EQ(ids.size(), 3000u);
   EXPECT_EQ(*ids.begin(), 2001);
   EXPECT_EQ(*ids.rbegin(), 5000);
