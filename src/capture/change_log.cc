@@ -657,6 +657,22 @@ Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_
       c.op = Op::kUpdate;
     } else if (action == "DELETE") {
       c.op = Op::kDelete;
+      if (nkey > 0) {
+        // A delete of a table with a key carries only the key, in every
+        // form (docs/architecture.md, The message).
+        c.key_only = true;
+        c.row.ResetAbsent(ncols);
+        for (int k = 0; k < nkey; ++k) {
+          const size_t col = spec.key[k];
+          if (r.IsNull(i, first_col + static_cast<int>(col))) {
+            c.row.SetNull(col);
+          } else {
+            c.row.Set(col, r.Get(i, first_col + static_cast<int>(col)));
+          }
+        }
+        out->push_back(std::move(c));
+        continue;
+      }
     } else {
       return Status::Fatal(fmt::format("change {} in {} has an unknown action \"{}\"", c.pos.seq,
                                        spec.change_table.ToString(), action));
@@ -768,9 +784,20 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
                      static_cast<int32_t>((bulk->next + i + 1) << Position::kElementShift)};
     c.txid = bulk->txid;
     c.captured_us = bulk->captured_us;
-    c.row.Reset(spec.columns.size());
+    // A delete of a table with a key carries only the key (ParseBatch); its
+    // elements hold only the key's columns, those of earlier versions the
+    // whole row.
+    c.key_only = c.op == Op::kDelete && !spec.key.empty();
+    if (c.key_only) {
+      c.row.ResetAbsent(spec.columns.size());
+      for (size_t k : spec.key) c.row.SetNull(k);
+    } else {
+      c.row.Reset(spec.columns.size());
+    }
     for (size_t f = 0; f < fields.size(); ++f) {
-      if (bulk->columns[f] >= 0 && fields[f]) c.row.Set(bulk->columns[f], *fields[f]);
+      const int col = bulk->columns[f];
+      if (col < 0 || (c.key_only && !spec.IsKey(static_cast<size_t>(col)))) continue;
+      if (fields[f]) c.row.Set(col, *fields[f]);
     }
     out->push_back(std::move(c));
   }

@@ -80,7 +80,9 @@ struct ProgressUpdate {
 // "dt$cols"), up to 10,000 rows per change row. Its element e (0-based) is
 // the change at sub-position (e + 1) << Position::kElementShift of the change
 // row's position. ChangeLog::ReadBatch() stops at such a row and describes it
-// here; ChangeLog::ReadBulk() reads its elements in pieces.
+// here; ChangeLog::ReadBulk() reads its elements in pieces. A bulk DELETE of
+// a table with a key holds only the key's columns; every delete of such a
+// table (of any form) is read as key_only, its other columns absent.
 struct BulkRow {
   int64_t change_id = 0;  // 0: none
   int64_t txid = 0;

@@ -159,6 +159,10 @@ DECLARE
   v_tpl text;
   v_same text;
   v_comp text;
+  v_names text;
+  v_row text;
+  v_del_names text;
+  v_del_row text;
   r record;
 BEGIN
   SELECT n.nspname, c.relname INTO v_schema, v_name
@@ -304,10 +308,17 @@ BEGIN
                 ELSE 'ROW(' || pg_catalog.string_agg(x.q, ', ' ORDER BY x.ord) || ')' END,
            pg_catalog.string_agg(pg_catalog.format('n.%1$s = o.%1$s', x.q), ' AND ' ORDER BY x.ord),
            pg_catalog.string_agg(', d.' || x.q, '' ORDER BY x.ord),
-           pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || x.ord), '' ORDER BY x.ord)
-      INTO v_keyexpr, v_match, v_keys, v_old_cols
-      FROM (SELECT '"' || pg_catalog.replace(u.k, '"', '""') || '"' AS q, u.ord
-              FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)) x;
+           pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || x.ord), '' ORDER BY x.ord),
+           -- A key of integers (whose text never needs quoting in a record
+           -- literal) is written by concatenation, cheaper than record_out.
+           CASE WHEN pg_catalog.bool_and(x.typ IN (20, 21, 23)) THEN
+             '''('' || ' || pg_catalog.string_agg(pg_catalog.format('COALESCE("dt$r".%s::text, '''')', x.q),
+               ' || '','' || ' ORDER BY x.ord) || ' || '')'''
+           ELSE 'ROW(' || pg_catalog.string_agg('"dt$r".' || x.q, ', ' ORDER BY x.ord) || ')::text' END
+      INTO v_keyexpr, v_match, v_keys, v_old_cols, v_del_row
+      FROM (SELECT '"' || pg_catalog.replace(u.k, '"', '""') || '"' AS q, u.ord, a.atttypid::integer AS typ
+              FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = p_table AND a.attname = u.k) x;
     SELECT pg_catalog.string_agg(pg_catalog.format(
              'CASE WHEN n."dt$rn" IS NULL THEN d.%1$s ELSE n.%1$s END',
              '"' || pg_catalog.replace(a.attname, '"', '""') || '"'), ', ' ORDER BY a.attnum)
@@ -336,6 +347,18 @@ BEGIN
     -- and then put back: a value's text form must not depend on the writer's
     -- session.
     v_bulk := pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action", "dt$cols", "dt$rows")\n', v_cdc);
+    -- A bulk form's elements (v_row) and their column names (v_names): the
+    -- whole row, with the table's column names when the statement ran; a
+    -- DELETE of a table with a key only the key (v_del_row, v_del_names:
+    -- its delete is published and applied by key, docs/architecture.md),
+    -- which spares writing every column of every deleted row as text.
+    v_names := '(SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) '
+      || 'FROM pg_catalog.pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 '
+      || 'AND NOT a.attisdropped)';
+    v_row := '"dt$r"::text';
+    v_del_names := CASE WHEN v_keyexpr IS NULL THEN v_names
+                        ELSE pg_catalog.quote_literal(p_key::text) || '::text[]' END;
+    v_del_row := COALESCE(v_del_row, v_row);
     v_tpl := E'    %1$s      SELECT pg_catalog.txid_current(), %2$L, %3$s FROM %4$I %5$s\n'
       || E'      WHERE NOT EXISTS (SELECT FROM %4$I OFFSET 1000)%7$s;\n'
       || E'    GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
@@ -346,10 +369,8 @@ BEGIN
       || E'      PERFORM pg_catalog.set_config(''DateStyle'', ''ISO, YMD'', true), '
       || E'pg_catalog.set_config(''TimeZone'', ''UTC'', true), pg_catalog.set_config(''IntervalStyle'', ''postgres'', true), '
       || E'pg_catalog.set_config(''extra_float_digits'', ''3'', true), pg_catalog.set_config(''bytea_output'', ''hex'', true);\n'
-      || E'      %9$s        SELECT pg_catalog.txid_current(), %2$L, (SELECT pg_catalog.array_agg(a.attname::text '
-      || E'ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 '
-      || E'AND NOT a.attisdropped), pg_catalog.array_agg(x.r)\n'
-      || E'        FROM (SELECT "dt$r"::text AS r, (pg_catalog.row_number() OVER () - 1) / 10000 AS g '
+      || E'      %9$s        SELECT pg_catalog.txid_current(), %2$L, %10$s, pg_catalog.array_agg(x.r)\n'
+      || E'        FROM (SELECT %11$s AS r, (pg_catalog.row_number() OVER () - 1) / 10000 AS g '
       || E'FROM %4$I "dt$r") x%6$s\n'
       || E'        GROUP BY x.g ORDER BY x.g;\n'
       || E'      GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
@@ -359,8 +380,10 @@ BEGIN
       || E'%8$s'
       || E'    END IF;\n';
     IF v_keyexpr IS NULL THEN
-      v_update := pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk)
-        || pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk);
+      v_update := pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
+          v_names, v_row)
+        || pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
+          v_names, v_row);
     ELSE
       -- The slow path: first the keys in both (UPDATE rows), then each key
       -- change as one row, as the row trigger wrote it: a key only among the
@@ -395,7 +418,7 @@ BEGIN
             || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')) n'
             || E'\n  FULL JOIN (SELECT o.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$old" o'
             || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$new" n WHERE ' || v_match || ')) d'
-            || E'\n  ON n."dt$rn" = d."dt$rn"'), v_bulk);
+            || E'\n  ON n."dt$rn" = d."dt$rn"'), v_bulk, v_names, v_row);
     END IF;
     v_body := pg_catalog.format(
     E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\nBEGIN\n'
@@ -410,8 +433,10 @@ BEGIN
     || E'  END IF;\n'
     || E'  RETURN NULL;\n'
     || E'END ',
-      pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk),
-      pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk),
+      pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
+        v_names, v_row),
+      pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
+        v_del_names, v_del_row),
       v_update, v_cdc);
   ELSE
     -- A partitioned table, a partition or a table in an inheritance tree

@@ -344,17 +344,42 @@ TEST_F(TypesTest, EveryTypeSurvivesInMemory) { TypesRoundTrip(Mode::kMemory); }
 
 TEST_F(TypesTest, EveryTypeSurvivesThroughTheBroker) { TypesRoundTrip(Mode::kBroker); }
 
+// A key of many types whose text forms depend on the session (typekeys),
+// and a table without a key (full-row identity) of the same columns.
+constexpr const char* kTypeKeysDdl = R"sql(
+CREATE TABLE typekeys (
+  tx text, tstz timestamptz, ts timestamp, d date, iv interval, n numeric, f8 double precision,
+  by bytea, u uuid, ip inet, at text[], mo mood, r4 int4range, v integer,
+  PRIMARY KEY (tx, tstz, ts, d, iv, n, f8, by, u, ip, at, mo, r4));
+CREATE TABLE nokeytypes (LIKE typekeys);
+)sql";
+
+constexpr const char* kTypeKeysRows = R"sql(
+INSERT INTO {0} SELECT 'k "q", b\c (x) ' || g, timestamptz '2024-03-31 01:30 UTC' + g * interval '37 min',
+  timestamp '2000-02-29' + g * interval '1.5 s', date '2024-01-01' + g,
+  g * interval '1 day 2:03:04.5', g / 7.0, g * 0.1::float8, '\x00ff'::bytea || int4send(g),
+  md5(g::text)::uuid, ('10.0.' || (g % 256) || '.1/24')::inet, ARRAY['a,b', '"x"', NULL, g::text],
+  'it''s "complicated"', int4range(g, g + 10), g
+  FROM generate_series(1, 3000) g;
+)sql";
+
 // Issue 20 item 4: statements of more than 1,000 rows are captured as
 // arrays of rows (one change row per 10,000), written by a session whose
 // settings change every value's text form, read back in pieces of 300:
-// every type arrives exactly, key changes inside a bulk UPDATE too. ALTER
-// COLUMN ... TYPE and DROP TABLE on the captured table still work.
+// every type arrives exactly, key changes inside a bulk UPDATE too. A bulk
+// DELETE of a table with a key stores only the key (a key of many types
+// here), one without a key the whole rows. ALTER COLUMN ... TYPE and DROP
+// TABLE on the captured table still work.
 TEST_F(TypesTest, BulkStatementsOfEveryType) {
   OddDatabaseDefaults();
   SourceCluster().Exec(src_, kTypesDdl);
   SourceCluster().Exec(src_, kTypesRows);
   SourceCluster().Exec(src_, fmt::format(kOddSessionRow, 10));
-  WriteConfig("[[tables]]\nsource = \"public.alltypes\"\n");
+  SourceCluster().Exec(src_, kTypeKeysDdl);
+  WriteConfig(
+      "[[tables]]\nsource = \"public.alltypes\"\n"
+      "[[tables]]\nsource = \"public.typekeys\"\n"
+      "[[tables]]\nsource = \"public.nokeytypes\"\n");
   ASSERT_EQ(Dt({"init"}).code, 0);
   const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "300"}};
   auto run = std::make_shared<testing::Subprocess>(Args({"run", "--broker", "none"}), env);
@@ -383,11 +408,33 @@ TEST_F(TypesTest, BulkStatementsOfEveryType) {
                                  "1000 AND id % 3 = 0");
   SourceCluster().Exec(src_, odd + "DELETE FROM alltypes WHERE id >= 1000 AND id % 2 = 0");
   EXPECT_EQ(Src("SELECT count(*) FROM alltypes_cdc WHERE \"dt$rows\" IS NOT NULL"), "3");
+  // The bulk DELETE wrote only the key.
+  EXPECT_EQ(Src("SELECT \"dt$cols\"::text FROM alltypes_cdc WHERE \"dt$action\" = 'DELETE' "
+                "AND \"dt$rows\" IS NOT NULL"),
+            "{id}");
+  for (const char* table : {"typekeys", "nokeytypes"}) {
+    SourceCluster().Exec(src_, odd + fmt::format(kTypeKeysRows, table));
+    SourceCluster().Exec(src_, odd + fmt::format("DELETE FROM {} WHERE v % 2 = 0", table));
+  }
+  // Duplicates in the table without a key: a delete removes one of them.
+  SourceCluster().Exec(src_, odd + fmt::format(kTypeKeysRows, "nokeytypes") +
+                                 "DELETE FROM nokeytypes WHERE v % 3 = 0");
+  EXPECT_EQ(Src("SELECT string_agg(\"dt$cols\"::text || ':' || cardinality(\"dt$rows\"), ' ' "
+                "ORDER BY \"dt$change_id\") FROM typekeys_cdc WHERE \"dt$action\" = 'DELETE'"),
+            "{tx,tstz,ts,d,iv,n,f8,by,u,ip,at,mo,r4}:1500");
+  EXPECT_EQ(Src("SELECT string_agg(\"dt$cols\"::text || ':' || cardinality(\"dt$rows\"), ' ' "
+                "ORDER BY \"dt$change_id\") FROM nokeytypes_cdc WHERE \"dt$action\" = 'DELETE'"),
+            "{tx,tstz,ts,d,iv,n,f8,by,u,ip,at,mo,r4,v}:1500 "
+            "{tx,tstz,ts,d,iv,n,f8,by,u,ip,at,mo,r4,v}:1500");
   run = std::make_shared<testing::Subprocess>(Args({"run", "--broker", "none"}), env);
   started_.push_back(run);
   ExpectInSync();
   ExpectSameTypes("after bulk statements");
   EXPECT_EQ(Tgt("SELECT count(*) FROM alltypes"), Src("SELECT count(*) FROM alltypes"));
+  ExpectSameRows("typekeys", "typekeys", "v", "after a bulk delete by key");
+  ExpectSameRows("nokeytypes", "nokeytypes", "v, t::text", "after bulk deletes of whole rows");
+  EXPECT_EQ(Tgt("SELECT count(*) FROM typekeys"), "1500");
+  EXPECT_EQ(Tgt("SELECT count(*) FROM nokeytypes"), Src("SELECT count(*) FROM nokeytypes"));
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 
   // The change table holds the rows as text, not as the table's row type,

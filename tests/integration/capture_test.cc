@@ -154,7 +154,9 @@ TEST_F(CaptureTest, EveryOperationInCommitOrder) {
   EXPECT_EQ(b[3].pos.seq, b[4].pos.seq);
   EXPECT_LT(b[3].pos, b[4].pos);
   EXPECT_EQ(b[5].op, Op::kDelete);
-  EXPECT_EQ(b[5].row.Get(1), "Ann");  // a delete carries the old row
+  EXPECT_TRUE(b[5].key_only);  // a delete of a table with a key carries the key
+  EXPECT_EQ(b[5].row.Get(0), "1");
+  EXPECT_TRUE(b[5].row.IsAbsent(1));
   EXPECT_EQ(b[6].op, Op::kTruncate);
   for (size_t i = 1; i < b.size(); ++i) EXPECT_LT(b[i - 1].pos, b[i].pos);
 }
@@ -438,18 +440,58 @@ TEST_F(CaptureTest, BulkStatementsAreArraysReadInPieces) {
   EXPECT_EQ(b[9000].op, Op::kUpdate);
   EXPECT_EQ(b[9000].pos.sub, 0);
 
-  SourceCluster().Exec(db_, "DELETE FROM employees WHERE emp_id BETWEEN 2001 AND 5000");
-  EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1 + 1));
+  // A bulk DELETE stores and carries only the key (an integer key as
+  // "(<digits>)" by concatenation; a NULL one as "()").
+  SourceCluster().Exec(db_,
+                       "ALTER TABLE employees ALTER COLUMN emp_id DROP NOT NULL;"
+                       "INSERT INTO employees(emp_id, first_name) VALUES (NULL, 'no key')");
+  ASSERT_EQ(NextBatch().size(), 1u);
+  SourceCluster().Exec(
+      db_, "DELETE FROM employees WHERE emp_id BETWEEN 2001 AND 5000 OR emp_id IS NULL");
+  EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1 + 1 + 1));
+  EXPECT_EQ(
+      *SourceCluster().Scalar(db_,
+                              "SELECT \"dt$cols\"::text || ' ' || cardinality(\"dt$rows\") FROM "
+                              "employees_cdc WHERE \"dt$action\" = 'DELETE'"),
+      "{emp_id} 3001");
   b = NextBatch();
-  ASSERT_EQ(b.size(), 3000u);
+  ASSERT_EQ(b.size(), 3001u);
   expect_ordered(b);
+  ids.clear();
+  int null_keys = 0;
   for (const Change& c : b) {
     EXPECT_EQ(c.op, Op::kDelete);
-    EXPECT_FALSE(c.key_only);  // a delete carries the whole old row
-    EXPECT_EQ(c.row.Get(1), "e" + std::string(c.row.Get(0)));
-    EXPECT_EQ(c.row.Get(4), c.row.Get(0) == "4000" ? "Bern" : "Rome");
+    EXPECT_TRUE(c.key_only);
+    if (c.row.IsNull(0)) {
+      ++null_keys;
+    } else {
+      ids.insert(std::stoi(std::string(c.row.Get(0))));
+    }
+    for (size_t col = 1; col < c.row.size(); ++col) EXPECT_TRUE(c.row.IsAbsent(col)) << col;
   }
+  EXPECT_EQ(null_keys, 1);
+  EXPECT_EQ(ids.size(), 3000u);
+  EXPECT_EQ(*ids.begin(), 2001);
+  EXPECT_EQ(*ids.rbegin(), 5000);
   EXPECT_TRUE(NextBatch().empty());
+}
+
+// A bulk DELETE written by an earlier version holds whole rows: read after
+// an upgrade, it carries only the key, as the new form does.
+TEST_F(CaptureTest, EarlierBulkDeleteOfWholeRowsCarriesTheKey) {
+  SourceCluster().Exec(db_,
+                       "INSERT INTO employees_cdc (\"dt$txid\", \"dt$action\", \"dt$cols\", "
+                       "\"dt$rows\") VALUES (txid_current(), 'DELETE', "
+                       "'{emp_id,first_name,last_name,dob,city}', "
+                       "ARRAY['(7,Ann,,2000-01-01,Oslo)', '(8,\"B, (c)\",x,,)'])");
+  auto b = NextBatch();
+  ASSERT_EQ(b.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(b[i].op, Op::kDelete);
+    EXPECT_TRUE(b[i].key_only);
+    EXPECT_EQ(b[i].row.Get(0), i == 0 ? "7" : "8");
+    for (size_t col = 1; col < b[i].row.size(); ++col) EXPECT_TRUE(b[i].row.IsAbsent(col));
+  }
 }
 
 // Issue 20 item 4: `init` on a table captured by the row-level trigger of an
@@ -692,13 +734,19 @@ TEST_F(PartitionedCaptureTest, KeepsTheRowTrigger) {
                        "INSERT INTO pt VALUES (1, 'a');"
                        "INSERT INTO pt_a VALUES (2, 'b');"
                        "INSERT INTO pt_b VALUES (150, 'c');"
-                       "UPDATE pt SET id = id + 10 WHERE id = 1");
+                       "UPDATE pt SET id = id + 10 WHERE id = 1;"
+                       "DELETE FROM pt WHERE id = 2");
   auto b = NextBatch();
-  ASSERT_EQ(b.size(), 5u);
+  ASSERT_EQ(b.size(), 6u);
   EXPECT_EQ(b[2].row.Get(0), "150");
   EXPECT_EQ(b[3].op, Op::kDelete);
   EXPECT_EQ(b[4].op, Op::kInsert);
   EXPECT_EQ(b[4].row.Get(0), "11");
+  // The row trigger's delete carries the key, as the statement trigger's.
+  EXPECT_EQ(b[5].op, Op::kDelete);
+  EXPECT_TRUE(b[5].key_only);
+  EXPECT_EQ(b[5].row.Get(0), "2");
+  EXPECT_TRUE(b[5].row.IsAbsent(1));
 }
 
 constexpr const char* kHistory =
@@ -737,6 +785,27 @@ TEST_F(KeylessCaptureTest, FullRowIdentity) {
   ASSERT_EQ(b.size(), 2u);
   EXPECT_EQ(b[0].op, Op::kDelete);
   EXPECT_EQ(b[1].op, Op::kDelete);
+  EXPECT_FALSE(b[0].key_only);
+  // A bulk DELETE without a key stores and carries the whole rows.
+  SourceCluster().Exec(db_,
+                       "INSERT INTO history SELECT g, 0, g, 1, NULL, 'b' FROM "
+                       "generate_series(1, 1500) g");
+  ASSERT_EQ(NextBatch().size(), 1500u);
+  SourceCluster().Exec(db_, "DELETE FROM history WHERE filler = 'b'");
+  EXPECT_EQ(*SourceCluster().Scalar(db_,
+                                    "SELECT \"dt$cols\"::text FROM history_cdc WHERE \"dt$action\" "
+                                    "= 'DELETE' AND \"dt$rows\" IS NOT NULL"),
+            "{tid,bid,aid,delta,mtime,filler}");
+  b = NextBatch();
+  ASSERT_EQ(b.size(), 1500u);
+  for (const Change& c : b) {
+    EXPECT_EQ(c.op, Op::kDelete);
+    EXPECT_FALSE(c.key_only);
+    EXPECT_EQ(c.row.Get(0), c.row.Get(2));
+    EXPECT_EQ(c.row.Get(3), "1");
+    EXPECT_TRUE(c.row.IsNull(4));
+    EXPECT_EQ(c.row.Get(5), "b                     ");
+  }
 }
 
 TEST(CaptureConfig, TableWithoutKeyIsCarriedAndPartitionedOneRefused) {
