@@ -138,7 +138,8 @@ class ChangeLog {
   // needs reading at the tick's snapshot. `check_sql` is a query of one
   // value evaluated at the tick's snapshot (the schema signature); its value
   // is stored in *check, which is left empty when the batch has no change
-  // (with more than kProbeAbove tables the check is evaluated only then:
+  // (with more than kProbeAbove tables the check is evaluated only then, or
+  // when a table was touched since the bound tick, below:
   // over hundreds of tables it costs more than the rest of an idle tick, and
   // only a change of the batch needs the columns it vouches for).
   //
