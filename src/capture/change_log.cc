@@ -489,8 +489,12 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   }
   // The touch values, read first: after the snapshot is taken (the
   // transaction's first statement takes it) and before the INSERT takes the
-  // xid.
-  const bool touching = probing && touch_ > 0;
+  // xid. Not by a tick that looks idle (the sequence, as last seen, had not
+  // passed the probe's bound): idle ticks cost the same whatever the number
+  // of tables, and the first batches after idle probe instead.
+  const int64_t bound = probing ? ProbeBound(lo) : 0;
+  const bool quiet = probing && newest_seq_ >= 0 && newest_seq_ <= bound;
+  const bool touching = probing && touch_ > 0 && !quiet;
   if (touching) stmts.push_back({fmt::format("EXECUTE {}", kTouchStatement), {}});
   const size_t ins = stmts.size();
   // Probing, the probe evaluates the check, and only for a batch with changes.
@@ -505,8 +509,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   // reading the touch values: the INSERT alone first; the probe (or the
   // reads of the touched tables) follows only if the tick's change_seq
   // passed the bound.
-  const int64_t bound = probing ? ProbeBound(lo) : 0;
-  const bool idle = probing && (touching || (newest_seq_ >= 0 && newest_seq_ <= bound));
+  const bool idle = touching || quiet;
   std::vector<pg::Statement> probe;
   if (!reads.empty()) probe.push_back({kChangeIdOrder, {}});
   if (probing) {
