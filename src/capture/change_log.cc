@@ -225,6 +225,7 @@ constexpr const char* kChangeSeq =
 
 // The names of the statements prepared on the producer's connection.
 constexpr const char* kProbeStatement = "datatunnel_probe";
+constexpr const char* kTouchStatement = "datatunnel_touch";
 constexpr const char* kCountsStatement = "datatunnel_counts";
 constexpr const char* kProgressStatement = "datatunnel_progress";
 // Per table: "datatunnel_read_<t>", "datatunnel_prune_<t>".
@@ -243,11 +244,81 @@ int64_t SnapshotBound(std::string_view snapshot, bool xmax) {
   return std::strtoll(std::string(snapshot.substr(start)).c_str(), nullptr, 10);
 }
 
+// The numbers of an int[] or bigint[] in its text form ("{1,-2,3}"); NULL
+// elements are skipped.
+std::vector<int64_t> ParseIntArray(std::string_view text) {
+  std::vector<int64_t> out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
+      const size_t start = i++;
+      while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+      out.push_back(std::strtoll(std::string(text.substr(start, i - start)).c_str(), nullptr, 10));
+    } else {
+      ++i;
+    }
+  }
+  return out;
+}
+
+// Touch values are kept for this many recent ticks of ours (a batch's bound
+// tick is a few ticks back, more while a transaction stays open).
+constexpr size_t kTouchHistory = 64;
+
 }  // namespace
 
 void ChangeLog::Remember(const Tick& tick) {
   history_[tick.number] = {SnapshotBound(tick.snapshot, true), tick.change_seq};
   while (history_.size() > 512) history_.erase(history_.begin());
+}
+
+const std::vector<int64_t>* ChangeLog::TouchBound(const Tick& lo) const {
+  // The tick m ProbeBound() takes: the newest whose successor's snapshot
+  // has xmax <= xmin(lo).
+  const int64_t xmin = SnapshotBound(lo.snapshot, false);
+  for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    if (it->first > lo.number || it->second.first > xmin) continue;
+    auto m = touches_.find(it->first - 1);
+    return m == touches_.end() ? nullptr : &m->second;
+  }
+  return nullptr;
+}
+
+Status ChangeLog::PrepareTouch() {
+  if (touch_ != 0) return Status::OK();
+  touch_ = -1;
+  // Each change table's sequence owned by its "dt$txid" column
+  // (install.sql, install_capture), if this role may read it.
+  std::string names;
+  for (size_t t = 0; t < tables_->size(); ++t) {
+    names += (t == 0 ? "" : ", ") + QuoteLiteral((*tables_)[t].change_table.Quoted());
+  }
+  auto r = conn_->Query(
+      "SELECT (SELECT s.oid::bigint FROM pg_catalog.pg_depend d "
+      "JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+      "JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+      "WHERE d.classid = 'pg_catalog.pg_class'::regclass "
+      "AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'a' "
+      "AND d.refobjid = pg_catalog.to_regclass(u.c) AND a.attname = 'dt$txid' "
+      "AND pg_catalog.has_sequence_privilege(s.oid, 'SELECT, USAGE') LIMIT 1) "
+      "FROM pg_catalog.unnest(ARRAY[" +
+      names + "]::text[]) WITH ORDINALITY AS u(c, o) ORDER BY u.o");
+  if (!r.ok()) return r.status();
+  std::string oids = "{";
+  for (int i = 0; i < r->rows(); ++i) {
+    if (r->IsNull(i, 0)) return Status::OK();
+    oids += (i == 0 ? "" : ",") + std::string(r->Get(i, 0));
+  }
+  oids += "}";
+  if (r->rows() != static_cast<int>(tables_->size())) return Status::OK();
+  // One statement, one function call per table (no plan node, no index).
+  DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
+      "PREPARE {} AS SELECT pg_catalog.array_agg(COALESCE(pg_catalog.pg_sequence_last_value(s), "
+      "0) ORDER BY o)::text FROM pg_catalog.unnest({}::regclass[]) WITH ORDINALITY AS u(s, o)",
+      kTouchStatement, QuoteLiteral(oids))));
+  touch_ = 1;
+  return Status::OK();
 }
 
 int64_t ChangeLog::ProbeBound(const Tick& lo) const {
@@ -412,7 +483,20 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN ISOLATION LEVEL REPEATABLE READ", {}});
   const bool probing = Probing() && !reads.empty();
-  if (probing) DT_RETURN_IF_ERROR(PrepareProbe(check_sql));
+  if (probing) {
+    DT_RETURN_IF_ERROR(PrepareProbe(check_sql));
+    DT_RETURN_IF_ERROR(PrepareTouch());
+  }
+  // The touch values, read first: after the snapshot is taken (the
+  // transaction's first statement takes it) and before the INSERT takes the
+  // xid. Not by a tick that looks idle (the sequence, as last seen, had not
+  // passed the probe's bound): idle ticks cost the same whatever the number
+  // of tables, and the first batches after idle probe instead.
+  const int64_t bound = probing ? ProbeBound(lo) : 0;
+  const bool quiet = probing && newest_seq_ >= 0 && newest_seq_ <= bound;
+  const bool touching = probing && touch_ > 0 && !quiet;
+  if (touching) stmts.push_back({fmt::format("EXECUTE {}", kTouchStatement), {}});
+  const size_t ins = stmts.size();
   // Probing, the probe evaluates the check, and only for a batch with changes.
   stmts.push_back(
       {std::string("INSERT INTO datatunnel.ticks (tunnel, tick, snapshot, change_seq) "
@@ -421,11 +505,11 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
            ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, (" +
            (probing ? std::string("NULL::text") : check_sql) + "), pg_catalog.txid_current()",
        {arena.Keep(std::to_string(number)), tunnel_}});
-  // Idle (the sequence, as last seen, had not passed the probe's bound): the
-  // INSERT alone first; the probe follows only if the tick's change_seq
+  // Idle (the sequence, as last seen, had not passed the probe's bound), or
+  // reading the touch values: the INSERT alone first; the probe (or the
+  // reads of the touched tables) follows only if the tick's change_seq
   // passed the bound.
-  const int64_t bound = probing ? ProbeBound(lo) : 0;
-  const bool idle = probing && newest_seq_ >= 0 && newest_seq_ <= bound;
+  const bool idle = touching || quiet;
   std::vector<pg::Statement> probe;
   if (!reads.empty()) probe.push_back({kChangeIdOrder, {}});
   if (probing) {
@@ -442,19 +526,34 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   if (!idle) stmts.insert(stmts.end(), probe.begin(), probe.end());
   std::vector<pg::QueryResult> results;
   DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
-  if (results.size() != stmts.size() || results[1].rows() != 1) {
+  if (results.size() != stmts.size() || results[ins].rows() != 1) {
     if (idle) conn_->RollbackQuietly();
     return TickTaken(number);
   }
-  Tick tick{number, std::string(results[1].Get(0, 0)), results[1].GetInt64(0, 1),
-            results[1].GetInt64(0, 3)};
-  if (!probing) *check = std::string(results[1].Get(0, 2));
+  Tick tick{number, std::string(results[ins].Get(0, 0)), results[ins].GetInt64(0, 1),
+            results[ins].GetInt64(0, 3)};
+  if (!probing) *check = std::string(results[ins].Get(0, 2));
+  if (touching) {
+    touches_[number] = ParseIntArray(results[1].Get(0, 0));
+    while (touches_.size() > kTouchHistory) touches_.erase(touches_.begin());
+  }
   if (idle) {
     if (tick.change_seq <= bound) {
       // Every id of the batch would lie in (bound, change_seq]: none does.
       DT_RETURN_IF_ERROR(conn_->Commit());
       Recorded(tick);
       for (auto& r : reads) r.empty = true;
+      return tick;
+    }
+    const std::vector<int64_t>* from = touching ? TouchBound(lo) : nullptr;
+    const std::vector<int64_t>* to = touching ? &touches_[number] : nullptr;
+    if (from && from->size() == tables_->size() && to->size() == tables_->size()) {
+      Status st = ReadTouched(*from, *to, lo, tick, check_sql, check, epoch, reads);
+      if (!st.ok()) {
+        conn_->RollbackQuietly();
+        return st;
+      }
+      Recorded(tick);
       return tick;
     }
     results.clear();
@@ -478,6 +577,44 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
                                                   epoch, &reads[i].changes, &reads[i].bulk));
   }
   return tick;
+}
+
+Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vector<int64_t>& to,
+                              const Tick& lo, const Tick& hi, const std::string& check_sql,
+                              std::string* check, int64_t epoch, std::span<TickRead> reads) {
+  std::vector<size_t> tables;
+  for (size_t t = 0; t < to.size(); ++t) {
+    if (to[t] > from[t]) tables.push_back(t);
+  }
+  for (auto& r : reads) r.empty = true;
+  std::vector<pg::Statement> stmts;
+  std::vector<size_t> which;  // index into reads, per read statement
+  if (!tables.empty()) {
+    DT_RETURN_IF_ERROR(PrepareTables(tables, false));
+    stmts.push_back({kPreparedReads, {}});
+    if (!check_sql.empty()) stmts.push_back({check_sql, {}});
+    for (size_t t : tables) {
+      for (size_t i = 0; i < reads.size(); ++i) {
+        if (reads[i].table != t) continue;
+        reads[i].empty = false;
+        which.push_back(i);
+        stmts.push_back({ReadCall(t, 0, lo, hi, reads[i].limit), {}});
+      }
+    }
+  }
+  stmts.push_back({"COMMIT", {}});
+  std::vector<pg::QueryResult> results;
+  DT_RETURN_IF_ERROR(conn_->ExecPipeline(stmts, &results));
+  if (tables.empty()) return Status::OK();
+  size_t at = 1;
+  if (!check_sql.empty()) *check = std::string(results[at++].Get(0, 0));
+  for (size_t k = 0; k < which.size(); ++k) {
+    TickRead& r = reads[which[k]];
+    r.rows = results[at + k].rows();
+    DT_ASSIGN_OR_RETURN(
+        r.last, ParseBatch(r.table, results[at + k], hi.number, 0, epoch, &r.changes, &r.bulk));
+  }
+  return Status::OK();
 }
 
 Result<bool> ChangeLog::ChangedSince(const Tick& last) {

@@ -140,7 +140,8 @@ class ChangeLog {
   // needs reading at the tick's snapshot. `check_sql` is a query of one
   // value evaluated at the tick's snapshot (the schema signature); its value
   // is stored in *check, which is left empty when the batch has no change
-  // (with more than kProbeAbove tables the check is evaluated only then:
+  // (with more than kProbeAbove tables the check is evaluated only then, or
+  // when a table was touched since the bound tick, below:
   // over hundreds of tables it costs more than the rest of an idle tick, and
   // only a change of the batch needs the columns it vouches for).
   //
@@ -155,6 +156,19 @@ class ChangeLog {
   // the probe runs only if the tick's change_seq passed it: a batch whose
   // ids would all lie in (bound, change_seq] is empty when that range is,
   // so an idle tick costs the same whatever the number of tables.
+  //
+  // The probe's index probe per table is itself a cost per table (~80 us
+  // each under load). So each tick first reads every table's touch sequence
+  // (the trigger draws from it after writing a statement's change rows) in
+  // one statement, before its INSERT takes its xid, and remembers the
+  // values; a later batch then reads only the tables whose value passed the
+  // one tick ProbeBound() chooses read (the same ordering argument: a
+  // transaction not visible in lo drew after that read, and one visible in
+  // the tick drew before its commit, so before the tick's read), with the
+  // check and the reads in the tick's transaction: two round trips, no
+  // probe. Without that tick's values (a restart, a snapshot tick) or touch
+  // sequences (an install before them, or a role that may not read them),
+  // the probe as above.
   Result<Tick> RecordTick(const Tick& lo, const std::string& check_sql, std::string* check,
                           int64_t epoch, std::span<TickRead> reads);
   // The same first reads for a tick `hi` recorded earlier (a batch replayed
@@ -234,6 +248,12 @@ class ChangeLog {
   std::string ReadCall(size_t t, int64_t after, const Tick& lo, const Tick& hi, int limit) const;
   // Whether RecordTick() and ReadFirst() probe (more than kProbeAbove tables).
   bool Probing() const { return tables_->size() > kProbeAbove; }
+  // Looks up every table's touch sequence (once per connection) and
+  // prepares the statement that reads their last values; leaves touch_ off
+  // when a table has none or the role may not read one.
+  Status PrepareTouch();
+  // The touch values read by the tick that ProbeBound(lo) uses, or null.
+  const std::vector<int64_t>* TouchBound(const Tick& lo) const;
   // Prepares the probe statement (once per connection and `check_sql`;
   // empty: none). It returns the tables with changes (a text int[]) and,
   // when asked and there are any, the value of `check_sql`.
@@ -254,6 +274,13 @@ class ChangeLog {
   // no such tick is known.
   int64_t ProbeBound(const Tick& lo) const;
   void Remember(const Tick& tick);
+  // Inside tick hi's open transaction: reads the first rows of the tables
+  // whose touch value moved from `from` (the bound tick's) to `to` (hi's),
+  // evaluating `check_sql` into *check when there are any, marks the others
+  // empty, and commits. One round trip.
+  Status ReadTouched(const std::vector<int64_t>& from, const std::vector<int64_t>& to,
+                     const Tick& lo, const Tick& hi, const std::string& check_sql,
+                     std::string* check, int64_t epoch, std::span<TickRead> reads);
   // Reads the first rows of the tables probe result `probed` names (a text
   // int[]), marks the others empty. One round trip.
   Status ReadProbed(std::string_view probed, const Tick& lo, const Tick& hi, int64_t epoch,
@@ -281,6 +308,11 @@ class ChangeLog {
   std::string probe_check_;  // the check_sql the probe was prepared with
   // Recent ticks: number -> (xmax of its snapshot, change_seq), for ProbeBound().
   std::map<int64_t, std::pair<int64_t, int64_t>> history_;
+  // PrepareTouch(): 0 not looked up, 1 touch sequences in use, -1 not.
+  int touch_ = 0;
+  // The touch values read by recent ticks of ours (tick number -> one per
+  // table), for TouchBound().
+  std::map<int64_t, std::vector<int64_t>> touches_;
 };
 
 // How many change-table rows to read at once, per table: at most

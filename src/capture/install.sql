@@ -163,6 +163,7 @@ DECLARE
   v_row text;
   v_del_names text;
   v_del_row text;
+  v_touch text;
   r record;
 BEGIN
   SELECT n.nspname, c.relname INTO v_schema, v_name
@@ -270,6 +271,29 @@ BEGIN
     IF v_comp IS DISTINCT FROM 'l' THEN
       EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN "dt$rows" SET COMPRESSION lz4', v_cdc);
     END IF;
+  END IF;
+
+  -- The change table's touch sequence: every statement's trigger draws from
+  -- it once its change rows are written (the last line of the trigger
+  -- function), so a tick reads all tables' last values in one statement and
+  -- reads only the change tables whose value moved (ChangeLog::RecordTick,
+  -- docs/architecture.md). Owned by the change table's "dt$txid" column (it
+  -- goes with the change table) and found that way; named <table>_cdc_touch
+  -- (dt$touch_<change table oid> where that name would be too long).
+  SELECT pg_catalog.format('%I.%I', n.nspname, s.relname) INTO v_touch
+    FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+    JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+      AND d.refobjid = v_cdc_oid AND d.deptype = 'a' AND a.attname = 'dt$txid';
+  IF v_touch IS NULL THEN
+    v_touch := pg_catalog.format('%I.%I', v_schema,
+      CASE WHEN pg_catalog.octet_length(v_name) <= 53 THEN v_name || '_cdc_touch'
+           ELSE 'dt$touch_' || v_cdc_oid END);
+    EXECUTE pg_catalog.format('CREATE SEQUENCE %s AS bigint OWNED BY %s."dt$txid"', v_touch, v_cdc);
+    v_actions := v_actions || ('created sequence ' || v_touch || ' (which change tables '
+      || 'a tick reads)');
   END IF;
 
   -- The trigger function, generated from the catalog, run by three
@@ -421,7 +445,7 @@ BEGIN
             || E'\n  ON n."dt$rn" = d."dt$rn"'), v_bulk, v_names, v_row);
     END IF;
     v_body := pg_catalog.format(
-    E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\nBEGIN\n'
+    E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\n  v_touch bigint;\nBEGIN\n'
     || E'  IF TG_OP = ''INSERT'' THEN\n'
     || '%1$s'
     || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
@@ -431,13 +455,14 @@ BEGIN
     || E'  ELSE\n'
     || E'    INSERT INTO %4$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
     || E'  END IF;\n'
+    || E'  v_touch := pg_catalog.nextval(%5$L::regclass);\n'
     || E'  RETURN NULL;\n'
     || E'END ',
       pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
         v_names, v_row),
       pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
         v_del_names, v_del_row),
-      v_update, v_cdc);
+      v_update, v_cdc, v_touch);
   ELSE
     -- A partitioned table, a partition or a table in an inheritance tree
     -- keeps the row-level trigger: statement triggers of a partition or an
@@ -482,7 +507,7 @@ BEGIN
         v_cdc, v_cols, v_new, v_old, v_match, v_old_cols, v_keys);
     END IF;
     v_body := pg_catalog.format(
-    E'\nBEGIN\n'
+    E'\nDECLARE\n  v_touch bigint;\nBEGIN\n'
     || E'  IF TG_OP = ''INSERT'' THEN\n'
     || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
     || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
@@ -494,9 +519,10 @@ BEGIN
     || E'  ELSE\n'
     || E'    INSERT INTO %1$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
     || E'  END IF;\n'
+    || E'  v_touch := pg_catalog.nextval(%6$L::regclass);\n'
     || E'  RETURN NULL;\n'
     || E'END ',
-      v_cdc, v_cols, v_new, v_old, v_update);
+      v_cdc, v_cols, v_new, v_old, v_update, v_touch);
   END IF;
   SELECT p.prosrc INTO v_current FROM pg_catalog.pg_proc p
     WHERE p.pronamespace = 'datatunnel'::regnamespace AND p.proname = v_fn;
