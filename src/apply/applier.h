@@ -213,12 +213,11 @@ class Applier {
   // staged in dt_tick_N: while nothing of the table is staged in the tick,
   // for a keyed table that no foreign key links to another tunnel table
   // (Direct()). All inserts: one COPY in a savepoint (a key already there
-  // rolls it back, and the table's inserts are upserted from then on); all
-  // deletes by a one-column key: one DELETE of the array of keys; inserts
-  // and updates: their newest row per key staged in dt_stage_N and upserted.
-  // A key's changes arrive in order (one partition, offset order), so the
-  // piece's net effect now leaves what it would at the end. False: stage
-  // them (a TRUNCATE, or deletes mixed with the rest).
+  // rolls it back, and the table is staged from then on); all deletes by a
+  // one-column key: one DELETE of the array of keys. A key's changes arrive
+  // in order (one partition, offset order), so the piece's net effect now
+  // leaves what it would at the end. False: stage them (updates, a
+  // TRUNCATE, inserts mixed with deletes).
   bool Direct(uint32_t table) const;
   Result<bool> WriteDirect(uint32_t table, const std::vector<const Change*>& changes);
   // The set-based writes of one step of a streamed tick.
@@ -227,10 +226,9 @@ class Applier {
   struct Staged {
     bool any = false;
     Shape shape;
-    bool updates = false;     // an UPDATE is staged (not inserts only)
-    Position truncated;       // the newest TRUNCATE staged (zero: none)
-    bool reduced = false;     // dt_net_N holds the newest change per key
-    bool direct_off = false;  // a direct COPY met a key already there
+    bool updates = false;  // an UPDATE is staged (not inserts only)
+    Position truncated;    // the newest TRUNCATE staged (zero: none)
+    bool reduced = false;  // dt_net_N holds the newest change per key
   };
   // A keyed table's staged changes are all inserts (Op::kInsert, kRead),
   // or all deletes: written without the reduction (see FinishStream()).
