@@ -14,7 +14,8 @@
 // Each table's deletes and upserts of a batch go as parameter statements
 // when they are few (kPipelinedMaxRows), all pipelined (a batch of such is
 // one round trip); more are staged with COPY into the table's temporary
-// tables and merged set-wise.
+// tables and merged set-wise, except deletes by a one-column key: one
+// DELETE of an array of the keys (the key index probed per key).
 //
 // Thread-safety: one thread; owns the use of its connection.
 #pragma once
@@ -140,6 +141,9 @@ class Applier {
   // Rolls the open stream transaction back (a failure elsewhere, a stop).
   void AbortStream();
   bool streaming() const { return stream_open_; }
+  // Changes of the current (or last) streamed tick written straight into
+  // their tables instead of staged (WriteDirect()).
+  int64_t stream_direct() const { return stream_direct_; }
   // After a failed Apply: the table the failing statement wrote, or -1.
   int failed_table() const { return failed_table_; }
   // Whether the TRUNCATE barrier at `pos` of `stream` has run.
@@ -205,6 +209,17 @@ class Applier {
   // the open transaction staged so far.
   Status EnsureTickStaging(uint32_t table);
   Status StageRows(std::span<const Change* const> changes);
+  // A piece's changes of table `table` written straight into it instead of
+  // staged in dt_tick_N: while nothing of the table is staged in the tick,
+  // for a keyed table that no foreign key links to another tunnel table
+  // (Direct()). All inserts: one COPY in a savepoint (a key already there
+  // rolls it back, and the table is staged from then on); all deletes by a
+  // one-column key: one DELETE of the array of keys. A key's changes arrive
+  // in order (one partition, offset order), so the piece's net effect now
+  // leaves what it would at the end. False: stage them (updates, a
+  // TRUNCATE, inserts mixed with deletes).
+  bool Direct(uint32_t table) const;
+  Result<bool> WriteDirect(uint32_t table, const std::vector<const Change*>& changes);
   // The set-based writes of one step of a streamed tick.
   Status StreamStep(const Step& step);
   Status StreamFailed(Status st);
@@ -228,6 +243,7 @@ class Applier {
   std::vector<bool> tick_staging_;
   std::vector<Staged> staged_rows_;
   bool stream_open_ = false;
+  int64_t stream_direct_ = 0;
 
   pg::Connection* conn_;
   const std::vector<TableSpec>* targets_;

@@ -1,5 +1,6 @@
 // Apply against a real PostgreSQL: upserts and deletes, positions committed
 // with the rows, the guard against a second consumer, both write paths.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "apply/applier.h"
@@ -328,6 +329,72 @@ TEST_F(ApplyTest, OnlyTablesWithManyChangesAreStaged) {
     ASSERT_TRUE(left.ok());
     EXPECT_EQ(left->Get(0, 0), "0");
   }
+}
+
+// More deletes than go as parameter statements, by a one-column key: one
+// DELETE of an array of the keys, no staging table; keys that need quoting
+// in an array literal included. A two-column key still stages its keys.
+TEST_F(ApplyTest, LargeDeletesByOneKeyColumnGoAsAnArray) {
+  TargetCluster().Exec(db_,
+                       "CREATE TABLE k(id text PRIMARY KEY, n int); "
+                       "CREATE TABLE k2(a int, b int, n int, PRIMARY KEY (a, b))");
+  TableConfig kc, k2c;
+  kc.source = kc.target = {"public", "k"};
+  kc.topic = "topic_k";
+  k2c.source = k2c.target = {"public", "k2"};
+  k2c.topic = "topic_k2";
+  auto specs = apply::DescribeTargetTables(*conn_, {kc, k2c});
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  std::vector<TableSpec> two = *specs;
+  apply::Applier applier(conn_.get(), &two);
+  ASSERT_TRUE(applier.Load("topic_k", 0, 0).ok());
+  ASSERT_TRUE(applier.Load("topic_k2", 0, 1).ok());
+  std::vector<std::string> keys = {"NULL", "a\"b", "c\\d", "{e,f}", " g ", "", "h,i", "é"};
+  for (int i = 0; i < 400; ++i) keys.push_back("key " + std::to_string(i));
+  std::string values;
+  for (const auto& k : keys) {
+    values += fmt::format("{}('{}', 1)", values.empty() ? "" : ", ", k);
+  }
+  TargetCluster().Exec(db_, "INSERT INTO k VALUES " + values + ", ('kept', 1)");
+  TargetCluster().Exec(db_, "INSERT INTO k2 SELECT i, i, 1 FROM generate_series(0, 400) i");
+  std::vector<Change> cs;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    Change c;
+    c.op = Op::kDelete;
+    c.pos = {1, 1, static_cast<int64_t>(i + 1), 0};
+    c.row.Reset(2);
+    c.row.Set(0, keys[i]);
+    cs.push_back(c);
+  }
+  for (int i = 0; i < 400; ++i) {
+    Change c;
+    c.op = Op::kDelete;
+    c.table = 1;
+    c.pos = {1, 1, 1000 + i, 0};
+    c.row.Reset(3);
+    c.row.Set(0, std::to_string(i));
+    c.row.Set(1, std::to_string(i));
+    cs.push_back(c);
+  }
+  std::vector<const Change*> ptrs;
+  for (const auto& c : cs) ptrs.push_back(&c);
+  apply::Advance a, b;
+  a.stream = "topic_k";
+  a.offset = static_cast<int64_t>(keys.size()) - 1;
+  a.pos = cs[keys.size() - 1].pos;
+  b.stream = "topic_k2";
+  b.offset = 399;
+  b.pos = cs.back().pos;
+  std::vector<apply::Advance> adv = {a, b};
+  Status st = applier.Apply(ptrs, adv);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT string_agg(id, ',') FROM k"), "kept");
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM k2"), 1);
+  auto r = conn_->Query(
+      "SELECT coalesce(string_agg(relname, ',' ORDER BY relname), '') FROM pg_class "
+      "WHERE relpersistence = 't' AND relname LIKE 'dt\\_%'");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->Get(0, 0), "dt_keys_1,dt_stage_1");
 }
 
 }  // namespace
