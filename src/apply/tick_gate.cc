@@ -142,7 +142,11 @@ size_t TickGate::ReleasePiece(size_t max, std::vector<Item>* out) {
     any = true;
   }
   if (!any) return 0;
-  const Position bound{oldest.epoch, oldest.tick, Position::kEndOfTick, 0};
+  // Up to the end of that tick; or, when the oldest is a marker sent after
+  // a tick's end (a producer's schema markers, which precede its first tick
+  // in every partition), up to it: else nothing would ever go out.
+  const Position bound{oldest.epoch, oldest.tick, Position::kEndOfTick,
+                       oldest.seq == Position::kEndOfTick ? oldest.sub : 0};
   stream_bound_ = std::max(stream_bound_, bound);
   size_t n = 0;
   for (auto& [key, p] : parts_) {
