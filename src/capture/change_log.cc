@@ -396,23 +396,36 @@ Status ChangeLog::ReadProbed(std::string_view probed, const Tick& lo, const Tick
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
   stmts.push_back({kPreparedReads, {}});
-  std::vector<size_t> which;  // index into reads, per read statement
+  const std::vector<size_t> which = AddReads(tables, lo, hi, reads, &stmts);
+  stmts.push_back({"COMMIT", {}});
+  std::vector<pg::QueryResult> results;
+  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
+  return ParseReads(which, results, 2, hi.number, epoch, reads);
+}
+
+std::vector<size_t> ChangeLog::AddReads(std::span<const size_t> tables, const Tick& lo,
+                                        const Tick& hi, std::span<TickRead> reads,
+                                        std::vector<pg::Statement>* stmts) const {
+  std::vector<size_t> which;
   for (size_t t : tables) {
     for (size_t i = 0; i < reads.size(); ++i) {
       if (reads[i].table != t) continue;
       reads[i].empty = false;
       which.push_back(i);
-      stmts.push_back({ReadCall(t, 0, lo, hi, reads[i].limit), {}});
+      stmts->push_back({ReadCall(t, 0, lo, hi, reads[i].limit), {}});
     }
   }
-  stmts.push_back({"COMMIT", {}});
-  std::vector<pg::QueryResult> results;
-  DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));
+  return which;
+}
+
+Status ChangeLog::ParseReads(std::span<const size_t> which,
+                             std::span<const pg::QueryResult> results, size_t at, int64_t tick,
+                             int64_t epoch, std::span<TickRead> reads) {
   for (size_t k = 0; k < which.size(); ++k) {
     TickRead& r = reads[which[k]];
-    r.rows = results[2 + k].rows();
-    DT_ASSIGN_OR_RETURN(
-        r.last, ParseBatch(r.table, results[2 + k], hi.number, 0, epoch, &r.changes, &r.bulk));
+    r.rows = results[at + k].rows();
+    DT_ASSIGN_OR_RETURN(r.last,
+                        ParseBatch(r.table, results[at + k], tick, 0, epoch, &r.changes, &r.bulk));
   }
   return Status::OK();
 }
@@ -593,14 +606,7 @@ Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vecto
     DT_RETURN_IF_ERROR(PrepareTables(tables, false));
     stmts.push_back({kPreparedReads, {}});
     if (!check_sql.empty()) stmts.push_back({check_sql, {}});
-    for (size_t t : tables) {
-      for (size_t i = 0; i < reads.size(); ++i) {
-        if (reads[i].table != t) continue;
-        reads[i].empty = false;
-        which.push_back(i);
-        stmts.push_back({ReadCall(t, 0, lo, hi, reads[i].limit), {}});
-      }
-    }
+    which = AddReads(tables, lo, hi, reads, &stmts);
   }
   stmts.push_back({"COMMIT", {}});
   std::vector<pg::QueryResult> results;
@@ -608,13 +614,7 @@ Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vecto
   if (tables.empty()) return Status::OK();
   size_t at = 1;
   if (!check_sql.empty()) *check = std::string(results[at++].Get(0, 0));
-  for (size_t k = 0; k < which.size(); ++k) {
-    TickRead& r = reads[which[k]];
-    r.rows = results[at + k].rows();
-    DT_ASSIGN_OR_RETURN(
-        r.last, ParseBatch(r.table, results[at + k], hi.number, 0, epoch, &r.changes, &r.bulk));
-  }
-  return Status::OK();
+  return ParseReads(which, results, at, hi.number, epoch, reads);
 }
 
 Result<bool> ChangeLog::ChangedSince(const Tick& last) {

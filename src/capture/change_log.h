@@ -246,6 +246,15 @@ class ChangeLog {
   Status PrepareTables(std::span<const size_t> tables, bool prune);
   // EXECUTE of table t's prepared read of batch (lo, hi] after `after`.
   std::string ReadCall(size_t t, int64_t after, const Tick& lo, const Tick& hi, int limit) const;
+  // Appends to `stmts` the first read of each of `reads` whose table is in
+  // `tables` (marking the others empty), returning the index into `reads`
+  // of each appended statement.
+  std::vector<size_t> AddReads(std::span<const size_t> tables, const Tick& lo, const Tick& hi,
+                               std::span<TickRead> reads, std::vector<pg::Statement>* stmts) const;
+  // Parses the results of AddReads()'s statements, which start at
+  // results[at], into `reads`.
+  Status ParseReads(std::span<const size_t> which, std::span<const pg::QueryResult> results,
+                    size_t at, int64_t tick, int64_t epoch, std::span<TickRead> reads);
   // Whether RecordTick() and ReadFirst() probe (more than kProbeAbove tables).
   bool Probing() const { return tables_->size() > kProbeAbove; }
   // Looks up every table's touch sequence (once per connection) and

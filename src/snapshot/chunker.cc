@@ -307,6 +307,26 @@ Result<Chunk> Chunker::Read(pg::Connection& source, const Cursor& cursor, int64_
   return chunk;
 }
 
+namespace {
+
+// The rows of a query for referenced rows, as reads at tick `tick`, after
+// those `out` holds (kReferencedSeqBase onwards).
+void AppendReferenced(const pg::QueryResult& rows, uint32_t table, size_t columns, int64_t epoch,
+                      int64_t tick, std::vector<Change>* out) {
+  const int64_t now = NowMicros();
+  for (int i = 0; i < rows.rows(); ++i) {
+    Change c;
+    c.op = Op::kRead;
+    c.table = table;
+    c.pos = Position{epoch, tick, kReferencedSeqBase + static_cast<int64_t>(out->size()), 0};
+    c.captured_us = now;
+    rows.ReadRow(i, 0, columns, &c.row);
+    out->push_back(std::move(c));
+  }
+}
+
+}  // namespace
+
 Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& cursor,
                                      const std::string& lo_snapshot, int64_t epoch, int64_t tick,
                                      std::vector<Change>* out) {
@@ -350,16 +370,7 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
       "SELECT {5} FROM {3} WHERE ({6}) IN (SELECT {1} FROM dt_need)",
       capture::TickWritesQuery(spec), need, refs, spec.source.Quoted(), join, select_list_, key);
   DT_ASSIGN_OR_RETURN(auto rows, source.Query(sql, params));
-  const int64_t now = NowMicros();
-  for (int i = 0; i < rows.rows(); ++i) {
-    Change c;
-    c.op = Op::kRead;
-    c.table = table_;
-    c.pos = Position{epoch, tick, kReferencedSeqBase + static_cast<int64_t>(out->size()), 0};
-    c.captured_us = now;
-    rows.ReadRow(i, 0, spec.columns.size(), &c.row);
-    out->push_back(std::move(c));
-  }
+  AppendReferenced(rows, table_, spec.columns.size(), epoch, tick, out);
   return Status::OK();
 }
 
@@ -401,16 +412,7 @@ Status Chunker::ReadAllReferenced(pg::Connection& source, const Cursor& cursor, 
       select_list_, spec.source.Quoted(), key, need, values, names, not_null);
   if (after) sql += fmt::format(" AND ({}) > ({})", key, copied);
   DT_ASSIGN_OR_RETURN(auto rows, source.Query(sql, params));
-  const int64_t now = NowMicros();
-  for (int i = 0; i < rows.rows(); ++i) {
-    Change c;
-    c.op = Op::kRead;
-    c.table = table_;
-    c.pos = Position{epoch, tick, kReferencedSeqBase + static_cast<int64_t>(out->size()), 0};
-    c.captured_us = now;
-    rows.ReadRow(i, 0, spec.columns.size(), &c.row);
-    out->push_back(std::move(c));
-  }
+  AppendReferenced(rows, table_, spec.columns.size(), epoch, tick, out);
   if (rows.rows() > 0) {
     spdlog::info("snapshot of {}: {} row(s) not copied yet that others reference sent again",
                  spec.source.ToString(), rows.rows());
