@@ -325,6 +325,20 @@ void AppendReferenced(const pg::QueryResult& rows, uint32_t table, size_t column
   }
 }
 
+// The referencing columns of each self-reference of a row `s`, as rows of
+// a VALUES list: "(s.a), (s.b, s.c)".
+std::string SelfRefValues(const TableSpec& spec, const std::vector<std::vector<size_t>>& refs) {
+  std::string values;
+  for (size_t f = 0; f < refs.size(); ++f) {
+    values += f ? ", (" : "(";
+    for (size_t i = 0; i < refs[f].size(); ++i) {
+      values += (i ? ", s." : "s.") + QuoteIdent(spec.columns[refs[f][i]].name);
+    }
+    values += ")";
+  }
+  return values;
+}
+
 }  // namespace
 
 Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& cursor,
@@ -338,7 +352,7 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
     return Status::OK();
   }
   std::vector<pg::Param> params = {lo_snapshot};
-  std::string copied, need, vneed, values, not_null, join, key;
+  std::string copied, need, vneed, not_null, join, key;
   for (size_t i = 0; i < spec.key.size(); ++i) {
     const Column& col = spec.columns[spec.key[i]];
     if (after) {
@@ -352,13 +366,7 @@ Status Chunker::ReadReferencedByTick(pg::Connection& source, const Cursor& curso
     join += fmt::format("{}s.{} = d.{}", i ? " AND " : "", QuoteIdent(col.name), n);
     key += (i ? ", " : "") + QuoteIdent(col.name);
   }
-  for (size_t f = 0; f < self_refs_.size(); ++f) {
-    values += f ? ", (" : "(";
-    for (size_t i = 0; i < self_refs_[f].size(); ++i) {
-      values += (i ? ", s." : "s.") + QuoteIdent(spec.columns[self_refs_[f][i]].name);
-    }
-    values += ")";
-  }
+  const std::string values = SelfRefValues(spec, self_refs_);
   // Rows copied already are on the target, and so is what they reference.
   std::string refs =
       fmt::format("CROSS JOIN LATERAL (VALUES {}) v({}) WHERE {}", values, need, not_null);
@@ -381,7 +389,7 @@ Status Chunker::ReadAllReferenced(pg::Connection& source, const Cursor& cursor, 
   const bool after = !cursor.empty();
   if (after && (cursor.size() != spec.key.size() + 1 || cursor[0] != "key")) return Status::OK();
   std::vector<pg::Param> params;
-  std::string copied, need, values, not_null, key;
+  std::string copied, need, not_null, key;
   for (size_t i = 0; i < spec.key.size(); ++i) {
     const Column& col = spec.columns[spec.key[i]];
     if (after) {
@@ -397,13 +405,7 @@ Status Chunker::ReadAllReferenced(pg::Connection& source, const Cursor& cursor, 
   for (size_t i = 0; i < spec.key.size(); ++i) {
     names += (i ? ", " : "") + QuoteIdent(fmt::format("dt$n{}", i));
   }
-  for (size_t f = 0; f < self_refs_.size(); ++f) {
-    values += f ? ", (" : "(";
-    for (size_t i = 0; i < self_refs_[f].size(); ++i) {
-      values += (i ? ", s." : "s.") + QuoteIdent(spec.columns[self_refs_[f][i]].name);
-    }
-    values += ")";
-  }
+  const std::string values = SelfRefValues(spec, self_refs_);
   // Closed under references: a row it brings that references another row
   // after the cursor brings that one too.
   std::string sql = fmt::format(
