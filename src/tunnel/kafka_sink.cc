@@ -191,6 +191,10 @@ Status KafkaSink::SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Cha
   return Status::OK();
 }
 
+Status KafkaSink::PrepareTickEnds() {
+  return producer_->PartitionCount(config_.ticks_topic(), 10000).status();
+}
+
 Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {
   TickEnd record;
   record.end = end;

@@ -52,6 +52,7 @@ class KafkaSink : public ChangeSink {
   Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   // To partition 0 of config.ticks_topic().
   Status SendTickEnd(const Position& end, uint64_t token) override;
+  Status PrepareTickEnds() override;
   void Poll(int timeout_ms) override { producer_->Poll(timeout_ms); }
   int Flush(int timeout_ms) override { return producer_->Flush(timeout_ms); }
   Result<int> PartitionCount(uint32_t table) override;

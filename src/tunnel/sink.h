@@ -58,6 +58,10 @@ class ChangeSink {
   // there (core/message.h, TickEnd); in memory a marker in the stream.
   // Delivered like a message (its token). kRetryable when the sink is full.
   virtual Status SendTickEnd(const Position& end, uint64_t token) = 0;
+  // Makes ready what SendTickEnd() needs before the first tick (through
+  // Kafka: the control topic's partitions and leader), so that the first
+  // change after the producer is ready waits for none of it.
+  virtual Status PrepareTickEnds() { return Status::OK(); }
   virtual void Poll(int timeout_ms) = 0;
   // Waits up to timeout_ms for everything sent to be delivered; returns how
   // many are still outstanding.

@@ -157,6 +157,7 @@ Status SourceWorker::Announce(Session& s) {
     schema.captured_us = NowMicros();
     DT_RETURN_IF_ERROR(SendToAll(s, schema, Kind::kPart));
   }
+  if (options_.pipeline.transactional()) DT_RETURN_IF_ERROR(sink_->PrepareTickEnds());
   // Ready once the markers are delivered (ServeDeliveries): by then the
   // producer knows every topic's partitions and leaders and holds its
   // producer id, so the first change waits for none of that.
