@@ -59,7 +59,7 @@ void KafkaSource::Close() {
   metrics_->applier = 0;
 }
 
-Status KafkaSource::TakeApplyLock() {
+Status KafkaSource::TakeApplyLock(const std::function<void()>& idle) {
   bool announced = false;
   for (;;) {
     if (!lock_conn_ || lock_conn_->IsBroken()) {
@@ -80,7 +80,12 @@ Status KafkaSource::TakeApplyLock() {
       announced = true;
       metrics_->consumer_ready = 1;  // a standby is ready: it takes over when needed
     }
-    if (stop_->SleepFor(1000)) return Status::Cancelled();
+    if (idle) {
+      idle();
+      if (stop_->stop_requested()) return Status::Cancelled();
+    } else if (stop_->SleepFor(1000)) {
+      return Status::Cancelled();
+    }
   }
   metrics_->consumer_ready = 0;
   metrics_->applier = 1;
@@ -106,10 +111,14 @@ Status KafkaSource::CheckApplyLock() {
     spdlog::warn("consumer: took the apply lock again on a new session");
     return Status::OK();
   }
+  // Its batches could only fail on the position guard now: step down.
   metrics_->applier = 0;
-  return Status::Retryable(
-      "the session holding the apply lock ended and another consumer took over applying; "
-      "stopping (start this one again to stand by)");
+  spdlog::warn(
+      "consumer: the session holding the apply lock ended and another consumer took over "
+      "applying; standing by");
+  core_->AbortStream();
+  DT_RETURN_IF_ERROR(TakeApplyLock([this] { KeepAlive(); }));
+  return Rewind();
 }
 
 std::string_view KafkaSource::StreamName(std::string_view topic) {

@@ -41,6 +41,7 @@
 // inside the consumer's Poll() on that thread.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -96,9 +97,13 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   // Next() by key: every message polled, cut at TRUNCATE barriers.
   Status NextByKey(std::vector<apply::Item>* items);
   bool whole_ticks() const { return options_.pipeline.transactional(); }
-  // Waits as a hot standby until this consumer holds the apply lock.
-  Status TakeApplyLock();
-  // Every few seconds: the session holding the lock is still there.
+  // Waits as a hot standby until this consumer holds the apply lock;
+  // `idle` (if set) serves the Kafka consumer between attempts.
+  Status TakeApplyLock(const std::function<void()>& idle = {});
+  // Every few seconds: the session holding the lock is still there. If it
+  // ended and another consumer took the lock, this one steps down: it drops
+  // what it holds (rolling back a streamed tick), stands by until it holds
+  // the lock again, and reads on from the positions the target stored.
   Status CheckApplyLock();
   // A control-topic message as an end-of-tick item for the gate.
   Status AddTickEnd(const broker::Message& m);
