@@ -8,16 +8,18 @@
 #
 #   --quick        small sizes, one run each: everything in a few minutes
 #   --only         scenarios: source,latency,burst,backlog,snapshot,many,bigtx (default: all)
-#   --variants     kafka (run through the Kafka broker), none (run --broker none),
-#                  kafka-tx, none-tx (the same with pipeline.apply_consistency =
-#                  "transaction"; latency, burst, backlog and bigtx),
+#   --variants     kafka (run through the Kafka broker), none (run --broker none), both
+#                  in the default pipeline.apply_consistency ("transaction"),
+#                  kafka-key, none-key (the same with apply_consistency = "key";
+#                  latency, burst, backlog and bigtx), kafka-tx, none-tx (with
+#                  "transaction" named explicitly: as kafka and none today),
 #                  split (separate produce and consume processes through the broker),
 #                  ref (logical replication; for the snapshot also the COPY pipe),
 #                  copy (the snapshot's COPY pipe alone, for focused snapshot runs),
 #                  debezium (Debezium's PostgreSQL connector -> the same broker -> Debezium's
 #                  JDBC sink connector in one Kafka Connect worker; latency, burst and backlog;
 #                  scripts/debezium.sh; every setting is in debezium_connectors below)
-#                  default: kafka,kafka-tx,none,ref
+#                  default: kafka,kafka-key,none,ref
 #   --runs N       repetitions (default 3; 1 with --quick)
 #   --name NAME    results file name (default: the date, "-quick" appended with --quick)
 #
@@ -44,7 +46,7 @@ cd "$ROOT"
 
 QUICK=0
 ONLY="source,latency,burst,backlog,snapshot,many,bigtx"
-VARIANTS="kafka,kafka-tx,none,ref"
+VARIANTS="kafka,kafka-key,none,ref"
 RUNS=""
 NAME=""
 while [[ $# -gt 0 ]]; do
@@ -371,11 +373,12 @@ start_tunnel() {
   TUNNEL_PIDS=(); TUNNEL_NAMES=()
   local cmds=() extra="${BENCH_TUNNEL_ARGS:-} ${TUNNEL_EXTRA:-}"
   case "$v" in
-    kafka | kafka-tx) cmds=("run:run --no-snapshot") ;;
-    none | none-tx) cmds=("run:run --no-snapshot --broker none") ;;
+    kafka | kafka-tx | kafka-key) cmds=("run:run --no-snapshot") ;;
+    none | none-tx | none-key) cmds=("run:run --no-snapshot --broker none") ;;
     split) cmds=("consume:consume" "produce:produce") ;;
   esac
   [[ $v == *-tx ]] && extra+=" --set pipeline.apply_consistency=transaction"
+  [[ $v == *-key ]] && extra+=" --set pipeline.apply_consistency=key"
   for c in "${cmds[@]}"; do
     local name=${c%%:*} args=${c#*:}
     rm -f "$RUN/rusage-$name"
@@ -1016,7 +1019,7 @@ scenario_bigtx() {
 # ---- main ---------------------------------------------------------------------
 
 STREAM_VARIANTS=""
-for v in kafka kafka-tx split none none-tx debezium ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
+for v in kafka kafka-key kafka-tx split none none-key none-tx debezium ref; do has "$VARIANTS" "$v" && STREAM_VARIANTS+=" $v"; done
 
 # Machine noise: load average and concurrent compiler/test processes, every 2 s.
 noise_monitor() {

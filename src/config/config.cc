@@ -234,6 +234,7 @@ std::vector<Setting> Settings() {
                }});
   s.push_back(
       {"pipeline", "apply_consistency", [](Config& c, const std::string& v) {
+         c.pipeline.apply_consistency_set = true;
          if (v == "key") {
            c.pipeline.apply_consistency = ApplyConsistency::kKey;
          } else if (v == "transaction") {
@@ -672,6 +673,14 @@ Status Validate(Config* c) {
             t.source.ToString(), t.line));
       }
     }
+  }
+  if (c->kafka.debezium() && !c->pipeline.apply_consistency_set) {
+    c->pipeline.apply_consistency = ApplyConsistency::kKey;
+  } else if (c->kafka.debezium() && c->pipeline.transactional()) {
+    return Status::BadConfig(
+        "pipeline.apply_consistency = \"transaction\" cannot apply kafka.format = \"debezium\" "
+        "topics: Debezium's connector writes no end-of-tick records saying where a source "
+        "transaction ends; set apply_consistency = \"key\" (the default with that format)");
   }
   // A tunnel's topics and group are its own unless set explicitly, so several
   // tunnels share one Kafka cluster without seeing each other.

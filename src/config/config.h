@@ -126,7 +126,10 @@ struct PipelineConfig {
   bool truncate_target = false;             // let `snapshot` empty a non-empty target
   BadMessagePolicy on_bad_message = BadMessagePolicy::kDeadLetter;
   double ready_max_lag_seconds = 10;  // /readyz fails above this lag
-  ApplyConsistency apply_consistency = ApplyConsistency::kKey;
+  // The default, except with kafka.format = "debezium" (whose topics carry
+  // no end-of-tick records): "key" there.
+  ApplyConsistency apply_consistency = ApplyConsistency::kTransaction;
+  bool apply_consistency_set = false;  // named in the configuration
   // apply_consistency = "transaction": a tick of more changes than this is
   // not held in memory whole but streamed into staging tables of one open
   // target transaction, in pieces of about this many changes.

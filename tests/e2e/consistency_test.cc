@@ -190,6 +190,95 @@ TEST_F(ConsistencyTest, BankThroughKafkaWithAStandbyConsumerAndAProducerKill) {
   EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
 }
 
+// The applying consumer's lock session ends (here terminated; in life a
+// network cut or a restart of the target) and the standby takes over: the
+// first one steps down to stand by in the same process instead of exiting,
+// and takes over again when the second one dies. No wrong sum meanwhile.
+TEST_F(ConsistencyTest, AConsumerThatLostTheApplyLockStandsBy) {
+  UseKafka();
+  SetUpBank();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto produce = Start({"produce"});
+  auto first = Start({"consume"});
+  OpenAccounts();  // `first` applies
+  auto second = Start({"consume"});
+  ASSERT_TRUE(WaitUntil([&] { return Contains(second->Stderr(), "standing by"); }, 30))
+      << second->Stderr();
+  Bank bank(src_, tgt_);
+  bank.Start(2);
+  Transfer(bank, 1);
+  // End the lock's session until the standby holds the lock (the first one
+  // may take it again on a new session first).
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        TargetCluster().Exec(tgt_,
+                             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                             "'advisory' AND granted AND pid <> pg_backend_pid()");
+        return WaitUntil([&] { return Contains(second->Stderr(), "took over applying"); }, 4);
+      },
+      60))
+      << first->Stderr() << second->Stderr();
+  ASSERT_TRUE(WaitUntil(
+      [&] { return Contains(first->Stderr(), "another consumer took over applying; standing by"); },
+      30))
+      << first->Stderr();
+  EXPECT_TRUE(first->Running()) << first->Stderr();
+  Transfer(bank, 2);
+  second->Signal(SIGKILL);
+  second->Wait(10);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        const std::string err = first->Stderr();
+        const auto stood = err.find("another consumer took over applying; standing by");
+        return err.find("consumer: took over applying", stood) != std::string::npos;
+      },
+      30))
+      << first->Stderr();
+  Transfer(bank, 2);
+  bank.Stop();
+  ExpectInSync();
+  ExpectNoWrongSum(bank);
+  EXPECT_EQ(first->Stop(), 0) << first->Stderr();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+}
+
+// An existing tunnel running by key switches to the default, whole ticks,
+// the way a rolling upgrade does it: the consumer first, while the producer
+// still sends no end-of-tick records and messages it published by key wait
+// on the broker, then the producer. Nothing is lost or applied twice, and
+// the first ticks of the producer in transaction mode complete what the
+// consumer held.
+TEST_F(ConsistencyTest, AKeyModeTunnelSwitchedToTransactionModeLosesNothing) {
+  SourceCluster().Exec(src_, kAccountsDdl);
+  TargetCluster().Exec(tgt_, kAccountsDdl);
+  const std::string tables = "[[tables]]\nsource = \"public.accounts\"\n";
+  WriteConfig(tables, testing::kKeyMode);
+  UseKafka();
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  auto produce = Start({"produce"});
+  auto consume = Start({"consume"});
+  OpenAccounts();
+  consume->Stop();
+  Bank bank(src_, tgt_);
+  bank.Start(2);
+  // Transfers published by key with no consumer running.
+  ASSERT_TRUE(WaitUntil([&] { return bank.transfers() > 200; }, 30));
+  WriteConfig(tables, "");  // the default: apply_consistency = "transaction"
+  consume = Start({"consume"});
+  ASSERT_TRUE(WaitUntil([&] { return bank.transfers() > 400; }, 30));
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+  produce = Start({"produce"});
+  Transfer(bank, 2);
+  bank.Stop();
+  ExpectInSync();
+  EXPECT_EQ(TargetCluster().Scalar(tgt_, "SELECT sum(balance) FROM accounts"),
+            std::to_string(kTotal));
+  auto st = Dt({"status", "--json"});
+  EXPECT_TRUE(Contains(st.out, "\"mode\":\"transaction\",\"consistent\":true")) << st.out;
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+  EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
+}
+
 // Parent and child with a foreign key on the target (as on the source):
 // inserts of a parent with its children in one transaction, deletes of the
 // children then the parent, children moved to another parent whose old one
@@ -387,15 +476,16 @@ TEST_F(ConsistencyTest, ACopyOfAReferencedTableAloneNamesTheTablesToCopyWithIt) 
   EXPECT_FALSE(Contains(both.err, "violates foreign key")) << both.err;
 }
 
-// By key (the default) the same schema fails at the first batch with the
-// child's rows first; the error names the table of the failing statement.
+// By key the same schema fails at the first batch with the child's rows
+// first; the error names the table of the failing statement.
 TEST_F(ConsistencyTest, ByKeyAForeignKeyFailsNamingItsTable) {
   for (auto* c : {&SourceCluster(), &TargetCluster()}) {
     const std::string& db = c == &SourceCluster() ? src_ : tgt_;
     c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY)");
     c->Exec(db, "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer REFERENCES parent)");
   }
-  WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n");
+  WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
+              testing::kKeyMode);
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto run = Start({"run", "--broker", "none"});
   SourceCluster().Exec(src_,

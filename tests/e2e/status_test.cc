@@ -162,10 +162,14 @@ TEST_F(StatusTest, TargetTruncatedByHandIsIncompleteButAReplicatedTruncateIsNot)
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
-// The same through the broker, where a replicated TRUNCATE runs once every
-// partition reached it (datatunnel.truncate_arrive): still not "by hand".
-TEST_F(StatusTest, TargetTruncatedByHandThroughTheBrokerIsIncomplete) {
-  WriteConfig();
+// The same through the broker. In key mode a replicated TRUNCATE runs once
+// every partition reached it (datatunnel.truncate_arrive), in transaction
+// mode inside its tick's target transaction: neither is "by hand".
+class StatusBrokerTest : public StatusTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(StatusBrokerTest, TargetTruncatedByHandIsIncomplete) {
+  const bool key_mode = GetParam();
+  WriteConfig(testing::kEmployeesTable, key_mode ? testing::kKeyMode : "");
   UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto run = Start({"run"});
@@ -174,7 +178,8 @@ TEST_F(StatusTest, TargetTruncatedByHandThroughTheBrokerIsIncomplete) {
   SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('after')");
   ExpectInSync();
   ExpectCaughtUp();
-  EXPECT_GE(TargetCluster().Count(tgt_, "SELECT count(*) FROM datatunnel.barriers WHERE done"), 1);
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM datatunnel.barriers WHERE done") >= 1,
+            key_mode);
   ASSERT_EQ(run->Stop(), 0) << run->Stderr();
 
   TargetCluster().Exec(tgt_, "TRUNCATE employees");
@@ -185,6 +190,11 @@ TEST_F(StatusTest, TargetTruncatedByHandThroughTheBrokerIsIncomplete) {
   ExpectCaughtUp();
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
+
+INSTANTIATE_TEST_SUITE_P(ThroughTheBroker, StatusBrokerTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "KeyMode" : "TransactionMode";
+                         });
 
 // Finding 4: after a re-snapshot the counters no longer add up; status goes
 // by positions: changes waiting with nothing running are lag, and once

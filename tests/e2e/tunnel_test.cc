@@ -259,7 +259,10 @@ TEST_F(TunnelTest, TruncateInOrderInMemory) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// Key mode: the partitions are shared by two consumers, and a TRUNCATE waits
+// at a barrier until every partition reached it.
 TEST_F(TunnelTest, TruncateInOrderAcrossPartitions) {
+  WriteConfig("", testing::kKeyMode);
   UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   auto produce = Start({"produce"});

@@ -25,6 +25,10 @@ inline constexpr const char* kEmployeesDdl =
     "dob DATE, city VARCHAR(100))";
 inline constexpr const char* kEmployeesTable =
     "[[tables]]\nsource = \"public.employees\"\nkey = [\"emp_id\"]\n";
+// A config section for tests of key mode's own mechanisms (partitions
+// shared among consumers, TRUNCATE barriers, per-partition progress): the
+// default is pipeline.apply_consistency = "transaction".
+inline constexpr const char* kKeyMode = "[pipeline]\napply_consistency = \"key\"\n";
 
 class TunnelFixture : public ::testing::Test {
  protected:

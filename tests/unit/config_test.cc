@@ -274,6 +274,27 @@ TEST(Config, TopicPrefixNamesDefaultTopics) {
   std::remove(f.c_str());
 }
 
+// Whole ticks by default; by key with Debezium's topics, which carry no
+// end-of-tick records, where naming "transaction" is one clear error.
+TEST(Config, ApplyConsistencyDefaultsToTransactionExceptForDebezium) {
+  auto c = LoadConfig("", {}, {});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_TRUE(c->pipeline.transactional());
+  c = LoadConfig("", {}, {"pipeline.apply_consistency=key"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_FALSE(c->pipeline.transactional());
+  c = LoadConfig("", {}, {"kafka.format=debezium", "kafka.topic_prefix=dbserver1"});
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_FALSE(c->pipeline.transactional());
+  c = LoadConfig("", {},
+                 {"kafka.format=debezium", "kafka.topic_prefix=dbserver1",
+                  "pipeline.apply_consistency=transaction"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kBadConfig);
+  EXPECT_NE(c.status().message().find("set apply_consistency = \"key\""), std::string::npos)
+      << c.status().message();
+}
+
 // kafka.format = "debezium": the topics are the connector's,
 // <topic.prefix>.<schema>.<table>, so the prefix must be given.
 TEST(Config, DebeziumFormatNeedsTheConnectorsPrefix) {
