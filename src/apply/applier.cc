@@ -407,6 +407,8 @@ void Applier::Reset(pg::Connection* conn) {
   staged_.assign(targets_->size(), false);
   tick_staging_.assign(targets_->size(), false);
   staged_rows_.clear();
+  stage_created_.clear();
+  used_.clear();
   stream_open_ = false;
 }
 
