@@ -616,6 +616,52 @@ def main():
                         targets.append((f"{int(float(case)):,}-row {op.upper()} ({v}): ≥ 150,000 rows/s "
                                         "after its commit", f"{med:,.0f}/s", med >= 150000))
         add("")
+        # The UPDATE's floor (run.sh bigtx_floor): PostgreSQL's own UPDATE of
+        # the same rows, without the tunnel, on each server.
+        floors = []
+        for case in sorted(r.cases("bigtx")):
+            for v in ("kafka", "kafka-tx", "split", "none", "none-tx"):
+                src = r.median("bigtx", case, v, "floor_s_source_update")
+                tgt = r.median("bigtx", case, v, "floor_s_target_update")
+                ours = r.median("bigtx", case, v, "apply_s_update")
+                if src is None or tgt is None:
+                    continue
+                n = float(case)
+                floors.append(f"| {case} | {v} | {src:.2f} ({n / src:,.0f}/s) | "
+                              f"{tgt:.2f} ({n / tgt:,.0f}/s) | "
+                              + (f"{ours / tgt:.2f}× |" if ours else "– |"))
+        cpus = []
+        for case in sorted(r.cases("bigtx")):
+            for v in ("kafka", "kafka-tx", "split", "none", "none-tx"):
+                for op in ("insert", "update", "delete"):
+                    vals = [r.median("bigtx", case, v, f"cpu_s_{w}_{op}")
+                            for w in ("source", "tunnel", "target")]
+                    if any(x is None for x in vals):
+                        continue
+                    cpus.append(f"| {case} | {v} | {op.upper()} | {vals[0]:.2f} | {vals[1]:.2f} | "
+                                f"{vals[2]:.2f} |")
+        if cpus:
+            add("CPU seconds from each commit until applied: the tunnel's sessions on the source, "
+                "the tunnel's processes, the tunnel's sessions on the target (on a loaded host "
+                "wall time follows the load, CPU time much less).")
+            add("")
+            add("| rows | variant | kind | source | tunnel | target |")
+            add("|---|---|---|---|---|---|")
+            for line in cpus:
+                add(line)
+            add("")
+        if floors:
+            add("The UPDATE's floor, measured after each variant on a copy of the table without "
+                "capture (after a CHECKPOINT): the source server's own `UPDATE` of the rows, and "
+                "on the target server a plain `UPDATE … FROM` a table holding their after-images "
+                "(seconds, rows/s), and the tunnel's apply time after the commit against the "
+                "latter.")
+            add("")
+            add("| rows | variant | source's own UPDATE | target's UPDATE … FROM | tunnel ÷ target's |")
+            add("|---|---|---|---|---|")
+            for line in floors:
+                add(line)
+            add("")
 
     # ---- key against transaction (issue 19 item 7)
     # Since 2026-12-07 the default (kafka, none) is transaction mode and the

@@ -969,6 +969,58 @@ applied_total() {
 # applied counter, polled every 50 ms from /metrics: no probe on the target
 # table, whose per-row cost would be measured too), rows/s, and each tunnel
 # process's peak RSS over the three.
+# CPU ticks (utime + stime, 1/CLK_TCK s) used so far by the tunnel's
+# sessions on server $1 (database $2) and by the tunnel's processes: on
+# this shared host wall time follows the load, CPU time much less.
+tunnel_backend_ticks() {
+  local s=$1 db=$2 pids total=0 p
+  pids=$(qs "$s" "$db" "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'datatunnel%'")
+  for p in $pids; do
+    [[ -r /proc/$p/stat ]] || continue
+    total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+tunnel_process_ticks() {
+  local total=0 p
+  for p in "${TUNNEL_PIDS[@]}" $(for w in "${TUNNEL_PIDS[@]}"; do pgrep -P "$w"; done); do
+    [[ -r /proc/$p/stat ]] || continue
+    total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+pipeline_ticks() { echo "$(tunnel_backend_ticks 1 b1) $(tunnel_process_ticks) $(tunnel_backend_ticks 2 b2)"; }
+
+# The UPDATE's floor, in the same invocation: on a copy of the table
+# without capture (bench_floor, the preload plus BIGTX new rows, after a
+# CHECKPOINT) the source's own UPDATE on server 1 (floor_s_source_update),
+# and on server 2 a plain UPDATE ... FROM a staging table holding the
+# after-images (floor_s_target_update): what PostgreSQL itself takes for
+# the rows the tunnel applies.
+bigtx_floor() {
+  local v=$1 run=$2 base=$3 s t0 t1 sql
+  for s in 1 2; do
+    qs "$s" "b$s" "DROP TABLE IF EXISTS bench_floor, bench_floor_stage"
+    qs "$s" "b$s" "CREATE TABLE bench_floor AS SELECT * FROM employees"
+    qs "$s" "b$s" "CREATE UNIQUE INDEX ON bench_floor (emp_id)"
+    qs "$s" "b$s" "INSERT INTO bench_floor SELECT g, 'Bulk', 'b' || g, DATE '2000-01-01' + g % 9000, 'Oslo' FROM generate_series($base + 1, $base + $BIGTX) g"
+    if [[ $s == 1 ]]; then
+      sql="UPDATE bench_floor SET city = 'Bergen', last_name = last_name || 'u' WHERE emp_id > $base"
+    else
+      qs 2 b2 "CREATE UNLOGGED TABLE bench_floor_stage AS SELECT emp_id, first_name, last_name || 'u' AS last_name, dob, 'Bergen'::varchar(100) AS city FROM bench_floor WHERE emp_id > $base"
+      sql="UPDATE bench_floor t SET first_name = s.first_name, last_name = s.last_name, dob = s.dob, city = s.city FROM bench_floor_stage s WHERE t.emp_id = s.emp_id"
+    fi
+    qs "$s" postgres "CHECKPOINT"
+    t0=$(date +%s%6N)
+    qs "$s" "b$s" "$sql" >/dev/null
+    t1=$(date +%s%6N)
+    local what; [[ $s == 1 ]] && what=source || what=target
+    emit bigtx "$BIGTX" "$v" "$run" "floor_s_${what}_update" "$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d/1e6}')"
+    log "  floor, the $what server's own UPDATE of $BIGTX rows: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d/1e6}') s ($(awk -v d=$((t1 - t0)) -v n="$BIGTX" 'BEGIN{printf "%.0f", n/(d/1e6)}') rows/s)"
+    qs "$s" "b$s" "DROP TABLE IF EXISTS bench_floor, bench_floor_stage"
+  done
+}
+
 scenario_bigtx() {
   local run v op
   for run in $(seq 1 "$RUNS"); do
@@ -989,11 +1041,12 @@ scenario_bigtx() {
           delete) sql="DELETE FROM employees WHERE emp_id > $base" ;;
         esac
         q1 postgres "CHECKPOINT"; q2 postgres "CHECKPOINT"
-        local a0 t0 t1 t2="" a
+        local a0 t0 t1 t2="" a c0 c1
         a0=$(applied_total)
         t0=$(date +%s%6N)
         q1 b1 "$sql"
         t1=$(date +%s%6N)
+        read -r -a c0 <<<"$(pipeline_ticks)"
         for _ in $(seq 1 12000); do
           a=$(applied_total)
           if [[ $a -ge $((a0 + BIGTX)) ]]; then t2=$(date +%s%6N); break; fi
@@ -1005,11 +1058,23 @@ scenario_bigtx() {
           continue
         fi
         emit bigtx "$BIGTX" "$v" "$run" "apply_s_$op" "$(awk -v d=$((t2 - t1)) 'BEGIN{printf "%.3f", d/1e6}')"
+        # The CPU seconds of the source's sessions, the tunnel and the
+        # target's sessions from the commit until applied.
+        read -r -a c1 <<<"$(pipeline_ticks)"
+        local hz i names=(source tunnel target) cpu=""
+        hz=$(getconf CLK_TCK)
+        for i in 0 1 2; do
+          local sec; sec=$(awk -v d=$((c1[i] - c0[i])) -v hz="$hz" 'BEGIN{printf "%.2f", d/hz}')
+          emit bigtx "$BIGTX" "$v" "$run" "cpu_s_${names[$i]}_$op" "$sec"
+          cpu+="${names[$i]} $sec s, "
+        done
+        log "  $op: CPU after its commit: ${cpu%, }"
         emit bigtx "$BIGTX" "$v" "$run" "rows_per_s_$op" "$(awk -v d=$((t2 - t1)) -v n="$BIGTX" 'BEGIN{printf "%.0f", n/(d/1e6)}')"
         log "  $op of $BIGTX rows: $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d/1e6}') s on the source, applied $(awk -v d=$((t2 - t1)) 'BEGIN{printf "%.2f", d/1e6}') s after its commit ($(awk -v d=$((t2 - t1)) -v n="$BIGTX" 'BEGIN{printf "%.0f", n/(d/1e6)}') rows/s)"
       done
       local n; n=$(q2 b2 "SELECT count(*) FROM employees WHERE emp_id > $base")
       [[ $n == 0 ]] || log "bigtx $v: the target still holds $n of the deleted rows"
+      bigtx_floor "$v" "$run" "$base"
       teardown_stream bigtx "$BIGTX" "$v" "$run"
       save_logs "bigtx-$v-$run"
     done

@@ -117,6 +117,42 @@ std::map<std::vector<size_t>, std::vector<const Change*>> GroupByColumns(
   return groups;
 }
 
+// The SET list of an UPDATE of the non-key columns of `cols` from the
+// staged row `s`, or "" when `cols` are all key columns.
+std::string UpdateSet(const TableSpec& spec, const std::vector<size_t>& cols) {
+  std::string set;
+  for (size_t c : cols) {
+    if (spec.IsKey(c)) continue;
+    const std::string n = QuoteIdent(spec.columns[c].name);
+    set += fmt::format("{}{} = s.{}", set.empty() ? "" : ", ", n, n);
+  }
+  return set;
+}
+
+// The join of the target table `t` with the staged rows `s` on the key.
+std::string KeyMatch(const TableSpec& spec) {
+  std::string on;
+  for (size_t k : spec.key) {
+    const std::string n = QuoteIdent(spec.columns[k].name);
+    on += fmt::format("{}t.{} = s.{}", on.empty() ? "" : " AND ", n, n);
+  }
+  return on;
+}
+
+// After an UPDATE of the target from the staged rows of `staged` (that
+// satisfy `where`, "" for all), the INSERT of those whose key the target
+// lacks (an UPDATE joined on the key changed every one it has). Not
+// ON CONFLICT DO NOTHING: that fires the target's insert triggers for
+// every row proposed.
+std::string InsertMissing(const TableSpec& spec, const std::vector<size_t>& cols,
+                          const std::string& staged, const std::string& where) {
+  return fmt::format(
+      "INSERT INTO {0} ({1}) SELECT {2} FROM {3} AS s WHERE {4}NOT EXISTS (SELECT FROM {0} AS t "
+      "WHERE {5})",
+      spec.target.Quoted(), ColumnList(spec, cols), ColumnList(spec, cols, "s."), staged, where,
+      KeyMatch(spec));
+}
+
 // A delete of `row` can go by an array of keys (DeleteKeyArray): one key
 // column, not an array itself, with a value.
 bool OneKeyColumn(const TableSpec& spec, const Row& row) {
@@ -371,6 +407,8 @@ void Applier::Reset(pg::Connection* conn) {
   staged_.assign(targets_->size(), false);
   tick_staging_.assign(targets_->size(), false);
   staged_rows_.clear();
+  stage_created_.clear();
+  used_.clear();
   stream_open_ = false;
 }
 
@@ -580,6 +618,29 @@ Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::stri
                                  spec.target.Quoted(), list, list, t, ConflictClause(spec, cols)));
 }
 
+Status Applier::UpdateRows(uint32_t t, const std::vector<size_t>& cols, size_t rows,
+                           std::string_view data, bool* stage_used) {
+  const TableSpec& spec = (*targets_)[t];
+  const std::string list = ColumnList(spec, cols);
+  if (*stage_used) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
+  *stage_used = true;
+  Used(t);
+  DT_RETURN_IF_ERROR(conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
+  // A plain UPDATE joined on the key: INSERT ... ON CONFLICT DO UPDATE
+  // probes for the conflict, locks the row (a WAL record of its own) and
+  // then updates it, 1.25-1.4x the time (bench/README.md, bigtx). The
+  // staging table is not analyzed: estimated from its size, a batch of
+  // 20,000 rows probes the key index per row (a hash join with the
+  // analyzed rows read the whole target table per batch: 2.7x slower).
+  DT_ASSIGN_OR_RETURN(
+      auto updated,
+      conn_->Query(fmt::format("UPDATE {} AS t SET {} FROM dt_stage_{} AS s WHERE {}",
+                               spec.target.Quoted(), UpdateSet(spec, cols), t, KeyMatch(spec))));
+  if (updated.AffectedRows() >= static_cast<int64_t>(rows)) return Status::OK();
+  // Keys the target lacks (inserted earlier in the batch, or missing there).
+  return conn_->Exec(InsertMissing(spec, cols, fmt::format("dt_stage_{}", t), ""));
+}
+
 void Applier::Used(uint32_t table) {
   if (std::find(used_.begin(), used_.end(), table) == used_.end()) used_.push_back(table);
 }
@@ -705,12 +766,24 @@ Status Applier::ApplyEffects(const std::vector<TableEffect>& eff, std::span<cons
       DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
           "DELETE FROM {} AS t USING dt_keys_{} AS k WHERE {}", spec.target.Quoted(), t, match)));
     } else {
-      for (const auto& [cols, rows] : GroupByColumns(spec, eff[t].upserts)) {
-        data.clear();
-        AppendCopyRows(rows, cols, &data);
-        bool used = stage_used[t];
-        DT_RETURN_IF_ERROR(WriteRows(t, cols, data, &used));
-        stage_used[t] = used;
+      // Updates (the key's newest change is an UPDATE, so the row is most
+      // likely in the target) apart from the rest: UpdateRows.
+      std::vector<const Change*> updates, others;
+      for (const Change* c : eff[t].upserts) {
+        (c->op == Op::kUpdate ? updates : others).push_back(c);
+      }
+      for (const auto* part : {&updates, &others}) {
+        for (const auto& [cols, rows] : GroupByColumns(spec, *part)) {
+          data.clear();
+          AppendCopyRows(rows, cols, &data);
+          bool used = stage_used[t];
+          if (part == &updates && !UpdateSet(spec, cols).empty()) {
+            DT_RETURN_IF_ERROR(UpdateRows(t, cols, rows.size(), data, &used));
+          } else {
+            DT_RETURN_IF_ERROR(WriteRows(t, cols, data, &used));
+          }
+          stage_used[t] = used;
+        }
       }
     }
     failed_table_ = -1;
@@ -825,19 +898,23 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
   // the tick can be missing for it).
   if (staged_rows_[t].any || !Direct(t)) return false;
   // What the piece holds of the table: inserts (and snapshot rows) with
-  // the same columns, or deletes by one key column (not an array: the keys
-  // go as one). Updates are staged: upserted piece by piece through
-  // dt_stage_N they took 1.0-1.9x the time of the tick's one upsert at its
-  // end (bench/README.md, bigtx).
-  bool inserts = true, deletes = true;
+  // the same columns, deletes by one key column (not an array: the keys go
+  // as one), or updates that each carry a column outside the key.
+  bool inserts = true, deletes = true, updates = true;
   const Row& first = changes.front()->row;
   for (const Change* c : changes) {
     if (c->packed_rows > 0) return false;
     const bool insert = c->op == Op::kInsert || c->op == Op::kRead;
     inserts = inserts && insert && SameColumns(first, c->row);
     deletes = deletes && c->op == Op::kDelete && OneKeyColumn(spec, c->row);
+    updates = updates && c->op == Op::kUpdate;
   }
-  if (!inserts && !deletes) return false;
+  if (updates) {
+    for (const auto& [cols, rows] : GroupByColumns(spec, changes)) {
+      if (UpdateSet(spec, cols).empty()) updates = false;
+    }
+  }
+  if (!inserts && !deletes && !updates) return false;
   // A key's changes come in order (one partition, in offset order), so
   // writing this piece's net effect now leaves what writing it at the end
   // would.
@@ -845,6 +922,24 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
   std::string data;
   if (deletes) {
     DT_RETURN_IF_ERROR(DeleteKeyArray(*conn_, spec, changes));
+  } else if (updates) {
+    // The piece's newest change per key, each an UPDATE joined on the key
+    // (UpdateRows; a key the target lacks is inserted): the target works
+    // on one piece while the next is read, where staged to the tick's end
+    // the UPDATEs all waited for the last piece.
+    const TableEffect eff = Collapse(spec, changes);
+    if (!staged_[t]) {
+      // Created inside the open transaction: gone again if it rolls back.
+      DT_RETURN_IF_ERROR(EnsureStaging(t));
+      stage_created_.push_back(t);
+    }
+    // Filled by an earlier piece of this transaction: emptied first.
+    bool used = std::find(used_.begin(), used_.end(), t) != used_.end();
+    for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
+      data.clear();
+      AppendCopyRows(rows, cols, &data);
+      DT_RETURN_IF_ERROR(UpdateRows(t, cols, rows.size(), data, &used));
+    }
   } else if (inserts) {
     const std::vector<size_t> cols = WrittenColumns(spec, first);
     AppendCopyRows(changes, cols, &data);
@@ -942,6 +1037,9 @@ Status Applier::StreamFailed(Status st) {
 }
 
 void Applier::AbortStream() {
+  used_.clear();  // rolled back: the staging tables are as the last commit left them
+  for (uint32_t t : stage_created_) staged_[t] = false;
+  stage_created_.clear();
   if (stream_open_) {
     conn_->RollbackQuietly();
     // Columns added to a staging table inside it are gone again.
@@ -1049,22 +1147,47 @@ Status Applier::StreamStep(const Step& step) {
         fmt::format("DELETE FROM {} AS t USING dt_{}_{} AS k WHERE k.\"_dt_op\" = 'd' AND {}",
                     spec.target.Quoted(), st.reduced ? "net" : "tick", t, on));
   }
+  // Per set of columns carried: its updates, then the rest.
   DT_ASSIGN_OR_RETURN(auto groups,
-                      conn_->Query(fmt::format("SELECT DISTINCT \"_dt_absent\" FROM dt_net_{} "
-                                               "WHERE \"_dt_op\" <> 'd'",
+                      conn_->Query(fmt::format("SELECT \"_dt_absent\", "
+                                               "count(*) FILTER (WHERE \"_dt_op\" = 'u'), "
+                                               "count(*) FILTER (WHERE \"_dt_op\" <> 'u') "
+                                               "FROM dt_net_{} WHERE \"_dt_op\" <> 'd' GROUP BY 1",
                                                t)));
   for (int g = 0; g < groups.rows(); ++g) {
     const std::string absent(groups.Get(g, 0));
+    const int64_t updates = groups.GetInt64(g, 1), others = groups.GetInt64(g, 2);
     const std::vector<size_t> cols = Carried(spec, absent);
     const std::string list = ColumnList(spec, cols);
-    DT_RETURN_IF_ERROR(
-        conn_
-            ->Query(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_net_{} "
-                                "WHERE \"_dt_op\" <> 'd' AND \"_dt_absent\" = "
-                                "$1{}",
-                                spec.target.Quoted(), list, list, t, ConflictClause(spec, cols)),
-                    {absent})
-            .status());
+    const std::string set = UpdateSet(spec, cols);
+    std::string rest = "\"_dt_op\" <> 'd'";
+    if (updates > 0 && !set.empty()) {
+      // A key whose newest change is an UPDATE: a plain UPDATE joined on
+      // the key (as Applier::UpdateRows), then the keys the target lacks.
+      DT_ASSIGN_OR_RETURN(
+          auto updated,
+          conn_->Query(fmt::format("UPDATE {} AS t SET {} FROM dt_net_{} AS s WHERE "
+                                   "s.\"_dt_op\" = 'u' AND s.\"_dt_absent\" = $1 AND {}",
+                                   spec.target.Quoted(), set, t, KeyMatch(spec)),
+                       {absent}));
+      if (updated.AffectedRows() < updates) {
+        DT_RETURN_IF_ERROR(
+            conn_
+                ->Query(InsertMissing(spec, cols, fmt::format("dt_net_{}", t),
+                                      "s.\"_dt_op\" = 'u' AND s.\"_dt_absent\" = $1 AND "),
+                        {absent})
+                .status());
+      }
+      if (others == 0) continue;
+      rest = "\"_dt_op\" NOT IN ('d', 'u')";
+    }
+    DT_RETURN_IF_ERROR(conn_
+                           ->Query(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_net_{} "
+                                               "WHERE {} AND \"_dt_absent\" = $1{}",
+                                               spec.target.Quoted(), list, list, t, rest,
+                                               ConflictClause(spec, cols)),
+                                   {absent})
+                           .status());
   }
   return Status::OK();
 }
@@ -1155,8 +1278,10 @@ Status Applier::FinishStream(std::span<const Change* const> changes,
     if (staged_rows_[t].any) list += fmt::format("{}dt_tick_{}", list.empty() ? "" : ", ", t);
   }
   if (!list.empty()) tail.push_back({"TRUNCATE " + list, {}});
+  AddEmptyStaging(&tail);  // dt_stage_N of updates written straight in
   tail.push_back({"COMMIT", {}});
   if (Status s = conn_->ExecPipeline(tail); !s.ok()) return StreamFailed(s);
+  stage_created_.clear();
   stream_open_ = false;
   staged_rows_.clear();
   return Status::OK();

@@ -15,7 +15,9 @@
 // when they are few (kPipelinedMaxRows), all pipelined (a batch of such is
 // one round trip); more are staged with COPY into the table's temporary
 // tables and merged set-wise, except deletes by a one-column key: one
-// DELETE of an array of the keys (the key index probed per key).
+// DELETE of an array of the keys (the key index probed per key). Staged
+// rows whose key's newest change is an UPDATE go by a plain UPDATE joined
+// on the key (UpdateRows), not INSERT ... ON CONFLICT.
 //
 // Thread-safety: one thread; owns the use of its connection.
 #pragma once
@@ -130,7 +132,9 @@ class Applier {
   // then the advances and the tick mark, and commits. A table whose staged
   // changes are all inserts is first written with a plain INSERT, without
   // the reduction (rolled back to it when a key is there already); one of
-  // deletes only is joined with the staged rows as they are. On any failure the
+  // deletes only is joined with the staged rows as they are; a key whose
+  // newest change is an UPDATE is written by a plain UPDATE joined on the
+  // key (then the keys the target lacks are inserted). On any failure the
   // transaction is rolled back (nothing of the tick stays) and the caller
   // reads the tick again from the stored positions.
   // StagePiece: `changes` (any order) and `advances` (applied in the open
@@ -204,6 +208,11 @@ class Applier {
   // staged and upserted. *stage_used: the staging table holds rows already.
   Status WriteRows(uint32_t table, const std::vector<size_t>& cols, std::string_view data,
                    bool* stage_used);
+  // Writes `rows` updates of table `table` (COPY text of columns `cols`, at
+  // least one not in the key; each key once): staged, then one UPDATE
+  // joined on the key; keys the target lacks are inserted after it.
+  Status UpdateRows(uint32_t table, const std::vector<size_t>& cols, size_t rows,
+                    std::string_view data, bool* stage_used);
 
   // The streamed tick: dt_tick_N created this session, and per table what
   // the open transaction staged so far.
@@ -214,10 +223,11 @@ class Applier {
   // for a keyed table that no foreign key links to another tunnel table
   // (Direct()). All inserts: one COPY in a savepoint (a key already there
   // rolls it back, and the table is staged from then on); all deletes by a
-  // one-column key: one DELETE of the array of keys. A key's changes arrive
-  // in order (one partition, offset order), so the piece's net effect now
-  // leaves what it would at the end. False: stage them (updates, a
-  // TRUNCATE, inserts mixed with deletes).
+  // one-column key: one DELETE of the array of keys; all updates (each
+  // carrying a column outside the key): the piece's newest change per key
+  // through UpdateRows. A key's changes arrive in order (one partition,
+  // offset order), so the piece's net effect now leaves what it would at
+  // the end. False: stage them (a TRUNCATE, kinds mixed).
   bool Direct(uint32_t table) const;
   Result<bool> WriteDirect(uint32_t table, const std::vector<const Change*>& changes);
   // The set-based writes of one step of a streamed tick.
@@ -241,6 +251,8 @@ class Applier {
   // false (rolled back) if a key was there already or staged twice.
   Result<bool> InsertStaged(uint32_t table);
   std::vector<bool> tick_staging_;
+  // dt_stage_N created inside the open stream transaction (WriteDirect).
+  std::vector<uint32_t> stage_created_;
   std::vector<Staged> staged_rows_;
   bool stream_open_ = false;
   int64_t stream_direct_ = 0;
