@@ -147,6 +147,9 @@ start_node() {
   rm -f "$nd/pid"
   local cmd
   mapfile -d '' cmd < <(java_cmd "$nd")
+  # The JVM's GC log (pauses, with wall-clock times to set beside a
+  # benchmark's slow changes): DIR/nodeK/gc.log, a few small files at most.
+  cmd=("${cmd[0]}" "-Xlog:gc:file=$nd/gc.log:time,uptime,level,tags:filecount=2,filesize=10m" "${cmd[@]:1}")
   # setsid: the node outlives this script and is not hit by the caller's Ctrl-C;
   # the shell writes its own pid, then becomes the broker (exec).
   setsid bash -c 'echo $$ >"$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid"; shift; exec "$@"' _ "$nd" \
