@@ -31,7 +31,8 @@
 # quorum. One node: replication factor 1. Three nodes: topics get replication
 # factor 3 and min.insync.replicas=2 by default. Topics are created on first
 # use with P partitions (default 4). Each node gets a bounded heap
-# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log. --set adds a
+# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log (its JVM's GC
+# pauses to DIR/nodeK/gc.log). --set adds a
 # broker setting to every node's server.properties; --owner stops the cluster
 # once process PID is gone (a test binary that crashed leaves nothing behind).
 # --quick-start runs the nodes with the C1 JIT only and the serial GC: on a
