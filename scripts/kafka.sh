@@ -31,7 +31,8 @@
 # quorum. One node: replication factor 1. Three nodes: topics get replication
 # factor 3 and min.insync.replicas=2 by default. Topics are created on first
 # use with P partitions (default 4). Each node gets a bounded heap
-# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log. --set adds a
+# (KAFKA_HEAP, default 512m) and logs to DIR/nodeK/server.log (its JVM's GC
+# pauses to DIR/nodeK/gc.log). --set adds a
 # broker setting to every node's server.properties; --owner stops the cluster
 # once process PID is gone (a test binary that crashed leaves nothing behind).
 # --quick-start runs the nodes with the C1 JIT only and the serial GC: on a
@@ -147,6 +148,9 @@ start_node() {
   rm -f "$nd/pid"
   local cmd
   mapfile -d '' cmd < <(java_cmd "$nd")
+  # The JVM's GC log (pauses, with wall-clock times to set beside a
+  # benchmark's slow changes): DIR/nodeK/gc.log, a few small files at most.
+  cmd=("${cmd[0]}" "-Xlog:gc:file=$nd/gc.log:time,uptime,level,tags:filecount=2,filesize=10m" "${cmd[@]:1}")
   # setsid: the node outlives this script and is not hit by the caller's Ctrl-C;
   # the shell writes its own pid, then becomes the broker (exec).
   setsid bash -c 'echo $$ >"$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid"; shift; exec "$@"' _ "$nd" \

@@ -34,6 +34,9 @@ TEST(Config, DefaultsMatchTheDemo) {
   EXPECT_EQ(c->tunnel.name, "db1");
   EXPECT_EQ(c->tables[0].topic, "datatunnel.db1.public.employees");
   EXPECT_EQ(c->kafka.group_id, "datatunnel.db1");
+  // Progress is recorded every 200 ms, not every 20: each record delays the
+  // next tick, which under load held back a fifth of the changes (issue 16).
+  EXPECT_EQ(c->pipeline.progress_interval_ms, 200);
 }
 
 // The default name: the source database, then the config file's stem unless
