@@ -91,7 +91,7 @@ Status Wire(const Setup& setup, const RunPlan& plan, const SourceIdentity& id,
       DT_ASSIGN_OR_RETURN(p->sink,
                           tunnel::KafkaSink::Create(
                               config.kafka, {id.database, config.tunnel.name, id.install}, deliver,
-                              config.kafka.copy_chunks && !config.pipeline.transactional()));
+                              config.kafka.copy_chunks));
     }
     p->source->SetSink(p->sink.get());
   }
