@@ -88,10 +88,9 @@ Status Wire(const Setup& setup, const RunPlan& plan, const SourceIdentity& id,
       p->sink = std::make_unique<tunnel::MemorySink>(&*p->channel, deliver,
                                                      config.pipeline.transactional());
     } else {
-      DT_ASSIGN_OR_RETURN(p->sink,
-                          tunnel::KafkaSink::Create(
-                              config.kafka, {id.database, config.tunnel.name, id.install}, deliver,
-                              config.kafka.copy_chunks));
+      DT_ASSIGN_OR_RETURN(p->sink, tunnel::KafkaSink::Create(
+                                       config.kafka, {id.database, config.tunnel.name, id.install},
+                                       deliver, config.kafka.copy_chunks));
     }
     p->source->SetSink(p->sink.get());
   }
