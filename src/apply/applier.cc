@@ -868,6 +868,9 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
 }
 
 Result<bool> Applier::WriteMixed(uint32_t t, const std::vector<const Change*>& changes) {
+  // dt_stage_N is made before the tick's transaction: not after the
+  // table's columns changed inside it (Invalidate()).
+  if (!staged_[t]) return false;
   const TableSpec& spec = (*targets_)[t];
   // The piece's net effect per key, as a batch by key has it: each key's
   // changes are in this piece in source order (one partition, offset
