@@ -899,8 +899,9 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
   if (staged_rows_[t].any || !Direct(t)) return false;
   // What the piece holds of the table: inserts (and snapshot rows) with
   // the same columns, deletes by one key column (not an array: the keys go
-  // as one), or updates that each carry a column outside the key.
-  bool inserts = true, deletes = true, updates = true;
+  // as one), updates that each carry a column outside the key, or a mix of
+  // them (WriteMixed()).
+  bool inserts = true, deletes = true, updates = true, mixable = true;
   const Row& first = changes.front()->row;
   for (const Change* c : changes) {
     if (c->packed_rows > 0) return false;
@@ -908,13 +909,18 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
     inserts = inserts && insert && SameColumns(first, c->row);
     deletes = deletes && c->op == Op::kDelete && OneKeyColumn(spec, c->row);
     updates = updates && c->op == Op::kUpdate;
+    mixable = mixable && c->op != Op::kTruncate && c->op != Op::kMarker &&
+              (c->op != Op::kDelete || OneKeyColumn(spec, c->row));
   }
   if (updates) {
     for (const auto& [cols, rows] : GroupByColumns(spec, changes)) {
       if (UpdateSet(spec, cols).empty()) updates = false;
     }
   }
-  if (!inserts && !deletes && !updates) return false;
+  if (!inserts && !deletes && !updates) {
+    if (!mixable) return false;
+    return WriteMixed(t, changes);
+  }
   // A key's changes come in order (one partition, in offset order), so
   // writing this piece's net effect now leaves what writing it at the end
   // would.
@@ -955,6 +961,52 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
     }
     DT_RETURN_IF_ERROR(conn_->Exec("RELEASE SAVEPOINT dt_direct"));
   }
+  stream_direct_ += static_cast<int64_t>(changes.size());
+  return true;
+}
+
+Result<bool> Applier::WriteMixed(uint32_t t, const std::vector<const Change*>& changes) {
+  // dt_stage_N is made before the tick's transaction: not after the
+  // table's columns changed inside it (Invalidate()).
+  if (!staged_[t]) return false;
+  const TableSpec& spec = (*targets_)[t];
+  // The piece's net effect per key, as a batch by key has it: each key's
+  // changes are in this piece in source order (one partition, offset
+  // order; in memory in tick order), so later pieces only add to it.
+  std::vector<const Change*> ordered(changes);
+  std::stable_sort(ordered.begin(), ordered.end(),
+                   [](const Change* a, const Change* b) { return a->pos < b->pos; });
+  const TableEffect eff = Collapse(spec, ordered);
+  failed_table_ = static_cast<int>(t);
+  // A row that another unique index of the target still holds (its delete
+  // comes in a later piece) undoes the writes: the table is staged from
+  // then on, and written at the end as a whole.
+  DT_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT dt_direct"));
+  const auto undo = [&](const Status& st) -> Result<bool> {
+    if (conn_->last_sqlstate() != "23505") return st;
+    DT_RETURN_IF_ERROR(conn_->Exec("ROLLBACK TO SAVEPOINT dt_direct"));
+    return false;
+  };
+  if (!eff.deletes.empty()) {
+    if (Status st = DeleteKeyArray(*conn_, spec, eff.deletes); !st.ok()) return undo(st);
+  }
+  std::string data;
+  for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
+    const std::string list = ColumnList(spec, cols);
+    data.clear();
+    AppendCopyRows(rows, cols, &data);
+    // dt_stage_N exists (StagePiece() created it before the transaction)
+    // and is empty: each use empties it again.
+    Status st = conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data);
+    if (st.ok()) {
+      st = conn_->Exec(
+          fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}; TRUNCATE "
+                      "dt_stage_{}",
+                      spec.target.Quoted(), list, list, t, ConflictClause(spec, cols), t));
+    }
+    if (!st.ok()) return undo(st);
+  }
+  DT_RETURN_IF_ERROR(conn_->Exec("RELEASE SAVEPOINT dt_direct"));
   stream_direct_ += static_cast<int64_t>(changes.size());
   return true;
 }
@@ -1059,6 +1111,8 @@ Status Applier::StagePiece(std::span<const Change* const> changes,
   // or (new columns) inside it.
   for (uint32_t t = 0; t < targets_->size(); ++t) {
     if (Status st = EnsureTickStaging(t); !st.ok()) return stream_open_ ? StreamFailed(st) : st;
+    // A mixed piece written straight in goes through dt_stage_N.
+    if (!stream_open_ && Direct(t)) DT_RETURN_IF_ERROR(EnsureStaging(t));
   }
   if (!stream_open_) {
     staged_rows_.assign(targets_->size(), Staged{});

@@ -15,7 +15,8 @@
 // every row on its partition (per-key order holds across the switch).
 //
 // Snapshot chunks of tables with a unique key come packed (`packed_chunks`,
-// off for apply_consistency = "transaction"): SplitChunk() cuts a chunk's
+// kafka.snapshot_chunks = "copy", in either apply_consistency: a consumer
+// applying whole ticks unpacks them into rows): SplitChunk() cuts a chunk's
 // COPY text by the partition of each row's key (the same hash as a row's
 // own message would get), in messages of at most kChunkMessageBytes, each
 // written in the chunk format (publish/envelope.h).

@@ -219,13 +219,24 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
   if (!carry_.empty()) {
     msgs_ = std::move(carry_);
     carry_.clear();
+  } else if (whole_ticks() &&
+             gate_.held() >= static_cast<size_t>(options_.pipeline.tick_stream_changes)) {
+    // The gate holds a piece's worth already: hand it out (below) before
+    // reading more. A packed snapshot chunk unpacks into thousands of rows,
+    // so polls that went on while the gate streamed a tick piece by piece
+    // held a 1,000,000-row snapshot's rows in memory (360 MB).
   } else {
-    // With whole ticks, at most tick_stream_changes at a time: the gate
-    // holds no more than that and a poll's worth before it streams a tick.
+    // With whole ticks, at most tick_stream_changes at a time and about
+    // kWholeTicksPollBytes of messages: the gate holds no more than that
+    // and a poll's worth (a chunk's rows each) before it streams a tick.
     size_t max = static_cast<size_t>(options_.pipeline.batch_max_changes);
-    if (whole_ticks())
+    size_t max_bytes = 16 << 20;
+    if (whole_ticks()) {
       max = std::min(max, static_cast<size_t>(options_.pipeline.tick_stream_changes));
-    DT_RETURN_IF_ERROR(consumer_->Poll(max, 100, options_.pipeline.batch_max_wait_ms, &msgs_));
+      max_bytes = kWholeTicksPollBytes;
+    }
+    DT_RETURN_IF_ERROR(
+        consumer_->Poll(max, 100, options_.pipeline.batch_max_wait_ms, &msgs_, max_bytes));
     metrics_->consumer_ready = consumer_->Ready() ? 1 : 0;
   }
   if (whole_ticks()) {
