@@ -990,21 +990,37 @@ Result<bool> Applier::WriteMixed(uint32_t t, const std::vector<const Change*>& c
   if (!eff.deletes.empty()) {
     if (Status st = DeleteKeyArray(*conn_, spec, eff.deletes); !st.ok()) return undo(st);
   }
+  // Keys whose newest change is an UPDATE go by UpdateRows (the target's
+  // triggers see an UPDATE, as in a batch by key), the rest are upserted.
+  // dt_stage_N exists (StagePiece() created it before the transaction); it
+  // may hold the rows of an earlier UpdateRows of this transaction.
+  bool used = std::find(used_.begin(), used_.end(), t) != used_.end();
+  std::vector<const Change*> updates, others;
+  for (const Change* c : eff.upserts) (c->op == Op::kUpdate ? updates : others).push_back(c);
   std::string data;
-  for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
-    const std::string list = ColumnList(spec, cols);
-    data.clear();
-    AppendCopyRows(rows, cols, &data);
-    // dt_stage_N exists (StagePiece() created it before the transaction)
-    // and is empty: each use empties it again.
-    Status st = conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data);
-    if (st.ok()) {
-      st = conn_->Exec(
-          fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}; TRUNCATE "
-                      "dt_stage_{}",
-                      spec.target.Quoted(), list, list, t, ConflictClause(spec, cols), t));
+  for (const auto* part : {&updates, &others}) {
+    for (const auto& [cols, rows] : GroupByColumns(spec, *part)) {
+      data.clear();
+      AppendCopyRows(rows, cols, &data);
+      Status st;
+      if (part == &updates && !UpdateSet(spec, cols).empty()) {
+        st = UpdateRows(t, cols, rows.size(), data, &used);
+      } else {
+        const std::string list = ColumnList(spec, cols);
+        if (used) st = conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t));
+        used = false;
+        if (st.ok()) {
+          st = conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data);
+        }
+        if (st.ok()) {
+          st = conn_->Exec(
+              fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}; TRUNCATE "
+                          "dt_stage_{}",
+                          spec.target.Quoted(), list, list, t, ConflictClause(spec, cols), t));
+        }
+      }
+      if (!st.ok()) return undo(st);
     }
-    if (!st.ok()) return undo(st);
   }
   DT_RETURN_IF_ERROR(conn_->Exec("RELEASE SAVEPOINT dt_direct"));
   stream_direct_ += static_cast<int64_t>(changes.size());

@@ -118,7 +118,15 @@ Status KafkaSource::CheckApplyLock() {
       "applying; standing by");
   core_->AbortStream();
   DT_RETURN_IF_ERROR(TakeApplyLock([this] { KeepAlive(); }));
-  return Rewind();
+  for (;;) {
+    Status st = Rewind();
+    if (st.ok() || !st.IsRetryable()) return st;
+    // E.g. a seek librdkafka did not finish in time: try again.
+    spdlog::warn("consumer: {}; reading again from the positions stored on the target",
+                 st.message());
+    KeepAlive();  // about a second, serving the Kafka consumer
+    if (stop_->stop_requested()) return Status::Cancelled();
+  }
 }
 
 std::string_view KafkaSource::StreamName(std::string_view topic) {

@@ -191,9 +191,11 @@ TEST_F(ConsistencyTest, BankThroughKafkaWithAStandbyConsumerAndAProducerKill) {
 }
 
 // The applying consumer's lock session ends (here terminated; in life a
-// network cut or a restart of the target) and the standby takes over: the
-// first one steps down to stand by in the same process instead of exiting,
-// and takes over again when the second one dies. No wrong sum meanwhile.
+// network cut or a restart of the target) and someone else holds the lock
+// (here the test's own session, so that the consumer cannot take it again
+// first): the consumer steps down to stand by in the same process instead
+// of exiting, and takes over again once the lock is free and the other
+// consumer is gone. No wrong sum meanwhile.
 TEST_F(ConsistencyTest, AConsumerThatLostTheApplyLockStandsBy) {
   UseKafka();
   SetUpBank();
@@ -207,30 +209,29 @@ TEST_F(ConsistencyTest, AConsumerThatLostTheApplyLockStandsBy) {
   Bank bank(src_, tgt_);
   bank.Start(2);
   Transfer(bank, 1);
-  // End the lock's session until the standby holds the lock (the first one
-  // may take it again on a new session first).
+  auto holder = TargetCluster().Connect(tgt_);
+  const std::string take =
+      fmt::format("SELECT pg_try_advisory_lock(1146375756, hashtext('apply:' || '{}'))", src_);
   ASSERT_TRUE(WaitUntil(
       [&] {
         TargetCluster().Exec(tgt_,
                              "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
                              "'advisory' AND granted AND pid <> pg_backend_pid()");
-        return WaitUntil([&] { return Contains(second->Stderr(), "took over applying"); }, 4);
+        auto got = holder->Query(take);
+        return got.ok() && got->GetBool(0, 0);
       },
-      60))
-      << first->Stderr() << second->Stderr();
-  ASSERT_TRUE(WaitUntil(
-      [&] { return Contains(first->Stderr(), "another consumer took over applying; standing by"); },
       30))
       << first->Stderr();
+  const std::string stood = "another consumer took over applying; standing by";
+  ASSERT_TRUE(WaitUntil([&] { return Contains(first->Stderr(), stood); }, 30)) << first->Stderr();
   EXPECT_TRUE(first->Running()) << first->Stderr();
-  Transfer(bank, 2);
+  holder.reset();  // the lock is free again
   second->Signal(SIGKILL);
   second->Wait(10);
   ASSERT_TRUE(WaitUntil(
       [&] {
         const std::string err = first->Stderr();
-        const auto stood = err.find("another consumer took over applying; standing by");
-        return err.find("consumer: took over applying", stood) != std::string::npos;
+        return err.find("consumer: took over applying", err.find(stood)) != std::string::npos;
       },
       30))
       << first->Stderr();

@@ -825,7 +825,16 @@ DELETE FROM alltypes WHERE id = 1101;
   // Inserted on the target: the moved keys, the ten new rows and the lost row.
   const std::string inserted =
       Src("SELECT count(*) + 1 FROM alltypes WHERE id >= 100000 OR id BETWEEN 9000 AND 9099");
-  EXPECT_EQ(Tgt("SELECT count(*) FROM fired WHERE op = 'INSERT'"), inserted);
+  // Streamed, a new row that then moved to another key can be inserted
+  // under its first key in one piece and moved in a later one (inserted
+  // twice, deleted once, inside the tick's one transaction).
+  const int64_t fired_inserts = std::stoll(Tgt("SELECT count(*) FROM fired WHERE op = 'INSERT'"));
+  const int64_t new_moved =
+      whole_ticks
+          ? std::stoll(Src("SELECT count(*) FROM alltypes WHERE id BETWEEN 109000 AND 109099"))
+          : 0;
+  EXPECT_GE(fired_inserts, std::stoll(inserted));
+  EXPECT_LE(fired_inserts, std::stoll(inserted) + new_moved);
   // Updated: every copy that kept its key, the lost one aside (the new
   // rows too when a batch ended between their inserts and updates).
   const int64_t kept =
