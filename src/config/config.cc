@@ -118,9 +118,13 @@ std::string SanitizeName(std::string s) {
 }
 
 // DATATUNNEL_* variables that are not settings but are read elsewhere.
-const std::set<std::string> kOtherVariables = {
-    "DATATUNNEL_BIN",   "DATATUNNEL_TIMEOUT_MULTIPLIER", "DATATUNNEL_CHAOS_SEED",
-    "DATATUNNEL_CACHE", "DATATUNNEL_TEST_BROKERS",       "DATATUNNEL_FAULT_LOSE_MESSAGE"};
+const std::set<std::string> kOtherVariables = {"DATATUNNEL_BIN",
+                                               "DATATUNNEL_TIMEOUT_MULTIPLIER",
+                                               "DATATUNNEL_CHAOS_SEED",
+                                               "DATATUNNEL_CACHE",
+                                               "DATATUNNEL_TEST_BROKERS",
+                                               "DATATUNNEL_FAULT_LOSE_MESSAGE",
+                                               "DATATUNNEL_TEST_NO_ENDS_WARN_MS"};
 
 std::vector<Setting> Settings() {
   std::vector<Setting> s;

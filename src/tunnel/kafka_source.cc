@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/clock.h"
 
@@ -15,6 +16,9 @@ KafkaSource::KafkaSource(const TargetOptions& options, metrics::Metrics* metrics
 
 Status KafkaSource::Open(TargetCore* core) {
   core_ = core;
+  if (const char* ms = std::getenv(kNoEndsWarnEnv); ms && std::atoi(ms) > 0) {
+    no_ends_warn_us_ = int64_t{std::atoi(ms)} * 1000;
+  }
   std::vector<std::string> topics;
   for (const auto& t : options_.tables) topics.push_back(t.topic);
   if (whole_ticks()) {
@@ -166,6 +170,7 @@ Status KafkaSource::AddTickEnd(const broker::Message& m) {
   item.change.pos = end.end;
   gate_.AddEnd(std::move(item), std::move(end));
   warned_no_ends_ = false;
+  unended_first_ = unended_last_ = Position{};
   return Status::OK();
 }
 
@@ -258,7 +263,13 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
       }
       items_.clear();
       DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), /*unpack=*/true, &items_));
-      for (auto& item : items_) gate_.Add(std::move(item));
+      for (auto& item : items_) {
+        if (item.kind == apply::Item::Kind::kChange && item.change.op != Op::kMarker) {
+          if (unended_first_ == Position{}) unended_first_ = item.change.pos;
+          unended_last_ = std::max(unended_last_, item.change.pos);
+        }
+        gate_.Add(std::move(item));
+      }
     }
     msgs_.clear();
     piece_ = false;
@@ -271,19 +282,23 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
       for (const auto& it : *items)
         streamed_[{std::string(it.stream), it.partition}] = it.offset + 1;
     }
-    // Messages held with no end-of-tick record to complete them: a producer
-    // running by key sends none.
+    // Messages of several ticks held with no end-of-tick record to complete
+    // them: a producer running by key sends none.
     const int64_t now = MonotonicMicros();
-    if (gate_.held() == 0 || gate_.pending_ends() > 0) {
+    const bool several_ticks =
+        unended_first_.epoch != unended_last_.epoch || unended_first_.tick != unended_last_.tick;
+    if (gate_.held() == 0 || gate_.pending_ends() > 0 || !several_ticks) {
       held_since_us_ = 0;
     } else if (held_since_us_ == 0) {
       held_since_us_ = now;
-    } else if (!warned_no_ends_ && now - held_since_us_ > 30'000'000) {
+    } else if (!warned_no_ends_ && now - held_since_us_ > no_ends_warn_us_) {
       warned_no_ends_ = true;
       spdlog::warn(
-          "consumer: holding {} message(s) for 30 s without an end-of-tick record on {}; the "
-          "producer must run with pipeline.apply_consistency = \"transaction\" too",
-          gate_.held(), ticks);
+          "consumer: holding {} message(s) of ticks {} to {} for {} s without an end-of-tick "
+          "record on {}; the producer must run with pipeline.apply_consistency = "
+          "\"transaction\" too",
+          gate_.held(), unended_first_.tick, unended_last_.tick, no_ends_warn_us_ / 1'000'000,
+          ticks);
     }
   } else {
     DT_RETURN_IF_ERROR(NextByKey(items));
@@ -433,6 +448,7 @@ Status KafkaSource::Rewind() {
   streamed_.clear();
   piece_ = false;
   gate_.Reset();
+  unended_first_ = unended_last_ = Position{};
   DT_ASSIGN_OR_RETURN(auto c, core_->Consistency());
   const std::string ticks = options_.kafka.ticks_topic();
   ticks_offset_ = c.found && c.stream == ticks && c.offset >= 0 ? c.offset + 1 : 0;

@@ -157,6 +157,15 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   int64_t ticks_offset_ = 0;   // where the control topic is read from
   int64_t held_since_us_ = 0;  // items held and no end-of-tick record since
   bool warned_no_ends_ = false;
+  // The first and the newest tick of the changes added to the gate since
+  // the last end-of-tick record (markers aside): a producer running by key
+  // moves on to new ticks without records; one huge tick streams for long
+  // without its record, legitimately.
+  Position unended_first_, unended_last_;
+  // After how long such messages are warned about (30 s; tests shorten it
+  // with kNoEndsWarnEnv).
+  static constexpr const char* kNoEndsWarnEnv = "DATATUNNEL_TEST_NO_ENDS_WARN_MS";
+  int64_t no_ends_warn_us_ = 30'000'000;
   // A tick too large to hold goes out in pieces (TickGate::ReleasePiece):
   // the last batch was one; the next offsets of the partitions pieces came
   // from, committed (as a hint) with the batch that ends the tick.

@@ -30,6 +30,9 @@ constexpr int64_t kTotal = int64_t{kAccounts} * 1000;
 constexpr const char* kAccountsDdl =
     "CREATE TABLE accounts(id integer PRIMARY KEY, balance bigint NOT NULL)";
 constexpr const char* kTransaction = "[pipeline]\napply_consistency = \"transaction\"\n";
+// KafkaSource's warning about messages held without end-of-tick records,
+// after this many milliseconds instead of 30 s.
+constexpr const char* kNoEndsWarnEnv = "DATATUNNEL_TEST_NO_ENDS_WARN_MS";
 
 // Writers move money between two accounts in two-statement transactions
 // while a reader sums the target's balances in single statements: every sum
@@ -265,8 +268,17 @@ TEST_F(ConsistencyTest, AKeyModeTunnelSwitchedToTransactionModeLosesNothing) {
   // Transfers published by key with no consumer running.
   ASSERT_TRUE(WaitUntil([&] { return bank.transfers() > 200; }, 30));
   WriteConfig(tables, "");  // the default: apply_consistency = "transaction"
-  consume = Start({"consume"});
-  ASSERT_TRUE(WaitUntil([&] { return bank.transfers() > 400; }, 30));
+  // It holds what it reads, and says why (after 1 s here, 30 s in life).
+  consume = std::make_shared<Subprocess>(
+      Args({"consume"}), std::map<std::string, std::string>{{kNoEndsWarnEnv, "1000"}});
+  started_.push_back(consume);
+  ASSERT_TRUE(
+      WaitUntil([&] { return Contains(consume->Stderr(), "without an end-of-tick record"); }, 30))
+      << consume->Stderr();
+  EXPECT_TRUE(Contains(consume->Stderr(),
+                       "the producer must run with "
+                       "pipeline.apply_consistency = \"transaction\" too"))
+      << consume->Stderr();
   EXPECT_EQ(produce->Stop(), 0) << produce->Stderr();
   produce = Start({"produce"});
   Transfer(bank, 2);
@@ -740,9 +752,14 @@ TEST_P(HugeTickTest, ABacklogGatheredWhileStoppedIsStreamed) {
                         "i; INSERT INTO child SELECT i, 11 + i % {0}, 'c' FROM generate_series(1, "
                         "{1}) i",
                         kParents, kChildren));
-  run = Start(RunArgs());
+  // One tick streamed for longer than the warning's delay (50 ms here) is
+  // no producer without end-of-tick records: no warning.
+  run = std::make_shared<Subprocess>(Args(RunArgs()),
+                                     std::map<std::string, std::string>{{kNoEndsWarnEnv, "50"}});
+  started_.push_back(run);
   ExpectInSync();
   EXPECT_TRUE(Contains(run->Stderr(), "is streamed to the target in pieces")) << run->Stderr();
+  EXPECT_FALSE(Contains(run->Stderr(), "without an end-of-tick record")) << run->Stderr();
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
