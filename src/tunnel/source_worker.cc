@@ -277,9 +277,12 @@ Status SourceWorker::RecordProgress(Session& s, bool all) {
   s.last_record_us = MonotonicMicros();
   // While a snapshot runs, every table's progress is recorded at once: its
   // chunks are recorded only with the progress before them.
-  DT_ASSIGN_OR_RETURN(bool recorded, s.book.Record(*s.log, all || s.snaps->running()));
-  if (!recorded) return Status::OK();
-  // Chunks only after the changes before them are recorded.
+  DT_RETURN_IF_ERROR(s.book.Record(*s.log, all || s.snaps->running()).status());
+  // Chunks only after the changes before them are recorded (just now, or
+  // before: with nothing pending the book records nothing). Not only when
+  // the book recorded something: a snapshot's last chunks and end marker
+  // can be delivered after every change before them was recorded, and a
+  // process that then exits (`snapshot`) must still record them.
   DT_ASSIGN_OR_RETURN(auto ended, s.snaps->Record(*s.conn));
   for (size_t t : ended) metrics_->table(t).snapshot_running = 0;
   return Status::OK();

@@ -132,6 +132,21 @@ class ConsistencyTest : public testing::TunnelFixture {
     std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(seconds * 1000)));
     EXPECT_GT(bank.transfers(), before);
   }
+  // The bank through Kafka: a producer, the consumer that applies (`first`,
+  // the accounts opened) and a second one standing by.
+  void StartBankWithAStandby(std::shared_ptr<Subprocess>* produce,
+                             std::shared_ptr<Subprocess>* first,
+                             std::shared_ptr<Subprocess>* second) {
+    UseKafka();
+    SetUpBank();
+    ASSERT_EQ(Dt({"init"}).code, 0);
+    *produce = Start({"produce"});
+    *first = Start({"consume"});
+    OpenAccounts();
+    *second = Start({"consume"});
+    ASSERT_TRUE(WaitUntil([&] { return Contains((*second)->Stderr(), "standing by"); }, 30))
+        << (*second)->Stderr();
+  }
   void ExpectNoWrongSum(const Bank& bank) {
     EXPECT_GT(bank.reads(), 100);
     EXPECT_GT(bank.transfers(), 100);
@@ -162,15 +177,8 @@ TEST_F(ConsistencyTest, BankInMemoryThroughAKill) {
 }
 
 TEST_F(ConsistencyTest, BankThroughKafkaWithAStandbyConsumerAndAProducerKill) {
-  UseKafka();
-  SetUpBank();
-  ASSERT_EQ(Dt({"init"}).code, 0);
-  auto produce = Start({"produce"});
-  auto first = Start({"consume"});
-  OpenAccounts();  // `first` applies
-  auto second = Start({"consume"});
-  ASSERT_TRUE(WaitUntil([&] { return Contains(second->Stderr(), "standing by"); }, 30))
-      << second->Stderr();
+  std::shared_ptr<Subprocess> produce, first, second;
+  ASSERT_NO_FATAL_FAILURE(StartBankWithAStandby(&produce, &first, &second));
   Bank bank(src_, tgt_);
   bank.Start(3);
   Transfer(bank, 3);
@@ -200,15 +208,8 @@ TEST_F(ConsistencyTest, BankThroughKafkaWithAStandbyConsumerAndAProducerKill) {
 // of exiting, and takes over again once the lock is free and the other
 // consumer is gone. No wrong sum meanwhile.
 TEST_F(ConsistencyTest, AConsumerThatLostTheApplyLockStandsBy) {
-  UseKafka();
-  SetUpBank();
-  ASSERT_EQ(Dt({"init"}).code, 0);
-  auto produce = Start({"produce"});
-  auto first = Start({"consume"});
-  OpenAccounts();  // `first` applies
-  auto second = Start({"consume"});
-  ASSERT_TRUE(WaitUntil([&] { return Contains(second->Stderr(), "standing by"); }, 30))
-      << second->Stderr();
+  std::shared_ptr<Subprocess> produce, first, second;
+  ASSERT_NO_FATAL_FAILURE(StartBankWithAStandby(&produce, &first, &second));
   Bank bank(src_, tgt_);
   bank.Start(2);
   Transfer(bank, 1);

@@ -148,8 +148,10 @@ class SnapshotTest : public testing::TunnelFixture {
   static constexpr int kChunkRows = 300;
   static constexpr int64_t kRows = 12000;
 
+  // Small chunks, and their progress recorded every 20 ms (the default is
+  // 200): the tests hold a snapshot mid-way by the progress it recorded.
   std::string ChunkConfig(int rows = kChunkRows) {
-    return fmt::format("[pipeline]\nsnapshot_chunk_rows = {}\n", rows);
+    return fmt::format("[pipeline]\nsnapshot_chunk_rows = {}\nprogress_interval_ms = 20\n", rows);
   }
 
   // employees on both sides, `rows` of them on the source.
