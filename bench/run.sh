@@ -896,16 +896,22 @@ ensure_many_template() {
   q1 postgres "CHECKPOINT"
 }
 
-# The CPU ticks (utime + stime, 1/CLK_TCK s) used so far by the source
-# backends of the tunnel's sessions (application_name datatunnel:b1).
-source_backend_ticks() {
-  local pids total=0 p
-  pids=$(q1 b1 "SELECT pid FROM pg_stat_activity WHERE application_name = 'datatunnel:b1'")
-  for p in $pids; do
+# pid_ticks PID...: the CPU ticks (utime + stime, 1/CLK_TCK s) used so far
+# by those processes (the ones gone are left out).
+pid_ticks() {
+  local total=0 p
+  for p in "$@"; do
     [[ -r /proc/$p/stat ]] || continue
     total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
   done
   echo "$total"
+}
+
+# The CPU ticks used so far by the source backends of the tunnel's sessions
+# (application_name datatunnel:b1).
+source_backend_ticks() {
+  # shellcheck disable=SC2046  # one pid per word
+  pid_ticks $(q1 b1 "SELECT pid FROM pg_stat_activity WHERE application_name = 'datatunnel:b1'")
 }
 
 # One tunnel (run --broker none) over 1, then over MANY_TABLES tables, all
@@ -973,21 +979,13 @@ applied_total() {
 # sessions on server $1 (database $2) and by the tunnel's processes: on
 # this shared host wall time follows the load, CPU time much less.
 tunnel_backend_ticks() {
-  local s=$1 db=$2 pids total=0 p
-  pids=$(qs "$s" "$db" "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'datatunnel%'")
-  for p in $pids; do
-    [[ -r /proc/$p/stat ]] || continue
-    total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
-  done
-  echo "$total"
+  local s=$1 db=$2
+  # shellcheck disable=SC2046  # one pid per word
+  pid_ticks $(qs "$s" "$db" "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'datatunnel%'")
 }
 tunnel_process_ticks() {
-  local total=0 p
-  for p in "${TUNNEL_PIDS[@]}" $(for w in "${TUNNEL_PIDS[@]}"; do pgrep -P "$w"; done); do
-    [[ -r /proc/$p/stat ]] || continue
-    total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
-  done
-  echo "$total"
+  # shellcheck disable=SC2046  # one pid per word
+  pid_ticks "${TUNNEL_PIDS[@]}" $(for w in "${TUNNEL_PIDS[@]}"; do pgrep -P "$w"; done)
 }
 pipeline_ticks() { echo "$(tunnel_backend_ticks 1 b1) $(tunnel_process_ticks) $(tunnel_backend_ticks 2 b2)"; }
 

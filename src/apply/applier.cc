@@ -46,13 +46,22 @@ std::string KeyList(const TableSpec& spec) {
   return out;
 }
 
-std::string ConflictClause(const TableSpec& spec, const std::vector<size_t>& cols) {
+// The SET list of an UPDATE of the non-key columns of `cols` from the row
+// named `from` (the staged row `s`, or EXCLUDED in an upsert), or "" when
+// `cols` are all key columns.
+std::string UpdateSet(const TableSpec& spec, const std::vector<size_t>& cols,
+                      std::string_view from = "s") {
   std::string set;
   for (size_t c : cols) {
     if (spec.IsKey(c)) continue;
     const std::string n = QuoteIdent(spec.columns[c].name);
-    set += fmt::format("{}{} = EXCLUDED.{}", set.empty() ? "" : ", ", n, n);
+    set += fmt::format("{}{} = {}.{}", set.empty() ? "" : ", ", n, from, n);
   }
+  return set;
+}
+
+std::string ConflictClause(const TableSpec& spec, const std::vector<size_t>& cols) {
+  const std::string set = UpdateSet(spec, cols, "EXCLUDED");
   if (set.empty()) return fmt::format(" ON CONFLICT ({}) DO NOTHING", KeyList(spec));
   return fmt::format(" ON CONFLICT ({}) DO UPDATE SET {}", KeyList(spec), set);
 }
@@ -115,18 +124,6 @@ std::map<std::vector<size_t>, std::vector<const Change*>> GroupByColumns(
     group->push_back(c);
   }
   return groups;
-}
-
-// The SET list of an UPDATE of the non-key columns of `cols` from the
-// staged row `s`, or "" when `cols` are all key columns.
-std::string UpdateSet(const TableSpec& spec, const std::vector<size_t>& cols) {
-  std::string set;
-  for (size_t c : cols) {
-    if (spec.IsKey(c)) continue;
-    const std::string n = QuoteIdent(spec.columns[c].name);
-    set += fmt::format("{}{} = s.{}", set.empty() ? "" : ", ", n, n);
-  }
-  return set;
 }
 
 // The join of the target table `t` with the staged rows `s` on the key.
