@@ -115,7 +115,20 @@ $(dep com.fasterxml.jackson.datatype jackson-datatype-jsr310 "$(jackson_version)
   mv "$dir.tmp" "$dir"
 }
 
+# One lock for every fetch of every script (scripts/kafka.sh): test binaries
+# start at once on a fresh machine, and two Maven runs must not fill the same
+# folders (or Maven's own repository) together.
 fetch() {
+  [[ -f "$cache/complete" && -f "$cache/plugins/debezium-connector-jdbc/.complete-$DEBEZIUM_JDBC_VERSION" ]] &&
+    return 0
+  mkdir -p "$cache"
+  (
+    flock 8
+    fetch_locked
+  ) 8>"${cache%/*}/fetch.lock" || exit 1
+}
+
+fetch_locked() {
   [[ -f "$cache/complete" ]] && { fetch_jdbc_sink; return 0; }
   command -v mvn >/dev/null || die "mvn not found; run scripts/install-deps.sh"
   command -v java >/dev/null || die "java not found; run scripts/install-deps.sh"

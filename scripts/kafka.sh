@@ -60,7 +60,19 @@ heap=${KAFKA_HEAP:-512m}
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
+# Every fetch of every script holds one lock: test binaries start at once on
+# a fresh machine, and two Maven runs must not fill the same folders (or
+# Maven's own repository) together. The others wait, then find it complete.
 fetch() {
+  [[ -f "$cache/complete" ]] && return 0
+  mkdir -p "$cache"
+  (
+    flock 8
+    fetch_locked
+  ) 8>"${cache%/*}/fetch.lock" || exit 1
+}
+
+fetch_locked() {
   [[ -f "$cache/complete" ]] && return 0
   command -v mvn >/dev/null || die "mvn not found; run scripts/install-deps.sh"
   command -v java >/dev/null || die "java not found; run scripts/install-deps.sh"
