@@ -101,8 +101,23 @@ Result<int> Driver::Read(pg::Connection& source, int64_t epoch, int64_t tick,
 
 bool Driver::Waits(size_t t) const {
   if (!fk_order_ || links_.after.size() != snaps_.size()) return false;
+  // Until the referenced copy's end is recorded, not merely sent: its last
+  // chunks may still be in flight, and if the producer died then, a restart
+  // would copy them again at a later tick than a chunk of `t` recorded in
+  // between, whose rows reference them (the target's key would fail there).
   return std::any_of(links_.after[t].begin(), links_.after[t].end(),
-                     [&](size_t u) { return snaps_[u].active && !snaps_[u].all_read; });
+                     [&](size_t u) { return snaps_[u].active; });
+}
+
+bool Driver::EndAwaited() const {
+  if (!fk_order_ || links_.after.size() != snaps_.size()) return false;
+  for (size_t t = 0; t < snaps_.size(); ++t) {
+    if (!snaps_[t].active || snaps_[t].all_read) continue;
+    for (size_t u : links_.after[t]) {
+      if (snaps_[u].active && snaps_[u].marker_done) return true;
+    }
+  }
+  return false;
 }
 
 bool Driver::CatchUpPending() const {
@@ -136,6 +151,8 @@ void Driver::ChunkSent(size_t table, const Cursor& next, int64_t rows) {
 void Driver::MarkerSent(size_t table, int64_t tick) {
   snaps_[table].all_read = true;
   snaps_[table].marker_tick = tick;
+  spdlog::info("snapshot of {}: every row read and sent (tick {}); waiting for delivery",
+               (*specs_)[table].source.ToString(), tick);
 }
 
 void Driver::Delivered(size_t table, int chunks, bool marker) {

@@ -19,7 +19,9 @@
 // foreign keys between the tunnel's source tables (snapshot/links.h), so
 // that the target's foreign keys hold at every commit:
 //   - a table's chunks are read only once every table it references
-//     (directly or not, outside its own cycle) has read its last chunk;
+//     (directly or not, outside its own cycle) has recorded its end (all
+//     its chunks and its marker delivered; EndAwaited() asks for that
+//     record early);
 //   - SendsAsDelete(): until its first chunk, the changes of a table that
 //     references a tunnel table (and whose referencing tables are being
 //     copied too) go to the target as deletes of their keys. Its copy
@@ -107,6 +109,10 @@ class Driver {
   // Delivery reports: `chunks` more chunks of `table` have all their rows
   // delivered; `marker` its end-of-snapshot marker is.
   void Delivered(size_t table, int chunks, bool marker);
+  // fk_order: the end marker of a copy that another copy waits for is
+  // delivered and not recorded yet; record soon (Record()), the other
+  // copy's chunks start only then.
+  bool EndAwaited() const;
   // Records what Delivered() reported since the last call. Returns the
   // tables whose snapshot ended (all rows published).
   Result<std::vector<size_t>> Record(pg::Connection& source);

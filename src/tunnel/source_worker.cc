@@ -266,7 +266,7 @@ Status SourceWorker::ServeDeliveries(Session& s, int wait_ms, bool force_record)
       metrics_->table(t).undelivered_age_us = oldest > 0 ? std::max<int64_t>(1, wall - oldest) : 0;
     }
   }
-  if (force_record ||
+  if (force_record || s.snaps->EndAwaited() ||
       now - s.last_record_us >= int64_t{options_.pipeline.progress_interval_ms} * 1000) {
     DT_RETURN_IF_ERROR(RecordProgress(s, force_record));
   }

@@ -91,11 +91,20 @@ class FaultTest : public testing::TunnelFixture {
 };
 
 // A source worker and its Kafka sink, run on a thread: the producer process.
+// Metrics for the tunnel's tables (`tables`).
+std::vector<std::pair<std::string, std::string>> MetricTables(
+    const std::vector<TableConfig>& tables) {
+  std::vector<std::pair<std::string, std::string>> names;
+  for (const auto& t : tables) names.emplace_back(t.source.ToString(), t.target.ToString());
+  return names;
+}
+
+// `wrap` (optional) puts a sink of the test's own in front of the Kafka sink.
 struct Producer {
-  Producer(const Config& config, const std::string& src_db, tunnel::SourceOptions options)
-      : metrics(std::vector<std::pair<std::string, std::string>>{
-            {"public.employees", "public.employees"}}),
-        worker(std::move(options), &metrics, &stop) {
+  using Wrap = std::function<std::unique_ptr<tunnel::ChangeSink>(tunnel::ChangeSink*)>;
+  Producer(const Config& config, const std::string& src_db, tunnel::SourceOptions options,
+           const Wrap& wrap = nullptr)
+      : metrics(MetricTables(options.tables)), worker(std::move(options), &metrics, &stop) {
     auto s = tunnel::KafkaSink::Create(
         config.kafka,
         {src_db, config.tunnel.name,
@@ -104,7 +113,8 @@ struct Producer {
     EXPECT_TRUE(s.ok()) << s.status().message();
     if (!s.ok()) return;
     sink = std::move(*s);
-    worker.SetSink(sink.get());
+    if (wrap) wrapper = wrap(sink.get());
+    worker.SetSink(wrapper ? wrapper.get() : sink.get());
     thread = std::thread([this] {
       result = worker.Run();
       done = true;
@@ -120,6 +130,7 @@ struct Producer {
   StopSource stop;
   tunnel::SourceWorker worker;
   std::unique_ptr<tunnel::KafkaSink> sink;
+  std::unique_ptr<tunnel::ChangeSink> wrapper;
   std::thread thread;
   Status result;
   std::atomic<bool> done{false};
@@ -467,6 +478,169 @@ TEST_F(SelfReferenceCopyFaultTest, AReplayedTickBringsTheRowsItReferences) {
   EXPECT_FALSE(Contains(consume->Stderr(), "violates foreign key")) << consume->Stderr();
   EXPECT_EQ(TableText(SourceCluster(), src_, "staff", "id"),
             TableText(TargetCluster(), tgt_, "staff", "id"));
+  second.Stop();
+  EXPECT_TRUE(second.result.ok()) << second.result.message();
+  EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
+}
+
+// (e) Transaction consistency, a parent and a child table (a foreign key)
+// copied together: the child's chunks start only once the parent's copy
+// has recorded its end. The producer's sink stops passing on the parent's
+// messages mid-copy (they stay in flight, never delivered: a broker that
+// does not answer for that topic), and the producer then stops, like a
+// kill -9: what was sent and not delivered is lost. Had a chunk of the
+// child been read, delivered and recorded meanwhile, its rows would
+// reference parent rows that the next producer copies again only at a
+// later tick, and the target's foreign key would stop the consumer there.
+class ForeignKeyCopyFaultTest : public testing::TunnelFixture {
+ protected:
+  void SetUp() override {
+    TunnelFixture::SetUp();
+    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
+      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
+      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
+      c->Exec(db,
+              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
+              "REFERENCES parent(id), note text)");
+    }
+    SourceCluster().Exec(src_,
+                         "INSERT INTO parent SELECT i, 'p' || i FROM generate_series(1, 3000) i");
+    SourceCluster().Exec(
+        src_, "INSERT INTO child SELECT i, 3001 - i, 'c' || i FROM generate_series(1, 1000) i");
+    WriteConfig("[[tables]]\nsource = \"public.parent\"\n[[tables]]\nsource = \"public.child\"\n",
+                "[pipeline]\napply_consistency = \"transaction\"\nsnapshot_chunk_rows = 100\n"
+                "progress_interval_ms = 20\n");
+    UseKafka();
+    ASSERT_EQ(Dt({"init"}).code, 0);
+    auto config = LoadConfig(config_, {}, {});
+    ASSERT_TRUE(config.ok()) << config.status().message();
+    config_loaded_ = std::move(*config);
+    auto c = SourceCluster().Connect(src_);
+    std::vector<std::string> warnings;
+    auto specs = capture::DescribeSourceTables(*c, config_loaded_.tables, &warnings);
+    ASSERT_TRUE(specs.ok()) << specs.status().message();
+    for (const auto& spec : *specs) {
+      ASSERT_TRUE(capture::RequestSnapshot(*c, spec, /*restart=*/true).ok());
+    }
+  }
+
+  tunnel::SourceOptions SourceWorkerOptions() const {
+    tunnel::SourceOptions o;
+    o.connect.dsn = config_loaded_.source.dsn;
+    o.connect.role = "source";
+    o.tunnel = config_loaded_.tunnel.name;
+    o.tables = config_loaded_.tables;
+    o.pipeline = config_loaded_.pipeline;
+    // A chunk every 100 ms: the parent's copy takes seconds.
+    o.pipeline.min_tick_interval_ms = 100;
+    return o;
+  }
+
+  int64_t Recorded(const std::string& table, const std::string& column) {
+    return SourceCluster().Count(
+        src_,
+        fmt::format("SELECT {} FROM datatunnel.tables WHERE table_name = '{}'", column, table));
+  }
+
+  Config config_loaded_;
+};
+
+// Passes everything on to `inner`, except, once stalled, the messages of
+// table `table`: those are taken and never sent nor delivered.
+class StallingSink : public tunnel::ChangeSink {
+ public:
+  StallingSink(tunnel::ChangeSink* inner, uint32_t table) : inner_(inner), table_(table) {}
+  void Stall() { stalled_ = true; }
+  // The tick of the table's end-of-snapshot marker taken, 0 before.
+  int64_t marker_tick() const { return marker_tick_; }
+
+  void SetTables(const std::vector<TableSpec>* tables) override { inner_->SetTables(tables); }
+  Status Send(const Change& c, int32_t partition, uint64_t token, int32_t* sent_to) override {
+    if (Take(c, partition, sent_to)) return Status::OK();
+    return inner_->Send(c, partition, token, sent_to);
+  }
+  Status SendOwned(Change&& c, int32_t partition, uint64_t token, int32_t* sent_to) override {
+    if (Take(c, partition, sent_to)) return Status::OK();
+    return inner_->SendOwned(std::move(c), partition, token, sent_to);
+  }
+  bool Chained() const override { return inner_->Chained(); }
+  void SetChainHeads(uint32_t table, std::vector<Position> heads) override {
+    inner_->SetChainHeads(table, std::move(heads));
+  }
+  Status SendTickEnd(const Position& end, uint64_t token) override {
+    return inner_->SendTickEnd(end, token);
+  }
+  Status PrepareTickEnds() override { return inner_->PrepareTickEnds(); }
+  void Poll(int timeout_ms) override { inner_->Poll(timeout_ms); }
+  int Flush(int timeout_ms) override { return inner_->Flush(timeout_ms) + (taken_ ? 1 : 0); }
+  Result<int> PartitionCount(uint32_t table) override { return inner_->PartitionCount(table); }
+  Status Health() const override { return inner_->Health(); }
+  Status Recover() override { return inner_->Recover(); }
+  int64_t bytes_sent() const override { return inner_->bytes_sent(); }
+  bool TakesPackedChunks() const override { return inner_->TakesPackedChunks(); }
+  Status SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Change>>* parts) override {
+    return inner_->SplitChunk(std::move(packed), parts);
+  }
+  const char* receiver() const override { return inner_->receiver(); }
+
+ private:
+  bool Take(const Change& c, int32_t partition, int32_t* sent_to) {
+    if (!stalled_ || c.table != table_) return false;
+    taken_ = true;
+    if (c.op == Op::kMarker && c.marker == Marker::kSnapshotDone) marker_tick_ = c.pos.tick;
+    *sent_to = partition < 0 ? 0 : partition;
+    return true;
+  }
+
+  tunnel::ChangeSink* inner_;
+  uint32_t table_;
+  std::atomic<bool> stalled_{false}, taken_{false};
+  std::atomic<int64_t> marker_tick_{0};
+};
+
+TEST_F(ForeignKeyCopyFaultTest, AChildCopyWaitsForItsParentsRecordedEnd) {
+  auto consume = Start({"consume"});
+  {
+    StallingSink* stalling = nullptr;
+    Producer first(config_loaded_, src_, SourceWorkerOptions(), [&](tunnel::ChangeSink* inner) {
+      auto s = std::make_unique<StallingSink>(inner, /*table=*/0);
+      stalling = s.get();
+      return s;
+    });
+    ASSERT_NE(stalling, nullptr);
+    ASSERT_TRUE(WaitUntil([&] { return Recorded("parent", "snapshot_rows") > 0; }, 60))
+        << first.result.message();
+    stalling->Stall();
+    // The parent's end marker is sent (and taken), after its last chunk.
+    ASSERT_TRUE(WaitUntil([&] { return stalling->marker_tick() > 0; }, 60))
+        << first.result.message();
+    // Ten more ticks: time enough for a chunk of the child to be read,
+    // delivered and recorded, were its copy not waiting for the parent's end.
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          return SourceCluster().Count(src_, "SELECT max(tick) FROM datatunnel.ticks") >=
+                 stalling->marker_tick() + 10;
+        },
+        60))
+        << first.result.message();
+    EXPECT_EQ(Recorded("child", "snapshot_rows"), 0);
+    EXPECT_LT(Recorded("parent", "snapshot_rows"), 3000);
+    first.Stop();
+  }
+  Producer second(config_loaded_, src_, SourceWorkerOptions());
+  const bool ended = WaitUntil(
+      [&] {
+        return !consume->Running() ||
+               SourceCluster().Count(src_,
+                                     "SELECT count(*) FROM datatunnel.tables WHERE "
+                                     "snapshot_state = 'done'") == 2;
+      },
+      90);
+  ASSERT_TRUE(ended) << RunningLogs();
+  ExpectInSync();
+  EXPECT_TRUE(consume->Running()) << consume->Stderr();
+  EXPECT_FALSE(Contains(consume->Stderr(), "violates foreign key")) << consume->Stderr();
+  EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM child"), 1000);
   second.Stop();
   EXPECT_TRUE(second.result.ok()) << second.result.message();
   EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
