@@ -35,6 +35,7 @@ using testing::Contains;
 using testing::ScopedFaultHook;
 using testing::SourceCluster;
 using testing::StatementFault;
+using testing::Subprocess;
 using testing::TargetCluster;
 using testing::WaitUntil;
 
@@ -336,8 +337,77 @@ TEST_F(FaultTest, AConnectionLostWhileStartingIsWaitedOut) {
 // restarted producer replays the tick's changes; the target's deferred
 // foreign key must still hold when it commits: no foreign-key error, and
 // the copy ends equal to the source.
-class SelfReferenceCopyFaultTest : public testing::TunnelFixture {
+// What the copy fault tests below share: two or more in-process producers
+// on a config with transaction consistency, and their ending: a new
+// producer ends every copy, and the consumer applies them with no
+// foreign-key error.
+class CopyFaultTest : public testing::TunnelFixture {
  protected:
+  // Writes the config for `tables` ([[tables]] entries), runs init and loads it.
+  void Configure(const std::string& tables, const std::string& pipeline = "") {
+    WriteConfig(
+        tables,
+        "[pipeline]\napply_consistency = \"transaction\"\nsnapshot_chunk_rows = 100\n" + pipeline);
+    UseKafka();
+    ASSERT_EQ(Dt({"init"}).code, 0);
+    auto config = LoadConfig(config_, {}, {});
+    ASSERT_TRUE(config.ok()) << config.status().message();
+    config_loaded_ = std::move(*config);
+  }
+
+  // A tick at most every `tick_ms`: a chunk per tick.
+  tunnel::SourceOptions SourceWorkerOptions(int tick_ms) const {
+    tunnel::SourceOptions o;
+    o.connect.dsn = config_loaded_.source.dsn;
+    o.connect.role = "source";
+    o.tunnel = config_loaded_.tunnel.name;
+    o.tables = config_loaded_.tables;
+    o.pipeline = config_loaded_.pipeline;
+    o.pipeline.min_tick_interval_ms = tick_ms;
+    return o;
+  }
+
+  // Requests a snapshot of every table of the tunnel.
+  void RequestSnapshots() {
+    auto c = SourceCluster().Connect(src_);
+    std::vector<std::string> warnings;
+    auto specs = capture::DescribeSourceTables(*c, config_loaded_.tables, &warnings);
+    ASSERT_TRUE(specs.ok()) << specs.status().message();
+    for (const auto& spec : *specs) {
+      ASSERT_TRUE(capture::RequestSnapshot(*c, spec, /*restart=*/true).ok());
+    }
+  }
+
+  int64_t SnapshotsDone() {
+    return SourceCluster().Count(
+        src_, "SELECT count(*) FROM datatunnel.tables WHERE snapshot_state = 'done'");
+  }
+
+  // A new producer (a chunk every `tick_ms`) ends every copy; the consumer
+  // `consume` applies them, in sync, with no foreign-key error.
+  void ExpectANewProducerEndsTheCopies(Subprocess& consume, int tick_ms) {
+    ASSERT_EQ(SnapshotsDone(), 0);
+    Producer next(config_loaded_, src_, SourceWorkerOptions(tick_ms));
+    const auto tables = static_cast<int64_t>(config_loaded_.tables.size());
+    const bool ended =
+        WaitUntil([&] { return !consume.Running() || SnapshotsDone() == tables; }, 90);
+    ASSERT_TRUE(ended) << RunningLogs();
+    ExpectInSync();
+    EXPECT_TRUE(consume.Running()) << consume.Stderr();
+    EXPECT_FALSE(Contains(consume.Stderr(), "violates foreign key")) << consume.Stderr();
+    next.Stop();
+    EXPECT_TRUE(next.result.ok()) << next.result.message();
+  }
+
+  Config config_loaded_;
+};
+
+class SelfReferenceCopyFaultTest : public CopyFaultTest {
+ protected:
+  // One chunk every 200 ms: the consumer applies the replayed tick on its
+  // own, long before the copy reaches the row it references.
+  static constexpr int kTickMs = 200;
+
   void SetUp() override {
     TunnelFixture::SetUp();
     for (auto* c : {&SourceCluster(), &TargetCluster()}) {
@@ -347,37 +417,8 @@ class SelfReferenceCopyFaultTest : public testing::TunnelFixture {
     }
     SourceCluster().Exec(
         src_, "INSERT INTO staff SELECT i, NULL, 's' || i FROM generate_series(1, 1000) i");
-    WriteConfig("[[tables]]\nsource = \"public.staff\"\n",
-                "[pipeline]\napply_consistency = \"transaction\"\nsnapshot_chunk_rows = 100\n");
-    UseKafka();
-    ASSERT_EQ(Dt({"init"}).code, 0);
-    auto config = LoadConfig(config_, {}, {});
-    ASSERT_TRUE(config.ok()) << config.status().message();
-    config_loaded_ = std::move(*config);
+    Configure("[[tables]]\nsource = \"public.staff\"\n");
   }
-
-  tunnel::SourceOptions SourceWorkerOptions() const {
-    tunnel::SourceOptions o;
-    o.connect.dsn = config_loaded_.source.dsn;
-    o.connect.role = "source";
-    o.tunnel = config_loaded_.tunnel.name;
-    o.tables = config_loaded_.tables;
-    o.pipeline = config_loaded_.pipeline;
-    // One chunk every 200 ms: the consumer applies the replayed tick on its
-    // own, long before the copy reaches the row it references.
-    o.pipeline.min_tick_interval_ms = 200;
-    return o;
-  }
-
-  void RequestSnapshot() {
-    auto c = SourceCluster().Connect(src_);
-    std::vector<std::string> warnings;
-    auto specs = capture::DescribeSourceTables(*c, config_loaded_.tables, &warnings);
-    ASSERT_TRUE(specs.ok()) << specs.status().message();
-    ASSERT_TRUE(capture::RequestSnapshot(*c, (*specs)[0], /*restart=*/true).ok());
-  }
-
-  Config config_loaded_;
 };
 
 // Once the copy has begun (a tick ran its query of referenced rows), holds
@@ -439,12 +480,12 @@ class ReferencingTickFault : public pg::FaultHook {
 
 TEST_F(SelfReferenceCopyFaultTest, AReplayedTickBringsTheRowsItReferences) {
   auto consume = Start({"consume"});
-  RequestSnapshot();
+  RequestSnapshots();
   {
     std::unique_ptr<Producer> first;
     ReferencingTickFault fault([&] { first->stop.RequestStop(); });
     ScopedFaultHook installed(&fault);
-    first = std::make_unique<Producer>(config_loaded_, src_, SourceWorkerOptions());
+    first = std::make_unique<Producer>(config_loaded_, src_, SourceWorkerOptions(kTickMs));
     // Until a chunk is recorded as delivered: a restart resumes after it.
     for (;;) {
       ASSERT_TRUE(fault.WaitHeld(60)) << RunningLogs();
@@ -458,28 +499,9 @@ TEST_F(SelfReferenceCopyFaultTest, AReplayedTickBringsTheRowsItReferences) {
     first->Stop();
     EXPECT_TRUE(fault.fired());
   }
-  EXPECT_EQ(SourceCluster().Count(src_,
-                                  "SELECT count(*) FROM datatunnel.tables WHERE snapshot_state "
-                                  "= 'done'"),
-            0);
-
-  Producer second(config_loaded_, src_, SourceWorkerOptions());
-  const bool ended = WaitUntil(
-      [&] {
-        return !consume->Running() ||
-               SourceCluster().Count(src_,
-                                     "SELECT count(*) FROM datatunnel.tables WHERE "
-                                     "snapshot_state = 'done'") == 1;
-      },
-      60);
-  ASSERT_TRUE(ended) << RunningLogs();
-  ExpectInSync();
-  EXPECT_TRUE(consume->Running()) << consume->Stderr();
-  EXPECT_FALSE(Contains(consume->Stderr(), "violates foreign key")) << consume->Stderr();
+  ExpectANewProducerEndsTheCopies(*consume, kTickMs);
   EXPECT_EQ(TableText(SourceCluster(), src_, "staff", "id"),
             TableText(TargetCluster(), tgt_, "staff", "id"));
-  second.Stop();
-  EXPECT_TRUE(second.result.ok()) << second.result.message();
   EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
 }
 
@@ -492,8 +514,11 @@ TEST_F(SelfReferenceCopyFaultTest, AReplayedTickBringsTheRowsItReferences) {
 // child been read, delivered and recorded meanwhile, its rows would
 // reference parent rows that the next producer copies again only at a
 // later tick, and the target's foreign key would stop the consumer there.
-class ForeignKeyCopyFaultTest : public testing::TunnelFixture {
+class ForeignKeyCopyFaultTest : public CopyFaultTest {
  protected:
+  // A chunk every 100 ms: the parent's copy takes seconds.
+  static constexpr int kTickMs = 100;
+
   void SetUp() override {
     TunnelFixture::SetUp();
     for (auto* c : {&SourceCluster(), &TargetCluster()}) {
@@ -507,33 +532,9 @@ class ForeignKeyCopyFaultTest : public testing::TunnelFixture {
                          "INSERT INTO parent SELECT i, 'p' || i FROM generate_series(1, 3000) i");
     SourceCluster().Exec(
         src_, "INSERT INTO child SELECT i, 3001 - i, 'c' || i FROM generate_series(1, 1000) i");
-    WriteConfig("[[tables]]\nsource = \"public.parent\"\n[[tables]]\nsource = \"public.child\"\n",
-                "[pipeline]\napply_consistency = \"transaction\"\nsnapshot_chunk_rows = 100\n"
-                "progress_interval_ms = 20\n");
-    UseKafka();
-    ASSERT_EQ(Dt({"init"}).code, 0);
-    auto config = LoadConfig(config_, {}, {});
-    ASSERT_TRUE(config.ok()) << config.status().message();
-    config_loaded_ = std::move(*config);
-    auto c = SourceCluster().Connect(src_);
-    std::vector<std::string> warnings;
-    auto specs = capture::DescribeSourceTables(*c, config_loaded_.tables, &warnings);
-    ASSERT_TRUE(specs.ok()) << specs.status().message();
-    for (const auto& spec : *specs) {
-      ASSERT_TRUE(capture::RequestSnapshot(*c, spec, /*restart=*/true).ok());
-    }
-  }
-
-  tunnel::SourceOptions SourceWorkerOptions() const {
-    tunnel::SourceOptions o;
-    o.connect.dsn = config_loaded_.source.dsn;
-    o.connect.role = "source";
-    o.tunnel = config_loaded_.tunnel.name;
-    o.tables = config_loaded_.tables;
-    o.pipeline = config_loaded_.pipeline;
-    // A chunk every 100 ms: the parent's copy takes seconds.
-    o.pipeline.min_tick_interval_ms = 100;
-    return o;
+    Configure("[[tables]]\nsource = \"public.parent\"\n[[tables]]\nsource = \"public.child\"\n",
+              "progress_interval_ms = 20\n");
+    RequestSnapshots();
   }
 
   int64_t Recorded(const std::string& table, const std::string& column) {
@@ -541,8 +542,6 @@ class ForeignKeyCopyFaultTest : public testing::TunnelFixture {
         src_,
         fmt::format("SELECT {} FROM datatunnel.tables WHERE table_name = '{}'", column, table));
   }
-
-  Config config_loaded_;
 };
 
 // Passes everything on to `inner`, except, once stalled, the messages of
@@ -602,11 +601,12 @@ TEST_F(ForeignKeyCopyFaultTest, AChildCopyWaitsForItsParentsRecordedEnd) {
   auto consume = Start({"consume"});
   {
     StallingSink* stalling = nullptr;
-    Producer first(config_loaded_, src_, SourceWorkerOptions(), [&](tunnel::ChangeSink* inner) {
-      auto s = std::make_unique<StallingSink>(inner, /*table=*/0);
-      stalling = s.get();
-      return s;
-    });
+    Producer first(config_loaded_, src_, SourceWorkerOptions(kTickMs),
+                   [&](tunnel::ChangeSink* inner) {
+                     auto s = std::make_unique<StallingSink>(inner, /*table=*/0);
+                     stalling = s.get();
+                     return s;
+                   });
     ASSERT_NE(stalling, nullptr);
     ASSERT_TRUE(WaitUntil([&] { return Recorded("parent", "snapshot_rows") > 0; }, 60))
         << first.result.message();
@@ -627,22 +627,8 @@ TEST_F(ForeignKeyCopyFaultTest, AChildCopyWaitsForItsParentsRecordedEnd) {
     EXPECT_LT(Recorded("parent", "snapshot_rows"), 3000);
     first.Stop();
   }
-  Producer second(config_loaded_, src_, SourceWorkerOptions());
-  const bool ended = WaitUntil(
-      [&] {
-        return !consume->Running() ||
-               SourceCluster().Count(src_,
-                                     "SELECT count(*) FROM datatunnel.tables WHERE "
-                                     "snapshot_state = 'done'") == 2;
-      },
-      90);
-  ASSERT_TRUE(ended) << RunningLogs();
-  ExpectInSync();
-  EXPECT_TRUE(consume->Running()) << consume->Stderr();
-  EXPECT_FALSE(Contains(consume->Stderr(), "violates foreign key")) << consume->Stderr();
+  ExpectANewProducerEndsTheCopies(*consume, kTickMs);
   EXPECT_EQ(TargetCluster().Count(tgt_, "SELECT count(*) FROM child"), 1000);
-  second.Stop();
-  EXPECT_TRUE(second.result.ok()) << second.result.message();
   EXPECT_EQ(consume->Stop(), 0) << consume->Stderr();
 }
 
