@@ -470,7 +470,8 @@ Status CheckReachable(const KafkaConfig& config, int timeout_ms) {
 
 Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
                                                    DeliveryFn on_delivery,
-                                                   const std::string& client_id) {
+                                                   const std::string& client_id,
+                                                   bool fault_injection) {
   Props props = Merge(
       {
           {"bootstrap.servers", config.brokers},
@@ -530,7 +531,8 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
   if (!p->rk_) {
     return Status::BadConfig(fmt::format("cannot create the Kafka producer: {}", err));
   }
-  if (const char* lose = std::getenv(kFaultLoseMessageEnv); lose && std::atoll(lose) > 0) {
+  if (const char* lose = std::getenv(kFaultLoseMessageEnv);
+      fault_injection && lose && std::atoll(lose) > 0) {
     p->lose_at_ = std::atoll(lose);
     spdlog::warn("kafka: fault injection: message {} of {} will be acknowledged but never sent",
                  p->lose_at_, client_id);

@@ -91,8 +91,10 @@ class Producer {
   // the broker (acks=all), otherwise why it was not.
   using DeliveryFn = std::function<void(uint64_t token, const Status& status)>;
 
+  // `fault_injection`: whether kFaultLoseMessageEnv applies to this one.
   static Result<std::unique_ptr<Producer>> Create(const KafkaConfig& config, DeliveryFn on_delivery,
-                                                  const std::string& client_id = "datatunnel");
+                                                  const std::string& client_id = "datatunnel",
+                                                  bool fault_injection = true);
   ~Producer();
 
   // Enqueues one message. Returns kRetryable when the local queue is full:

@@ -5,9 +5,17 @@
 
 #include <algorithm>
 
+#include "core/clock.h"
 #include "pg/connection.h"
 
 namespace datatunnel::tunnel {
+
+namespace {
+
+constexpr const char* kProducerId = "datatunnel-producer";
+constexpr const char* kTicksProducerId = "datatunnel-ticks";
+
+}  // namespace
 
 Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
                                                      publish::Origin origin, DeliveryFn on_delivery,
@@ -16,22 +24,48 @@ Result<std::unique_ptr<KafkaSink>> KafkaSink::Create(const KafkaConfig& config,
   // Only our own format has chunks (other formats are read by other sinks).
   sink->packed_chunks_ = packed_chunks && config.format == KafkaConfig::Format::kDatatunnel;
   DT_ASSIGN_OR_RETURN(sink->producer_,
-                      broker::Producer::Create(config, sink->on_delivery_, "datatunnel-producer"));
+                      broker::Producer::Create(config, sink->on_delivery_, kProducerId));
   return sink;
 }
 
 Status KafkaSink::Recover() {
-  Status fatal = producer_->FatalError();
-  if (!fatal.IsRetryable()) return fatal;  // OK, or a cause a new producer cannot fix
-  spdlog::warn(
-      "producer: {}; replacing it with a new Kafka producer, which publishes again what the old "
-      "one had not delivered",
-      fatal.message());
-  producer_->Purge();  // its delivery reports fail what it held; the session is over
-  producer_.reset();
-  DT_ASSIGN_OR_RETURN(producer_,
-                      broker::Producer::Create(config_, on_delivery_, "datatunnel-producer"));
+  for (auto* p : {&producer_, &ticks_producer_}) {
+    if (!*p) continue;
+    Status fatal = (*p)->FatalError();
+    if (fatal.ok()) continue;
+    if (!fatal.IsRetryable()) return fatal;  // a cause a new producer cannot fix
+    spdlog::warn(
+        "producer: {}; replacing it with a new Kafka producer, which publishes again what the old "
+        "one had not delivered",
+        fatal.message());
+    (*p)->Purge();  // its delivery reports fail what it held; the session is over
+    p->reset();
+    const bool ticks = p == &ticks_producer_;
+    DT_ASSIGN_OR_RETURN(
+        *p, broker::Producer::Create(config_, on_delivery_, ticks ? kTicksProducerId : kProducerId,
+                                     /*fault_injection=*/!ticks));
+  }
   return Status::OK();
+}
+
+void KafkaSink::Poll(int timeout_ms) {
+  if (ticks_producer_) ticks_producer_->Poll(0);
+  producer_->Poll(timeout_ms);
+  if (ticks_producer_ && timeout_ms > 0) ticks_producer_->Poll(0);
+}
+
+int KafkaSink::Flush(int timeout_ms) {
+  const int64_t deadline = MonotonicMicros() + int64_t{timeout_ms} * 1000;
+  int left = producer_->Flush(timeout_ms);
+  if (!ticks_producer_) return left;
+  const int64_t rest_ms = std::max<int64_t>(0, (deadline - MonotonicMicros()) / 1000);
+  return left + ticks_producer_->Flush(static_cast<int>(rest_ms));
+}
+
+Status KafkaSink::Health() const {
+  Status st = producer_->FatalError();
+  if (st.ok() && ticks_producer_) st = ticks_producer_->FatalError();
+  return st;
 }
 
 void KafkaSink::SetTables(const std::vector<TableSpec>* tables) {
@@ -192,7 +226,13 @@ Status KafkaSink::SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Cha
 }
 
 Status KafkaSink::PrepareTickEnds() {
-  return producer_->PartitionCount(config_.ticks_topic(), 10000).status();
+  if (!ticks_producer_) {
+    DT_ASSIGN_OR_RETURN(ticks_producer_,
+                        broker::Producer::Create(config_, on_delivery_, kTicksProducerId,
+                                                 /*fault_injection=*/false));
+  }
+  // Its connection, metadata and producer id before the first tick.
+  return ticks_producer_->PartitionCount(config_.ticks_topic(), 10000).status();
 }
 
 Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {
@@ -204,7 +244,8 @@ Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {
         {(*tables_)[table].topic, partition, heads_[table][static_cast<size_t>(partition)]});
   }
   publish::EncodeTickEnd(origin_, record, &value_);
-  Status st = producer_->Send(config_.ticks_topic(), 0, {}, value_, token);
+  if (!ticks_producer_) DT_RETURN_IF_ERROR(PrepareTickEnds());
+  Status st = ticks_producer_->Send(config_.ticks_topic(), 0, {}, value_, token);
   if (!st.ok()) return st;
   touched_.clear();
   bytes_sent_ += static_cast<int64_t>(value_.size());

@@ -21,6 +21,17 @@
 // own message would get), in messages of at most kChunkMessageBytes, each
 // written in the chunk format (publish/envelope.h).
 //
+// End-of-tick records (transaction mode) go through a producer of their own,
+// with its own connection to the brokers: a broker serves one connection's
+// requests one at a time, and the data producer keeps up to five of them in
+// flight (one per partition and tick), so a record behind them waited for
+// all of them (bench/README.md, "Latency through the broker per stage").
+// Order on the wire between a record and its tick's changes never mattered
+// (they are different partitions even on one connection): the consumer
+// holds a tick until it has read every listed partition up to the listed
+// position (apply/tick_gate.h), and the delivery tracker counts a tick only
+// when its changes and its record are delivered, whichever came first.
+//
 // Thread-safety: one thread (the source worker's), as ChangeSink.
 #pragma once
 
@@ -54,12 +65,13 @@ class KafkaSink : public ChangeSink {
   // To partition 0 of config.ticks_topic().
   Status SendTickEnd(const Position& end, uint64_t token) override;
   Status PrepareTickEnds() override;
-  void Poll(int timeout_ms) override { producer_->Poll(timeout_ms); }
-  int Flush(int timeout_ms) override { return producer_->Flush(timeout_ms); }
+  // Serves both producers' delivery reports (the records' without waiting).
+  void Poll(int timeout_ms) override;
+  int Flush(int timeout_ms) override;
   Result<int> PartitionCount(uint32_t table) override;
-  Status Health() const override { return producer_->FatalError(); }
-  // After a fatal producer error that can heal, replaces the producer with a
-  // new one (a new producer id); what the old one held is purged.
+  Status Health() const override;
+  // After a fatal error that can heal, replaces the producer that hit it with
+  // a new one (a new producer id); what the old one held is purged.
   Status Recover() override;
   int64_t bytes_sent() const override { return bytes_sent_; }
   bool Chained() const override { return true; }
@@ -67,8 +79,10 @@ class KafkaSink : public ChangeSink {
   void SetChainHeads(uint32_t table, std::vector<Position> heads) override;
   bool TakesPackedChunks() const override { return packed_chunks_; }
   Status SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Change>>* parts) override;
-  // For tests (fault injection).
+  // For tests (fault injection): the producer of the changes.
   broker::Producer& producer() { return *producer_; }
+  // The end-of-tick records' producer; null before PrepareTickEnds().
+  broker::Producer* ticks_producer() { return ticks_producer_.get(); }
 
  private:
   KafkaSink(const KafkaConfig& config, publish::Origin origin, DeliveryFn on_delivery)
@@ -84,6 +98,8 @@ class KafkaSink : public ChangeSink {
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
   std::unique_ptr<publish::ConnectEncoder> connect_;  // kafka.format = "connect-json"
   std::unique_ptr<broker::Producer> producer_;
+  // End-of-tick records' own (PrepareTickEnds() creates it).
+  std::unique_ptr<broker::Producer> ticks_producer_;
   std::map<uint32_t, int> partitions_;
   // Per table, per partition: the position of the last message sent there
   // (this session), or the recorded head; the zero Position before the first.

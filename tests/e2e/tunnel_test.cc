@@ -220,6 +220,19 @@ TEST_F(TunnelTest, TheProducerReplacesAKafkaProducerThatHitAFatalError) {
   EXPECT_FALSE(done) << result.message();
   EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
 
+  // The end-of-tick records' own producer (transaction mode) is replaced
+  // the same way: without its records the target would commit nothing more.
+  ASSERT_NE((*sink)->ticks_producer(), nullptr);
+  (*sink)->ticks_producer()->InjectFatalError(RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                              "injected by the test");
+  SourceCluster().Exec(src_,
+                       "INSERT INTO employees(first_name) SELECT 'c' || i FROM "
+                       "generate_series(1, 100) i;"
+                       "UPDATE employees SET city = 'later' WHERE emp_id % 5 = 0");
+  ExpectInSync();
+  EXPECT_FALSE(done) << result.message();
+  EXPECT_EQ(Rows(SourceCluster(), src_), Rows(TargetCluster(), tgt_));
+
   (*sink)->producer().InjectFatalError(RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
                                        "injected by the test");
   SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('c')");
