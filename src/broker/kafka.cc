@@ -470,8 +470,7 @@ Status CheckReachable(const KafkaConfig& config, int timeout_ms) {
 
 Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
                                                    DeliveryFn on_delivery,
-                                                   const std::string& client_id,
-                                                   bool fault_injection) {
+                                                   const std::string& client_id, Role role) {
   Props props = Merge(
       {
           {"bootstrap.servers", config.brokers},
@@ -490,6 +489,7 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
           {"reconnect.backoff.max.ms", "2000"},
       },
       config.properties, config.producer_properties);
+  if (role == Role::kTickEnds) props.emplace_back("max.in.flight.requests.per.connection", "1");
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   if (Status st = ApplyProps(conf, props, config.properties, &config.producer_properties,
                              "producer_properties");
@@ -532,7 +532,7 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
     return Status::BadConfig(fmt::format("cannot create the Kafka producer: {}", err));
   }
   if (const char* lose = std::getenv(kFaultLoseMessageEnv);
-      fault_injection && lose && std::atoll(lose) > 0) {
+      role == Role::kChanges && lose && std::atoll(lose) > 0) {
     p->lose_at_ = std::atoll(lose);
     spdlog::warn("kafka: fault injection: message {} of {} will be acknowledged but never sent",
                  p->lose_at_, client_id);

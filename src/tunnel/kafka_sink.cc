@@ -42,8 +42,9 @@ Status KafkaSink::Recover() {
     p->reset();
     const bool ticks = p == &ticks_producer_;
     DT_ASSIGN_OR_RETURN(
-        *p, broker::Producer::Create(config_, on_delivery_, ticks ? kTicksProducerId : kProducerId,
-                                     /*fault_injection=*/!ticks));
+        *p, broker::Producer::Create(
+                config_, on_delivery_, ticks ? kTicksProducerId : kProducerId,
+                ticks ? broker::Producer::Role::kTickEnds : broker::Producer::Role::kChanges));
   }
   return Status::OK();
 }
@@ -229,7 +230,7 @@ Status KafkaSink::PrepareTickEnds() {
   if (!ticks_producer_) {
     DT_ASSIGN_OR_RETURN(ticks_producer_,
                         broker::Producer::Create(config_, on_delivery_, kTicksProducerId,
-                                                 /*fault_injection=*/false));
+                                                 broker::Producer::Role::kTickEnds));
   }
   // Its connection, metadata and producer id before the first tick.
   return ticks_producer_->PartitionCount(config_.ticks_topic(), 10000).status();
