@@ -228,6 +228,7 @@ constexpr const char* kProbeStatement = "datatunnel_probe";
 constexpr const char* kTouchStatement = "datatunnel_touch";
 constexpr const char* kCountsStatement = "datatunnel_counts";
 constexpr const char* kProgressStatement = "datatunnel_progress";
+constexpr const char* kCheckStatement = "datatunnel_check";
 // Per table: "datatunnel_read_<t>", "datatunnel_prune_<t>".
 std::string TableStatement(bool prune, size_t t) {
   return fmt::format("datatunnel_{}_{}", prune ? "prune" : "read", t);
@@ -258,6 +259,15 @@ std::vector<int64_t> ParseIntArray(std::string_view text) {
     } else {
       ++i;
     }
+  }
+  return out;
+}
+
+// The numbers in an int[]'s text ("{1,2,3}"), those below `n` only.
+std::vector<size_t> ParseTables(std::string_view text, size_t n) {
+  std::vector<size_t> out;
+  for (int64_t t : ParseIntArray(text)) {
+    if (t >= 0 && static_cast<size_t>(t) < n) out.push_back(static_cast<size_t>(t));
   }
   return out;
 }
@@ -333,7 +343,9 @@ int64_t ChangeLog::ProbeBound(const Tick& lo) const {
   return 0;
 }
 
-Status ChangeLog::PrepareProbe(const std::string& check_sql) {
+Status ChangeLog::PrepareProbe(const TickCheck& check) {
+  // Over the probe's tables `p` when the check can be narrowed to them.
+  const std::string check_sql = check.of ? check.of("p") : check.all;
   if (probe_prepared_ && check_sql == probe_check_) return Status::OK();
   if (probe_prepared_) {
     DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("DEALLOCATE {}", kProbeStatement)));
@@ -378,18 +390,21 @@ void ChangeLog::Recorded(const Tick& tick) {
   own_xids_.clear();
 }
 
+Status ChangeLog::PrepareCheck(const TickCheck& check) {
+  const std::string sql = check.of("$1");
+  if (sql == check_prepared_) return Status::OK();
+  if (!check_prepared_.empty()) {
+    DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("DEALLOCATE {}", kCheckStatement)));
+    check_prepared_.clear();
+  }
+  DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("PREPARE {} (int[]) AS {}", kCheckStatement, sql)));
+  check_prepared_ = sql;
+  return Status::OK();
+}
+
 Status ChangeLog::ReadProbed(std::string_view probed, const Tick& lo, const Tick& hi, int64_t epoch,
                              std::span<TickRead> reads) {
-  std::vector<size_t> tables;
-  for (size_t i = 0; i < probed.size(); ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(probed[i]))) continue;
-    size_t t = 0;
-    while (i < probed.size() && std::isdigit(static_cast<unsigned char>(probed[i]))) {
-      t = t * 10 + static_cast<size_t>(probed[i] - '0');
-      ++i;
-    }
-    if (t < tables_->size()) tables.push_back(t);
-  }
+  const std::vector<size_t> tables = ParseTables(probed, tables_->size());
   for (auto& r : reads) r.empty = true;
   if (tables.empty()) return Status::OK();
   DT_RETURN_IF_ERROR(PrepareTables(tables, false));
@@ -435,7 +450,7 @@ Status ChangeLog::ReadFirst(const Tick& lo, const Tick& hi, int64_t epoch,
   if (!Probing()) reads->clear();
   if (reads->empty()) return Status::OK();
   PrepareQueries();
-  DT_RETURN_IF_ERROR(PrepareProbe(probe_check_));
+  if (!probe_prepared_) DT_RETURN_IF_ERROR(PrepareProbe(TickCheck{}));
   const pg::Statement stmts[] = {
       {"BEGIN", {}},
       {kChangeIdOrder, {}},
@@ -487,10 +502,14 @@ Result<Tick> ChangeLog::BeginTick(int64_t number) {
 
 Status ChangeLog::CommitTick() { return conn_->Commit(); }
 
-Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql, std::string* check,
-                                   int64_t epoch, std::span<TickRead> reads) {
+Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, std::string* check,
+                                   int64_t epoch, std::span<TickRead> reads,
+                                   std::vector<size_t>* checked) {
   PrepareQueries();
   check->clear();
+  std::vector<size_t> unused;
+  if (!checked) checked = &unused;
+  checked->clear();
   const int64_t number = lo.number + 1;
   pg::Arena arena;
   std::vector<pg::Statement> stmts;
@@ -516,7 +535,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
                    "VALUES ($2, $1, pg_catalog.txid_current_snapshot(), ") +
            kChangeSeq +
            ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, (" +
-           (probing ? std::string("NULL::text") : check_sql) + "), pg_catalog.txid_current()",
+           (probing ? std::string("NULL::text") : check_sql.all) + "), pg_catalog.txid_current()",
        {arena.Keep(std::to_string(number)), tunnel_}});
   // Idle (the sequence, as last seen, had not passed the probe's bound), or
   // reading the touch values: the INSERT alone first; the probe (or the
@@ -561,7 +580,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
     const std::vector<int64_t>* from = touching ? TouchBound(lo) : nullptr;
     const std::vector<int64_t>* to = touching ? &touches_[number] : nullptr;
     if (from && from->size() == tables_->size() && to->size() == tables_->size()) {
-      Status st = ReadTouched(*from, *to, lo, tick, check_sql, check, epoch, reads);
+      Status st = ReadTouched(*from, *to, lo, tick, check_sql, check, checked, epoch, reads);
       if (!st.ok()) {
         conn_->RollbackQuietly();
         return st;
@@ -580,7 +599,10 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
   Recorded(tick);
   if (probing) {
     const pg::QueryResult& p = results[at + 2];
-    if (!p.IsNull(0, 1)) *check = std::string(p.Get(0, 1));
+    if (!p.IsNull(0, 1)) {
+      *check = std::string(p.Get(0, 1));
+      if (check_sql.of) *checked = ParseTables(p.Get(0, 0), tables_->size());
+    }
     DT_RETURN_IF_ERROR(ReadProbed(p.Get(0, 0), lo, tick, epoch, reads));
     return tick;
   }
@@ -593,8 +615,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const std::string& check_sql,
 }
 
 Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vector<int64_t>& to,
-                              const Tick& lo, const Tick& hi, const std::string& check_sql,
-                              std::string* check, int64_t epoch, std::span<TickRead> reads) {
+                              const Tick& lo, const Tick& hi, const TickCheck& check_sql,
+                              std::string* check, std::vector<size_t>* checked, int64_t epoch,
+                              std::span<TickRead> reads) {
   std::vector<size_t> tables;
   for (size_t t = 0; t < to.size(); ++t) {
     if (to[t] > from[t]) tables.push_back(t);
@@ -605,7 +628,16 @@ Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vecto
   if (!tables.empty()) {
     DT_RETURN_IF_ERROR(PrepareTables(tables, false));
     stmts.push_back({kPreparedReads, {}});
-    if (!check_sql.empty()) stmts.push_back({check_sql, {}});
+    if (check_sql.of) {
+      // Only the tables read: their columns are the ones that must match.
+      DT_RETURN_IF_ERROR(PrepareCheck(check_sql));
+      std::string list;
+      for (size_t t : tables) list += fmt::format("{}{}", list.empty() ? "" : ",", t);
+      stmts.push_back({fmt::format("EXECUTE {}('{{{}}}')", kCheckStatement, list), {}});
+      *checked = tables;
+    } else if (!check_sql.all.empty()) {
+      stmts.push_back({check_sql.all, {}});
+    }
     which = AddReads(tables, lo, hi, reads, &stmts);
   }
   stmts.push_back({"COMMIT", {}});
@@ -613,7 +645,7 @@ Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vecto
   DT_RETURN_IF_ERROR(conn_->ExecPipeline(stmts, &results));
   if (tables.empty()) return Status::OK();
   size_t at = 1;
-  if (!check_sql.empty()) *check = std::string(results[at++].Get(0, 0));
+  if (check_sql.of || !check_sql.all.empty()) *check = std::string(results[at++].Get(0, 0));
   return ParseReads(which, results, at, hi.number, epoch, reads);
 }
 

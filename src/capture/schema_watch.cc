@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "capture/install.h"
@@ -26,6 +27,21 @@ std::string SignatureQuery(const std::string& oids) {
       "FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY ('{0}'::oid[]) "
       "AND a.attnum > 0 AND NOT a.attisdropped",
       oids);
+}
+
+// A query of one text value: for each table whose number (index into
+// `oids`, "{oid,...}", inlined) the int[] SQL expression `tables` lists, in
+// its order, an md5 of its columns and types ("-" for a table gone), joined
+// by commas.
+std::string TableSignatures(const std::string& oids, std::string_view tables) {
+  return fmt::format(
+      "SELECT COALESCE(string_agg(COALESCE(s.m, '-'), ',' ORDER BY u.o), '') FROM "
+      "pg_catalog.unnest({1}) WITH ORDINALITY AS u(i, o) LEFT JOIN LATERAL (SELECT "
+      "pg_catalog.md5(string_agg(a.attname || ':' || a.atttypid::text || ':' || "
+      "a.atttypmod::text, ',' ORDER BY a.attnum)) AS m FROM pg_catalog.pg_attribute a "
+      "WHERE a.attrelid = ('{0}'::oid[])[u.i + 1] AND a.attnum > 0 AND NOT a.attisdropped) s "
+      "ON true",
+      oids, tables);
 }
 
 }  // namespace
@@ -107,14 +123,44 @@ Status SchemaWatch::Start() {
     if (!info) return Status::Fatal("source table " + spec.source.ToString() + " disappeared");
     oids += (oids.empty() ? "" : ",") + std::to_string(info->oid);
   }
-  query_ = SignatureQuery("{" + oids + "}");
+  oids_ = "{" + oids + "}";
+  query_ = SignatureQuery(oids_);
   DT_ASSIGN_OR_RETURN(auto r, conn_->Query(query_));
   signature_ = std::string(r.Get(0, 0));
+  // Each table's own, for the ticks that check only the tables they read.
+  DT_ASSIGN_OR_RETURN(auto each,
+                      conn_->Query(TableSignatures(
+                          oids_, fmt::format("ARRAY(SELECT pg_catalog.generate_series(0, {}))",
+                                             specs_->size() - 1))));
+  table_sigs_.clear();
+  const std::string_view all = each.Get(0, 0);
+  for (size_t i = 0; i <= all.size();) {
+    const size_t end = std::min(all.find(',', i), all.size());
+    table_sigs_.emplace_back(all.substr(i, end - i));
+    i = end + 1;
+  }
+  if (table_sigs_.size() != specs_->size()) {
+    return Status::Fatal("unexpected column signatures from the " + conn_->description());
+  }
+  tick_check_ = TickCheck{
+      query_, [oids = oids_](std::string_view tables) { return TableSignatures(oids, tables); }};
   return Status::OK();
 }
 
-Status SchemaWatch::Verify(std::string_view signature) const {
-  if (signature == signature_) return Status::OK();
+Status SchemaWatch::Verify(std::string_view signature, std::span<const size_t> tables) const {
+  bool same = false;
+  if (tables.empty()) {
+    same = signature == signature_;
+  } else {
+    std::string expected;
+    for (size_t t : tables) {
+      if (t >= table_sigs_.size()) break;
+      if (!expected.empty()) expected += ',';
+      expected += table_sigs_[t];
+    }
+    same = signature == expected;
+  }
+  if (same) return Status::OK();
   return Status::Retryable("the columns of a captured table changed; describing them again");
 }
 

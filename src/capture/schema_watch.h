@@ -19,10 +19,12 @@
 // construction (the producer's).
 #pragma once
 
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "capture/change_log.h"
 #include "config/config.h"
 #include "core/status.h"
 #include "core/table.h"
@@ -49,8 +51,13 @@ class SchemaWatch {
   // A query of one text value, the signature, for a tick to evaluate at its
   // snapshot (ChangeLog::RecordTick).
   const std::string& signature_query() const { return query_; }
-  // OK when `signature` is the one Start() read; kRetryable otherwise.
-  Status Verify(std::string_view signature) const;
+  // The same for ChangeLog::RecordTick, which may narrow it to the tables
+  // a batch has changes in (TickCheck::of: an md5 of each of those tables'
+  // columns, so a tick's check costs by the tables it reads).
+  const TickCheck& tick_check() const { return tick_check_; }
+  // OK when `signature` is the one Start() read for `tables` (empty: the
+  // signature of every table, signature_query()); kRetryable otherwise.
+  Status Verify(std::string_view signature, std::span<const size_t> tables = {}) const;
   // Evaluates the signature inside the open tick transaction and verifies
   // it. On any failure rolls the transaction back and returns the error.
   Status VerifyInTick();
@@ -64,6 +71,9 @@ class SchemaWatch {
   const std::vector<TableConfig>* tables_;
   std::string query_;
   std::string signature_;
+  std::string oids_;                     // "{oid,...}": every table's, in table order
+  std::vector<std::string> table_sigs_;  // per table: TableSignatures()'s value
+  TickCheck tick_check_;
 };
 
 }  // namespace datatunnel::capture

@@ -61,11 +61,12 @@ Status SourceWorker::RecordTick(Session& s, Work& w) {
     // publishes it, as it does any tick recorded before a restart.
     // The first read of every table's batch rides along.
     std::string signature;
+    std::vector<size_t> checked;
     SizeReads(s, w);
-    DT_ASSIGN_OR_RETURN(
-        w.hi, s.log->RecordTick(w.lo, s.schema->signature_query(), &signature, s.epoch, w.reads));
+    DT_ASSIGN_OR_RETURN(w.hi, s.log->RecordTick(w.lo, s.schema->tick_check(), &signature, s.epoch,
+                                                w.reads, &checked));
     // No signature: the batch has no change, so no columns to vouch for.
-    return signature.empty() ? Status::OK() : s.schema->Verify(signature);
+    return signature.empty() ? Status::OK() : s.schema->Verify(signature, checked);
   }
   DT_ASSIGN_OR_RETURN(w.hi, s.log->BeginTick(w.lo.number + 1));
   DT_RETURN_IF_ERROR(s.schema->VerifyInTick());
