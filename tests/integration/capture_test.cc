@@ -63,7 +63,7 @@ class CaptureTest : public ::testing::Test {
       std::string check;
       capture::ChangeLog::TickRead first;
       first.limit = 7;
-      auto t = log_->RecordTick(last_, {"SELECT 'sig'"}, &check, epoch_, {&first, 1});
+      auto t = log_->RecordTick(last_, {"SELECT 'sig'", {}}, &check, epoch_, {&first, 1});
       EXPECT_TRUE(t.ok()) << t.status().message();
       EXPECT_EQ(check, "sig");
       hi = *t;
@@ -285,7 +285,7 @@ TEST_F(CaptureTest, SecondProducerCannotTakeTheLockOrATick) {
   EXPECT_TRUE(Contains(t.status().message(), "already exists")) << t.status().message();
   std::string check;
   capture::Tick before{last_.number - 1, last_.snapshot};
-  auto r = second.RecordTick(before, {"SELECT 1"}, &check, epoch_, {});
+  auto r = second.RecordTick(before, {"SELECT 1", {}}, &check, epoch_, {});
   EXPECT_FALSE(r.ok());
   EXPECT_TRUE(Contains(r.status().message(), "already exists")) << r.status().message();
   EXPECT_FALSE(other->InTransaction());
@@ -590,7 +590,7 @@ TEST(CaptureManyTables, IdleTickSkipsProbeAndCheckButNeverAChange) {
       reads[k].table = static_cast<size_t>(k);
       reads[k].limit = 100;
     }
-    auto t = log.RecordTick(last, {"SELECT 'sig'"}, check, epoch, reads);
+    auto t = log.RecordTick(last, {"SELECT 'sig'", {}}, check, epoch, reads);
     EXPECT_TRUE(t.ok()) << t.status().message();
     if (t.ok()) last = *t;
     std::map<int, std::vector<std::string>> got;
@@ -656,7 +656,7 @@ TEST(CaptureManyTables, ReadsOnlyChangedTablesPlannedOnceAndPreparesPrunes) {
       reads[k].limit = 100;
     }
     std::string check;
-    auto t = log.RecordTick(last, {"SELECT 'sig'"}, &check, epoch, reads);
+    auto t = log.RecordTick(last, {"SELECT 'sig'", {}}, &check, epoch, reads);
     EXPECT_TRUE(t.ok()) << t.status().message();
     if (t.ok()) last = *t;
     std::map<int, size_t> got;
@@ -738,7 +738,7 @@ TEST(CaptureManyTables, ReadsOnlyTouchedTablesAndMissesNoLateCommit) {
       reads[k].table = static_cast<size_t>(k);
       reads[k].limit = 100;
     }
-    auto t = log.RecordTick(last, {"SELECT 'sig'"}, check, epoch, reads);
+    auto t = log.RecordTick(last, {"SELECT 'sig'", {}}, check, epoch, reads);
     EXPECT_TRUE(t.ok()) << t.status().message();
     if (t.ok()) last = *t;
     std::map<int, std::vector<std::string>> got;
