@@ -254,7 +254,8 @@ class Applier {
   Result<bool> WriteDirect(uint32_t table, const std::vector<const Change*>& changes);
   // A mixed piece's net effect per key (Collapse()) written straight in, in
   // a savepoint, as a batch by key writes it: the deletes as one array of
-  // keys, the upserts through dt_stage_N (emptied again). Without it the
+  // keys, the updates through UpdateRows(), the other upserts through
+  // WriteRows() (one COPY straight in, else staged and upserted). Without it the
   // tick's updates waited for its end, so a backlog applied nothing while
   // it arrived and all of it after (issue 16 item 8: 1,000,000 changes
   // through the broker took 2.5x logical replication's time).
