@@ -152,6 +152,19 @@ std::string InsertMissing(const TableSpec& spec, const std::vector<size_t>& cols
 
 // A delete of `row` can go by an array of keys (DeleteKeyArray): one key
 // column, not an array itself, with a value.
+// The target columns a packed snapshot chunk's COPY text holds: as many
+// of the target's leading columns as its first line has fields. The chunk
+// was decoded as lining up with the target's columns; one added to the
+// target since (a schema marker read while the chunk waited in the tick
+// gate) comes after them and is left out.
+std::vector<size_t> ChunkColumns(const TableSpec& spec, std::string_view text) {
+  const std::string_view first = text.substr(0, text.find('\n'));
+  const auto fields = static_cast<size_t>(std::count(first.begin(), first.end(), '\t')) + 1;
+  std::vector<size_t> cols(std::min(fields, spec.columns.size()));
+  for (size_t i = 0; i < cols.size(); ++i) cols[i] = i;
+  return cols;
+}
+
 bool OneKeyColumn(const TableSpec& spec, const Row& row) {
   if (spec.key.size() != 1) return false;
   const size_t k = spec.key[0];
@@ -746,13 +759,12 @@ Status Applier::ApplyRuns(const std::vector<Run>& runs, std::span<const Advance>
       DT_RETURN_IF_ERROR(flush());
       for (const Change* c : runs[r].packed) {
         const uint32_t t = c->table;
-        std::vector<size_t> cols((*targets_)[t].columns.size());
-        for (size_t i = 0; i < cols.size(); ++i) cols[i] = i;
         failed_table_ = static_cast<int>(t);
         // A chunk of a table with a unique key holds each key once: it
         // goes in as the source server sent it.
         bool used = stage_used[t];
-        DT_RETURN_IF_ERROR(WriteRows(t, cols, c->row.Get(0), &used));
+        DT_RETURN_IF_ERROR(
+            WriteRows(t, ChunkColumns((*targets_)[t], c->row.Get(0)), c->row.Get(0), &used));
         stage_used[t] = used;
       }
       failed_table_ = -1;
@@ -949,11 +961,11 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
     // Snapshot chunks, as Apply() writes them (a COPY straight in, or
     // staged and upserted); mixed with other changes the piece is staged.
     if (packed != changes.size() || !staged_[t]) return false;
-    std::vector<size_t> cols(spec.columns.size());
-    for (size_t i = 0; i < cols.size(); ++i) cols[i] = i;
     bool used = std::find(used_.begin(), used_.end(), t) != used_.end();
     failed_table_ = static_cast<int>(t);
-    for (const Change* c : changes) DT_RETURN_IF_ERROR(WriteRows(t, cols, c->row.Get(0), &used));
+    for (const Change* c : changes) {
+      DT_RETURN_IF_ERROR(WriteRows(t, ChunkColumns(spec, c->row.Get(0)), c->row.Get(0), &used));
+    }
     stream_direct_ += chunk_rows;
     return true;
   }
@@ -1093,18 +1105,26 @@ Status Applier::StageRows(std::span<const Change* const> changes) {
     data.clear();
     for (const Change* c : by_table[t]) {
       if (c->packed_rows > 0) {
-        // A chunk is laid out like the target (every column, none
-        // generated): its lines as they are, each with the tick's columns,
-        // positions counted up to the chunk's (as UnpackChunk() counts).
+        // A chunk is laid out like the target (its leading columns, none
+        // generated): its lines as they are, a column added since as
+        // absent, each with the tick's columns, positions counted up to
+        // the chunk's (as UnpackChunk() counts).
         const std::string_view text = c->row.Get(0);
+        const size_t fields = ChunkColumns(spec, text).size();
+        std::string pad, absent;
+        for (size_t i = fields; i < cols.size(); ++i) {
+          pad += "\t\\N";
+          absent += fmt::format("{}{}", absent.empty() ? "" : ",", cols[i]);
+        }
         int64_t seq = c->pos.seq - (c->packed_rows - 1);
         for (size_t at = 0; at < text.size();) {
           size_t end = text.find('\n', at);
           if (end == std::string_view::npos) end = text.size();
           data.append(text.substr(at, end - at));
-          fmt::format_to(std::back_inserter(data), "\t{}\t{}\t{}\t{}\t{}\t\n",
-                         static_cast<char>(Op::kRead), c->pos.epoch, c->pos.tick, seq++,
-                         c->pos.sub);
+          data.append(pad);
+          fmt::format_to(std::back_inserter(data), "\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                         static_cast<char>(Op::kRead), c->pos.epoch, c->pos.tick, seq++, c->pos.sub,
+                         absent);
           at = end + 1;
         }
         st.shape.upserts = true;
