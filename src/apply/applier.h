@@ -105,7 +105,15 @@ class Applier {
   // and the advances, in one transaction. On failure nothing is applied; if
   // a guard failed, position_moved() is true and the caller must reload.
   // Packed snapshot chunks (Change::packed_rows, COPY text laid out like the
-  // target table, no generated column) come in batches of their own.
+  // target table, no generated column) go into the target as they are: by
+  // key they come in batches of their own; with whole ticks
+  // (SetTransactional()) among the tick's other changes, and the batch is
+  // written in position order as runs: the changes before a chunk (their
+  // net effect, in the order of steps below), the chunk, the changes after
+  // it. Each run ends at a state where the target's foreign keys hold: a
+  // chunk follows its tick's changes and holds rows of that tick's snapshot,
+  // whose referenced tables the snapshot copied first (docs/architecture.md,
+  // "Snapshot").
   // `tick`: the batch holds whole ticks up to it (stored with the batch in
   // datatunnel.consistency for tunnel `tunnel`, see SetTransactional()).
   Status Apply(std::span<const Change* const> changes, std::span<const Advance> advances,
@@ -137,8 +145,9 @@ class Applier {
   // key (then the keys the target lacks are inserted). On any failure the
   // transaction is rolled back (nothing of the tick stays) and the caller
   // reads the tick again from the stored positions.
-  // StagePiece: `changes` (any order) and `advances` (applied in the open
-  // transaction, guarded as in Apply()).
+  // StagePiece: `changes` (any order; a packed chunk is staged row by row,
+  // or written straight in as Apply() writes it) and `advances` (applied in
+  // the open transaction, guarded as in Apply()).
   Status StagePiece(std::span<const Change* const> changes, std::span<const Advance> advances);
   Status FinishStream(std::span<const Change* const> changes, std::span<const Advance> advances,
                       const TickMark* tick);
@@ -178,6 +187,18 @@ class Applier {
     bool truncate = false, deletes = false, upserts = false, in_order = false;
   };
   static std::vector<Shape> Shapes(const std::vector<TableEffect>& eff);
+  // A run of a batch, written in turn: the net effect of its changes per
+  // table (`eff`), or packed snapshot chunks written as they are (`packed`).
+  struct Run {
+    std::vector<TableEffect> eff;
+    std::vector<const Change*> packed;
+  };
+  // Each table's net effect of `by_table` (sorted by position with whole
+  // ticks; a keyless table's changes in order).
+  std::vector<TableEffect> Effects(std::vector<std::vector<const Change*>>* by_table) const;
+  // Whole ticks with packed chunks: `changes` cut into runs in position
+  // order, a chunk (or chunks in a row) between the changes before and after.
+  std::vector<Run> Runs(std::span<const Change* const> changes) const;
   // The order of the writes of a batch that does `eff` to each table.
   std::vector<Step> Steps(const std::vector<Shape>& eff) const;
   // BEGIN, the deferred constraints, the advances and the tick mark.
@@ -188,14 +209,12 @@ class Applier {
   Status AddStatements(const Step& step, const std::vector<TableEffect>& eff,
                        std::vector<pg::Statement>* out) const;
   static size_t StepRows(const Step& step, const std::vector<TableEffect>& eff);
-  // Writes the steps of `eff` in one transaction: steps of up to
+  // Writes `runs` in one transaction, in turn: each run's steps of up to
   // kPipelinedMaxRows rows as parameter statements, pipelined together,
   // larger ones with COPY into the table's staging tables and one set-based
-  // statement.
-  Status ApplyEffects(const std::vector<TableEffect>& eff, std::span<const Advance> advances,
-                      std::span<const TruncateArrival> arrivals, const TickMark* tick);
-  Status ApplyPacked(const std::vector<std::vector<const Change*>>& by_table,
-                     std::span<const Advance> advances, const TickMark* tick);
+  // statement; its chunks with WriteRows().
+  Status ApplyRuns(const std::vector<Run>& runs, std::span<const Advance> advances,
+                   std::span<const TruncateArrival> arrivals, const TickMark* tick);
   // Creates table `table`'s staging tables (dt_stage_N: its columns, dt_keys_N:
   // its key) once per session, outside any transaction.
   Status EnsureStaging(uint32_t table);
@@ -206,6 +225,7 @@ class Applier {
   // Writes rows of table `table` (COPY text of columns `cols`): with one
   // COPY straight into the table while none of them is there yet, else
   // staged and upserted. *stage_used: the staging table holds rows already.
+  // REQUIRES: inside a transaction; dt_stage_N exists.
   Status WriteRows(uint32_t table, const std::vector<size_t>& cols, std::string_view data,
                    bool* stage_used);
   // Writes `rows` updates of table `table` (COPY text of columns `cols`, at
@@ -234,7 +254,8 @@ class Applier {
   Result<bool> WriteDirect(uint32_t table, const std::vector<const Change*>& changes);
   // A mixed piece's net effect per key (Collapse()) written straight in, in
   // a savepoint, as a batch by key writes it: the deletes as one array of
-  // keys, the upserts through dt_stage_N (emptied again). Without it the
+  // keys, the updates through UpdateRows(), the other upserts through
+  // WriteRows() (one COPY straight in, else staged and upserted). Without it the
   // tick's updates waited for its end, so a backlog applied nothing while
   // it arrived and all of it after (issue 16 item 8: 1,000,000 changes
   // through the broker took 2.5x logical replication's time).

@@ -71,15 +71,21 @@ void TickGate::Start(std::string_view stream, int32_t partition, const Position&
 void TickGate::Forget(std::string_view stream, int32_t partition) {
   auto it = parts_.find(Key(std::string(stream), partition));
   if (it == parts_.end()) return;
-  held_ -= it->second.items.size();
+  for (const Item& item : it->second.items) Took(item);
   parts_.erase(it);
 }
 
 void TickGate::Add(Item&& item) {
   Partition& p = parts_[Key(std::string(item.stream), item.partition)];
   p.reached = std::max(p.reached, item.change.pos);
-  p.items.push_back(std::move(item));
   ++held_;
+  if (item.change.packed_rows > 0) held_bytes_ += item.change.row.Get(0).size();
+  p.items.push_back(std::move(item));
+}
+
+void TickGate::Took(const Item& item) {
+  --held_;
+  if (item.change.packed_rows > 0) held_bytes_ -= item.change.row.Get(0).size();
 }
 
 void TickGate::AddEnd(Item&& item, TickEnd&& end) {
@@ -121,9 +127,9 @@ size_t TickGate::Release(std::vector<Item>* out) {
     // follows it (a restarted producer's copies of earlier ticks, which are
     // duplicates, go with the later tick).
     while (!p.items.empty() && p.items.front().change.pos <= bound) {
+      Took(p.items.front());
       out->push_back(std::move(p.items.front()));
       p.items.pop_front();
-      --held_;
     }
   }
   for (Item& e : end_items) out->push_back(std::move(e));
@@ -151,9 +157,9 @@ size_t TickGate::ReleasePiece(size_t max, std::vector<Item>* out) {
   size_t n = 0;
   for (auto& [key, p] : parts_) {
     while (!p.items.empty() && p.items.front().change.pos <= stream_bound_ && n < max) {
+      Took(p.items.front());
       out->push_back(std::move(p.items.front()));
       p.items.pop_front();
-      --held_;
       ++n;
     }
   }
@@ -163,7 +169,7 @@ size_t TickGate::ReleasePiece(size_t max, std::vector<Item>* out) {
 void TickGate::Reset() {
   parts_.clear();
   ends_.clear();
-  held_ = 0;
+  held_ = held_bytes_ = 0;
   stream_bound_ = Position{};
 }
 

@@ -78,6 +78,9 @@ class TickGate {
   void Reset();
 
   size_t held() const { return held_; }
+  // The COPY text of the packed snapshot chunks held (each counts as one
+  // item in held()).
+  size_t held_bytes() const { return held_bytes_; }
   size_t pending_ends() const { return ends_.size(); }
   // The end of the newest tick released (zero before the first).
   const Position& released() const { return released_; }
@@ -92,10 +95,13 @@ class TickGate {
     TickEnd end;
   };
   bool Complete(const TickEnd& end) const;
+  // `item` leaves the gate.
+  void Took(const Item& item);
   using Key = std::pair<std::string, int32_t>;
   std::map<Key, Partition, std::less<>> parts_;
   std::deque<End> ends_;
   size_t held_ = 0;
+  size_t held_bytes_ = 0;
   Position released_;
   Position stream_bound_;  // the end of the tick pieces were released of
 };

@@ -85,8 +85,7 @@ Status Wire(const Setup& setup, const RunPlan& plan, const SourceIdentity& id,
       w->OnDelivery(token, st);
     };
     if (memory) {
-      p->sink = std::make_unique<tunnel::MemorySink>(&*p->channel, deliver,
-                                                     config.pipeline.transactional());
+      p->sink = std::make_unique<tunnel::MemorySink>(&*p->channel, deliver);
     } else {
       DT_ASSIGN_OR_RETURN(p->sink, tunnel::KafkaSink::Create(
                                        config.kafka, {id.database, config.tunnel.name, id.install},

@@ -232,16 +232,15 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
   if (!carry_.empty()) {
     msgs_ = std::move(carry_);
     carry_.clear();
-  } else if (whole_ticks() &&
-             gate_.held() >= static_cast<size_t>(options_.pipeline.tick_stream_changes)) {
+  } else if (whole_ticks() && GateFull()) {
     // The gate holds a piece's worth already: hand it out (below) before
-    // reading more. A packed snapshot chunk unpacks into thousands of rows,
-    // so polls that went on while the gate streamed a tick piece by piece
-    // held a 1,000,000-row snapshot's rows in memory (360 MB).
+    // reading more. Polls that went on while the gate streamed a tick
+    // piece by piece held a 1,000,000-row snapshot's rows in memory
+    // (360 MB, when chunks were unpacked into rows).
   } else {
     // With whole ticks, at most tick_stream_changes at a time and about
     // kWholeTicksPollBytes of messages: the gate holds no more than that
-    // and a poll's worth (a chunk's rows each) before it streams a tick.
+    // and a poll's worth before it streams a tick.
     size_t max = static_cast<size_t>(options_.pipeline.batch_max_changes);
     size_t max_bytes = 16 << 20;
     if (whole_ticks()) {
@@ -262,7 +261,9 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
         continue;
       }
       items_.clear();
-      DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), /*unpack=*/true, &items_));
+      // A chunk stays whole (packed) when its columns line up with the
+      // target's: the applier writes it with COPY among its tick's changes.
+      DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), &items_));
       for (auto& item : items_) {
         if (item.kind == apply::Item::Kind::kChange && item.change.op != Op::kMarker) {
           if (unended_first_ == Position{}) unended_first_ = item.change.pos;
@@ -275,7 +276,7 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
     piece_ = false;
     gate_.Release(items);
     const auto stream_at = static_cast<size_t>(options_.pipeline.tick_stream_changes);
-    if (items->empty() && gate_.held() >= stream_at) {
+    if (items->empty() && GateFull()) {
       // A tick too large to hold whole: hand out a piece of it.
       gate_.ReleasePiece(stream_at, items);
       piece_ = !items->empty();
@@ -327,7 +328,7 @@ Status KafkaSource::NextByKey(std::vector<apply::Item>* items) {
       continue;
     }
     const size_t before = items->size();
-    DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), /*unpack=*/false, items));
+    DT_RETURN_IF_ERROR(AddItems(m, core_->TableForTopic(v.topic), items));
     // Markers, dead letters and ignored items go with either kind.
     const apply::Item* first = items->size() > before ? &(*items)[before] : nullptr;
     if (first && first->kind == apply::Item::Kind::kChange && first->change.op != Op::kMarker) {
@@ -353,6 +354,11 @@ Status KafkaSource::NextByKey(std::vector<apply::Item>* items) {
     }
   }
   return Status::OK();
+}
+
+bool KafkaSource::GateFull() const {
+  return gate_.held() >= static_cast<size_t>(options_.pipeline.tick_stream_changes) ||
+         gate_.held_bytes() >= kWholeTicksHeldBytes;
 }
 
 void KafkaSource::Carry(size_t from) {

@@ -82,11 +82,14 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   // Message `m` (of table `table`, -1: a foreign topic) as an item.
   Status ToItem(const broker::Message& m, int table, apply::Item* item);
   // Appends message `m`'s items: one, or one per row for a packed snapshot
-  // chunk whose columns do not line up with the target's (and with
-  // `unpack`, for every chunk).
-  Status AddItems(const broker::Message& m, int table, bool unpack, std::vector<apply::Item>* out);
+  // chunk whose columns do not line up with the target's.
+  Status AddItems(const broker::Message& m, int table, std::vector<apply::Item>* out);
   // Keeps msgs_[from..] for the next batch (ahead of carry_).
   void Carry(size_t from);
+  // With whole ticks: the gate holds a piece's worth (tick_stream_changes
+  // items, or kWholeTicksHeldBytes of chunks) and reads no more until a
+  // tick completes or a piece goes out.
+  bool GateFull() const;
   // Decodes `m` for table `table` into *item, looking again at the target's
   // columns and the tunnel's binding before refusing it.
   Status Decode(const InboundMessage& v, uint32_t table, apply::Item* item);
@@ -145,9 +148,13 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   // batch sent the broker an OffsetCommit (a write to __consumer_offsets)
   // per fetch: as many requests as the fetches.
   static constexpr int64_t kCommitIntervalUs = 1'000'000;
-  // With whole ticks, a poll's messages at most (about): a packed snapshot
-  // chunk of 512 KiB unpacks into about 5,000 rows held in the gate.
+  // With whole ticks, a poll's messages at most (about); a chunk whose
+  // columns do not line up with the target's unpacks into a row per line.
   static constexpr size_t kWholeTicksPollBytes = 4 << 20;
+  // With whole ticks, the packed snapshot chunks' text the gate holds
+  // before it reads no more and streams the tick held (a tick brings at
+  // most one chunk, snapshot_chunk_bytes: 32 MiB by default).
+  static constexpr size_t kWholeTicksHeldBytes = 64 << 20;
   std::map<std::pair<std::string, int32_t>, int64_t> uncommitted_;  // next offset to read
   int64_t last_commit_us_ = 0;
   // Whole ticks (apply_consistency = "transaction").

@@ -1,5 +1,6 @@
 // KafkaSource: one message -> the items the applier takes (decoding, the
-// checks of our envelope, snapshot chunks unpacked when asked, bad messages
+// checks of our envelope, snapshot chunks unpacked when their columns do
+// not line up with the target's, bad messages
 // to the dead-letter topic). Debezium's topics: kafka_source_debezium.cc.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -46,12 +47,11 @@ Status KafkaSource::ToItem(const broker::Message& m, int table, apply::Item* ite
   return Status::OK();
 }
 
-Status KafkaSource::AddItems(const broker::Message& m, int table, bool unpack,
-                             std::vector<apply::Item>* out) {
+Status KafkaSource::AddItems(const broker::Message& m, int table, std::vector<apply::Item>* out) {
   apply::Item item;
   DT_RETURN_IF_ERROR(ToItem(m, table, &item));
   if (item.kind != apply::Item::Kind::kChange || item.change.packed_rows == 0 ||
-      (!unpack && decoder_->chunk_passthrough())) {
+      decoder_->chunk_passthrough()) {
     out->push_back(std::move(item));
     return Status::OK();
   }

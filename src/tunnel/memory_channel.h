@@ -78,10 +78,10 @@ class MemoryChannel {
 
 class MemorySink : public ChangeSink {
  public:
-  // `whole_ticks` (apply_consistency = "transaction"): snapshot chunks go
-  // row by row, so that a chunk is applied with the rest of its tick.
-  MemorySink(MemoryChannel* channel, DeliveryFn on_delivery, bool whole_ticks = false)
-      : channel_(channel), on_delivery_(std::move(on_delivery)), whole_ticks_(whole_ticks) {}
+  // Snapshot chunks come packed, in both modes: with whole ticks the
+  // applier writes a chunk among the rest of its tick (apply/applier.h).
+  MemorySink(MemoryChannel* channel, DeliveryFn on_delivery)
+      : channel_(channel), on_delivery_(std::move(on_delivery)) {}
   Status Send(const Change& change, int32_t partition, uint64_t token, int32_t* sent_to) override;
   // A change of its own (op kMarker, Marker::kTickEnd, pos `end`).
   Status SendTickEnd(const Position& end, uint64_t token) override;
@@ -95,7 +95,7 @@ class MemorySink : public ChangeSink {
   // kRetryable while the target worker asks for a replay (RequestReplay).
   Status Health() const override;
   Status Recover() override;
-  bool TakesPackedChunks() const override { return !whole_ticks_; }
+  bool TakesPackedChunks() const override { return true; }
   const char* receiver() const override { return "the target worker"; }
 
  private:
@@ -108,7 +108,6 @@ class MemorySink : public ChangeSink {
   std::vector<uint64_t> acks_;
   int64_t outstanding_ = 0;
   SourceSpecs specs_;
-  bool whole_ticks_ = false;
 };
 
 }  // namespace datatunnel::tunnel
