@@ -63,8 +63,8 @@ void KafkaSource::Close() {
   metrics_->applier = 0;
 }
 
-Status KafkaSource::TakeApplyLock(const std::function<void()>& idle) {
-  bool announced = false;
+Status KafkaSource::TakeApplyLock(const std::function<void()>& idle, bool standing_by) {
+  bool announced = standing_by;
   for (;;) {
     if (!lock_conn_ || lock_conn_->IsBroken()) {
       auto c =
@@ -121,7 +121,7 @@ Status KafkaSource::CheckApplyLock() {
       "consumer: the session holding the apply lock ended and another consumer took over "
       "applying; standing by");
   core_->AbortStream();
-  DT_RETURN_IF_ERROR(TakeApplyLock([this] { KeepAlive(); }));
+  DT_RETURN_IF_ERROR(TakeApplyLock([this] { KeepAlive(); }, /*standing_by=*/true));
   for (;;) {
     Status st = Rewind();
     if (st.ok() || !st.IsRetryable()) return st;

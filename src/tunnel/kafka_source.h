@@ -102,7 +102,9 @@ class KafkaSource : public ChangeSource, public broker::Consumer::Listener {
   bool whole_ticks() const { return options_.pipeline.transactional(); }
   // Waits as a hot standby until this consumer holds the apply lock;
   // `idle` (if set) serves the Kafka consumer between attempts.
-  Status TakeApplyLock(const std::function<void()>& idle = {});
+  // `standing_by`: this consumer already said it stands by (it lost the
+  // lock); it says when it takes over, even at the first try.
+  Status TakeApplyLock(const std::function<void()>& idle = {}, bool standing_by = false);
   // Every few seconds: the session holding the lock is still there. If it
   // ended and another consumer took the lock, this one steps down: it drops
   // what it holds (rolling back a streamed tick), stands by until it holds
