@@ -489,7 +489,6 @@ Result<std::unique_ptr<Producer>> Producer::Create(const KafkaConfig& config,
           {"reconnect.backoff.max.ms", "2000"},
       },
       config.properties, config.producer_properties);
-  if (role == Role::kTickEnds) props.emplace_back("max.in.flight.requests.per.connection", "1");
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   if (Status st = ApplyProps(conf, props, config.properties, &config.producer_properties,
                              "producer_properties");

@@ -91,13 +91,8 @@ class Producer {
   // the broker (acks=all), otherwise why it was not.
   using DeliveryFn = std::function<void(uint64_t token, const Status& status)>;
 
-  // What a producer sends. kTickEnds: end-of-tick records, one Produce
-  // request at a time (max.in.flight.requests.per.connection = 1, whatever
-  // the config says): with no second request in flight, librdkafka never
-  // reports a record delivered that a broker did not store ("implicitly
-  // acked", docs/architecture.md, Guarantees), also for a new producer's
-  // first request, which the changes' producer guards with its schema
-  // markers; and kFaultLoseMessageEnv does not apply to it.
+  // What a producer sends: kFaultLoseMessageEnv applies to kChanges only
+  // (end-of-tick records have their own producer, tunnel/kafka_sink.h).
   enum class Role { kChanges, kTickEnds };
   static Result<std::unique_ptr<Producer>> Create(const KafkaConfig& config, DeliveryFn on_delivery,
                                                   const std::string& client_id = "datatunnel",

@@ -40,13 +40,26 @@ Status KafkaSink::Recover() {
         fatal.message());
     (*p)->Purge();  // its delivery reports fail what it held; the session is over
     p->reset();
-    const bool ticks = p == &ticks_producer_;
-    DT_ASSIGN_OR_RETURN(
-        *p, broker::Producer::Create(
-                config_, on_delivery_, ticks ? kTicksProducerId : kProducerId,
-                ticks ? broker::Producer::Role::kTickEnds : broker::Producer::Role::kChanges));
+    if (p == &ticks_producer_) {
+      DT_ASSIGN_OR_RETURN(*p, NewTicksProducer());
+    } else {
+      DT_ASSIGN_OR_RETURN(*p, broker::Producer::Create(config_, on_delivery_, kProducerId));
+    }
   }
   return Status::OK();
+}
+
+Result<std::unique_ptr<broker::Producer>> KafkaSink::NewTicksProducer() {
+  ticks_stored_ = false;
+  ticks_in_flight_ = 0;
+  return broker::Producer::Create(
+      config_,
+      [this](uint64_t token, const Status& st) {
+        --ticks_in_flight_;
+        if (st.ok()) ticks_stored_ = true;
+        on_delivery_(token, st);
+      },
+      kTicksProducerId, broker::Producer::Role::kTickEnds);
 }
 
 void KafkaSink::Poll(int timeout_ms) {
@@ -228,15 +241,22 @@ Status KafkaSink::SplitChunk(Change&& packed, std::vector<std::pair<int32_t, Cha
 
 Status KafkaSink::PrepareTickEnds() {
   if (!ticks_producer_) {
-    DT_ASSIGN_OR_RETURN(ticks_producer_,
-                        broker::Producer::Create(config_, on_delivery_, kTicksProducerId,
-                                                 broker::Producer::Role::kTickEnds));
+    DT_ASSIGN_OR_RETURN(ticks_producer_, NewTicksProducer());
   }
   // Its connection, metadata and producer id before the first tick.
   return ticks_producer_->PartitionCount(config_.ticks_topic(), 10000).status();
 }
 
 Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {
+  // A new producer's first record goes alone: a broker that has no state
+  // for a producer on a partition accepts its second request even when the
+  // first failed, and librdkafka then reports the first one delivered
+  // ("implicitly acked", docs/architecture.md, Guarantees). Once a record is
+  // stored the broker refuses a request out of sequence. (The changes'
+  // producer does the same with its schema markers at session start.)
+  if (!ticks_stored_ && ticks_in_flight_ > 0) {
+    return Status::Retryable("the first end-of-tick record of this producer is not stored yet");
+  }
   TickEnd record;
   record.end = end;
   record.parts.reserve(touched_.size());
@@ -248,6 +268,7 @@ Status KafkaSink::SendTickEnd(const Position& end, uint64_t token) {
   if (!ticks_producer_) DT_RETURN_IF_ERROR(PrepareTickEnds());
   Status st = ticks_producer_->Send(config_.ticks_topic(), 0, {}, value_, token);
   if (!st.ok()) return st;
+  ++ticks_in_flight_;
   touched_.clear();
   bytes_sent_ += static_cast<int64_t>(value_.size());
   return st;

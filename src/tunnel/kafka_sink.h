@@ -85,6 +85,8 @@ class KafkaSink : public ChangeSink {
   broker::Producer* ticks_producer() { return ticks_producer_.get(); }
 
  private:
+  // A producer for end-of-tick records, counting their deliveries.
+  Result<std::unique_ptr<broker::Producer>> NewTicksProducer();
   KafkaSink(const KafkaConfig& config, publish::Origin origin, DeliveryFn on_delivery)
       : config_(config), origin_(std::move(origin)), on_delivery_(std::move(on_delivery)) {}
   // Send() of an encoded change with kafka.format = "connect-json".
@@ -98,8 +100,12 @@ class KafkaSink : public ChangeSink {
   std::unique_ptr<publish::EnvelopeEncoder> encoder_;
   std::unique_ptr<publish::ConnectEncoder> connect_;  // kafka.format = "connect-json"
   std::unique_ptr<broker::Producer> producer_;
-  // End-of-tick records' own (PrepareTickEnds() creates it).
+  // End-of-tick records' own (PrepareTickEnds() creates it), whether the
+  // broker stored one of its records yet, and how many are in flight: until
+  // one is stored, SendTickEnd() sends one at a time.
   std::unique_ptr<broker::Producer> ticks_producer_;
+  bool ticks_stored_ = false;
+  int ticks_in_flight_ = 0;
   std::map<uint32_t, int> partitions_;
   // Per table, per partition: the position of the last message sent there
   // (this session), or the recorded head; the zero Position before the first.
