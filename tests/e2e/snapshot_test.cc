@@ -803,7 +803,10 @@ class ProgressTest : public SnapshotTest {
   // chunks and is held still by `lock_`.
   std::unique_ptr<Subprocess> StartHeld(std::vector<std::string> argv) {
     CreateEmployees(Order::kKey, 20000);
-    Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));
+    // A chunk every 20 ms at most: 200 chunks take seconds, so the copy is
+    // seen running (packed chunks in memory copy the table in 0.2 s).
+    Setup(Mode::kMemory, testing::kEmployeesTable,
+          ChunkConfig(100) + "min_tick_interval_ms = 20\n");
     lock_ = std::make_unique<SourceTableLock>(src_, "employees");
     auto p = std::make_unique<Subprocess>(std::move(argv));
     EXPECT_TRUE(WaitUntil(
