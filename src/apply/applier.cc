@@ -150,8 +150,6 @@ std::string InsertMissing(const TableSpec& spec, const std::vector<size_t>& cols
       KeyMatch(spec));
 }
 
-// A delete of `row` can go by an array of keys (DeleteKeyArray): one key
-// column, not an array itself, with a value.
 // The target columns a packed snapshot chunk's COPY text holds: as many
 // of the target's leading columns as its first line has fields. The chunk
 // was decoded as lining up with the target's columns; one added to the
@@ -165,6 +163,8 @@ std::vector<size_t> ChunkColumns(const TableSpec& spec, std::string_view text) {
   return cols;
 }
 
+// A delete of `row` can go by an array of keys (DeleteKeyArray): one key
+// column, not an array itself, with a value.
 bool OneKeyColumn(const TableSpec& spec, const Row& row) {
   if (spec.key.size() != 1) return false;
   const size_t k = spec.key[0];
