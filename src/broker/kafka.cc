@@ -714,6 +714,13 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
     } else {
       rd_kafka_assign(rk, list);
     }
+    // librdkafka keeps a pause made before (while the partition was
+    // assigned earlier, or since): a new assignment starts unpaused.
+    std::vector<TopicPartition> paused;
+    for (const auto& p : parts) {
+      if (self->paused_.count({p.topic, p.partition})) paused.push_back(p);
+    }
+    if (!paused.empty()) self->Resume(paused);
   } else {
     const std::vector<TopicPartition> parts = FromList(list);
     self->listener_->OnRevoked(parts);
@@ -990,12 +997,14 @@ void Consumer::WakeFetchers() {
 }
 
 void Consumer::Pause(const std::vector<TopicPartition>& parts) {
+  for (const auto& p : parts) paused_.emplace(p.topic, p.partition);
   auto* list = ToList(parts);
   rd_kafka_pause_partitions(rk_, list);
   rd_kafka_topic_partition_list_destroy(list);
 }
 
 void Consumer::Resume(const std::vector<TopicPartition>& parts) {
+  for (const auto& p : parts) paused_.erase({p.topic, p.partition});
   auto* list = ToList(parts);
   rd_kafka_resume_partitions(rk_, list);
   rd_kafka_topic_partition_list_destroy(list);

@@ -199,6 +199,11 @@ class Consumer {
   // False again from a rebalance until the new partitions answered. Updated
   // by Poll().
   bool Ready() const { return assigned_ && unpositioned_.empty(); }
+  // Stops and restarts fetching of assigned partitions. A pause lasts until
+  // Resume() or until the partition is revoked: a partition assigned again
+  // starts unpaused, as with Kafka's Java consumer (librdkafka alone keeps
+  // the pause across the revocation, and the partition is never read again
+  // unless the application remembers it).
   void Pause(const std::vector<TopicPartition>& parts);
   void Resume(const std::vector<TopicPartition>& parts);
   // Restarts fetching of a partition at `offset` (after an apply was rolled back).
@@ -228,7 +233,8 @@ class Consumer {
   // the assigned partitions that have not answered a fetch yet.
   bool assigned_ = false;
   std::set<std::pair<std::string, int32_t>> unpositioned_;
-  std::map<std::string, int32_t> partition_counts_;  // found by AwaitTopics
+  std::set<std::pair<std::string, int32_t>> paused_;  // by Pause(), not resumed
+  std::map<std::string, int32_t> partition_counts_;   // found by AwaitTopics
 };
 
 }  // namespace datatunnel::broker

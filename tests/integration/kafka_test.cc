@@ -127,5 +127,74 @@ TEST(ConsumerTest, FetchingResumesAsSoonAsTheQueueDrains) {
   ASSERT_TRUE((*consumer)->Close().ok());
 }
 
+// librdkafka keeps an application's pause on a partition across its
+// revocation and reassignment (Kafka's Java consumer does not); a consumer
+// that paused a partition (a TRUNCATE barrier) and got it back from a
+// rebalance would never read it again. A new assignment starts unpaused.
+class Counting : public FromStart {
+ public:
+  void OnAssigned(std::vector<TopicPartition>* partitions) override {
+    FromStart::OnAssigned(partitions);
+    ++assignments;
+  }
+  int assignments = 0;
+};
+
+TEST(ConsumerTest, APausedPartitionAssignedAgainIsRead) {
+  auto& kafka = datatunnel::testing::SharedKafka();
+  const std::string topic = datatunnel::testing::TestTopicPrefix() + ".paused";
+  const std::string other = topic + "_other";
+  kafka.CreateTopic(topic, 1);
+  kafka.CreateTopic(other, 1);
+  KafkaConfig config;
+  config.brokers = kafka.bootstrap();
+  config.group_id = topic;
+  auto producer = Producer::Create(config, [](uint64_t, const Status&) {});
+  ASSERT_TRUE(producer.ok()) << producer.status().message();
+  ASSERT_TRUE((*producer)->Send(topic, 0, "k", "first", 0).ok());
+  ASSERT_EQ((*producer)->Flush(10000), 0);
+
+  Counting listener;
+  auto consumer = Consumer::Create(config, {topic}, &listener);
+  ASSERT_TRUE(consumer.ok()) << consumer.status().message();
+  std::vector<Message> msgs;
+  ASSERT_TRUE(
+      WaitUntil([&] { return (*consumer)->Poll(10, 100, 0, &msgs).ok() && !msgs.empty(); }, 30));
+  (*consumer)->Pause({{topic, 0, -1}});
+
+  // A member reading another topic joins the group: the group rebalances,
+  // and `topic`, revoked, comes back to the same consumer.
+  FromStart other_listener;
+  auto joined = Consumer::Create(config, {other}, &other_listener);
+  ASSERT_TRUE(joined.ok()) << joined.status().message();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        (void)(*joined)->Poll(10, 10, 0, &msgs);
+        (void)(*consumer)->Poll(10, 10, 0, &msgs);
+        return listener.assignments >= 2;
+      },
+      30))
+      << "no rebalance";
+
+  msgs.clear();
+  ASSERT_TRUE((*producer)->Send(topic, 0, "k", "second", 0).ok());
+  ASSERT_EQ((*producer)->Flush(10000), 0);
+  auto has_second = [&] {
+    for (const auto& m : msgs) {
+      if (m.view().value == "second") return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        (void)(*joined)->Poll(10, 10, 0, &msgs);
+        return (*consumer)->Poll(10, 100, 0, &msgs).ok() && has_second();
+      },
+      20))
+      << "the partition paused before the rebalance was never read again";
+  EXPECT_TRUE((*joined)->Close().ok());
+  EXPECT_TRUE((*consumer)->Close().ok());
+}
+
 }  // namespace
 }  // namespace datatunnel::broker
