@@ -101,16 +101,6 @@ class Bank {
 
 class ConsistencyTest : public testing::TunnelFixture {
  protected:
-  // parent and child (a foreign key to parent), the same on both sides.
-  void CreateFamilyTables() {
-    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
-      c->Exec(db,
-              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
-              "REFERENCES parent(id), note text)");
-    }
-  }
   void SetUpBank() {
     SourceCluster().Exec(src_, kAccountsDdl);
     TargetCluster().Exec(tgt_, kAccountsDdl);
@@ -299,7 +289,7 @@ TEST_F(ConsistencyTest, AKeyModeTunnelSwitchedToTransactionModeLosesNothing) {
 // goes, and key changes of parents without children.
 TEST_F(ConsistencyTest, ForeignKeysStayOnThroughKafka) {
   UseKafka();
-  CreateFamilyTables();
+  OnBothSides(kFamilyDdl);
   // The child first: the order of [[tables]] must not matter.
   WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
               kTransaction);
@@ -354,13 +344,10 @@ TEST_F(ConsistencyTest, ForeignKeysStayOnThroughKafka) {
 class ForeignKeySnapshotTest : public ConsistencyTest {
  protected:
   void Run(bool kafka) {
-    CreateFamilyTables();
-    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-      c->Exec(db,
-              "CREATE TABLE employees(emp_id integer PRIMARY KEY, manager_id integer "
-              "REFERENCES employees(emp_id) DEFERRABLE, name text)");
-    }
+    OnBothSides(kFamilyDdl);
+    OnBothSides(
+        "CREATE TABLE employees(emp_id integer PRIMARY KEY, manager_id integer REFERENCES "
+        "employees(emp_id) DEFERRABLE, name text)");
     SourceCluster().Exec(src_,
                          "INSERT INTO parent SELECT i, 'p' || i FROM generate_series(1, 1500) i");
     SourceCluster().Exec(src_,
@@ -470,7 +457,7 @@ TEST_F(ForeignKeySnapshotTest, ThroughKafka) { Run(true); }
 // referencing it: one clear line naming them and the command that copies
 // them together, nothing emptied; that command then copies both.
 TEST_F(ConsistencyTest, ACopyOfAReferencedTableAloneNamesTheTablesToCopyWithIt) {
-  CreateFamilyTables();
+  OnBothSides(kFamilyDdl);
   SourceCluster().Exec(src_, "INSERT INTO parent SELECT i, 'p' FROM generate_series(1, 20) i");
   SourceCluster().Exec(src_,
                        "INSERT INTO child SELECT i, 1 + i % 20, 'c' FROM generate_series(1, 40) i");
@@ -506,11 +493,9 @@ TEST_F(ConsistencyTest, ACopyOfAReferencedTableAloneNamesTheTablesToCopyWithIt) 
 // By key the same schema fails at the first batch with the child's rows
 // first; the error names the table of the failing statement.
 TEST_F(ConsistencyTest, ByKeyAForeignKeyFailsNamingItsTable) {
-  for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-    const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-    c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY)");
-    c->Exec(db, "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer REFERENCES parent)");
-  }
+  OnBothSides(
+      "CREATE TABLE parent(id integer PRIMARY KEY);CREATE TABLE child(id integer PRIMARY KEY, "
+      "parent_id integer REFERENCES parent)");
   WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
               testing::kKeyMode);
   ASSERT_EQ(Dt({"init"}).code, 0);
@@ -566,12 +551,10 @@ TEST_F(ConsistencyTest, ADeferrableSelfReferenceInMemory) {
 // A cycle the target does not let defer: one clear line at start, naming
 // the constraint and the fix.
 TEST_F(ConsistencyTest, ANonDeferrableCycleStopsAtStart) {
-  for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-    const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-    c->Exec(db, "CREATE TABLE a(id integer PRIMARY KEY, b_id integer)");
-    c->Exec(db, "CREATE TABLE b(id integer PRIMARY KEY, a_id integer REFERENCES a(id))");
-    c->Exec(db, "ALTER TABLE a ADD CONSTRAINT a_b_fk FOREIGN KEY (b_id) REFERENCES b(id)");
-  }
+  OnBothSides(
+      "CREATE TABLE a(id integer PRIMARY KEY, b_id integer);CREATE TABLE b(id integer PRIMARY KEY, "
+      "a_id integer REFERENCES a(id));ALTER TABLE a ADD CONSTRAINT a_b_fk FOREIGN KEY (b_id) "
+      "REFERENCES b(id)");
   WriteConfig("[[tables]]\nsource = \"public.a\"\n[[tables]]\nsource = \"public.b\"\n",
               kTransaction);
   ASSERT_EQ(Dt({"init"}).code, 0);
@@ -615,7 +598,7 @@ class HugeTickTest : public ConsistencyTest, public ::testing::WithParamInterfac
   static constexpr int kChildren = 3000;
   void SetUpFamily() {
     if (GetParam()) UseKafka();
-    CreateFamilyTables();
+    OnBothSides(kFamilyDdl);
     WriteConfig("[[tables]]\nsource = \"public.child\"\n[[tables]]\nsource = \"public.parent\"\n",
                 std::string(kTransaction) + "tick_stream_changes = 300\n");
     ASSERT_EQ(Dt({"init"}).code, 0);
@@ -770,10 +753,7 @@ TEST_P(HugeTickTest, ABacklogGatheredWhileStoppedIsStreamed) {
 // without the reduction. In memory: the paths are the applier's, the same
 // through Kafka.
 TEST_F(ConsistencyTest, StreamedInsertsOnlyTickUpsertsAKeyAlreadyThere) {
-  for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-    c->Exec(c == &SourceCluster() ? src_ : tgt_,
-            "CREATE TABLE item(id integer PRIMARY KEY, note text)");
-  }
+  OnBothSides("CREATE TABLE item(id integer PRIMARY KEY, note text)");
   WriteConfig("[[tables]]\nsource = \"public.item\"\n",
               std::string(kTransaction) + "tick_stream_changes = 300\n");
   ASSERT_EQ(Dt({"init"}).code, 0);
@@ -812,10 +792,7 @@ class StreamedDirectTest : public ConsistencyTest, public ::testing::WithParamIn
 
 TEST_P(StreamedDirectTest, WritesInsertsAndDeletesStraightIn) {
   if (GetParam()) UseKafka();
-  for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-    c->Exec(c == &SourceCluster() ? src_ : tgt_,
-            "CREATE TABLE item(id integer PRIMARY KEY, note text)");
-  }
+  OnBothSides("CREATE TABLE item(id integer PRIMARY KEY, note text)");
   WriteConfig("[[tables]]\nsource = \"public.item\"\n",
               std::string(kTransaction) + "tick_stream_changes = 300\n");
   ASSERT_EQ(Dt({"init"}).code, 0);

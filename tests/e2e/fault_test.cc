@@ -410,11 +410,9 @@ class SelfReferenceCopyFaultTest : public CopyFaultTest {
 
   void SetUp() override {
     TunnelFixture::SetUp();
-    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-      c->Exec(c == &SourceCluster() ? src_ : tgt_,
-              "CREATE TABLE staff(id integer PRIMARY KEY, boss integer REFERENCES staff(id) "
-              "DEFERRABLE, name text)");
-    }
+    OnBothSides(
+        "CREATE TABLE staff(id integer PRIMARY KEY, boss integer REFERENCES staff(id) DEFERRABLE, "
+        "name text)");
     SourceCluster().Exec(
         src_, "INSERT INTO staff SELECT i, NULL, 's' || i FROM generate_series(1, 1000) i");
     Configure("[[tables]]\nsource = \"public.staff\"\n");
@@ -521,13 +519,7 @@ class ForeignKeyCopyFaultTest : public CopyFaultTest {
 
   void SetUp() override {
     TunnelFixture::SetUp();
-    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-      c->Exec(db, "CREATE TABLE parent(id integer PRIMARY KEY, name text)");
-      c->Exec(db,
-              "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
-              "REFERENCES parent(id), note text)");
-    }
+    OnBothSides(kFamilyDdl);
     SourceCluster().Exec(src_,
                          "INSERT INTO parent SELECT i, 'p' || i FROM generate_series(1, 3000) i");
     SourceCluster().Exec(

@@ -471,11 +471,8 @@ constexpr const char* kTwoTables =
 class SmallTableTest : public SnapshotTest, public ::testing::WithParamInterface<Mode> {
  protected:
   void CreateTables() {
-    for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-      const std::string& db = c == &SourceCluster() ? src_ : tgt_;
-      c->Exec(db, "CREATE TABLE with_key(id int PRIMARY KEY, v text)");
-      c->Exec(db, "CREATE TABLE no_index(id int, v text)");
-    }
+    OnBothSides(
+        "CREATE TABLE with_key(id int PRIMARY KEY, v text);CREATE TABLE no_index(id int, v text)");
   }
   void SnapshotAndCompare(int64_t expected_rows) {
     auto r = Dt({"snapshot"}, 90);
@@ -539,10 +536,7 @@ const std::vector<std::string> kAwkwardKeys = {
 std::string Dollar(const std::string& s) { return "$q$" + s + "$q$"; }
 
 TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
-  for (auto* c : {&SourceCluster(), &TargetCluster()}) {
-    c->Exec(c == &SourceCluster() ? src_ : tgt_,
-            "CREATE TABLE tags(code text PRIMARY KEY, n int, note text)");
-  }
+  OnBothSides("CREATE TABLE tags(code text PRIMARY KEY, n int, note text)");
   std::string values;
   const int seeded = 1500;
   for (int i = 0; i < seeded; ++i) {

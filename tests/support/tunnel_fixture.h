@@ -106,6 +106,17 @@ group_id = "{}"
                                 table))
         .value_or("");
   }
+  // Runs `sql` in the source's and the target's database: the same tables
+  // on both sides.
+  void OnBothSides(const std::string& sql) {
+    SourceCluster().Exec(src_, sql);
+    TargetCluster().Exec(tgt_, sql);
+  }
+  // parent and child (a foreign key to parent), for OnBothSides().
+  static constexpr const char* kFamilyDdl =
+      "CREATE TABLE parent(id integer PRIMARY KEY, name text);"
+      "CREATE TABLE child(id integer PRIMARY KEY, parent_id integer NOT NULL "
+      "REFERENCES parent(id), note text)";
   // Points the config at this test binary's Kafka cluster (started on first
   // use), with a topic prefix and consumer group no other test uses.
   void UseKafka() {
