@@ -126,12 +126,13 @@ std::map<std::vector<size_t>, std::vector<const Change*>> GroupByColumns(
   return groups;
 }
 
-// The join of the target table `t` with the staged rows `s` on the key.
-std::string KeyMatch(const TableSpec& spec) {
+// The join of the target table `t` with the staged rows (alias `staged`)
+// on the key.
+std::string KeyMatch(const TableSpec& spec, std::string_view staged = "s") {
   std::string on;
   for (size_t k : spec.key) {
     const std::string n = QuoteIdent(spec.columns[k].name);
-    on += fmt::format("{}t.{} = s.{}", on.empty() ? "" : " AND ", n, n);
+    on += fmt::format("{}t.{} = {}.{}", on.empty() ? "" : " AND ", n, staged, n);
   }
   return on;
 }
@@ -807,13 +808,9 @@ Status Applier::ApplyRuns(const std::vector<Run>& runs, std::span<const Advance>
         // join by scanning the whole target table instead of probing its key
         // index (seen at 200,000 rows: most of the backlog drain's time).
         DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("ANALYZE dt_keys_{}", t)));
-        std::string match;
-        for (size_t k : spec.key) {
-          const std::string n = QuoteIdent(spec.columns[k].name);
-          match += fmt::format("{}t.{} = k.{}", match.empty() ? "" : " AND ", n, n);
-        }
-        DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
-            "DELETE FROM {} AS t USING dt_keys_{} AS k WHERE {}", spec.target.Quoted(), t, match)));
+        DT_RETURN_IF_ERROR(
+            conn_->Exec(fmt::format("DELETE FROM {} AS t USING dt_keys_{} AS k WHERE {}",
+                                    spec.target.Quoted(), t, KeyMatch(spec, "k"))));
       } else {
         // Updates (the key's newest change is an UPDATE, so the row is most
         // likely in the target) apart from the rest: UpdateRows.
@@ -1291,14 +1288,9 @@ Status Applier::StreamStep(const Step& step) {
     DT_RETURN_IF_ERROR(Reduce(t));
   }
   if (step.kind == Step::Kind::kDelete) {
-    std::string on;
-    for (size_t k : spec.key) {
-      const std::string n = QuoteIdent(spec.columns[k].name);
-      on += fmt::format("{}t.{} = k.{}", on.empty() ? "" : " AND ", n, n);
-    }
     return conn_->Exec(
         fmt::format("DELETE FROM {} AS t USING dt_{}_{} AS k WHERE k.\"_dt_op\" = 'd' AND {}",
-                    spec.target.Quoted(), st.reduced ? "net" : "tick", t, on));
+                    spec.target.Quoted(), st.reduced ? "net" : "tick", t, KeyMatch(spec, "k")));
   }
   // Per set of columns carried: its updates, then the rest.
   DT_ASSIGN_OR_RETURN(auto groups,
