@@ -109,6 +109,7 @@ class EnvelopeDecoder {
   simdjson::ondemand::parser parser_;
   std::string padded_;
   std::string scratch_;
+  Row row_scratch_;  // DecodeRow's
   ConnectUnwrapper connect_;
   std::string unwrapped_;
   int broadcast_partitions_ = 0;

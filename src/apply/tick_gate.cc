@@ -63,8 +63,19 @@ Status DecodeTickEnd(std::string_view value, TickEnd* out) {
   return Status::OK();
 }
 
+TickGate::Partition& TickGate::PartitionOf(std::string_view stream, int32_t partition) {
+  // The key assigned in place, not a string made per item: a topic name
+  // longer than 15 bytes is an allocation, and a streamed tick passes a
+  // million items through here.
+  scratch_.first.assign(stream);
+  scratch_.second = partition;
+  auto it = parts_.find(scratch_);
+  if (it == parts_.end()) it = parts_.emplace(scratch_, Partition{}).first;
+  return it->second;
+}
+
 void TickGate::Start(std::string_view stream, int32_t partition, const Position& tail) {
-  Partition& p = parts_[Key(std::string(stream), partition)];
+  Partition& p = PartitionOf(stream, partition);
   p.reached = std::max(p.reached, tail);
 }
 
@@ -76,7 +87,7 @@ void TickGate::Forget(std::string_view stream, int32_t partition) {
 }
 
 void TickGate::Add(Item&& item) {
-  Partition& p = parts_[Key(std::string(item.stream), item.partition)];
+  Partition& p = PartitionOf(item.stream, item.partition);
   p.reached = std::max(p.reached, item.change.pos);
   ++held_;
   if (item.change.packed_rows > 0) held_bytes_ += item.change.row.Get(0).size();
@@ -154,6 +165,7 @@ size_t TickGate::ReleasePiece(size_t max, std::vector<Item>* out) {
   const Position bound{oldest.epoch, oldest.tick, Position::kEndOfTick,
                        oldest.seq == Position::kEndOfTick ? oldest.sub : 0};
   stream_bound_ = std::max(stream_bound_, bound);
+  out->reserve(out->size() + std::min(max, held_));
   size_t n = 0;
   for (auto& [key, p] : parts_) {
     while (!p.items.empty() && p.items.front().change.pos <= stream_bound_ && n < max) {

@@ -98,7 +98,10 @@ class TickGate {
   // `item` leaves the gate.
   void Took(const Item& item);
   using Key = std::pair<std::string, int32_t>;
+  // parts_[(stream, partition)], made when missing.
+  Partition& PartitionOf(std::string_view stream, int32_t partition);
   std::map<Key, Partition, std::less<>> parts_;
+  Key scratch_;  // PartitionOf's lookup key
   std::deque<End> ends_;
   size_t held_ = 0;
   size_t held_bytes_ = 0;

@@ -854,38 +854,65 @@ Result<int64_t> ChangeLog::ParseBatch(size_t t, const pg::QueryResult& r, int64_
 
 namespace {
 
+// One field of a record literal (SplitRecord): NULL, or `len` bytes at
+// `off` of the literal itself (`unescaped` false) or of the scratch buffer
+// its unescaped text went to.
+struct RecordField {
+  bool null = true;
+  bool unescaped = false;
+  uint32_t off = 0;
+  uint32_t len = 0;
+};
+
 // Splits a record literal as record_out writes it, "(f1,f2,...)", into its
-// fields: an empty field is NULL, a quoted one has "" and \x escapes. Returns
-// false when `text` is not one.
-bool SplitRecord(std::string_view text, std::vector<std::optional<std::string>>* fields) {
+// fields: an empty field is NULL, a quoted one has "" and \x escapes. A
+// field without quotes (most of them) stays a slice of `text`; only quoted
+// ones are copied, unescaped, into `scratch`. Nothing is allocated per field
+// once `fields` and `scratch` have grown: a bulk statement's elements are
+// read by the million. Returns false when `text` is not one.
+bool SplitRecord(std::string_view text, std::vector<RecordField>* fields, std::string* scratch) {
   fields->clear();
+  scratch->clear();
   if (text.size() < 2 || text.front() != '(' || text.back() != ')') return false;
   size_t i = 1;
   const size_t end = text.size() - 1;
   for (;;) {
-    if (i == end || text[i] == ',') {
-      fields->emplace_back(std::nullopt);
-    } else {
-      std::string v;
-      bool quoted = false;
-      while (i < end && (quoted || text[i] != ',')) {
-        const char ch = text[i++];
-        if (ch == '\\' && i < end) {
-          v.push_back(text[i++]);
-        } else if (ch == '"') {
-          if (quoted && i < end && text[i] == '"') {
-            v.push_back('"');
-            ++i;
+    RecordField f;
+    if (i != end && text[i] != ',') {
+      f.null = false;
+      // record_out quotes any value holding a quote, a backslash, a comma,
+      // a parenthesis or white space: the others are their own text.
+      const size_t comma = text.find(',', i);
+      const size_t stop = comma == std::string_view::npos || comma > end ? end : comma;
+      const std::string_view plain = text.substr(i, stop - i);
+      if (plain.find_first_of("\"\\") == std::string_view::npos) {
+        f.off = static_cast<uint32_t>(i);
+        f.len = static_cast<uint32_t>(plain.size());
+        i = stop;
+      } else {
+        f.unescaped = true;
+        f.off = static_cast<uint32_t>(scratch->size());
+        bool quoted = false;
+        while (i < end && (quoted || text[i] != ',')) {
+          const char ch = text[i++];
+          if (ch == '\\' && i < end) {
+            scratch->push_back(text[i++]);
+          } else if (ch == '"') {
+            if (quoted && i < end && text[i] == '"') {
+              scratch->push_back('"');
+              ++i;
+            } else {
+              quoted = !quoted;
+            }
           } else {
-            quoted = !quoted;
+            scratch->push_back(ch);
           }
-        } else {
-          v.push_back(ch);
         }
+        if (quoted) return false;
+        f.len = static_cast<uint32_t>(scratch->size() - f.off);
       }
-      if (quoted) return false;
-      fields->emplace_back(std::move(v));
     }
+    fields->push_back(f);
     if (i == end) return true;
     ++i;  // the comma
   }
@@ -934,13 +961,16 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
   }
   const pg::QueryResult& r = results[names ? 2 : 1];
   const int n = std::min(r.rows(), limit);
-  std::vector<std::optional<std::string>> fields;
+  std::vector<RecordField> fields;
+  std::string unescaped;
+  out->reserve(out->size() + static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     if (bulk->next + i + 1 > (std::numeric_limits<int32_t>::max() >> Position::kElementShift)) {
       return Status::Fatal(fmt::format("change {} in {} has more elements than a position holds",
                                        bulk->change_id, spec.change_table.ToString()));
     }
-    if (r.IsNull(i, 0) || !SplitRecord(r.Get(i, 0), &fields) ||
+    const std::string_view text = r.IsNull(i, 0) ? std::string_view() : r.Get(i, 0);
+    if (r.IsNull(i, 0) || !SplitRecord(text, &fields, &unescaped) ||
         fields.size() != bulk->columns.size()) {
       return Status::Fatal(fmt::format(
           "element {} of change {} in {} is not a row of its {} columns", bulk->next + i,
@@ -963,10 +993,15 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
     } else {
       c.row.Reset(spec.columns.size());
     }
+    // The values are at most the literal's text: one allocation.
+    c.row.Reserve(text.size());
     for (size_t f = 0; f < fields.size(); ++f) {
       const int col = bulk->columns[f];
       if (col < 0 || (c.key_only && !spec.IsKey(static_cast<size_t>(col)))) continue;
-      if (fields[f]) c.row.Set(col, *fields[f]);
+      const RecordField& field = fields[f];
+      if (field.null) continue;
+      const std::string_view from = field.unescaped ? std::string_view(unescaped) : text;
+      c.row.Set(static_cast<size_t>(col), from.substr(field.off, field.len));
     }
     out->push_back(std::move(c));
   }

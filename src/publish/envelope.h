@@ -84,6 +84,18 @@ class EnvelopeEncoder {
 
  private:
   void EncodeChunk(const Change& c, std::string* value, const Position* prev);
+  // Inside "source": WriteOriginFields() of `spec`, from text kept per
+  // table. `w` must write into value_buf_.
+  void WriteOrigin(JsonWriter& w, uint32_t table, const TableSpec& spec);
+
+  // A table's origin fields as written: `first_key`, and `raw`, the text
+  // that follows its colon up to the last field's end. Remade when the
+  // table's source name differs from the one it was made for.
+  struct CachedOrigin {
+    std::string first_key, raw;
+    std::string schema, name;
+  };
+  std::vector<CachedOrigin> origins_;
 
   const std::vector<TableSpec>* tables_;
   Origin origin_;

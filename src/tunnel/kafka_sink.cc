@@ -129,7 +129,7 @@ Status KafkaSink::Send(const Change& change, int32_t partition, uint64_t token, 
   Status st = producer_->Send((*tables_)[change.table].topic, partition, key_, value_, token);
   if (!st.ok()) return st;
   head = change.pos;
-  touched_.emplace(change.table, partition);
+  Touch(change.table, partition);
   *sent_to = partition;
   bytes_sent_ += static_cast<int64_t>(value_.size() + key_.size());
   return st;
@@ -154,7 +154,7 @@ Status KafkaSink::SendConnect(const Change& change, int32_t partition, int n, ui
                               token, headers.empty() ? nullptr : &headers);
   if (!st.ok()) return st;
   head = change.pos;
-  touched_.emplace(change.table, partition);
+  Touch(change.table, partition);
   *sent_to = partition;
   bytes_sent_ += static_cast<int64_t>(value_.size() + connect_key_.size());
   return st;

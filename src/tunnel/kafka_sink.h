@@ -118,6 +118,10 @@ class KafkaSink : public ChangeSink {
   // (table, partition) sent to since the last end-of-tick record (or since
   // the session started: its schema markers go to every partition).
   std::set<std::pair<uint32_t, int32_t>> touched_;
+  // Notes a message sent to (table, partition). insert(), unlike emplace(),
+  // makes no node when the pair is there already: for all but a tick's
+  // first message per partition, a malloc and a free per message saved.
+  void Touch(uint32_t table, int32_t partition) { touched_.insert({table, partition}); }
 };
 
 }  // namespace datatunnel::tunnel

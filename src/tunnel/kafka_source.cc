@@ -280,8 +280,15 @@ Status KafkaSource::Next(std::vector<apply::Item>* items, bool* ended) {
       // A tick too large to hold whole: hand out a piece of it.
       gate_.ReleasePiece(stream_at, items);
       piece_ = !items->empty();
-      for (const auto& it : *items)
+      // Once per run of a partition's items, not per item (a string each).
+      for (size_t i = 0; i < items->size(); ++i) {
+        const apply::Item& it = (*items)[i];
+        if (i + 1 < items->size() && (*items)[i + 1].stream == it.stream &&
+            (*items)[i + 1].partition == it.partition) {
+          continue;
+        }
         streamed_[{std::string(it.stream), it.partition}] = it.offset + 1;
+      }
     }
     // Messages of several ticks held with no end-of-tick record to complete
     // them: a producer running by key sends none.

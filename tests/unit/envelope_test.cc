@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "apply/decoder.h"
+#include "core/version.h"
 #include "pg/connection.h"
 
 namespace datatunnel {
@@ -103,6 +104,49 @@ TEST(Envelope, RoundTripsEveryKind) {
   EXPECT_EQ(back.row.Get(6), "2024-02-29T23:59:59.999999Z");  // PostgreSQL reads both forms
   EXPECT_EQ(back.row.Get(7), c.row.Get(7));
   EXPECT_EQ(back.row.Get(8), c.row.Get(8));
+}
+
+// The origin fields are written once per table and reused (envelope.cc,
+// WriteOrigin): each message still names its own table, escaped, with the
+// fields after them in place, and a table renamed in place is written anew.
+TEST(Envelope, OriginFieldsFollowEachMessagesTable) {
+  std::vector<TableSpec> specs = {Spec(), Spec()};
+  specs[1].source = {"sales", "we\"ird"};
+  publish::EnvelopeEncoder enc(&specs, publish::Origin("db1", "tun", "inst"));
+  apply::EnvelopeDecoder dec(&specs);
+  dec.ExpectOrigin("tun", "inst");
+  auto encode = [&](uint32_t table, int64_t seq) {
+    Change c;
+    c.op = Op::kInsert;
+    c.table = table;
+    c.pos = {7, 8, seq, 0};
+    c.txid = 99;
+    c.row.Reset(9);
+    c.row.Set(0, std::to_string(seq));
+    std::string key, value;
+    enc.Encode(c, &key, &value);
+    return value;
+  };
+  const std::string head = std::string("\"source\":{\"version\":\"") + DATATUNNEL_VERSION +
+                           "\",\"connector\":\"datatunnel\",\"name\":\"tun\",\"install\":\"inst\","
+                           "\"db\":\"db1\",";
+  for (int round = 0; round < 2; ++round) {
+    const std::string v0 = encode(0, 10 + round), v1 = encode(1, 20 + round);
+    EXPECT_NE(v0.find(head + "\"schema\":\"public\",\"table\":\"t\",\"txId\":99,"),
+              std::string::npos)
+        << v0;
+    EXPECT_NE(v1.find(head + "\"schema\":\"sales\",\"table\":\"we\\\"ird\",\"txId\":99,"),
+              std::string::npos)
+        << v1;
+    Change back;
+    ASSERT_TRUE(dec.Decode(v1, 1, &back).ok()) << v1;
+    EXPECT_EQ(back.pos.seq, 20 + round);
+    EXPECT_EQ(back.row.Get(0), std::to_string(20 + round));
+  }
+  specs[0].source = {"public", "t2"};
+  const std::string renamed = encode(0, 30);
+  EXPECT_NE(renamed.find("\"schema\":\"public\",\"table\":\"t2\",\"txId\":99,"), std::string::npos)
+      << renamed;
 }
 
 TEST(Envelope, NullsFloatsAndDeletes) {
