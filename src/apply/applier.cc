@@ -651,15 +651,9 @@ Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::stri
   if (direct_backoff_[t] > 0) {
     --direct_backoff_[t];
   } else {
-    // A savepoint of its own, released either way: a caller's savepoint
-    // (WriteMixed) stays the one it rolls back to, and a batch of whole
-    // ticks writing several chunks does not nest a subtransaction per chunk.
-    DT_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT dt_copy"));
-    Status direct =
-        conn_->CopyIn(fmt::format("COPY {} ({}) FROM STDIN", spec.target.Quoted(), list), data);
-    if (direct.ok()) return conn_->Exec("RELEASE SAVEPOINT dt_copy");
-    if (conn_->last_sqlstate() != "23505") return direct;  // not a row already there
-    DT_RETURN_IF_ERROR(conn_->Exec("ROLLBACK TO SAVEPOINT dt_copy; RELEASE SAVEPOINT dt_copy"));
+    DT_ASSIGN_OR_RETURN(const bool copied,
+                        CopyStraight(spec, cols, std::span<const std::string_view>(&data, 1)));
+    if (copied) return Status::OK();
     direct_backoff_[t] = 50;
   }
   if (*stage_used) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
@@ -668,6 +662,62 @@ Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::stri
   DT_RETURN_IF_ERROR(conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
   return conn_->Exec(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}",
                                  spec.target.Quoted(), list, list, t, ConflictClause(spec, cols)));
+}
+
+Result<bool> Applier::CopyStraight(const TableSpec& spec, const std::vector<size_t>& cols,
+                                   std::span<const std::string_view> pieces) {
+  // A savepoint of its own, released either way: a caller's savepoint
+  // (WriteMixed) stays the one it rolls back to, and a batch of whole
+  // ticks writing several chunks does not nest a subtransaction per chunk.
+  DT_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT dt_copy"));
+  Status direct = conn_->CopyIn(
+      fmt::format("COPY {} ({}) FROM STDIN", spec.target.Quoted(), ColumnList(spec, cols)), pieces);
+  if (direct.ok()) {
+    DT_RETURN_IF_ERROR(conn_->Exec("RELEASE SAVEPOINT dt_copy"));
+    return true;
+  }
+  if (conn_->last_sqlstate() != "23505") return direct;  // not a row already there
+  DT_RETURN_IF_ERROR(conn_->Exec("ROLLBACK TO SAVEPOINT dt_copy; RELEASE SAVEPOINT dt_copy"));
+  return false;
+}
+
+Status Applier::WriteChunks(std::span<const Change* const> chunks, std::vector<bool>* stage_used) {
+  std::vector<std::string_view> pieces;
+  for (size_t i = 0; i < chunks.size();) {
+    const uint32_t t = chunks[i]->table;
+    const TableSpec& spec = (*targets_)[t];
+    const std::vector<size_t> cols = ChunkColumns(spec, chunks[i]->row.Get(0));
+    // The chunks that follow of the same table and columns go with it.
+    size_t end = i + 1;
+    while (end < chunks.size() && chunks[end - 1]->row.Get(0).ends_with('\n') &&
+           chunks[end]->table == t && ChunkColumns(spec, chunks[end]->row.Get(0)) == cols) {
+      ++end;
+    }
+    failed_table_ = static_cast<int>(t);
+    if (direct_backoff_.size() != targets_->size()) direct_backoff_.assign(targets_->size(), 0);
+    bool whole = false;
+    if (end - i > 1 && direct_backoff_[t] == 0) {
+      // One COPY for them all: one statement instead of one per message (a
+      // tick's chunk comes as one message per partition), whose round trips
+      // and per-statement work kept the target's backend from the rows
+      // (bench/README.md, snapshot). Each chunk holds a key once, but two
+      // of them may hold the same key (a chunk read again after a
+      // restart): then the COPY is undone and each chunk goes on its own,
+      // in order.
+      pieces.clear();
+      for (size_t j = i; j < end; ++j) pieces.push_back(chunks[j]->row.Get(0));
+      DT_ASSIGN_OR_RETURN(whole, CopyStraight(spec, cols, pieces));
+    }
+    if (!whole) {
+      for (size_t j = i; j < end; ++j) {
+        bool used = (*stage_used)[t];
+        DT_RETURN_IF_ERROR(WriteRows(t, cols, chunks[j]->row.Get(0), &used));
+        (*stage_used)[t] = used;
+      }
+    }
+    i = end;
+  }
+  return Status::OK();
 }
 
 Status Applier::UpdateRows(uint32_t t, const std::vector<size_t>& cols, size_t rows,
@@ -758,16 +808,7 @@ Status Applier::ApplyRuns(const std::vector<Run>& runs, std::span<const Advance>
   for (size_t r = 0; r < runs.size(); ++r) {
     if (!runs[r].packed.empty()) {
       DT_RETURN_IF_ERROR(flush());
-      for (const Change* c : runs[r].packed) {
-        const uint32_t t = c->table;
-        failed_table_ = static_cast<int>(t);
-        // A chunk of a table with a unique key holds each key once: it
-        // goes in as the source server sent it.
-        bool used = stage_used[t];
-        DT_RETURN_IF_ERROR(
-            WriteRows(t, ChunkColumns((*targets_)[t], c->row.Get(0)), c->row.Get(0), &used));
-        stage_used[t] = used;
-      }
+      DT_RETURN_IF_ERROR(WriteChunks(runs[r].packed, &stage_used));
       failed_table_ = -1;
       continue;
     }

@@ -228,6 +228,15 @@ class Applier {
   // REQUIRES: inside a transaction; dt_stage_N exists.
   Status WriteRows(uint32_t table, const std::vector<size_t>& cols, std::string_view data,
                    bool* stage_used);
+  // One COPY of `pieces` (rows of columns `cols`) straight into table
+  // `spec`, in a savepoint: false (undone) when a key was there already.
+  Result<bool> CopyStraight(const TableSpec& spec, const std::vector<size_t>& cols,
+                            std::span<const std::string_view> pieces);
+  // Writes packed snapshot chunks (a run of them, in position order) with
+  // WriteRows(); consecutive chunks of one table and the same columns with
+  // one COPY straight in when their keys are new, else each on its own.
+  // REQUIRES: inside a transaction; the chunks' staging tables exist.
+  Status WriteChunks(std::span<const Change* const> chunks, std::vector<bool>* stage_used);
   // Writes `rows` updates of table `table` (COPY text of columns `cols`, at
   // least one not in the key; each key once): staged, then one UPDATE
   // joined on the key; keys the target lacks are inserted after it.

@@ -190,7 +190,7 @@ Result<std::unique_ptr<metrics::HttpServer>> ServeMetrics(const Config& config,
 }
 
 // The main thread while the workers run: the status line, and for
-// `snapshot` whether the copy is complete (checked once a second). Returns
+// `snapshot` whether the copy is complete (how often: check_us). Returns
 // that, once a worker ends, a signal comes (`*signalled`) or the copy is done.
 bool Watch(const RunPlan& plan, bool memory, const metrics::Metrics& metrics,
            const Workers& workers, StopSource* main_stop, StatusReporter* reporter,
@@ -200,13 +200,18 @@ bool Watch(const RunPlan& plan, bool memory, const metrics::Metrics& metrics,
   // `snapshot` returns once the copy is applied: checked often for a few
   // tables (at most 100 ms late for one; it checked once a second, a third
   // of the wall time of a 1,000,000-row copy), less often for many (a
-  // query per table on the target each time).
+  // query per table on the target each time). When this process applies,
+  // also as soon as it committed an end marker (a counter looked at every
+  // 10 ms): the check alone left the command 50 ms late on average.
   const int64_t check_us =
       plan.snapshot_only
           ? std::min<int64_t>(1'000'000,
                               100'000 + 5'000 * static_cast<int64_t>(snapshot->tables().size()))
           : 1'000'000;
-  const int wait_ms = static_cast<int>(std::min<int64_t>(250, check_us / 1000));
+  const int wait_ms = plan.snapshot_only && !memory
+                          ? 10
+                          : static_cast<int>(std::min<int64_t>(250, check_us / 1000));
+  int64_t ends_seen = metrics.snapshot_ends_applied.load();
   while (true) {
     pollfd p[2] = {{main_stop->wake_fd(), POLLIN, 0}, {worker_ended.wake_fd(), POLLIN, 0}};
     poll(p, 2, wait_ms);
@@ -221,7 +226,10 @@ bool Watch(const RunPlan& plan, bool memory, const metrics::Metrics& metrics,
     }
     const int64_t now = MonotonicMicros();
     reporter->Tick(now);
-    if (!plan.snapshot_only || now - last_snapshot_check < check_us) continue;
+    if (!plan.snapshot_only) continue;
+    const int64_t ends = metrics.snapshot_ends_applied.load();
+    if (now - last_snapshot_check < check_us && ends == ends_seen) continue;
+    ends_seen = ends;
     last_snapshot_check = now;
     // Through a broker: done once every partition of every requested table
     // applied the marker.

@@ -88,6 +88,9 @@ class Metrics {
   std::atomic<int> applier{0};
   std::atomic<int> target_consistent{0};
   std::atomic<int64_t> consistent_tick{0};
+  // Target commits that applied a snapshot's end marker (not exported): a
+  // hint for `snapshot` to look at the target now, not at its next check.
+  std::atomic<int64_t> snapshot_ends_applied{0};
 
   // Prometheus text exposition format (version 0.0.4).
   std::string RenderPrometheus() const;

@@ -485,6 +485,10 @@ void Connection::RollbackQuietly() {
 }
 
 Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
+  return CopyIn(copy_sql, std::span<const std::string_view>(&data, 1));
+}
+
+Status Connection::CopyIn(std::string_view copy_sql, std::span<const std::string_view> pieces) {
   const Fault fault = InjectedFault(copy_sql);
   if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
     return InjectedError(fault, "COPY", false);
@@ -499,10 +503,12 @@ Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
   }
   PQclear(res);
   constexpr size_t kPiece = 1 << 20;
-  for (size_t off = 0; off < data.size(); off += kPiece) {
-    size_t n = std::min(kPiece, data.size() - off);
-    if (PQputCopyData(conn_, data.data() + off, static_cast<int>(n)) != 1) {
-      return ConnectionError("COPY data");
+  for (std::string_view data : pieces) {
+    for (size_t off = 0; off < data.size(); off += kPiece) {
+      size_t n = std::min(kPiece, data.size() - off);
+      if (PQputCopyData(conn_, data.data() + off, static_cast<int>(n)) != 1) {
+        return ConnectionError("COPY data");
+      }
     }
   }
   if (PQputCopyEnd(conn_, nullptr) != 1) return ConnectionError("COPY end");

@@ -183,6 +183,10 @@ class Connection {
 
   // COPY ... FROM STDIN, sending `data` (already in COPY text format).
   Status CopyIn(std::string_view copy_sql, std::string_view data);
+  // The same, sending `pieces` in turn as one COPY's data (each ends at a
+  // line's end): several messages' rows in one statement, not copied
+  // together first.
+  Status CopyIn(std::string_view copy_sql, std::span<const std::string_view> pieces);
   // COPY ... TO STDOUT; calls on_row with each line (without its newline).
   Status CopyOut(std::string_view copy_sql, const std::function<Status(std::string_view)>& on_row);
 

@@ -383,10 +383,13 @@ Status TargetCore::Stream(std::vector<apply::Item>& items, bool finish) {
 }
 
 void TargetCore::Committed() {
+  bool snapshot_end = false;
   for (size_t i = 0; i < plan_.advances.size(); ++i) {
     const apply::Advance& a = plan_.advances[i];
     states_[{a.stream, a.partition}] = plan_.StateAfter(i);
+    snapshot_end = snapshot_end || a.snapshot_marker;
   }
+  if (snapshot_end) ++metrics_->snapshot_ends_applied;
   if (plan_.tick) {
     // A source state once no table is being copied (as `status` says): a
     // table's snapshot rows applied and its end marker not yet.

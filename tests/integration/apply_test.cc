@@ -7,6 +7,7 @@
 #include "apply/consistency.h"
 #include "apply/install.h"
 #include "support/pg_cluster.h"
+#include "support/pg_fault.h"
 
 namespace datatunnel {
 namespace {
@@ -521,6 +522,66 @@ TEST_P(WholeTickChunkTest, AChunkGoesBetweenItsTicksChangesAndTheNext) {
                                    "SELECT string_agg(id || ':' || v || ':' || coalesce(n::text, "
                                    "'null'), ',' ORDER BY id) FROM solo"),
             "1:one:null,2:two new:22");
+}
+
+// A tick's chunk comes as one message per partition: the chunks of one
+// table in a row go into it with one COPY, not one per message. A chunk
+// read again (after a producer restart) holds keys an earlier one of the
+// same run brought: that COPY fails, is undone, and each chunk goes on its
+// own, in order, the newer copy of a key winning.
+TEST_F(WholeTickChunkTest, ChunksOfATableInARowGoWithOneCopy) {
+  for (const bool again : {false, true}) {
+    SCOPED_TRACE(again ? "a chunk read again" : "keys apart");
+    const std::string name = again ? "solo_again" : "solo";
+    TargetCluster().Exec(db_, "CREATE TABLE " + name + "(id int PRIMARY KEY, v text, n int)");
+    TableConfig tc;
+    tc.source = tc.target = {"public", name};
+    tc.topic = name;
+    auto specs = apply::DescribeTargetTables(*conn_, {tc});
+    ASSERT_TRUE(specs.ok()) << specs.status().message();
+    std::vector<TableSpec> one = *specs;
+    auto order = apply::LoadTableOrder(*conn_, one);
+    ASSERT_TRUE(order.ok()) << order.status().message();
+    apply::Applier applier(conn_.get(), &one);
+    applier.SetTransactional("t", *order);
+    ASSERT_TRUE(applier.Load(name, 0, 0).ok());
+    // Tick 5's chunk over three partitions (keys apart), then tick 6's.
+    std::vector<Change> cs = {
+        Chunk(0, 5, 2, "1\ta\t1\n4\td\t4\n"),
+        Chunk(0, 5, 1, "2\tb\t2\n"),
+        Chunk(0, 5, 2, "3\tc\t3\n5\te\t5\n"),
+        again ? Chunk(0, 6, 2, "4\td again\t44\n6\tf\t6\n") : Chunk(0, 6, 1, "6\tf\t6\n"),
+    };
+    // Each partition's part of a chunk has a position of its own.
+    for (size_t i = 0; i < cs.size(); ++i) cs[i].pos.seq += static_cast<int64_t>(i) * 10;
+    std::vector<const Change*> ptrs;
+    for (const Change& c : cs) ptrs.push_back(&c);
+    apply::Advance a;
+    a.stream = name;
+    a.offset = 3;
+    a.pos = cs.back().pos;
+    std::atomic<int> copies{0};
+    testing::StatementFault count(
+        "test",
+        [&](std::string_view sql) {
+          if (sql.rfind("COPY ", 0) == 0 && sql.find(name + "\" (") != std::string_view::npos) {
+            ++copies;
+          }
+          return false;
+        },
+        pg::Fault::kNone, 0);
+    testing::ScopedFaultHook hook(&count);
+    Status st = applier.Apply(ptrs, std::vector<apply::Advance>{a});
+    ASSERT_TRUE(st.ok()) << st.message();
+    // Read again: the COPY that failed, then one per chunk, the last of
+    // which met key 4 and went through the staging table instead.
+    EXPECT_EQ(copies.load(), again ? 1 + 4 : 1);
+    EXPECT_EQ(
+        TargetCluster().Scalar(
+            db_, "SELECT string_agg(id || ':' || v || ':' || n, ',' ORDER BY id) FROM " + name),
+        again ? "1:a:1,2:b:2,3:c:3,4:d again:44,5:e:5,6:f:6"
+              : "1:a:1,2:b:2,3:c:3,4:d:4,5:e:5,6:f:6");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Apply, WholeTickChunkTest, ::testing::Bool(),
