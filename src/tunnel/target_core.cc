@@ -230,6 +230,15 @@ Result<apply::ConsistencyState> TargetCore::Consistency() {
 
 Status TargetCore::ApplyBatch(std::vector<apply::Item>& items,
                               const std::function<void()>& keepalive) {
+  // An empty batch (nothing came, or the tick gate holds what came) goes to
+  // the target at most once a second, as a check that its connection still
+  // works. Going every time was half the batches in transaction mode at
+  // 1,000 changes/s: a round trip to the target's backend while the record
+  // or partition that completes the tick waited behind it.
+  if (items.empty() && conn_ && !conn_->IsBroken() &&
+      MonotonicMicros() - last_round_trip_us_ < kIdleCheckUs) {
+    return Status::OK();
+  }
   HeldSince held(metrics_, targets_.size());
   Backoff backoff(100, 5000);
   const apply::StateFn state = [this](const std::string& stream, int32_t partition,
@@ -246,6 +255,7 @@ Status TargetCore::ApplyBatch(std::vector<apply::Item>& items,
                            plan_.tick ? &*plan_.tick : nullptr);
     }
     if (st.ok()) {
+      last_round_trip_us_ = MonotonicMicros();
       Committed();
       return plan_.GapError(targets_);
     }

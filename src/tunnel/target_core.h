@@ -83,7 +83,9 @@ class TargetCore {
   // Chained items are checked against their partition's tail first: at a gap
   // (apply/chain.h) nothing of that partition from the gap on is applied,
   // the gap is recorded with the batch, and once it committed the result is
-  // kFatal with the one-line explanation and fix.
+  // kFatal with the one-line explanation and fix. An empty batch returns OK
+  // at once unless a second passed since the last commit: then it is an
+  // empty transaction, which tells whether the target is still there.
   Status ApplyBatch(std::vector<apply::Item>& items, const std::function<void()>& keepalive = {});
   // A tick too large to hold (apply_consistency = "transaction",
   // pipeline.tick_stream_changes), streamed (apply::Applier::StagePiece):
@@ -135,6 +137,9 @@ class TargetCore {
   std::vector<int64_t> copy_rows_, copy_ends_, stream_copy_rows_, stream_copy_ends_;
   int64_t stream_started_us_ = 0;
   size_t stream_pieces_ = 0, stream_changes_ = 0;
+  // When a batch last committed (ApplyBatch: how often an empty one goes).
+  static constexpr int64_t kIdleCheckUs = 1'000'000;
+  int64_t last_round_trip_us_ = 0;
 };
 
 }  // namespace datatunnel::tunnel
