@@ -227,6 +227,7 @@ void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg
         "$11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], "
         "$16::integer[]) AS u(s, p, e, o, ep, t, sq, sb, ap, sk, d, c, te, tt, ts, tsb)";
     for (const auto& c : cols) st.params.emplace_back(arena->Keep(pg::TextArrayLiteral(c)));
+    st.prepare = true;
     out->push_back(std::move(st));
   }
   for (const auto& a : advances) {
@@ -241,6 +242,7 @@ void AddAdvances(std::span<const Advance> advances, Arena* arena, std::vector<pg
         st.params.emplace_back(arena->Keep(std::to_string(v)));
       }
       st.params.insert(st.params.begin(), arena->Keep(a.stream));
+      st.prepare = true;
       out->push_back(std::move(st));
     }
     if (a.gap) {
@@ -613,6 +615,7 @@ Status Applier::AddStatements(const Step& step, const std::vector<TableEffect>& 
       }
       st.sql = fmt::format("DELETE FROM {} WHERE ({}) IN (VALUES {})", spec.target.Quoted(),
                            KeyList(spec), values);
+      st.prepare = end - start <= kPreparedMaxRows;
       out->push_back(std::move(st));
     }
     return Status::OK();
@@ -633,6 +636,7 @@ Status Applier::AddStatements(const Step& step, const std::vector<TableEffect>& 
       }
       st.sql = fmt::format("INSERT INTO {} ({}) VALUES {}{}", spec.target.Quoted(),
                            ColumnList(spec, cols), values, ConflictClause(spec, cols));
+      st.prepare = end - start <= kPreparedMaxRows;
       out->push_back(std::move(st));
     }
   }
