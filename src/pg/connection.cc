@@ -363,6 +363,11 @@ Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Para
   return out;
 }
 
+namespace {
+// Statement::prepare's names, unique in the process (so in every session).
+std::atomic<uint64_t> prepared_names{0};
+}  // namespace
+
 Status Connection::ExecPipeline(std::span<const Statement> statements,
                                 std::vector<QueryResult>* results) {
   last_sqlstate_.clear();
@@ -395,7 +400,9 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
     } else if (auto it2 = new_names.find(st.sql); it2 != new_names.end()) {
       names[n] = names[it2->second];
     } else if (prepared_.size() + new_names.size() < kMaxPrepared) {
-      names[n] = fmt::format("dt_s{}", prepared_.size() + new_names.size());
+      // Never a name given out before, even one whose Parse may have run
+      // without our reading its result (a pipeline cut short).
+      names[n] = fmt::format("dt_s{}", prepared_names.fetch_add(1, std::memory_order_relaxed));
       parsed[n] = true;
       new_names.emplace(st.sql, n);
     }
