@@ -13,7 +13,8 @@
 //
 // Each table's deletes and upserts of a batch go as parameter statements
 // when they are few (kPipelinedMaxRows), all pipelined (a batch of such is
-// one round trip); more are staged with COPY into the table's temporary
+// one round trip; those of at most kPreparedMaxRows rows, and the advances,
+// prepared once per session); more are staged with COPY into the table's temporary
 // tables and merged set-wise, except deletes by a one-column key: one
 // DELETE of an array of the keys (the key index probed per key). Staged
 // rows whose key's newest change is an UPDATE go by a plain UPDATE joined
@@ -313,5 +314,13 @@ class Applier {
 // Rows per table and kind (deletes, upserts) of a batch up to which they are
 // written with parameter statements rather than staged with COPY.
 inline constexpr size_t kPipelinedMaxRows = 200;
+// Parameter statements of up to this many rows run as statements the target
+// session prepares once and keeps (pg::Statement::prepare): a tick spread
+// over hundreds of tables writes one or two rows to each, and parsing and
+// planning each table's statement again in every batch was a third of the
+// target's time per batch (docs: bench/README.md, "Many tables"). Larger
+// ones vary in shape from batch to batch and would fill the session with
+// statements run once.
+inline constexpr size_t kPreparedMaxRows = 4;
 
 }  // namespace datatunnel::apply

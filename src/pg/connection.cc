@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <charconv>
+#include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "core/clock.h"
@@ -361,6 +363,11 @@ Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Para
   return out;
 }
 
+namespace {
+// Statement::prepare's names, unique in the process (so in every session).
+std::atomic<uint64_t> prepared_names{0};
+}  // namespace
+
 Status Connection::ExecPipeline(std::span<const Statement> statements,
                                 std::vector<QueryResult>* results) {
   last_sqlstate_.clear();
@@ -378,7 +385,30 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
   std::vector<const char*> values;
   std::vector<int> lengths;
   std::vector<std::string> owned;
-  for (const auto& st : statements) {
+  // Per statement: its prepared name ("" for an unnamed statement), and
+  // whether a Parse for it went first in this pipeline (its result comes
+  // first; the name counts as prepared only once that result is read as a
+  // success: after an error the server skips the rest of the pipeline).
+  std::vector<std::string> names(statements.size());
+  std::vector<bool> parsed(statements.size(), false);
+  std::unordered_map<std::string_view, size_t> new_names;  // sql -> statement parsing it
+  for (size_t n = 0; n < statements.size(); ++n) {
+    const Statement& st = statements[n];
+    if (!st.prepare) continue;
+    if (auto it = prepared_.find(st.sql); it != prepared_.end()) {
+      names[n] = it->second;
+    } else if (auto it2 = new_names.find(st.sql); it2 != new_names.end()) {
+      names[n] = names[it2->second];
+    } else if (prepared_.size() + new_names.size() < kMaxPrepared) {
+      // Never a name given out before, even one whose Parse may have run
+      // without our reading its result (a pipeline cut short).
+      names[n] = fmt::format("dt_s{}", prepared_names.fetch_add(1, std::memory_order_relaxed));
+      parsed[n] = true;
+      new_names.emplace(st.sql, n);
+    }
+  }
+  for (size_t n = 0; n < statements.size(); ++n) {
+    const Statement& st = statements[n];
     values.assign(st.params.size(), nullptr);
     lengths.assign(st.params.size(), 0);
     owned.assign(st.params.size(), std::string());
@@ -388,8 +418,19 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
       values[i] = owned[i].c_str();
       lengths[i] = static_cast<int>(owned[i].size());
     }
-    if (PQsendQueryParams(conn_, st.sql.c_str(), static_cast<int>(st.params.size()), nullptr,
-                          values.data(), lengths.data(), nullptr, 0) != 1) {
+    if (parsed[n] && PQsendPrepare(conn_, names[n].c_str(), st.sql.c_str(),
+                                   static_cast<int>(st.params.size()), nullptr) != 1) {
+      Status err = ConnectionError("sending a pipelined statement");
+      PQexitPipelineMode(conn_);
+      return err;
+    }
+    const int sent =
+        names[n].empty()
+            ? PQsendQueryParams(conn_, st.sql.c_str(), static_cast<int>(st.params.size()), nullptr,
+                                values.data(), lengths.data(), nullptr, 0)
+            : PQsendQueryPrepared(conn_, names[n].c_str(), static_cast<int>(st.params.size()),
+                                  values.data(), lengths.data(), nullptr, 0);
+    if (sent != 1) {
       Status err = ConnectionError("sending a pipelined statement");
       PQexitPipelineMode(conn_);
       return err;
@@ -403,6 +444,28 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
   Status first;
   bool lost = false;
   for (size_t i = 0; i < statements.size(); ++i) {
+    if (parsed[i]) {
+      // The Parse's own result, then its end.
+      PGresult* pres = PQgetResult(conn_);
+      if (!pres) {
+        if (PQstatus(conn_) == CONNECTION_BAD) {
+          lost = true;
+          break;
+        }
+      } else {
+        ExecStatusType ps = PQresultStatus(pres);
+        if (ps == PGRES_COMMAND_OK) {
+          prepared_.emplace(statements[i].sql, names[i]);
+        } else if (ps == PGRES_FATAL_ERROR && first.ok()) {
+          last_failed_statement_ = i;
+          std::string q = statements[i].sql.substr(0, 60);
+          first = ResultError(
+              pres, "preparing \"" + q + (statements[i].sql.size() > 60 ? "...\"" : "\""));
+        }
+        PQclear(pres);
+        while ((pres = PQgetResult(conn_)) != nullptr) PQclear(pres);
+      }
+    }
     PGresult* res = PQgetResult(conn_);
     if (!res) {
       if (PQstatus(conn_) == CONNECTION_BAD) {

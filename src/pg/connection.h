@@ -32,6 +32,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "core/change.h"
@@ -136,6 +137,13 @@ using Param = std::optional<std::string_view>;
 struct Statement {
   std::string sql;
   std::vector<Param> params;
+  // Run as a named statement the connection prepares the first time it
+  // sees this text (in the same pipeline) and keeps for the session: the
+  // parse and analysis are then done once, not per run. For statements of
+  // few shapes run again and again (the apply of a tick touching hundreds
+  // of tables sends one such per table). Ignored once the connection holds
+  // Connection::kMaxPrepared statements.
+  bool prepare = false;
 };
 
 // Owns the text of parameters while a pipeline is built and sent: a Param
@@ -170,6 +178,10 @@ class Connection {
   // (rows of a SELECT or RETURNING), one per statement, in order.
   Status ExecPipeline(std::span<const Statement> statements,
                       std::vector<QueryResult>* results = nullptr);
+  // Named statements kept per connection (Statement::prepare), at most.
+  static constexpr size_t kMaxPrepared = 4096;
+  // How many statements Statement::prepare has prepared on this connection.
+  size_t prepared_count() const { return prepared_.size(); }
   // SQLSTATE of the last failed statement ("" when none or unknown).
   const std::string& last_sqlstate() const { return last_sqlstate_; }
   // After ExecPipeline failed: the index of the first statement that failed
@@ -225,6 +237,9 @@ class Connection {
   std::string application_name_;
   mutable std::string last_sqlstate_;
   size_t last_failed_statement_ = SIZE_MAX;
+  // Statement::prepare: the text of each statement prepared on this
+  // session, and its name.
+  std::unordered_map<std::string, std::string> prepared_;
 };
 
 // Opens a connection, retrying retryable failures until `deadline_ms` passes

@@ -259,6 +259,60 @@ TEST_F(ApplyTest, ChainTailGapAndResync) {
   EXPECT_EQ(applier_->Load("topic", 0, 0)->resync.tick, 7);
 }
 
+// Issue 20: a tick spread over hundreds of tables writes a row or two to
+// each, and parsing and planning every table's statement in every batch was
+// a third of the target's time. Such statements and the advances run as
+// statements prepared once per session; a statement whose Parse the server
+// skipped (after an error earlier in the pipeline) is prepared again later,
+// and one prepared before the error stays usable after the rollback. They
+// are planned once: generic plans, which for a key lookup are the custom
+// ones.
+TEST_F(ApplyTest, FewRowsRunAsStatementsPreparedOncePerSession) {
+  auto prepared = [&] {
+    auto r = conn_->Query(
+        "SELECT count(*) FILTER (WHERE statement LIKE 'INSERT INTO \"public\".\"t\"%'), "
+        "count(*) FILTER (WHERE statement LIKE 'DELETE FROM \"public\".\"t\"%'), count(*) "
+        "FROM pg_prepared_statements WHERE NOT from_sql");
+    return r.ok() ? fmt::format("{}/{}/{}", r->Get(0, 0), r->Get(0, 1), r->Get(0, 2))
+                  : "error: " + r.status().message();
+  };
+  ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
+  // A wrong guard: the advance (prepared, first) fails, the upsert after it
+  // is skipped, its Parse with it.
+  Status st = Apply({Row3(Op::kInsert, 1, "1", "a")}, 5, 0);
+  EXPECT_TRUE(applier_->position_moved()) << st.message();
+  EXPECT_EQ(prepared(), "0/0/1");
+  EXPECT_EQ(conn_->prepared_count(), 1u);
+  st = Apply({Row3(Op::kInsert, 1, "1", "a")}, -1, 0);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(prepared(), "1/0/2");
+  for (int i = 0; i < 3; ++i) {
+    st = Apply({Row3(Op::kUpdate, 2 * i + 2, "1", std::to_string(i).c_str()),
+                Row3(Op::kDelete, 2 * i + 3, "2")},
+               2 * i, 2 * i + 2);
+    ASSERT_TRUE(st.ok()) << st.message();
+  }
+  // The same three statements, however many batches ran them, each planned
+  // once (a custom plan per run for the first five runs otherwise).
+  EXPECT_EQ(prepared(), "1/1/3");
+  auto plans = conn_->Query(
+      "SELECT sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements WHERE NOT "
+      "from_sql");
+  ASSERT_TRUE(plans.ok()) << plans.status().message();
+  EXPECT_GE(plans->GetInt64(0, 0), 3);
+  EXPECT_EQ(plans->GetInt64(0, 1), 0);
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT string_agg(id || ':' || name, ',') FROM t"), "1:2");
+  // More rows than kPreparedMaxRows: unnamed, nothing more kept.
+  std::vector<Change> many;
+  for (int i = 0; i < 10; ++i) {
+    many.push_back(Row3(Op::kInsert, 100 + i, std::to_string(10 + i).c_str(), "m"));
+  }
+  st = Apply(many, 6, 7);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(prepared(), "1/1/3");
+  EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM t WHERE name = 'm'"), 10);
+}
+
 TEST_F(ApplyTest, ConstraintViolationIsNotRetryable) {
   TargetCluster().Exec(db_, "ALTER TABLE t ALTER COLUMN name SET NOT NULL");
   ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
