@@ -796,14 +796,6 @@ Status Applier::ApplyRuns(const std::vector<Run>& runs, std::span<const Advance>
   std::vector<pg::Statement> pending;
   std::vector<int> table_of;
   Head(advances, tick, &arena, &pending);
-  // The prepared statements (pg::Statement::prepare) plan once: PostgreSQL
-  // would otherwise plan each anew for its first five runs, and spread over
-  // hundreds of tables most statements run fewer times than that in
-  // minutes. Every parameter statement of a batch is planned alike whatever
-  // its values (a key lookup, a VALUES list, an array of keys probing the
-  // key index).
-  // Right after BEGIN: the advances are such statements too.
-  pending.insert(pending.begin() + 1, {"SET LOCAL plan_cache_mode = force_generic_plan", {}});
   table_of.resize(pending.size(), -1);
   const auto flush = [&]() -> Status {
     if (pending.empty()) return Status::OK();
