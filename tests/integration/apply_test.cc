@@ -3,6 +3,10 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "apply/applier.h"
 #include "apply/consistency.h"
 #include "apply/install.h"
@@ -474,6 +478,27 @@ class WholeTickChunkTest : public ApplyTest, public ::testing::WithParamInterfac
     c.row.Assign(std::move(text));
     return c;
   }
+  // The target tables public.<names> (each its own topic) in *specs, and a
+  // transactional applier over them that loaded partition 0 of each.
+  // REQUIRES: *specs outlives *applier.
+  void TransactionalApplier(const std::vector<std::string>& names, std::vector<TableSpec>* specs,
+                            std::unique_ptr<apply::Applier>* applier) {
+    std::vector<TableConfig> tcs(names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      tcs[i].source = tcs[i].target = {"public", names[i]};
+      tcs[i].topic = names[i];
+    }
+    auto described = apply::DescribeTargetTables(*conn_, tcs);
+    ASSERT_TRUE(described.ok()) << described.status().message();
+    *specs = *described;
+    auto order = apply::LoadTableOrder(*conn_, *specs);
+    ASSERT_TRUE(order.ok()) << order.status().message();
+    *applier = std::make_unique<apply::Applier>(conn_.get(), specs);
+    (*applier)->SetTransactional("t", *order);
+    for (uint32_t t = 0; t < names.size(); ++t) {
+      ASSERT_TRUE((*applier)->Load(names[t], 0, t).ok());
+    }
+  }
 };
 
 TEST_P(WholeTickChunkTest, AChunkGoesBetweenItsTicksChangesAndTheNext) {
@@ -484,20 +509,10 @@ TEST_P(WholeTickChunkTest, AChunkGoesBetweenItsTicksChangesAndTheNext) {
                        "REFERENCES parent(id), note text); "
                        "CREATE TABLE solo(id int PRIMARY KEY, v text, n int); "
                        "INSERT INTO parent VALUES (1, 'p1', 0), (2, 'p2', 0)");
-  std::vector<TableConfig> tcs(3);
-  const char* names[] = {"parent", "child", "solo"};
-  for (int i = 0; i < 3; ++i) {
-    tcs[i].source = tcs[i].target = {"public", names[i]};
-    tcs[i].topic = names[i];
-  }
-  auto specs = apply::DescribeTargetTables(*conn_, tcs);
-  ASSERT_TRUE(specs.ok()) << specs.status().message();
-  std::vector<TableSpec> three = *specs;
-  auto order = apply::LoadTableOrder(*conn_, three);
-  ASSERT_TRUE(order.ok()) << order.status().message();
-  apply::Applier applier(conn_.get(), &three);
-  applier.SetTransactional("t", *order);
-  for (uint32_t t = 0; t < 3; ++t) ASSERT_TRUE(applier.Load(names[t], 0, t).ok());
+  const std::vector<std::string> names = {"parent", "child", "solo"};
+  std::vector<TableSpec> three;
+  std::unique_ptr<apply::Applier> applier;
+  ASSERT_NO_FATAL_FAILURE(TransactionalApplier(names, &three, &applier));
   // Tick 5: parent 3 arrives, and the copy of child (whose row 2 references
   // it) and of solo. Tick 6: a child row copied in tick 5 changes, another
   // goes, and so does the parent it referenced; solo row 2 changes.
@@ -539,20 +554,20 @@ TEST_P(WholeTickChunkTest, AChunkGoesBetweenItsTicksChangesAndTheNext) {
     return out;
   };
   if (streamed) {
-    Status st = applier.StagePiece(ptrs(tick5, true), advances(tick5, -1));
+    Status st = applier->StagePiece(ptrs(tick5, true), advances(tick5, -1));
     ASSERT_TRUE(st.ok()) << st.message();
     // Nothing is visible before the tick's end.
     EXPECT_EQ(TargetCluster().Count(db_, "SELECT count(*) FROM child"), 0);
-    st = applier.FinishStream(ptrs(tick6, true), advances(tick6, 0), nullptr);
+    st = applier->FinishStream(ptrs(tick6, true), advances(tick6, 0), nullptr);
     ASSERT_TRUE(st.ok()) << st.message();
     // solo's chunk (2 rows) and its update went straight in.
-    EXPECT_EQ(applier.stream_direct(), 3);
+    EXPECT_EQ(applier->stream_direct(), 3);
   } else {
     std::vector<Change> both = tick5;
     both.insert(both.end(), tick6.begin(), tick6.end());
     std::vector<apply::Advance> adv = advances(both, -1);
     for (auto& a : adv) a.offset = 0;
-    Status st = applier.Apply(ptrs(both, true), adv);
+    Status st = applier->Apply(ptrs(both, true), adv);
     ASSERT_TRUE(st.ok()) << st.message();
   }
   EXPECT_EQ(TargetCluster().Scalar(db_,
@@ -579,17 +594,9 @@ TEST_F(WholeTickChunkTest, ChunksOfATableInARowGoWithOneCopy) {
     SCOPED_TRACE(again ? "a chunk read again" : "keys apart");
     const std::string name = again ? "solo_again" : "solo";
     TargetCluster().Exec(db_, "CREATE TABLE " + name + "(id int PRIMARY KEY, v text, n int)");
-    TableConfig tc;
-    tc.source = tc.target = {"public", name};
-    tc.topic = name;
-    auto specs = apply::DescribeTargetTables(*conn_, {tc});
-    ASSERT_TRUE(specs.ok()) << specs.status().message();
-    std::vector<TableSpec> one = *specs;
-    auto order = apply::LoadTableOrder(*conn_, one);
-    ASSERT_TRUE(order.ok()) << order.status().message();
-    apply::Applier applier(conn_.get(), &one);
-    applier.SetTransactional("t", *order);
-    ASSERT_TRUE(applier.Load(name, 0, 0).ok());
+    std::vector<TableSpec> one;
+    std::unique_ptr<apply::Applier> applier;
+    ASSERT_NO_FATAL_FAILURE(TransactionalApplier({name}, &one, &applier));
     // Tick 5's chunk over three partitions (keys apart), then tick 6's.
     std::vector<Change> cs = {
         Chunk(0, 5, 2, "1\ta\t1\n4\td\t4\n"),
@@ -616,7 +623,7 @@ TEST_F(WholeTickChunkTest, ChunksOfATableInARowGoWithOneCopy) {
         },
         pg::Fault::kNone, 0);
     testing::ScopedFaultHook hook(&count);
-    Status st = applier.Apply(ptrs, std::vector<apply::Advance>{a});
+    Status st = applier->Apply(ptrs, std::vector<apply::Advance>{a});
     ASSERT_TRUE(st.ok()) << st.message();
     // Read again: the COPY that failed, then one per chunk, the last of
     // which met key 4 and went through the staging table instead.
