@@ -651,14 +651,14 @@ Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::stri
   // Rows the target does not have yet (a snapshot into an empty table, a
   // stream of inserts) go straight in with one COPY; if one is already
   // there, the savepoint undoes the COPY and the staged upsert follows.
-  if (direct_backoff_.size() != targets_->size()) direct_backoff_.assign(targets_->size(), 0);
-  if (direct_backoff_[t] > 0) {
-    --direct_backoff_[t];
+  int& backoff = DirectBackoff(t);
+  if (backoff > 0) {
+    --backoff;
   } else {
     DT_ASSIGN_OR_RETURN(const bool copied,
                         CopyStraight(spec, cols, std::span<const std::string_view>(&data, 1)));
     if (copied) return Status::OK();
-    direct_backoff_[t] = 50;
+    backoff = 50;
   }
   if (*stage_used) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
   *stage_used = true;
@@ -666,6 +666,11 @@ Status Applier::WriteRows(uint32_t t, const std::vector<size_t>& cols, std::stri
   DT_RETURN_IF_ERROR(conn_->CopyIn(fmt::format("COPY dt_stage_{} ({}) FROM STDIN", t, list), data));
   return conn_->Exec(fmt::format("INSERT INTO {} ({}) SELECT {} FROM dt_stage_{}{}",
                                  spec.target.Quoted(), list, list, t, ConflictClause(spec, cols)));
+}
+
+int& Applier::DirectBackoff(uint32_t t) {
+  if (direct_backoff_.size() != targets_->size()) direct_backoff_.assign(targets_->size(), 0);
+  return direct_backoff_[t];
 }
 
 Result<bool> Applier::CopyStraight(const TableSpec& spec, const std::vector<size_t>& cols,
@@ -698,9 +703,8 @@ Status Applier::WriteChunks(std::span<const Change* const> chunks, std::vector<b
       ++end;
     }
     failed_table_ = static_cast<int>(t);
-    if (direct_backoff_.size() != targets_->size()) direct_backoff_.assign(targets_->size(), 0);
     bool whole = false;
-    if (end - i > 1 && direct_backoff_[t] == 0) {
+    if (end - i > 1 && DirectBackoff(t) == 0) {
       // One COPY for them all: one statement instead of one per message (a
       // tick's chunk comes as one message per partition), whose round trips
       // and per-statement work kept the target's backend from the rows

@@ -229,6 +229,8 @@ class Applier {
   // REQUIRES: inside a transaction; dt_stage_N exists.
   Status WriteRows(uint32_t table, const std::vector<size_t>& cols, std::string_view data,
                    bool* stage_used);
+  // direct_backoff_[t], the vector sized to the tables first.
+  int& DirectBackoff(uint32_t t);
   // One COPY of `pieces` (rows of columns `cols`) straight into table
   // `spec`, in a savepoint: false (undone) when a key was there already.
   Result<bool> CopyStraight(const TableSpec& spec, const std::vector<size_t>& cols,
