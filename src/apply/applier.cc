@@ -176,17 +176,19 @@ bool OneKeyColumn(const TableSpec& spec, const Row& row) {
 // array of them: the key index is probed once per key. A join with the keys
 // staged in a table (analyzed) merge-joined them with the whole key index
 // for every batch.
+// With `send_ahead` the DELETE is only sent (pg::Connection::Send()).
 Status DeleteKeyArray(pg::Connection& conn, const TableSpec& spec,
-                      const std::vector<const Change*>& deletes) {
+                      const std::vector<const Change*>& deletes, bool send_ahead = false) {
   const Column& col = spec.columns[spec.key[0]];
   std::vector<std::optional<std::string>> keys;
   keys.reserve(deletes.size());
   for (const Change* c : deletes) keys.emplace_back(std::string(c->row.Get(spec.key[0])));
-  return conn
-      .Query(fmt::format("DELETE FROM {} WHERE {} = ANY ($1::{}[])", spec.target.Quoted(),
-                         QuoteIdent(col.name), col.type_sql),
-             {pg::TextArrayLiteral(keys)})
-      .status();
+  const std::string sql = fmt::format("DELETE FROM {} WHERE {} = ANY ($1::{}[])",
+                                      spec.target.Quoted(), QuoteIdent(col.name), col.type_sql);
+  const std::string array = pg::TextArrayLiteral(keys);
+  const pg::Param param = array;
+  if (send_ahead) return conn.Send(sql, std::span<const pg::Param>(&param, 1));
+  return conn.Query(sql, std::span<const pg::Param>(&param, 1)).status();
 }
 
 // COPY text of `rows`' columns `cols`.
@@ -417,6 +419,7 @@ Result<PartitionState> Applier::Load(const std::string& stream, int32_t partitio
 
 void Applier::Reset(pg::Connection* conn) {
   conn_ = conn;
+  sent_.reset();
   staged_.assign(targets_->size(), false);
   tick_staging_.assign(targets_->size(), false);
   staged_rows_.clear();
@@ -729,7 +732,8 @@ Status Applier::WriteChunks(std::span<const Change* const> chunks, std::vector<b
 }
 
 Status Applier::UpdateRows(uint32_t t, const std::vector<size_t>& cols, size_t rows,
-                           std::string_view data, bool* stage_used) {
+                           std::string_view data, bool* stage_used, bool send_ahead) {
+  DT_RETURN_IF_ERROR(FinishSent());  // it may join dt_stage_N, emptied below
   const TableSpec& spec = (*targets_)[t];
   const std::string list = ColumnList(spec, cols);
   if (*stage_used) DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("TRUNCATE dt_stage_{}", t)));
@@ -742,13 +746,32 @@ Status Applier::UpdateRows(uint32_t t, const std::vector<size_t>& cols, size_t r
   // staging table is not analyzed: estimated from its size, a batch of
   // 20,000 rows probes the key index per row (a hash join with the
   // analyzed rows read the whole target table per batch: 2.7x slower).
-  DT_ASSIGN_OR_RETURN(
-      auto updated,
-      conn_->Query(fmt::format("UPDATE {} AS t SET {} FROM dt_stage_{} AS s WHERE {}",
-                               spec.target.Quoted(), UpdateSet(spec, cols), t, KeyMatch(spec))));
+  const std::string update =
+      fmt::format("UPDATE {} AS t SET {} FROM dt_stage_{} AS s WHERE {}", spec.target.Quoted(),
+                  UpdateSet(spec, cols), t, KeyMatch(spec));
+  if (send_ahead) {
+    DT_RETURN_IF_ERROR(conn_->Send(update));
+    sent_ = Sent{t, cols, rows};
+    return Status::OK();
+  }
+  DT_ASSIGN_OR_RETURN(auto updated, conn_->Query(update));
   if (updated.AffectedRows() >= static_cast<int64_t>(rows)) return Status::OK();
   // Keys the target lacks (inserted earlier in the batch, or missing there).
   return conn_->Exec(InsertMissing(spec, cols, fmt::format("dt_stage_{}", t), ""));
+}
+
+Status Applier::FinishSent() {
+  if (!sent_) return Status::OK();
+  const Sent sent = std::move(*sent_);
+  sent_.reset();
+  failed_table_ = static_cast<int>(sent.table);
+  DT_ASSIGN_OR_RETURN(auto result, conn_->TakeSent());
+  if (sent.cols.empty() || result.AffectedRows() >= static_cast<int64_t>(sent.rows)) {
+    return Status::OK();
+  }
+  // Keys the target lacks, as UpdateRows() inserts them.
+  const TableSpec& spec = (*targets_)[sent.table];
+  return conn_->Exec(InsertMissing(spec, sent.cols, fmt::format("dt_stage_{}", sent.table), ""));
 }
 
 void Applier::Used(uint32_t table) {
@@ -1040,7 +1063,9 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
   failed_table_ = static_cast<int>(t);
   std::string data;
   if (deletes) {
-    DT_RETURN_IF_ERROR(DeleteKeyArray(*conn_, spec, changes));
+    // Sent ahead: the target deletes while the next piece is decoded.
+    DT_RETURN_IF_ERROR(DeleteKeyArray(*conn_, spec, changes, /*send_ahead=*/true));
+    sent_ = Sent{t, {}, 0};
   } else if (updates) {
     // The piece's newest change per key, each an UPDATE joined on the key
     // (UpdateRows; a key the target lacks is inserted): the target works
@@ -1054,10 +1079,12 @@ Result<bool> Applier::WriteDirect(uint32_t t, const std::vector<const Change*>& 
     }
     // Filled by an earlier piece of this transaction: emptied first.
     bool used = std::find(used_.begin(), used_.end(), t) != used_.end();
+    // The UPDATE is sent ahead (FinishSent() waits for it): the target
+    // runs it while the consumer decodes the next piece.
     for (const auto& [cols, rows] : GroupByColumns(spec, eff.upserts)) {
       data.clear();
       AppendCopyRows(rows, cols, &data);
-      DT_RETURN_IF_ERROR(UpdateRows(t, cols, rows.size(), data, &used));
+      DT_RETURN_IF_ERROR(UpdateRows(t, cols, rows.size(), data, &used, /*send_ahead=*/true));
     }
   } else if (inserts) {
     const std::vector<size_t> cols = WrittenColumns(spec, first);
@@ -1234,6 +1261,7 @@ Status Applier::StreamFailed(Status st) {
 }
 
 void Applier::AbortStream() {
+  sent_.reset();  // the rollback below waits for it
   used_.clear();  // rolled back: the staging tables are as the last commit left them
   for (uint32_t t : stage_created_) staged_[t] = false;
   stage_created_.clear();
@@ -1250,6 +1278,8 @@ Status Applier::StagePiece(std::span<const Change* const> changes,
                            std::span<const Advance> advances) {
   position_moved_ = false;
   failed_table_ = -1;
+  // The last piece's write sent ahead: done before this piece's statements.
+  if (Status st = FinishSent(); !st.ok()) return StreamFailed(st);
   Arena arena;
   std::vector<pg::Statement> head;
   // Every staging table the tick may need: before the transaction begins,
@@ -1432,6 +1462,7 @@ Result<bool> Applier::InsertStaged(uint32_t t) {
 Status Applier::FinishStream(std::span<const Change* const> changes,
                              std::span<const Advance> advances, const TickMark* tick) {
   DT_RETURN_IF_ERROR(StagePiece(changes, advances));
+  if (Status s = FinishSent(); !s.ok()) return StreamFailed(s);
   position_moved_ = false;
   std::vector<Shape> shapes(targets_->size());
   for (uint32_t t = 0; t < targets_->size(); ++t) shapes[t] = staged_rows_[t].shape;

@@ -242,9 +242,15 @@ class Applier {
   Status WriteChunks(std::span<const Change* const> chunks, std::vector<bool>* stage_used);
   // Writes `rows` updates of table `table` (COPY text of columns `cols`, at
   // least one not in the key; each key once): staged, then one UPDATE
-  // joined on the key; keys the target lacks are inserted after it.
+  // joined on the key; keys the target lacks are inserted after it. With
+  // `send_ahead` the UPDATE is sent and not waited for (sent_): the next
+  // FinishSent() waits for it and inserts the keys it missed.
   Status UpdateRows(uint32_t table, const std::vector<size_t>& cols, size_t rows,
-                    std::string_view data, bool* stage_used);
+                    std::string_view data, bool* stage_used, bool send_ahead = false);
+  // Waits for the write of a streamed piece sent ahead (sent_), if any, and
+  // inserts the keys its UPDATE did not find. Before anything else is
+  // written in the tick's transaction, so the writes keep their order.
+  Status FinishSent();
 
   // The streamed tick: dt_tick_N created this session, and per table what
   // the open transaction staged so far.
@@ -298,6 +304,18 @@ class Applier {
   std::vector<Staged> staged_rows_;
   bool stream_open_ = false;
   int64_t stream_direct_ = 0;
+  // The last write of a streamed piece written straight in (an UPDATE
+  // joined with dt_stage_N, or a DELETE of an array of keys), sent with
+  // pg::Connection::Send() and not waited for: the target runs it while the
+  // consumer reads and decodes the next piece. Through the broker the
+  // consumer's decoding and the target's UPDATE took turns, and together
+  // set the pace of a 1,000,000-row UPDATE (bench/README.md, bigtx).
+  struct Sent {
+    uint32_t table = 0;
+    std::vector<size_t> cols;  // an UPDATE's columns; empty for a DELETE
+    size_t rows = 0;           // the rows the UPDATE should find
+  };
+  std::optional<Sent> sent_;
 
   pg::Connection* conn_;
   const std::vector<TableSpec>* targets_;

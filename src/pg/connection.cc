@@ -305,7 +305,34 @@ Status Connection::ResultError(const pg_result* res, std::string_view what) cons
   }
 }
 
+namespace {
+
+// libpq's arrays for text parameters: PQexecParams and PQsendQueryParams
+// want NUL-terminated text, so the views are copied.
+struct TextParams {
+  explicit TextParams(std::span<const Param> params)
+      : values(params.size()), lengths(params.size()), formats(params.size(), 0) {
+    owned.reserve(params.size());  // no reallocation: values point into it
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!params[i]) {
+        owned.emplace_back();
+        continue;
+      }
+      const std::string& v = owned.emplace_back(params[i]->data(), params[i]->size());
+      values[i] = v.c_str();
+      lengths[i] = static_cast<int>(v.size());
+    }
+  }
+  std::vector<const char*> values;
+  std::vector<int> lengths;
+  std::vector<int> formats;
+  std::vector<std::string> owned;
+};
+
+}  // namespace
+
 Status Connection::Exec(std::string_view sql) {
+  DT_RETURN_IF_ERROR(Settle());
   const Fault fault = InjectedFault(sql);
   if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
     return InjectedError(fault, "a statement", sql == "COMMIT");
@@ -331,27 +358,15 @@ Status Connection::Exec(std::string_view sql) {
 }
 
 Result<QueryResult> Connection::Query(std::string_view sql, std::span<const Param> params) {
+  DT_RETURN_IF_ERROR(Settle());
   const Fault fault = InjectedFault(sql);
   if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
     return InjectedError(fault, "a query", false);
   }
   std::string q(sql);
-  std::vector<const char*> values(params.size());
-  std::vector<int> lengths(params.size());
-  std::vector<int> formats(params.size(), 0);
-  // PQexecParams wants NUL-terminated text; copy views that are not.
-  std::vector<std::string> owned(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (!params[i]) {
-      values[i] = nullptr;
-      continue;
-    }
-    owned[i].assign(params[i]->data(), params[i]->size());
-    values[i] = owned[i].c_str();
-    lengths[i] = static_cast<int>(owned[i].size());
-  }
+  const TextParams p(params);
   PGresult* res = PQexecParams(conn_, q.c_str(), static_cast<int>(params.size()), nullptr,
-                               values.data(), lengths.data(), formats.data(), 0);
+                               p.values.data(), p.lengths.data(), p.formats.data(), 0);
   QueryResult out(res);
   if (fault == Fault::kLoseAfter) return InjectedError(fault, "a query", false);
   if (!res) return ConnectionError("a query");
@@ -370,6 +385,7 @@ std::atomic<uint64_t> prepared_names{0};
 
 Status Connection::ExecPipeline(std::span<const Statement> statements,
                                 std::vector<QueryResult>* results) {
+  DT_RETURN_IF_ERROR(Settle());
   last_sqlstate_.clear();
   last_failed_statement_ = SIZE_MAX;
   if (results) results->clear();
@@ -519,7 +535,57 @@ Status Connection::ExecPipeline(std::span<const Statement> statements,
   return first;
 }
 
+Status Connection::Send(std::string_view sql, std::span<const Param> params) {
+  DT_RETURN_IF_ERROR(Settle());
+  const Fault fault = InjectedFault(sql);
+  if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
+    return InjectedError(fault, "a statement", false);
+  }
+  std::string q(sql);
+  const TextParams p(params);
+  // libpq copies the parameters into its output buffer: `p` may go.
+  if (PQsendQueryParams(conn_, q.c_str(), static_cast<int>(params.size()), nullptr, p.values.data(),
+                        p.lengths.data(), p.formats.data(), 0) != 1) {
+    return ConnectionError("a statement");
+  }
+  in_flight_ = true;
+  sent_status_ = Status::OK();
+  if (fault == Fault::kLoseAfter) {
+    (void)Settle();
+    return InjectedError(fault, "a statement", false);
+  }
+  return Status::OK();
+}
+
+Result<QueryResult> Connection::TakeSent() {
+  DT_RETURN_IF_ERROR(Settle());
+  if (!sent_status_.ok()) return sent_status_;
+  return std::move(sent_result_);
+}
+
+Status Connection::Settle() {
+  if (!in_flight_) return Status::OK();
+  in_flight_ = false;
+  sent_result_ = QueryResult();
+  bool got = false;
+  while (PGresult* res = PQgetResult(conn_)) {
+    if (got) {
+      PQclear(res);
+      continue;
+    }
+    got = true;
+    const ExecStatusType s = PQresultStatus(res);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+      sent_status_ = ResultError(res, "a statement sent ahead");
+    }
+    sent_result_ = QueryResult(res);
+  }
+  if (!got) sent_status_ = ConnectionError("a statement sent ahead");
+  return sent_status_;
+}
+
 Status Connection::Commit() {
+  DT_RETURN_IF_ERROR(Settle());
   const Fault fault = InjectedFault("COMMIT");
   if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
     return InjectedError(fault, "COMMIT", true);
@@ -542,6 +608,7 @@ Status Connection::Commit() {
 }
 
 void Connection::RollbackQuietly() {
+  (void)Settle();  // its error is the reason to roll back
   if (PQstatus(conn_) != CONNECTION_OK) return;
   if (PQtransactionStatus(conn_) == PQTRANS_IDLE) return;
   PQclear(PQexec(conn_, "ROLLBACK"));
@@ -552,6 +619,7 @@ Status Connection::CopyIn(std::string_view copy_sql, std::string_view data) {
 }
 
 Status Connection::CopyIn(std::string_view copy_sql, std::span<const std::string_view> pieces) {
+  DT_RETURN_IF_ERROR(Settle());
   const Fault fault = InjectedFault(copy_sql);
   if (fault == Fault::kFail || fault == Fault::kLoseBefore) {
     return InjectedError(fault, "COPY", false);
@@ -587,6 +655,7 @@ Status Connection::CopyIn(std::string_view copy_sql, std::span<const std::string
 
 Status Connection::CopyOut(std::string_view copy_sql,
                            const std::function<Status(std::string_view)>& on_row) {
+  DT_RETURN_IF_ERROR(Settle());
   std::string q(copy_sql);
   PGresult* res = PQexec(conn_, q.c_str());
   if (!res) return ConnectionError("COPY");
@@ -622,6 +691,7 @@ Status Connection::Listen(std::string_view channel) {
 }
 
 Result<int> Connection::WaitForNotifications(int timeout_ms, int wake_fd) {
+  DT_RETURN_IF_ERROR(Settle());
   auto drain = [&]() -> Result<int> {
     if (!PQconsumeInput(conn_)) return ConnectionError("waiting for notifications");
     int n = 0;

@@ -193,6 +193,19 @@ class Connection {
   // no transaction left).
   void RollbackQuietly();
 
+  // Sends one statement with text parameters and returns without waiting
+  // for it: the server runs it while the caller works on (the consumer
+  // decodes the next piece of a streamed tick while the target updates the
+  // last one). Its result is read by TakeSent(). Every other call that
+  // talks to the server first waits for that result and keeps it for
+  // TakeSent(); if the sent statement failed, that call returns its error
+  // without running its own statement. At most one statement is sent at a
+  // time: Send() again only after TakeSent().
+  Status Send(std::string_view sql, std::span<const Param> params = {});
+  // The result of the statement Send() sent (waiting for it if it is still
+  // running), or its error.
+  Result<QueryResult> TakeSent();
+
   // COPY ... FROM STDIN, sending `data` (already in COPY text format).
   Status CopyIn(std::string_view copy_sql, std::string_view data);
   // The same, sending `pieces` in turn as one COPY's data (each ends at a
@@ -231,7 +244,13 @@ class Connection {
   // Cuts the connection (shuts the socket); libpq then reports it lost.
   void Cut();
   Status InjectedError(Fault fault, std::string_view what, bool commit);
+  // Waits for the result of a statement Send() sent, if one is running,
+  // and keeps it (sent_result_, sent_status_); returns its error.
+  Status Settle();
   pg_conn* conn_;
+  bool in_flight_ = false;  // Send()'s statement runs; its result is unread
+  QueryResult sent_result_;
+  Status sent_status_;
   std::string description_;
   std::string role_;
   std::string application_name_;

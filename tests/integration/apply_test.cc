@@ -12,6 +12,7 @@
 #include "apply/install.h"
 #include "support/pg_cluster.h"
 #include "support/pg_fault.h"
+#include "support/test_util.h"
 
 namespace datatunnel {
 namespace {
@@ -582,6 +583,74 @@ TEST_P(WholeTickChunkTest, AChunkGoesBetweenItsTicksChangesAndTheNext) {
                                    "SELECT string_agg(id || ':' || v || ':' || coalesce(n::text, "
                                    "'null'), ',' ORDER BY id) FROM solo"),
             "1:one:null,2:two new:22");
+}
+
+// A streamed piece's UPDATE (and DELETE of an array of keys) written
+// straight in is sent ahead: StagePiece() returns while the target runs it,
+// so the consumer decodes the next piece meanwhile; the next piece waits for
+// it first, and inserts the keys the UPDATE did not find. Here the UPDATE
+// waits for a row lock another session holds: StagePiece() returns all the
+// same (waiting for the UPDATE, it would fail on the session's
+// lock_timeout), and the tick still commits every change, in order.
+TEST_F(WholeTickChunkTest, AStreamedPiecesWriteIsSentAhead) {
+  TargetCluster().Exec(db_,
+                       "CREATE TABLE solo(id int PRIMARY KEY, v text, n int); "
+                       "INSERT INTO solo VALUES (1, 'one', 1), (2, 'two', 2), (3, 'three', 3)");
+  std::vector<TableSpec> one;
+  std::unique_ptr<apply::Applier> applier;
+  ASSERT_NO_FATAL_FAILURE(TransactionalApplier({"solo"}, &one, &applier));
+  ASSERT_TRUE(conn_->Exec("SET lock_timeout = '5s'").ok());
+  auto locker = TargetCluster().Connect(db_);
+  ASSERT_TRUE(locker->Exec("BEGIN; SELECT 1 FROM solo WHERE id = 1 FOR UPDATE").ok());
+  // Piece 1: updates (key 9 is not in the target: inserted). Piece 2, the
+  // tick's end: key 9 updated again, key 3 deleted. Piece 3 of another
+  // tick: deletes only, sent ahead, waited for at its tick's end.
+  std::vector<Change> piece1 = {Of(0, Op::kUpdate, 5, 1, {"1", "one new", "10"}),
+                                Of(0, Op::kUpdate, 5, 2, {"9", "nine", "90"}),
+                                Of(0, Op::kUpdate, 5, 3, {"2", "two new", "20"})};
+  std::vector<Change> piece2 = {Of(0, Op::kUpdate, 5, 4, {"9", "nine new", "99"}),
+                                Of(0, Op::kDelete, 5, 5, {"3"})};
+  std::vector<Change> piece3 = {Of(0, Op::kDelete, 6, 1, {"2"})};
+  const auto ptrs = [](const std::vector<Change>& cs) {
+    std::vector<const Change*> out;
+    for (const Change& c : cs) out.push_back(&c);
+    return out;
+  };
+  const auto advance = [](const std::vector<Change>& cs, int64_t expected) {
+    apply::Advance a;
+    a.stream = "solo";
+    a.expected_offset = expected;
+    a.offset = expected + 1;
+    a.pos = cs.back().pos;
+    return std::vector<apply::Advance>{a};
+  };
+  Status st = applier->StagePiece(ptrs(piece1), advance(piece1, -1));
+  ASSERT_TRUE(st.ok()) << st.message();
+  // The UPDATE runs on the target, waiting for the lock.
+  const std::string waiting = fmt::format(
+      "SELECT count(*) FROM pg_stat_activity WHERE pid = {} AND wait_event_type = 'Lock' "
+      "AND query LIKE 'UPDATE%'",
+      conn_->backend_pid());
+  EXPECT_TRUE(testing::WaitUntil([&] { return TargetCluster().Count(db_, waiting) == 1; }, 10))
+      << "the piece's UPDATE was not left running on the target";
+  ASSERT_TRUE(locker->Exec("COMMIT").ok());
+  // Another statement on the session first waits for the UPDATE and keeps
+  // its result: the next piece still inserts the key it did not find.
+  auto other = conn_->Query("SELECT 1");
+  ASSERT_TRUE(other.ok()) << other.status().message();
+  st = applier->FinishStream(ptrs(piece2), advance(piece2, 0), nullptr);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(applier->stream_direct(), 5);
+  EXPECT_EQ(TargetCluster().Scalar(db_,
+                                   "SELECT string_agg(id || ':' || v || ':' || n, ',' ORDER BY id) "
+                                   "FROM solo"),
+            "1:one new:10,2:two new:20,9:nine new:99");
+  st = applier->StagePiece(ptrs(piece3), advance(piece3, 1));
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = applier->FinishStream({}, {}, nullptr);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT string_agg(id::text, ',' ORDER BY id) FROM solo"),
+            "1,9");
 }
 
 // A tick's chunk comes as one message per partition: the chunks of one
