@@ -2,7 +2,9 @@
 //
 // A batch is one transaction that (1) moves the stored position of every
 // (stream, partition) it covers, guarded by the offset we last saw there
-// (datatunnel.advance() fails with DT001 if another consumer moved it), and
+// (datatunnel.advance() fails with DT001 if another consumer moved it; a
+// batch of several partitions moves them in one UPDATE with the same guard
+// and calls advance() only for one it did not move, to fail), and
 // (2) writes the net effect of its changes: TRUNCATE, then deletes by key,
 // then upserts (INSERT ... ON CONFLICT (key) DO UPDATE); a table without a
 // key gets its changes in order instead (inserts, and deletes of one row

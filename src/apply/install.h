@@ -8,7 +8,9 @@
 //   topic, or "memory:<target table>" for the in-memory hand-over.
 // - datatunnel.advance(): moves one such row forward, failing (SQLSTATE
 //   DT001) if someone else moved it since we read it; that fences off a
-//   consumer that lost its partition in a rebalance.
+//   consumer that lost its partition in a rebalance. (A batch of several
+//   partitions moves them with one UPDATE of the same guard, applier.cc,
+//   and calls advance() only to fail.)
 // - The chain check's state in datatunnel.applied (the tail, a recorded gap;
 //   apply/chain.h) and datatunnel.resyncs: a snapshot into an emptied table
 //   supersedes every message up to a source tick.

@@ -138,6 +138,59 @@ TEST_F(ApplyTest, GuardHoldsForEveryPartitionOfABatch) {
   EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT string_agg(name, ',' ORDER BY id) FROM t"), "a,a");
 }
 
+// The advances of a batch over several partitions are one set-based UPDATE:
+// datatunnel.advance() (a PL/pgSQL call per partition, 12 ms of a batch over
+// 500 tables) runs only for a partition that moved, to fail the batch.
+TEST_F(ApplyTest, AdvancesOfABatchAreOneUpdate) {
+  for (int p = 0; p < 3; ++p) ASSERT_TRUE(applier_->Load("topic", p, 0).ok());
+  TargetCluster().Exec(db_,
+                       "ALTER FUNCTION datatunnel.advance(text, integer, bigint, bigint, bigint, "
+                       "bigint, bigint, integer, bigint, bigint, bigint, bigint, bigint, bigint, "
+                       "bigint, integer) RENAME TO advance_real");
+  TargetCluster().Exec(db_,
+                       "CREATE FUNCTION datatunnel.advance(text, integer, bigint, bigint, bigint, "
+                       "bigint, bigint, integer, bigint, bigint, bigint, bigint, bigint, bigint, "
+                       "bigint, integer) RETURNS void LANGUAGE plpgsql AS "
+                       "$$BEGIN RAISE EXCEPTION 'advance() called for partition %', $2; END$$");
+  Change a = Row3(Op::kInsert, 1, "1", "a");
+  Change b = Row3(Op::kInsert, 2, "2", "b");
+  Change c = Row3(Op::kDelete, 3, "3");
+  std::vector<const Change*> ptrs = {&a, &b, &c};
+  std::vector<apply::Advance> adv(3);
+  for (int p = 0; p < 3; ++p) {
+    adv[p].stream = "topic";
+    adv[p].partition = p;
+    adv[p].expected_offset = -1;
+    adv[p].offset = 10 + p;
+    adv[p].pos = ptrs[p]->pos;
+    adv[p].tail = {1, 1, 7, 0};
+    adv[p].applied = 1;
+    adv[p].skipped = p;
+    adv[p].captured_us = p == 1 ? 0 : 1'700'000'000'000'000;
+  }
+  Status st = applier_->Apply(ptrs, adv);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(TargetCluster().Scalar(db_, "SELECT string_agg(name, ',' ORDER BY id) FROM t"), "a,b");
+  EXPECT_EQ(TargetCluster().Scalar(
+                db_,
+                "SELECT string_agg(concat_ws(':', partition, kafka_offset, seq, tail_seq, "
+                "applied_count, skipped_count, extract(epoch FROM last_captured_at)::bigint), ',' "
+                "ORDER BY partition) FROM datatunnel.applied"),
+            "0:10:1:7:1:0:1700000000,1:11:2:7:1:1,2:12:3:7:1:2:1700000000");
+  // A partition that moved: advance() is called for it (here the stand-in,
+  // whose error names it) and the batch applies nothing.
+  for (auto& x : adv) x.expected_offset = x.offset;
+  adv[1].expected_offset = 5;
+  st = applier_->Apply(ptrs, adv);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("advance() called for partition 1"), std::string::npos)
+      << st.message();
+  EXPECT_EQ(TargetCluster().Scalar(db_,
+                                   "SELECT string_agg(kafka_offset::text, ',' ORDER BY "
+                                   "partition) FROM datatunnel.applied"),
+            "10,11,12");
+}
+
 TEST_F(ApplyTest, LargeBatchesAreStagedWithCopy) {
   ASSERT_TRUE(applier_->Load("topic", 0, 0).ok());
   std::vector<Change> cs;
