@@ -104,6 +104,8 @@ Status Wire(const Setup& setup, const RunPlan& plan, const SourceIdentity& id,
       p->target = std::make_unique<tunnel::MemoryTargetWorker>(topts, &*p->channel, metrics,
                                                                &p->target_stop);
     } else {
+      // What a crash of the target loses is read from Kafka again (config.h).
+      topts.connect.synchronous_commit = config.target.synchronous_commit;
       p->target = std::make_unique<tunnel::KafkaTargetWorker>(topts, metrics, &p->target_stop);
     }
   }

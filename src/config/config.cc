@@ -155,6 +155,18 @@ std::vector<Setting> Settings() {
                  c.target.password_file = v;
                  return Status::OK();
                }});
+  s.push_back({"target", "synchronous_commit", [](Config& c, const std::string& v) {
+                 for (const char* ok : {"off", "local", "remote_write", "on", "remote_apply"}) {
+                   if (v == ok) {
+                     c.target.synchronous_commit = v;
+                     return Status::OK();
+                   }
+                 }
+                 return Status::BadConfig(
+                     fmt::format("target.synchronous_commit: expected \"off\", \"local\", "
+                                 "\"remote_write\", \"on\" or \"remote_apply\", got \"{}\"",
+                                 v));
+               }});
   s.push_back({"kafka", "brokers", [](Config& c, const std::string& v) {
                  c.kafka.brokers = v;
                  return Status::OK();

@@ -25,6 +25,16 @@ struct DatabaseConfig {
   // Optional file holding the password (first line), so it need not appear in
   // the DSN, the environment or the command line.
   std::string password_file;
+  // [target] only: the synchronous_commit of the consumer's sessions when
+  // it reads from Kafka. "off" (the default, as PostgreSQL's own
+  // subscriptions do): a commit does not wait for its WAL to reach disk.
+  // A crash of the target server can then lose its last commits, and with
+  // them the positions stored in the same transactions, so the consumer
+  // reads those changes from Kafka again: nothing is lost. Not with
+  // --broker none, where the source drops what the target committed (the
+  // session keeps the server's setting there). "on", "local",
+  // "remote_write", "remote_apply": wait as PostgreSQL says.
+  std::string synchronous_commit = "off";
 };
 
 struct KafkaConfig {

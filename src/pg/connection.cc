@@ -233,6 +233,10 @@ Result<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& optio
                                                options.role, options.application_name));
   PQsetNoticeProcessor(conn, NoticeToLog, const_cast<char*>(c->role_.c_str()));
   DT_RETURN_IF_ERROR(c->Exec(kSessionSetup));
+  if (!options.synchronous_commit.empty()) {
+    DT_RETURN_IF_ERROR(
+        c->Exec(fmt::format("SET synchronous_commit = {}", options.synchronous_commit)));
+  }
   return c;
 }
 

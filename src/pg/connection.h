@@ -48,6 +48,11 @@ struct ConnectOptions {
   std::string password;  // empty: from the DSN, PGPASSWORD or ~/.pgpass as libpq does
   std::string role;      // "source" or "target": used in messages
   std::string application_name = "datatunnel";
+  // When set, the session's synchronous_commit ("off", "local", "on", ...).
+  // "off" only for sessions whose last commits may be lost in a crash of
+  // their server: what they wrote is written again from elsewhere
+  // (config.h, DatabaseConfig::synchronous_commit).
+  std::string synchronous_commit;
 };
 
 // "127.0.0.1:5433/db1 as postgres": the DSN without its password, for messages.

@@ -177,6 +177,46 @@ TEST_F(TunnelTest, RunThroughTheBrokerSnapshotsFirst) {
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();
 }
 
+// Through Kafka the consumer commits without waiting for the target's WAL
+// flush (target.synchronous_commit = "off", as PostgreSQL's subscriptions
+// do): a crash of the target loses the last commits and their positions
+// together, and the consumer reads those changes from Kafka again. Not in
+// memory, where the source drops what the target committed: there the
+// session keeps the server's setting. A trigger on the target table sees
+// the setting of the transaction that applies each row.
+TEST_F(TunnelTest, TargetCommitsWithoutWaitingForTheFlushOnlyThroughKafka) {
+  TargetCluster().Exec(tgt_,
+                       "CREATE TABLE seen(setting text);"
+                       "CREATE FUNCTION note_setting() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                       "BEGIN INSERT INTO seen VALUES (current_setting('synchronous_commit')); "
+                       "RETURN NULL; END $$;"
+                       "CREATE TRIGGER note AFTER INSERT ON employees FOR EACH ROW "
+                       "EXECUTE FUNCTION note_setting()");
+  auto seen = [&] {
+    return TargetCluster()
+        .Scalar(tgt_, "SELECT string_agg(DISTINCT setting, ',') FROM seen")
+        .value_or("(none)");
+  };
+  auto applied = [&](const std::vector<std::string>& global) {
+    TargetCluster().Exec(tgt_, "TRUNCATE seen");
+    std::vector<std::string> args = global;
+    args.push_back("run");
+    auto run = Start(args);
+    SourceCluster().Exec(src_, "INSERT INTO employees(first_name) VALUES ('x')");
+    ExpectInSync();
+    EXPECT_EQ(run->Stop(), 0) << run->Stderr();
+    return seen();
+  };
+  ASSERT_EQ(Dt({"init"}).code, 0);
+  EXPECT_EQ(applied({}), "on");  // in memory: the server's setting
+  UseKafka();
+  EXPECT_EQ(applied({}), "off");
+  EXPECT_EQ(applied({"--set", "target.synchronous_commit=remote_write"}), "remote_write");
+  auto bad = Dt({"--set", "target.synchronous_commit=sometimes", "run"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("target.synchronous_commit: expected"), std::string::npos) << bad.err;
+}
+
 // librdkafka's idempotent producer can hit a fatal error when brokers come
 // back from an outage (2.0.2 raised OUT_OF_ORDER_SEQUENCE_NUMBER after two of
 // three nodes were down; the chaos test found it, and `run` exited). That
