@@ -318,8 +318,14 @@ def main():
     meta = load_meta(os.path.join(a.out, "meta.env"))
     r = Results(os.path.join(a.out, "raw.csv"))
     os.makedirs(a.results, exist_ok=True)
-    for old in glob.glob(os.path.join(a.results, f"{a.name}-*.png")):
-        os.remove(old)
+    # Only the plots this report writes: "{name}-*.png" would also match
+    # other results whose names start with this one (2026-12-07-key-vs-tx-…
+    # for a run named 2026-12-07).
+    stale = glob.glob(os.path.join(a.results, f"{a.name}-latency-*.png"))
+    stale += [os.path.join(a.results, f"{a.name}-{p}.png") for p in ("burst-lag", "backlog")]
+    for old in stale:
+        if os.path.exists(old):
+            os.remove(old)
 
     md = []
     add = md.append
