@@ -499,10 +499,34 @@ TEST_F(OpsTest, LagAndReadinessAfterASnapshot) {
 // machine (about 10 to 40 ms each) and fails by far with the old behaviour.
 class FirstChangeTest : public OpsTest {
  protected:
+  // Milliseconds until the target has the row named `name`, inserted now;
+  // -1 if not within 10 s.
+  double Arrival(const std::string& name) {
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_TRUE(
+        source_->Exec(fmt::format("INSERT INTO employees(first_name) VALUES ('{}')", name)).ok());
+    const auto deadline = start + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto r = target_->Query(
+          fmt::format("SELECT count(*) FROM employees WHERE first_name = '{}'", name));
+      if (!r.ok()) {
+        ADD_FAILURE() << r.status().message();
+        return -1;
+      }
+      if (r->GetInt64(0, 0) == 1) {
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return -1;
+  }
+
   // Starts the tunnel (`produce` and `consume`, or `run`) on topics and a
   // group of its own, waits for every process to be ready, inserts one row
-  // and returns how many milliseconds the target took to have it.
-  double FirstChangeMillis(bool split, int attempt) {
+  // and returns how many milliseconds the target took to have it, and then
+  // the same for a second row (the tunnel running: the yardstick).
+  std::pair<double, double> FirstChangeMillis(bool split, int attempt) {
     topic_prefix_ = testing::TestTopicPrefix();
     WriteConfig(testing::kEmployeesTable, MetricsConfig());
     std::vector<std::shared_ptr<Subprocess>> procs;
@@ -519,28 +543,10 @@ class FirstChangeTest : public OpsTest {
       EXPECT_TRUE(WaitUntil([&] { return HttpGet(port, "/readyz").status == 200; }, 60))
           << "port " << port << ": " << HttpGet(port, "/readyz").body << RunningLogs();
     }
-    const std::string name = fmt::format("first{}", attempt);
-    const auto start = std::chrono::steady_clock::now();
-    EXPECT_TRUE(
-        source_->Exec(fmt::format("INSERT INTO employees(first_name) VALUES ('{}')", name)).ok());
-    double ms = -1;
-    const auto deadline = start + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      auto r = target_->Query(
-          fmt::format("SELECT count(*) FROM employees WHERE first_name = '{}'", name));
-      if (!r.ok()) {
-        ADD_FAILURE() << r.status().message();
-        break;
-      }
-      if (r->GetInt64(0, 0) == 1) {
-        ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                 .count();
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    const double first = Arrival(fmt::format("first{}", attempt));
+    const double next = first < 0 ? -1 : Arrival(fmt::format("next{}", attempt));
     for (auto& p : procs) EXPECT_EQ(p->Stop(), 0) << p->Stderr();
-    return ms;
+    return {first, next};
   }
 
   void ExpectFirstChangeFast(bool split) {
@@ -551,18 +557,30 @@ class FirstChangeTest : public OpsTest {
     ASSERT_EQ(Dt({"init"}).code, 0);
     source_ = SourceCluster().Connect(src_);
     target_ = TargetCluster().Connect(tgt_);
-    std::vector<double> ms;
+    std::vector<double> ms, next;
     for (int attempt = 0; attempt < 5; ++attempt) {
-      ms.push_back(FirstChangeMillis(split, attempt));
-      ASSERT_GE(ms.back(), 0) << "the change did not arrive within 10 s";
+      auto [first, second] = FirstChangeMillis(split, attempt);
+      ms.push_back(first);
+      next.push_back(second);
+      ASSERT_GE(first, 0) << "the change did not arrive within 10 s";
+      ASSERT_GE(second, 0) << "the second change did not arrive within 10 s";
     }
-    std::vector<double> sorted = ms;
-    std::sort(sorted.begin(), sorted.end());
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
     std::string all;
-    for (double m : ms) all += fmt::format(" {:.0f}", m);
-    EXPECT_LT(sorted[2], 100 * testing::TimeoutMultiplier())
-        << "median of 5 first changes after /readyz, in ms:" << all;
-    std::cerr << "first change after /readyz, ms:" << all << "\n";
+    for (size_t i = 0; i < ms.size(); ++i) all += fmt::format(" {:.0f} ({:.0f})", ms[i], next[i]);
+    // The first change must not wait for anything a running tunnel does not
+    // (metadata, a group join, a fetch wait: about a second, every time,
+    // before issue 16). 100 ms on a quiet machine; on a loaded one every
+    // change is slower, so the bound is also three times the second change's
+    // median; and the fastest of the five is taken, since such a wait is in
+    // every attempt while the load's spikes are not.
+    const double bound = std::max(100 * testing::TimeoutMultiplier(), 3 * median(next));
+    EXPECT_LT(*std::min_element(ms.begin(), ms.end()), bound)
+        << "5 first changes after /readyz, in ms (the second change's):" << all;
+    std::cerr << "first change after /readyz, ms (the second change's):" << all << "\n";
   }
 
   std::unique_ptr<pg::Connection> source_, target_;
