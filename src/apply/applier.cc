@@ -766,15 +766,10 @@ Status Applier::UpdateRows(uint32_t t, const std::vector<size_t>& cols, size_t r
   const std::string update =
       fmt::format("UPDATE {} AS t SET {} FROM dt_stage_{} AS s WHERE {}", spec.target.Quoted(),
                   UpdateSet(spec, cols), t, KeyMatch(spec));
-  if (send_ahead) {
-    DT_RETURN_IF_ERROR(conn_->Send(update));
-    sent_ = Sent{t, cols, rows};
-    return Status::OK();
-  }
-  DT_ASSIGN_OR_RETURN(auto updated, conn_->Query(update));
-  if (updated.AffectedRows() >= static_cast<int64_t>(rows)) return Status::OK();
-  // Keys the target lacks (inserted earlier in the batch, or missing there).
-  return conn_->Exec(InsertMissing(spec, cols, fmt::format("dt_stage_{}", t), ""));
+  DT_RETURN_IF_ERROR(conn_->Send(update));
+  sent_ = Sent{t, cols, rows};
+  // Not sent ahead: waited for now, and the keys it missed inserted.
+  return send_ahead ? Status::OK() : FinishSent();
 }
 
 Status Applier::FinishSent() {
@@ -786,7 +781,7 @@ Status Applier::FinishSent() {
   if (sent.cols.empty() || result.AffectedRows() >= static_cast<int64_t>(sent.rows)) {
     return Status::OK();
   }
-  // Keys the target lacks, as UpdateRows() inserts them.
+  // Keys the target lacks (inserted earlier in the batch, or missing there).
   const TableSpec& spec = (*targets_)[sent.table];
   return conn_->Exec(InsertMissing(spec, sent.cols, fmt::format("dt_stage_{}", sent.table), ""));
 }
