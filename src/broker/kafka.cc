@@ -705,6 +705,7 @@ void Consumer::RebalanceCb(rd_kafka_s* rk, int err, void* partitions, void* opaq
     std::vector<TopicPartition> parts = FromList(list);
     for (auto& p : parts) p.offset = kOffsetStored;
     self->listener_->OnAssigned(&parts);
+    self->ResolveLogicalOffsets(&parts);
     for (size_t i = 0; i < parts.size(); ++i) list->elems[i].offset = parts[i].offset;
     self->assigned_ = true;
     for (const auto& p : parts) self->unpositioned_.emplace(p.topic, p.partition);
@@ -811,6 +812,7 @@ Result<std::unique_ptr<Consumer>> Consumer::Create(const KafkaConfig& config,
       for (int32_t p = 0; p < c->partition_counts_[t]; ++p) parts.push_back({t, p, kOffsetStored});
     }
     listener->OnAssigned(&parts);
+    c->ResolveLogicalOffsets(&parts);
     auto* all = ToList(parts);
     rd_kafka_resp_err_t e = rd_kafka_assign(c->rk_, all);
     rd_kafka_topic_partition_list_destroy(all);
@@ -936,6 +938,18 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
       const int32_t partition = m->partition;
       const int64_t offset = m->offset;
       rd_kafka_message_destroy(m);
+      if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET &&
+          (offset == RD_KAFKA_OFFSET_BEGINNING || offset == RD_KAFKA_OFFSET_END)) {
+        // Not retention, which only removes a concrete offset: the lookup of
+        // where the partition begins or ends failed (ResolveLogicalOffsets
+        // could not do it either), and librdkafka before 2.1 does not try
+        // again.
+        return Status::Fatal(fmt::format(
+            "{}: could not look up its {} offset ({}); check that the topic exists and that "
+            "its partition has a leader (kafka-topics.sh --describe), then start the consumer "
+            "again",
+            where, offset == RD_KAFKA_OFFSET_BEGINNING ? "first" : "end", text));
+      }
       if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
           err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
         // Past the end is not retention: the partition was emptied (the topic
@@ -982,6 +996,45 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
   // its partitions at the queue limits (see Create).
   if (wake_fetchers_ && (out->size() - start >= max || bytes >= max_bytes)) WakeFetchers();
   return Status::OK();
+}
+
+void Consumer::ResolveLogicalOffsets(std::vector<TopicPartition>* parts) {
+  // ListOffsets with the timestamps -2 (earliest) and -1 (latest) answers
+  // the first and end offsets: rd_kafka_offsets_for_times asks every
+  // partition's leader at once.
+  const int64_t deadline = MonotonicMicros() + kResolveMicros;
+  std::string last_error;
+  for (bool first = true;; first = false) {
+    std::vector<size_t> logical;
+    for (size_t i = 0; i < parts->size(); ++i) {
+      const int64_t o = (*parts)[i].offset;
+      if (o == RD_KAFKA_OFFSET_BEGINNING || o == RD_KAFKA_OFFSET_END) logical.push_back(i);
+    }
+    if (logical.empty()) return;
+    if (MonotonicMicros() > deadline) {
+      spdlog::warn(
+          "kafka consumer: could not look up where {} partition(s) begin or end ({}); leaving "
+          "it to the client",
+          logical.size(), last_error);
+      return;
+    }
+    if (!first) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::vector<TopicPartition> ask;
+    for (size_t i : logical) ask.push_back((*parts)[i]);
+    auto* list = ToList(ask);
+    const rd_kafka_resp_err_t e = rd_kafka_offsets_for_times(rk_, list, 5000);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) last_error = rd_kafka_err2str(e);
+    for (int j = 0; j < list->cnt; ++j) {
+      const auto& el = list->elems[j];
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR && el.err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+          el.offset >= 0) {
+        (*parts)[logical[static_cast<size_t>(j)]].offset = el.offset;
+      } else if (el.err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        last_error = fmt::format("{} [{}]: {}", el.topic, el.partition, rd_kafka_err2str(el.err));
+      }
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+  }
 }
 
 void Consumer::WakeFetchers() {

@@ -224,6 +224,13 @@ class Consumer {
                      const std::function<bool()>& cancelled);
   // Makes the broker threads decide again which partitions to fetch.
   void WakeFetchers();
+  // Replaces kOffsetBeginning and kOffsetEnd in `parts` by the offsets they
+  // stand for now, trying for up to kResolveMicros (left as they are past
+  // it). librdkafka before 2.1 looks a logical offset up once and, on any
+  // failure (even "Unknown topic or partition" from a broker not yet told
+  // of a just-created topic), stops fetching the partition for good.
+  void ResolveLogicalOffsets(std::vector<TopicPartition>* parts);
+  static constexpr int64_t kResolveMicros = 30'000'000;
   std::unique_ptr<SecurityWatch> security_;
   rd_kafka_s* rk_ = nullptr;
   Listener* listener_ = nullptr;

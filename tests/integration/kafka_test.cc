@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "broker/dev_broker.h"
 #include "support/kafka_cluster.h"
 #include "support/test_util.h"
 
@@ -194,6 +195,52 @@ TEST(ConsumerTest, APausedPartitionAssignedAgainIsRead) {
       << "the partition paused before the rebalance was never read again";
   EXPECT_TRUE((*joined)->Close().ok());
   EXPECT_TRUE((*consumer)->Close().ok());
+}
+
+// A partition assigned from a logical offset (the beginning) needs an offset
+// lookup first. librdkafka 2.0.2 gives up on the first lookup that fails —
+// even "Unknown topic or partition" from a broker that has not yet heard of
+// a just-created topic — and reports __AUTO_OFFSET_RESET, which a consumer
+// with auto.offset.reset=error must not read as retention (nothing was
+// removed: no concrete offset was ever asked for). The consumer looks again
+// and reads the partition. The one thing a real broker cannot be made to do
+// on cue is fail that one lookup, so this test injects it with librdkafka's
+// mock cluster (manual assignment: no group coordinator involved).
+TEST(ConsumerTest, AFailedLookupOfTheBeginningIsRetriedNotReportedAsRetention) {
+  auto mock = DevBroker::Start(1);
+  ASSERT_TRUE(mock.ok()) << mock.status().message();
+  const std::string topic = "lookup_retry";
+  ASSERT_TRUE((*mock)->CreateTopic(topic, 1).ok());
+
+  KafkaConfig config;
+  config.brokers = (*mock)->bootstraps();
+  config.group_id = topic;
+  auto producer = Producer::Create(config, [](uint64_t, const Status&) {});
+  ASSERT_TRUE(producer.ok()) << producer.status().message();
+  ASSERT_TRUE((*producer)->Send(topic, 0, "k", "v", 0).ok());
+  ASSERT_EQ((*producer)->Flush(10000), 0);
+
+  // The next ListOffsets requests (API key 2) answer UNKNOWN_TOPIC_OR_PART (3).
+  (*mock)->PushRequestErrors(2, 3, 3);
+  FromStart listener;
+  auto consumer = Consumer::Create(
+      config, {topic}, &listener, [] { return false; },
+      /*assign_all=*/true);
+  ASSERT_TRUE(consumer.ok()) << consumer.status().message();
+  std::vector<Message> msgs;
+  Status polled;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        polled = (*consumer)->Poll(10, 100, 0, &msgs);
+        return !polled.ok() || !msgs.empty();
+      },
+      30))
+      << "the message was never read";
+  ASSERT_TRUE(polled.ok()) << polled.message();
+  ASSERT_EQ(msgs.size(), 1u);
+  EXPECT_EQ(msgs[0].view().offset, 0);
+  EXPECT_TRUE((*consumer)->Ready());
+  ASSERT_TRUE((*consumer)->Close().ok());
 }
 
 }  // namespace
