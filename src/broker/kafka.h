@@ -180,6 +180,9 @@ class Consumer {
   // With `assign_all`, it reads every partition of every topic without
   // joining the group (manual assignment: no rebalance ever moves one);
   // the listener's OnAssigned() is called once, from Create().
+  // A partition the listener starts at kOffsetBeginning or kOffsetEnd is
+  // started at the concrete offset that stands for, looked up (and looked
+  // up again on failure, for up to 30 s) before it is assigned.
   static Result<std::unique_ptr<Consumer>> Create(
       const KafkaConfig& config, const std::vector<std::string>& topics, Listener* listener,
       const std::function<bool()>& cancelled = [] { return false; }, bool assign_all = false);
