@@ -183,9 +183,9 @@ class ChangeLog {
   // transaction not visible in lo: lo's own unless a writer in flight at lo
   // has committed since; one visible in the tick drew before its commit, so
   // before the tick's read), with the check and the reads in the tick's
-  // transaction: two round trips, no probe. Without that tick's values (a restart, a snapshot tick) or touch
-  // sequences (an install before them, or a role that may not read them),
-  // the probe as above.
+  // transaction: two round trips, no probe. Without that tick's values (a
+  // restart, a snapshot tick) or touch sequences (an install before them,
+  // or a role that may not read them), the probe as above.
   Result<Tick> RecordTick(const Tick& lo, const TickCheck& check_sql, std::string* check,
                           int64_t epoch, std::span<TickRead> reads,
                           std::vector<size_t>* checked = nullptr);
