@@ -570,6 +570,22 @@ Result<std::vector<TableSpec>> CaptureTables(pg::Connection& conn, const std::st
   return specs;
 }
 
+// Records the tick after *last with the first read (at most 100 rows) of
+// each of the first `tables` tables, moving *last; returns the reads.
+std::vector<capture::ChangeLog::TickRead> NextTick(capture::ChangeLog& log, capture::Tick* last,
+                                                   int tables, int64_t epoch) {
+  std::vector<capture::ChangeLog::TickRead> reads(tables);
+  for (int k = 0; k < tables; ++k) {
+    reads[k].table = static_cast<size_t>(k);
+    reads[k].limit = 100;
+  }
+  std::string check;
+  auto t = log.RecordTick(*last, {"SELECT 'sig'", {}}, &check, epoch, reads);
+  EXPECT_TRUE(t.ok()) << t.status().message();
+  if (t.ok()) *last = *t;
+  return reads;
+}
+
 // Issue 20 item 2: with more tables than kProbeAbove, an idle tick neither
 // probes nor evaluates the schema check, and one whose batch has changes
 // (also a late commit) still finds them all and evaluates the check.
@@ -650,17 +666,8 @@ TEST(CaptureManyTables, ReadsOnlyChangedTablesPlannedOnceAndPreparesPrunes) {
   const int64_t epoch = *log.LoadEpoch();
   capture::Tick last = log.LoadTicks(0, 10)->back();
   auto next = [&] {
-    std::vector<capture::ChangeLog::TickRead> reads(kTables);
-    for (int k = 0; k < kTables; ++k) {
-      reads[k].table = static_cast<size_t>(k);
-      reads[k].limit = 100;
-    }
-    std::string check;
-    auto t = log.RecordTick(last, {"SELECT 'sig'", {}}, &check, epoch, reads);
-    EXPECT_TRUE(t.ok()) << t.status().message();
-    if (t.ok()) last = *t;
     std::map<int, size_t> got;
-    for (const auto& r : reads) {
+    for (const auto& r : NextTick(log, &last, kTables, epoch)) {
       if (!r.changes.empty()) got[static_cast<int>(r.table)] = r.changes.size();
     }
     return got;
@@ -806,18 +813,9 @@ TEST(CaptureManyTables, ReadsTheBatchBeforesTablesOnlyForAWriterInFlight) {
   // Records the next tick: the rows by table, and the tables read.
   std::set<int> read;
   auto next = [&] {
-    std::vector<capture::ChangeLog::TickRead> reads(kTables);
-    for (int k = 0; k < kTables; ++k) {
-      reads[k].table = static_cast<size_t>(k);
-      reads[k].limit = 100;
-    }
-    std::string check;
-    auto t = log.RecordTick(last, {"SELECT 'sig'", {}}, &check, epoch, reads);
-    EXPECT_TRUE(t.ok()) << t.status().message();
-    if (t.ok()) last = *t;
     std::map<int, std::vector<std::string>> got;
     read.clear();
-    for (const auto& r : reads) {
+    for (const auto& r : NextTick(log, &last, kTables, epoch)) {
       if (!r.empty) read.insert(static_cast<int>(r.table));
       for (const auto& c : r.changes) got[static_cast<int>(r.table)].emplace_back(c.row.Get(1));
     }
