@@ -103,6 +103,7 @@ BURST_WRITERS=8; BURST_TXN=10
 MANY_TABLES=${BENCH_MANY_TABLES:-500}
 if [[ $QUICK == 1 ]]; then MANY_IDLE=5; MANY_LAT=5; else MANY_IDLE=10; MANY_LAT=20; fi
 MANY_RATE=1000; MANY_PRELOAD=50000
+MANY_WARM_TUNNEL=${BENCH_MANY_WARM_TUNNEL:-1}
 # bigtx: one transaction of BIGTX rows (BENCH_BIGTX_ROWS) on a caught-up tunnel.
 if [[ $QUICK == 1 ]]; then BIGTX=${BENCH_BIGTX_ROWS:-100000}; else BIGTX=${BENCH_BIGTX_ROWS:-1000000}; fi
 BIGTX_PRELOAD=100000
@@ -939,6 +940,30 @@ scenario_many() {
         [[ $(q2 b2 "SELECT count(*) FROM emp_1 WHERE emp_id = $id") == 1 ]] && break
         sleep 0.05
       done
+      if [[ $MANY_WARM_TUNNEL == 1 ]]; then
+        # The tunnel's sessions warm too, as the writers' are (--warm below)
+        # and as a tunnel that has run a while is: a row inserted, updated
+        # and deleted in every table (one transaction each), each applied
+        # before the next. Cold, the target session's first write to each
+        # table (its statements parsed, the relation and its triggers
+        # loaded, the probe's trigger function compiled for it) falls
+        # inside the measured window over 500 tables, and before it over
+        # one (the probe above).
+        local op sql want=1
+        for op in insert update delete; do
+          case $op in
+            insert) sql="INSERT INTO emp_%s (first_name, last_name) VALUES (''warm'', ''warm'')" ;;
+            update) sql="UPDATE emp_%s SET city = ''warm'' WHERE first_name = ''warm''" ;;
+            delete) sql="DELETE FROM emp_%s WHERE first_name = ''warm''" ;;
+          esac
+          q1 b1 "DO \$\$ BEGIN FOR k IN 1..$n LOOP EXECUTE format('$sql', k); END LOOP; END \$\$"
+          want=$((want + n))
+          for _ in $(seq 1 1200); do
+            [[ $(q2 b2 "SELECT count(*) FROM bench_log") -ge $want ]] && break
+            sleep 0.05
+          done
+        done
+      fi
       sleep 2
       emit many "$n" none "$run" loadavg "$(cut -d' ' -f1 /proc/loadavg)"
       local t0 t1 idle out h

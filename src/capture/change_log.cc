@@ -263,6 +263,23 @@ std::vector<int64_t> ParseIntArray(std::string_view text) {
   return out;
 }
 
+// A txid_snapshot's text ("xmin:xmax:xip,..."), parsed.
+struct SnapshotText {
+  explicit SnapshotText(std::string_view text)
+      : xmin(SnapshotBound(text, false)), xmax(SnapshotBound(text, true)) {
+    const size_t colon = text.find(':', text.find(':') + 1);
+    if (colon != std::string_view::npos) xip = ParseIntArray(text.substr(colon + 1));
+    std::sort(xip.begin(), xip.end());
+  }
+  // As txid_visible_in_snapshot(x, this).
+  bool Visible(int64_t x) const {
+    return x < xmin || (x < xmax && !std::binary_search(xip.begin(), xip.end(), x));
+  }
+  int64_t xmin;
+  int64_t xmax;
+  std::vector<int64_t> xip;  // ascending
+};
+
 // The numbers in an int[]'s text ("{1,2,3}"), those below `n` only.
 std::vector<size_t> ParseTables(std::string_view text, size_t n) {
   std::vector<size_t> out;
@@ -276,6 +293,11 @@ std::vector<size_t> ParseTables(std::string_view text, size_t n) {
 // tick is a few ticks back, more while a transaction stays open).
 constexpr size_t kTouchHistory = 64;
 
+// TouchBound() looks at most at this many xids taken between a tick's
+// snapshot and its own xid (normally a handful); more, and it takes the
+// older bound.
+constexpr int64_t kMaxInFlight = 10000;
+
 }  // namespace
 
 void ChangeLog::Remember(const Tick& tick) {
@@ -283,14 +305,46 @@ void ChangeLog::Remember(const Tick& tick) {
   while (history_.size() > 512) history_.erase(history_.begin());
 }
 
-const std::vector<int64_t>* ChangeLog::TouchBound(const Tick& lo) const {
+const std::vector<int64_t>* ChangeLog::TouchBound(const Tick& lo, const Tick& hi) const {
+  // A transaction of the batch (visible in hi, not in lo) that took its xid
+  // after tick k's INSERT took k's drew after k's touch read, which came
+  // before that INSERT (its draws follow its change rows, which took its
+  // xid). Those with an xid above lo's did; the others were in flight at
+  // lo: in its xip, or between its snapshot and its xid. So the oldest of
+  // those that hi sees picks the tick: the newest of ours with an older xid,
+  // lo itself when hi sees none of them. A busy source keeps some writer in
+  // flight at most ticks, but rarely one older than the tick before.
+  auto own = touches_.find(lo.number);
+  if (lo.xid <= 0 || own == touches_.end() || own->second.xid != lo.xid) {
+    return TouchBoundBefore(lo);
+  }
+  const SnapshotText l(lo.snapshot), h(hi.snapshot);
+  if (lo.xid < l.xmax || lo.xid - l.xmax > kMaxInFlight) return TouchBoundBefore(lo);
+  int64_t oldest = lo.xid;  // lo.xid: none
+  for (int64_t x : l.xip) {
+    if (h.Visible(x)) {
+      oldest = x;
+      break;
+    }
+  }
+  for (int64_t x = l.xmax; oldest == lo.xid && x < lo.xid; ++x) {
+    if (h.Visible(x)) oldest = x;
+  }
+  if (oldest == lo.xid) return &own->second.values;
+  for (auto it = touches_.rbegin(); it != touches_.rend(); ++it) {
+    if (it->second.xid > 0 && it->second.xid < oldest) return &it->second.values;
+  }
+  return nullptr;
+}
+
+const std::vector<int64_t>* ChangeLog::TouchBoundBefore(const Tick& lo) const {
   // The tick m ProbeBound() takes: the newest whose successor's snapshot
   // has xmax <= xmin(lo).
   const int64_t xmin = SnapshotBound(lo.snapshot, false);
   for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
     if (it->first > lo.number || it->second.first > xmin) continue;
     auto m = touches_.find(it->first - 1);
-    return m == touches_.end() ? nullptr : &m->second;
+    return m == touches_.end() ? nullptr : &m->second.values;
   }
   return nullptr;
 }
@@ -566,7 +620,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
             results[ins].GetInt64(0, 3)};
   if (!probing) *check = std::string(results[ins].Get(0, 2));
   if (touching) {
-    touches_[number] = ParseIntArray(results[1].Get(0, 0));
+    touches_[number] = {tick.xid, ParseIntArray(results[1].Get(0, 0))};
     while (touches_.size() > kTouchHistory) touches_.erase(touches_.begin());
   }
   if (idle) {
@@ -577,8 +631,8 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
       for (auto& r : reads) r.empty = true;
       return tick;
     }
-    const std::vector<int64_t>* from = touching ? TouchBound(lo) : nullptr;
-    const std::vector<int64_t>* to = touching ? &touches_[number] : nullptr;
+    const std::vector<int64_t>* from = touching ? TouchBound(lo, tick) : nullptr;
+    const std::vector<int64_t>* to = touching ? &touches_[number].values : nullptr;
     if (from && from->size() == tables_->size() && to->size() == tables_->size()) {
       Status st = ReadTouched(*from, *to, lo, tick, check_sql, check, checked, epoch, reads);
       if (!st.ok()) {

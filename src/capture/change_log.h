@@ -179,13 +179,13 @@ class ChangeLog {
   // (the trigger draws from it after writing a statement's change rows) in
   // one statement, before its INSERT takes its xid, and remembers the
   // values; a later batch then reads only the tables whose value passed the
-  // one tick ProbeBound() chooses read (the same ordering argument: a
-  // transaction not visible in lo drew after that read, and one visible in
-  // the tick drew before its commit, so before the tick's read), with the
-  // check and the reads in the tick's transaction: two round trips, no
-  // probe. Without that tick's values (a restart, a snapshot tick) or touch
-  // sequences (an install before them, or a role that may not read them),
-  // the probe as above.
+  // one TouchBound() chooses (a tick whose read came before every draw of a
+  // transaction not visible in lo: lo's own unless a writer in flight at lo
+  // has committed since; one visible in the tick drew before its commit, so
+  // before the tick's read), with the check and the reads in the tick's
+  // transaction: two round trips, no probe. Without that tick's values (a
+  // restart, a snapshot tick) or touch sequences (an install before them,
+  // or a role that may not read them), the probe as above.
   Result<Tick> RecordTick(const Tick& lo, const TickCheck& check_sql, std::string* check,
                           int64_t epoch, std::span<TickRead> reads,
                           std::vector<size_t>* checked = nullptr);
@@ -279,8 +279,15 @@ class ChangeLog {
   // prepares the statement that reads their last values; leaves touch_ off
   // when a table has none or the role may not read one.
   Status PrepareTouch();
+  // The touch values of a tick of ours read before every transaction of
+  // batch (lo, hi] drew from a touch sequence, or null: lo's own when hi
+  // sees no transaction that was in flight at lo (one batch's tables are
+  // read, not the two or three since ProbeBound()'s tick), else the newest
+  // tick whose xid is below the oldest such transaction, else
+  // TouchBoundBefore(lo).
+  const std::vector<int64_t>* TouchBound(const Tick& lo, const Tick& hi) const;
   // The touch values read by the tick that ProbeBound(lo) uses, or null.
-  const std::vector<int64_t>* TouchBound(const Tick& lo) const;
+  const std::vector<int64_t>* TouchBoundBefore(const Tick& lo) const;
   // Prepares the probe statement (once per connection and `check_sql`;
   // empty: none). It returns the tables with changes (a text int[]) and,
   // when asked and there are any, the value of `check_sql` (TickCheck::of
@@ -344,8 +351,13 @@ class ChangeLog {
   // PrepareTouch(): 0 not looked up, 1 touch sequences in use, -1 not.
   int touch_ = 0;
   // The touch values read by recent ticks of ours (tick number -> one per
-  // table), for TouchBound().
-  std::map<int64_t, std::vector<int64_t>> touches_;
+  // table, with the xid the tick's INSERT took after reading them), for
+  // TouchBound().
+  struct Touch {
+    int64_t xid = 0;
+    std::vector<int64_t> values;
+  };
+  std::map<int64_t, Touch> touches_;
 };
 
 // How many change-table rows to read at once, per table: at most
