@@ -243,5 +243,22 @@ TEST(ConsumerTest, AFailedLookupOfTheBeginningIsRetriedNotReportedAsRetention) {
   ASSERT_TRUE((*consumer)->Close().ok());
 }
 
+// The start-up check asks for metadata in slices (to report a refused
+// password at once); each slice is a new request. A broker that answers,
+// but slower than the first slice (a loaded host, a collection pause), must
+// still be found reachable: with a fixed 200 ms slice, a broker answering
+// in 500 ms never was, and `produce`/`consume` exited at start. The mock's
+// added round-trip time stands in for the slow broker.
+TEST(ClientTest, ABrokerSlowerThanTheFirstSliceIsReachable) {
+  auto mock = DevBroker::Start(1);
+  ASSERT_TRUE(mock.ok()) << mock.status().message();
+  ASSERT_TRUE((*mock)->SetBrokerRtt(1, 500).ok());
+  KafkaConfig config;
+  config.brokers = (*mock)->bootstraps();
+  config.group_id = "unused";
+  const Status st = CheckReachable(config, 10000);
+  EXPECT_TRUE(st.ok()) << st.message();
+}
+
 }  // namespace
 }  // namespace datatunnel::broker
