@@ -374,6 +374,44 @@ TEST_F(CaptureTest, BulkUpdatePairsOldAndNewRowsByKey) {
   EXPECT_TRUE(NextBatch().empty());
 }
 
+// The UPDATE's check that no key changed compares the old and the new keys
+// as two arrays (install.sql): a NULL key equals a NULL key there, as in the
+// row trigger's IS DISTINCT FROM, so updating a row whose key is NULL is an
+// update, not a key change; with a key of two columns, one of them NULL,
+// too; and a change of one of the two is a key change.
+TEST_F(CaptureTest, UpdateKeepingANullKeyIsAnUpdate) {
+  for (const bool two : {false, true}) {
+    SCOPED_TRACE(two ? "key (emp_id, last_name)" : "key (emp_id)");
+    InstallTable(
+        kEmployees, "employees",
+        two ? std::vector<std::string>{"emp_id", "last_name"} : std::vector<std::string>{"emp_id"});
+    SourceCluster().Exec(db_,
+                         "ALTER TABLE employees ALTER COLUMN emp_id DROP NOT NULL;"
+                         "INSERT INTO employees(emp_id, first_name, last_name) VALUES "
+                         "(NULL, 'no key', NULL), (7, 'seven', NULL)");
+    ASSERT_EQ(NextBatch().size(), 2u);
+    SourceCluster().Exec(db_,
+                         "UPDATE employees SET city = 'Oslo' WHERE emp_id IS NULL;"
+                         "UPDATE employees SET city = 'Rome' WHERE emp_id = 7");
+    auto b = NextBatch();
+    ASSERT_EQ(b.size(), 2u);
+    EXPECT_EQ(b[0].op, Op::kUpdate);
+    EXPECT_TRUE(b[0].row.IsNull(0));
+    EXPECT_EQ(b[0].row.Get(4), "Oslo");
+    EXPECT_EQ(b[1].op, Op::kUpdate);
+    EXPECT_EQ(b[1].row.Get(0), "7");
+    EXPECT_EQ(b[1].row.Get(4), "Rome");
+    if (two) {
+      SourceCluster().Exec(db_, "UPDATE employees SET last_name = 'x' WHERE emp_id = 7");
+      b = NextBatch();
+      ASSERT_EQ(b.size(), 2u);  // a key change: the delete of the old key, the insert
+      EXPECT_EQ(b[0].op, Op::kDelete);
+      EXPECT_EQ(b[1].op, Op::kInsert);
+      EXPECT_EQ(b[1].row.Get(2), "x");
+    }
+  }
+}
+
 // Issue 20 item 4: a statement of more than 1,000 rows is one change row per
 // 10,000 rows (its rows as an array), read back in pieces as the changes it
 // holds, in order, each at its own sub-position; an UPDATE that changes a
