@@ -900,6 +900,7 @@ Status Consumer::AwaitTopics(const std::vector<std::string>& topics,
 Consumer::Consumer() = default;
 
 Consumer::~Consumer() {
+  StopWaker();
   if (!rk_) return;
   if (!closed_) (void)Close();
   if (rd_kafka_consumer_closed(rk_)) {
@@ -998,7 +999,7 @@ Status Consumer::Poll(size_t max, int timeout_ms, int linger_ms, std::vector<Mes
   if (Status security = security_->failure(); !security.ok()) return security;
   // Cut short by max or max_bytes: the fetcher is ahead and may have parked
   // its partitions at the queue limits (see Create).
-  if (wake_fetchers_ && (out->size() - start >= max || bytes >= max_bytes)) WakeFetchers();
+  if (wake_fetchers_ && (out->size() - start >= max || bytes >= max_bytes)) RequestWake();
   return Status::OK();
 }
 
@@ -1053,6 +1054,36 @@ void Consumer::WakeFetchers() {
   rd_kafka_topic_partition_list_destroy(list);
 }
 
+void Consumer::RequestWake() {
+  std::lock_guard<std::mutex> lock(waker_mu_);
+  if (waker_stop_) return;
+  wake_wanted_ = true;
+  if (waker_.joinable()) {
+    waker_cv_.notify_one();
+    return;
+  }
+  waker_ = std::thread([this] {
+    std::unique_lock<std::mutex> held(waker_mu_);
+    for (;;) {
+      waker_cv_.wait(held, [this] { return wake_wanted_ || waker_stop_; });
+      if (waker_stop_) return;
+      wake_wanted_ = false;
+      held.unlock();
+      WakeFetchers();
+      held.lock();
+    }
+  });
+}
+
+void Consumer::StopWaker() {
+  {
+    std::lock_guard<std::mutex> lock(waker_mu_);
+    waker_stop_ = true;
+  }
+  waker_cv_.notify_one();
+  if (waker_.joinable()) waker_.join();
+}
+
 void Consumer::Pause(const std::vector<TopicPartition>& parts) {
   for (const auto& p : parts) paused_.emplace(p.topic, p.partition);
   auto* list = ToList(parts);
@@ -1093,6 +1124,7 @@ void Consumer::CommitAsync(const std::vector<TopicPartition>& offsets) {
 Status Consumer::Close(int timeout_ms) {
   if (closed_) return Status::OK();
   closed_ = true;
+  StopWaker();  // no wake-up request while the consumer closes
   // rd_kafka_consumer_close() waits for the group coordinator without a
   // limit: with the broker unreachable a graceful stop would never end. The
   // asynchronous close is served here (rebalance events included) until it

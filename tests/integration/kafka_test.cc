@@ -128,6 +128,61 @@ TEST(ConsumerTest, FetchingResumesAsSoonAsTheQueueDrains) {
   ASSERT_TRUE((*consumer)->Close().ok());
 }
 
+// A poll cut short by its limit asks for the fetchers to be woken (before
+// librdkafka 2.2) but does not wait for it: waking them takes a broker's
+// answer, and the applier waited for it at every batch (2-4 s of a
+// 1,000,000-row transaction). With the broker stopped (SIGSTOP), polls of
+// messages already fetched return at once; waiting, each took the lookup's
+// 100 ms timeout.
+TEST(ConsumerTest, APollCutShortDoesNotWaitForTheFetchersWakeUp) {
+  auto& kafka = datatunnel::testing::SharedKafka();
+  const std::string topic = datatunnel::testing::TestTopicPrefix() + ".wake_async";
+  kafka.CreateTopic(topic, 1);
+  KafkaConfig config;
+  config.brokers = kafka.bootstrap();
+  config.group_id = topic;
+  constexpr int kMessages = 2000, kPolls = 20, kPerPoll = 10;
+  int delivered = 0;
+  auto producer = Producer::Create(config, [&](uint64_t, const Status& st) {
+    if (st.ok()) ++delivered;
+  });
+  ASSERT_TRUE(producer.ok()) << producer.status().message();
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_TRUE((*producer)->Send(topic, 0, std::to_string(i), "v", 0).ok());
+  }
+  ASSERT_EQ((*producer)->Flush(10000), 0);
+  (*producer)->Poll(0);
+  ASSERT_EQ(delivered, kMessages);
+
+  FromStart listener;
+  auto consumer = Consumer::Create(config, {topic}, &listener);
+  ASSERT_TRUE(consumer.ok()) << consumer.status().message();
+  std::vector<Message> msgs;
+  // Until the whole topic is fetched (held locally): one message a poll,
+  // each poll cut short by its limit.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        std::vector<Message> one;
+        if (!(*consumer)->Poll(1, 100, 0, &one).ok()) return true;
+        for (auto& m : one) msgs.push_back(std::move(m));
+        return !msgs.empty();
+      },
+      30));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the fetch land
+  kafka.Pause(1);
+  const auto start = std::chrono::steady_clock::now();
+  for (int p = 0; p < kPolls; ++p) {
+    ASSERT_TRUE((*consumer)->Poll(kPerPoll, 100, 0, &msgs).ok());
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  kafka.Resume(1);
+  EXPECT_EQ(msgs.size(), static_cast<size_t>(1 + kPolls * kPerPoll));
+  // Waiting, 20 polls took at least 20 x 100 ms.
+  EXPECT_LT(seconds, 1.0 * TimeoutMultiplier()) << kPolls << " polls took " << seconds << " s";
+  ASSERT_TRUE((*consumer)->Close().ok());
+}
+
 // librdkafka keeps an application's pause on a partition across its
 // revocation and reassignment (Kafka's Java consumer does not); a consumer
 // that paused a partition (a TRUNCATE barrier) and got it back from a
