@@ -179,11 +179,7 @@ void KafkaSource::OnAssigned(std::vector<TopicPartition>* partitions) {
     if (whole_ticks() && p.topic == options_.kafka.ticks_topic()) {
       // The control topic: from the record after the one stored with the
       // last whole ticks (only partition 0 is written).
-      // The others are never written: offset 0, not the logical beginning,
-      // whose lookup failed with "Unknown topic or partition" on a broker
-      // that did not know a just-created topic yet, which the consumer
-      // read as retention and stopped (the chaos test, seed 3980795757).
-      p.offset = p.partition == 0 ? ticks_offset_ : 0;
+      p.offset = p.partition == 0 ? ticks_offset_ : kOffsetBeginning;
       continue;
     }
     const int t = core_->TableForTopic(p.topic);
