@@ -9,6 +9,8 @@
 # its socket and log inside DIR. initdb refuses to run as root, so as root the
 # server runs as the `postgres` user Debian's package creates.
 # PG_FSYNC=off makes it faster for tests (never for real data).
+# PG_EXTRA_OPTS: more server options, for experiments (e.g. "-c
+# shared_preload_libraries=pg_stat_statements").
 # PG_OWNER=PID (tests): once process PID is gone, stop the cluster and delete
 # DIR (and its parent, if that is then empty), so a test binary killed mid-run
 # (timeout, kill -9) leaves no server.
@@ -54,7 +56,7 @@ case "$cmd" in
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-on} \
           -c synchronous_commit=${PG_SYNC_COMMIT:-on} -c full_page_writes=${PG_FSYNC:-on} \
           -c max_connections=200 -c shared_buffers=${PG_SHARED_BUFFERS:-128MB} \
-          -c wal_level=${PG_WAL_LEVEL:-replica} -c max_wal_size=2GB -c log_min_messages=warning" \
+          -c wal_level=${PG_WAL_LEVEL:-replica} -c max_wal_size=2GB -c log_min_messages=warning ${PG_EXTRA_OPTS:-}" \
       start >/dev/null
     if [[ -n "${PG_OWNER:-}" ]]; then
       # The watchdog: while the owner lives and the cluster is there, wait.
