@@ -4,6 +4,7 @@
 #   scripts/pg.sh start DIR PORT [DB ...]   initdb DIR if needed, start on 127.0.0.1:PORT, create DBs
 #   scripts/pg.sh stop DIR                  stop the cluster (fast shutdown)
 #   scripts/pg.sh restart DIR               restart it (same port)
+#   scripts/pg.sh crash DIR                 stop it as a crash would (immediate shutdown)
 #
 # Listens on loopback only, trusts local connections (user postgres), keeps
 # its socket and log inside DIR. initdb refuses to run as root, so as root the
@@ -24,7 +25,7 @@ as_pg() {
 }
 
 cmd=${1:-}; dir=${2:-}
-[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: pg.sh start|stop|restart DIR [PORT [DB...]]" >&2; exit 2; }
+[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: pg.sh start|stop|restart|crash DIR [PORT [DB...]]" >&2; exit 2; }
 dir=$(realpath -m "$dir")
 
 case "$cmd" in
@@ -76,6 +77,11 @@ case "$cmd" in
     ;;
   restart)
     as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w restart >/dev/null
+    ;;
+  crash)
+    # As a crash would (tests): no shutdown checkpoint, the next start
+    # recovers from the WAL and empties unlogged tables.
+    as_pg "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
     ;;
   *) echo "pg.sh: unknown command $cmd" >&2; exit 2 ;;
 esac

@@ -263,23 +263,6 @@ std::vector<int64_t> ParseIntArray(std::string_view text) {
   return out;
 }
 
-// A txid_snapshot's text ("xmin:xmax:xip,..."), parsed.
-struct SnapshotText {
-  explicit SnapshotText(std::string_view text)
-      : xmin(SnapshotBound(text, false)), xmax(SnapshotBound(text, true)) {
-    const size_t colon = text.find(':', text.find(':') + 1);
-    if (colon != std::string_view::npos) xip = ParseIntArray(text.substr(colon + 1));
-    std::sort(xip.begin(), xip.end());
-  }
-  // As txid_visible_in_snapshot(x, this).
-  bool Visible(int64_t x) const {
-    return x < xmin || (x < xmax && !std::binary_search(xip.begin(), xip.end(), x));
-  }
-  int64_t xmin;
-  int64_t xmax;
-  std::vector<int64_t> xip;  // ascending
-};
-
 // The numbers in an int[]'s text ("{1,2,3}"), those below `n` only.
 std::vector<size_t> ParseTables(std::string_view text, size_t n) {
   std::vector<size_t> out;
@@ -289,15 +272,6 @@ std::vector<size_t> ParseTables(std::string_view text, size_t n) {
   return out;
 }
 
-// Touch values are kept for this many recent ticks of ours (a batch's bound
-// tick is a few ticks back, more while a transaction stays open).
-constexpr size_t kTouchHistory = 64;
-
-// TouchBound() looks at most at this many xids taken between a tick's
-// snapshot and its own xid (normally a handful); more, and it takes the
-// older bound.
-constexpr int64_t kMaxInFlight = 10000;
-
 }  // namespace
 
 void ChangeLog::Remember(const Tick& tick) {
@@ -305,82 +279,47 @@ void ChangeLog::Remember(const Tick& tick) {
   while (history_.size() > 512) history_.erase(history_.begin());
 }
 
-const std::vector<int64_t>* ChangeLog::TouchBound(const Tick& lo, const Tick& hi) const {
-  // A transaction of the batch (visible in hi, not in lo) that took its xid
-  // after tick k's INSERT took k's drew after k's touch read, which came
-  // before that INSERT (its draws follow its change rows, which took its
-  // xid). Those with an xid above lo's did; the others were in flight at
-  // lo: in its xip, or between its snapshot and its xid. So the oldest of
-  // those that hi sees picks the tick: the newest of ours with an older xid,
-  // lo itself when hi sees none of them. A busy source keeps some writer in
-  // flight at most ticks, but rarely one older than the tick before.
-  auto own = touches_.find(lo.number);
-  if (lo.xid <= 0 || own == touches_.end() || own->second.xid != lo.xid) {
-    return TouchBoundBefore(lo);
-  }
-  const SnapshotText l(lo.snapshot), h(hi.snapshot);
-  if (lo.xid < l.xmax || lo.xid - l.xmax > kMaxInFlight) return TouchBoundBefore(lo);
-  int64_t oldest = lo.xid;  // lo.xid: none
-  for (int64_t x : l.xip) {
-    if (h.Visible(x)) {
-      oldest = x;
-      break;
-    }
-  }
-  for (int64_t x = l.xmax; oldest == lo.xid && x < lo.xid; ++x) {
-    if (h.Visible(x)) oldest = x;
-  }
-  if (oldest == lo.xid) return &own->second.values;
-  for (auto it = touches_.rbegin(); it != touches_.rend(); ++it) {
-    if (it->second.xid > 0 && it->second.xid < oldest) return &it->second.values;
-  }
-  return nullptr;
-}
-
-const std::vector<int64_t>* ChangeLog::TouchBoundBefore(const Tick& lo) const {
-  // The tick m ProbeBound() takes: the newest whose successor's snapshot
-  // has xmax <= xmin(lo).
-  const int64_t xmin = SnapshotBound(lo.snapshot, false);
-  for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
-    if (it->first > lo.number || it->second.first > xmin) continue;
-    auto m = touches_.find(it->first - 1);
-    return m == touches_.end() ? nullptr : &m->second.values;
-  }
-  return nullptr;
-}
-
 Status ChangeLog::PrepareTouch() {
   if (touch_ != 0) return Status::OK();
   touch_ = -1;
-  // Each change table's sequence owned by its "dt$txid" column
-  // (install.sql, install_capture), if this role may read it.
-  std::string names;
+  // The touch log is used when it is there, this role may read and delete
+  // its rows and write its guard, and every table's capture triggers write
+  // to it (a table set up by an earlier version, not `init` since, does
+  // not: then every tick probes).
+  std::string cdcs, sources;
   for (size_t t = 0; t < tables_->size(); ++t) {
-    names += (t == 0 ? "" : ", ") + QuoteLiteral((*tables_)[t].change_table.Quoted());
+    cdcs += (t == 0 ? "" : ", ") + QuoteLiteral((*tables_)[t].change_table.Quoted());
+    sources += (t == 0 ? "" : ", ") + QuoteLiteral((*tables_)[t].source.Quoted());
   }
   auto r = conn_->Query(
-      "SELECT (SELECT s.oid::bigint FROM pg_catalog.pg_depend d "
-      "JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
-      "JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-      "WHERE d.classid = 'pg_catalog.pg_class'::regclass "
-      "AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'a' "
-      "AND d.refobjid = pg_catalog.to_regclass(u.c) AND a.attname = 'dt$txid' "
-      "AND pg_catalog.has_sequence_privilege(s.oid, 'SELECT, USAGE') LIMIT 1) "
+      "SELECT pg_catalog.to_regclass('datatunnel.touches') IS NOT NULL AND "
+      "pg_catalog.to_regclass('datatunnel.touch_guards') IS NOT NULL AND "
+      "pg_catalog.has_table_privilege('datatunnel.touches', 'SELECT, DELETE') AND "
+      "pg_catalog.has_table_privilege('datatunnel.touch_guards', 'SELECT, INSERT') AND "
+      "NOT EXISTS (SELECT FROM pg_catalog.unnest(ARRAY[" +
+      sources +
+      "]::text[]) AS u(s) "
+      "WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = "
+      "pg_catalog.to_regclass(u.s) AND g.tgname LIKE 'datatunnel\\_capture%') OR EXISTS ("
+      "SELECT FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid "
+      "WHERE g.tgrelid = pg_catalog.to_regclass(u.s) AND (g.tgname LIKE "
+      "'datatunnel\\_capture%' OR g.tgname = 'datatunnel_truncate') AND p.prosrc NOT LIKE "
+      "'%INSERT INTO datatunnel.touches %')), "
+      "(SELECT pg_catalog.array_agg(COALESCE(pg_catalog.to_regclass(c)::oid, 0) ORDER BY o) "
       "FROM pg_catalog.unnest(ARRAY[" +
-      names + "]::text[]) WITH ORDINALITY AS u(c, o) ORDER BY u.o");
+      cdcs + "]::text[]) WITH ORDINALITY AS u(c, o))::text");
   if (!r.ok()) return r.status();
-  std::string oids = "{";
-  for (int i = 0; i < r->rows(); ++i) {
-    if (r->IsNull(i, 0)) return Status::OK();
-    oids += (i == 0 ? "" : ",") + std::string(r->Get(i, 0));
-  }
-  oids += "}";
-  if (r->rows() != static_cast<int>(tables_->size())) return Status::OK();
-  // One statement, one function call per table (no plan node, no index).
+  if (!r->GetBool(0, 0)) return Status::OK();
+  const std::string oids(r->Get(0, 1));
+  // One statement: deletes the log's rows of this tunnel's change tables
+  // that the tick's snapshot sees (its transaction's first statement took
+  // it), returning their tables' numbers, and whether the guard is there.
   DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
-      "PREPARE {} AS SELECT pg_catalog.array_agg(COALESCE(pg_catalog.pg_sequence_last_value(s), "
-      "0) ORDER BY o)::text FROM pg_catalog.unnest({}::regclass[]) WITH ORDINALITY AS u(s, o)",
-      kTouchStatement, QuoteLiteral(oids))));
+      "PREPARE {} (text) AS WITH d AS (DELETE FROM datatunnel.touches WHERE rel = ANY ({}::oid[]) "
+      "RETURNING rel) SELECT (SELECT pg_catalog.array_agg(DISTINCT u.o - 1) FROM d JOIN "
+      "pg_catalog.unnest({}::oid[]) WITH ORDINALITY AS u(r, o) ON u.r = d.rel)::text, EXISTS "
+      "(SELECT FROM datatunnel.touch_guards WHERE tunnel = $1)",
+      kTouchStatement, QuoteLiteral(oids), QuoteLiteral(oids))));
   touch_ = 1;
   return Status::OK();
 }
@@ -573,15 +512,17 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
     DT_RETURN_IF_ERROR(PrepareProbe(check_sql));
     DT_RETURN_IF_ERROR(PrepareTouch());
   }
-  // The touch values, read first: after the snapshot is taken (the
-  // transaction's first statement takes it) and before the INSERT takes the
-  // xid. Not by a tick that looks idle (the sequence, as last seen, had not
-  // passed the probe's bound): idle ticks cost the same whatever the number
-  // of tables, and the first batches after idle probe instead.
+  // The touch log's rows the tick's snapshot sees (the transaction's first
+  // statement takes it), taken. Not by a tick that looks idle (the
+  // sequence, as last seen, had not passed the probe's bound): idle ticks
+  // cost the same whatever the number of tables, and the first batch after
+  // idle probes instead (the rows it leaves are taken by the next).
   const int64_t bound = probing ? ProbeBound(lo) : 0;
   const bool quiet = probing && newest_seq_ >= 0 && newest_seq_ <= bound;
   const bool touching = probing && touch_ > 0 && !quiet;
-  if (touching) stmts.push_back({fmt::format("EXECUTE {}", kTouchStatement), {}});
+  if (touching) {
+    stmts.push_back({fmt::format("EXECUTE {}({})", kTouchStatement, QuoteLiteral(tunnel_)), {}});
+  }
   const size_t ins = stmts.size();
   // Probing, the probe evaluates the check, and only for a batch with changes.
   stmts.push_back(
@@ -592,9 +533,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
            (probing ? std::string("NULL::text") : check_sql.all) + "), pg_catalog.txid_current()",
        {arena.Keep(std::to_string(number)), tunnel_}});
   // Idle (the sequence, as last seen, had not passed the probe's bound), or
-  // reading the touch values: the INSERT alone first; the probe (or the
-  // reads of the touched tables) follows only if the tick's change_seq
-  // passed the bound.
+  // taking the touch log: the INSERT alone first; the probe (or the reads of
+  // the touched tables) follows only if the tick's change_seq passed the
+  // bound.
   const bool idle = touching || quiet;
   std::vector<pg::Statement> probe;
   if (!reads.empty()) probe.push_back({kChangeIdOrder, {}});
@@ -619,10 +560,8 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
   Tick tick{number, std::string(results[ins].Get(0, 0)), results[ins].GetInt64(0, 1),
             results[ins].GetInt64(0, 3)};
   if (!probing) *check = std::string(results[ins].Get(0, 2));
-  if (touching) {
-    touches_[number] = {tick.xid, ParseIntArray(results[1].Get(0, 0))};
-    while (touches_.size() > kTouchHistory) touches_.erase(touches_.begin());
-  }
+  // With the touch log: whether its guard is there (else probe, and write it).
+  const bool guarded = touching && results[1].GetBool(0, 1);
   if (idle) {
     if (tick.change_seq <= bound) {
       // Every id of the batch would lie in (bound, change_seq]: none does.
@@ -631,16 +570,29 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
       for (auto& r : reads) r.empty = true;
       return tick;
     }
-    const std::vector<int64_t>* from = touching ? TouchBound(lo, tick) : nullptr;
-    const std::vector<int64_t>* to = touching ? &touches_[number].values : nullptr;
-    if (from && from->size() == tables_->size() && to->size() == tables_->size()) {
-      Status st = ReadTouched(*from, *to, lo, tick, check_sql, check, checked, epoch, reads);
+    if (guarded) {
+      // The log has been complete since a tick before lo: it names every
+      // table the batch has changes in (and maybe a few more, left by a
+      // batch that probed).
+      Status st = ReadTouched(ParseTables(results[1].Get(0, 0), tables_->size()), lo, tick,
+                              check_sql, check, checked, epoch, reads);
       if (!st.ok()) {
         conn_->RollbackQuietly();
         return st;
       }
       Recorded(tick);
       return tick;
+    }
+    if (touching) {
+      // No guard: the log was emptied (a crash, a promoted standby) or never
+      // complete for this tunnel. This batch probes every change table;
+      // transactions committing after this tick's snapshot wrote their rows
+      // to the log as it is now (one in flight across a crash did not
+      // commit), so it is complete from here on, unless emptied again,
+      // which takes the guard with it.
+      probe.insert(probe.end() - 1, {"INSERT INTO datatunnel.touch_guards (tunnel) VALUES ($1) "
+                                     "ON CONFLICT (tunnel) DO NOTHING",
+                                     {tunnel_}});
     }
     results.clear();
     DT_RETURN_IF_ERROR(RunTransaction(probe, &results));
@@ -668,14 +620,11 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
   return tick;
 }
 
-Status ChangeLog::ReadTouched(const std::vector<int64_t>& from, const std::vector<int64_t>& to,
-                              const Tick& lo, const Tick& hi, const TickCheck& check_sql,
-                              std::string* check, std::vector<size_t>* checked, int64_t epoch,
+Status ChangeLog::ReadTouched(std::vector<size_t> tables, const Tick& lo, const Tick& hi,
+                              const TickCheck& check_sql, std::string* check,
+                              std::vector<size_t>* checked, int64_t epoch,
                               std::span<TickRead> reads) {
-  std::vector<size_t> tables;
-  for (size_t t = 0; t < to.size(); ++t) {
-    if (to[t] > from[t]) tables.push_back(t);
-  }
+  std::sort(tables.begin(), tables.end());
   for (auto& r : reads) r.empty = true;
   std::vector<pg::Statement> stmts;
   std::vector<size_t> which;  // index into reads, per read statement

@@ -158,7 +158,7 @@ class ChangeLog {
   // more than kProbeAbove tables and TickCheck::of, only the tables the
   // batch has changes in). *check is left empty when the batch has no change
   // (with more than kProbeAbove tables the check is evaluated only then, or
-  // when a table was touched since the bound tick, below:
+  // when the touch log names a table, below:
   // over hundreds of tables it costs more than the rest of an idle tick, and
   // only a change of the batch needs the columns it vouches for).
   //
@@ -175,17 +175,18 @@ class ChangeLog {
   // so an idle tick costs the same whatever the number of tables.
   //
   // The probe's index probe per table is itself a cost per table (~80 us
-  // each under load). So each tick first reads every table's touch sequence
-  // (the trigger draws from it after writing a statement's change rows) in
-  // one statement, before its INSERT takes its xid, and remembers the
-  // values; a later batch then reads only the tables whose value passed the
-  // one TouchBound() chooses (a tick whose read came before every draw of a
-  // transaction not visible in lo: lo's own unless a writer in flight at lo
-  // has committed since; one visible in the tick drew before its commit, so
-  // before the tick's read), with the check and the reads in the tick's
-  // transaction: two round trips, no probe. Without that tick's values (a
-  // restart, a snapshot tick) or touch sequences (an install before them,
-  // or a role that may not read them), the probe as above.
+  // each under load), and so was reading every table's touch sequence (4 ms
+  // per tick over 500). So each capture trigger adds a row to the touch log
+  // (datatunnel.touches: its change table, its transaction; install.sql),
+  // and a busy tick takes (deletes) the rows its snapshot sees of this
+  // tunnel's change tables in its first round trip: their tables are every
+  // table its batch has changes in (the rows of transactions visible in lo
+  // were taken by an earlier tick), read with the check in the second. The
+  // log is unlogged; a crash empties it, and with it the tunnel's guard row
+  // (datatunnel.touch_guards), which only a probing tick writes: a tick that
+  // finds its guard gone probes. Without the log (an install before it, a
+  // table whose triggers an earlier version wrote, or a role that may not
+  // use it), the probe as above.
   Result<Tick> RecordTick(const Tick& lo, const TickCheck& check_sql, std::string* check,
                           int64_t epoch, std::span<TickRead> reads,
                           std::vector<size_t>* checked = nullptr);
@@ -275,19 +276,10 @@ class ChangeLog {
                     size_t at, int64_t tick, int64_t epoch, std::span<TickRead> reads);
   // Whether RecordTick() and ReadFirst() probe (more than kProbeAbove tables).
   bool Probing() const { return tables_->size() > kProbeAbove; }
-  // Looks up every table's touch sequence (once per connection) and
-  // prepares the statement that reads their last values; leaves touch_ off
-  // when a table has none or the role may not read one.
+  // Decides (once per connection) whether ticks use the touch log, and
+  // prepares the statement that takes its rows; leaves touch_ off when they
+  // cannot (see RecordTick).
   Status PrepareTouch();
-  // The touch values of a tick of ours read before every transaction of
-  // batch (lo, hi] drew from a touch sequence, or null: lo's own when hi
-  // sees no transaction that was in flight at lo (one batch's tables are
-  // read, not the two or three since ProbeBound()'s tick), else the newest
-  // tick whose xid is below the oldest such transaction, else
-  // TouchBoundBefore(lo).
-  const std::vector<int64_t>* TouchBound(const Tick& lo, const Tick& hi) const;
-  // The touch values read by the tick that ProbeBound(lo) uses, or null.
-  const std::vector<int64_t>* TouchBoundBefore(const Tick& lo) const;
   // Prepares the probe statement (once per connection and `check_sql`;
   // empty: none). It returns the tables with changes (a text int[]) and,
   // when asked and there are any, the value of `check_sql` (TickCheck::of
@@ -312,14 +304,13 @@ class ChangeLog {
   // no such tick is known.
   int64_t ProbeBound(const Tick& lo) const;
   void Remember(const Tick& tick);
-  // Inside tick hi's open transaction: reads the first rows of the tables
-  // whose touch value moved from `from` (the bound tick's) to `to` (hi's),
-  // evaluating `check_sql` into *check when there are any (over those
-  // tables, *checked, when TickCheck::of is given), marks the others
-  // empty, and commits. One round trip.
-  Status ReadTouched(const std::vector<int64_t>& from, const std::vector<int64_t>& to,
-                     const Tick& lo, const Tick& hi, const TickCheck& check_sql, std::string* check,
-                     std::vector<size_t>* checked, int64_t epoch, std::span<TickRead> reads);
+  // Inside tick hi's open transaction: reads the first rows of `tables`
+  // (those the touch log named), evaluating `check_sql` into *check when
+  // there are any (over those tables, *checked, when TickCheck::of is
+  // given), marks the others empty, and commits. One round trip.
+  Status ReadTouched(std::vector<size_t> tables, const Tick& lo, const Tick& hi,
+                     const TickCheck& check_sql, std::string* check, std::vector<size_t>* checked,
+                     int64_t epoch, std::span<TickRead> reads);
   // Reads the first rows of the tables probe result `probed` names (a text
   // int[]), marks the others empty. One round trip.
   Status ReadProbed(std::string_view probed, const Tick& lo, const Tick& hi, int64_t epoch,
@@ -348,16 +339,8 @@ class ChangeLog {
   std::string check_prepared_;  // PrepareCheck()'s statement, as prepared ("": none)
   // Recent ticks: number -> (xmax of its snapshot, change_seq), for ProbeBound().
   std::map<int64_t, std::pair<int64_t, int64_t>> history_;
-  // PrepareTouch(): 0 not looked up, 1 touch sequences in use, -1 not.
+  // PrepareTouch(): 0 not looked up, 1 the touch log in use, -1 not.
   int touch_ = 0;
-  // The touch values read by recent ticks of ours (tick number -> one per
-  // table, with the xid the tick's INSERT took after reading them), for
-  // TouchBound().
-  struct Touch {
-    int64_t xid = 0;
-    std::vector<int64_t> values;
-  };
-  std::map<int64_t, Touch> touches_;
 };
 
 // How many change-table rows to read at once, per table: at most

@@ -781,6 +781,14 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
     auto cdc = pg::LoadTable(source, spec.change_table);
     if (!cdc.ok()) return fail(cdc.status());
     if (*cdc) {
+      // Its rows in the touch log (from the version that added it on).
+      auto q = source.Query("SELECT pg_catalog.to_regclass('datatunnel.touches') IS NOT NULL");
+      if (!q.ok()) return fail(q.status());
+      if (q->GetBool(0, 0)) {
+        q = source.Query("DELETE FROM datatunnel.touches WHERE rel = $1::oid",
+                         {std::to_string((**cdc).oid)});
+        if (!q.ok()) return fail(q.status());
+      }
       if (Status st = source.Exec("DROP TABLE " + spec.change_table.Quoted()); !st.ok()) {
         return fail(st);
       }
@@ -852,6 +860,9 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& tables,
       fmt::format("GRANT SELECT, UPDATE ON datatunnel.tables TO {};", r),
       fmt::format("GRANT SELECT, INSERT, UPDATE ON datatunnel.chain_heads TO {};", r),
       fmt::format("GRANT SELECT ON SEQUENCE datatunnel.change_id_seq TO {};", r),
+      // The touch log (without these the producer probes every change table).
+      fmt::format("GRANT SELECT, DELETE ON datatunnel.touches TO {};", r),
+      fmt::format("GRANT SELECT, INSERT ON datatunnel.touch_guards TO {};", r),
   };
   std::set<std::string> schemas;
   for (const auto& t : tables) {
@@ -862,13 +873,6 @@ std::vector<std::string> RuntimeGrants(const std::vector<TableSpec>& tables,
         fmt::format("GRANT SELECT ON {} TO {};  -- snapshot reads", t.source.Quoted(), r));
     out.push_back(fmt::format("GRANT SELECT, DELETE ON {} TO {};  -- read and prune changes",
                               t.change_table.Quoted(), r));
-    // The touch sequence (install.sql names it so when the name fits;
-    // without the grant the producer probes every change table instead).
-    if (t.source.name.size() <= 53) {
-      out.push_back(fmt::format(
-          "GRANT SELECT ON SEQUENCE {} TO {};  -- which change tables a tick reads",
-          QualifiedName{t.change_table.schema, t.source.name + "_cdc_touch"}.Quoted(), r));
-    }
   }
   return out;
 }

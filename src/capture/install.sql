@@ -78,6 +78,20 @@ BEGIN
   END IF;
 END $$;
 
+-- The touch log: each statement's capture trigger, once its change rows are
+-- written, adds (its change table, its transaction), so a tick learns which
+-- change tables have changes from one small table whatever their number,
+-- and deletes the rows it read (capture/change_log.h, RecordTick). Unlogged:
+-- no WAL for it, and a crash (or a standby's promotion) empties it. A
+-- tunnel's row in touch_guards is written only by a tick that read every
+-- change table (a probe), so it says the log has been complete since; it
+-- goes with the log, and a tick that finds it gone probes again.
+CREATE UNLOGGED TABLE IF NOT EXISTS datatunnel.touches (
+  rel oid NOT NULL,
+  txid bigint NOT NULL);
+CREATE UNLOGGED TABLE IF NOT EXISTS datatunnel.touch_guards (
+  tunnel text PRIMARY KEY);
+
 -- Chain heads: per partition of a table's topic, the position of the last
 -- message the producer sent there that recorded progress covers (so the
 -- broker acknowledged it). Written in the transaction that records progress;
@@ -289,13 +303,12 @@ BEGIN
     END IF;
   END IF;
 
-  -- The change table's touch sequence: every statement's trigger draws from
-  -- it once its change rows are written (the last line of the trigger
-  -- function), so a tick reads all tables' last values in one statement and
-  -- reads only the change tables whose value moved (ChangeLog::RecordTick,
-  -- docs/architecture.md). Owned by the change table's "dt$txid" column (it
-  -- goes with the change table) and found that way; named <table>_cdc_touch
-  -- (dt$touch_<change table oid> where that name would be too long).
+  -- Versions before the touch log gave each change table a touch sequence
+  -- (<table>_cdc_touch, owned by its "dt$txid" column), which the trigger
+  -- drew from and a tick read for every table. Found here, dropped once the
+  -- trigger function no longer draws from it (below), so that a producer of
+  -- such a version, still running, fails on it and falls back to probing
+  -- every change table, instead of reading values that no longer move.
   SELECT pg_catalog.format('%I.%I', n.nspname, s.relname) INTO v_touch
     FROM pg_catalog.pg_depend d
     JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
@@ -303,14 +316,6 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
       AND d.refobjid = v_cdc_oid AND d.deptype = 'a' AND a.attname = 'dt$txid';
-  IF v_touch IS NULL THEN
-    v_touch := pg_catalog.format('%I.%I', v_schema,
-      CASE WHEN pg_catalog.octet_length(v_name) <= 53 THEN v_name || '_cdc_touch'
-           ELSE 'dt$touch_' || v_cdc_oid END);
-    EXECUTE pg_catalog.format('CREATE SEQUENCE %s AS bigint OWNED BY %s."dt$txid"', v_touch, v_cdc);
-    v_actions := v_actions || ('created sequence ' || v_touch || ' (which change tables '
-      || 'a tick reads)');
-  END IF;
 
   -- The trigger function, generated from the catalog, run by three
   -- statement-level triggers with transition tables ("dt$new", "dt$old") and
@@ -466,7 +471,7 @@ BEGIN
             || E'\n  ON n."dt$rn" = d."dt$rn"'), v_bulk, v_names, v_row);
     END IF;
     v_body := pg_catalog.format(
-    E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\n  v_touch bigint;\nBEGIN\n'
+    E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\nBEGIN\n'
     || E'  IF TG_OP = ''INSERT'' THEN\n'
     || '%1$s'
     || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
@@ -476,14 +481,14 @@ BEGIN
     || E'  ELSE\n'
     || E'    INSERT INTO %4$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
     || E'  END IF;\n'
-    || E'  v_touch := pg_catalog.nextval(%5$L::regclass);\n'
+    || E'  INSERT INTO datatunnel.touches VALUES (%5$s, pg_catalog.txid_current());\n'
     || E'  RETURN NULL;\n'
     || E'END ',
       pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
         v_names, v_row),
       pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
         v_del_names, v_del_row),
-      v_update, v_cdc, v_touch);
+      v_update, v_cdc, v_cdc_oid);
   ELSE
     -- A partitioned table, a partition or a table in an inheritance tree
     -- keeps the row-level trigger: statement triggers of a partition or an
@@ -528,7 +533,7 @@ BEGIN
         v_cdc, v_cols, v_new, v_old, v_match, v_old_cols, v_keys);
     END IF;
     v_body := pg_catalog.format(
-    E'\nDECLARE\n  v_touch bigint;\nBEGIN\n'
+    E'\nBEGIN\n'
     || E'  IF TG_OP = ''INSERT'' THEN\n'
     || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
     || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
@@ -540,10 +545,10 @@ BEGIN
     || E'  ELSE\n'
     || E'    INSERT INTO %1$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
     || E'  END IF;\n'
-    || E'  v_touch := pg_catalog.nextval(%6$L::regclass);\n'
+    || E'  INSERT INTO datatunnel.touches VALUES (%6$s, pg_catalog.txid_current());\n'
     || E'  RETURN NULL;\n'
     || E'END ',
-      v_cdc, v_cols, v_new, v_old, v_update, v_touch);
+      v_cdc, v_cols, v_new, v_old, v_update, v_cdc_oid);
   END IF;
   SELECT p.prosrc INTO v_current FROM pg_catalog.pg_proc p
     WHERE p.pronamespace = 'datatunnel'::regnamespace AND p.proname = v_fn;
@@ -555,6 +560,11 @@ BEGIN
       'datatunnel: captures changes of ' || v_schema || '.' || v_name || ' into ' || v_cdc);
     v_actions := v_actions || (CASE WHEN v_current IS NULL THEN 'created' ELSE 'updated' END
       || ' trigger function datatunnel.' || v_fn || '() for ' || v_schema || '.' || v_name);
+  END IF;
+  IF v_touch IS NOT NULL THEN
+    EXECUTE pg_catalog.format('DROP SEQUENCE %s', v_touch);
+    v_actions := v_actions || ('dropped sequence ' || v_touch || ' (the touch log, '
+      || 'datatunnel.touches, tells a tick which change tables to read)');
   END IF;
 
   -- Versions before the statement-level capture had one row-level trigger,

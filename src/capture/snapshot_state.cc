@@ -45,9 +45,9 @@ Result<std::vector<bool>> SnapshotsWanted(pg::Connection& source,
   if (r.rows() == 0) return wanted;
   std::map<std::pair<std::string_view, std::string_view>, size_t> index;
   for (size_t t = 0; t < specs.size(); ++t) {
-    index.emplace(std::pair<std::string_view, std::string_view>(specs[t].source.schema,
-                                                                specs[t].source.name),
-                  t);
+    index.emplace(
+        std::pair<std::string_view, std::string_view>(specs[t].source.schema, specs[t].source.name),
+        t);
   }
   for (int i = 0; i < r.rows(); ++i) {
     auto it = index.find({r.Get(i, 0), r.Get(i, 1)});

@@ -1,9 +1,13 @@
 // Capture against a real PostgreSQL: install, the tick order that never skips
 // a late-committing transaction, key changes, truncate, pruning.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "capture/change_log.h"
@@ -881,6 +885,126 @@ TEST(CaptureManyTables, ReadsTheBatchBeforesTablesOnlyForAWriterInFlight) {
   SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('e')");
   EXPECT_EQ(next(), (std::map<int, std::vector<std::string>>{{1, {"e"}}}));
   EXPECT_EQ(read, std::set<int>{1});
+}
+
+// The rows of every change table the producer reads, by table, and the
+// tables it read, for one tick recorded after *last with `log`.
+struct TickRows {
+  std::map<int, std::vector<std::string>> rows;
+  std::set<int> read;
+};
+TickRows NextTickRows(capture::ChangeLog& log, capture::Tick* last, int tables, int64_t epoch) {
+  TickRows out;
+  for (const auto& r : NextTick(log, last, tables, epoch)) {
+    if (!r.empty) out.read.insert(static_cast<int>(r.table));
+    for (const auto& c : r.changes) out.rows[static_cast<int>(r.table)].emplace_back(c.row.Get(1));
+  }
+  return out;
+}
+
+using TableRows = std::map<int, std::vector<std::string>>;
+
+// Issue 20 item 2: the touch log is unlogged, so a crash of the source
+// empties it, with the rows of transactions that committed before and no
+// tick has taken. The tunnel's guard row goes with them: the first tick
+// after the crash probes every change table (and finds those changes), then
+// writes the guard again, and the ticks after it read what the log names.
+TEST(CaptureManyTables, ATouchLogEmptiedByACrashIsNoticed) {
+  constexpr int kTables = 6;
+  const std::string db = SourceCluster().CreateDatabase("capture_many_crash");
+  auto conn = SourceCluster().Connect(db);
+  auto specs = CaptureTables(*conn, db, kTables);
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  auto log = std::make_unique<capture::ChangeLog>(conn.get(), &*specs, "t");
+  const int64_t epoch = *log->LoadEpoch();
+  capture::Tick last = log->LoadTicks(0, 10)->back();
+  auto guards = [&] {
+    return SourceCluster().Count(db,
+                                 "SELECT count(*) FROM datatunnel.touch_guards WHERE tunnel = 't'");
+  };
+  SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w')");
+  EXPECT_EQ(NextTickRows(*log, &last, kTables, epoch).rows, (TableRows{{0, {"w"}}}));
+  EXPECT_EQ(guards(), 1);
+  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
+  auto tick = NextTickRows(*log, &last, kTables, epoch);
+  EXPECT_EQ(tick.rows, (TableRows{{1, {"a"}}}));
+  EXPECT_EQ(tick.read, std::set<int>{1});
+  // Committed, not taken by a tick; then the source crashes.
+  SourceCluster().Exec(db, "INSERT INTO m2 (v) VALUES ('before')");
+  EXPECT_EQ(SourceCluster().Count(db, "SELECT count(*) FROM datatunnel.touches"), 1);
+  log.reset();
+  conn.reset();
+  SourceCluster().CrashAndStart();
+  EXPECT_EQ(SourceCluster().Count(db, "SELECT count(*) FROM datatunnel.touches"), 0)
+      << "the crash did not empty the touch log";
+  EXPECT_EQ(guards(), 0);
+  // A new session, as the restarted producer's.
+  conn = SourceCluster().Connect(db);
+  log = std::make_unique<capture::ChangeLog>(conn.get(), &*specs, "t");
+  last = log->LoadTicks(last.number, 10)->back();
+  SourceCluster().Exec(db, "INSERT INTO m3 (v) VALUES ('after')");
+  EXPECT_EQ(NextTickRows(*log, &last, kTables, epoch).rows,
+            (TableRows{{2, {"before"}}, {3, {"after"}}}));
+  EXPECT_EQ(guards(), 1);
+  SourceCluster().Exec(db, "INSERT INTO m4 (v) VALUES ('b')");
+  tick = NextTickRows(*log, &last, kTables, epoch);
+  EXPECT_EQ(tick.rows, (TableRows{{4, {"b"}}}));
+  EXPECT_EQ(tick.read, std::set<int>{4}) << "the log is not used again after the crash";
+}
+
+// A table whose capture function does not write the touch log (set up by
+// an earlier version, `init` not run since): the producer does not use the
+// log at all, it probes every change table at every tick.
+TEST(CaptureManyTables, ATableWhoseTriggerWritesNoTouchesMeansProbing) {
+  constexpr int kTables = 6;
+  const std::string db = SourceCluster().CreateDatabase("capture_many_old");
+  auto conn = SourceCluster().Connect(db);
+  auto specs = CaptureTables(*conn, db, kTables);
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  SourceCluster().Exec(
+      db,
+      "DO $$ DECLARE f text; b text; BEGIN "
+      "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
+      "SELECT pg_catalog.regexp_replace(prosrc, 'INSERT INTO datatunnel\\.touches[^;]*;', '') "
+      "INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
+      "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
+      "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
+  capture::ChangeLog log(conn.get(), &*specs, "t");
+  const int64_t epoch = *log.LoadEpoch();
+  capture::Tick last = log.LoadTicks(0, 10)->back();
+  for (int i = 0; i < 3; ++i) {
+    SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
+    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows.size(), 1u);
+  }
+  SourceCluster().Exec(db, "INSERT INTO m5 (v) VALUES ('old'); INSERT INTO m1 (v) VALUES ('new')");
+  EXPECT_EQ(SourceCluster().Count(db,
+                                  "SELECT count(*) FROM datatunnel.touches WHERE rel = "
+                                  "'m5_cdc'::regclass"),
+            0);
+  EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{1, {"new"}}, {5, {"old"}}}));
+  // `init` again (the upgrade) rewrites m5's function, and drops a touch
+  // sequence the version before the log gave each change table (a producer
+  // of that version still running then fails on it and probes, instead of
+  // reading values that no longer move).
+  SourceCluster().Exec(db, "CREATE SEQUENCE m5_cdc_touch OWNED BY m5_cdc.\"dt$txid\"");
+  auto report = capture::Install(*conn, "t", *specs);
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_TRUE(std::any_of(report->actions.begin(), report->actions.end(), [](const auto& a) {
+    return Contains(a, "dropped sequence public.m5_cdc_touch");
+  })) << fmt::format("{}", fmt::join(report->actions, "; "));
+  EXPECT_EQ(
+      SourceCluster().Count(db, "SELECT count(*) FROM pg_class WHERE relname = 'm5_cdc_touch'"), 0);
+  auto session = SourceCluster().Connect(db);  // a new session, as after a restart
+  capture::ChangeLog upgraded(session.get(), &*specs, "t");
+  for (int i = 0; i < 2; ++i) {
+    SourceCluster().Exec(db, "INSERT INTO m5 (v) VALUES ('u" + std::to_string(i) + "')");
+    auto tick = NextTickRows(upgraded, &last, kTables, epoch);
+    EXPECT_EQ(tick.rows, (TableRows{{5, {"u" + std::to_string(i)}}}));
+    // The first tick probes (and writes the guard), the next reads the log.
+    if (i == 1) {
+      EXPECT_EQ(tick.read, std::set<int>{5});
+    }
+  }
 }
 
 class PartitionedCaptureTest : public CaptureTest {

@@ -138,6 +138,11 @@ void PgCluster::Start() {
                     SourceDir(), dir_, port_));
 }
 
+void PgCluster::CrashAndStart() {
+  Shell(fmt::format("{}/scripts/pg.sh crash {} >/dev/null", SourceDir(), dir_));
+  Start();
+}
+
 void PgCluster::Restart() {
   Shell(fmt::format("{}/scripts/pg.sh restart {} >/dev/null", SourceDir(), dir_));
 }

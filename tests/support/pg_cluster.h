@@ -43,6 +43,9 @@ class PgCluster {
   void Stop();
   void Start();
   void Restart();
+  // Stops the server as a crash would (no shutdown checkpoint) and starts
+  // it again: it recovers from the WAL, and its unlogged tables are empty.
+  void CrashAndStart();
 
  private:
   std::string dir_;
