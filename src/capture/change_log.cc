@@ -279,9 +279,19 @@ void ChangeLog::Remember(const Tick& tick) {
   while (history_.size() > 512) history_.erase(history_.begin());
 }
 
+// install_capture()'s row version: every `init`, of any version, replaces
+// the function (and then the capture functions), which gives it a new one.
+constexpr const char* kInstallVersion =
+    "(SELECT xmin::text FROM pg_catalog.pg_proc WHERE oid = "
+    "pg_catalog.to_regprocedure('datatunnel.install_capture(regclass,text[])'))";
+
 Status ChangeLog::PrepareTouch() {
   if (touch_ != 0) return Status::OK();
   touch_ = -1;
+  if (touch_prepared_) {
+    DT_RETURN_IF_ERROR(conn_->Exec(fmt::format("DEALLOCATE {}", kTouchStatement)));
+    touch_prepared_ = false;
+  }
   // The touch log is used when it is there, this role may read and delete
   // its rows and write its guard, and every table's capture triggers write
   // to it (a table set up by an earlier version, not `init` since, does
@@ -307,19 +317,24 @@ Status ChangeLog::PrepareTouch() {
       "'%INSERT INTO datatunnel.touches %')), "
       "(SELECT pg_catalog.array_agg(COALESCE(pg_catalog.to_regclass(c)::oid, 0) ORDER BY o) "
       "FROM pg_catalog.unnest(ARRAY[" +
-      cdcs + "]::text[]) WITH ORDINALITY AS u(c, o))::text");
+      cdcs + "]::text[]) WITH ORDINALITY AS u(c, o))::text, " + kInstallVersion);
   if (!r.ok()) return r.status();
-  if (!r->GetBool(0, 0)) return Status::OK();
+  if (!r->GetBool(0, 0) || r->IsNull(0, 2)) return Status::OK();
   const std::string oids(r->Get(0, 1));
+  install_version_ = std::string(r->Get(0, 2));
   // One statement: deletes the log's rows of this tunnel's change tables
   // that the tick's snapshot sees (its transaction's first statement took
-  // it), returning their tables' numbers, and whether the guard is there.
+  // it), returning their tables' numbers; whether the guard is there; and
+  // install_capture()'s version: an `init` since this check (an older
+  // version's may have rewritten the capture functions to write no touches)
+  // makes the tick probe, and the next one check again.
   DT_RETURN_IF_ERROR(conn_->Exec(fmt::format(
       "PREPARE {} (text) AS WITH d AS (DELETE FROM datatunnel.touches WHERE rel = ANY ({}::oid[]) "
       "RETURNING rel) SELECT (SELECT pg_catalog.array_agg(DISTINCT u.o - 1) FROM d JOIN "
       "pg_catalog.unnest({}::oid[]) WITH ORDINALITY AS u(r, o) ON u.r = d.rel)::text, EXISTS "
-      "(SELECT FROM datatunnel.touch_guards WHERE tunnel = $1)",
-      kTouchStatement, QuoteLiteral(oids), QuoteLiteral(oids))));
+      "(SELECT FROM datatunnel.touch_guards WHERE tunnel = $1), {}",
+      kTouchStatement, QuoteLiteral(oids), QuoteLiteral(oids), kInstallVersion)));
+  touch_prepared_ = true;
   touch_ = 1;
   return Status::OK();
 }
@@ -561,7 +576,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
             results[ins].GetInt64(0, 3)};
   if (!probing) *check = std::string(results[ins].Get(0, 2));
   // With the touch log: whether its guard is there (else probe, and write it).
-  const bool guarded = touching && results[1].GetBool(0, 1);
+  const bool guarded = touching && results[1].GetBool(0, 1) && !results[1].IsNull(0, 2) &&
+                       results[1].Get(0, 2) == install_version_;
+  if (touching && !guarded && results[1].Get(0, 2) != install_version_) touch_ = 0;
   if (idle) {
     if (tick.change_seq <= bound) {
       // Every id of the batch would lie in (bound, change_seq]: none does.

@@ -341,6 +341,8 @@ class ChangeLog {
   std::map<int64_t, std::pair<int64_t, int64_t>> history_;
   // PrepareTouch(): 0 not looked up, 1 the touch log in use, -1 not.
   int touch_ = 0;
+  bool touch_prepared_ = false;  // its statement
+  std::string install_version_;  // install_capture()'s row version it checked at
 };
 
 // How many change-table rows to read at once, per table: at most

@@ -1007,6 +1007,45 @@ TEST(CaptureManyTables, ATableWhoseTriggerWritesNoTouchesMeansProbing) {
   }
 }
 
+// An `init` while the producer runs, of an older version (which rewrites
+// the capture functions to write no touches): the producer's next tick
+// notices that install_capture() was replaced, probes, and checks the
+// functions again (then probes at every tick), so no change is missed.
+TEST(CaptureManyTables, AnInitWhileRunningIsCheckedAgain) {
+  constexpr int kTables = 6;
+  const std::string db = SourceCluster().CreateDatabase("capture_many_reinit");
+  auto conn = SourceCluster().Connect(db);
+  auto specs = CaptureTables(*conn, db, kTables);
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  capture::ChangeLog log(conn.get(), &*specs, "t");
+  const int64_t epoch = *log.LoadEpoch();
+  capture::Tick last = log.LoadTicks(0, 10)->back();
+  for (int i = 0; i < 2; ++i) {
+    SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
+    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows.size(), 1u);
+  }
+  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
+  EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).read, std::set<int>{1}) << "log not in use";
+  // The older init: install_capture() replaced, m5's function without touches.
+  SourceCluster().Exec(
+      db,
+      "DO $$ DECLARE f text; b text; BEGIN "
+      "SELECT pg_catalog.pg_get_functiondef('datatunnel.install_capture(regclass,text[])'::"
+      "regprocedure) INTO b; EXECUTE b; "
+      "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
+      "SELECT pg_catalog.regexp_replace(prosrc, 'INSERT INTO datatunnel\\.touches[^;]*;', '') "
+      "INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
+      "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
+      "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
+  for (int i = 0; i < 3; ++i) {
+    const std::string v = "old" + std::to_string(i);
+    SourceCluster().Exec(
+        db, "INSERT INTO m5 (v) VALUES ('" + v + "'); INSERT INTO m2 (v) VALUES ('" + v + "')");
+    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{2, {v}}, {5, {v}}}))
+        << "tick " << i;
+  }
+}
+
 class PartitionedCaptureTest : public CaptureTest {
  protected:
   void SetUp() override {
