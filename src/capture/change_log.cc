@@ -435,7 +435,7 @@ std::vector<size_t> ChangeLog::AddReads(std::span<const size_t> tables, const Ti
       if (reads[i].table != t) continue;
       reads[i].empty = false;
       which.push_back(i);
-      stmts->push_back({ReadCall(t, 0, lo, hi, reads[i].limit), {}});
+      stmts->push_back({ReadCall(t, ProbeBound(lo), lo, hi, reads[i].limit), {}});
     }
   }
   return which;
@@ -527,17 +527,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
     DT_RETURN_IF_ERROR(PrepareProbe(check_sql));
     DT_RETURN_IF_ERROR(PrepareTouch());
   }
-  // The touch log's rows the tick's snapshot sees (the transaction's first
-  // statement takes it), taken. Not by a tick that looks idle (the
-  // sequence, as last seen, had not passed the probe's bound): idle ticks
-  // cost the same whatever the number of tables, and the first batch after
-  // idle probes instead (the rows it leaves are taken by the next).
   const int64_t bound = probing ? ProbeBound(lo) : 0;
   const bool quiet = probing && newest_seq_ >= 0 && newest_seq_ <= bound;
   const bool touching = probing && touch_ > 0 && !quiet;
-  if (touching) {
-    stmts.push_back({fmt::format("EXECUTE {}({})", kTouchStatement, QuoteLiteral(tunnel_)), {}});
-  }
   const size_t ins = stmts.size();
   // Probing, the probe evaluates the check, and only for a batch with changes.
   stmts.push_back(
@@ -547,6 +539,19 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
            ") ON CONFLICT (tunnel, tick) DO NOTHING RETURNING snapshot::text, change_seq, (" +
            (probing ? std::string("NULL::text") : check_sql.all) + "), pg_catalog.txid_current()",
        {arena.Keep(std::to_string(number)), tunnel_}});
+  // Then the touch log's rows the tick's snapshot sees (the INSERT, the
+  // transaction's first statement, took it), taken. Not before the INSERT:
+  // the tick must read the sequence before its transaction takes an xid (a
+  // deleted row takes one), which every bound on change_ids (ProbeBound)
+  // relies on: a writer whose xid follows the tick's draws after its read.
+  // Not by a tick that looks idle (the sequence, as last seen, had not
+  // passed the probe's bound): idle ticks cost the same whatever the number
+  // of tables, and the first batch after idle probes instead (the rows it
+  // leaves are taken by the next).
+  const size_t take = stmts.size();
+  if (touching) {
+    stmts.push_back({fmt::format("EXECUTE {}({})", kTouchStatement, QuoteLiteral(tunnel_)), {}});
+  }
   // Idle (the sequence, as last seen, had not passed the probe's bound), or
   // taking the touch log: the INSERT alone first; the probe (or the reads of
   // the touched tables) follows only if the tick's change_seq passed the
@@ -561,7 +566,8 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
   } else {
     for (size_t i = 0; i < reads.size(); ++i) {
       probe.push_back({tick_queries_[reads[i].table],
-                       {"0", lo.snapshot, arena.Keep(std::to_string(reads[i].limit))}});
+                       {arena.Keep(std::to_string(ProbeBound(lo))), lo.snapshot,
+                        arena.Keep(std::to_string(reads[i].limit))}});
     }
   }
   probe.push_back({"COMMIT", {}});
@@ -576,9 +582,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
             results[ins].GetInt64(0, 3)};
   if (!probing) *check = std::string(results[ins].Get(0, 2));
   // With the touch log: whether its guard is there (else probe, and write it).
-  const bool guarded = touching && results[1].GetBool(0, 1) && !results[1].IsNull(0, 2) &&
-                       results[1].Get(0, 2) == install_version_;
-  if (touching && !guarded && results[1].Get(0, 2) != install_version_) touch_ = 0;
+  const bool guarded = touching && results[take].GetBool(0, 1) && !results[take].IsNull(0, 2) &&
+                       results[take].Get(0, 2) == install_version_;
+  if (touching && !guarded && results[take].Get(0, 2) != install_version_) touch_ = 0;
   if (idle) {
     if (tick.change_seq <= bound) {
       // Every id of the batch would lie in (bound, change_seq]: none does.
@@ -591,7 +597,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
       // The log has been complete since a tick before lo: it names every
       // table the batch has changes in (and maybe a few more, left by a
       // batch that probed).
-      Status st = ReadTouched(ParseTables(results[1].Get(0, 0), tables_->size()), lo, tick,
+      Status st = ReadTouched(ParseTables(results[take].Get(0, 0), tables_->size()), lo, tick,
                               check_sql, check, checked, epoch, reads);
       if (!st.ok()) {
         conn_->RollbackQuietly();

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include "capture/change_log.h"
 #include "capture/install.h"
@@ -1044,6 +1045,60 @@ TEST(CaptureManyTables, AnInitWhileRunningIsCheckedAgain) {
     EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{2, {v}}, {5, {v}}}))
         << "tick " << i;
   }
+}
+
+// A tick reads the shared change_id sequence before its transaction takes
+// an xid, and takes the touch log (a DELETE, which takes one) only after:
+// every bound on change_ids (ChangeLog::ProbeBound, from which a batch's
+// reads start) relies on a writer whose xid follows a tick's drawing after
+// that tick's read. Here the tick is held inside its touch statement while
+// a writer begins, writes and stays open: taken the other way round, the
+// writer's change lies below the bound of the batch it commits in, and is
+// never read.
+TEST(CaptureManyTables, ATickReadsTheSequenceBeforeItTakesAnXid) {
+  constexpr int kTables = 6;
+  const std::string db = SourceCluster().CreateDatabase("capture_many_order");
+  auto conn = SourceCluster().Connect(db);
+  auto specs = CaptureTables(*conn, db, kTables);
+  ASSERT_TRUE(specs.ok()) << specs.status().message();
+  capture::ChangeLog log(conn.get(), &*specs, "t");
+  const int64_t epoch = *log.LoadEpoch();
+  capture::Tick last = log.LoadTicks(0, 10)->back();
+  for (int i = 0; i < 2; ++i) {
+    SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
+    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows.size(), 1u);
+  }
+  // The touch statement waits on advisory lock 4242 while the test holds it.
+  SourceCluster().Exec(db,
+                       "CREATE FUNCTION public.hold() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                       "BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); "
+                       "RETURN NULL; END $$; CREATE TRIGGER hold AFTER DELETE ON "
+                       "datatunnel.touches FOR EACH STATEMENT EXECUTE FUNCTION public.hold()");
+  auto holder = SourceCluster().Connect(db);
+  ASSERT_TRUE(holder->Exec("SELECT pg_advisory_lock(4242)").ok());
+  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
+  TickRows held;
+  std::thread tick([&] { held = NextTickRows(log, &last, kTables, epoch); });
+  const bool waiting = testing::WaitUntil(
+      [&] {
+        return SourceCluster().Count(db,
+                                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                     "AND NOT granted") == 1;
+      },
+      10);
+  auto writer = SourceCluster().Connect(db);
+  if (waiting) {
+    EXPECT_TRUE(writer->Exec("BEGIN; INSERT INTO m2 (v) VALUES ('late')").ok());
+  }
+  ASSERT_TRUE(holder->Exec("SELECT pg_advisory_unlock(4242)").ok());
+  tick.join();
+  ASSERT_TRUE(waiting) << "the tick never waited in its touch statement";
+  EXPECT_EQ(held.rows, (TableRows{{1, {"a"}}}));
+  // The next tick at once (its snapshot's xmax is then the writer's xid),
+  // then the writer's commit: its batch must read it.
+  EXPECT_TRUE(NextTickRows(log, &last, kTables, epoch).rows.empty());
+  ASSERT_TRUE(writer->Exec("COMMIT").ok());
+  EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{2, {"late"}}}));
 }
 
 class PartitionedCaptureTest : public CaptureTest {
