@@ -96,6 +96,8 @@ class ProgressBook {
   // that much of empty ticks again, and the ticks table keeps as many more.
   Result<bool> Record(ChangeLog& log, bool all = false);
   static constexpr int64_t kIdleRecordUs = 10'000'000;
+  // A table's delivered changes are pruned at most this often.
+  static constexpr int64_t kPruneIntervalUs = 1'000'000;
 
  private:
   struct Pending {
@@ -114,6 +116,7 @@ class ProgressBook {
   std::vector<Pending> pending_;
   std::vector<int64_t> max_cid_delivered_;
   std::vector<int64_t> pruned_tick_;     // per table: the tick the last prune was at
+  std::vector<int64_t> pruned_us_;       // per table: when (MonotonicMicros; 0: never)
   std::vector<int64_t> delivered_tick_;  // per table: the tick of its last delivered change
   int64_t last_idle_record_us_ = 0;
 };
