@@ -194,6 +194,7 @@ DECLARE
   v_del_names text;
   v_del_row text;
   v_touch text;
+  v_head_t text;
   r record;
 BEGIN
   SELECT n.nspname, c.relname INTO v_schema, v_name
@@ -371,6 +372,12 @@ BEGIN
       FROM pg_catalog.pg_attribute a
       WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
     v_head := pg_catalog.format(E'INSERT INTO %s ("dt$txid", "dt$action", %s)\n', v_cdc, v_cols);
+    -- The first statement of every branch adds the statement's row to the
+    -- touch log in a data-modifying WITH, which runs once whatever the
+    -- INSERT it precedes writes: 2,700-2,900 instructions less than a
+    -- statement of its own (bench/trigger_cost.sh).
+    v_head_t := pg_catalog.format(E'WITH "dt$t" AS (INSERT INTO datatunnel.touches '
+      'VALUES (%s, pg_catalog.txid_current()))\n      ', v_cdc_oid) || v_head;
     -- The bulk form: a statement of more than 1,000 rows (or an UPDATE of as
     -- many that changes no key) writes them as arrays, one change row per
     -- 10,000 rows, each row in its text form (a record literal) in "dt$rows"
@@ -425,7 +432,7 @@ BEGIN
       || E'%8$s'
       || E'    END IF;\n';
     IF v_keyexpr IS NULL THEN
-      v_update := pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
+      v_update := pg_catalog.format(v_tpl, v_head_t, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
           v_names, v_row)
         || pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
           v_names, v_row);
@@ -450,7 +457,7 @@ BEGIN
       -- type's equality, NULL equal to NULL, and are equal for no rows.
       v_same := pg_catalog.format(E'ARRAY(SELECT %1$s FROM "dt$old")\n'
         || E'        = ARRAY(SELECT %1$s FROM "dt$new")', v_keyexpr);
-      v_update := pg_catalog.format(v_tpl, v_head, 'UPDATE', v_new, 'dt$new', 'n',
+      v_update := pg_catalog.format(v_tpl, v_head_t, 'UPDATE', v_new, 'dt$new', 'n',
         E'\n        WHERE ' || v_same, E'\n      AND ' || v_same,
         pg_catalog.format(
           E'      IF v_rows = 0 THEN\n'
@@ -480,13 +487,13 @@ BEGIN
     || '%2$s'
     || E'  ELSE\n'
     || E'    INSERT INTO %4$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
+    || E'    INSERT INTO datatunnel.touches VALUES (%5$s, pg_catalog.txid_current());\n'
     || E'  END IF;\n'
-    || E'  INSERT INTO datatunnel.touches VALUES (%5$s, pg_catalog.txid_current());\n'
     || E'  RETURN NULL;\n'
     || E'END ',
-      pg_catalog.format(v_tpl, v_head, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
+      pg_catalog.format(v_tpl, v_head_t, 'INSERT', v_new, 'dt$new', 'n', '', '', '', v_bulk,
         v_names, v_row),
-      pg_catalog.format(v_tpl, v_head, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
+      pg_catalog.format(v_tpl, v_head_t, 'DELETE', v_old, 'dt$old', 'o', '', '', '', v_bulk,
         v_del_names, v_del_row),
       v_update, v_cdc, v_cdc_oid);
   ELSE

@@ -905,6 +905,14 @@ TickRows NextTickRows(capture::ChangeLog& log, capture::Tick* last, int tables, 
 
 using TableRows = std::map<int, std::vector<std::string>>;
 
+// A capture function's source (prosrc) without its rows to the touch log
+// (a WITH before its first INSERT, a statement of its own for TRUNCATE), as
+// an earlier version wrote it.
+constexpr const char* kWithoutTouches =
+    "pg_catalog.regexp_replace(pg_catalog.regexp_replace(prosrc, 'WITH \"dt\\$t\" AS "
+    "\\(INSERT INTO datatunnel\\.touches VALUES \\([^)]*\\)\\)\\)', '', 'g'), "
+    "'INSERT INTO datatunnel\\.touches VALUES[^;]*;', '', 'g')";
+
 // Issue 20 item 2: the touch log is unlogged, so a crash of the source
 // empties it, with the rows of transactions that committed before and no
 // tick has taken. The tunnel's guard row goes with them: the first tick
@@ -966,10 +974,11 @@ TEST(CaptureManyTables, ATableWhoseTriggerWritesNoTouchesMeansProbing) {
       db,
       "DO $$ DECLARE f text; b text; BEGIN "
       "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
-      "SELECT pg_catalog.regexp_replace(prosrc, 'INSERT INTO datatunnel\\.touches[^;]*;', '') "
-      "INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
-      "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
-      "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
+      "SELECT " +
+          std::string(kWithoutTouches) +
+          " INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
+          "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
+          "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
   capture::ChangeLog log(conn.get(), &*specs, "t");
   const int64_t epoch = *log.LoadEpoch();
   capture::Tick last = log.LoadTicks(0, 10)->back();
@@ -1034,10 +1043,11 @@ TEST(CaptureManyTables, AnInitWhileRunningIsCheckedAgain) {
       "SELECT pg_catalog.pg_get_functiondef('datatunnel.install_capture(regclass,text[])'::"
       "regprocedure) INTO b; EXECUTE b; "
       "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
-      "SELECT pg_catalog.regexp_replace(prosrc, 'INSERT INTO datatunnel\\.touches[^;]*;', '') "
-      "INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
-      "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
-      "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
+      "SELECT " +
+          std::string(kWithoutTouches) +
+          " INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
+          "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
+          "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
   for (int i = 0; i < 3; ++i) {
     const std::string v = "old" + std::to_string(i);
     SourceCluster().Exec(
