@@ -888,75 +888,116 @@ TEST(CaptureManyTables, ReadsTheBatchBeforesTablesOnlyForAWriterInFlight) {
   EXPECT_EQ(read, std::set<int>{1});
 }
 
-// The rows of every change table the producer reads, by table, and the
-// tables it read, for one tick recorded after *last with `log`.
-struct TickRows {
-  std::map<int, std::vector<std::string>> rows;
-  std::set<int> read;
-};
-TickRows NextTickRows(capture::ChangeLog& log, capture::Tick* last, int tables, int64_t epoch) {
-  TickRows out;
-  for (const auto& r : NextTick(log, last, tables, epoch)) {
-    if (!r.empty) out.read.insert(static_cast<int>(r.table));
-    for (const auto& c : r.changes) out.rows[static_cast<int>(r.table)].emplace_back(c.row.Get(1));
+// The touch log's tests: a producer's ChangeLog over six tables m0..m5 in a
+// database of the test's own, and the ticks it records.
+class TouchLogTest : public ::testing::Test {
+ protected:
+  static constexpr int kTables = 6;
+
+  // The rows of every change table a tick read, by table, and the tables
+  // it read.
+  struct TickRows {
+    std::map<int, std::vector<std::string>> rows;
+    std::set<int> read;
+  };
+  using TableRows = std::map<int, std::vector<std::string>>;
+
+  void SetUp() override {
+    db_ = SourceCluster().CreateDatabase("capture_touch");
+    conn_ = SourceCluster().Connect(db_);
+    auto specs = CaptureTables(*conn_, db_, kTables);
+    ASSERT_TRUE(specs.ok()) << specs.status().message();
+    specs_ = *specs;
+    log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_, "t");
+    epoch_ = *log_->LoadEpoch();
+    last_ = log_->LoadTicks(0, 10)->back();
   }
-  return out;
-}
 
-using TableRows = std::map<int, std::vector<std::string>>;
+  // A new session, as a restarted producer's: its connection and ChangeLog,
+  // going on from the newest tick.
+  void Reconnect() {
+    log_.reset();
+    conn_ = SourceCluster().Connect(db_);
+    log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_, "t");
+    last_ = log_->LoadTicks(last_.number, 10)->back();
+  }
 
-// A capture function's source (prosrc) without its rows to the touch log
-// (a WITH before its first INSERT, a statement of its own for TRUNCATE), as
-// an earlier version wrote it.
-constexpr const char* kWithoutTouches =
-    "pg_catalog.regexp_replace(pg_catalog.regexp_replace(prosrc, 'WITH \"dt\\$t\" AS "
-    "\\(INSERT INTO datatunnel\\.touches VALUES \\([^)]*\\)\\)\\)', '', 'g'), "
-    "'INSERT INTO datatunnel\\.touches VALUES[^;]*;', '', 'g')";
+  // Records the next tick with every table's first read.
+  TickRows Next() {
+    TickRows out;
+    for (const auto& r : NextTick(*log_, &last_, kTables, epoch_)) {
+      if (!r.empty) out.read.insert(static_cast<int>(r.table));
+      for (const auto& c : r.changes) {
+        out.rows[static_cast<int>(r.table)].emplace_back(c.row.Get(1));
+      }
+    }
+    return out;
+  }
+
+  // `ticks` ticks with a write to m0 each: the first probes (and writes the
+  // guard), the log is in use after.
+  void Warm(int ticks) {
+    for (int i = 0; i < ticks; ++i) {
+      Exec("INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
+      EXPECT_EQ(Next().rows.size(), 1u);
+    }
+  }
+
+  void Exec(const std::string& sql) { SourceCluster().Exec(db_, sql); }
+  int64_t Count(const std::string& sql) { return SourceCluster().Count(db_, sql); }
+
+  // Rewrites m5's capture function as an earlier version wrote it: no rows
+  // to the touch log (a WITH before its first INSERT, a statement of its
+  // own for TRUNCATE). `first` SQL runs before, in the same DO block.
+  void WithoutTouchesOnM5(const std::string& first = "") {
+    Exec("DO $$ DECLARE f text; b text; BEGIN " + first +
+         "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
+         "SELECT pg_catalog.regexp_replace(pg_catalog.regexp_replace(prosrc, 'WITH \"dt\\$t\" AS "
+         "\\(INSERT INTO datatunnel\\.touches VALUES \\([^)]*\\)\\)\\)', '', 'g'), "
+         "'INSERT INTO datatunnel\\.touches VALUES[^;]*;', '', 'g') "
+         "INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
+         "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
+         "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
+  }
+
+  std::string db_;
+  std::unique_ptr<pg::Connection> conn_;
+  std::vector<TableSpec> specs_;
+  std::unique_ptr<capture::ChangeLog> log_;
+  int64_t epoch_ = 0;
+  capture::Tick last_;
+};
 
 // Issue 20 item 2: the touch log is unlogged, so a crash of the source
 // empties it, with the rows of transactions that committed before and no
 // tick has taken. The tunnel's guard row goes with them: the first tick
 // after the crash probes every change table (and finds those changes), then
 // writes the guard again, and the ticks after it read what the log names.
-TEST(CaptureManyTables, ATouchLogEmptiedByACrashIsNoticed) {
-  constexpr int kTables = 6;
-  const std::string db = SourceCluster().CreateDatabase("capture_many_crash");
-  auto conn = SourceCluster().Connect(db);
-  auto specs = CaptureTables(*conn, db, kTables);
-  ASSERT_TRUE(specs.ok()) << specs.status().message();
-  auto log = std::make_unique<capture::ChangeLog>(conn.get(), &*specs, "t");
-  const int64_t epoch = *log->LoadEpoch();
-  capture::Tick last = log->LoadTicks(0, 10)->back();
+TEST_F(TouchLogTest, EmptiedByACrashIsNoticed) {
   auto guards = [&] {
-    return SourceCluster().Count(db,
-                                 "SELECT count(*) FROM datatunnel.touch_guards WHERE tunnel = 't'");
+    return Count("SELECT count(*) FROM datatunnel.touch_guards WHERE tunnel = 't'");
   };
-  SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w')");
-  EXPECT_EQ(NextTickRows(*log, &last, kTables, epoch).rows, (TableRows{{0, {"w"}}}));
+  Warm(1);
   EXPECT_EQ(guards(), 1);
-  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
-  auto tick = NextTickRows(*log, &last, kTables, epoch);
+  Exec("INSERT INTO m1 (v) VALUES ('a')");
+  auto tick = Next();
   EXPECT_EQ(tick.rows, (TableRows{{1, {"a"}}}));
   EXPECT_EQ(tick.read, std::set<int>{1});
   // Committed, not taken by a tick; then the source crashes.
-  SourceCluster().Exec(db, "INSERT INTO m2 (v) VALUES ('before')");
-  EXPECT_EQ(SourceCluster().Count(db, "SELECT count(*) FROM datatunnel.touches"), 1);
-  log.reset();
-  conn.reset();
+  Exec("INSERT INTO m2 (v) VALUES ('before')");
+  EXPECT_EQ(Count("SELECT count(*) FROM datatunnel.touches"), 1);
+  log_.reset();
+  conn_.reset();
   SourceCluster().CrashAndStart();
-  EXPECT_EQ(SourceCluster().Count(db, "SELECT count(*) FROM datatunnel.touches"), 0)
+  EXPECT_EQ(Count("SELECT count(*) FROM datatunnel.touches"), 0)
       << "the crash did not empty the touch log";
   EXPECT_EQ(guards(), 0);
-  // A new session, as the restarted producer's.
-  conn = SourceCluster().Connect(db);
-  log = std::make_unique<capture::ChangeLog>(conn.get(), &*specs, "t");
-  last = log->LoadTicks(last.number, 10)->back();
-  SourceCluster().Exec(db, "INSERT INTO m3 (v) VALUES ('after')");
-  EXPECT_EQ(NextTickRows(*log, &last, kTables, epoch).rows,
-            (TableRows{{2, {"before"}}, {3, {"after"}}}));
+  Reconnect();
+  Exec("INSERT INTO m3 (v) VALUES ('after')");
+  EXPECT_EQ(Next().rows, (TableRows{{2, {"before"}}, {3, {"after"}}}));
   EXPECT_EQ(guards(), 1);
-  SourceCluster().Exec(db, "INSERT INTO m4 (v) VALUES ('b')");
-  tick = NextTickRows(*log, &last, kTables, epoch);
+  Exec("INSERT INTO m4 (v) VALUES ('b')");
+  tick = Next();
   EXPECT_EQ(tick.rows, (TableRows{{4, {"b"}}}));
   EXPECT_EQ(tick.read, std::set<int>{4}) << "the log is not used again after the crash";
 }
@@ -964,51 +1005,28 @@ TEST(CaptureManyTables, ATouchLogEmptiedByACrashIsNoticed) {
 // A table whose capture function does not write the touch log (set up by
 // an earlier version, `init` not run since): the producer does not use the
 // log at all, it probes every change table at every tick.
-TEST(CaptureManyTables, ATableWhoseTriggerWritesNoTouchesMeansProbing) {
-  constexpr int kTables = 6;
-  const std::string db = SourceCluster().CreateDatabase("capture_many_old");
-  auto conn = SourceCluster().Connect(db);
-  auto specs = CaptureTables(*conn, db, kTables);
-  ASSERT_TRUE(specs.ok()) << specs.status().message();
-  SourceCluster().Exec(
-      db,
-      "DO $$ DECLARE f text; b text; BEGIN "
-      "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
-      "SELECT " +
-          std::string(kWithoutTouches) +
-          " INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
-          "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
-          "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
-  capture::ChangeLog log(conn.get(), &*specs, "t");
-  const int64_t epoch = *log.LoadEpoch();
-  capture::Tick last = log.LoadTicks(0, 10)->back();
-  for (int i = 0; i < 3; ++i) {
-    SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
-    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows.size(), 1u);
-  }
-  SourceCluster().Exec(db, "INSERT INTO m5 (v) VALUES ('old'); INSERT INTO m1 (v) VALUES ('new')");
-  EXPECT_EQ(SourceCluster().Count(db,
-                                  "SELECT count(*) FROM datatunnel.touches WHERE rel = "
-                                  "'m5_cdc'::regclass"),
-            0);
-  EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{1, {"new"}}, {5, {"old"}}}));
+TEST_F(TouchLogTest, ATableWhoseTriggerWritesNoTouchesMeansProbing) {
+  WithoutTouchesOnM5();
+  Reconnect();  // the producer looks when it connects
+  Warm(3);
+  Exec("INSERT INTO m5 (v) VALUES ('old'); INSERT INTO m1 (v) VALUES ('new')");
+  EXPECT_EQ(Count("SELECT count(*) FROM datatunnel.touches WHERE rel = 'm5_cdc'::regclass"), 0);
+  EXPECT_EQ(Next().rows, (TableRows{{1, {"new"}}, {5, {"old"}}}));
   // `init` again (the upgrade) rewrites m5's function, and drops a touch
   // sequence the version before the log gave each change table (a producer
   // of that version still running then fails on it and probes, instead of
   // reading values that no longer move).
-  SourceCluster().Exec(db, "CREATE SEQUENCE m5_cdc_touch OWNED BY m5_cdc.\"dt$txid\"");
-  auto report = capture::Install(*conn, "t", *specs);
+  Exec("CREATE SEQUENCE m5_cdc_touch OWNED BY m5_cdc.\"dt$txid\"");
+  auto report = capture::Install(*conn_, "t", specs_);
   ASSERT_TRUE(report.ok()) << report.status().message();
   EXPECT_TRUE(std::any_of(report->actions.begin(), report->actions.end(), [](const auto& a) {
     return Contains(a, "dropped sequence public.m5_cdc_touch");
   })) << fmt::format("{}", fmt::join(report->actions, "; "));
-  EXPECT_EQ(
-      SourceCluster().Count(db, "SELECT count(*) FROM pg_class WHERE relname = 'm5_cdc_touch'"), 0);
-  auto session = SourceCluster().Connect(db);  // a new session, as after a restart
-  capture::ChangeLog upgraded(session.get(), &*specs, "t");
+  EXPECT_EQ(Count("SELECT count(*) FROM pg_class WHERE relname = 'm5_cdc_touch'"), 0);
+  Reconnect();
   for (int i = 0; i < 2; ++i) {
-    SourceCluster().Exec(db, "INSERT INTO m5 (v) VALUES ('u" + std::to_string(i) + "')");
-    auto tick = NextTickRows(upgraded, &last, kTables, epoch);
+    Exec("INSERT INTO m5 (v) VALUES ('u" + std::to_string(i) + "')");
+    auto tick = Next();
     EXPECT_EQ(tick.rows, (TableRows{{5, {"u" + std::to_string(i)}}}));
     // The first tick probes (and writes the guard), the next reads the log.
     if (i == 1) {
@@ -1021,39 +1039,18 @@ TEST(CaptureManyTables, ATableWhoseTriggerWritesNoTouchesMeansProbing) {
 // the capture functions to write no touches): the producer's next tick
 // notices that install_capture() was replaced, probes, and checks the
 // functions again (then probes at every tick), so no change is missed.
-TEST(CaptureManyTables, AnInitWhileRunningIsCheckedAgain) {
-  constexpr int kTables = 6;
-  const std::string db = SourceCluster().CreateDatabase("capture_many_reinit");
-  auto conn = SourceCluster().Connect(db);
-  auto specs = CaptureTables(*conn, db, kTables);
-  ASSERT_TRUE(specs.ok()) << specs.status().message();
-  capture::ChangeLog log(conn.get(), &*specs, "t");
-  const int64_t epoch = *log.LoadEpoch();
-  capture::Tick last = log.LoadTicks(0, 10)->back();
-  for (int i = 0; i < 2; ++i) {
-    SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
-    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows.size(), 1u);
-  }
-  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
-  EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).read, std::set<int>{1}) << "log not in use";
+TEST_F(TouchLogTest, AnInitWhileRunningIsCheckedAgain) {
+  Warm(2);
+  Exec("INSERT INTO m1 (v) VALUES ('a')");
+  EXPECT_EQ(Next().read, std::set<int>{1}) << "log not in use";
   // The older init: install_capture() replaced, m5's function without touches.
-  SourceCluster().Exec(
-      db,
-      "DO $$ DECLARE f text; b text; BEGIN "
+  WithoutTouchesOnM5(
       "SELECT pg_catalog.pg_get_functiondef('datatunnel.install_capture(regclass,text[])'::"
-      "regprocedure) INTO b; EXECUTE b; "
-      "SELECT capture_function INTO f FROM datatunnel.tables WHERE table_name = 'm5'; "
-      "SELECT " +
-          std::string(kWithoutTouches) +
-          " INTO b FROM pg_catalog.pg_proc WHERE proname = f; "
-          "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
-          "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
+      "regprocedure) INTO b; EXECUTE b; ");
   for (int i = 0; i < 3; ++i) {
     const std::string v = "old" + std::to_string(i);
-    SourceCluster().Exec(
-        db, "INSERT INTO m5 (v) VALUES ('" + v + "'); INSERT INTO m2 (v) VALUES ('" + v + "')");
-    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{2, {v}}, {5, {v}}}))
-        << "tick " << i;
+    Exec("INSERT INTO m5 (v) VALUES ('" + v + "'); INSERT INTO m2 (v) VALUES ('" + v + "')");
+    EXPECT_EQ(Next().rows, (TableRows{{2, {v}}, {5, {v}}})) << "tick " << i;
   }
 }
 
@@ -1065,38 +1062,27 @@ TEST(CaptureManyTables, AnInitWhileRunningIsCheckedAgain) {
 // a writer begins, writes and stays open: taken the other way round, the
 // writer's change lies below the bound of the batch it commits in, and is
 // never read.
-TEST(CaptureManyTables, ATickReadsTheSequenceBeforeItTakesAnXid) {
-  constexpr int kTables = 6;
-  const std::string db = SourceCluster().CreateDatabase("capture_many_order");
-  auto conn = SourceCluster().Connect(db);
-  auto specs = CaptureTables(*conn, db, kTables);
-  ASSERT_TRUE(specs.ok()) << specs.status().message();
-  capture::ChangeLog log(conn.get(), &*specs, "t");
-  const int64_t epoch = *log.LoadEpoch();
-  capture::Tick last = log.LoadTicks(0, 10)->back();
-  for (int i = 0; i < 2; ++i) {
-    SourceCluster().Exec(db, "INSERT INTO m0 (v) VALUES ('w" + std::to_string(i) + "')");
-    EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows.size(), 1u);
-  }
+TEST_F(TouchLogTest, ATickReadsTheSequenceBeforeItTakesAnXid) {
+  Warm(2);
   // The touch statement waits on advisory lock 4242 while the test holds it.
-  SourceCluster().Exec(db,
-                       "CREATE FUNCTION public.hold() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                       "BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); "
-                       "RETURN NULL; END $$; CREATE TRIGGER hold AFTER DELETE ON "
-                       "datatunnel.touches FOR EACH STATEMENT EXECUTE FUNCTION public.hold()");
-  auto holder = SourceCluster().Connect(db);
+  Exec(
+      "CREATE FUNCTION public.hold() RETURNS trigger LANGUAGE plpgsql AS $$ "
+      "BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); "
+      "RETURN NULL; END $$; CREATE TRIGGER hold AFTER DELETE ON "
+      "datatunnel.touches FOR EACH STATEMENT EXECUTE FUNCTION public.hold()");
+  auto holder = SourceCluster().Connect(db_);
   ASSERT_TRUE(holder->Exec("SELECT pg_advisory_lock(4242)").ok());
-  SourceCluster().Exec(db, "INSERT INTO m1 (v) VALUES ('a')");
+  Exec("INSERT INTO m1 (v) VALUES ('a')");
   TickRows held;
-  std::thread tick([&] { held = NextTickRows(log, &last, kTables, epoch); });
+  std::thread tick([&] { held = Next(); });
   const bool waiting = testing::WaitUntil(
       [&] {
-        return SourceCluster().Count(db,
-                                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                     "AND NOT granted") == 1;
+        return Count(
+                   "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT "
+                   "granted") == 1;
       },
       10);
-  auto writer = SourceCluster().Connect(db);
+  auto writer = SourceCluster().Connect(db_);
   if (waiting) {
     EXPECT_TRUE(writer->Exec("BEGIN; INSERT INTO m2 (v) VALUES ('late')").ok());
   }
@@ -1106,9 +1092,9 @@ TEST(CaptureManyTables, ATickReadsTheSequenceBeforeItTakesAnXid) {
   EXPECT_EQ(held.rows, (TableRows{{1, {"a"}}}));
   // The next tick at once (its snapshot's xmax is then the writer's xid),
   // then the writer's commit: its batch must read it.
-  EXPECT_TRUE(NextTickRows(log, &last, kTables, epoch).rows.empty());
+  EXPECT_TRUE(Next().rows.empty());
   ASSERT_TRUE(writer->Exec("COMMIT").ok());
-  EXPECT_EQ(NextTickRows(log, &last, kTables, epoch).rows, (TableRows{{2, {"late"}}}));
+  EXPECT_EQ(Next().rows, (TableRows{{2, {"late"}}}));
 }
 
 class PartitionedCaptureTest : public CaptureTest {
