@@ -153,6 +153,14 @@ class SnapshotTest : public testing::TunnelFixture {
   std::string ChunkConfig(int rows = kChunkRows) {
     return fmt::format("[pipeline]\nsnapshot_chunk_rows = {}\nprogress_interval_ms = 20\n", rows);
   }
+  // For a test that holds the snapshot still mid-way once it has copied
+  // some rows: many chunks, a tick (so a chunk) at most every 20 ms, so the
+  // copy takes seconds and is seen running however fast the host copies
+  // (12,000 rows in chunks of 100, packed in memory, took 0.13 s on a quiet
+  // host, done before the test saw it running).
+  std::string HeldChunkConfig(int rows = 100) {
+    return ChunkConfig(rows) + "min_tick_interval_ms = 20\n";
+  }
 
   // employees on both sides, `rows` of them on the source.
   void CreateEmployees(Order order, int64_t rows) {
@@ -366,7 +374,7 @@ class KilledSnapshotTest : public SnapshotTest, public ::testing::WithParamInter
 TEST_P(KilledSnapshotTest, ResumesAfterTheLastCompletedChunk) {
   const Variant v = GetParam();
   CreateEmployees(v.order, kRows);
-  Setup(v.mode, testing::kEmployeesTable, ChunkConfig(100));  // many chunks: held mid-way
+  Setup(v.mode, testing::kEmployeesTable, HeldChunkConfig());  // held mid-way
   Writers writers(src_, 2, 150, EmployeeWrites(kRows));
   ASSERT_TRUE(WaitUntil([&] { return writers.committed() >= 20; }, 20)) << writers.last_error();
 
@@ -546,7 +554,7 @@ TEST_F(SnapshotTest, TextKeyKilledAndResumed) {
     values += fmt::format("{}({}, {}, 'n{}')", values.empty() ? "" : ",", Dollar(code), i, i);
   }
   SourceCluster().Exec(src_, "INSERT INTO tags VALUES " + values);
-  Setup(Mode::kMemory, "[[tables]]\nsource = \"public.tags\"\n", ChunkConfig(7));
+  Setup(Mode::kMemory, "[[tables]]\nsource = \"public.tags\"\n", HeldChunkConfig(7));
   const auto n = kAwkwardKeys.size();
   Writers writers(src_, 2, 100, [n, seeded](std::mt19937& rng) -> std::string {
     const size_t i = rng() % seeded;
@@ -600,7 +608,7 @@ TEST_F(SnapshotTest, PhysicalOrderSurvivesATableRewrite) {
                   "CREATE INDEX employees_emp_id_idx ON employees (emp_id); ANALYZE employees",
                   testing::kEmployeesDdl, kRows));
   TargetCluster().Exec(tgt_, testing::kEmployeesDdl);
-  Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));  // many chunks: held mid-way
+  Setup(Mode::kMemory, testing::kEmployeesTable, HeldChunkConfig());  // held mid-way
 
   SourceTableLock lock(src_, "employees");
   auto proc = Start({"snapshot"});
@@ -626,7 +634,7 @@ TEST_F(SnapshotTest, PhysicalOrderSurvivesATableRewrite) {
 // from the first page instead, and every row arrives.
 TEST_F(SnapshotTest, PageCursorWithoutAFileStartsOver) {
   CreateEmployees(Order::kPhysical, kRows);
-  Setup(Mode::kMemory, testing::kEmployeesTable, ChunkConfig(100));  // many chunks: held mid-way
+  Setup(Mode::kMemory, testing::kEmployeesTable, HeldChunkConfig());  // held mid-way
   SourceTableLock lock(src_, "employees");
   auto first = Start({"snapshot"});
   ASSERT_TRUE(WaitCopying(100)) << first->Stderr();
@@ -797,10 +805,7 @@ class ProgressTest : public SnapshotTest {
   // chunks and is held still by `lock_`.
   std::unique_ptr<Subprocess> StartHeld(std::vector<std::string> argv) {
     CreateEmployees(Order::kKey, 20000);
-    // A chunk every 20 ms at most: 200 chunks take seconds, so the copy is
-    // seen running (packed chunks in memory copy the table in 0.2 s).
-    Setup(Mode::kMemory, testing::kEmployeesTable,
-          ChunkConfig(100) + "min_tick_interval_ms = 20\n");
+    Setup(Mode::kMemory, testing::kEmployeesTable, HeldChunkConfig());
     lock_ = std::make_unique<SourceTableLock>(src_, "employees");
     auto p = std::make_unique<Subprocess>(std::move(argv));
     EXPECT_TRUE(WaitUntil(
