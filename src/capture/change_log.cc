@@ -430,12 +430,13 @@ std::vector<size_t> ChangeLog::AddReads(std::span<const size_t> tables, const Ti
                                         const Tick& hi, std::span<TickRead> reads,
                                         std::vector<pg::Statement>* stmts) const {
   std::vector<size_t> which;
+  const int64_t after = ProbeBound(lo);  // below every change of the batch
   for (size_t t : tables) {
     for (size_t i = 0; i < reads.size(); ++i) {
       if (reads[i].table != t) continue;
       reads[i].empty = false;
       which.push_back(i);
-      stmts->push_back({ReadCall(t, ProbeBound(lo), lo, hi, reads[i].limit), {}});
+      stmts->push_back({ReadCall(t, after, lo, hi, reads[i].limit), {}});
     }
   }
   return which;
@@ -527,7 +528,9 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
     DT_RETURN_IF_ERROR(PrepareProbe(check_sql));
     DT_RETURN_IF_ERROR(PrepareTouch());
   }
-  const int64_t bound = probing ? ProbeBound(lo) : 0;
+  // Below every change_id of the batch: where its reads start, and with
+  // many tables the probe's bound.
+  const int64_t bound = ProbeBound(lo);
   const bool quiet = probing && newest_seq_ >= 0 && newest_seq_ <= bound;
   const bool touching = probing && touch_ > 0 && !quiet;
   const size_t ins = stmts.size();
@@ -566,7 +569,7 @@ Result<Tick> ChangeLog::RecordTick(const Tick& lo, const TickCheck& check_sql, s
   } else {
     for (size_t i = 0; i < reads.size(); ++i) {
       probe.push_back({tick_queries_[reads[i].table],
-                       {arena.Keep(std::to_string(ProbeBound(lo))), lo.snapshot,
+                       {arena.Keep(std::to_string(bound)), lo.snapshot,
                         arena.Keep(std::to_string(reads[i].limit))}});
     }
   }
