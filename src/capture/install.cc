@@ -733,6 +733,12 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
       "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = "
       "c.relnamespace WHERE n.nspname = 'datatunnel' AND c.relname = 'tables'");
   if (!has_state.ok()) return fail(has_state.status());
+  // State tables added by later versions: chain heads, the touch log.
+  auto added = source.Query(
+      "SELECT pg_catalog.to_regclass('datatunnel.chain_heads') IS NOT NULL, "
+      "pg_catalog.to_regclass('datatunnel.touches') IS NOT NULL");
+  if (!added.ok()) return fail(added.status());
+  const bool has_heads = added->GetBool(0, 0), has_touches = added->GetBool(0, 1);
   for (const auto& spec : tables) {
     const std::string name = spec.source.ToString();
     auto info = pg::LoadTable(source, spec.source);
@@ -781,12 +787,9 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
     auto cdc = pg::LoadTable(source, spec.change_table);
     if (!cdc.ok()) return fail(cdc.status());
     if (*cdc) {
-      // Its rows in the touch log (from the version that added it on).
-      auto q = source.Query("SELECT pg_catalog.to_regclass('datatunnel.touches') IS NOT NULL");
-      if (!q.ok()) return fail(q.status());
-      if (q->GetBool(0, 0)) {
-        q = source.Query("DELETE FROM datatunnel.touches WHERE rel = $1::oid",
-                         {std::to_string((**cdc).oid)});
+      if (has_touches) {  // its rows in the touch log
+        auto q = source.Query("DELETE FROM datatunnel.touches WHERE rel = $1::oid",
+                              {std::to_string((**cdc).oid)});
         if (!q.ok()) return fail(q.status());
       }
       if (Status st = source.Exec("DROP TABLE " + spec.change_table.Quoted()); !st.ok()) {
@@ -799,10 +802,7 @@ Result<std::vector<std::string>> Uninstall(pg::Connection& source,
           source.Query("DELETE FROM datatunnel.tables WHERE schema_name = $1 AND table_name = $2",
                        {spec.source.schema, spec.source.name});
       if (!q.ok()) return fail(q.status());
-      // Chain heads exist from the version that added them on.
-      q = source.Query("SELECT pg_catalog.to_regclass('datatunnel.chain_heads') IS NOT NULL");
-      if (!q.ok()) return fail(q.status());
-      if (q->GetBool(0, 0)) {
+      if (has_heads) {
         q = source.Query(
             "DELETE FROM datatunnel.chain_heads WHERE schema_name = $1 AND table_name = $2",
             {spec.source.schema, spec.source.name});
