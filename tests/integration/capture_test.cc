@@ -46,11 +46,17 @@ class CaptureTest : public ::testing::Test {
     specs_ = *specs;
     auto actions = capture::Install(*conn_, "t", specs_);
     ASSERT_TRUE(actions.ok()) << actions.status().message();
+    OpenLog(0);
+  }
+
+  // The producer's ChangeLog of specs_ on conn_, going on from the newest of
+  // the ticks numbered `from` and after.
+  void OpenLog(int64_t from) {
     log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_, "t");
     auto epoch = log_->LoadEpoch();
     ASSERT_TRUE(epoch.ok());
     epoch_ = *epoch;
-    auto ticks = log_->LoadTicks(0, 10);
+    auto ticks = log_->LoadTicks(from, 10);
     ASSERT_TRUE(ticks.ok());
     last_ = ticks->back();
   }
@@ -890,7 +896,7 @@ TEST(CaptureManyTables, ReadsTheBatchBeforesTablesOnlyForAWriterInFlight) {
 
 // The touch log's tests: a producer's ChangeLog over six tables m0..m5 in a
 // database of the test's own, and the ticks it records.
-class TouchLogTest : public ::testing::Test {
+class TouchLogTest : public CaptureTest {
  protected:
   static constexpr int kTables = 6;
 
@@ -908,9 +914,7 @@ class TouchLogTest : public ::testing::Test {
     auto specs = CaptureTables(*conn_, db_, kTables);
     ASSERT_TRUE(specs.ok()) << specs.status().message();
     specs_ = *specs;
-    log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_, "t");
-    epoch_ = *log_->LoadEpoch();
-    last_ = log_->LoadTicks(0, 10)->back();
+    OpenLog(0);
   }
 
   // A new session, as a restarted producer's: its connection and ChangeLog,
@@ -918,8 +922,7 @@ class TouchLogTest : public ::testing::Test {
   void Reconnect() {
     log_.reset();
     conn_ = SourceCluster().Connect(db_);
-    log_ = std::make_unique<capture::ChangeLog>(conn_.get(), &specs_, "t");
-    last_ = log_->LoadTicks(last_.number, 10)->back();
+    OpenLog(last_.number);
   }
 
   // Records the next tick with every table's first read.
@@ -959,13 +962,6 @@ class TouchLogTest : public ::testing::Test {
          "EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION datatunnel.%I() RETURNS trigger "
          "LANGUAGE plpgsql SECURITY DEFINER AS %L', f, b); END $$");
   }
-
-  std::string db_;
-  std::unique_ptr<pg::Connection> conn_;
-  std::vector<TableSpec> specs_;
-  std::unique_ptr<capture::ChangeLog> log_;
-  int64_t epoch_ = 0;
-  capture::Tick last_;
 };
 
 // Issue 20 item 2: the touch log is unlogged, so a crash of the source
