@@ -458,7 +458,12 @@ TEST_F(TypesTest, ProducerKilledInsideABulkRowResumes) {
   UseKafka();
   ASSERT_EQ(Dt({"init"}).code, 0);
   const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "10"}};
-  auto produce = std::make_shared<testing::Subprocess>(Args({"produce"}), env);
+  // The first producer publishes one message at a time (each waits for the
+  // broker's acknowledgement): its progress is seen inside the row for
+  // seconds, where a fast host published the whole row within a few
+  // progress records and the test never saw it inside.
+  auto produce = std::make_shared<testing::Subprocess>(
+      Args({"--set", "pipeline.max_in_flight=1", "produce"}), env);
   started_.push_back(produce);
   auto consume = Start({"consume"});
   ExpectInSync();
