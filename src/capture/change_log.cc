@@ -956,9 +956,20 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
   // One more element than asked for: whether the row goes on.
   const std::string from = std::to_string(int64_t{bulk->next} + 1);
   const std::string to = std::to_string(int64_t{bulk->next} + limit + 1);
+  const bool names = bulk->columns.empty();
+  if (names) {
+    // Whether the change table has the typed key arrays of a bulk DELETE
+    // ("dt$keys<n>", install.sql): asked once per bulk row, as `init` may
+    // add them while the producer runs.
+    DT_ASSIGN_OR_RETURN(
+        auto k, conn_->Query("SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute WHERE "
+                             "attrelid = $1::regclass AND attname::text ~ '^dt\\$keys[0-9]+$' "
+                             "AND attnum > 0 AND NOT attisdropped",
+                             {spec.change_table.Quoted()}));
+    bulk->typed_keys = k.GetInt64(0, 0) >= static_cast<int64_t>(spec.key.size());
+  }
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
-  const bool names = bulk->columns.empty();
   if (names) {
     stmts.push_back({fmt::format("SELECT c FROM {}, pg_catalog.unnest({}) WITH ORDINALITY AS "
                                  "u(c, i) WHERE {} = $1 ORDER BY u.i",
@@ -966,11 +977,26 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
                      {id}});
   }
   // The slice is cut from the array before it is expanded: memory follows
-  // the piece, not the row.
-  stmts.push_back({fmt::format("SELECT e.v FROM {0}, pg_catalog.unnest({1}[$2::int:$3::int]) WITH "
-                               "ORDINALITY AS e(v, i) WHERE {2} = $1 ORDER BY e.i",
-                               spec.change_table.Quoted(), kRowsColumn, kChangeIdColumn),
-                   {id, from, to}});
+  // the piece, not the row. A bulk DELETE's typed keys ("dt$rows" is then
+  // '{NULL}') are turned into record literals here, in the producer's
+  // session, as the trigger's text form would have written them.
+  std::string arrays = fmt::format("pg_catalog.unnest({}[$2::int:$3::int])", kRowsColumn);
+  std::string aliases = "v";
+  std::string element = "e.v";
+  if (bulk->typed_keys && !spec.key.empty()) {
+    std::string row;
+    for (size_t k = 0; k < spec.key.size(); ++k) {
+      arrays += fmt::format(", pg_catalog.unnest({}[$2::int:$3::int])", TypedKeysColumn(k));
+      aliases += fmt::format(", k{}", k + 1);
+      row += fmt::format("{}e.k{}", k == 0 ? "" : ", ", k + 1);
+    }
+    element = fmt::format("COALESCE(e.v, ROW({})::text)", row);
+  }
+  stmts.push_back(
+      {fmt::format("SELECT {3} FROM {0}, ROWS FROM ({1}) WITH "
+                   "ORDINALITY AS e({4}, i) WHERE {2} = $1 ORDER BY e.i",
+                   spec.change_table.Quoted(), arrays, kChangeIdColumn, element, aliases),
+       {id, from, to}});
   stmts.push_back({"COMMIT", {}});
   std::vector<pg::QueryResult> results;
   DT_RETURN_IF_ERROR(RunTransaction(stmts, &results));

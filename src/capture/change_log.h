@@ -107,6 +107,10 @@ struct BulkRow {
   // Per field of its record literals, the TableSpec column it is, or -1 (a
   // column dropped since); read with the first piece.
   std::vector<int> columns;
+  // Whether the change table has a bulk DELETE's typed key arrays
+  // ("dt$keys<n>"), whose elements are read as record literals; asked with
+  // the first piece.
+  bool typed_keys = false;
   bool active() const { return change_id != 0; }
 };
 

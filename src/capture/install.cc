@@ -11,6 +11,7 @@
 
 namespace datatunnel::capture {
 std::string OldKeyColumn(size_t n) { return fmt::format("\"dt$old{}\"", n + 1); }
+std::string TypedKeysColumn(size_t n) { return fmt::format("\"dt$keys{}\"", n + 1); }
 
 namespace {
 

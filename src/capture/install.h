@@ -8,6 +8,10 @@
 //                               than 1,000 rows: its rows as an array of
 //                               record literals, up to 10,000 per change
 //                               row, and their column names; else NULL),
+//                               "dt$keys1".."dt$keys<n>" (a bulk DELETE's
+//                               keys as arrays of their own types, when
+//                               every key column has a fixed-length type;
+//                               "dt$rows" is then '{NULL}'),
 //                               "dt$old1".."dt$old<n>" (the n key columns'
 //                               values before an UPDATE that changed the
 //                               key; written by versions before the
@@ -69,6 +73,9 @@ inline constexpr const char* kColsColumn = "\"dt$cols\"";
 inline constexpr const char* kRowsColumn = "\"dt$rows\"";
 // The quoted old-key column of key column `n` (0-based): "dt$old<n+1>".
 std::string OldKeyColumn(size_t n);
+// The quoted typed-key array of key column `n` (0-based), "dt$keys<n+1>":
+// a bulk DELETE's keys when every key column has a fixed-length type.
+std::string TypedKeysColumn(size_t n);
 inline constexpr const char* kNotifyChannel = "datatunnel";
 
 // Builds the source-side spec of each configured table from the catalog:

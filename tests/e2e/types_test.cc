@@ -352,6 +352,19 @@ CREATE TABLE typekeys (
   by bytea, u uuid, ip inet, at text[], mo mood, r4 int4range, v integer,
   PRIMARY KEY (tx, tstz, ts, d, iv, n, f8, by, u, ip, at, mo, r4));
 CREATE TABLE nokeytypes (LIKE typekeys);
+CREATE TABLE fixkeys (
+  tstz timestamptz, ts timestamp, d date, iv interval, f8 double precision, u uuid, mo mood,
+  i8 bigint, v integer, PRIMARY KEY (tstz, ts, d, iv, f8, u, mo, i8));
+)sql";
+
+// Key columns all of fixed-length types (fixkeys): a bulk DELETE writes
+// them as typed arrays, which the producer turns into text in its session.
+constexpr const char* kFixKeysRows = R"sql(
+INSERT INTO fixkeys SELECT timestamptz '2024-03-31 01:30 UTC' + g * interval '37 min',
+  timestamp '2000-02-29' + g * interval '1.5 s', date '2024-01-01' + g,
+  g * interval '1 day 2:03:04.5', g * 0.1::float8, md5(g::text)::uuid,
+  (enum_range(NULL::mood))[1 + g % 4], g - 1500, g
+  FROM generate_series(1, 3000) g;
 )sql";
 
 constexpr const char* kTypeKeysRows = R"sql(
@@ -379,7 +392,9 @@ TEST_F(TypesTest, BulkStatementsOfEveryType) {
   WriteConfig(
       "[[tables]]\nsource = \"public.alltypes\"\n"
       "[[tables]]\nsource = \"public.typekeys\"\n"
-      "[[tables]]\nsource = \"public.nokeytypes\"\n");
+      "[[tables]]\nsource = \"public.nokeytypes\"\n"
+      "[[tables]]\nsource = \"public.fixkeys\"\nkey = [\"tstz\", \"ts\", \"d\", \"iv\", \"f8\", "
+      "\"u\", \"mo\", \"i8\"]\n");
   ASSERT_EQ(Dt({"init"}).code, 0);
   const std::map<std::string, std::string> env = {{"DATATUNNEL_TEST_READ_ROWS", "300"}};
   auto run = std::make_shared<testing::Subprocess>(Args({"run", "--broker", "none"}), env);
@@ -426,6 +441,12 @@ TEST_F(TypesTest, BulkStatementsOfEveryType) {
                 "ORDER BY \"dt$change_id\") FROM nokeytypes_cdc WHERE \"dt$action\" = 'DELETE'"),
             "{tx,tstz,ts,d,iv,n,f8,by,u,ip,at,mo,r4,v}:1500 "
             "{tx,tstz,ts,d,iv,n,f8,by,u,ip,at,mo,r4,v}:1500");
+  // A key of fixed-length types only: the keys as typed arrays, no text.
+  SourceCluster().Exec(src_, odd + kFixKeysRows + "DELETE FROM fixkeys WHERE v % 2 = 0");
+  EXPECT_EQ(Src("SELECT string_agg(\"dt$cols\"::text || ':' || \"dt$rows\"::text || ':' || "
+                "cardinality(\"dt$keys1\") || ':' || cardinality(\"dt$keys8\"), ' ') FROM "
+                "fixkeys_cdc WHERE \"dt$action\" = 'DELETE'"),
+            "{tstz,ts,d,iv,f8,u,mo,i8}:{NULL}:1500:1500");
   run = std::make_shared<testing::Subprocess>(Args({"run", "--broker", "none"}), env);
   started_.push_back(run);
   ExpectInSync();
@@ -433,6 +454,8 @@ TEST_F(TypesTest, BulkStatementsOfEveryType) {
   EXPECT_EQ(Tgt("SELECT count(*) FROM alltypes"), Src("SELECT count(*) FROM alltypes"));
   ExpectSameRows("typekeys", "typekeys", "v", "after a bulk delete by key");
   ExpectSameRows("nokeytypes", "nokeytypes", "v, t::text", "after bulk deletes of whole rows");
+  ExpectSameRows("fixkeys", "fixkeys", "v", "after a bulk delete by a key of fixed-length types");
+  EXPECT_EQ(Tgt("SELECT count(*) FROM fixkeys"), "1500");
   EXPECT_EQ(Tgt("SELECT count(*) FROM typekeys"), "1500");
   EXPECT_EQ(Tgt("SELECT count(*) FROM nokeytypes"), Src("SELECT count(*) FROM nokeytypes"));
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();

@@ -135,10 +135,9 @@ TEST_F(CaptureTest, InstallIsIdempotentAndNamesTheBriefsColumns) {
       SourceCluster().Scalar(db_,
                              "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM "
                              "information_schema.columns WHERE table_name = 'employees_cdc'");
-  EXPECT_EQ(
-      *cols,
-      "dt$change_id,dt$txid,dt$action,dt$captured_at,dt$cols,dt$rows,dt$old1,emp_id,first_name,"
-      "last_name,dob,city");
+  EXPECT_EQ(*cols,
+            "dt$change_id,dt$txid,dt$action,dt$captured_at,dt$cols,dt$rows,dt$keys1,dt$old1,emp_id,"
+            "first_name,last_name,dob,city");
 }
 
 TEST_F(CaptureTest, EveryOperationInCommitOrder) {
@@ -489,8 +488,9 @@ TEST_F(CaptureTest, BulkStatementsAreArraysReadInPieces) {
   EXPECT_EQ(b[9000].op, Op::kUpdate);
   EXPECT_EQ(b[9000].pos.sub, 0);
 
-  // A bulk DELETE stores and carries only the key (an integer key as
-  // "(<digits>)" by concatenation; a NULL one as "()").
+  // A bulk DELETE stores and carries only the key: an integer key as an
+  // array of integers ("dt$keys1", "dt$rows" then '{NULL}'), read as record
+  // literals (a NULL key as "()").
   SourceCluster().Exec(db_,
                        "ALTER TABLE employees ALTER COLUMN emp_id DROP NOT NULL;"
                        "INSERT INTO employees(emp_id, first_name) VALUES (NULL, 'no key')");
@@ -500,9 +500,10 @@ TEST_F(CaptureTest, BulkStatementsAreArraysReadInPieces) {
   EXPECT_EQ(cdc_rows(), std::to_string(1 + 1 + 2000 + 1 + 1 + 1));
   EXPECT_EQ(
       *SourceCluster().Scalar(db_,
-                              "SELECT \"dt$cols\"::text || ' ' || cardinality(\"dt$rows\") FROM "
-                              "employees_cdc WHERE \"dt$action\" = 'DELETE'"),
-      "{emp_id} 3001");
+                              "SELECT \"dt$cols\"::text || ' ' || \"dt$rows\"::text || ' ' || "
+                              "cardinality(\"dt$keys1\") FROM employees_cdc WHERE \"dt$action\" "
+                              "= 'DELETE'"),
+      "{emp_id} {NULL} 3001");
   b = NextBatch();
   ASSERT_EQ(b.size(), 3001u);
   expect_ordered(b);
