@@ -162,6 +162,29 @@ ALTER TABLE datatunnel.tables ADD COLUMN IF NOT EXISTS published_sub integer NOT
 -- columns the table gained; a retyped column is an error, SQLSTATE DT002),
 -- the trigger function and the triggers. Returns one line per action taken.
 -- Used by `datatunnel init` and by the event trigger below.
+-- The equality operator to name in generated SQL for values of type p_type,
+-- as schema.= for OPERATOR(): the capture trigger functions are SECURITY
+-- DEFINER and run with the writer's search_path, where a bare = (or IS
+-- DISTINCT FROM, or a bare type name) could resolve to an object of the
+-- writer's, run as the functions' owner. Every operator and type name they
+-- contain is qualified. The type's own schema's = when it has one for the
+-- type (an extension's type, e.g. citext), else pg_catalog's (built-in types,
+-- domains over them, enums, arrays, records).
+CREATE OR REPLACE FUNCTION datatunnel.equality_operator(p_type oid) RETURNS text
+LANGUAGE sql STABLE AS $fn$
+  SELECT pg_catalog.format('%I.=', COALESCE(
+    (SELECT n.nspname FROM pg_catalog.pg_type t
+       JOIN pg_catalog.pg_operator o ON o.oprnamespace OPERATOR(pg_catalog.=) t.typnamespace
+         AND o.oprname OPERATOR(pg_catalog.=) '='::pg_catalog.name
+         AND o.oprleft OPERATOR(pg_catalog.=) t.oid AND o.oprright OPERATOR(pg_catalog.=) t.oid
+       JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace
+      WHERE t.oid OPERATOR(pg_catalog.=) (SELECT CASE WHEN d.typtype OPERATOR(pg_catalog.=) 'd'::pg_catalog.char
+                                                      THEN d.typbasetype ELSE d.oid END
+                                            FROM pg_catalog.pg_type d
+                                           WHERE d.oid OPERATOR(pg_catalog.=) p_type)),
+    'pg_catalog'))
+$fn$;
+
 CREATE OR REPLACE FUNCTION datatunnel.install_capture(p_table regclass, p_key text[])
 RETURNS text[] LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -372,22 +395,26 @@ BEGIN
       WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
     SELECT CASE WHEN pg_catalog.count(*) = 1 THEN pg_catalog.min(x.q)
                 ELSE 'ROW(' || pg_catalog.string_agg(x.q, ', ' ORDER BY x.ord) || ')' END,
-           pg_catalog.string_agg(pg_catalog.format('n.%1$s = o.%1$s', x.q), ' AND ' ORDER BY x.ord),
+           pg_catalog.string_agg(pg_catalog.format('n.%1$s OPERATOR(%2$s) o.%1$s', x.q, x.eq), ' AND '
+             ORDER BY x.ord),
            pg_catalog.string_agg(', d.' || x.q, '' ORDER BY x.ord),
            pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || x.ord), '' ORDER BY x.ord),
            -- A key of integers (whose text never needs quoting in a record
            -- literal) is written by concatenation, cheaper than record_out.
            CASE WHEN pg_catalog.bool_and(x.typ IN (20, 21, 23)) THEN
-             '''('' || ' || pg_catalog.string_agg(pg_catalog.format('COALESCE("dt$r".%s::text, '''')', x.q),
-               ' || '','' || ' ORDER BY x.ord) || ' || '')'''
-           ELSE 'ROW(' || pg_catalog.string_agg('"dt$r".' || x.q, ', ' ORDER BY x.ord) || ')::text' END,
+             '''('' OPERATOR(pg_catalog.||) ' || pg_catalog.string_agg(pg_catalog.format(
+               'COALESCE("dt$r".%s::pg_catalog.text, '''')', x.q),
+               ' OPERATOR(pg_catalog.||) '','' OPERATOR(pg_catalog.||) ' ORDER BY x.ord)
+               || ' OPERATOR(pg_catalog.||) '')'''
+           ELSE 'ROW(' || pg_catalog.string_agg('"dt$r".' || x.q, ', ' ORDER BY x.ord) || ')::pg_catalog.text' END,
            pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$keys' || x.ord), '' ORDER BY x.ord),
-           pg_catalog.string_agg(pg_catalog.format(', "dt$k".%I["dt$e":"dt$e" + 9999]', 'dt$a' || x.ord), ''
+           pg_catalog.string_agg(pg_catalog.format(', "dt$k".%I["dt$e":"dt$e" OPERATOR(pg_catalog.+) 9999]', 'dt$a' || x.ord), ''
              ORDER BY x.ord),
            pg_catalog.string_agg(pg_catalog.format('ARRAY(SELECT %s FROM "dt$old" LIMIT 10000000) AS %I', x.q,
              'dt$a' || x.ord), ', ' ORDER BY x.ord)
       INTO v_keyexpr, v_match, v_keys, v_old_cols, v_del_row, v_tk_cols, v_tk_slices, v_tk_arrays
-      FROM (SELECT '"' || pg_catalog.replace(u.k, '"', '""') || '"' AS q, u.ord, a.atttypid::integer AS typ
+      FROM (SELECT '"' || pg_catalog.replace(u.k, '"', '""') || '"' AS q, u.ord, a.atttypid::integer AS typ,
+                   datatunnel.equality_operator(a.atttypid) AS eq
               FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
               JOIN pg_catalog.pg_attribute a ON a.attrelid = p_table AND a.attname = u.k) x;
     SELECT pg_catalog.string_agg(pg_catalog.format(
@@ -436,7 +463,7 @@ BEGIN
       || E'pg_catalog.set_config(''work_mem'', ''64MB'', true);\n'
       || E'      INSERT INTO %6$s ("dt$txid", "dt$action", "dt$cols", "dt$rows")\n'
       || E'        SELECT pg_catalog.txid_current(), %1$L, %2$s, pg_catalog.array_agg(x.r)\n'
-      || E'        FROM (SELECT %3$s AS r, (pg_catalog.row_number() OVER () - 1) / 10000 AS g '
+      || E'        FROM (SELECT %3$s AS r, (pg_catalog.row_number() OVER () OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 10000 AS g '
       || E'FROM %4$s "dt$r") x%5$s\n'
       || E'        GROUP BY x.g ORDER BY x.g;\n'
       || E'      GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
@@ -449,12 +476,13 @@ BEGIN
     -- DELETE of a table with a key only the key (v_del_row, v_del_names:
     -- its delete is published and applied by key, docs/architecture.md),
     -- which spares writing every column of every deleted row as text.
-    v_names := '(SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) '
-      || 'FROM pg_catalog.pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 '
+    v_names := '(SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum) '
+      || 'FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID '
+      || 'AND a.attnum OPERATOR(pg_catalog.>) 0 '
       || 'AND NOT a.attisdropped)';
-    v_row := '"dt$r"::text';
+    v_row := '"dt$r"::pg_catalog.text';
     v_del_names := CASE WHEN v_keyexpr IS NULL THEN v_names
-                        ELSE pg_catalog.quote_literal(p_key::text) || '::text[]' END;
+                        ELSE pg_catalog.quote_literal(p_key::text) || '::pg_catalog.text[]' END;
     v_del_row := COALESCE(v_del_row, v_row);
     -- A branch: its one-row-per-row INSERT (arguments: its head, the
     -- action, the columns, the transition table and its alias, -, a filter),
@@ -463,7 +491,7 @@ BEGIN
     v_tpl := E'    %1$s      SELECT pg_catalog.txid_current(), %2$L, %3$s FROM %4$I %5$s\n'
       || E'      WHERE NOT EXISTS (SELECT FROM %4$I OFFSET 1000)%7$s;\n'
       || E'    GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
-      || E'    IF v_rows = 0 THEN\n'
+      || E'    IF v_rows OPERATOR(pg_catalog.=) 0 THEN\n'
       || E'%9$s'
       || E'%8$s'
       || E'    END IF;\n';
@@ -484,11 +512,11 @@ BEGIN
     IF v_typed THEN
       v_del_bulk := pg_catalog.format(
         E'      INSERT INTO %1$s ("dt$txid", "dt$action", "dt$cols", "dt$rows"%2$s)\n'
-        || E'        SELECT pg_catalog.txid_current(), ''DELETE'', %3$s, ''{NULL}''::text[]%4$s\n'
+        || E'        SELECT pg_catalog.txid_current(), ''DELETE'', %3$s, ''{NULL}''::pg_catalog.text[]%4$s\n'
         || E'        FROM (SELECT %5$s OFFSET 0) "dt$k",\n'
         || E'          pg_catalog.generate_series(1, pg_catalog.cardinality("dt$k"."dt$a1"), 10000) AS "dt$s"("dt$e");\n'
         || E'      GET DIAGNOSTICS v_rows = ROW_COUNT;\n'
-        || E'      IF v_rows = 1000 THEN\n'
+        || E'      IF v_rows OPERATOR(pg_catalog.=) 1000 THEN\n'
         || '%6$s'
         || E'      END IF;\n',
         v_cdc, v_tk_cols, v_del_names, v_tk_slices, v_tk_arrays,
@@ -520,11 +548,11 @@ BEGIN
       -- (bench/README.md, What was found). Both compare keys with the key
       -- type's equality, NULL equal to NULL, and are equal for no rows.
       v_same := pg_catalog.format(E'ARRAY(SELECT %1$s FROM "dt$old")\n'
-        || E'        = ARRAY(SELECT %1$s FROM "dt$new")', v_keyexpr);
+        || E'        OPERATOR(pg_catalog.=) ARRAY(SELECT %1$s FROM "dt$new")', v_keyexpr);
       v_update := pg_catalog.format(v_tpl, v_head_t, 'UPDATE', v_new, 'dt$new', 'n',
         '', E'\n      AND ' || v_same,
         pg_catalog.format(
-          E'      IF v_rows = 0 THEN\n'
+          E'      IF v_rows OPERATOR(pg_catalog.=) 0 THEN\n'
           || E'        IF EXISTS (SELECT FROM "dt$old") THEN\n'
           || E'          EXECUTE %1$L;\n'
           || E'          EXECUTE %2$L;\n'
@@ -539,16 +567,16 @@ BEGIN
             || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$old" o WHERE ' || v_match || ')) n'
             || E'\n  FULL JOIN (SELECT o.*, pg_catalog.row_number() OVER () AS "dt$rn" FROM "dt$old" o'
             || E'\n        WHERE NOT EXISTS (SELECT FROM "dt$new" n WHERE ' || v_match || ')) d'
-            || E'\n  ON n."dt$rn" = d."dt$rn"'),
+            || E'\n  ON n."dt$rn" OPERATOR(pg_catalog.=) d."dt$rn"'),
         pg_catalog.format(v_bulk, 'UPDATE', v_names, v_row, '"dt$new"', E'\n        WHERE ' || v_same, v_cdc));
     END IF;
     v_body := pg_catalog.format(
-    E'\nDECLARE\n  v_rows bigint;\n  v_env text[];\nBEGIN\n'
-    || E'  IF TG_OP = ''INSERT'' THEN\n'
+    E'\nDECLARE\n  v_rows bigint;\n  v_env pg_catalog.text[];\nBEGIN\n'
+    || E'  IF TG_OP OPERATOR(pg_catalog.=) ''INSERT'' THEN\n'
     || '%1$s'
-    || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
+    || E'  ELSIF TG_OP OPERATOR(pg_catalog.=) ''UPDATE'' THEN\n'
     || '%3$s'
-    || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
+    || E'  ELSIF TG_OP OPERATOR(pg_catalog.=) ''DELETE'' THEN\n'
     || '%2$s'
     || E'  ELSE\n'
     || E'    INSERT INTO %4$s ("dt$txid", "dt$action") VALUES (pg_catalog.txid_current(), ''TRUNCATE'');\n'
@@ -577,13 +605,21 @@ BEGIN
       INTO v_cols, v_new, v_old
       FROM pg_catalog.pg_attribute a
       WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
-    SELECT pg_catalog.string_agg(pg_catalog.format('NEW."%1$s" IS DISTINCT FROM OLD."%1$s"',
-             pg_catalog.replace(u.k, '"', '""')), ' OR ' ORDER BY u.ord),
+    -- "IS DISTINCT FROM" would look its = up in the writer's search_path:
+    -- the same test with the key type's = named (equality_operator()).
+    -- (Each CASE in parentheses: PL/pgSQL's IF reads up to the first THEN
+    -- outside them.)
+    SELECT pg_catalog.string_agg(pg_catalog.format('(CASE WHEN NEW."%1$s" IS NULL OR OLD."%1$s" IS NULL '
+             'THEN (NEW."%1$s" IS NULL) OPERATOR(pg_catalog.<>) (OLD."%1$s" IS NULL) '
+             'ELSE NOT (NEW."%1$s" OPERATOR(%2$s) OLD."%1$s") END)',
+             pg_catalog.replace(u.k, '"', '""'), datatunnel.equality_operator(a.atttypid)), ' OR '
+             ORDER BY u.ord),
            pg_catalog.string_agg(pg_catalog.format(', %I', 'dt$old' || u.ord), '' ORDER BY u.ord),
            pg_catalog.string_agg(pg_catalog.format(', OLD."%s"', pg_catalog.replace(u.k, '"', '""')),
              '' ORDER BY u.ord)
       INTO v_match, v_old_cols, v_keys
-      FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord);
+      FROM pg_catalog.unnest(p_key) WITH ORDINALITY AS u(k, ord)
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = p_table AND a.attname = u.k;
     IF v_match IS NULL THEN
       -- No key (full-row identity): the old row goes, the new one comes.
       v_update := pg_catalog.format(
@@ -605,12 +641,12 @@ BEGIN
     END IF;
     v_body := pg_catalog.format(
     E'\nBEGIN\n'
-    || E'  IF TG_OP = ''INSERT'' THEN\n'
+    || E'  IF TG_OP OPERATOR(pg_catalog.=) ''INSERT'' THEN\n'
     || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
     || E'      VALUES (pg_catalog.txid_current(), ''INSERT'', %3$s);\n'
-    || E'  ELSIF TG_OP = ''UPDATE'' THEN\n'
+    || E'  ELSIF TG_OP OPERATOR(pg_catalog.=) ''UPDATE'' THEN\n'
     || '%5$s'
-    || E'  ELSIF TG_OP = ''DELETE'' THEN\n'
+    || E'  ELSIF TG_OP OPERATOR(pg_catalog.=) ''DELETE'' THEN\n'
     || E'    INSERT INTO %1$s ("dt$txid", "dt$action", %2$s)\n'
     || E'      VALUES (pg_catalog.txid_current(), ''DELETE'', %4$s);\n'
     || E'  ELSE\n'
@@ -685,7 +721,7 @@ END $fn$;
 -- dropped column never breaks writes. It never fails the user's statement:
 -- a problem becomes a warning, and the producer stops to explain it.
 CREATE OR REPLACE FUNCTION datatunnel.on_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   r record;
   t record;
@@ -708,7 +744,7 @@ END $fn$;
 -- trigger refuses such a DROP in the statement itself; `datatunnel uninstall`
 -- sets datatunnel.uninstalling for its own drops.
 CREATE OR REPLACE FUNCTION datatunnel.on_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   r record;
 BEGIN
@@ -793,16 +829,29 @@ CREATE TABLE IF NOT EXISTS datatunnel.auto_add (
 -- install_capture creates. The shared advisory lock ("DTNA", tunnel) keeps
 -- the producer from pruning the tick the new table starts at until this
 -- transaction ends (ChangeLog::RecordProgress).
+--
+-- It runs for every CREATE TABLE, by anyone, as its owner (SECURITY
+-- DEFINER): its SQL runs with search_path pg_catalog, so that no operator or
+-- type of the creating session's schemas is used, except the column types it
+-- records, written by format_type() as that session names them (as `init`
+-- does); the session's search_path is put back before it returns. (Not a SET
+-- clause on the function: that would hide the session's search_path.)
 CREATE OR REPLACE FUNCTION datatunnel.on_create() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 DECLARE
   r record;
   a record;
-  v_key text[];
-  v_why text;
+  v_key pg_catalog.text[];
+  v_why pg_catalog.text;
+  v_types pg_catalog.text[];
+  v_oids pg_catalog.oid[];
+  v_mods pg_catalog.int4[];
+  v_path pg_catalog.text := pg_catalog.current_setting('search_path');
 BEGIN
+  PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
   IF pg_catalog.current_setting('datatunnel.adding', true) = 'on'
      OR pg_catalog.to_regclass('datatunnel.auto_add') IS NULL THEN
+    PERFORM pg_catalog.set_config('search_path', v_path, true);
     RETURN;
   END IF;
   FOR r IN SELECT DISTINCT c.objid, n.nspname::text AS nspname, k.relname::text AS relname,
@@ -857,6 +906,15 @@ BEGIN
         PERFORM pg_catalog.set_config('datatunnel.adding', 'on', true);
         PERFORM datatunnel.install_capture(r.objid::regclass, COALESCE(v_key, '{}'));
         PERFORM pg_catalog.set_config('datatunnel.adding', 'off', true);
+        SELECT pg_catalog.array_agg(b.atttypid ORDER BY b.attnum),
+               pg_catalog.array_agg(b.atttypmod ORDER BY b.attnum) INTO v_oids, v_mods
+          FROM pg_catalog.pg_attribute b
+         WHERE b.attrelid = r.objid AND b.attnum > 0 AND NOT b.attisdropped;
+        PERFORM pg_catalog.set_config('search_path', v_path, true);
+        v_types := ARRAY(SELECT pg_catalog.format_type(u.t, u.m)
+                           FROM ROWS FROM (pg_catalog.unnest(v_oids), pg_catalog.unnest(v_mods))
+                                WITH ORDINALITY AS u(t, m, o) ORDER BY u.o);
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         INSERT INTO datatunnel.tables (tunnel, schema_name, table_name, change_table,
             capture_function, key_columns, column_names, column_types, published_tick,
             published_seq, snapshot_state, snapshot_run, snapshot_started_at)
@@ -865,9 +923,7 @@ BEGIN
                  (SELECT pg_catalog.array_agg(b.attname::text ORDER BY b.attnum)
                     FROM pg_catalog.pg_attribute b
                    WHERE b.attrelid = r.objid AND b.attnum > 0 AND NOT b.attisdropped),
-                 (SELECT pg_catalog.array_agg(pg_catalog.format_type(b.atttypid, b.atttypmod) ORDER BY b.attnum)
-                    FROM pg_catalog.pg_attribute b
-                   WHERE b.attrelid = r.objid AND b.attnum > 0 AND NOT b.attisdropped),
+                 v_types,
                  pg_catalog.max(t.tick), 9223372036854775807, 'requested', 1, pg_catalog.now()
             FROM datatunnel.ticks t WHERE t.tunnel = a.tunnel
           HAVING pg_catalog.max(t.tick) IS NOT NULL;
@@ -888,4 +944,5 @@ BEGIN
         pg_catalog.quote_ident(r.nspname), pg_catalog.quote_ident(r.relname), SQLERRM;
     END;
   END LOOP;
+  PERFORM pg_catalog.set_config('search_path', v_path, true);
 END $fn$;

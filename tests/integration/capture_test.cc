@@ -526,6 +526,93 @@ TEST_F(CaptureTest, BulkStatementsAreArraysReadInPieces) {
   EXPECT_TRUE(NextBatch().empty());
 }
 
+// Operators and a type named like pg_catalog's, in a schema the writer puts
+// first in its search_path: each raises. The capture functions are SECURITY
+// DEFINER (they run as their owner), so an operator or type they left
+// unqualified would run the writer's code as that owner.
+constexpr const char* kHostileSchema = R"sql(
+CREATE SCHEMA hostile;
+DO $$
+DECLARE t text; op text; i int := 0;
+BEGIN
+  FOREACH t IN ARRAY ARRAY['integer', 'bigint', 'text', 'oid', 'boolean', 'smallint',
+                           'integer[]', 'name', '"char"', 'character varying'] LOOP
+    i := i + 1;
+    EXECUTE format('CREATE FUNCTION hostile.cmp%s(%s, %s) RETURNS boolean LANGUAGE plpgsql AS '
+                   '$f$ BEGIN RAISE EXCEPTION ''hostile operator ran as %%'', current_user; END $f$',
+                   i, t, t);
+    FOREACH op IN ARRAY ARRAY['=', '<>', '>', '<'] LOOP
+      EXECUTE format('CREATE OPERATOR hostile.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = hostile.cmp%s)',
+                     op, t, t, i);
+    END LOOP;
+  END LOOP;
+END $$;
+CREATE FUNCTION hostile.ii(integer, integer) RETURNS integer LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hostile arithmetic'; END $$;
+CREATE FUNCTION hostile.bi(bigint, integer) RETURNS bigint LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hostile arithmetic'; END $$;
+CREATE FUNCTION hostile.bb(bigint, integer) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hostile comparison'; END $$;
+CREATE FUNCTION hostile.sb(smallint, integer) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hostile comparison'; END $$;
+CREATE FUNCTION hostile.tt(text, text) RETURNS text LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'hostile concatenation'; END $$;
+CREATE OPERATOR hostile.+ (LEFTARG = integer, RIGHTARG = integer, FUNCTION = hostile.ii);
+CREATE OPERATOR hostile.- (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = hostile.bi);
+CREATE OPERATOR hostile./ (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = hostile.bi);
+CREATE OPERATOR hostile.= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = hostile.bb);
+CREATE OPERATOR hostile.> (LEFTARG = smallint, RIGHTARG = integer, FUNCTION = hostile.sb);
+CREATE OPERATOR hostile.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = hostile.tt);
+CREATE TYPE hostile.text AS ENUM ('hostile');
+CREATE TABLE other (id int);
+)sql";
+
+// Every kind of statement of a writer whose search_path starts with
+// kHostileSchema is captured (single-row and bulk, key changes, TRUNCATE),
+// and so are its ALTER TABLE and DROP TABLE (the event triggers): nothing of
+// the hostile schema runs. Before, a bulk INSERT ran hostile./ and every
+// statement hostile.= (TG_OP = 'INSERT').
+TEST_F(CaptureTest, AWritersSearchPathCannotRunItsOperatorsInTheCapture) {
+  SourceCluster().Exec(db_, kHostileSchema);
+  auto writer = SourceCluster().Connect(db_);
+  auto run = [&](const std::string& sql) {
+    Status st = writer->Exec(sql);
+    EXPECT_TRUE(st.ok()) << sql << ": " << st.message();
+  };
+  run("SET search_path = hostile, pg_catalog, public");
+  const std::string eq = " OPERATOR(pg_catalog.=) ";
+  run("INSERT INTO public.employees (first_name) VALUES ('one')");
+  run("UPDATE public.employees SET city = 'Oslo' WHERE emp_id" + eq + "1");
+  run("UPDATE public.employees SET emp_id = 5000000 WHERE emp_id" + eq + "1");
+  run("DELETE FROM public.employees WHERE emp_id" + eq + "5000000");
+  run("INSERT INTO public.employees (first_name) SELECT 'bulk' FROM "
+      "pg_catalog.generate_series(1, 2000)");
+  run("UPDATE public.employees SET city = 'Rome'");
+  run("UPDATE public.employees SET emp_id = emp_id OPERATOR(pg_catalog.+) 1000000");
+  run("DELETE FROM public.employees");
+  std::map<Op, int> ops;
+  size_t total = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto b = NextBatch();
+    for (const Change& c : b) ++ops[c.op];
+    total += b.size();
+    if (total >= 10005) break;
+  }
+  EXPECT_EQ(total, 10005u);
+  EXPECT_EQ(ops[Op::kInsert], 1 + 1 + 2000 + 2000);
+  EXPECT_EQ(ops[Op::kUpdate], 1 + 2000);
+  EXPECT_EQ(ops[Op::kDelete], 1 + 1 + 2000 + 2000);
+  run("ALTER TABLE public.employees ADD COLUMN extra integer");
+  run("INSERT INTO public.employees (first_name, extra) VALUES ('after', 7)");
+  run("TRUNCATE public.employees");
+  run("DROP TABLE public.other");
+  EXPECT_EQ(*SourceCluster().Scalar(db_,
+                                    "SELECT count(*) FROM employees_cdc WHERE \"dt$action\" "
+                                    "IN ('INSERT', 'TRUNCATE') AND \"dt$change_id\" > "
+                                    "(SELECT max(\"dt$change_id\") - 2 FROM employees_cdc)"),
+            "2");
+}
+
 // A bulk DELETE written by an earlier version holds whole rows: read after
 // an upgrade, it carries only the key, as the new form does.
 TEST_F(CaptureTest, EarlierBulkDeleteOfWholeRowsCarriesTheKey) {
