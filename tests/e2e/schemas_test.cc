@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "support/auto_add.h"
+#include "support/hostile.h"
 #include "support/tunnel_fixture.h"
 
 namespace datatunnel {
@@ -287,6 +288,27 @@ TEST_F(SchemasTest, AutoAddCarriesNewTablesWithoutRestart) {
       [&] {
         return Tgt("SELECT count(*) FROM pg_class WHERE relname = 'auto_late1'") == 1 &&
                Tgt("SELECT count(*) FROM auto_late1") == 3;
+      },
+      30))
+      << run->Stderr();
+  // A session whose search_path starts with raising operators and types
+  // (support/hostile.h) creates a matching table: the event trigger, which
+  // runs as its owner, uses none of them, captures the table, and leaves
+  // the session's search_path as it was.
+  SourceCluster().Exec(src_, testing::kHostileSchema);
+  auto hostile = SourceCluster().Connect(src_);
+  ASSERT_TRUE(hostile->Exec("SET search_path = hostile, pg_catalog, public").ok());
+  Status created = hostile->Exec(
+      "CREATE TABLE public.auto_hostile (id integer PRIMARY KEY, v character varying);"
+      "INSERT INTO public.auto_hostile VALUES (1, 'h')");
+  EXPECT_TRUE(created.ok()) << created.message();
+  auto path = hostile->Query("SHOW search_path");
+  ASSERT_TRUE(path.ok()) << path.status().message();
+  EXPECT_EQ(path->Get(0, 0), "hostile, pg_catalog, public");
+  EXPECT_TRUE(testing::WaitUntil(
+      [&] {
+        return Tgt("SELECT count(*) FROM pg_class WHERE relname = 'auto_hostile'") == 1 &&
+               Tgt("SELECT count(*) FROM auto_hostile") == 1;
       },
       30))
       << run->Stderr();
