@@ -158,10 +158,6 @@ ALTER TABLE datatunnel.ticks ADD COLUMN IF NOT EXISTS change_seq bigint;
 -- for a change row of one row.
 ALTER TABLE datatunnel.tables ADD COLUMN IF NOT EXISTS published_sub integer NOT NULL DEFAULT 0;
 
--- Creates or updates the capture of one table: the change table (adding
--- columns the table gained; a retyped column is an error, SQLSTATE DT002),
--- the trigger function and the triggers. Returns one line per action taken.
--- Used by `datatunnel init` and by the event trigger below.
 -- The equality operator to name in generated SQL for values of type p_type,
 -- as schema.= for OPERATOR(): the capture trigger functions are SECURITY
 -- DEFINER and run with the writer's search_path, where a bare = (or IS
@@ -185,6 +181,10 @@ LANGUAGE sql STABLE AS $fn$
     'pg_catalog'))
 $fn$;
 
+-- Creates or updates the capture of one table: the change table (adding
+-- columns the table gained; a retyped column is an error, SQLSTATE DT002),
+-- the trigger function and the triggers. Returns one line per action taken.
+-- Used by `datatunnel init` and by the event trigger below.
 CREATE OR REPLACE FUNCTION datatunnel.install_capture(p_table regclass, p_key text[])
 RETURNS text[] LANGUAGE plpgsql AS $fn$
 DECLARE
