@@ -573,6 +573,44 @@ TEST_F(CaptureTest, AWritersSearchPathCannotRunItsOperatorsInTheCapture) {
             "2");
 }
 
+// A key of an extension's type (citext) under the same hostile search_path:
+// the capture compares keys with citext's own = (OPERATOR(public.=)), so a
+// change of case only is no key change, in the statement trigger's bulk
+// form and pairing and in a partitioned table's row trigger alike.
+TEST_F(CaptureTest, AKeyOfAnExtensionTypeIsComparedWithItsOwnEquality) {
+  for (const bool partitioned : {false, true}) {
+    SCOPED_TRACE(partitioned ? "row trigger (partitioned)" : "statement triggers");
+    InstallTable(
+        partitioned ? "CREATE EXTENSION citext; CREATE TABLE ci (k citext, v int, PRIMARY KEY "
+                      "(k, v)) PARTITION BY LIST (v); CREATE TABLE ci1 PARTITION OF ci DEFAULT"
+                    : "CREATE EXTENSION citext; CREATE TABLE ci (k citext PRIMARY KEY, v int)",
+        "ci", partitioned ? std::vector<std::string>{"k", "v"} : std::vector<std::string>{"k"});
+    SourceCluster().Exec(db_, testing::kHostileSchema);
+    auto writer = SourceCluster().Connect(db_);
+    for (const char* sql :
+         {"SET search_path = hostile, pg_catalog, public",
+          "INSERT INTO public.ci SELECT 'Key' OPERATOR(pg_catalog.||) g::pg_catalog.text, g "
+          "FROM pg_catalog.generate_series(1, 1500) g",
+          "UPDATE public.ci SET k = pg_catalog.lower(k)",
+          "UPDATE public.ci SET k = k OPERATOR(pg_catalog.||) 'x' WHERE v OPERATOR(pg_catalog.<=) "
+          "2"}) {
+      Status st = writer->Exec(sql);
+      ASSERT_TRUE(st.ok()) << sql << ": " << st.message();
+    }
+    std::map<Op, int> ops;
+    size_t total = 0;
+    for (int i = 0; i < 10 && total < 3004; ++i) {
+      auto b = NextBatch();
+      for (const Change& c : b) ++ops[c.op];
+      total += b.size();
+    }
+    EXPECT_EQ(total, 3004u);
+    EXPECT_EQ(ops[Op::kInsert], 1500 + 2);
+    EXPECT_EQ(ops[Op::kUpdate], 1500);  // lower(k): the same citext key
+    EXPECT_EQ(ops[Op::kDelete], 2);
+  }
+}
+
 // A bulk DELETE written by an earlier version holds whole rows: read after
 // an upgrade, it carries only the key, as the new form does.
 TEST_F(CaptureTest, EarlierBulkDeleteOfWholeRowsCarriesTheKey) {
