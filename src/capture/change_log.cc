@@ -966,7 +966,8 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
                              "attrelid = $1::regclass AND attname::text ~ '^dt\\$keys[0-9]+$' "
                              "AND attnum > 0 AND NOT attisdropped",
                              {spec.change_table.Quoted()}));
-    bulk->typed_keys = k.GetInt64(0, 0) >= static_cast<int64_t>(spec.key.size());
+    bulk->typed_keys =
+        !spec.key.empty() && k.GetInt64(0, 0) >= static_cast<int64_t>(spec.key.size());
   }
   std::vector<pg::Statement> stmts;
   stmts.push_back({"BEGIN", {}});
@@ -983,7 +984,7 @@ Result<bool> ChangeLog::ReadBulk(size_t t, int64_t tick, int64_t epoch, int limi
   std::string arrays = fmt::format("pg_catalog.unnest({}[$2::int:$3::int])", kRowsColumn);
   std::string aliases = "v";
   std::string element = "e.v";
-  if (bulk->typed_keys && !spec.key.empty()) {
+  if (bulk->typed_keys) {
     std::string row;
     for (size_t k = 0; k < spec.key.size(); ++k) {
       arrays += fmt::format(", pg_catalog.unnest({}[$2::int:$3::int])", TypedKeysColumn(k));
