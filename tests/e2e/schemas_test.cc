@@ -284,13 +284,17 @@ TEST_F(SchemasTest, AutoAddCarriesNewTablesWithoutRestart) {
   ASSERT_EQ(init.code, 0) << init.out << init.err;
   EXPECT_TRUE(Contains(init.out, "new table public.auto_late1:")) << init.out;
   SourceCluster().Exec(src_, "INSERT INTO auto_late1 VALUES (3)");
-  EXPECT_TRUE(testing::WaitUntil(
-      [&] {
-        return Tgt("SELECT count(*) FROM pg_class WHERE relname = 'auto_late1'") == 1 &&
-               Tgt("SELECT count(*) FROM auto_late1") == 3;
-      },
-      30))
-      << run->Stderr();
+  // Whether the target has `table` with `rows` rows within 30 s.
+  auto carried = [&](const std::string& table, int64_t rows) {
+    return testing::WaitUntil(
+        [&] {
+          return Tgt(fmt::format("SELECT count(*) FROM pg_class WHERE relname = '{}'", table)) ==
+                     1 &&
+                 Tgt("SELECT count(*) FROM " + table) == rows;
+        },
+        30);
+  };
+  EXPECT_TRUE(carried("auto_late1", 3)) << run->Stderr();
   // A session whose search_path starts with raising operators and types
   // (support/hostile.h) creates a matching table: the event trigger, which
   // runs as its owner, uses none of them, captures the table, and leaves
@@ -305,13 +309,7 @@ TEST_F(SchemasTest, AutoAddCarriesNewTablesWithoutRestart) {
   auto path = hostile->Query("SHOW search_path");
   ASSERT_TRUE(path.ok()) << path.status().message();
   EXPECT_EQ(path->Get(0, 0), "hostile, pg_catalog, public");
-  EXPECT_TRUE(testing::WaitUntil(
-      [&] {
-        return Tgt("SELECT count(*) FROM pg_class WHERE relname = 'auto_hostile'") == 1 &&
-               Tgt("SELECT count(*) FROM auto_hostile") == 1;
-      },
-      30))
-      << run->Stderr();
+  EXPECT_TRUE(carried("auto_hostile", 1)) << run->Stderr();
   EXPECT_TRUE(run->Running());  // carried without a restart
   EXPECT_TRUE(Contains(run->Stderr(), "auto_add: new table public.auto_x")) << run->Stderr();
   EXPECT_EQ(run->Stop(), 0) << run->Stderr();

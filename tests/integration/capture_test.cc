@@ -116,6 +116,19 @@ class CaptureTest : public ::testing::Test {
     return out;
   }
 
+  // Reads batches until `want` changes arrived (or 20 batches); the count
+  // of each operation among them, and in *total how many arrived.
+  std::map<Op, int> CountNext(size_t want, size_t* total) {
+    std::map<Op, int> ops;
+    *total = 0;
+    for (int i = 0; i < 20 && *total < want; ++i) {
+      auto b = NextBatch();
+      for (const Change& c : b) ++ops[c.op];
+      *total += b.size();
+    }
+    return ops;
+  }
+
   int steps_ = 0;
   int piece_ = 1000;  // elements per read of a change row in the bulk form
   int pieces_ = 0;    // such reads so far
@@ -550,14 +563,8 @@ TEST_F(CaptureTest, AWritersSearchPathCannotRunItsOperatorsInTheCapture) {
   run("UPDATE public.employees SET city = 'Rome'");
   run("UPDATE public.employees SET emp_id = emp_id OPERATOR(pg_catalog.+) 1000000");
   run("DELETE FROM public.employees");
-  std::map<Op, int> ops;
   size_t total = 0;
-  for (int i = 0; i < 20; ++i) {
-    auto b = NextBatch();
-    for (const Change& c : b) ++ops[c.op];
-    total += b.size();
-    if (total >= 10005) break;
-  }
+  auto ops = CountNext(10005, &total);
   EXPECT_EQ(total, 10005u);
   EXPECT_EQ(ops[Op::kInsert], 1 + 1 + 2000 + 2000);
   EXPECT_EQ(ops[Op::kUpdate], 1 + 2000);
@@ -597,13 +604,8 @@ TEST_F(CaptureTest, AKeyOfAnExtensionTypeIsComparedWithItsOwnEquality) {
       Status st = writer->Exec(sql);
       ASSERT_TRUE(st.ok()) << sql << ": " << st.message();
     }
-    std::map<Op, int> ops;
     size_t total = 0;
-    for (int i = 0; i < 10 && total < 3004; ++i) {
-      auto b = NextBatch();
-      for (const Change& c : b) ++ops[c.op];
-      total += b.size();
-    }
+    auto ops = CountNext(3004, &total);
     EXPECT_EQ(total, 3004u);
     EXPECT_EQ(ops[Op::kInsert], 1500 + 2);
     EXPECT_EQ(ops[Op::kUpdate], 1500);  // lower(k): the same citext key
